@@ -1,0 +1,48 @@
+#include "client/connection.h"
+
+#include <chrono>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+
+namespace scanserve {
+namespace cli {
+
+absl::StatusOr<std::unique_ptr<Connection>> Connection::Create(const ConnectionOptions& options) {
+  std::unique_ptr<Connection> connection(new Connection(options));
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!options.tls_ca.empty() || options.tls) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls_ca.empty()) {
+      std::ifstream in(options.tls_ca);
+      if (!in) return absl::NotFoundError(absl::StrCat("--tls-ca: cannot read ", options.tls_ca));
+      std::ostringstream pem;
+      pem << in.rdbuf();
+      ssl.pem_root_certs = pem.str();
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  grpc::ChannelArguments arguments;
+  // Responses are bounded by the server's own limit; do not cut them at gRPC's 4 MiB default.
+  arguments.SetMaxReceiveMessageSize(-1);
+  arguments.SetMaxSendMessageSize(-1);
+  connection->channel_ = grpc::CreateCustomChannel(options.server, credentials, arguments);
+  connection->scan_ = v1::ScanService::NewStub(connection->channel_);
+  connection->health_ = grpc::health::v1::Health::NewStub(connection->channel_);
+  return connection;
+}
+
+std::unique_ptr<grpc::ClientContext> Connection::NewContext(bool with_deadline) const {
+  auto context = std::make_unique<grpc::ClientContext>();
+  if (!options_.token.empty()) context->AddMetadata("authorization", "Bearer " + options_.token);
+  if (with_deadline && options_.timeout_s > 0) {
+    context->set_deadline(std::chrono::system_clock::now() +
+                          std::chrono::duration_cast<std::chrono::system_clock::duration>(
+                              std::chrono::duration<double>(options_.timeout_s)));
+  }
+  return context;
+}
+
+}  // namespace cli
+}  // namespace scanserve

@@ -1,0 +1,47 @@
+// How scanctl reaches the server: the channel (plaintext or TLS), the bearer token sent with every
+// call, and the per-call deadline.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "scanserve/v1/scanserve.grpc.pb.h"
+
+namespace scanserve {
+namespace cli {
+
+struct ConnectionOptions {
+  std::string server = "127.0.0.1:50051";
+  std::string token;       // sent as "authorization: Bearer <token>" when set
+  std::string tls_ca;      // PEM roots file: use TLS and verify the server against these
+  bool tls = false;        // use TLS with the system's roots (implied by tls_ca)
+  double timeout_s = 30;   // deadline of each unary call; 0 = none
+};
+
+class Connection {
+ public:
+  // Reads the CA file; INVALID_ARGUMENT / NOT_FOUND when it cannot.
+  static absl::StatusOr<std::unique_ptr<Connection>> Create(const ConnectionOptions& options);
+
+  // A context for one call: the token, and the deadline unless `with_deadline` is false (streams).
+  std::unique_ptr<grpc::ClientContext> NewContext(bool with_deadline = true) const;
+
+  v1::ScanService::Stub& scan() { return *scan_; }
+  grpc::health::v1::Health::Stub& health() { return *health_; }
+  const ConnectionOptions& options() const { return options_; }
+
+ private:
+  explicit Connection(ConnectionOptions options) : options_(std::move(options)) {}
+
+  ConnectionOptions options_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::ScanService::Stub> scan_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+}  // namespace cli
+}  // namespace scanserve

@@ -1,0 +1,35 @@
+// `scanctl import`: streams an IngestSource through ScanService.Ingest with a bounded window of
+// unacknowledged items, shows progress, and keeps a checkpoint so that an interrupted run resumes.
+//
+// Checkpoint: a small JSON file {"source": <identity>, "total": N, "acked_through": i} rewritten
+// (atomically) about once a second and at the end. acked_through is the index of the last item the
+// server answered (the stream answers in order), whatever the answer; a rerun skips items up to it.
+// Failed items are listed on stderr and counted (exit code 1); rerun with --restart to resend
+// everything (upserts are idempotent, so resending is always safe). A checkpoint written for a
+// different input is refused unless --restart.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "client/connection.h"
+#include "client/ingest_source.h"
+
+namespace scanserve {
+namespace cli {
+
+struct ImportOptions {
+  std::string checkpoint_path;  // empty = no checkpoint
+  bool restart = false;         // ignore (and overwrite) an existing checkpoint
+  int window = 256;             // most items sent and not yet acknowledged
+  bool progress = true;
+  bool json = false;            // summary as JSON on stdout
+  int max_failures_shown = 20;
+};
+
+// Returns the process exit code (0 all acked OK; 1 some failed or the RPC failed; 2 bad input or
+// checkpoint; 4 server unavailable).
+int RunImport(Connection& connection, IngestSource& source, const ImportOptions& options);
+
+}  // namespace cli
+}  // namespace scanserve

@@ -1,0 +1,518 @@
+// scanctl: the command-line client of scanserve. See kUsage (scanctl --help) for the commands, and
+// exit_codes.h for the exit codes scripts can rely on.
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/cli_args.h"
+#include "client/connection.h"
+#include "client/exit_codes.h"
+#include "client/features.h"
+#include "client/import.h"
+#include "client/ingest_source.h"
+#include "client/output.h"
+
+namespace scanserve {
+namespace cli {
+namespace {
+
+constexpr char kUsage[] = R"(Usage: scanctl [global flags] COMMAND [arguments]
+
+Talks to a scanserve server (scanserve.v1.ScanService over gRPC).
+
+Global flags (accepted anywhere on the line):
+  --server HOST:PORT    server address [$SCANCTL_SERVER, else 127.0.0.1:50051]
+  --token TOKEN         bearer token for a server started with --auth-token [$SCANCTL_TOKEN]
+  --token-file FILE     read the token from FILE
+  --tls                 connect with TLS, trusting the system's CA certificates
+  --tls-ca FILE         connect with TLS, trusting the CA certificates in FILE (PEM)
+  --timeout SECONDS     deadline of each call; 0 = none [30]
+  --json                print JSON (one document per command) instead of tables
+  --help                show this text
+
+Commands:
+  search-images "TEXT" ["TEXT"...] [--top-k K] [--collection C] [--where KEY=VALUE]... [--explain]
+      text -> image search; --explain shows, per query word, the region it attends to
+  search-captions (--image-id ID | --features FILE.npy) [--top-k K] [--collection C] [--where KEY=VALUE]...
+      image -> text search, for a stored image or (k, d) float region features
+  upsert-caption ID "TEXT" [--collection C] [--meta KEY=VALUE]...
+  upsert-image ID --features FILE.npy [--boxes FILE.npy] [--labels FILE.txt] [--collection C]
+               [--meta KEY=VALUE]...
+      (k, d) region features; optional (k, 4) boxes x1,y1,x2,y2 and k labels (one per line)
+  delete (--image ID | --caption ID)...
+  stats
+      counts, models, memory, version
+  health [--service NAME]
+      grpc.health.v1 Check of NAME ("" = the whole server); exit 4 unless SERVING
+  import precomp --data-dir DIR --split SPLIT [--collection C] [--images-only | --captions-only]
+      streams a SCAN precomputed split (SPLIT_ims.npy, SPLIT_caps.txt) as images SPLIT/img/N and
+      captions SPLIT/cap/N (metadata image=SPLIT/img/N/5)
+  import tsv FILE.tsv [--collection C] [--id-prefix P] [--feature-dim N]
+             [--objects-vocab objects_vocab.txt --attributes-vocab attributes_vocab.txt]
+      streams bottom-up-attention TSV images (6-column or LXMERT 10-column layout) with their boxes
+      (and region labels, given the Visual Genome vocabularies)
+    import flags: --resume-file FILE (default: next to the input), --restart (ignore the
+      checkpoint), --window N (unacknowledged items in flight, default 256), --no-progress
+    An import keeps a checkpoint of the last acknowledged item; rerunning it resumes after that.
+
+Exit codes: 0 ok, 1 server/RPC error, 2 usage error (or unreadable input), 3 not found,
+            4 server unavailable or not serving.
+)";
+
+int UsageError(const std::string& message) {
+  std::fprintf(stderr, "scanctl: %s\nRun 'scanctl --help' for usage.\n", message.c_str());
+  return kExitUsage;
+}
+
+// The exit code of a per-item result.
+int ItemExitCode(int code) {
+  if (code == 0) return kExitOk;
+  if (code == static_cast<int>(grpc::StatusCode::NOT_FOUND)) return kExitNotFound;
+  if (code == static_cast<int>(grpc::StatusCode::UNAVAILABLE)) return kExitUnavailable;
+  return kExitError;
+}
+
+// The worst of several item exit codes: any error beats not-found beats ok.
+int CombineItemExitCodes(int a, int b) {
+  auto rank = [](int code) { return code == kExitOk ? 0 : code == kExitNotFound ? 1 : 2; };
+  return rank(a) >= rank(b) ? a : b;
+}
+
+absl::Status FillFilter(const ParsedArgs& args, v1::Filter* filter) {
+  if (std::optional<std::string> collection = args.Value("collection")) filter->set_collection(*collection);
+  absl::StatusOr<std::map<std::string, std::string>> where = args.KeyValues("where");
+  if (!where.ok()) return where.status();
+  for (const auto& [key, value] : *where) (*filter->mutable_metadata())[key] = value;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int32_t> TopK(const ParsedArgs& args) {
+  absl::StatusOr<std::optional<int64_t>> top_k = args.Int("top-k", 1, 1'000'000);
+  if (!top_k.ok()) return top_k.status();
+  return static_cast<int32_t>(top_k->value_or(10));
+}
+
+std::string FormatMetadata(const google::protobuf::Map<std::string, std::string>& metadata) {
+  std::map<std::string, std::string> sorted(metadata.begin(), metadata.end());
+  std::string text;
+  for (const auto& [key, value] : sorted) absl::StrAppend(&text, text.empty() ? "" : ",", key, "=", value);
+  return text;
+}
+
+// ---- commands ----
+
+int SearchImages(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"top-k", "collection", "where"}, {"explain"}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (args->positionals().empty()) return UsageError("search-images needs the query text");
+  v1::SearchImagesRequest request;
+  for (const std::string& query : args->positionals()) request.add_queries(query);
+  absl::StatusOr<int32_t> top_k = TopK(*args);
+  if (!top_k.ok()) return UsageError(std::string(top_k.status().message()));
+  request.set_top_k(*top_k);
+  request.set_explain(args->Switch("explain"));
+  if (absl::Status status = FillFilter(*args, request.mutable_filter()); !status.ok()) {
+    return UsageError(std::string(status.message()));
+  }
+  v1::SearchImagesResponse response;
+  const grpc::Status status = connection.scan().SearchImages(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("SearchImages", status);
+  if (json) {
+    PrintJson(response);
+    return kExitOk;
+  }
+  for (int q = 0; q < response.results_size(); ++q) {
+    std::printf("%squery %d: \"%s\"\n", q > 0 ? "\n" : "", q, request.queries(q).c_str());
+    const v1::ImageHits& hits = response.results(q);
+    if (hits.hits_size() == 0) {
+      std::printf("  (no images)\n");
+      continue;
+    }
+    Table table({"  rank", "id", "score", "collection", "metadata"});
+    for (int i = 0; i < hits.hits_size(); ++i) {
+      const v1::ImageHit& hit = hits.hits(i);
+      table.AddRow({absl::StrCat("  ", i + 1), hit.id(), FormatScore(hit.score()), hit.collection(),
+                    FormatMetadata(hit.metadata())});
+    }
+    table.Print(stdout);
+    if (!request.explain()) continue;
+    for (int i = 0; i < hits.hits_size(); ++i) {
+      const v1::ImageHit& hit = hits.hits(i);
+      std::printf("  explain #%d %s:\n", i + 1, hit.id().c_str());
+      Table words({"    word", "region", "attention", "label", "box"});
+      for (const v1::WordExplanation& word : hit.explanation()) {
+        words.AddRow({absl::StrCat("    ", word.word()), absl::StrCat(word.region()),
+                      absl::StrFormat("%.3f", word.attention()), word.label(),
+                      word.has_box() ? absl::StrFormat("%.0f,%.0f,%.0f,%.0f", word.box().x1(), word.box().y1(),
+                                                       word.box().x2(), word.box().y2())
+                                     : ""});
+      }
+      words.Print(stdout);
+    }
+  }
+  return kExitOk;
+}
+
+int SearchCaptions(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"top-k", "collection", "where", "image-id", "features"}, {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (!args->positionals().empty()) return UsageError("search-captions takes no positional arguments");
+  const std::vector<std::string> ids = args->Values("image-id");
+  const std::vector<std::string> feature_files = args->Values("features");
+  if (ids.empty() && feature_files.empty()) return UsageError("search-captions needs --image-id ID or --features FILE.npy");
+  v1::SearchCaptionsRequest request;
+  for (const std::string& id : ids) request.add_queries()->set_image_id(id);
+  for (const std::string& path : feature_files) {
+    absl::StatusOr<FloatMatrix> features = ReadMatrixNpy(path, "--features");
+    if (!features.ok()) return Fail(kExitUsage, features.status().ToString());
+    SetRegionFeatures(features->data.data(), features->rows, features->cols,
+                      request.add_queries()->mutable_region_features());
+  }
+  absl::StatusOr<int32_t> top_k = TopK(*args);
+  if (!top_k.ok()) return UsageError(std::string(top_k.status().message()));
+  request.set_top_k(*top_k);
+  if (absl::Status status = FillFilter(*args, request.mutable_filter()); !status.ok()) {
+    return UsageError(std::string(status.message()));
+  }
+  v1::SearchCaptionsResponse response;
+  const grpc::Status status = connection.scan().SearchCaptions(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("SearchCaptions", status);
+  if (json) {
+    PrintJson(response);
+    return kExitOk;
+  }
+  for (int q = 0; q < response.results_size(); ++q) {
+    const v1::ImageQuery& query = request.queries(q);
+    std::printf("%squery %d: %s\n", q > 0 ? "\n" : "", q,
+                query.has_region_features()
+                    ? absl::StrCat(query.region_features().num_regions(), "x", query.region_features().dim(), " features")
+                          .c_str()
+                    : absl::StrCat("image ", query.image_id()).c_str());
+    const v1::CaptionHits& hits = response.results(q);
+    if (hits.hits_size() == 0) {
+      std::printf("  (no captions)\n");
+      continue;
+    }
+    Table table({"  rank", "id", "score", "text"});
+    for (int i = 0; i < hits.hits_size(); ++i) {
+      const v1::CaptionHit& hit = hits.hits(i);
+      table.AddRow({absl::StrCat("  ", i + 1), hit.id(), FormatScore(hit.score()), hit.text()});
+    }
+    table.Print(stdout);
+  }
+  return kExitOk;
+}
+
+// Prints per-item results (table or JSON already printed by the caller) and returns the exit code.
+int ReportItems(const char* kind, const google::protobuf::RepeatedPtrField<v1::ItemStatus>& results, bool json,
+                Table* table) {
+  int exit_code = kExitOk;
+  for (const v1::ItemStatus& result : results) {
+    exit_code = CombineItemExitCodes(exit_code, ItemExitCode(result.code()));
+    if (!json) {
+      table->AddRow({kind, result.id(), StatusCodeName(result.code()), result.message()});
+    }
+  }
+  return exit_code;
+}
+
+int UpsertCaption(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"collection", "meta"}, {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (args->positionals().size() != 2) return UsageError("usage: upsert-caption ID \"TEXT\"");
+  v1::UpsertCaptionsRequest request;
+  v1::Caption* caption = request.add_captions();
+  caption->set_id(args->positionals()[0]);
+  caption->set_text(args->positionals()[1]);
+  caption->set_collection(args->Value("collection").value_or(""));
+  absl::StatusOr<std::map<std::string, std::string>> meta = args->KeyValues("meta");
+  if (!meta.ok()) return UsageError(std::string(meta.status().message()));
+  for (const auto& [key, value] : *meta) (*caption->mutable_metadata())[key] = value;
+  v1::UpsertCaptionsResponse response;
+  const grpc::Status status = connection.scan().UpsertCaptions(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("UpsertCaptions", status);
+  if (json) PrintJson(response);
+  Table table({"kind", "id", "result", "message"});
+  const int exit_code = ReportItems("caption", response.results(), json, &table);
+  if (!json) table.Print(exit_code == kExitOk ? stdout : stderr);
+  return exit_code;
+}
+
+int UpsertImage(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"collection", "meta", "features", "boxes", "labels"}, {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (args->positionals().size() != 1) return UsageError("usage: upsert-image ID --features FILE.npy");
+  const std::optional<std::string> features_path = args->Value("features");
+  if (!features_path.has_value()) return UsageError("upsert-image needs --features FILE.npy");
+  v1::UpsertImagesRequest request;
+  v1::Image* image = request.add_images();
+  image->set_id(args->positionals()[0]);
+  image->set_collection(args->Value("collection").value_or(""));
+  absl::StatusOr<std::map<std::string, std::string>> meta = args->KeyValues("meta");
+  if (!meta.ok()) return UsageError(std::string(meta.status().message()));
+  for (const auto& [key, value] : *meta) (*image->mutable_metadata())[key] = value;
+  absl::StatusOr<FloatMatrix> features = ReadMatrixNpy(*features_path, "--features");
+  if (!features.ok()) return Fail(kExitUsage, features.status().ToString());
+  SetRegionFeatures(features->data.data(), features->rows, features->cols, image->mutable_region_features());
+  if (const std::optional<std::string> boxes_path = args->Value("boxes")) {
+    absl::StatusOr<FloatMatrix> boxes = ReadMatrixNpy(*boxes_path, "--boxes");
+    if (!boxes.ok()) return Fail(kExitUsage, boxes.status().ToString());
+    if (boxes->cols != 4) return Fail(kExitUsage, absl::StrCat("--boxes ", *boxes_path, ": expected (k, 4), got (",
+                                                               boxes->rows, ", ", boxes->cols, ")"));
+    for (int64_t b = 0; b < boxes->rows; ++b) {
+      v1::Box* box = image->add_boxes();
+      box->set_x1(boxes->at(b, 0));
+      box->set_y1(boxes->at(b, 1));
+      box->set_x2(boxes->at(b, 2));
+      box->set_y2(boxes->at(b, 3));
+    }
+  }
+  if (const std::optional<std::string> labels_path = args->Value("labels")) {
+    std::ifstream in(*labels_path);
+    if (!in) return Fail(kExitUsage, absl::StrCat("--labels: cannot read ", *labels_path));
+    std::string line;
+    while (std::getline(in, line)) image->add_labels(std::string(absl::StripAsciiWhitespace(line)));
+  }
+  v1::UpsertImagesResponse response;
+  const grpc::Status status = connection.scan().UpsertImages(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("UpsertImages", status);
+  if (json) PrintJson(response);
+  Table table({"kind", "id", "result", "message"});
+  const int exit_code = ReportItems("image", response.results(), json, &table);
+  if (!json) table.Print(exit_code == kExitOk ? stdout : stderr);
+  return exit_code;
+}
+
+int Delete(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"image", "caption"}, {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (!args->positionals().empty()) return UsageError("delete takes --image ID and --caption ID flags only");
+  v1::DeleteRequest request;
+  for (const std::string& id : args->Values("image")) request.add_image_ids(id);
+  for (const std::string& id : args->Values("caption")) request.add_caption_ids(id);
+  if (request.image_ids_size() + request.caption_ids_size() == 0) {
+    return UsageError("delete needs at least one --image ID or --caption ID");
+  }
+  v1::DeleteResponse response;
+  const grpc::Status status = connection.scan().Delete(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("Delete", status);
+  if (json) PrintJson(response);
+  Table table({"kind", "id", "result", "message"});
+  const int images = ReportItems("image", response.image_results(), json, &table);
+  const int captions = ReportItems("caption", response.caption_results(), json, &table);
+  const int exit_code = CombineItemExitCodes(images, captions);
+  if (!json) table.Print(exit_code == kExitOk ? stdout : stderr);
+  return exit_code;
+}
+
+int Stats(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  if (!argv.empty()) return UsageError("stats takes no arguments");
+  v1::GetStatsResponse response;
+  const grpc::Status status =
+      connection.scan().GetStats(connection.NewContext().get(), v1::GetStatsRequest(), &response);
+  if (!status.ok()) return RpcFailed("GetStats", status);
+  if (json) {
+    PrintJson(response);
+    return kExitOk;
+  }
+  Table table({"field", "value"});
+  table.AddRow({"images", absl::StrCat(response.images())});
+  table.AddRow({"captions", absl::StrCat(response.captions())});
+  table.AddRow({"feature memory", FormatBytes(response.feature_bytes())});
+  table.AddRow({"store on disk", FormatBytes(response.store_disk_bytes())});
+  table.AddRow({"backend", response.backend()});
+  table.AddRow({"storage", response.storage()});
+  table.AddRow({"detector", response.detector_loaded() ? "loaded" : "none"});
+  table.AddRow({"version", response.version()});
+  for (int i = 0; i < response.models_size(); ++i) {
+    table.AddRow({absl::StrCat("model ", i), response.models(i).model_dir()});
+    table.AddRow({"", response.models(i).summary()});
+  }
+  table.Print(stdout);
+  return kExitOk;
+}
+
+int Health(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"service"}, {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (!args->positionals().empty()) return UsageError("health takes --service NAME only");
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(args->Value("service").value_or(""));
+  grpc::health::v1::HealthCheckResponse response;
+  // Health is public: no token needed, but sending it does no harm.
+  const grpc::Status status = connection.health().Check(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("Health.Check", status);
+  if (json) {
+    PrintJson(response);
+  } else {
+    std::printf("%s\n", grpc::health::v1::HealthCheckResponse::ServingStatus_Name(response.status()).c_str());
+  }
+  return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kExitOk : kExitUnavailable;
+}
+
+// The checkpoint next to the input unless --resume-file says otherwise.
+ImportOptions ImportOptionsFrom(const ParsedArgs& args, const std::string& default_checkpoint, bool json) {
+  ImportOptions options;
+  options.checkpoint_path = args.Value("resume-file").value_or(default_checkpoint);
+  options.restart = args.Switch("restart");
+  options.progress = !args.Switch("no-progress");
+  options.json = json;
+  return options;
+}
+
+int Import(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  if (argv.empty()) return UsageError("import needs a kind: precomp or tsv");
+  const std::string kind = argv[0];
+  const std::vector<std::string> rest(argv.begin() + 1, argv.end());
+  const std::set<std::string> import_flags = {"resume-file", "window"};
+  const std::set<std::string> import_switches = {"restart", "no-progress"};
+  if (kind == "precomp") {
+    cli::ArgSpec spec{{"data-dir", "split", "collection"}, {"images-only", "captions-only"}};
+    spec.value_flags.insert(import_flags.begin(), import_flags.end());
+    spec.switches.insert(import_switches.begin(), import_switches.end());
+    absl::StatusOr<ParsedArgs> args = Parse(rest, spec);
+    if (!args.ok()) return UsageError(std::string(args.status().message()));
+    if (!args->positionals().empty()) return UsageError("import precomp takes flags only");
+    PrecompOptions options;
+    options.data_dir = args->Value("data-dir").value_or("");
+    options.split = args->Value("split").value_or("");
+    if (options.data_dir.empty() || options.split.empty()) return UsageError("import precomp needs --data-dir and --split");
+    options.collection = args->Value("collection").value_or("");
+    if (args->Switch("images-only") && args->Switch("captions-only")) {
+      return UsageError("--images-only and --captions-only exclude each other");
+    }
+    options.images = !args->Switch("captions-only");
+    options.captions = !args->Switch("images-only");
+    absl::StatusOr<std::optional<int64_t>> window = args->Int("window", 1, 1'000'000);
+    if (!window.ok()) return UsageError(std::string(window.status().message()));
+    absl::StatusOr<std::unique_ptr<PrecompSource>> source = PrecompSource::Open(options);
+    if (!source.ok()) return Fail(kExitUsage, source.status().ToString());
+    std::fprintf(stderr, "scanctl: importing %lld images and %lld captions from %s/%s\n",
+                 static_cast<long long>((*source)->num_images()), static_cast<long long>((*source)->num_captions()),
+                 options.data_dir.c_str(), options.split.c_str());
+    ImportOptions import_options = ImportOptionsFrom(
+        *args, (std::filesystem::path(options.data_dir) / (options.split + ".scanctl-import.json")).string(), json);
+    if (window->has_value()) import_options.window = static_cast<int>(**window);
+    return RunImport(connection, **source, import_options);
+  }
+  if (kind == "tsv") {
+    cli::ArgSpec spec{{"collection", "id-prefix", "feature-dim", "objects-vocab", "attributes-vocab"}, {}};
+    spec.value_flags.insert(import_flags.begin(), import_flags.end());
+    spec.switches.insert(import_switches.begin(), import_switches.end());
+    absl::StatusOr<ParsedArgs> args = Parse(rest, spec);
+    if (!args.ok()) return UsageError(std::string(args.status().message()));
+    if (args->positionals().size() != 1) return UsageError("usage: import tsv FILE.tsv");
+    TsvOptions options;
+    options.path = args->positionals()[0];
+    options.collection = args->Value("collection").value_or("");
+    options.id_prefix = args->Value("id-prefix").value_or("");
+    options.objects_vocab = args->Value("objects-vocab").value_or("");
+    options.attributes_vocab = args->Value("attributes-vocab").value_or("");
+    absl::StatusOr<std::optional<int64_t>> dim = args->Int("feature-dim", 0, 1 << 20);
+    if (!dim.ok()) return UsageError(std::string(dim.status().message()));
+    options.feature_dim = dim->value_or(2048);
+    absl::StatusOr<std::optional<int64_t>> window = args->Int("window", 1, 1'000'000);
+    if (!window.ok()) return UsageError(std::string(window.status().message()));
+    absl::StatusOr<std::unique_ptr<TsvSource>> source = TsvSource::Open(options);
+    if (!source.ok()) return Fail(kExitUsage, source.status().ToString());
+    std::fprintf(stderr, "scanctl: importing %lld images from %s\n", static_cast<long long>((*source)->total()),
+                 options.path.c_str());
+    ImportOptions import_options = ImportOptionsFrom(*args, options.path + ".scanctl-import.json", json);
+    if (window->has_value()) import_options.window = static_cast<int>(**window);
+    return RunImport(connection, **source, import_options);
+  }
+  return UsageError(absl::StrCat("unknown import kind '", kind, "' (precomp or tsv)"));
+}
+
+std::string EnvOr(const char* name, const std::string& fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr && *value != '\0' ? value : fallback;
+}
+
+int Main(int argc, char** argv) {
+  // Global flags anywhere; the first other word is the command, the rest its arguments.
+  ConnectionOptions connection_options;
+  connection_options.server = EnvOr("SCANCTL_SERVER", connection_options.server);
+  connection_options.token = EnvOr("SCANCTL_TOKEN", "");
+  bool json = false;
+  std::string command;
+  std::vector<std::string> command_args;
+  const std::set<std::string> global_values = {"--server", "--token", "--token-file", "--tls-ca", "--timeout"};
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::string value;
+    bool has_value = false;
+    if (const size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos &&
+                                         global_values.count(arg.substr(0, eq)) > 0) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+      has_value = true;
+    }
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    }
+    if (arg == "--json") {
+      json = true;
+    } else if (arg == "--tls") {
+      connection_options.tls = true;
+    } else if (global_values.count(arg) > 0) {
+      if (!has_value) {
+        if (i + 1 >= argc) return UsageError(absl::StrCat(arg, " needs a value"));
+        value = argv[++i];
+      }
+      if (arg == "--server") {
+        connection_options.server = value;
+      } else if (arg == "--token") {
+        connection_options.token = value;
+      } else if (arg == "--token-file") {
+        std::ifstream in(value);
+        if (!in) return Fail(kExitUsage, absl::StrCat("--token-file: cannot read ", value));
+        std::stringstream contents;
+        contents << in.rdbuf();
+        connection_options.token = std::string(absl::StripAsciiWhitespace(contents.str()));
+      } else if (arg == "--tls-ca") {
+        connection_options.tls_ca = value;
+      } else if (arg == "--timeout") {
+        double seconds = 0;
+        if (!absl::SimpleAtod(value, &seconds) || !(seconds >= 0)) {
+          return UsageError(absl::StrCat("--timeout: expected seconds >= 0, got '", value, "'"));
+        }
+        connection_options.timeout_s = seconds;
+      }
+    } else if (command.empty() && arg.rfind("--", 0) != 0) {
+      command = arg;
+    } else {
+      command_args.push_back(argv[i]);
+    }
+  }
+  if (command.empty()) return UsageError("no command given");
+
+  using Command = int (*)(Connection&, const std::vector<std::string>&, bool);
+  const std::map<std::string, Command> commands = {
+      {"search-images", SearchImages}, {"search-captions", SearchCaptions}, {"upsert-caption", UpsertCaption},
+      {"upsert-image", UpsertImage},   {"delete", Delete},                  {"stats", Stats},
+      {"health", Health},              {"import", Import}};
+  const auto it = commands.find(command);
+  if (it == commands.end()) return UsageError(absl::StrCat("unknown command '", command, "'"));
+  absl::StatusOr<std::unique_ptr<Connection>> connection = Connection::Create(connection_options);
+  if (!connection.ok()) return Fail(kExitUsage, std::string(connection.status().message()));
+  return it->second(**connection, command_args, json);
+}
+
+}  // namespace
+}  // namespace cli
+}  // namespace scanserve
+
+int main(int argc, char** argv) { return scanserve::cli::Main(argc, argv); }

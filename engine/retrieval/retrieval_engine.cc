@@ -1,0 +1,1093 @@
+// ScanRetrievalEngine: the RetrievalEngine over ScanModels, Scorers and a FeatureStore.
+//
+// Locking (two locks, always taken in this order):
+//  - writer_mu_ serialises writers (upserts, deletes, Close) from capacity check to publish, so
+//    capacity accounting and the store never race. Encoding happens before it, in parallel.
+//  - state_mu_ (a writer-preferring shared mutex) guards what searches read: the scorers' contents
+//  and the catalogs.
+//    Searches hold it shared for scoring and filling hits; writers take it exclusively only to
+//    publish (Scorer::Add/Remove and catalog updates), never across an fsync.
+//  Catalogs are written under both locks, so a writer holding writer_mu_ may read them alone.
+//
+// Keys: each stored id gets an int64 scorer key from one counter (never reused within a process;
+// reassigned at load). The same key names the item in every model's scorer of its kind.
+//
+// Capacity: counts per kind against max_images / max_captions, and an estimate of the scorer bytes
+// of every item (rows x embed x storage width, row norms, and the Gram matrix where the stored side
+// is the attention context, summed over models) against max_feature_bytes. The check runs before
+// the durable write, so a refused item is never stored and an accepted one never overflows.
+#include "engine/retrieval/retrieval_engine.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <shared_mutex>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+#include "engine/eval/similarity.h"
+#include "engine/model/scan_model.h"
+#include "engine/retrieval/item_validation.h"
+#include "engine/retrieval/models_fingerprint.h"
+#include "engine/retrieval/writer_preferring_mutex.h"
+#include "engine/scoring/attention_explain.h"
+#include "engine/store/feature_store.h"
+#include "engine/store/rocksdb_feature_store.h"
+#include "engine/text/tokenizer.h"
+
+namespace scanserve {
+namespace {
+
+constexpr char kMetaEngineFormat[] = "engine_format";
+constexpr char kMetaFingerprint[] = "models_fingerprint";
+constexpr char kMetaModels[] = "models_description";
+constexpr char kEngineFormat[] = "1";
+constexpr size_t kLoadChunk = 256;      // records per Scorer::Add while loading
+constexpr size_t kCommitItems = 1024;   // items per durable write batch of an upsert
+constexpr int64_t kCommitRows = 16384;  // region / word rows per batch: ~64 MB of fp32 per model
+constexpr int64_t kItemOverhead = 64;   // per item per scorer: slot, key maps (an estimate)
+
+// What hits report about a stored item, and what capacity accounting needs.
+struct CatalogEntry {
+  std::string id;
+  std::string collection;
+  Metadata metadata;
+  std::string text;           // captions only
+  int64_t feature_bytes = 0;  // estimated scorer bytes over all models
+};
+
+// The stored items of one kind.
+struct Catalog {
+  absl::flat_hash_map<std::string, int64_t> key_of_id;
+  absl::flat_hash_map<int64_t, CatalogEntry> entries;
+  int64_t feature_bytes = 0;
+
+  int64_t size() const { return static_cast<int64_t>(entries.size()); }
+  // The entry of a key the scorers returned: every scorer key has one (an invariant).
+  const CatalogEntry& Get(int64_t key) const {
+    auto it = entries.find(key);
+    SCANSERVE_CHECK(it != entries.end());
+    return it->second;
+  }
+  void Insert(int64_t key, CatalogEntry entry) {
+    feature_bytes += entry.feature_bytes;
+    key_of_id[entry.id] = key;
+    entries[key] = std::move(entry);
+  }
+  void Erase(int64_t key) {
+    auto it = entries.find(key);
+    if (it == entries.end()) return;
+    feature_bytes -= it->second.feature_bytes;
+    key_of_id.erase(it->second.id);
+    entries.erase(it);
+  }
+  void Clear() {
+    key_of_id.clear();
+    entries.clear();
+    feature_bytes = 0;
+  }
+};
+
+struct ModelSlot {
+  std::unique_ptr<ScanModel> model;
+  std::unique_ptr<Scorer> images;    // stored images, queried by captions (text->image)
+  std::unique_ptr<Scorer> captions;  // stored captions, queried by images (image->text)
+};
+
+// One item's outcome of encoding: its embeddings per model, or why it failed.
+struct Encoded {
+  absl::Status status;
+  std::vector<FloatMatrix> per_model;
+};
+
+FloatMatrix CopyItem(const StackedItems& stacked, int64_t i) {
+  FloatMatrix m(stacked.num_rows(i), stacked.rows.cols);
+  std::copy(stacked.rows.row(stacked.offsets[i]), stacked.rows.row(stacked.offsets[i + 1]),
+            m.data.begin());
+  return m;
+}
+
+absl::Status Prefixed(const absl::Status& status, absl::string_view prefix) {
+  if (status.ok()) return status;
+  return absl::Status(status.code(), absl::StrCat(prefix, status.message()));
+}
+
+const char* BackendName(ScorerBackend backend) {
+  switch (backend) {
+    case ScorerBackend::kCpu:
+      return "cpu";
+    case ScorerBackend::kReference:
+      return "reference";
+    case ScorerBackend::kCuda:
+      return "cuda";
+  }
+  return "unknown";
+}
+
+absl::Status ValidateOptions(const RetrievalEngineOptions& o) {
+  if (o.model_dirs.empty() || o.model_dirs.size() > 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "RetrievalEngineOptions: give 1 model, or 2 for an ensemble; got ", o.model_dirs.size()));
+  }
+  if (o.num_threads < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RetrievalEngineOptions: num_threads must be >= 0, got ", o.num_threads));
+  }
+  if (o.max_images < 0 || o.max_captions < 0 || o.max_feature_bytes < 0) {
+    return absl::InvalidArgumentError("RetrievalEngineOptions: capacities must be >= 0");
+  }
+  if (o.max_top_k < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RetrievalEngineOptions: max_top_k must be >= 1, got ", o.max_top_k));
+  }
+  if (o.max_query_words < 3 || o.max_query_words > Scorer::kMaxRows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("RetrievalEngineOptions: max_query_words must be in 3..", Scorer::kMaxRows,
+                     " (<start> and <end> count), got ", o.max_query_words));
+  }
+  return absl::OkStatus();
+}
+
+class ScanRetrievalEngine final : public RetrievalEngine {
+ public:
+  ScanRetrievalEngine(const RetrievalEngineOptions& options, std::vector<ModelSlot> models,
+                      std::unique_ptr<FeatureStore> store)
+      : options_(options),
+        models_(std::move(models)),
+        store_(std::move(store)),
+        img_dim_(models_.front().model->config().img_dim) {}
+
+  ~ScanRetrievalEngine() override {
+    const absl::Status closed = Close();
+    if (!closed.ok())
+      std::fprintf(stderr, "RetrievalEngine: closing: %s\n", closed.ToString().c_str());
+  }
+
+  // Reads every stored item into the scorers (Create, before anyone else sees the engine).
+  absl::Status Load();
+
+  std::vector<ItemResult> UpsertImages(std::vector<ImageItem> items) override;
+  std::vector<ItemResult> UpsertCaptions(std::vector<CaptionItem> items) override;
+  std::vector<ItemResult> DeleteImages(absl::Span<const std::string> ids) override;
+  std::vector<ItemResult> DeleteCaptions(absl::Span<const std::string> ids) override;
+  absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(
+      const std::vector<std::string>& queries, const SearchParams& params) const override;
+  absl::StatusOr<std::vector<std::vector<CaptionHit>>> SearchCaptions(
+      const std::vector<ImageQuery>& queries, const SearchParams& params) const override;
+  EngineStats Stats() const override;
+  absl::Status Close() override;
+
+ private:
+  using ScorerOf = std::unique_ptr<Scorer> ModelSlot::*;
+
+  size_t num_models() const { return models_.size(); }
+  // Estimated scorer bytes of an item of `rows` rows, over every model.
+  int64_t EstimateBytes(int64_t rows, ItemKind kind) const;
+
+  // Encoding, batched per model; a failing batch is retried item by item so that one item's
+  // error stays its own.
+  std::vector<Encoded> EncodeRegions(const std::vector<const FloatMatrix*>& features) const;
+  // ids[i][m]: item i's tokens under model m (all OK).
+  std::vector<Encoded> EncodeTokens(
+      const std::vector<std::vector<std::vector<int64_t>>>& ids) const;
+  absl::StatusOr<std::vector<FloatMatrix>> EncodeTokensOfModel(
+      size_t m, const std::vector<std::vector<int64_t>>& ids) const;
+
+  // Capacity check, durable write and publish of prepared records; fills results[index[i]].
+  template <typename Record>
+  void Commit(std::vector<Record> records, const std::vector<size_t>& index, ItemKind kind,
+              std::vector<ItemResult>* results);
+  template <typename Record>
+  absl::Status Publish(const std::vector<Record>& records, ItemKind kind);
+  std::vector<ItemResult> Delete(absl::Span<const std::string> ids, ItemKind kind);
+
+  absl::Status ValidateParams(const SearchParams& params, size_t num_queries) const;
+  // Model-averaged scores of queries (per model: one view per query) against the `side` scorers,
+  // columns in the order of *keys. Caller holds state_mu_.
+  absl::Status ScoreAveraged(const std::vector<std::vector<ItemView>>& queries, ScorerOf side,
+                             FloatMatrix* scores, std::vector<int64_t>* keys) const;
+  // Top-k per row over the columns whose item passes the filter. Caller holds state_mu_.
+  std::vector<std::vector<ScoredKey>> TopK(const FloatMatrix& scores,
+                                           const std::vector<int64_t>& keys, const Catalog& catalog,
+                                           const SearchParams& params) const;
+  absl::Status Explain(const std::vector<std::string>& queries,
+                       const std::vector<std::vector<int64_t>>& ids, const StackedItems& words,
+                       std::vector<std::vector<ImageHit>>* results) const;
+
+  Catalog& catalog(ItemKind kind) { return kind == ItemKind::kImage ? images_ : captions_; }
+  const Catalog& catalog(ItemKind kind) const {
+    return kind == ItemKind::kImage ? images_ : captions_;
+  }
+  static ScorerOf side(ItemKind kind) {
+    return kind == ItemKind::kImage ? &ModelSlot::images : &ModelSlot::captions;
+  }
+
+  const RetrievalEngineOptions options_;
+  const std::vector<ModelSlot> models_;  // the models are immutable; the scorers are guarded below
+  const std::unique_ptr<FeatureStore> store_;  // thread-safe itself
+  const int64_t img_dim_;                      // shared by every model
+  SimilarityOptions encode_options_;           // batch sizes for EncodeAll
+
+  std::mutex writer_mu_;  // serialises writers; guards next_key_ (see the top of the file)
+  int64_t next_key_ = 0;
+
+  // Guards the scorers' contents, the catalogs and closed_ (closed_ and the catalogs are written
+  // under writer_mu_ too, so writers read them holding either).
+  mutable WriterPreferringSharedMutex state_mu_;
+  Catalog images_;
+  Catalog captions_;
+  bool closed_ = false;
+};
+
+int64_t ScanRetrievalEngine::EstimateBytes(int64_t rows, ItemKind kind) const {
+  const int64_t value_bytes = options_.storage == StorageType::kBFloat16 ? 2 : 4;
+  int64_t total = 0;
+  for (const ModelSlot& slot : models_) {
+    const ModelConfig& config = slot.model->config();
+    const bool t2i = config.attention.cross_attn == CrossAttention::kTextToImage;
+    const bool stored_is_context = (kind == ItemKind::kImage) == t2i;
+    total += rows * config.embed_size * value_bytes + rows * 4 + kItemOverhead;
+    if (stored_is_context) total += rows * rows * 4;
+  }
+  return total;
+}
+
+std::vector<Encoded> ScanRetrievalEngine::EncodeRegions(
+    const std::vector<const FloatMatrix*>& features) const {
+  std::vector<Encoded> out(features.size());
+  if (features.empty()) return out;
+  std::vector<RegionFeaturesView> views;
+  views.reserve(features.size());
+  for (const FloatMatrix* f : features) views.push_back({f->data.data(), f->rows, f->cols});
+  for (size_t m = 0; m < num_models(); ++m) {
+    const ScanModel& model = *models_[m].model;
+    absl::StatusOr<ModelEmbeddings> batch = EncodeAll(model, views, {}, encode_options_);
+    if (batch.ok()) {
+      for (size_t i = 0; i < out.size(); ++i)
+        out[i].per_model.push_back(CopyItem(batch->images, static_cast<int64_t>(i)));
+      continue;
+    }
+    for (size_t i = 0; i < out.size(); ++i) {
+      absl::StatusOr<ModelEmbeddings> one =
+          EncodeAll(model, absl::MakeConstSpan(&views[i], 1), {}, encode_options_);
+      if (!one.ok()) {
+        if (out[i].status.ok())
+          out[i].status = Prefixed(one.status(), absl::StrCat("model ", m + 1, ": "));
+        out[i].per_model.push_back(FloatMatrix());
+      } else {
+        out[i].per_model.push_back(CopyItem(one->images, 0));
+      }
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<FloatMatrix>> ScanRetrievalEngine::EncodeTokensOfModel(
+    size_t m, const std::vector<std::vector<int64_t>>& ids) const {
+  SCANSERVE_ASSIGN_OR_RETURN(ModelEmbeddings embeddings,
+                             EncodeAll(*models_[m].model, {}, ids, encode_options_));
+  std::vector<FloatMatrix> out;
+  out.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i)
+    out.push_back(CopyItem(embeddings.captions, static_cast<int64_t>(i)));
+  return out;
+}
+
+std::vector<Encoded> ScanRetrievalEngine::EncodeTokens(
+    const std::vector<std::vector<std::vector<int64_t>>>& ids) const {
+  std::vector<Encoded> out(ids.size());
+  if (ids.empty()) return out;
+  for (size_t m = 0; m < num_models(); ++m) {
+    std::vector<std::vector<int64_t>> of_model;
+    of_model.reserve(ids.size());
+    for (const auto& item : ids) of_model.push_back(item[m]);
+    absl::StatusOr<std::vector<FloatMatrix>> batch = EncodeTokensOfModel(m, of_model);
+    if (batch.ok()) {
+      for (size_t i = 0; i < out.size(); ++i) out[i].per_model.push_back(std::move((*batch)[i]));
+      continue;
+    }
+    for (size_t i = 0; i < out.size(); ++i) {
+      absl::StatusOr<std::vector<FloatMatrix>> one = EncodeTokensOfModel(m, {of_model[i]});
+      if (!one.ok()) {
+        if (out[i].status.ok())
+          out[i].status = Prefixed(one.status(), absl::StrCat("model ", m + 1, ": "));
+        out[i].per_model.push_back(FloatMatrix());
+      } else {
+        out[i].per_model.push_back(std::move(one->front()));
+      }
+    }
+  }
+  return out;
+}
+
+// ---- Loading ----------------------------------------------------------------------------------
+
+absl::Status ScanRetrievalEngine::Load() {
+  std::lock_guard<std::mutex> writer(writer_mu_);
+  std::unique_lock<WriterPreferringSharedMutex> state(state_mu_);
+
+  // Checks a record against the models; a mismatch under a matching fingerprint is corruption.
+  const auto check_embeddings = [&](const std::vector<FloatMatrix>& embeddings, int64_t rows,
+                                    absl::string_view kind, const std::string& id) -> absl::Status {
+    const auto corrupt = [&](absl::string_view why) {
+      return absl::DataLossError(absl::StrCat("the stored ", kind, " ", QuoteId(id), " ", why,
+                                              " although the store's models fingerprint matches"));
+    };
+    if (embeddings.size() != num_models()) {
+      return corrupt(
+          absl::StrCat("has embeddings for ", embeddings.size(), " models, not ", num_models()));
+    }
+    if (rows < 1 || rows > Scorer::kMaxRows) return corrupt(absl::StrCat("has ", rows, " rows"));
+    for (size_t m = 0; m < num_models(); ++m) {
+      const FloatMatrix& e = embeddings[m];
+      if (e.rows != rows || e.cols != models_[m].model->config().embed_size) {
+        return corrupt(
+            absl::StrCat("has ", e.rows, " x ", e.cols, " embeddings for model ", m + 1));
+      }
+    }
+    return absl::OkStatus();
+  };
+
+  std::vector<StoredImage> image_chunk;
+  const auto flush_images = [&]() -> absl::Status {
+    if (image_chunk.empty()) return absl::OkStatus();
+    SCANSERVE_RETURN_IF_ERROR(Publish(image_chunk, ItemKind::kImage));
+    image_chunk.clear();
+    return absl::OkStatus();
+  };
+  SCANSERVE_RETURN_IF_ERROR(store_->ScanImages([&](StoredImage& image) -> absl::Status {
+    SCANSERVE_RETURN_IF_ERROR(
+        check_embeddings(image.embeddings, image.num_regions, "image", image.id));
+    if ((!image.boxes.empty() && static_cast<int64_t>(image.boxes.size()) != image.num_regions) ||
+        (!image.labels.empty() && static_cast<int64_t>(image.labels.size()) != image.num_regions)) {
+      return absl::DataLossError(absl::StrCat("the stored image ", QuoteId(image.id),
+                                              " has boxes or labels that do not match its ",
+                                              image.num_regions, " regions"));
+    }
+    image_chunk.push_back(std::move(image));
+    return image_chunk.size() >= kLoadChunk ? flush_images() : absl::OkStatus();
+  }));
+  SCANSERVE_RETURN_IF_ERROR(flush_images());
+
+  std::vector<StoredCaption> caption_chunk;
+  const auto flush_captions = [&]() -> absl::Status {
+    if (caption_chunk.empty()) return absl::OkStatus();
+    SCANSERVE_RETURN_IF_ERROR(Publish(caption_chunk, ItemKind::kCaption));
+    caption_chunk.clear();
+    return absl::OkStatus();
+  };
+  SCANSERVE_RETURN_IF_ERROR(store_->ScanCaptions([&](StoredCaption& caption) -> absl::Status {
+    const int64_t rows = caption.embeddings.empty() ? 0 : caption.embeddings.front().rows;
+    SCANSERVE_RETURN_IF_ERROR(check_embeddings(caption.embeddings, rows, "caption", caption.id));
+    caption_chunk.push_back(std::move(caption));
+    return caption_chunk.size() >= kLoadChunk ? flush_captions() : absl::OkStatus();
+  }));
+  return flush_captions();
+}
+
+// ---- Writing ----------------------------------------------------------------------------------
+
+int64_t RowsOf(const StoredImage& image) { return image.num_regions; }
+int64_t RowsOf(const StoredCaption& caption) { return caption.embeddings.front().rows; }
+
+CatalogEntry EntryOf(const StoredImage& image, int64_t bytes) {
+  return CatalogEntry{image.id, image.collection, image.metadata, "", bytes};
+}
+CatalogEntry EntryOf(const StoredCaption& caption, int64_t bytes) {
+  return CatalogEntry{caption.id, caption.collection, caption.metadata, caption.text, bytes};
+}
+
+absl::Status PutRecords(FeatureStore& store, const std::vector<StoredImage>& records) {
+  return store.PutImages(records);
+}
+absl::Status PutRecords(FeatureStore& store, const std::vector<StoredCaption>& records) {
+  return store.PutCaptions(records);
+}
+absl::Status DeleteRecords(FeatureStore& store, const std::vector<std::string>& ids,
+                           ItemKind kind) {
+  return kind == ItemKind::kImage ? store.DeleteImages(ids) : store.DeleteCaptions(ids);
+}
+
+// Adds records to every model's scorer of `kind` and to the catalog; replaced ids keep their key.
+// Caller holds writer_mu_ and state_mu_ exclusively. On failure nothing of the batch is visible:
+// the scorers and catalog no longer hold any of its ids (a replaced item's old version is gone
+// too), and the caller removes them from the store.
+template <typename Record>
+absl::Status ScanRetrievalEngine::Publish(const std::vector<Record>& records, ItemKind kind) {
+  Catalog& items = catalog(kind);
+  std::vector<int64_t> keys;
+  std::vector<int64_t> replaced;  // keys already stored before this batch
+  keys.reserve(records.size());
+  for (const Record& record : records) {
+    auto it = items.key_of_id.find(record.id);
+    if (it != items.key_of_id.end()) {
+      keys.push_back(it->second);
+      replaced.push_back(it->second);
+    } else {
+      keys.push_back(next_key_++);
+    }
+  }
+  for (size_t m = 0; m < num_models(); ++m) {
+    std::vector<ItemView> views;
+    views.reserve(records.size());
+    for (const Record& record : records) views.push_back(ItemView(record.embeddings[m]));
+    const absl::Status added = (models_[m].*side(kind))->Add(keys, views);
+    if (added.ok()) continue;
+    // Scorers before m hold the whole batch, scorers from m on only the replaced keys.
+    for (size_t r = 0; r < num_models(); ++r) {
+      const absl::Status removed = (models_[r].*side(kind))->Remove(r < m ? keys : replaced);
+      SCANSERVE_CHECK(removed.ok());
+    }
+    for (int64_t key : replaced) items.Erase(key);
+    return added;
+  }
+  for (size_t i = 0; i < records.size(); ++i) {
+    items.Erase(keys[i]);
+    items.Insert(keys[i], EntryOf(records[i], EstimateBytes(RowsOf(records[i]), kind)));
+  }
+  return absl::OkStatus();
+}
+
+template <typename Record>
+void ScanRetrievalEngine::Commit(std::vector<Record> records, const std::vector<size_t>& index,
+                                 ItemKind kind, std::vector<ItemResult>* results) {
+  const char* kind_name = kind == ItemKind::kImage ? "image" : "caption";
+  std::lock_guard<std::mutex> writer(writer_mu_);
+  if (closed_) {
+    for (size_t i : index)
+      (*results)[i].status = absl::FailedPreconditionError("the engine is closed");
+    return;
+  }
+  // Capacity, item by item in request order.
+  Catalog& items = catalog(kind);
+  const int64_t max_count = kind == ItemKind::kImage ? options_.max_images : options_.max_captions;
+  int64_t count = items.size();
+  int64_t bytes = images_.feature_bytes + captions_.feature_bytes;
+  std::vector<Record> accepted;
+  std::vector<size_t> accepted_index;
+  for (size_t i = 0; i < records.size(); ++i) {
+    auto it = items.key_of_id.find(records[i].id);
+    const bool exists = it != items.key_of_id.end();
+    const int64_t need = EstimateBytes(RowsOf(records[i]), kind);
+    const int64_t freed = exists ? items.Get(it->second).feature_bytes : 0;
+    absl::Status& status = (*results)[index[i]].status;
+    if (!exists && count + 1 > max_count) {
+      status = absl::ResourceExhaustedError(
+          absl::StrCat("the store is full: it holds ", count, " ", kind_name,
+                       "s, the configured maximum (max_", kind_name, "s)"));
+    } else if (bytes - freed + need > options_.max_feature_bytes) {
+      status = absl::ResourceExhaustedError(
+          absl::StrCat("scorer memory is full: this ", kind_name, " needs ~", need, " bytes and ",
+                       bytes, " of max_feature_bytes ", options_.max_feature_bytes, " are in use"));
+    } else {
+      count += exists ? 0 : 1;
+      bytes += need - freed;
+      accepted.push_back(std::move(records[i]));
+      accepted_index.push_back(index[i]);
+    }
+  }
+  if (accepted.empty()) return;
+
+  // Durable first: an item is acked only once it is in the fsync'd log.
+  const absl::Status written = PutRecords(*store_, accepted);
+  if (!written.ok()) {
+    for (size_t i : accepted_index) (*results)[i].status = written;
+    return;
+  }
+  absl::Status published;
+  {
+    std::unique_lock<WriterPreferringSharedMutex> state(state_mu_);
+    published = Publish(accepted, kind);
+  }
+  if (published.ok()) return;
+  // Keep the store equal to what is served: the batch is out of the scorers, so out of the store.
+  std::vector<std::string> ids;
+  for (const Record& record : accepted) ids.push_back(record.id);
+  const absl::Status undone = DeleteRecords(*store_, ids, kind);
+  if (!undone.ok()) {
+    std::fprintf(
+        stderr,
+        "RetrievalEngine: %zu %ss are stored but could not be served (%s) nor removed (%s); "
+        "they come back at the next start\n",
+        ids.size(), kind_name, published.ToString().c_str(), undone.ToString().c_str());
+  }
+  for (size_t i : accepted_index) {
+    (*results)[i].status = Prefixed(published, "not stored: ");
+  }
+}
+
+// Splits positions 0..n-1 into consecutive runs of at most kCommitItems items and, unless one
+// item alone exceeds it, kCommitRows rows. Each run is encoded and committed (one fsync) on its
+// own, so the memory of one call stays bounded however many items it brings.
+template <typename RowsOf>
+std::vector<std::pair<size_t, size_t>> CommitRuns(size_t n, RowsOf rows_of) {
+  std::vector<std::pair<size_t, size_t>> runs;
+  size_t begin = 0;
+  int64_t rows = 0;
+  for (size_t j = 0; j < n; ++j) {
+    const int64_t r = rows_of(j);
+    if (j > begin && (j - begin >= kCommitItems || rows + r > kCommitRows)) {
+      runs.emplace_back(begin, j);
+      begin = j;
+      rows = 0;
+    }
+    rows += r;
+  }
+  if (begin < n) runs.emplace_back(begin, n);
+  return runs;
+}
+
+std::vector<ItemResult> ScanRetrievalEngine::UpsertImages(std::vector<ImageItem> items) {
+  std::vector<ItemResult> results(items.size());
+  std::vector<size_t> valid;
+  absl::flat_hash_set<std::string> seen;
+  for (size_t i = 0; i < items.size(); ++i) {
+    results[i].id = items[i].id;
+    absl::Status status = ValidateImageItem(items[i], img_dim_);
+    if (status.ok() && !seen.insert(items[i].id).second) {
+      status = absl::InvalidArgumentError("the id appears more than once in this request");
+    }
+    if (status.ok()) {
+      valid.push_back(i);
+    } else {
+      results[i].status = status;
+    }
+  }
+  const auto rows_of = [&](size_t j) { return items[valid[j]].region_features.rows; };
+  for (const auto& [begin, end] : CommitRuns(valid.size(), rows_of)) {
+    std::vector<const FloatMatrix*> features;
+    for (size_t j = begin; j < end; ++j) features.push_back(&items[valid[j]].region_features);
+    std::vector<Encoded> encoded = EncodeRegions(features);
+
+    std::vector<StoredImage> records;
+    std::vector<size_t> index;
+    for (size_t j = begin; j < end; ++j) {
+      ImageItem& item = items[valid[j]];
+      Encoded& embeddings = encoded[j - begin];
+      if (!embeddings.status.ok()) {
+        results[valid[j]].status = embeddings.status;
+        continue;
+      }
+      StoredImage record;
+      record.id = item.id;
+      record.collection = std::move(item.collection);
+      record.metadata = std::move(item.metadata);
+      record.num_regions = item.region_features.rows;
+      for (const Box& b : item.boxes) record.boxes.push_back({b.x1, b.y1, b.x2, b.y2});
+      record.labels = std::move(item.labels);
+      record.embeddings = std::move(embeddings.per_model);
+      item.region_features = FloatMatrix();  // the raw features are not kept
+      records.push_back(std::move(record));
+      index.push_back(valid[j]);
+    }
+    Commit(std::move(records), index, ItemKind::kImage, &results);
+  }
+  return results;
+}
+
+std::vector<ItemResult> ScanRetrievalEngine::UpsertCaptions(std::vector<CaptionItem> items) {
+  std::vector<ItemResult> results(items.size());
+  std::vector<size_t> valid;
+  std::vector<std::vector<std::vector<int64_t>>> ids;  // [valid item][model]
+  absl::flat_hash_set<std::string> seen;
+  for (size_t i = 0; i < items.size(); ++i) {
+    results[i].id = items[i].id;
+    absl::Status status = ValidateCaptionItem(items[i]);
+    if (status.ok() && !seen.insert(items[i].id).second) {
+      status = absl::InvalidArgumentError("the id appears more than once in this request");
+    }
+    std::vector<std::vector<int64_t>> per_model;
+    for (size_t m = 0; m < num_models() && status.ok(); ++m) {
+      absl::StatusOr<std::vector<int64_t>> tokens = models_[m].model->CaptionToIds(items[i].text);
+      if (!tokens.ok()) {
+        status = tokens.status();
+      } else if (static_cast<int64_t>(tokens->size()) > Scorer::kMaxRows) {
+        status = absl::InvalidArgumentError(absl::StrCat("the caption has ", tokens->size(),
+                                                         " tokens; at most ", Scorer::kMaxRows,
+                                                         " are allowed"));
+      } else {
+        per_model.push_back(*std::move(tokens));
+      }
+    }
+    if (status.ok()) {
+      valid.push_back(i);
+      ids.push_back(std::move(per_model));
+    } else {
+      results[i].status = status;
+    }
+  }
+  const auto rows_of = [&](size_t j) { return static_cast<int64_t>(ids[j].front().size()); };
+  for (const auto& [begin, end] : CommitRuns(valid.size(), rows_of)) {
+    std::vector<Encoded> encoded = EncodeTokens({ids.begin() + begin, ids.begin() + end});
+
+    std::vector<StoredCaption> records;
+    std::vector<size_t> index;
+    for (size_t j = begin; j < end; ++j) {
+      CaptionItem& item = items[valid[j]];
+      Encoded& embeddings = encoded[j - begin];
+      if (!embeddings.status.ok()) {
+        results[valid[j]].status = embeddings.status;
+        continue;
+      }
+      StoredCaption record;
+      record.id = item.id;
+      record.collection = std::move(item.collection);
+      record.metadata = std::move(item.metadata);
+      record.text = std::move(item.text);
+      record.token_ids = std::move(ids[j]);
+      record.embeddings = std::move(embeddings.per_model);
+      records.push_back(std::move(record));
+      index.push_back(valid[j]);
+    }
+    Commit(std::move(records), index, ItemKind::kCaption, &results);
+  }
+  return results;
+}
+
+std::vector<ItemResult> ScanRetrievalEngine::Delete(absl::Span<const std::string> ids,
+                                                    ItemKind kind) {
+  const char* kind_name = kind == ItemKind::kImage ? "image" : "caption";
+  std::vector<ItemResult> results(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) results[i].id = ids[i];
+  std::lock_guard<std::mutex> writer(writer_mu_);
+  if (closed_) {
+    for (ItemResult& r : results) r.status = absl::FailedPreconditionError("the engine is closed");
+    return results;
+  }
+  Catalog& items = catalog(kind);
+  std::vector<std::string> doomed;
+  std::vector<int64_t> keys;
+  std::vector<size_t> index;  // results that depend on the write
+  absl::flat_hash_set<std::string> seen;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = items.key_of_id.find(ids[i]);
+    if (it == items.key_of_id.end()) {
+      results[i].status =
+          absl::NotFoundError(absl::StrCat("no stored ", kind_name, " ", QuoteId(ids[i])));
+      continue;
+    }
+    index.push_back(i);  // a repeated id reports like its first occurrence
+    if (seen.insert(ids[i]).second) {
+      doomed.push_back(ids[i]);
+      keys.push_back(it->second);
+    }
+  }
+  if (doomed.empty()) return results;
+  const absl::Status deleted = DeleteRecords(*store_, doomed, kind);
+  if (!deleted.ok()) {
+    for (size_t i : index) results[i].status = deleted;
+    return results;
+  }
+  std::unique_lock<WriterPreferringSharedMutex> state(state_mu_);
+  for (const ModelSlot& slot : models_) {
+    // Every key is in every scorer of this kind (the catalog says so): a failure is a bug.
+    const absl::Status removed = (slot.*side(kind))->Remove(keys);
+    SCANSERVE_CHECK(removed.ok());
+  }
+  for (int64_t key : keys) items.Erase(key);
+  return results;
+}
+
+std::vector<ItemResult> ScanRetrievalEngine::DeleteImages(absl::Span<const std::string> ids) {
+  return Delete(ids, ItemKind::kImage);
+}
+
+std::vector<ItemResult> ScanRetrievalEngine::DeleteCaptions(absl::Span<const std::string> ids) {
+  return Delete(ids, ItemKind::kCaption);
+}
+
+// ---- Searching --------------------------------------------------------------------------------
+
+absl::Status ScanRetrievalEngine::ValidateParams(const SearchParams& params,
+                                                 size_t num_queries) const {
+  if (num_queries == 0) return absl::InvalidArgumentError("no queries");
+  if (params.top_k < 1 || params.top_k > options_.max_top_k) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_k must be in 1..", options_.max_top_k, ", got ", params.top_k));
+  }
+  return ValidateCollectionAndMetadata(params.filter.collection, params.filter.metadata);
+}
+
+absl::Status ScanRetrievalEngine::ScoreAveraged(const std::vector<std::vector<ItemView>>& queries,
+                                                ScorerOf side, FloatMatrix* scores,
+                                                std::vector<int64_t>* keys) const {
+  *keys = (models_[0].*side)->keys();
+  SCANSERVE_RETURN_IF_ERROR((models_[0].*side)->ScoreAll(queries[0], scores));
+  FloatMatrix other;
+  for (size_t m = 1; m < num_models(); ++m) {
+    const Scorer& scorer = *(models_[m].*side);
+    SCANSERVE_RETURN_IF_ERROR(scorer.ScoreAll(queries[m], &other));
+    // Every scorer of a kind receives the same Add/Remove sequence, so the column orders agree;
+    // map through the keys anyway rather than rely on a backend's ordering.
+    std::vector<int64_t> column(keys->size());
+    const std::vector<int64_t> other_keys = scorer.keys();
+    if (other_keys == *keys) {
+      for (size_t j = 0; j < column.size(); ++j) column[j] = static_cast<int64_t>(j);
+    } else {
+      absl::flat_hash_map<int64_t, int64_t> column_of_key;
+      for (size_t j = 0; j < other_keys.size(); ++j)
+        column_of_key[other_keys[j]] = static_cast<int64_t>(j);
+      for (size_t j = 0; j < column.size(); ++j) {
+        auto it = column_of_key.find((*keys)[j]);
+        if (it == column_of_key.end())
+          return absl::InternalError("the models' scorers hold different items");
+        column[j] = it->second;
+      }
+    }
+    for (int64_t q = 0; q < scores->rows; ++q) {
+      float* row = scores->row(q);
+      const float* add = other.row(q);
+      // Summed through double, as ComputeSimilarities does, so the ensemble equals it exactly.
+      for (size_t j = 0; j < column.size(); ++j)
+        row[j] = static_cast<float>(static_cast<double>(row[j]) + add[column[j]]);
+    }
+  }
+  if (num_models() > 1) {
+    const double count = static_cast<double>(num_models());
+    for (float& s : scores->data) s = static_cast<float>(static_cast<double>(s) / count);
+  }
+  return absl::OkStatus();
+}
+
+std::vector<std::vector<ScoredKey>> ScanRetrievalEngine::TopK(const FloatMatrix& scores,
+                                                              const std::vector<int64_t>& keys,
+                                                              const Catalog& items,
+                                                              const SearchParams& params) const {
+  const SearchFilter& filter = params.filter;
+  if (filter.collection.empty() && filter.metadata.empty())
+    return TopKPerRow(scores, keys, params.top_k);
+  // The filter is a column mask: keep the passing columns, then select among them.
+  std::vector<int64_t> columns;
+  for (size_t j = 0; j < keys.size(); ++j) {
+    const CatalogEntry& entry = items.Get(keys[j]);
+    if (MatchesFilter(filter, entry.collection, entry.metadata))
+      columns.push_back(static_cast<int64_t>(j));
+  }
+  FloatMatrix kept(scores.rows, static_cast<int64_t>(columns.size()));
+  std::vector<int64_t> kept_keys;
+  kept_keys.reserve(columns.size());
+  for (int64_t j : columns) kept_keys.push_back(keys[static_cast<size_t>(j)]);
+  for (int64_t q = 0; q < scores.rows; ++q) {
+    const float* src = scores.row(q);
+    float* dst = kept.row(q);
+    for (size_t c = 0; c < columns.size(); ++c) dst[c] = src[columns[c]];
+  }
+  return TopKPerRow(kept, kept_keys, params.top_k);
+}
+
+absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchImages(
+    const std::vector<std::string>& queries, const SearchParams& params) const {
+  SCANSERVE_RETURN_IF_ERROR(ValidateParams(params, queries.size()));
+  // Tokenise and encode with every model before taking the lock: it is the slow part.
+  std::vector<std::vector<std::vector<int64_t>>> ids(num_models());  // [model][query]
+  std::vector<StackedItems> words(num_models());
+  for (size_t m = 0; m < num_models(); ++m) {
+    for (size_t q = 0; q < queries.size(); ++q) {
+      absl::StatusOr<std::vector<int64_t>> tokens = models_[m].model->CaptionToIds(queries[q]);
+      if (!tokens.ok()) return Prefixed(tokens.status(), absl::StrCat("query ", q, ": "));
+      if (static_cast<int64_t>(tokens->size()) > options_.max_query_words) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "query ", q, " has ", tokens->size(), " tokens (<start> and <end> included); at most ",
+            options_.max_query_words, " are allowed"));
+      }
+      ids[m].push_back(*std::move(tokens));
+    }
+    SCANSERVE_ASSIGN_OR_RETURN(ModelEmbeddings embeddings,
+                               EncodeAll(*models_[m].model, {}, ids[m], encode_options_));
+    words[m] = std::move(embeddings.captions);
+  }
+  std::vector<std::vector<ItemView>> views(num_models());
+  for (size_t m = 0; m < num_models(); ++m) {
+    for (size_t q = 0; q < queries.size(); ++q)
+      views[m].push_back(words[m].item(static_cast<int64_t>(q)));
+  }
+
+  std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
+  if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  std::vector<std::vector<ImageHit>> results(queries.size());
+  if (images_.size() == 0) return results;
+  FloatMatrix scores;
+  std::vector<int64_t> keys;
+  SCANSERVE_RETURN_IF_ERROR(ScoreAveraged(views, &ModelSlot::images, &scores, &keys));
+  const std::vector<std::vector<ScoredKey>> top = TopK(scores, keys, images_, params);
+  for (size_t q = 0; q < queries.size(); ++q) {
+    for (const ScoredKey& scored : top[q]) {
+      const CatalogEntry& entry = images_.Get(scored.key);
+      ImageHit hit;
+      hit.id = entry.id;
+      hit.score = scored.score;
+      hit.collection = entry.collection;
+      hit.metadata = entry.metadata;
+      results[q].push_back(std::move(hit));
+    }
+  }
+  if (params.explain) SCANSERVE_RETURN_IF_ERROR(Explain(queries, ids[0], words[0], &results));
+  return results;
+}
+
+// The words of a query as the model scored them: <start>, the tokens, <end>.
+std::vector<std::string> QueryWords(const std::string& query, const std::vector<int64_t>& ids,
+                                    const Vocabulary& vocabulary) {
+  std::vector<std::string> tokens = TokenizeCaption(query);
+  if (tokens.size() + 2 == ids.size()) {
+    std::vector<std::string> words;
+    words.reserve(ids.size());
+    words.push_back(vocabulary.WordOf(Vocabulary::kStart));
+    for (std::string& t : tokens) words.push_back(std::move(t));
+    words.push_back(vocabulary.WordOf(Vocabulary::kEnd));
+    return words;
+  }
+  std::vector<std::string> words;  // (never expected) fall back to the vocabulary's spelling
+  for (int64_t id : ids) words.push_back(vocabulary.WordOf(id));
+  return words;
+}
+
+absl::Status ScanRetrievalEngine::Explain(const std::vector<std::string>& queries,
+                                          const std::vector<std::vector<int64_t>>& ids,
+                                          const StackedItems& words,
+                                          std::vector<std::vector<ImageHit>>* results) const {
+  // One store read for every distinct hit: the first model's region embeddings, boxes, labels.
+  std::vector<std::string> hit_ids;
+  absl::flat_hash_map<std::string, size_t> slot_of_id;
+  for (const auto& hits : *results) {
+    for (const ImageHit& hit : hits) {
+      if (slot_of_id.emplace(hit.id, hit_ids.size()).second) hit_ids.push_back(hit.id);
+    }
+  }
+  SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> records,
+                             store_->GetImages(hit_ids));
+  const ModelConfig& config = models_[0].model->config();
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const std::vector<std::string> query_words =
+        QueryWords(queries[q], ids[q], models_[0].model->vocabulary());
+    for (ImageHit& hit : (*results)[q]) {
+      const std::optional<StoredImage>& record = records[slot_of_id.find(hit.id)->second];
+      if (!record.has_value()) continue;  // deleted while this search ran: nothing to explain
+      if (record->embeddings.empty() || record->embeddings[0].cols != config.embed_size ||
+          record->embeddings[0].rows != record->num_regions) {
+        return absl::DataLossError(absl::StrCat("the stored image ", QuoteId(hit.id),
+                                                " has no valid embeddings for the first model"));
+      }
+      SCANSERVE_ASSIGN_OR_RETURN(
+          std::vector<WordAttention> best,
+          BestRegionPerWord(words.item(static_cast<int64_t>(q)), ItemView(record->embeddings[0]),
+                            config.embed_size, config.attention.raw_feature_norm,
+                            config.attention.lambda_softmax));
+      for (size_t t = 0; t < best.size(); ++t) {
+        WordExplanation e;
+        e.word = t < query_words.size() ? query_words[t] : std::string();
+        e.region = static_cast<int>(best[t].region);
+        e.attention = best[t].weight;
+        const size_t r = static_cast<size_t>(best[t].region);
+        if (r < record->boxes.size()) {
+          const std::array<float, 4>& b = record->boxes[r];
+          e.box = Box{b[0], b[1], b[2], b[3]};
+        }
+        if (r < record->labels.size()) e.label = record->labels[r];
+        hit.explanation.push_back(std::move(e));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::SearchCaptions(
+    const std::vector<ImageQuery>& queries, const SearchParams& params) const {
+  SCANSERVE_RETURN_IF_ERROR(ValidateParams(params, queries.size()));
+  std::vector<std::vector<FloatMatrix>> regions(queries.size());  // [query][model]
+  std::vector<const FloatMatrix*> raw;
+  std::vector<size_t> raw_index;
+  std::vector<std::string> stored_ids;
+  std::vector<size_t> stored_index;
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const ImageQuery& query = queries[q];
+    if (!query.stored_id.empty()) {
+      if (query.region_features.rows != 0 || !query.region_features.data.empty()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("query ", q, ": give a stored image id or region features, not both"));
+      }
+      stored_ids.push_back(query.stored_id);
+      stored_index.push_back(q);
+      continue;
+    }
+    SCANSERVE_RETURN_IF_ERROR(Prefixed(ValidateRegionFeatures(query.region_features, img_dim_),
+                                       absl::StrCat("query ", q, ": ")));
+    raw.push_back(&query.region_features);
+    raw_index.push_back(q);
+  }
+  std::vector<Encoded> encoded = EncodeRegions(raw);
+  for (size_t j = 0; j < raw.size(); ++j) {
+    SCANSERVE_RETURN_IF_ERROR(
+        Prefixed(encoded[j].status, absl::StrCat("query ", raw_index[j], ": ")));
+    regions[raw_index[j]] = std::move(encoded[j].per_model);
+  }
+
+  std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
+  if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  // Stored images are queried with their stored embeddings: no re-encoding.
+  if (!stored_ids.empty()) {
+    for (size_t j = 0; j < stored_ids.size(); ++j) {
+      if (!images_.key_of_id.contains(stored_ids[j])) {
+        return absl::NotFoundError(
+            absl::StrCat("query ", stored_index[j], ": no stored image ", QuoteId(stored_ids[j])));
+      }
+    }
+    SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> records,
+                               store_->GetImages(stored_ids));
+    for (size_t j = 0; j < stored_ids.size(); ++j) {
+      if (!records[j].has_value()) {
+        return absl::NotFoundError(
+            absl::StrCat("query ", stored_index[j], ": no stored image ", QuoteId(stored_ids[j])));
+      }
+      if (records[j]->embeddings.size() != num_models()) {
+        return absl::DataLossError(absl::StrCat("the stored image ", QuoteId(stored_ids[j]),
+                                                " has embeddings for ",
+                                                records[j]->embeddings.size(), " models"));
+      }
+      regions[stored_index[j]] = std::move(records[j]->embeddings);
+    }
+  }
+  std::vector<std::vector<CaptionHit>> results(queries.size());
+  if (captions_.size() == 0) return results;
+  std::vector<std::vector<ItemView>> views(num_models());
+  for (size_t m = 0; m < num_models(); ++m) {
+    for (size_t q = 0; q < queries.size(); ++q) views[m].push_back(ItemView(regions[q][m]));
+  }
+  FloatMatrix scores;
+  std::vector<int64_t> keys;
+  SCANSERVE_RETURN_IF_ERROR(ScoreAveraged(views, &ModelSlot::captions, &scores, &keys));
+  const std::vector<std::vector<ScoredKey>> top = TopK(scores, keys, captions_, params);
+  for (size_t q = 0; q < queries.size(); ++q) {
+    for (const ScoredKey& scored : top[q]) {
+      const CatalogEntry& entry = captions_.Get(scored.key);
+      CaptionHit hit;
+      hit.id = entry.id;
+      hit.score = scored.score;
+      hit.text = entry.text;
+      hit.collection = entry.collection;
+      hit.metadata = entry.metadata;
+      results[q].push_back(std::move(hit));
+    }
+  }
+  return results;
+}
+
+// ---- Stats and lifecycle ----------------------------------------------------------------------
+
+EngineStats ScanRetrievalEngine::Stats() const {
+  EngineStats stats;
+  for (const ModelSlot& slot : models_) {
+    stats.model_summaries.push_back(
+        absl::StrCat(slot.model->model_dir(), ": ", slot.model->config().Summary()));
+  }
+  stats.backend = BackendName(options_.backend);
+  stats.storage = options_.storage == StorageType::kBFloat16 ? "bf16" : "fp32";
+  {
+    std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
+    stats.images = images_.size();
+    stats.captions = captions_.size();
+    if (!closed_) {
+      for (const ModelSlot& slot : models_)
+        stats.feature_bytes += slot.images->memory_bytes() + slot.captions->memory_bytes();
+    }
+  }
+  const FeatureStoreStats store = store_->Stats();
+  stats.store_disk_bytes = store.disk_bytes;
+  stats.store_wal_bytes = store.wal_bytes;
+  stats.store_synced_writes = store.synced_writes;
+  stats.store_sync_seconds = store.sync_write_seconds;
+  return stats;
+}
+
+absl::Status ScanRetrievalEngine::Close() {
+  std::lock_guard<std::mutex> writer(writer_mu_);
+  std::unique_lock<WriterPreferringSharedMutex> state(state_mu_);
+  if (closed_) return absl::OkStatus();
+  closed_ = true;  // scorers and models are freed with the engine
+  images_.Clear();
+  captions_.Clear();
+  return store_->Close();
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RetrievalEngine>> RetrievalEngine::Create(
+    const RetrievalEngineOptions& options) {
+  SCANSERVE_RETURN_IF_ERROR(ValidateOptions(options));
+  if (options.data_dir.empty())
+    return absl::InvalidArgumentError("RetrievalEngineOptions: data_dir is empty");
+  const std::string path = (std::filesystem::path(options.data_dir) / "store").string();
+  SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<RocksDbFeatureStore> store,
+                             RocksDbFeatureStore::Open(path));
+  return CreateWithStore(options, std::move(store));
+}
+
+absl::StatusOr<std::unique_ptr<RetrievalEngine>> RetrievalEngine::CreateWithStore(
+    const RetrievalEngineOptions& options, std::unique_ptr<FeatureStore> store) {
+  SCANSERVE_RETURN_IF_ERROR(ValidateOptions(options));
+  if (store == nullptr)
+    return absl::InvalidArgumentError("RetrievalEngine::CreateWithStore: no store");
+
+  std::vector<ModelSlot> models;
+  std::string description;
+  for (size_t m = 0; m < options.model_dirs.size(); ++m) {
+    ModelLoadOptions load;
+    load.num_threads = options.num_threads;
+    ModelSlot slot;
+    SCANSERVE_ASSIGN_OR_RETURN(slot.model, ScanModel::Load(options.model_dirs[m], load));
+    const ModelConfig& config = slot.model->config();
+    if (!models.empty() && config.img_dim != models.front().model->config().img_dim) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ensemble's models take different region features: ", options.model_dirs[0],
+          " has img_dim ", models.front().model->config().img_dim, ", ", options.model_dirs[m],
+          " has ", config.img_dim));
+    }
+    for (ItemKind kind : {ItemKind::kImage, ItemKind::kCaption}) {
+      ScorerConfig scorer;
+      scorer.dim = config.embed_size;
+      scorer.stored_kind = kind;
+      scorer.attention = config.attention;
+      scorer.storage = options.storage;
+      scorer.num_threads = options.num_threads;
+      SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<Scorer> made, MakeScorer(options.backend, scorer));
+      if (made == nullptr) return absl::InternalError("MakeScorer returned no scorer");
+      (kind == ItemKind::kImage ? slot.images : slot.captions) = std::move(made);
+    }
+    absl::StrAppend(&description, m == 0 ? "" : "; ", options.model_dirs[m], " (", config.Summary(),
+                    ")");
+    models.push_back(std::move(slot));
+  }
+
+  // The store must have been built by these exact models (or be new).
+  SCANSERVE_ASSIGN_OR_RETURN(const std::string fingerprint, ModelsFingerprint(options.model_dirs));
+  SCANSERVE_ASSIGN_OR_RETURN(std::optional<std::string> format, store->GetMeta(kMetaEngineFormat));
+  SCANSERVE_ASSIGN_OR_RETURN(std::optional<std::string> stored, store->GetMeta(kMetaFingerprint));
+  if (format.has_value() && *format != kEngineFormat) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the store has engine format ", *format, "; this scanserve reads format ", kEngineFormat));
+  }
+  if (stored.has_value() && *stored != fingerprint) {
+    SCANSERVE_ASSIGN_OR_RETURN(std::optional<std::string> built_with, store->GetMeta(kMetaModels));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the store was built with other models: ", built_with.value_or("(not recorded)"),
+        ". Its embeddings are only valid for those exact weights; serve it with them, or use "
+        "another "
+        "data_dir for these models (",
+        description, ")"));
+  }
+  if (!stored.has_value()) {
+    SCANSERVE_RETURN_IF_ERROR(store->SetMeta(kMetaEngineFormat, kEngineFormat));
+    SCANSERVE_RETURN_IF_ERROR(store->SetMeta(kMetaModels, description));
+    SCANSERVE_RETURN_IF_ERROR(store->SetMeta(kMetaFingerprint, fingerprint));
+  }
+
+  auto engine = std::make_unique<ScanRetrievalEngine>(options, std::move(models), std::move(store));
+  SCANSERVE_RETURN_IF_ERROR(engine->Load());
+  return std::unique_ptr<RetrievalEngine>(std::move(engine));
+}
+
+}  // namespace scanserve

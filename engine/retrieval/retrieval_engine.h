@@ -1,0 +1,177 @@
+// RetrievalEngine: what the server serves. It owns the SCAN model(s) (one, or two averaged as an
+// ensemble), a durable FeatureStore, and per model one Scorer of stored images (text->image search)
+// and one of stored captions (image->text search). Ingest encodes with every model, writes the
+// store (durable before it returns), then publishes to the scorers; a restart reloads the store
+// into the scorers without re-encoding.
+//
+// Ids are the caller's strings; a collection name and string metadata ride along and filter
+// searches. Every method is thread-safe: searches run concurrently, writers are serialised.
+// No gRPC or protobuf types appear here: server/ converts.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/common/matrix.h"
+#include "engine/scoring/scorer.h"
+
+namespace scanserve {
+
+class FeatureStore;
+
+// Bounds on what one item may carry (INVALID_ARGUMENT beyond them), so that a record, the
+// in-memory catalogue and a search response stay small whatever a client sends.
+struct RetrievalLimits {
+  static constexpr size_t kMaxIdBytes = 256;             // ids are 1..256 bytes
+  static constexpr size_t kMaxCollectionBytes = 256;
+  static constexpr size_t kMaxMetadataEntries = 64;
+  static constexpr size_t kMaxMetadataKeyBytes = 256;
+  static constexpr size_t kMaxMetadataValueBytes = 4096;
+  static constexpr size_t kMaxCaptionBytes = 64 * 1024;  // also at most Scorer::kMaxRows tokens
+  static constexpr size_t kMaxLabelBytes = 256;
+};
+
+struct RetrievalEngineOptions {
+  std::vector<std::string> model_dirs;     // 1 model, or 2 for an ensemble
+  std::string data_dir;                    // the store lives here; created if absent
+  ScorerBackend backend = ScorerBackend::kCpu;
+  StorageType storage = StorageType::kFloat32;
+  int num_threads = 0;                     // 0 = all cores
+  int64_t max_images = 1'000'000;          // capacity: beyond these, ingest is RESOURCE_EXHAUSTED
+  int64_t max_captions = 5'000'000;
+  int64_t max_feature_bytes = 16LL << 30;  // scorer memory across models and both sides
+  int max_top_k = 1000;
+  int max_query_words = 256;               // tokens per caption query, <start>/<end> included
+};
+
+using Metadata = std::map<std::string, std::string>;
+
+// A region box in original image pixels: x1, y1, x2, y2.
+struct Box {
+  float x1 = 0, y1 = 0, x2 = 0, y2 = 0;
+};
+
+struct ImageItem {
+  std::string id;
+  std::string collection;
+  Metadata metadata;
+  FloatMatrix region_features;          // k x img_dim, the detector's pool5 features
+  std::vector<Box> boxes;               // empty, or k boxes
+  std::vector<std::string> labels;      // empty, or k object labels (with attribute), for explain
+};
+
+struct CaptionItem {
+  std::string id;
+  std::string collection;
+  Metadata metadata;
+  std::string text;
+};
+
+// Which items a search may return: all of them, or those in `collection` whose metadata holds
+// every key=value pair of `metadata`.
+struct SearchFilter {
+  std::string collection;  // empty = any
+  Metadata metadata;
+};
+
+struct SearchParams {
+  int top_k = 10;
+  SearchFilter filter;
+  bool explain = false;
+};
+
+// For one query word (t2i attention: the word attends over the image's regions): the region it
+// attends to most, with its weight; the weights come from the first model's attention (its
+// raw_feature_norm and λ1, whatever its cross_attn). One entry per scored token, in order:
+// "<start>", the caption's tokens (lower-cased, as tokenised), "<end>". box and label are set when
+// the image was stored with them.
+struct WordExplanation {
+  std::string word;
+  int region = -1;
+  float attention = 0;
+  std::optional<Box> box;
+  std::string label;
+};
+
+struct ImageHit {
+  std::string id;
+  float score = 0;
+  std::string collection;
+  Metadata metadata;
+  std::vector<WordExplanation> explanation;  // with SearchParams::explain
+};
+
+struct CaptionHit {
+  std::string id;
+  float score = 0;
+  std::string text;
+  std::string collection;
+  Metadata metadata;
+};
+
+// An image query for image->text search: a stored image, or raw region features.
+struct ImageQuery {
+  std::string stored_id;          // set: use the stored image
+  FloatMatrix region_features;    // else: k x img_dim features to encode
+};
+
+// Per-item outcome of a batched ingest: OK, or why this item was refused (others still go in).
+struct ItemResult {
+  std::string id;
+  absl::Status status;
+};
+
+struct EngineStats {
+  int64_t images = 0;
+  int64_t captions = 0;
+  int64_t feature_bytes = 0;      // held by the scorers
+  std::vector<std::string> model_summaries;
+  std::string backend;            // "cpu", "cuda:0", ...
+  std::string storage;            // "fp32" / "bf16"
+  int64_t store_disk_bytes = 0;
+  int64_t store_wal_bytes = 0;        // live write-ahead log
+  int64_t store_synced_writes = 0;    // durable (fsync'd) write batches since start
+  double store_sync_seconds = 0;      // total time spent in them
+};
+
+class RetrievalEngine {
+ public:
+  // Loads the models, opens (or creates) the store in data_dir, and loads every stored item into
+  // the scorers. A store written under different models is FAILED_PRECONDITION.
+  static absl::StatusOr<std::unique_ptr<RetrievalEngine>> Create(const RetrievalEngineOptions& options);
+  // As Create, over a store the caller opened (options.data_dir is then unused): tests use an
+  // InMemoryFeatureStore; offline tools may pass a RocksDbFeatureStore with their own options.
+  static absl::StatusOr<std::unique_ptr<RetrievalEngine>> CreateWithStore(
+      const RetrievalEngineOptions& options, std::unique_ptr<FeatureStore> store);
+  virtual ~RetrievalEngine() = default;
+
+  // Upserts: each item is validated, encoded and written durably (fsync'd) before this returns;
+  // an item that fails does not stop the others. Capacity exhaustion is RESOURCE_EXHAUSTED per item.
+  virtual std::vector<ItemResult> UpsertImages(std::vector<ImageItem> items) = 0;
+  virtual std::vector<ItemResult> UpsertCaptions(std::vector<CaptionItem> items) = 0;
+  // Deletes durably; unknown ids come back NOT_FOUND per item.
+  virtual std::vector<ItemResult> DeleteImages(absl::Span<const std::string> ids) = 0;
+  virtual std::vector<ItemResult> DeleteCaptions(absl::Span<const std::string> ids) = 0;
+
+  // Text->image: every caption query scored in one pass over the stored images. Empty queries,
+  // top_k outside 1..max_top_k are INVALID_ARGUMENT; results[i] belongs to queries[i].
+  virtual absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(
+      const std::vector<std::string>& queries, const SearchParams& params) const = 0;
+  // Image->text over the stored captions. An unknown stored_id is NOT_FOUND.
+  virtual absl::StatusOr<std::vector<std::vector<CaptionHit>>> SearchCaptions(
+      const std::vector<ImageQuery>& queries, const SearchParams& params) const = 0;
+
+  virtual EngineStats Stats() const = 0;
+  // Flushes and closes the store; further calls fail with FAILED_PRECONDITION.
+  virtual absl::Status Close() = 0;
+};
+
+}  // namespace scanserve

@@ -1,0 +1,100 @@
+// FeatureStore: the durable home of every ingested item, so that a restart reloads the scorers
+// exactly, without re-running the detector or the encoders.
+//
+// Records:
+//  - StoredImage: the caller's id, collection and metadata, the detector's boxes and labels (for
+//    explain), and per loaded model the region embeddings (num_regions x embed_size, fp32, exactly
+//    what was added to that model's scorer).
+//  - StoredCaption: id, collection, metadata, the text, and per model its token ids (that model's
+//    vocabulary) and word embeddings (num_tokens x embed_size, fp32).
+//  Embeddings are indexed by the model's position in RetrievalEngineOptions::model_dirs; the store
+//  itself does not know the models (the engine keeps a models fingerprint in the meta entries).
+//
+// Contract of every implementation:
+//  - Writes are batched and atomic per call: Put*/Delete* return OK only once the whole batch is
+//    durable (write-ahead log fsync'd for RocksDbFeatureStore); after an error none of it is
+//    guaranteed. Putting an existing id replaces it; deleting an absent id is not an error.
+//  - A record that fails its checksum or does not decode is DATA_LOSS naming the kind and id.
+//  - Methods are thread-safe. After Close() every call is FAILED_PRECONDITION.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/common/matrix.h"
+
+namespace scanserve {
+
+struct StoredImage {
+  std::string id;
+  std::string collection;
+  std::map<std::string, std::string> metadata;
+  int64_t num_regions = 0;
+  std::vector<std::array<float, 4>> boxes;  // empty, or num_regions boxes (x1, y1, x2, y2)
+  std::vector<std::string> labels;          // empty, or num_regions labels
+  std::vector<FloatMatrix> embeddings;      // per model: num_regions x embed_size
+};
+
+struct StoredCaption {
+  std::string id;
+  std::string collection;
+  std::map<std::string, std::string> metadata;
+  std::string text;
+  std::vector<std::vector<int64_t>> token_ids;  // per model: <start> w1 .. wn <end>
+  std::vector<FloatMatrix> embeddings;          // per model: num_tokens x embed_size
+};
+
+// Item counts and on-disk size, for stats and metrics.
+struct FeatureStoreStats {
+  int64_t disk_bytes = 0;         // table, blob and log files; 0 when not on disk
+  int64_t wal_bytes = 0;          // live write-ahead log files
+  int64_t synced_writes = 0;      // durable write batches since open
+  double sync_write_seconds = 0;  // time spent in them (the fsync dominates)
+};
+
+class FeatureStore {
+ public:
+  virtual ~FeatureStore() = default;
+
+  // Durable, atomic batches (see the contract above).
+  virtual absl::Status PutImages(absl::Span<const StoredImage> images) = 0;
+  virtual absl::Status PutCaptions(absl::Span<const StoredCaption> captions) = 0;
+  virtual absl::Status DeleteImages(absl::Span<const std::string> ids) = 0;
+  virtual absl::Status DeleteCaptions(absl::Span<const std::string> ids) = 0;
+
+  // Batched reads: result[i] belongs to ids[i], nullopt when absent. A corrupt record fails the
+  // whole call with DATA_LOSS naming its id.
+  virtual absl::StatusOr<std::vector<std::optional<StoredImage>>> GetImages(
+      absl::Span<const std::string> ids) const = 0;
+  virtual absl::StatusOr<std::vector<std::optional<StoredCaption>>> GetCaptions(
+      absl::Span<const std::string> ids) const = 0;
+
+  // Full scans in id (byte) order, for loading at start. `visit` may move from its argument; its
+  // first error stops the scan and is returned, as is the first corrupt record.
+  virtual absl::Status ScanImages(const std::function<absl::Status(StoredImage&)>& visit) const = 0;
+  virtual absl::Status ScanCaptions(
+      const std::function<absl::Status(StoredCaption&)>& visit) const = 0;
+
+  // Small named strings (format version, models fingerprint). SetMeta is durable.
+  virtual absl::StatusOr<std::optional<std::string>> GetMeta(const std::string& key) const = 0;
+  virtual absl::Status SetMeta(const std::string& key, const std::string& value) = 0;
+
+  virtual FeatureStoreStats Stats() const = 0;
+
+  // Flushes and closes; idempotent.
+  virtual absl::Status Close() = 0;
+
+  // One item: NOT_FOUND when absent.
+  absl::StatusOr<StoredImage> GetImage(const std::string& id) const;
+  absl::StatusOr<StoredCaption> GetCaption(const std::string& id) const;
+};
+
+}  // namespace scanserve

@@ -1,0 +1,164 @@
+#include "engine/store/in_memory_feature_store.h"
+
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "engine/common/status_macros.h"
+#include "engine/store/record_codec.h"
+
+namespace scanserve {
+namespace {
+
+// Encodes every record first so that a failing one leaves the map untouched (atomic batch).
+template <typename Record, typename Encode>
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> EncodeRecords(
+    absl::Span<const Record> records, Encode encode) {
+  std::vector<std::pair<std::string, std::string>> encoded;
+  encoded.reserve(records.size());
+  for (const Record& record : records) {
+    SCANSERVE_ASSIGN_OR_RETURN(std::string value, encode(record));
+    encoded.emplace_back(record.id, std::move(value));
+  }
+  return encoded;
+}
+
+template <typename Record, typename Decode>
+absl::StatusOr<std::vector<std::optional<Record>>> GetAll(
+    const std::map<std::string, std::string>& records, absl::Span<const std::string> ids,
+    Decode decode) {
+  std::vector<std::optional<Record>> out(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto it = records.find(ids[i]);
+    if (it == records.end()) continue;
+    SCANSERVE_ASSIGN_OR_RETURN(out[i], decode(it->first, it->second));
+  }
+  return out;
+}
+
+template <typename Record, typename Decode>
+absl::Status ScanAll(const std::map<std::string, std::string>& records, Decode decode,
+                     const std::function<absl::Status(Record&)>& visit) {
+  for (const auto& [id, value] : records) {
+    SCANSERVE_ASSIGN_OR_RETURN(Record record, decode(id, value));
+    SCANSERVE_RETURN_IF_ERROR(visit(record));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status InMemoryFeatureStore::CheckOpen() const {
+  if (closed_) return absl::FailedPreconditionError("the in-memory feature store is closed");
+  return absl::OkStatus();
+}
+
+absl::Status InMemoryFeatureStore::PutImages(absl::Span<const StoredImage> images) {
+  SCANSERVE_ASSIGN_OR_RETURN(auto encoded, EncodeRecords(images, EncodeImageRecord));
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  for (auto& [id, value] : encoded) images_[id] = std::move(value);
+  ++synced_writes_;
+  return absl::OkStatus();
+}
+
+absl::Status InMemoryFeatureStore::PutCaptions(absl::Span<const StoredCaption> captions) {
+  SCANSERVE_ASSIGN_OR_RETURN(auto encoded, EncodeRecords(captions, EncodeCaptionRecord));
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  for (auto& [id, value] : encoded) captions_[id] = std::move(value);
+  ++synced_writes_;
+  return absl::OkStatus();
+}
+
+absl::Status InMemoryFeatureStore::DeleteImages(absl::Span<const std::string> ids) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  for (const std::string& id : ids) images_.erase(id);
+  ++synced_writes_;
+  return absl::OkStatus();
+}
+
+absl::Status InMemoryFeatureStore::DeleteCaptions(absl::Span<const std::string> ids) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  for (const std::string& id : ids) captions_.erase(id);
+  ++synced_writes_;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::optional<StoredImage>>> InMemoryFeatureStore::GetImages(
+    absl::Span<const std::string> ids) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  return GetAll<StoredImage>(images_, ids, DecodeImageRecord);
+}
+
+absl::StatusOr<std::vector<std::optional<StoredCaption>>> InMemoryFeatureStore::GetCaptions(
+    absl::Span<const std::string> ids) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  return GetAll<StoredCaption>(captions_, ids, DecodeCaptionRecord);
+}
+
+absl::Status InMemoryFeatureStore::ScanImages(
+    const std::function<absl::Status(StoredImage&)>& visit) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  return ScanAll<StoredImage>(images_, DecodeImageRecord, visit);
+}
+
+absl::Status InMemoryFeatureStore::ScanCaptions(
+    const std::function<absl::Status(StoredCaption&)>& visit) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  return ScanAll<StoredCaption>(captions_, DecodeCaptionRecord, visit);
+}
+
+absl::StatusOr<std::optional<std::string>> InMemoryFeatureStore::GetMeta(
+    const std::string& key) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  auto it = meta_.find(key);
+  if (it == meta_.end()) return std::optional<std::string>();
+  return std::optional<std::string>(it->second);
+}
+
+absl::Status InMemoryFeatureStore::SetMeta(const std::string& key, const std::string& value) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  meta_[key] = value;
+  ++synced_writes_;
+  return absl::OkStatus();
+}
+
+FeatureStoreStats InMemoryFeatureStore::Stats() const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  FeatureStoreStats stats;
+  stats.synced_writes = synced_writes_;
+  return stats;
+}
+
+absl::Status InMemoryFeatureStore::Close() {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  closed_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status InMemoryFeatureStore::PutRawImageRecordForTesting(const std::string& id,
+                                                               std::string value) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  images_[id] = std::move(value);
+  return absl::OkStatus();
+}
+
+absl::Status InMemoryFeatureStore::PutRawCaptionRecordForTesting(const std::string& id,
+                                                                 std::string value) {
+  std::unique_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  captions_[id] = std::move(value);
+  return absl::OkStatus();
+}
+
+}  // namespace scanserve

@@ -1,0 +1,37 @@
+// The store's value encoding for StoredImage / StoredCaption records: a compact little-endian
+// binary layout, independent of the storage engine.
+//
+//   u8 format version (kRecordFormatVersion), u8 kind (1 image, 2 caption)
+//   image:   str id, str collection, meta, u32 num_regions, u32 n_boxes, f32[4 n_boxes],
+//            u32 n_labels, str[n_labels], u32 n_models, n_models x matrix
+//   caption: str id, str collection, meta, str text, u32 n_models,
+//            n_models x (u32 n_ids, i64[n_ids], matrix)
+//   u32 CRC-32C of every byte before it
+// where str = u32 length + bytes, meta = u32 count + count x (str key, str value), and
+// matrix = u32 rows, u32 cols, f32[rows x cols] row-major.
+//
+// Decoding checks the checksum, the version, the kind, every length against the bytes left, and
+// that the record's id is the key it was stored under. A failed check is DATA_LOSS naming the
+// record; a version from a newer scanserve is FAILED_PRECONDITION.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "engine/store/feature_store.h"
+
+namespace scanserve {
+
+inline constexpr uint8_t kRecordFormatVersion = 1;
+
+// INVALID_ARGUMENT when a field is too large for the format (a length over 2^32 - 1) or a matrix's
+// data does not match its shape.
+absl::StatusOr<std::string> EncodeImageRecord(const StoredImage& image);
+absl::StatusOr<std::string> EncodeCaptionRecord(const StoredCaption& caption);
+
+// `key` is the id the value was stored under (named in errors, and checked against the record).
+absl::StatusOr<StoredImage> DecodeImageRecord(const std::string& key, const std::string& value);
+absl::StatusOr<StoredCaption> DecodeCaptionRecord(const std::string& key, const std::string& value);
+
+}  // namespace scanserve

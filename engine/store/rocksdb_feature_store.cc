@@ -1,0 +1,378 @@
+// RocksDB stays inside this file.
+#include "engine/store/rocksdb_feature_store.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <mutex>
+#include <shared_mutex>
+#include <utility>
+#include <vector>
+
+#include <rocksdb/cache.h>
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/status.h>
+#include <rocksdb/table.h>
+#include <rocksdb/transaction_log.h>
+#include <rocksdb/write_batch.h>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "engine/common/status_macros.h"
+#include "engine/store/record_codec.h"
+
+namespace scanserve {
+namespace {
+
+constexpr char kImagesFamily[] = "images";
+constexpr char kCaptionsFamily[] = "captions";
+constexpr char kMetaFamily[] = "meta";
+
+// The one conversion of RocksDB statuses (style-anchors: at the engine edge). `context` says what
+// was being done, e.g. "writing 3 images to /data/store".
+absl::Status FromRocksDb(const rocksdb::Status& s, absl::string_view context) {
+  if (s.ok()) return absl::OkStatus();
+  const std::string message = absl::StrCat(context, ": RocksDB: ", s.ToString());
+  switch (s.code()) {
+    case rocksdb::Status::kNotFound:
+      return absl::NotFoundError(message);
+    case rocksdb::Status::kCorruption:
+      return absl::DataLossError(message);
+    case rocksdb::Status::kNotSupported:
+      return absl::UnimplementedError(message);
+    case rocksdb::Status::kInvalidArgument:
+      return absl::InvalidArgumentError(message);
+    case rocksdb::Status::kIOError:
+      if (s.IsNoSpace()) return absl::ResourceExhaustedError(message);
+      // Includes "lock held by another process": retrying later (or elsewhere) can succeed.
+      return absl::UnavailableError(message);
+    case rocksdb::Status::kMergeInProgress:
+    case rocksdb::Status::kIncomplete:
+    case rocksdb::Status::kShutdownInProgress:
+    case rocksdb::Status::kBusy:
+    case rocksdb::Status::kTryAgain:
+      return absl::UnavailableError(message);
+    case rocksdb::Status::kTimedOut:
+      return absl::DeadlineExceededError(message);
+    case rocksdb::Status::kAborted:
+      return absl::AbortedError(message);
+    case rocksdb::Status::kExpired:
+    case rocksdb::Status::kColumnFamilyDropped:
+      return absl::FailedPreconditionError(message);
+    case rocksdb::Status::kCompactionTooLarge:
+      return absl::ResourceExhaustedError(message);
+    default:
+      return absl::InternalError(message);
+  }
+}
+
+std::string Quoted(absl::string_view id) { return absl::StrCat("'", absl::CEscape(id), "'"); }
+
+rocksdb::Slice ToSlice(const std::string& s) { return rocksdb::Slice(s.data(), s.size()); }
+
+}  // namespace
+
+struct RocksDbFeatureStore::Impl {
+  // Shared by every operation, exclusive for Close: guards db (null once closed) and the handles.
+  mutable std::shared_mutex mu;
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;  // owned; destroyed in Close
+  rocksdb::ColumnFamilyHandle* images = nullptr;
+  rocksdb::ColumnFamilyHandle* captions = nullptr;
+  rocksdb::ColumnFamilyHandle* meta = nullptr;
+
+  // Selects one of the handles above; read only under mu (Close clears them).
+  using Family = rocksdb::ColumnFamilyHandle* Impl::*;
+
+  std::atomic<int64_t> synced_writes{0};
+  std::atomic<int64_t> sync_write_nanos{0};
+
+  absl::Status CheckOpen() const {
+    if (db == nullptr) return absl::FailedPreconditionError("the RocksDB feature store is closed");
+    return absl::OkStatus();
+  }
+
+  // One durable batch: WAL fsync'd before returning.
+  absl::Status WriteSynced(rocksdb::WriteBatch* batch, absl::string_view context) {
+    rocksdb::WriteOptions write_options;
+    write_options.sync = true;
+    const auto start = std::chrono::steady_clock::now();
+    const rocksdb::Status s = db->Write(write_options, batch);
+    sync_write_nanos += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                            std::chrono::steady_clock::now() - start)
+                            .count();
+    ++synced_writes;
+    return FromRocksDb(s, context);
+  }
+
+  template <typename Record, typename Encode>
+  absl::Status Put(Family which, absl::Span<const Record> records, Encode encode,
+                   absl::string_view kind) {
+    if (records.empty()) return absl::OkStatus();
+    std::shared_lock<std::shared_mutex> lock(mu);
+    SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+    rocksdb::ColumnFamilyHandle* family = this->*which;
+    rocksdb::WriteBatch batch;
+    for (const Record& record : records) {
+      SCANSERVE_ASSIGN_OR_RETURN(std::string value, encode(record));
+      SCANSERVE_RETURN_IF_ERROR(
+          FromRocksDb(batch.Put(family, ToSlice(record.id), ToSlice(value)),
+                      absl::StrCat("batching ", kind, " ", Quoted(record.id))));
+    }
+    return WriteSynced(&batch, absl::StrCat("writing ", records.size(), " ", kind, "(s)"));
+  }
+
+  absl::Status Delete(Family which, absl::Span<const std::string> ids, absl::string_view kind) {
+    if (ids.empty()) return absl::OkStatus();
+    std::shared_lock<std::shared_mutex> lock(mu);
+    SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+    rocksdb::ColumnFamilyHandle* family = this->*which;
+    rocksdb::WriteBatch batch;
+    for (const std::string& id : ids) {
+      SCANSERVE_RETURN_IF_ERROR(
+          FromRocksDb(batch.Delete(family, ToSlice(id)),
+                      absl::StrCat("batching the delete of ", kind, " ", Quoted(id))));
+    }
+    return WriteSynced(&batch, absl::StrCat("deleting ", ids.size(), " ", kind, "(s)"));
+  }
+
+  template <typename Record, typename Decode>
+  absl::StatusOr<std::vector<std::optional<Record>>> Get(Family which,
+                                                         absl::Span<const std::string> ids,
+                                                         Decode decode,
+                                                         absl::string_view kind) const {
+    std::vector<std::optional<Record>> out(ids.size());
+    if (ids.empty()) return out;
+    std::shared_lock<std::shared_mutex> lock(mu);
+    SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+    rocksdb::ColumnFamilyHandle* family = this->*which;
+    std::vector<rocksdb::ColumnFamilyHandle*> families(ids.size(), family);
+    std::vector<rocksdb::Slice> keys;
+    keys.reserve(ids.size());
+    for (const std::string& id : ids) keys.push_back(ToSlice(id));
+    std::vector<std::string> values;
+    const std::vector<rocksdb::Status> statuses =
+        db->MultiGet(rocksdb::ReadOptions(), families, keys, &values);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (statuses[i].IsNotFound()) continue;
+      SCANSERVE_RETURN_IF_ERROR(
+          FromRocksDb(statuses[i], absl::StrCat("reading ", kind, " ", Quoted(ids[i]))));
+      SCANSERVE_ASSIGN_OR_RETURN(out[i], decode(ids[i], values[i]));
+    }
+    return out;
+  }
+
+  template <typename Record, typename Decode>
+  absl::Status Scan(Family which, Decode decode, absl::string_view kind,
+                    const std::function<absl::Status(Record&)>& visit) const {
+    std::shared_lock<std::shared_mutex> lock(mu);
+    SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+    rocksdb::ColumnFamilyHandle* family = this->*which;
+    rocksdb::ReadOptions read_options;
+    read_options.fill_cache = false;  // a one-off full pass must not evict the hot blocks
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(read_options, family));
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      SCANSERVE_ASSIGN_OR_RETURN(Record record,
+                                 decode(it->key().ToString(), it->value().ToString()));
+      SCANSERVE_RETURN_IF_ERROR(visit(record));
+    }
+    return FromRocksDb(it->status(), absl::StrCat("scanning the stored ", kind, "s"));
+  }
+
+  absl::Status PutRaw(Family which, const std::string& key, const std::string& value,
+                      absl::string_view context) {
+    std::shared_lock<std::shared_mutex> lock(mu);
+    SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+    rocksdb::ColumnFamilyHandle* family = this->*which;
+    rocksdb::WriteBatch batch;
+    SCANSERVE_RETURN_IF_ERROR(
+        FromRocksDb(batch.Put(family, ToSlice(key), ToSlice(value)), context));
+    return WriteSynced(&batch, context);
+  }
+};
+
+RocksDbFeatureStore::RocksDbFeatureStore(std::string path, std::unique_ptr<Impl> impl)
+    : path_(std::move(path)), impl_(std::move(impl)) {}
+
+RocksDbFeatureStore::~RocksDbFeatureStore() {
+  const absl::Status closed = Close();
+  if (!closed.ok())
+    std::fprintf(stderr, "RocksDbFeatureStore: closing %s: %s\n", path_.c_str(),
+                 closed.ToString().c_str());
+}
+
+absl::StatusOr<std::unique_ptr<RocksDbFeatureStore>> RocksDbFeatureStore::Open(
+    const std::string& path, const RocksDbFeatureStoreOptions& options) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool exists = fs::exists(fs::path(path) / "CURRENT", ec);
+  if (!exists && !options.create_if_missing) {
+    return absl::NotFoundError(absl::StrCat("no feature store in ", path));
+  }
+  if (!exists) {
+    fs::create_directories(path, ec);
+    if (ec) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot create the feature store directory ", path, ": ", ec.message()));
+    }
+  }
+
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = options.create_if_missing;
+  db_options.create_missing_column_families = true;
+  db_options.paranoid_checks = true;
+  db_options.keep_log_file_num = 10;  // RocksDB's own info logs, not the write-ahead log
+
+  rocksdb::BlockBasedTableOptions table_options;
+  table_options.block_cache = rocksdb::NewLRUCache(static_cast<size_t>(options.block_cache_bytes));
+  rocksdb::ColumnFamilyOptions meta_options;
+  meta_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table_options));
+  rocksdb::ColumnFamilyOptions item_options = meta_options;
+  if (options.min_blob_bytes >= 0) {
+    item_options.enable_blob_files = true;
+    item_options.min_blob_size = static_cast<uint64_t>(options.min_blob_bytes);
+    item_options.enable_blob_garbage_collection = true;  // reclaims replaced and deleted items
+  }
+
+  // Open every family the database has (a newer scanserve may have added some), ours included.
+  std::vector<std::string> names;
+  if (exists) {
+    SCANSERVE_RETURN_IF_ERROR(FromRocksDb(rocksdb::DB::ListColumnFamilies(db_options, path, &names),
+                                          absl::StrCat("listing the column families of ", path)));
+  }
+  for (const char* ours :
+       {rocksdb::kDefaultColumnFamilyName.c_str(), kImagesFamily, kCaptionsFamily, kMetaFamily}) {
+    if (std::find(names.begin(), names.end(), ours) == names.end()) names.push_back(ours);
+  }
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+  for (const std::string& name : names) {
+    const bool items = name == kImagesFamily || name == kCaptionsFamily;
+    descriptors.emplace_back(name, items ? item_options : meta_options);
+  }
+
+  auto impl = std::make_unique<Impl>();
+  rocksdb::DB* db = nullptr;
+  SCANSERVE_RETURN_IF_ERROR(
+      FromRocksDb(rocksdb::DB::Open(db_options, path, descriptors, &impl->handles, &db),
+                  absl::StrCat("opening the feature store in ", path)));
+  impl->db.reset(db);
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (names[i] == kImagesFamily) impl->images = impl->handles[i];
+    if (names[i] == kCaptionsFamily) impl->captions = impl->handles[i];
+    if (names[i] == kMetaFamily) impl->meta = impl->handles[i];
+  }
+  SCANSERVE_CHECK(impl->images != nullptr && impl->captions != nullptr && impl->meta != nullptr);
+  return std::unique_ptr<RocksDbFeatureStore>(new RocksDbFeatureStore(path, std::move(impl)));
+}
+
+absl::Status RocksDbFeatureStore::PutImages(absl::Span<const StoredImage> images) {
+  return impl_->Put(&Impl::images, images, EncodeImageRecord, "image");
+}
+
+absl::Status RocksDbFeatureStore::PutCaptions(absl::Span<const StoredCaption> captions) {
+  return impl_->Put(&Impl::captions, captions, EncodeCaptionRecord, "caption");
+}
+
+absl::Status RocksDbFeatureStore::DeleteImages(absl::Span<const std::string> ids) {
+  return impl_->Delete(&Impl::images, ids, "image");
+}
+
+absl::Status RocksDbFeatureStore::DeleteCaptions(absl::Span<const std::string> ids) {
+  return impl_->Delete(&Impl::captions, ids, "caption");
+}
+
+absl::StatusOr<std::vector<std::optional<StoredImage>>> RocksDbFeatureStore::GetImages(
+    absl::Span<const std::string> ids) const {
+  return impl_->Get<StoredImage>(&Impl::images, ids, DecodeImageRecord, "image");
+}
+
+absl::StatusOr<std::vector<std::optional<StoredCaption>>> RocksDbFeatureStore::GetCaptions(
+    absl::Span<const std::string> ids) const {
+  return impl_->Get<StoredCaption>(&Impl::captions, ids, DecodeCaptionRecord, "caption");
+}
+
+absl::Status RocksDbFeatureStore::ScanImages(
+    const std::function<absl::Status(StoredImage&)>& visit) const {
+  return impl_->Scan<StoredImage>(&Impl::images, DecodeImageRecord, "image", visit);
+}
+
+absl::Status RocksDbFeatureStore::ScanCaptions(
+    const std::function<absl::Status(StoredCaption&)>& visit) const {
+  return impl_->Scan<StoredCaption>(&Impl::captions, DecodeCaptionRecord, "caption", visit);
+}
+
+absl::StatusOr<std::optional<std::string>> RocksDbFeatureStore::GetMeta(
+    const std::string& key) const {
+  std::shared_lock<std::shared_mutex> lock(impl_->mu);
+  SCANSERVE_RETURN_IF_ERROR(impl_->CheckOpen());
+  std::string value;
+  const rocksdb::Status s =
+      impl_->db->Get(rocksdb::ReadOptions(), impl_->meta, ToSlice(key), &value);
+  if (s.IsNotFound()) return std::optional<std::string>();
+  SCANSERVE_RETURN_IF_ERROR(FromRocksDb(s, absl::StrCat("reading the store's meta entry ", key)));
+  return std::optional<std::string>(std::move(value));
+}
+
+absl::Status RocksDbFeatureStore::SetMeta(const std::string& key, const std::string& value) {
+  return impl_->PutRaw(&Impl::meta, key, value,
+                       absl::StrCat("writing the store's meta entry ", key));
+}
+
+FeatureStoreStats RocksDbFeatureStore::Stats() const {
+  FeatureStoreStats stats;
+  stats.synced_writes = impl_->synced_writes.load();
+  stats.sync_write_seconds = static_cast<double>(impl_->sync_write_nanos.load()) * 1e-9;
+  std::shared_lock<std::shared_mutex> lock(impl_->mu);
+  if (impl_->db == nullptr) return stats;
+  for (rocksdb::ColumnFamilyHandle* family : impl_->handles) {
+    for (const std::string* property : {&rocksdb::DB::Properties::kTotalSstFilesSize,
+                                        &rocksdb::DB::Properties::kTotalBlobFileSize}) {
+      uint64_t bytes = 0;
+      if (impl_->db->GetIntProperty(family, *property, &bytes))
+        stats.disk_bytes += static_cast<int64_t>(bytes);
+    }
+  }
+  rocksdb::VectorLogPtr wal_files;
+  if (impl_->db->GetSortedWalFiles(wal_files).ok()) {
+    for (const auto& file : wal_files)
+      stats.wal_bytes += static_cast<int64_t>(file->SizeFileBytes());
+  }
+  stats.disk_bytes += stats.wal_bytes;
+  return stats;
+}
+
+absl::Status RocksDbFeatureStore::Close() {
+  std::unique_lock<std::shared_mutex> lock(impl_->mu);
+  if (impl_->db == nullptr) return absl::OkStatus();
+  absl::Status status;
+  for (rocksdb::ColumnFamilyHandle* handle : impl_->handles) {
+    const absl::Status destroyed =
+        FromRocksDb(impl_->db->DestroyColumnFamilyHandle(handle),
+                    absl::StrCat("closing the feature store in ", path_));
+    if (status.ok()) status = destroyed;
+  }
+  impl_->handles.clear();
+  impl_->images = impl_->captions = impl_->meta = nullptr;
+  // Every acked write is already in the fsync'd log; Close only releases files and the lock.
+  const absl::Status closed =
+      FromRocksDb(impl_->db->Close(), absl::StrCat("closing the feature store in ", path_));
+  if (status.ok()) status = closed;
+  impl_->db.reset();
+  return status;
+}
+
+absl::Status RocksDbFeatureStore::PutRawImageRecordForTesting(const std::string& id,
+                                                              const std::string& value) {
+  return impl_->PutRaw(&Impl::images, id, value, "writing a raw image record");
+}
+
+absl::Status RocksDbFeatureStore::PutRawCaptionRecordForTesting(const std::string& id,
+                                                                const std::string& value) {
+  return impl_->PutRaw(&Impl::captions, id, value, "writing a raw caption record");
+}
+
+}  // namespace scanserve

@@ -1,0 +1,444 @@
+// scan_bench: text -> image SCAN scoring throughput on the CPU, against the reference-style
+// baseline measured in the same run (performance.md, "How to measure").
+//
+// Stores --images random images (--regions x --dim, rows l2-normalised) in a CpuScorer per
+// --storage (and --parallelism), scores --queries random captions (lengths uniform in
+// --words_min..--words_max, or --words=AVG for AVG ± 3.5) in passes of each --batch size, and
+// reports medians over --reps rounds. The baseline is the ReferenceScorer (the published code's
+// two batched products, one caption per call) on --ref_queries captions spread over the rounds,
+// so that every row samples the same machine load, once per --ref_blas_threads setting (0 = the
+// BLAS library on --threads threads; 1 = single-threaded BLAS, which suits its thousands of small
+// products better); ratios are taken against the fastest of them. Model: t2i, clipped_l2norm, LogSumExp,
+// λ1 = 9, λ2 = 6 (the released Flickr30K/COCO t2i settings).
+//
+//   scan_bench [--images=10000] [--regions=36] [--dim=1024] [--queries=32] [--batch=1,4,16,32]
+//              [--storage=fp32,bf16] [--threads=0] [--words_min=12] [--words_max=19] [--reps=3]
+//              [--ref_queries=3] [--ref_blas_threads=0,1] [--parallelism=per_thread,shared]
+//              [--block_rows=1024] [--seed=1]
+#include <algorithm>
+#include <chrono>
+#include <cinttypes>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <sys/resource.h>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/common/matrix.h"
+#include "engine/common/thread_pool.h"
+#include "engine/scoring/cpu_scorer.h"
+#include "engine/scoring/gemm.h"
+#include "engine/scoring/reference_scorer.h"
+#include "engine/scoring/scorer.h"
+
+namespace scanserve {
+namespace {
+
+struct Flags {
+  int64_t images = 10000;
+  int64_t regions = 36;
+  int64_t dim = 1024;
+  int64_t queries = 32;
+  std::vector<int64_t> batches = {1, 4, 16, 32};
+  std::vector<std::string> storages = {"fp32", "bf16"};
+  int threads = 0;
+  int64_t words_min = 12;
+  int64_t words_max = 19;
+  int reps = 3;
+  int64_t ref_queries = 3;
+  int64_t block_rows = CpuScorerOptions().block_rows;
+  std::vector<std::string> modes = {"per_thread"};  // CpuParallelism: per_thread, shared
+  std::vector<int64_t> ref_blas_threads = {0, 1};    // 0 = --threads
+  uint64_t seed = 1;
+};
+
+[[noreturn]] void Usage(const std::string& why) {
+  std::fprintf(stderr,
+               "scan_bench: %s\nflags: --images=N --regions=N --dim=N --queries=N "
+               "--batch=1,4,16 --storage=fp32,bf16 --threads=N --words_min=N --words_max=N "
+               "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
+               "--parallelism=per_thread,shared --block_rows=N "
+               "--seed=N\n",
+               why.c_str());
+  std::exit(2);
+}
+
+int64_t ParseInt(const std::string& name, const std::string& v) {
+  int64_t x;
+  if (!absl::SimpleAtoi(v, &x)) Usage(absl::StrCat("--", name, ": not an integer: '", v, "'"));
+  return x;
+}
+
+Flags ParseFlags(int argc, char** argv) {
+  Flags f;
+  double words_avg = -1;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") Usage("help");
+    if (arg.rfind("--", 0) != 0 || arg.find('=') == std::string::npos) {
+      Usage(absl::StrCat("expected --name=value, got '", arg, "'"));
+    }
+    const std::string name = arg.substr(2, arg.find('=') - 2);
+    const std::string v = arg.substr(arg.find('=') + 1);
+    if (name == "images") {
+      f.images = ParseInt(name, v);
+    } else if (name == "regions") {
+      f.regions = ParseInt(name, v);
+    } else if (name == "dim") {
+      f.dim = ParseInt(name, v);
+    } else if (name == "queries") {
+      f.queries = ParseInt(name, v);
+    } else if (name == "batch") {
+      f.batches.clear();
+      for (absl::string_view b : absl::StrSplit(v, ',')) f.batches.push_back(ParseInt(name, std::string(b)));
+    } else if (name == "storage") {
+      f.storages.clear();
+      for (absl::string_view s : absl::StrSplit(v, ',')) f.storages.emplace_back(s);
+    } else if (name == "threads") {
+      f.threads = static_cast<int>(ParseInt(name, v));
+    } else if (name == "words_min") {
+      f.words_min = ParseInt(name, v);
+    } else if (name == "words_max") {
+      f.words_max = ParseInt(name, v);
+    } else if (name == "words") {
+      if (!absl::SimpleAtod(v, &words_avg) || words_avg < 1) Usage("--words: expected a number >= 1");
+    } else if (name == "reps") {
+      f.reps = static_cast<int>(ParseInt(name, v));
+    } else if (name == "ref_queries") {
+      f.ref_queries = ParseInt(name, v);
+    } else if (name == "ref_blas_threads") {
+      f.ref_blas_threads.clear();
+      for (absl::string_view b : absl::StrSplit(v, ',')) {
+        f.ref_blas_threads.push_back(ParseInt(name, std::string(b)));
+      }
+    } else if (name == "parallelism") {
+      f.modes.clear();
+      for (absl::string_view m : absl::StrSplit(v, ',')) f.modes.emplace_back(m);
+    } else if (name == "block_rows") {
+      f.block_rows = ParseInt(name, v);
+    } else if (name == "seed") {
+      f.seed = static_cast<uint64_t>(ParseInt(name, v));
+    } else {
+      Usage(absl::StrCat("unknown flag --", name));
+    }
+  }
+  if (words_avg > 0) {  // an average: lengths drawn uniformly from avg ± 3.5 (15.5 -> 12..19)
+    f.words_min = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(words_avg - 3.5)));
+    f.words_max = std::max<int64_t>(f.words_min, static_cast<int64_t>(std::floor(words_avg + 3.5)));
+  }
+  if (f.images < 1 || f.regions < 1 || f.dim < 1 || f.queries < 1 || f.reps < 1 ||
+      f.words_min < 1 || f.words_max < f.words_min || f.ref_queries < 0 || f.batches.empty()) {
+    Usage("sizes must be >= 1 (ref_queries >= 0) and words_min <= words_max");
+  }
+  for (int64_t b : f.batches) {
+    if (b < 1) Usage("--batch sizes must be >= 1");
+  }
+  for (const std::string& s : f.storages) {
+    if (s != "fp32" && s != "bf16") Usage(absl::StrCat("--storage: fp32 or bf16, got '", s, "'"));
+  }
+  for (const std::string& m : f.modes) {
+    if (m != "per_thread" && m != "shared") {
+      Usage(absl::StrCat("--parallelism: per_thread or shared, got '", m, "'"));
+    }
+  }
+  return f;
+}
+
+// splitmix64: fast and good enough for benchmark data.
+struct Rng {
+  uint64_t s;
+  uint64_t Next() {
+    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  float Uniform() { return static_cast<float>(Next() >> 40) * (2.0f / 16777216.0f) - 1.0f; }
+  int64_t Between(int64_t lo, int64_t hi) {
+    return lo + static_cast<int64_t>(Next() % static_cast<uint64_t>(hi - lo + 1));
+  }
+};
+
+// rows x dim, uniform entries, every row l2-normalised.
+void FillRows(Rng& rng, float* x, int64_t rows, int64_t dim) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * dim;
+    double ss = 0;
+    for (int64_t i = 0; i < dim; ++i) {
+      row[i] = rng.Uniform();
+      ss += static_cast<double>(row[i]) * row[i];
+    }
+    const float inv = static_cast<float>(1.0 / std::sqrt(ss));
+    for (int64_t i = 0; i < dim; ++i) row[i] *= inv;
+  }
+}
+
+double NowMs() {
+  return std::chrono::duration<double, std::milli>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+double Median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void Check(const absl::Status& st, const char* what) {
+  if (!st.ok()) {
+    std::fprintf(stderr, "scan_bench: %s: %s\n", what, st.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+// CPU time of the whole process (all threads), in ms.
+double CpuMs() {
+  rusage u;
+  getrusage(RUSAGE_SELF, &u);
+  return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1e3 +
+         (u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e3;
+}
+
+// One table row: a scorer and how many queries share a pass.
+struct Row {
+  std::string config;
+  const Scorer* scorer = nullptr;
+  int64_t batch = 0;
+  double flop_per_query = 0;  // in the form this path computes
+  double bytes_per_pass = 0;  // stored bytes read per pass
+  std::vector<double> wall_ms, cpu_ms;  // per query, one entry per round
+};
+
+void PrintRow(const Row& r, int64_t images, double ref_wall, double ref_cpu) {
+  const double wall = Median(r.wall_ms);
+  const double cpu = Median(r.cpu_ms);
+  auto ratio = [](double ref, double x) {
+    return ref > 0 ? absl::StrCat(absl::SixDigits(ref / x), "x") : std::string("-");
+  };
+  std::printf("| %-32s | %6" PRId64 " | %5" PRId64 " | %9.1f | %9.1f | %9.2f | %7.1f | %6.2f | %8s | %8s |\n",
+              r.config.c_str(), images, r.batch, wall, cpu, 1000.0 / wall,
+              r.flop_per_query / (wall * 1e6), r.bytes_per_pass / r.batch / (wall * 1e6),
+              ratio(ref_wall, wall).c_str(), ratio(ref_cpu, cpu).c_str());
+}
+
+int Main(int argc, char** argv) {
+  const Flags f = ParseFlags(argc, argv);
+  const int threads = f.threads > 0 ? f.threads : ThreadPool::DefaultThreadCount();
+  SetComputeThreads(threads);
+
+  AttentionParams attention;  // t2i, clipped_l2norm, LogSumExp, λ1 = 9, λ2 = 6
+  attention.cross_attn = CrossAttention::kTextToImage;
+  attention.raw_feature_norm = RawFeatureNorm::kClippedL2Norm;
+  attention.pooling = Pooling::kLogSumExp;
+  attention.lambda_softmax = 9.0f;
+  attention.lambda_lse = 6.0f;
+
+  // Data.
+  Rng rng{f.seed};
+  const double t_gen = NowMs();
+  std::vector<float> images(static_cast<size_t>(f.images * f.regions * f.dim));
+  FillRows(rng, images.data(), f.images * f.regions, f.dim);
+  std::vector<FloatMatrix> captions;
+  int64_t total_words = 0;
+  const int64_t num_captions = std::max(f.queries, f.ref_queries);
+  for (int64_t j = 0; j < num_captions; ++j) {
+    FloatMatrix c(rng.Between(f.words_min, f.words_max), f.dim);
+    FillRows(rng, c.data.data(), c.rows, f.dim);
+    if (j < f.queries) total_words += c.rows;
+    captions.push_back(std::move(c));
+  }
+  std::vector<int64_t> keys(f.images);
+  std::vector<ItemView> image_views(f.images);
+  for (int64_t i = 0; i < f.images; ++i) {
+    keys[i] = i;
+    image_views[i] = ItemView(images.data() + i * f.regions * f.dim, f.regions);
+  }
+  std::vector<ItemView> caption_views;
+  for (const FloatMatrix& c : captions) caption_views.emplace_back(c);
+  const double words_avg = static_cast<double>(total_words) / f.queries;
+
+  std::printf("scan_bench: text->image, t2i clipped_l2norm LogSumExp l1=9 l2=6\n");
+  std::printf("  %" PRId64 " images x %" PRId64 " regions x d=%" PRId64 ", %" PRId64
+              " captions of %" PRId64 "..%" PRId64 " words (mean %.2f), %d threads\n  %s\n",
+              f.images, f.regions, f.dim, f.queries, f.words_min, f.words_max, words_avg, threads,
+              BlasDescription());
+  std::printf("  data generated in %.0f ms\n", NowMs() - t_gen);
+
+  // Gram-form FLOPs per query (scan-model.md "Cheaper exact forms"): S = V Eᵀ (2 k n d) plus the
+  // quadratic form |a|² = wᵀ G w for every word (2 n k²). Reference form: S and W·V (4 k n d).
+  const double k = static_cast<double>(f.regions);
+  const double gram_flop = f.images * (2.0 * k * words_avg * f.dim + 2.0 * words_avg * k * k);
+  const double ref_flop = f.images * 4.0 * k * words_avg * f.dim;
+
+  ScorerConfig config;
+  config.dim = f.dim;
+  config.stored_kind = ItemKind::kImage;
+  config.attention = attention;
+  config.num_threads = threads;
+
+  // Scorers: one CpuScorer per (storage, parallelism), then the reference.
+  std::vector<std::unique_ptr<Scorer>> scorers;
+  std::vector<std::string> scorer_storage;
+  std::vector<Row> rows;
+  for (const std::string& storage : f.storages) {
+    for (const std::string& mode : f.modes) {
+      ScorerConfig c = config;
+      c.storage = storage == "bf16" ? StorageType::kBFloat16 : StorageType::kFloat32;
+      CpuScorerOptions options;
+      options.block_rows = f.block_rows;
+      options.parallelism =
+          mode == "shared" ? CpuParallelism::kSharedGemm : CpuParallelism::kPerThreadUnits;
+      auto scorer = CpuScorer::Create(c, options);
+      Check(scorer.status(), "CpuScorer::Create");
+      const std::string label = absl::StrCat("cpu gram-form ", storage, " ", mode);
+      const double t_add = NowMs();
+      Check((*scorer)->Add(keys, image_views), "Add");
+      const double add_ms = NowMs() - t_add;
+      const double bytes = static_cast<double>((*scorer)->memory_bytes());
+      std::printf("  %s: stored in %.0f ms (%.0f images/s), %.1f MB (features + Gram)\n",
+                  label.c_str(), add_ms, 1000.0 * f.images / add_ms, bytes / 1e6);
+      for (int64_t batch : f.batches) {
+        Row r;
+        r.config = label;
+        r.scorer = scorer->get();
+        r.batch = std::min(batch, f.queries);
+        r.flop_per_query = gram_flop;
+        r.bytes_per_pass = bytes;
+        rows.push_back(r);
+      }
+      scorers.push_back(std::move(scorer).value());
+      scorer_storage.push_back(storage);
+    }
+  }
+  std::unique_ptr<Scorer> ref;
+  std::vector<Row> ref_rows;  // one per --ref_blas_threads value
+  if (f.ref_queries > 0) {
+    auto created = ReferenceScorer::Create(config);
+    Check(created.status(), "ReferenceScorer::Create");
+    ref = std::move(created).value();
+    Check(ref->Add(keys, image_views), "reference Add");
+    for (int64_t blas : f.ref_blas_threads) {
+      Row r;
+      r.config = absl::StrCat("reference-style fp32, BLAS x", blas < 1 ? threads : blas);
+      r.scorer = ref.get();
+      r.batch = blas;  // reused below as the BLAS thread setting; printed as 1
+      r.flop_per_query = ref_flop;
+      r.bytes_per_pass = static_cast<double>(f.images * f.regions * f.dim * 4);
+      ref_rows.push_back(r);
+    }
+  }
+
+  // Rounds: every configuration once per round, and the reference captions spread over the
+  // rounds, so that on a shared machine every row samples the same load.
+  FloatMatrix ref_scores(f.ref_queries, f.images);
+  std::printf("  %d rounds:", f.reps);
+  for (int round = 0; round < f.reps; ++round) {
+    for (Row& r : ref_rows) {
+      SetBlasThreads(static_cast<int>(r.batch));
+      for (int64_t j = round; j < f.ref_queries; j += f.reps) {
+        FloatMatrix one;
+        const double t0 = NowMs(), c0 = CpuMs();
+        Check(ref->ScoreAll({caption_views[j]}, &one), "reference ScoreAll");
+        r.wall_ms.push_back(NowMs() - t0);
+        r.cpu_ms.push_back(CpuMs() - c0);
+        std::copy(one.data.begin(), one.data.end(), ref_scores.row(j));
+      }
+      SetBlasThreads(0);
+    }
+    for (Row& r : rows) {
+      FloatMatrix scores;
+      const double t0 = NowMs(), c0 = CpuMs();
+      for (int64_t j = 0; j < f.queries; j += r.batch) {
+        const int64_t n = std::min(r.batch, f.queries - j);
+        Check(r.scorer->ScoreAll(absl::MakeConstSpan(caption_views).subspan(j, n), &scores),
+              "ScoreAll");
+      }
+      r.wall_ms.push_back((NowMs() - t0) / f.queries);
+      r.cpu_ms.push_back((CpuMs() - c0) / f.queries);
+    }
+    std::printf(" %d", round + 1);
+    std::fflush(stdout);
+  }
+  std::printf("\n");
+
+  double ref_wall = 0, ref_cpu = 0;  // the fastest reference setting
+  for (Row& r : ref_rows) {
+    r.batch = 1;
+    ref_wall = ref_wall == 0 ? Median(r.wall_ms) : std::min(ref_wall, Median(r.wall_ms));
+    ref_cpu = ref_cpu == 0 ? Median(r.cpu_ms) : std::min(ref_cpu, Median(r.cpu_ms));
+  }
+  std::printf("\n| %-32s | %6s | %5s | %9s | %9s | %9s | %7s | %6s | %8s | %8s |\n", "config",
+              "images", "batch", "ms/query", "cpu-ms/q", "queries/s", "GFLOP/s", "GB/s", "vs ref",
+              "cpu vs ref");
+  std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(34, '-').c_str(),
+              std::string(8, '-').c_str(), std::string(7, '-').c_str(),
+              std::string(11, '-').c_str(), std::string(11, '-').c_str(),
+              std::string(11, '-').c_str(), std::string(9, '-').c_str(),
+              std::string(8, '-').c_str(), std::string(10, '-').c_str(),
+              std::string(10, '-').c_str());
+  for (const Row& r : ref_rows) PrintRow(r, f.images, ref_wall, ref_cpu);
+  for (const Row& r : rows) PrintRow(r, f.images, ref_wall, ref_cpu);
+  std::printf(
+      "\nms/query: median over %d rounds of the wall time of a pass over the queries / queries "
+      "(reference: %" PRId64 " captions, one per call; ratios against the fastest reference row)."
+      "\ncpu-ms/q: process CPU time (all threads) "
+      "per query, which shared cores do not inflate.\nGFLOP/s: the form each path computes, Gram "
+      "2kn(d+k), reference 4knd per pair. GB/s: stored bytes read per query.\n",
+      f.reps, f.ref_queries);
+
+  // Agreement: cpu fp32 against the reference on its captions, bf16 against fp32 on all.
+  std::map<std::string, FloatMatrix> all_scores;
+  for (size_t i = 0; i < scorers.size(); ++i) {
+    if (all_scores.count(scorer_storage[i])) continue;
+    Check(scorers[i]->ScoreAll(absl::MakeConstSpan(caption_views).first(f.queries),
+                               &all_scores[scorer_storage[i]]),
+          "ScoreAll");
+  }
+  if (ref && all_scores.count("fp32")) {
+    double max_err = 0;
+    const FloatMatrix& cpu = all_scores["fp32"];
+    for (int64_t j = 0; j < std::min(f.ref_queries, f.queries); ++j) {
+      for (int64_t i = 0; i < f.images; ++i) {
+        const double y = ref_scores.at(j, i);
+        max_err = std::max(max_err, std::abs(cpu.at(j, i) - y) / std::max(std::abs(y), 1.0));
+      }
+    }
+    std::printf("cpu fp32 vs reference on %" PRId64 " captions: max |diff| / max(|ref|, 1) = %.3g\n",
+                std::min(f.ref_queries, f.queries), max_err);
+  }
+  if (all_scores.count("fp32") && all_scores.count("bf16")) {
+    const auto top32 = TopKPerRow(all_scores["fp32"], keys, 10);
+    const auto top16 = TopKPerRow(all_scores["bf16"], keys, 10);
+    double overlap = 0, max_err = 0;
+    for (size_t j = 0; j < top32.size(); ++j) {
+      std::set<int64_t> a;
+      for (const ScoredKey& sk : top32[j]) a.insert(sk.key);
+      int hit = 0;
+      for (const ScoredKey& sk : top16[j]) hit += a.count(sk.key) ? 1 : 0;
+      overlap += static_cast<double>(hit) / top32[j].size();
+    }
+    for (size_t i = 0; i < all_scores["fp32"].data.size(); ++i) {
+      max_err = std::max<double>(max_err,
+                                 std::abs(all_scores["bf16"].data[i] - all_scores["fp32"].data[i]));
+    }
+    std::printf("bf16 vs fp32 storage on %" PRId64 " captions: mean top-10 overlap %.3f, max |diff| %.3g\n",
+                f.queries, overlap / top32.size(), max_err);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace scanserve
+
+int main(int argc, char** argv) { return scanserve::Main(argc, argv); }

@@ -1,0 +1,101 @@
+// scan_tokenize: tokenises captions read one per line from stdin, the way SCAN does.
+//
+//   scan_tokenize [--vocab FILE] [--keep-case] < captions.txt
+//
+// Prints, for every input line, its tokens joined by TAB characters (an empty line for a caption
+// without tokens). With --vocab, prints the ids instead: <start> ids... <end>. --keep-case skips
+// lower-casing (NLTKWordTokenizer on the line as it is; not combinable with --vocab).
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/text/tokenizer.h"
+#include "engine/text/vocabulary.h"
+
+namespace {
+
+constexpr const char* kUsage =
+    "usage: scan_tokenize [--vocab FILE] [--keep-case] < captions (one per line)\n"
+    "Prints each line's tokens (or, with --vocab, its ids incl. <start>/<end>), TAB-separated.\n";
+
+struct Options {
+  std::string vocab_path;
+  bool keep_case = false;
+};
+
+std::optional<Options> ParseArgs(int argc, char** argv) {
+  Options options;
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--vocab" && i + 1 < argc) {
+      options.vocab_path = argv[++i];
+    } else if (arg.substr(0, 8) == "--vocab=") {
+      options.vocab_path = std::string(arg.substr(8));
+    } else if (arg == "--keep-case") {
+      options.keep_case = true;
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (options.keep_case && !options.vocab_path.empty()) return std::nullopt;
+  return options;
+}
+
+template <typename T>
+void PrintTabJoined(const std::vector<T>& items, std::string* out) {
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i > 0) out->push_back('\t');
+    if constexpr (std::is_same_v<T, std::string>) {
+      out->append(items[i]);
+    } else {
+      out->append(std::to_string(items[i]));
+    }
+  }
+  out->push_back('\n');
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::optional<Options> options = ParseArgs(argc, argv);
+  if (!options.has_value()) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  std::optional<scanserve::Vocabulary> vocabulary;
+  if (!options->vocab_path.empty()) {
+    absl::StatusOr<scanserve::Vocabulary> loaded =
+        scanserve::Vocabulary::FromFile(options->vocab_path);
+    if (!loaded.ok()) {
+      std::fprintf(stderr, "scan_tokenize: %s\n", loaded.status().ToString().c_str());
+      return 1;
+    }
+    vocabulary = std::move(loaded).value();
+  }
+
+  std::ios::sync_with_stdio(false);
+  std::string line;
+  std::string out;
+  while (std::getline(std::cin, line)) {
+    if (vocabulary.has_value()) {
+      PrintTabJoined(vocabulary->EncodeCaption(line), &out);
+    } else if (options->keep_case) {
+      PrintTabJoined(scanserve::NltkWordTokenize(line), &out);
+    } else {
+      PrintTabJoined(scanserve::TokenizeCaption(line), &out);
+    }
+    if (out.size() >= (1 << 16)) {
+      std::cout.write(out.data(), static_cast<std::streamsize>(out.size()));
+      out.clear();
+    }
+  }
+  std::cout.write(out.data(), static_cast<std::streamsize>(out.size()));
+  std::cout.flush();
+  return std::cout.good() ? 0 : 1;
+}

@@ -1,0 +1,382 @@
+#include "server/config.h"
+
+#include <cstdint>
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace scanserve {
+namespace {
+
+constexpr char kDefaultDataDir[] = "./scanserve-data";
+
+absl::Status ParseInt64(const std::string& key, const std::string& value, int64_t min, int64_t max,
+                        int64_t* out) {
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(value, &v) || v < min || v > max) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", key, ": expected an integer in ", min, "..", max, ", got '", value, "'"));
+  }
+  *out = v;
+  return absl::OkStatus();
+}
+
+absl::Status ParseInt(const std::string& key, const std::string& value, int min, int max, int* out) {
+  int64_t v = 0;
+  if (absl::Status status = ParseInt64(key, value, min, max, &v); !status.ok()) return status;
+  *out = static_cast<int>(v);
+  return absl::OkStatus();
+}
+
+// A byte count: an integer with an optional binary suffix K, M, G (or KiB, MiB, GiB).
+absl::Status ParseBytes(const std::string& key, const std::string& value, int64_t min, int64_t max,
+                        int64_t* out) {
+  std::string digits = value;
+  int64_t scale = 1;
+  for (const auto& [suffix, factor] : {std::pair<const char*, int64_t>{"KiB", 1LL << 10},
+                                       {"MiB", 1LL << 20}, {"GiB", 1LL << 30}, {"K", 1LL << 10},
+                                       {"M", 1LL << 20}, {"G", 1LL << 30}}) {
+    const std::string s = suffix;
+    if (digits.size() > s.size() && digits.compare(digits.size() - s.size(), s.size(), s) == 0) {
+      digits.resize(digits.size() - s.size());
+      scale = factor;
+      break;
+    }
+  }
+  int64_t v = 0;
+  if (!absl::SimpleAtoi(digits, &v) || v < 0 || v > max / scale || v * scale < min) {
+    return absl::InvalidArgumentError(absl::StrCat("--", key, ": expected a byte count in ", min, "..",
+                                                   max, " (suffixes K, M, G), got '", value, "'"));
+  }
+  *out = v * scale;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("--auth-token-file: cannot read ", path));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  std::string token(absl::StripAsciiWhitespace(contents.str()));
+  if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("--auth-token-file: ", path, " is empty"));
+  return token;
+}
+
+const char* BackendName(ScorerBackend backend) {
+  switch (backend) {
+    case ScorerBackend::kCpu: return "cpu";
+    case ScorerBackend::kReference: return "reference";
+    case ScorerBackend::kCuda: return "cuda";
+  }
+  return "?";
+}
+
+const char* StorageName(StorageType storage) {
+  return storage == StorageType::kBFloat16 ? "bf16" : "fp32";
+}
+
+struct Flag {
+  const char* name;
+  const char* arg;   // the value's placeholder in --help
+  const char* help;
+  std::function<std::string(const ServerConfig&)> show;  // the current value, for --help defaults
+  std::function<absl::Status(const std::string&, ServerConfig*)> apply;
+};
+
+const std::vector<Flag>& Flags() {
+  static const auto* flags = new std::vector<Flag>{
+      {"config", "FILE", "read settings from FILE (key = value lines; keys are these flags' names)",
+       [](const ServerConfig& c) { return c.config_file; },
+       [](const std::string&, ServerConfig*) {
+         return absl::InvalidArgumentError("'config' cannot be set inside a config file");
+       }},
+      {"listen", "HOST:PORT", "gRPC address (port 0 = any free port)",
+       [](const ServerConfig& c) { return c.server.listen_address; },
+       [](const std::string& v, ServerConfig* c) {
+         if (v.empty()) return absl::InvalidArgumentError("--listen: empty address");
+         c->server.listen_address = v;
+         return absl::OkStatus();
+       }},
+      {"metrics-listen", "HOST:PORT", "HTTP address of GET /metrics and /healthz; 'off' disables",
+       [](const ServerConfig& c) { return c.server.metrics_address.empty() ? std::string("off") : c.server.metrics_address; },
+       [](const std::string& v, ServerConfig* c) {
+         c->server.metrics_address = (v == "off" || v.empty()) ? "" : v;
+         return absl::OkStatus();
+       }},
+      {"data-dir", "DIR", "the durable store (created if absent)",
+       [](const ServerConfig& c) { return c.engine.data_dir; },
+       [](const std::string& v, ServerConfig* c) {
+         if (v.empty()) return absl::InvalidArgumentError("--data-dir: empty path");
+         c->engine.data_dir = v;
+         return absl::OkStatus();
+       }},
+      {"model", "MODEL_DIR", "a scanserve model directory (docs/model-format.md); repeat once for a "
+                             "two-model ensemble. Required",
+       [](const ServerConfig& c) { return absl::StrJoin(c.engine.model_dirs, ","); },
+       [](const std::string& v, ServerConfig* c) {
+         if (v.empty()) return absl::InvalidArgumentError("--model: empty path");
+         c->engine.model_dirs.push_back(v);
+         return absl::OkStatus();
+       }},
+      {"backend", "cpu|cuda|reference", "scorer backend (cuda only in CUDA builds)",
+       [](const ServerConfig& c) { return std::string(BackendName(c.engine.backend)); },
+       [](const std::string& v, ServerConfig* c) {
+         if (v == "cpu") {
+           c->engine.backend = ScorerBackend::kCpu;
+         } else if (v == "cuda") {
+           c->engine.backend = ScorerBackend::kCuda;
+         } else if (v == "reference") {
+           c->engine.backend = ScorerBackend::kReference;
+         } else {
+           return absl::InvalidArgumentError(absl::StrCat("--backend: expected cpu, cuda or reference, got '", v, "'"));
+         }
+         return absl::OkStatus();
+       }},
+      {"storage", "fp32|bf16", "precision of stored features (bf16 halves memory)",
+       [](const ServerConfig& c) { return std::string(StorageName(c.engine.storage)); },
+       [](const std::string& v, ServerConfig* c) {
+         if (v == "fp32") {
+           c->engine.storage = StorageType::kFloat32;
+         } else if (v == "bf16") {
+           c->engine.storage = StorageType::kBFloat16;
+         } else {
+           return absl::InvalidArgumentError(absl::StrCat("--storage: expected fp32 or bf16, got '", v, "'"));
+         }
+         return absl::OkStatus();
+       }},
+      {"threads", "N", "CPU threads for encoding and scoring (0 = all cores)",
+       [](const ServerConfig& c) { return absl::StrCat(c.engine.num_threads); },
+       [](const std::string& v, ServerConfig* c) { return ParseInt("threads", v, 0, 4096, &c->engine.num_threads); }},
+      {"max-batch-queries", "N", "most caption queries merged into one text-to-image engine call",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.batching.max_batch_queries); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("max-batch-queries", v, 1, 4096, &c->server.batching.max_batch_queries);
+       }},
+      {"max-queue-delay-us", "MICROSECONDS", "longest a search waits for others to join its batch",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.batching.max_queue_delay_us); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt64("max-queue-delay-us", v, 0, 10'000'000, &c->server.batching.max_queue_delay_us);
+       }},
+      {"max-queue-size", "N", "searches waiting at most; more are refused with RESOURCE_EXHAUSTED",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.batching.max_queue_size); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("max-queue-size", v, 1, 100'000, &c->server.batching.max_queue_size);
+       }},
+      {"batch-workers", "N", "threads running batched searches",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.batching.num_workers); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("batch-workers", v, 1, 64, &c->server.batching.num_workers);
+       }},
+      {"ingest-batch-size", "N", "most consecutive Ingest stream items per engine upsert",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.ingest_batch_size); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("ingest-batch-size", v, 1, 65536, &c->server.ingest_batch_size);
+       }},
+      {"max-message-bytes", "BYTES", "largest gRPC message in or out (suffixes K, M, G)",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.max_message_bytes); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseBytes("max-message-bytes", v, 1024, INT32_MAX, &c->server.max_message_bytes);
+       }},
+      {"max-images", "N", "store capacity in images; beyond it ingest is RESOURCE_EXHAUSTED",
+       [](const ServerConfig& c) { return absl::StrCat(c.engine.max_images); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt64("max-images", v, 0, INT64_MAX, &c->engine.max_images);
+       }},
+      {"max-captions", "N", "store capacity in captions",
+       [](const ServerConfig& c) { return absl::StrCat(c.engine.max_captions); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt64("max-captions", v, 0, INT64_MAX, &c->engine.max_captions);
+       }},
+      {"max-feature-bytes", "BYTES", "scorer memory for stored items, all models and both sides",
+       [](const ServerConfig& c) { return absl::StrCat(c.engine.max_feature_bytes); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseBytes("max-feature-bytes", v, 0, INT64_MAX, &c->engine.max_feature_bytes);
+       }},
+      {"max-top-k", "N", "largest top_k a search may ask for",
+       [](const ServerConfig& c) { return absl::StrCat(c.engine.max_top_k); },
+       [](const std::string& v, ServerConfig* c) { return ParseInt("max-top-k", v, 1, 1'000'000, &c->engine.max_top_k); }},
+      {"max-query-words", "N", "tokens per caption query, <start>/<end> included",
+       [](const ServerConfig& c) { return absl::StrCat(c.engine.max_query_words); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("max-query-words", v, 3, 65536, &c->engine.max_query_words);
+       }},
+      {"tls-cert", "FILE", "PEM certificate chain: serve gRPC over TLS (with --tls-key)",
+       [](const ServerConfig& c) { return c.server.tls.cert_file; },
+       [](const std::string& v, ServerConfig* c) {
+         c->server.tls.cert_file = v;
+         return absl::OkStatus();
+       }},
+      {"tls-key", "FILE", "PEM private key for --tls-cert",
+       [](const ServerConfig& c) { return c.server.tls.key_file; },
+       [](const std::string& v, ServerConfig* c) {
+         c->server.tls.key_file = v;
+         return absl::OkStatus();
+       }},
+      {"auth-token", "TOKEN", "require 'authorization: Bearer TOKEN' on ScanService calls (health "
+                              "and reflection stay open); prefer --auth-token-file",
+       [](const ServerConfig& c) { return c.server.auth_token.empty() ? std::string() : std::string("(set)"); },
+       [](const std::string& v, ServerConfig* c) {
+         c->server.auth_token = v;
+         return absl::OkStatus();
+       }},
+      {"auth-token-file", "FILE", "read the bearer token from FILE (surrounding whitespace removed)",
+       [](const ServerConfig&) { return std::string(); },
+       [](const std::string& v, ServerConfig* c) {
+         absl::StatusOr<std::string> token = ReadTokenFile(v);
+         if (!token.ok()) return token.status();
+         c->server.auth_token = *std::move(token);
+         return absl::OkStatus();
+       }},
+      {"shutdown-grace-s", "SECONDS", "on SIGTERM/SIGINT, how long in-flight calls may finish",
+       [](const ServerConfig& c) { return absl::StrCat(c.shutdown_grace_s); },
+       [](const std::string& v, ServerConfig* c) {
+         double s = 0;
+         if (!absl::SimpleAtod(v, &s) || !(s >= 0) || s > 3600) {
+           return absl::InvalidArgumentError(absl::StrCat("--shutdown-grace-s: expected 0..3600, got '", v, "'"));
+         }
+         c->shutdown_grace_s = s;
+         return absl::OkStatus();
+       }},
+  };
+  return *flags;
+}
+
+const Flag* FindFlag(const std::string& name) {
+  for (const Flag& flag : Flags()) {
+    if (name == flag.name) return &flag;
+  }
+  return nullptr;
+}
+
+absl::Status LoadConfigFile(const std::string& path, ServerConfig* config) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("--config: cannot read ", path));
+  std::string line;
+  int number = 0;
+  while (std::getline(in, line)) {
+    ++number;
+    if (const size_t hash = line.find('#'); hash != std::string::npos) line.resize(hash);
+    const absl::string_view stripped = absl::StripAsciiWhitespace(line);
+    if (stripped.empty()) continue;
+    const size_t eq = stripped.find('=');
+    if (eq == absl::string_view::npos) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", number, ": expected 'key = value'"));
+    }
+    const std::string key(absl::StripAsciiWhitespace(stripped.substr(0, eq)));
+    const std::string value(absl::StripAsciiWhitespace(stripped.substr(eq + 1)));
+    if (absl::Status status = ApplySetting(key, value, config); !status.ok()) {
+      return absl::Status(status.code(), absl::StrCat(path, ":", number, ": ", status.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+ServerConfig DefaultServerConfig() {
+  ServerConfig config;
+  config.engine.data_dir = kDefaultDataDir;
+  return config;
+}
+
+absl::Status ApplySetting(const std::string& key, const std::string& value, ServerConfig* config) {
+  const Flag* flag = FindFlag(key);
+  if (flag == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown setting '", key, "'"));
+  return flag->apply(value, config);
+}
+
+absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) {
+  CommandLine result;
+  result.config = DefaultServerConfig();
+  // (name, value) pairs in order; --help anywhere wins.
+  std::vector<std::pair<std::string, std::string>> settings;
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      result.help = true;
+      return result;
+    }
+    if (arg.rfind("--", 0) != 0) {
+      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", arg, "' (flags start with --)"));
+    }
+    std::string name = arg.substr(2);
+    std::string value;
+    if (const size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name.resize(eq);
+    } else {
+      if (FindFlag(name) == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+      value = argv[++i];
+    }
+    if (FindFlag(name) == nullptr) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    settings.emplace_back(std::move(name), std::move(value));
+  }
+  // The file first, so that flags override it.
+  for (const auto& [name, value] : settings) {
+    if (name != "config") continue;
+    result.config.config_file = value;
+    if (absl::Status status = LoadConfigFile(value, &result.config); !status.ok()) return status;
+  }
+  bool models_from_flags = false;
+  for (const auto& [name, value] : settings) {
+    if (name == "config") continue;
+    if (name == "model" && !models_from_flags) {
+      result.config.engine.model_dirs.clear();  // flags replace the file's models
+      models_from_flags = true;
+    }
+    if (absl::Status status = ApplySetting(name, value, &result.config); !status.ok()) return status;
+  }
+  if (result.config.engine.model_dirs.empty()) {
+    return absl::InvalidArgumentError("no model: pass --model MODEL_DIR (or 'model = DIR' in --config)");
+  }
+  if (result.config.engine.model_dirs.size() > 2) {
+    return absl::InvalidArgumentError(absl::StrCat("at most two models (an ensemble), got ",
+                                                   result.config.engine.model_dirs.size()));
+  }
+  if (result.config.server.tls.cert_file.empty() != result.config.server.tls.key_file.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  result.config.server.model_dirs = result.config.engine.model_dirs;
+  return result;
+}
+
+std::string Usage(const std::string& program) {
+  const ServerConfig defaults = DefaultServerConfig();
+  std::string text = absl::StrCat(
+      "Usage: ", program, " --model MODEL_DIR [--model MODEL_DIR2] [flags]\n\n",
+      "Serves SCAN image-text retrieval (scanserve.v1.ScanService) over gRPC, with grpc.health.v1,\n"
+      "server reflection, and Prometheus metrics over HTTP. SIGTERM/SIGINT shut it down gracefully.\n\n"
+      "Flags (also accepted as `key = value` lines in --config FILE; flags win):\n");
+  for (const Flag& flag : Flags()) {
+    std::string head = absl::StrCat("  --", flag.name, " ", flag.arg);
+    if (head.size() < 34) head.resize(34, ' ');
+    else head += "\n" + std::string(34, ' ');
+    absl::StrAppend(&text, head, flag.help);
+    const std::string shown = flag.show(defaults);
+    if (!shown.empty()) absl::StrAppend(&text, " [default: ", shown, "]");
+    absl::StrAppend(&text, "\n");
+  }
+  std::string help = "  --help";
+  help.resize(34, ' ');
+  absl::StrAppend(&text, help, "show this text\n");
+  return text;
+}
+
+std::string DescribeConfig(const ServerConfig& config) {
+  std::string text;
+  for (const Flag& flag : Flags()) {
+    const std::string shown = flag.show(config);
+    if (shown.empty()) continue;
+    absl::StrAppend(&text, "  ", flag.name, " = ", shown, "\n");
+  }
+  return text;
+}
+
+}  // namespace scanserve

@@ -1,0 +1,266 @@
+#include "server/convert.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace scanserve {
+namespace {
+
+Metadata MetadataFromProto(const google::protobuf::Map<std::string, std::string>& metadata) {
+  return Metadata(metadata.begin(), metadata.end());
+}
+
+void MetadataToProto(const Metadata& metadata, google::protobuf::Map<std::string, std::string>* out) {
+  for (const auto& [key, value] : metadata) (*out)[key] = value;
+}
+
+void BoxToProto(const Box& box, v1::Box* out) {
+  out->set_x1(box.x1);
+  out->set_y1(box.y1);
+  out->set_x2(box.x2);
+  out->set_y2(box.y2);
+}
+
+Box BoxFromProto(const v1::Box& box) { return Box{box.x1(), box.y1(), box.x2(), box.y2()}; }
+
+// The wire format is little-endian; the copy is a memcpy on the hosts we build for.
+void CopyLittleEndianFloats(const std::string& bytes, float* out) {
+  std::memcpy(out, bytes.data(), bytes.size());
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  auto* words = reinterpret_cast<uint32_t*>(out);
+  for (size_t i = 0; i < bytes.size() / 4; ++i) words[i] = __builtin_bswap32(words[i]);
+#endif
+}
+
+absl::Status CheckQueryCount(int queries) {
+  if (queries < 1 || queries > kMaxQueriesPerRequest) {
+    return absl::InvalidArgumentError(absl::StrCat("a search takes 1..", kMaxQueriesPerRequest,
+                                                   " queries, got ", queries));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<FloatMatrix> RegionFeaturesFromProto(const v1::RegionFeatures& features) {
+  const int64_t rows = features.num_regions();
+  const int64_t dim = features.dim();
+  if (rows < 1 || dim < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "region_features: num_regions and dim must be >= 1, got num_regions=", rows, " dim=", dim));
+  }
+  const std::string& bytes = features.values();
+  // rows, dim < 2^31, so rows * dim cannot overflow int64.
+  const int64_t expected_floats = rows * dim;
+  if (bytes.size() % sizeof(float) != 0 ||
+      static_cast<int64_t>(bytes.size() / sizeof(float)) != expected_floats) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "region_features: values holds ", bytes.size(), " bytes; num_regions=", rows, " x dim=", dim,
+        " float32 needs ", expected_floats * static_cast<int64_t>(sizeof(float)), " bytes"));
+  }
+  FloatMatrix matrix(rows, dim);
+  CopyLittleEndianFloats(bytes, matrix.data.data());
+  for (size_t i = 0; i < matrix.data.size(); ++i) {
+    if (!std::isfinite(matrix.data[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("region_features: value ", matrix.data[i],
+                                                     " at region ", i / dim, ", column ", i % dim,
+                                                     " is not finite"));
+    }
+  }
+  return matrix;
+}
+
+void RegionFeaturesToProto(const FloatMatrix& matrix, v1::RegionFeatures* features) {
+  features->set_num_regions(static_cast<int32_t>(matrix.rows));
+  features->set_dim(static_cast<int32_t>(matrix.cols));
+  std::string* bytes = features->mutable_values();
+  bytes->resize(matrix.data.size() * sizeof(float));
+  std::memcpy(bytes->data(), matrix.data.data(), bytes->size());
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  auto* words = reinterpret_cast<uint32_t*>(bytes->data());
+  for (size_t i = 0; i < matrix.data.size(); ++i) words[i] = __builtin_bswap32(words[i]);
+#endif
+}
+
+SearchFilter FilterFromProto(const v1::Filter& filter) {
+  SearchFilter out;
+  out.collection = filter.collection();
+  out.metadata = MetadataFromProto(filter.metadata());
+  return out;
+}
+
+int TopKFromProto(int32_t top_k) { return top_k == 0 ? kDefaultTopK : top_k; }
+
+absl::StatusOr<std::vector<std::string>> QueriesFromProto(const v1::SearchImagesRequest& request) {
+  if (absl::Status status = CheckQueryCount(request.queries_size()); !status.ok()) return status;
+  return std::vector<std::string>(request.queries().begin(), request.queries().end());
+}
+
+SearchParams SearchParamsFromProto(const v1::SearchImagesRequest& request) {
+  SearchParams params;
+  params.top_k = TopKFromProto(request.top_k());
+  params.filter = FilterFromProto(request.filter());
+  params.explain = request.explain();
+  return params;
+}
+
+SearchParams SearchParamsFromProto(const v1::SearchCaptionsRequest& request) {
+  SearchParams params;
+  params.top_k = TopKFromProto(request.top_k());
+  params.filter = FilterFromProto(request.filter());
+  return params;
+}
+
+absl::StatusOr<ImageQuery> ImageQueryFromProto(const v1::ImageQuery& query, int index) {
+  ImageQuery out;
+  switch (query.source_case()) {
+    case v1::ImageQuery::kImageId:
+      if (query.image_id().empty()) {
+        return absl::InvalidArgumentError(absl::StrCat("queries[", index, "]: empty image_id"));
+      }
+      out.stored_id = query.image_id();
+      return out;
+    case v1::ImageQuery::kRegionFeatures: {
+      absl::StatusOr<FloatMatrix> features = RegionFeaturesFromProto(query.region_features());
+      if (!features.ok()) {
+        return absl::Status(features.status().code(),
+                            absl::StrCat("queries[", index, "]: ", features.status().message()));
+      }
+      out.region_features = *std::move(features);
+      return out;
+    }
+    case v1::ImageQuery::kImageBytes:
+      return absl::FailedPreconditionError(absl::StrCat(
+          "queries[", index, "]: image_bytes needs the region detector, which this server has not "
+          "loaded; send region_features or an image_id"));
+    default:
+      return absl::InvalidArgumentError(absl::StrCat(
+          "queries[", index, "]: set one of image_id, region_features, image_bytes"));
+  }
+}
+
+absl::StatusOr<std::vector<ImageQuery>> ImageQueriesFromProto(const v1::SearchCaptionsRequest& request) {
+  if (absl::Status status = CheckQueryCount(request.queries_size()); !status.ok()) return status;
+  std::vector<ImageQuery> queries;
+  queries.reserve(request.queries_size());
+  for (int i = 0; i < request.queries_size(); ++i) {
+    absl::StatusOr<ImageQuery> query = ImageQueryFromProto(request.queries(i), i);
+    if (!query.ok()) return query.status();
+    queries.push_back(*std::move(query));
+  }
+  return queries;
+}
+
+absl::StatusOr<ImageItem> ImageItemFromProto(const v1::Image& image) {
+  ImageItem item;
+  item.id = image.id();
+  item.collection = image.collection();
+  item.metadata = MetadataFromProto(image.metadata());
+  switch (image.content_case()) {
+    case v1::Image::kRegionFeatures: {
+      absl::StatusOr<FloatMatrix> features = RegionFeaturesFromProto(image.region_features());
+      if (!features.ok()) {
+        return absl::Status(features.status().code(),
+                            absl::StrCat("image '", image.id(), "': ", features.status().message()));
+      }
+      item.region_features = *std::move(features);
+      break;
+    }
+    case v1::Image::kImageBytes:
+      return absl::FailedPreconditionError(absl::StrCat(
+          "image '", image.id(), "': image_bytes needs the region detector, which this server has "
+          "not loaded; send region_features"));
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("image '", image.id(), "': set region_features or image_bytes"));
+  }
+  const int64_t regions = item.region_features.rows;
+  if (image.boxes_size() != 0 && image.boxes_size() != regions) {
+    return absl::InvalidArgumentError(absl::StrCat("image '", image.id(), "': ", image.boxes_size(),
+                                                   " boxes for ", regions,
+                                                   " regions (send none or one per region)"));
+  }
+  if (image.labels_size() != 0 && image.labels_size() != regions) {
+    return absl::InvalidArgumentError(absl::StrCat("image '", image.id(), "': ", image.labels_size(),
+                                                   " labels for ", regions,
+                                                   " regions (send none or one per region)"));
+  }
+  item.boxes.reserve(image.boxes_size());
+  for (const v1::Box& box : image.boxes()) item.boxes.push_back(BoxFromProto(box));
+  item.labels.assign(image.labels().begin(), image.labels().end());
+  return item;
+}
+
+CaptionItem CaptionItemFromProto(const v1::Caption& caption) {
+  CaptionItem item;
+  item.id = caption.id();
+  item.collection = caption.collection();
+  item.metadata = MetadataFromProto(caption.metadata());
+  item.text = caption.text();
+  return item;
+}
+
+void ImageHitsToProto(const std::vector<ImageHit>& hits, v1::ImageHits* out) {
+  out->mutable_hits()->Reserve(static_cast<int>(hits.size()));
+  for (const ImageHit& hit : hits) {
+    v1::ImageHit* h = out->add_hits();
+    h->set_id(hit.id);
+    h->set_score(hit.score);
+    h->set_collection(hit.collection);
+    MetadataToProto(hit.metadata, h->mutable_metadata());
+    for (const WordExplanation& word : hit.explanation) {
+      v1::WordExplanation* w = h->add_explanation();
+      w->set_word(word.word);
+      w->set_region(word.region);
+      w->set_attention(word.attention);
+      if (word.box.has_value()) BoxToProto(*word.box, w->mutable_box());
+      w->set_label(word.label);
+    }
+  }
+}
+
+void CaptionHitsToProto(const std::vector<CaptionHit>& hits, v1::CaptionHits* out) {
+  out->mutable_hits()->Reserve(static_cast<int>(hits.size()));
+  for (const CaptionHit& hit : hits) {
+    v1::CaptionHit* h = out->add_hits();
+    h->set_id(hit.id);
+    h->set_score(hit.score);
+    h->set_text(hit.text);
+    h->set_collection(hit.collection);
+    MetadataToProto(hit.metadata, h->mutable_metadata());
+  }
+}
+
+void ItemStatusToProto(const std::string& id, const absl::Status& status, v1::ItemStatus* out) {
+  out->set_id(id);
+  out->set_code(static_cast<int32_t>(status.code()));
+  out->set_message(std::string(status.message()));
+}
+
+void ItemResultToProto(const ItemResult& result, v1::ItemStatus* out) {
+  ItemStatusToProto(result.id, result.status, out);
+}
+
+void StatsToProto(const EngineStats& stats, const std::vector<std::string>& model_dirs,
+                  const std::string& version, v1::GetStatsResponse* out) {
+  out->set_images(stats.images);
+  out->set_captions(stats.captions);
+  out->set_feature_bytes(stats.feature_bytes);
+  const size_t models = std::max(model_dirs.size(), stats.model_summaries.size());
+  for (size_t i = 0; i < models; ++i) {
+    v1::ModelInfo* model = out->add_models();
+    if (i < model_dirs.size()) model->set_model_dir(model_dirs[i]);
+    if (i < stats.model_summaries.size()) model->set_summary(stats.model_summaries[i]);
+  }
+  out->set_backend(stats.backend);
+  out->set_storage(stats.storage);
+  out->set_store_disk_bytes(stats.store_disk_bytes);
+  out->set_version(version);
+  out->set_detector_loaded(false);
+}
+
+}  // namespace scanserve

@@ -1,0 +1,64 @@
+// Proto <-> engine conversions for scanserve.v1: the only code that knows both the wire messages and
+// the engine's types (engine/retrieval/retrieval_engine.h). Pure functions, no gRPC calls; errors are
+// absl::Status with the offending values in the message.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/common/matrix.h"
+#include "engine/retrieval/retrieval_engine.h"
+#include "scanserve/v1/scanserve.pb.h"
+
+namespace scanserve {
+
+// top_k = 0 on the wire means this many.
+inline constexpr int kDefaultTopK = 10;
+// Queries per search request, as scanserve.proto documents (1..64).
+inline constexpr int kMaxQueriesPerRequest = 64;
+
+// ---- requests -> engine ----
+
+// num_regions x dim float32 from the packed little-endian bytes. INVALID_ARGUMENT unless
+// num_regions >= 1, dim >= 1, the byte count is exactly num_regions * dim * 4 and every value is
+// finite. (The engine checks dim against the model's img_dim.)
+absl::StatusOr<FloatMatrix> RegionFeaturesFromProto(const v1::RegionFeatures& features);
+// The inverse, for clients and tests.
+void RegionFeaturesToProto(const FloatMatrix& matrix, v1::RegionFeatures* features);
+
+SearchFilter FilterFromProto(const v1::Filter& filter);
+
+// 0 -> kDefaultTopK; anything else passes through (the engine range-checks it).
+int TopKFromProto(int32_t top_k);
+
+// INVALID_ARGUMENT unless 1..kMaxQueriesPerRequest queries (the engine checks each query's text).
+absl::StatusOr<std::vector<std::string>> QueriesFromProto(const v1::SearchImagesRequest& request);
+SearchParams SearchParamsFromProto(const v1::SearchImagesRequest& request);
+SearchParams SearchParamsFromProto(const v1::SearchCaptionsRequest& request);
+
+// image_id -> a stored image; region_features -> raw features; image_bytes -> FAILED_PRECONDITION
+// (no detector is loaded in this server); nothing set -> INVALID_ARGUMENT. Errors name the query.
+absl::StatusOr<ImageQuery> ImageQueryFromProto(const v1::ImageQuery& query, int index);
+// Also INVALID_ARGUMENT unless 1..kMaxQueriesPerRequest queries.
+absl::StatusOr<std::vector<ImageQuery>> ImageQueriesFromProto(const v1::SearchCaptionsRequest& request);
+
+// An ingestable image: region features (as above), boxes and labels each absent or one per region.
+// image_bytes is FAILED_PRECONDITION (no detector). Errors name the image id.
+absl::StatusOr<ImageItem> ImageItemFromProto(const v1::Image& image);
+CaptionItem CaptionItemFromProto(const v1::Caption& caption);
+
+// ---- engine -> responses ----
+
+void ImageHitsToProto(const std::vector<ImageHit>& hits, v1::ImageHits* out);
+void CaptionHitsToProto(const std::vector<CaptionHit>& hits, v1::CaptionHits* out);
+void ItemStatusToProto(const std::string& id, const absl::Status& status, v1::ItemStatus* out);
+void ItemResultToProto(const ItemResult& result, v1::ItemStatus* out);
+
+// `model_dirs` name the loaded models in order (the engine reports one summary per model).
+void StatsToProto(const EngineStats& stats, const std::vector<std::string>& model_dirs,
+                  const std::string& version, v1::GetStatsResponse* out);
+
+}  // namespace scanserve

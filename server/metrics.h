@@ -1,0 +1,113 @@
+// ServerMetrics: owns the Prometheus registry of the server and has one accessor per metric family,
+// each documented with its meaning and unit. Histograms are in seconds or counts; no label carries an
+// id (cardinality stays bounded: methods, codes, item kinds, directions, devices).
+//
+// gRPC metrics use the grpc-ecosystem (go-grpc-prometheus) names and labels, so existing dashboards
+// work; they are filled by the server interceptor in metrics_interceptor.h. Domain metrics carry the
+// `scanserve_` prefix and are filled by the batcher, the service and the engine-stats refresh.
+// The text exposition (GET /metrics) is metrics_http.h's job.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "absl/status/status.h"
+#include "engine/retrieval/retrieval_engine.h"
+
+namespace scanserve {
+
+enum class SearchDirection { kTextToImage, kImageToText };
+enum class IngestKind { kImage, kCaption };
+
+class ServerMetrics {
+ public:
+  // `version` goes into scanserve_build_info.
+  explicit ServerMetrics(const std::string& version);
+  ServerMetrics(const ServerMetrics&) = delete;
+  ServerMetrics& operator=(const ServerMetrics&) = delete;
+
+  // The registry every family lives in; Collect() it to expose.
+  const std::shared_ptr<prometheus::Registry>& registry() const { return registry_; }
+
+  // ---- grpc-ecosystem families (labels grpc_service, grpc_method, grpc_type) ----
+
+  // grpc_server_started_total: RPCs started on the server.
+  prometheus::Family<prometheus::Counter>& grpc_started() { return *grpc_started_; }
+  // grpc_server_handled_total: RPCs completed on the server, with their status (label grpc_code,
+  // spelled as grpc-go does: "OK", "InvalidArgument", ...).
+  prometheus::Family<prometheus::Counter>& grpc_handled() { return *grpc_handled_; }
+  // grpc_server_handling_seconds: time from the call's start until its status is sent, seconds.
+  prometheus::Family<prometheus::Histogram>& grpc_handling_seconds() { return *grpc_handling_seconds_; }
+  // The buckets of grpc_server_handling_seconds (Prometheus' default latency buckets, as in
+  // go-grpc-prometheus).
+  static const prometheus::Histogram::BucketBoundaries& LatencyBuckets();
+
+  // ---- dynamic batcher (text->image search) ----
+
+  // scanserve_batch_size: caption queries per merged text->image engine call.
+  prometheus::Histogram& batch_size() { return *batch_size_; }
+  // scanserve_batch_requests: SearchImages requests merged into one engine call.
+  prometheus::Histogram& batch_requests() { return *batch_requests_; }
+  // scanserve_queue_depth: SearchImages requests waiting in the batcher's queue.
+  prometheus::Gauge& queue_depth() { return *queue_depth_; }
+  // scanserve_queue_wait_seconds: time a request waited in the queue before its batch ran, seconds.
+  prometheus::Histogram& queue_wait_seconds() { return *queue_wait_seconds_; }
+  // scanserve_batcher_rejected_total{reason}: requests answered without scoring; reason is
+  // queue_full (RESOURCE_EXHAUSTED), deadline (DEADLINE_EXCEEDED), cancelled, or shutdown.
+  prometheus::Counter& batcher_rejected(const std::string& reason);
+
+  // ---- engine calls ----
+
+  // scanserve_engine_search_seconds{direction}: one engine search call (text_to_image: caption
+  // encoding + SCAN scoring + top-k over the stored images; image_to_text likewise over captions),
+  // seconds. The engine does not report encoding and scoring separately, so this is their sum.
+  prometheus::Histogram& engine_search_seconds(SearchDirection direction);
+  // scanserve_engine_upsert_seconds{kind}: one engine upsert call (validation, encoding, durable
+  // write, publication to the scorers), seconds.
+  prometheus::Histogram& engine_upsert_seconds(IngestKind kind);
+  // scanserve_ingest_items_total{kind, code}: items upserted through UpsertImages, UpsertCaptions and
+  // Ingest, by per-item result code ("OK", "InvalidArgument", "ResourceExhausted", ...).
+  prometheus::Counter& ingest_items(IngestKind kind, absl::StatusCode code);
+
+  // ---- store state (refreshed from RetrievalEngine::Stats() at each scrape) ----
+
+  // scanserve_images_stored / scanserve_captions_stored: items searchable now.
+  prometheus::Gauge& images_stored() { return *images_stored_; }
+  prometheus::Gauge& captions_stored() { return *captions_stored_; }
+  // scanserve_feature_bytes{device}: bytes the scorers hold for stored items on that device.
+  prometheus::Gauge& feature_bytes(const std::string& device);
+  // scanserve_store_disk_bytes: bytes the durable store occupies on disk.
+  prometheus::Gauge& store_disk_bytes() { return *store_disk_bytes_; }
+  // Sets the four gauges above from a Stats() snapshot.
+  void UpdateFromStats(const EngineStats& stats);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+
+  prometheus::Family<prometheus::Counter>* grpc_started_;
+  prometheus::Family<prometheus::Counter>* grpc_handled_;
+  prometheus::Family<prometheus::Histogram>* grpc_handling_seconds_;
+
+  prometheus::Histogram* batch_size_;
+  prometheus::Histogram* batch_requests_;
+  prometheus::Gauge* queue_depth_;
+  prometheus::Histogram* queue_wait_seconds_;
+  prometheus::Family<prometheus::Counter>* batcher_rejected_;
+
+  prometheus::Family<prometheus::Histogram>* engine_search_seconds_;
+  prometheus::Family<prometheus::Histogram>* engine_upsert_seconds_;
+  prometheus::Family<prometheus::Counter>* ingest_items_;
+
+  prometheus::Gauge* images_stored_;
+  prometheus::Gauge* captions_stored_;
+  prometheus::Family<prometheus::Gauge>* feature_bytes_;
+  prometheus::Gauge* store_disk_bytes_;
+};
+
+}  // namespace scanserve

@@ -1,0 +1,161 @@
+#include "server/run_server.h"
+
+#include <cerrno>
+#include <csignal>
+#include <condition_variable>
+#include <mutex>
+#include <cstdlib>
+#include <thread>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "server/log.h"
+#include "server/server.h"
+
+namespace scanserve {
+namespace {
+
+const char* SignalName(int signal) { return signal == SIGINT ? "SIGINT" : "SIGTERM"; }
+
+// The self-pipe: the handler only write()s the signal number (async-signal-safe); the watcher thread
+// reads it. Handlers rather than a blocked mask + sigwait, because libraries start threads before
+// main() (with the signals unblocked), and the kernel may deliver a process signal to any of them.
+int g_signal_pipe[2] = {-1, -1};
+
+extern "C" void OnTerminationSignal(int signal) {
+  const int saved_errno = errno;
+  const unsigned char byte = static_cast<unsigned char>(signal);
+  (void)!write(g_signal_pipe[1], &byte, 1);
+  errno = saved_errno;
+}
+
+// Receives SIGTERM/SIGINT through the pipe on its own thread. Before the server serves, a signal
+// exits at once: loading can take minutes and there is nothing to drain (the store is crash-safe).
+// Once serving, the first signal wakes Wait(); a second one exits at once.
+class SignalWatcher {
+ public:
+  SignalWatcher() {
+    std::thread([this] { Loop(); }).detach();  // blocked in read() for the life of the process
+  }
+
+  void set_serving() {
+    std::lock_guard<std::mutex> lock(mu_);
+    serving_ = true;
+  }
+
+  // Blocks until a signal arrives while serving; returns it.
+  int Wait() {
+    std::unique_lock<std::mutex> lock(mu_);
+    received_.wait(lock, [this] { return signal_ != 0; });
+    return signal_;
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      unsigned char byte = 0;
+      const ssize_t n = read(g_signal_pipe[0], &byte, 1);
+      if (n < 0 && errno == EINTR) continue;
+      if (n != 1) return;  // the pipe is gone: nothing more to watch
+      const int signal = byte;
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!serving_) {
+        Log(LogLevel::kWarning, absl::StrCat("received ", SignalName(signal), " during start-up: exiting"));
+        _exit(128 + signal);
+      }
+      if (signal_ != 0) {
+        Log(LogLevel::kWarning, "second signal: exiting without finishing the shutdown");
+        _exit(1);
+      }
+      signal_ = signal;
+      received_.notify_all();
+    }
+  }
+
+  std::mutex mu_;  // guards serving_, signal_
+  std::condition_variable received_;
+  bool serving_ = false;
+  int signal_ = 0;  // the first signal received while serving
+};
+
+std::chrono::system_clock::time_point DeadlineAfter(double seconds) {
+  return std::chrono::system_clock::now() +
+         std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+void LogEngine(const RetrievalEngine& engine, const ServerConfig& config) {
+  const EngineStats stats = engine.Stats();
+  for (size_t i = 0; i < config.engine.model_dirs.size(); ++i) {
+    Log(LogLevel::kInfo, absl::StrCat("model ", i, ": ", config.engine.model_dirs[i],
+                                      i < stats.model_summaries.size() ? absl::StrCat(" (", stats.model_summaries[i], ")")
+                                                                        : std::string()));
+  }
+  Log(LogLevel::kInfo, absl::StrCat("engine: backend ", stats.backend, ", storage ", stats.storage, ", ",
+                                    stats.images, " images and ", stats.captions, " captions loaded from ",
+                                    config.engine.data_dir, " (", stats.feature_bytes, " feature bytes, ",
+                                    stats.store_disk_bytes, " bytes on disk)"));
+}
+
+}  // namespace
+
+void InstallTerminationHandlers() {
+  if (pipe2(g_signal_pipe, O_CLOEXEC) != 0) {
+    Log(LogLevel::kWarning, "cannot create the signal pipe: SIGTERM/SIGINT will not shut down gracefully");
+    return;
+  }
+  struct sigaction action {};
+  action.sa_handler = OnTerminationSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;  // other threads' system calls carry on
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+}
+
+int RunServer(const ServerConfig& config) {
+  // Leaked on purpose: its thread outlives RunServer (it sits in sigwait until the process ends).
+  SignalWatcher& signals = *new SignalWatcher();
+  Log(LogLevel::kInfo, absl::StrCat("starting scanserve ", config.server.version,
+                                    config.config_file.empty() ? std::string() : absl::StrCat(" (config file ", config.config_file, ")"),
+                                    " with:\n", DescribeConfig(config)));
+  absl::StatusOr<std::unique_ptr<RetrievalEngine>> engine = RetrievalEngine::Create(config.engine);
+  if (!engine.ok()) {
+    Log(LogLevel::kError, absl::StrCat("cannot load the engine: ", engine.status().ToString()));
+    return 1;
+  }
+  if (*engine == nullptr) {
+    Log(LogLevel::kError, "cannot load the engine: RetrievalEngine::Create returned no engine");
+    return 1;
+  }
+  LogEngine(**engine, config);
+
+  absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(config.server, *std::move(engine));
+  if (!server.ok()) {
+    Log(LogLevel::kError, absl::StrCat("cannot create the server: ", server.status().ToString()));
+    return 1;
+  }
+  if (absl::Status status = (*server)->Start(); !status.ok()) {
+    Log(LogLevel::kError, absl::StrCat("cannot start the server: ", status.ToString()));
+    (*server)->Stop(std::chrono::system_clock::now());
+    return 1;
+  }
+  Log(LogLevel::kInfo,
+      absl::StrCat("serving scanserve.v1.ScanService on ", config.server.listen_address, " (port ",
+                   (*server)->port(), config.server.tls.cert_file.empty() ? ", plaintext" : ", TLS",
+                   config.server.auth_token.empty() ? "" : ", bearer-token auth", ")",
+                   config.server.metrics_address.empty()
+                       ? std::string("; metrics off")
+                       : absl::StrCat("; metrics on http://", config.server.metrics_address, "/metrics (port ",
+                                      (*server)->metrics_port(), ")")));
+
+  signals.set_serving();
+  const int signal = signals.Wait();
+  Log(LogLevel::kInfo, absl::StrCat("received ", SignalName(signal), "; shutting down (grace ",
+                                    config.shutdown_grace_s, " s)"));
+  (*server)->Stop(DeadlineAfter(config.shutdown_grace_s));
+  Log(LogLevel::kInfo, "stopped");
+  return 0;
+}
+
+}  // namespace scanserve

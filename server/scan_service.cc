@@ -1,0 +1,234 @@
+#include "server/scan_service.h"
+
+#include <chrono>
+#include <exception>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/convert.h"
+#include "server/grpc_status.h"
+#include "server/stream_read_ahead.h"
+
+namespace scanserve {
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+// The call's deadline on the steady clock the batcher uses (max() when the client set none).
+SteadyClock::time_point SteadyDeadline(const grpc::ServerContext& context) {
+  const auto deadline = context.deadline();
+  if (deadline == std::chrono::system_clock::time_point::max()) return SteadyClock::time_point::max();
+  const auto remaining = deadline - std::chrono::system_clock::now();
+  return SteadyClock::now() + std::chrono::duration_cast<SteadyClock::duration>(remaining);
+}
+
+double SecondsSince(SteadyClock::time_point start) {
+  return std::chrono::duration<double>(SteadyClock::now() - start).count();
+}
+
+// Engine results in item order; a count that does not match is an engine bug, reported per item.
+void AppendEngineResults(const std::vector<ItemResult>& engine_results, const std::vector<size_t>& slots,
+                         std::vector<v1::ItemStatus>* results) {
+  for (size_t i = 0; i < slots.size(); ++i) {
+    v1::ItemStatus& out = (*results)[slots[i]];
+    if (engine_results.size() != slots.size()) {
+      ItemStatusToProto(out.id(), absl::InternalError(absl::StrCat(
+                                      "the engine answered ", engine_results.size(), " results for ",
+                                      slots.size(), " items")),
+                        &out);
+    } else {
+      ItemResultToProto(engine_results[i], &out);
+    }
+  }
+}
+
+}  // namespace
+
+ScanServiceImpl::ScanServiceImpl(RetrievalEngine* engine, DynamicBatcher* batcher, const Authenticator* auth,
+                                 ServerMetrics* metrics, ScanServiceOptions options)
+    : engine_(engine), batcher_(batcher), auth_(auth), metrics_(metrics), options_(std::move(options)) {}
+
+grpc::Status ScanServiceImpl::SearchImages(grpc::ServerContext* context,
+                                           const v1::SearchImagesRequest* request,
+                                           v1::SearchImagesResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  absl::StatusOr<std::vector<std::string>> queries = QueriesFromProto(*request);
+  if (!queries.ok()) return ToGrpcStatus(queries.status());
+  DynamicBatcher::Result results =
+      batcher_->Search(*std::move(queries), SearchParamsFromProto(*request), SteadyDeadline(*context),
+                       [context] { return context->IsCancelled(); });
+  if (!results.ok()) return ToGrpcStatus(results.status());
+  for (const std::vector<ImageHit>& hits : *results) ImageHitsToProto(hits, response->add_results());
+  return grpc::Status::OK;
+}
+
+grpc::Status ScanServiceImpl::SearchCaptions(grpc::ServerContext* context,
+                                             const v1::SearchCaptionsRequest* request,
+                                             v1::SearchCaptionsResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  absl::StatusOr<std::vector<ImageQuery>> queries = ImageQueriesFromProto(*request);
+  if (!queries.ok()) return ToGrpcStatus(queries.status());
+  const SteadyClock::time_point start = SteadyClock::now();
+  absl::StatusOr<std::vector<std::vector<CaptionHit>>> results =
+      engine_->SearchCaptions(*queries, SearchParamsFromProto(*request));
+  metrics_->engine_search_seconds(SearchDirection::kImageToText).Observe(SecondsSince(start));
+  if (!results.ok()) return ToGrpcStatus(results.status());
+  for (const std::vector<CaptionHit>& hits : *results) CaptionHitsToProto(hits, response->add_results());
+  return grpc::Status::OK;
+}
+
+grpc::Status ScanServiceImpl::UpsertImages(grpc::ServerContext* context,
+                                           const v1::UpsertImagesRequest* request,
+                                           v1::UpsertImagesResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  std::vector<const v1::Image*> images;
+  for (const v1::Image& image : request->images()) images.push_back(&image);
+  std::vector<v1::ItemStatus> results;
+  UpsertImageBatch(images, &results);
+  for (v1::ItemStatus& result : results) *response->add_results() = std::move(result);
+  return grpc::Status::OK;
+}
+
+grpc::Status ScanServiceImpl::UpsertCaptions(grpc::ServerContext* context,
+                                             const v1::UpsertCaptionsRequest* request,
+                                             v1::UpsertCaptionsResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  std::vector<const v1::Caption*> captions;
+  for (const v1::Caption& caption : request->captions()) captions.push_back(&caption);
+  std::vector<v1::ItemStatus> results;
+  UpsertCaptionBatch(captions, &results);
+  for (v1::ItemStatus& result : results) *response->add_results() = std::move(result);
+  return grpc::Status::OK;
+}
+
+grpc::Status ScanServiceImpl::Delete(grpc::ServerContext* context, const v1::DeleteRequest* request,
+                                     v1::DeleteResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  if (request->image_ids_size() > 0) {
+    const std::vector<std::string> ids(request->image_ids().begin(), request->image_ids().end());
+    for (const ItemResult& result : engine_->DeleteImages(ids)) {
+      ItemResultToProto(result, response->add_image_results());
+    }
+  }
+  if (request->caption_ids_size() > 0) {
+    const std::vector<std::string> ids(request->caption_ids().begin(), request->caption_ids().end());
+    for (const ItemResult& result : engine_->DeleteCaptions(ids)) {
+      ItemResultToProto(result, response->add_caption_results());
+    }
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ScanServiceImpl::Ingest(grpc::ServerContext* context,
+                                     grpc::ServerReaderWriter<v1::IngestResponse, v1::IngestRequest>* stream) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  const size_t batch_size = static_cast<size_t>(options_.ingest_batch_size);
+  StreamReadAhead<v1::IngestRequest> reader(
+      [stream](v1::IngestRequest* request) { return stream->Read(request); }, 2 * batch_size);
+  std::vector<v1::IngestRequest> batch;
+  std::vector<v1::ItemStatus> results;
+  bool writing = true;
+  while (writing && reader.NextBatch(batch_size, &batch)) {
+    // Runs of consecutive items of one kind go to the engine together; results keep stream order.
+    results.clear();
+    std::vector<bool> is_caption;
+    size_t i = 0;
+    while (i < batch.size()) {
+      const v1::IngestRequest::ItemCase kind = batch[i].item_case();
+      size_t end = i;
+      while (end < batch.size() && batch[end].item_case() == kind) ++end;
+      if (kind == v1::IngestRequest::kImage) {
+        std::vector<const v1::Image*> images;
+        for (size_t j = i; j < end; ++j) images.push_back(&batch[j].image());
+        UpsertImageBatch(images, &results);
+      } else if (kind == v1::IngestRequest::kCaption) {
+        std::vector<const v1::Caption*> captions;
+        for (size_t j = i; j < end; ++j) captions.push_back(&batch[j].caption());
+        UpsertCaptionBatch(captions, &results);
+      } else {
+        for (size_t j = i; j < end; ++j) {
+          results.emplace_back();
+          ItemStatusToProto("", absl::InvalidArgumentError("an IngestRequest must set image or caption"),
+                            &results.back());
+        }
+      }
+      is_caption.insert(is_caption.end(), end - i, kind == v1::IngestRequest::kCaption);
+      i = end;
+    }
+    for (size_t j = 0; j < results.size() && writing; ++j) {
+      v1::IngestResponse response;
+      *response.mutable_result() = std::move(results[j]);
+      response.set_is_caption(is_caption[j]);
+      // No buffer_hint: a blocking Write with the hint can wait for a flush that never comes.
+      writing = stream->Write(response);
+    }
+  }
+  if (!writing) {
+    // The client is gone: stop the reader (the cancellation ends its Read) and drop what it holds.
+    context->TryCancel();
+    reader.Abandon();
+  }
+  reader.Join();
+  if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "the ingest stream was cancelled");
+  return grpc::Status::OK;
+}
+
+grpc::Status ScanServiceImpl::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
+                                       v1::GetStatsResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  StatsToProto(engine_->Stats(), options_.model_dirs, options_.version, response);
+  return grpc::Status::OK;
+}
+
+void ScanServiceImpl::UpsertImageBatch(const std::vector<const v1::Image*>& images,
+                                       std::vector<v1::ItemStatus>* results) {
+  const size_t first = results->size();
+  std::vector<ImageItem> items;
+  std::vector<size_t> slots;  // results index of each item sent to the engine
+  for (const v1::Image* image : images) {
+    results->emplace_back();
+    absl::StatusOr<ImageItem> item = ImageItemFromProto(*image);
+    if (!item.ok()) {
+      ItemStatusToProto(image->id(), item.status(), &results->back());
+      continue;
+    }
+    results->back().set_id(image->id());
+    slots.push_back(results->size() - 1);
+    items.push_back(*std::move(item));
+  }
+  if (!items.empty()) {
+    const SteadyClock::time_point start = SteadyClock::now();
+    const std::vector<ItemResult> engine_results = engine_->UpsertImages(std::move(items));
+    metrics_->engine_upsert_seconds(IngestKind::kImage).Observe(SecondsSince(start));
+    AppendEngineResults(engine_results, slots, results);
+  }
+  CountIngested(IngestKind::kImage, *results, first);
+}
+
+void ScanServiceImpl::UpsertCaptionBatch(const std::vector<const v1::Caption*>& captions,
+                                         std::vector<v1::ItemStatus>* results) {
+  const size_t first = results->size();
+  std::vector<CaptionItem> items;
+  std::vector<size_t> slots;
+  for (const v1::Caption* caption : captions) {
+    results->emplace_back();
+    results->back().set_id(caption->id());
+    slots.push_back(results->size() - 1);
+    items.push_back(CaptionItemFromProto(*caption));
+  }
+  if (!items.empty()) {
+    const SteadyClock::time_point start = SteadyClock::now();
+    const std::vector<ItemResult> engine_results = engine_->UpsertCaptions(std::move(items));
+    metrics_->engine_upsert_seconds(IngestKind::kCaption).Observe(SecondsSince(start));
+    AppendEngineResults(engine_results, slots, results);
+  }
+  CountIngested(IngestKind::kCaption, *results, first);
+}
+
+void ScanServiceImpl::CountIngested(IngestKind kind, const std::vector<v1::ItemStatus>& results, size_t first) {
+  for (size_t i = first; i < results.size(); ++i) {
+    metrics_->ingest_items(kind, static_cast<absl::StatusCode>(results[i].code())).Increment();
+  }
+}
+
+}  // namespace scanserve

@@ -1,0 +1,64 @@
+// ScanServiceImpl: the scanserve.v1.ScanService handlers. Each one checks the caller's credentials,
+// converts the request (convert.h), makes one engine call (text->image searches through the dynamic
+// batcher), converts the answer back, and returns through ToGrpcStatus. Nothing else happens here:
+// no model, scoring or storage work.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "engine/retrieval/retrieval_engine.h"
+#include "scanserve/v1/scanserve.grpc.pb.h"
+#include "server/auth.h"
+#include "server/batching/dynamic_batcher.h"
+#include "server/metrics.h"
+
+namespace scanserve {
+
+struct ScanServiceOptions {
+  // Most consecutive Ingest items of one kind sent to the engine in one upsert.
+  int ingest_batch_size = 64;
+  // Reported by GetStats.
+  std::vector<std::string> model_dirs;
+  std::string version;
+};
+
+class ScanServiceImpl final : public v1::ScanService::Service {
+ public:
+  // Nothing is owned; everything outlives the service (Server owns them all).
+  ScanServiceImpl(RetrievalEngine* engine, DynamicBatcher* batcher, const Authenticator* auth,
+                  ServerMetrics* metrics, ScanServiceOptions options);
+
+  grpc::Status SearchImages(grpc::ServerContext* context, const v1::SearchImagesRequest* request,
+                            v1::SearchImagesResponse* response) override;
+  grpc::Status SearchCaptions(grpc::ServerContext* context, const v1::SearchCaptionsRequest* request,
+                              v1::SearchCaptionsResponse* response) override;
+  grpc::Status UpsertImages(grpc::ServerContext* context, const v1::UpsertImagesRequest* request,
+                            v1::UpsertImagesResponse* response) override;
+  grpc::Status UpsertCaptions(grpc::ServerContext* context, const v1::UpsertCaptionsRequest* request,
+                              v1::UpsertCaptionsResponse* response) override;
+  grpc::Status Delete(grpc::ServerContext* context, const v1::DeleteRequest* request,
+                      v1::DeleteResponse* response) override;
+  grpc::Status Ingest(grpc::ServerContext* context,
+                      grpc::ServerReaderWriter<v1::IngestResponse, v1::IngestRequest>* stream) override;
+  grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
+                        v1::GetStatsResponse* response) override;
+
+ private:
+  // Converts the images (a failed conversion is that item's result), upserts the rest in one
+  // engine call, and appends one status per image, in order, to `results`.
+  void UpsertImageBatch(const std::vector<const v1::Image*>& images, std::vector<v1::ItemStatus>* results);
+  void UpsertCaptionBatch(const std::vector<const v1::Caption*>& captions,
+                          std::vector<v1::ItemStatus>* results);
+  void CountIngested(IngestKind kind, const std::vector<v1::ItemStatus>& results, size_t first);
+
+  RetrievalEngine* const engine_;
+  DynamicBatcher* const batcher_;
+  const Authenticator* const auth_;
+  ServerMetrics* const metrics_;
+  const ScanServiceOptions options_;
+};
+
+}  // namespace scanserve

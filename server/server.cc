@@ -1,0 +1,193 @@
+#include "server/server.h"
+
+#include <climits>
+#include <fstream>
+#include <sstream>
+#include <thread>
+#include <utility>
+
+#include <grpc/grpc.h>
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
+#include <grpcpp/security/server_credentials.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/auth.h"
+#include "server/call_tracker.h"
+#include "server/log.h"
+#include "server/metrics.h"
+#include "server/metrics_http.h"
+#include "server/metrics_interceptor.h"
+#include "server/scan_service.h"
+
+namespace scanserve {
+namespace {
+
+constexpr char kServiceName[] = "scanserve.v1.ScanService";
+
+absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(what, ": cannot read ", path));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  if (contents.str().empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", path, " is empty"));
+  return contents.str();
+}
+
+}  // namespace
+
+absl::Status ValidateServerOptions(const ServerOptions& options) {
+  if (options.listen_address.empty()) return absl::InvalidArgumentError("listen address is empty");
+  if (options.max_message_bytes < 1024 || options.max_message_bytes > INT_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("max_message_bytes must be in 1024..", INT_MAX, ", got ",
+                                                   options.max_message_bytes));
+  }
+  if (options.ingest_batch_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ingest_batch_size must be >= 1, got ", options.ingest_batch_size));
+  }
+  if (options.tls.cert_file.empty() != options.tls.key_file.empty()) {
+    return absl::InvalidArgumentError("TLS needs both a certificate and a key file");
+  }
+  return ValidateDynamicBatcherOptions(options.batching);
+}
+
+absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
+                                                       std::unique_ptr<RetrievalEngine> engine) {
+  if (engine == nullptr) return absl::InvalidArgumentError("Server::Create needs an engine");
+  if (absl::Status status = ValidateServerOptions(options); !status.ok()) return status;
+  std::unique_ptr<Server> server(new Server(std::move(options), std::move(engine)));
+  const TlsOptions& tls = server->options_.tls;
+  if (!tls.cert_file.empty()) {
+    absl::StatusOr<std::string> cert = ReadFile(tls.cert_file, "TLS certificate");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadFile(tls.key_file, "TLS key");
+    if (!key.ok()) return key.status();
+    server->tls_cert_pem_ = *std::move(cert);
+    server->tls_key_pem_ = *std::move(key);
+  }
+  absl::StatusOr<std::unique_ptr<DynamicBatcher>> batcher =
+      DynamicBatcher::Create(server->options_.batching, server->searcher_.get(), server->metrics_.get());
+  if (!batcher.ok()) return batcher.status();
+  server->batcher_ = *std::move(batcher);
+  ScanServiceOptions service_options;
+  service_options.ingest_batch_size = server->options_.ingest_batch_size;
+  service_options.model_dirs = server->options_.model_dirs;
+  service_options.version = server->options_.version;
+  server->service_ = std::make_unique<ScanServiceImpl>(server->engine_.get(), server->batcher_.get(),
+                                                       server->auth_.get(), server->metrics_.get(),
+                                                       std::move(service_options));
+  return server;
+}
+
+Server::Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine)
+    : options_(std::move(options)),
+      engine_(std::move(engine)),
+      metrics_(std::make_unique<ServerMetrics>(options_.version)),
+      auth_(std::make_unique<Authenticator>(options_.auth_token)),
+      searcher_(std::make_unique<EngineSearcher>(engine_.get())) {}
+
+Server::~Server() { Stop(std::chrono::system_clock::now()); }
+
+int Server::metrics_port() const { return metrics_http_ != nullptr ? metrics_http_->port() : 0; }
+
+absl::Status Server::Start() {
+  if (grpc_server_ != nullptr || stopped_) return absl::FailedPreconditionError("Server::Start called twice");
+
+  // Both are process-wide switches read by the builder.
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+
+  grpc::ServerBuilder builder;
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (!tls_cert_pem_.empty()) {
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({tls_key_pem_, tls_cert_pem_});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort(options_.listen_address, credentials, &port_);
+  // gRPC sets SO_REUSEPORT by default: a second server on the same port would silently share it.
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
+  builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
+  // Every queued search holds a sync-server thread while it waits, so the pool must cover the
+  // batcher's queue plus the other calls; beyond it gRPC answers RESOURCE_EXHAUSTED.
+  grpc::ResourceQuota quota("scanserve");
+  quota.SetMaxThreads(options_.batching.max_queue_size + 64);
+  builder.SetResourceQuota(quota);
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<MetricsInterceptorFactory>(metrics_.get()));
+  auto call_tracker = std::make_unique<CallTracker>();
+  call_tracker_ = call_tracker.get();
+  interceptors.push_back(std::move(call_tracker));
+  builder.experimental().SetInterceptorCreators(std::move(interceptors));
+  builder.RegisterService(service_.get());
+
+  grpc_server_ = builder.BuildAndStart();
+  if (grpc_server_ == nullptr || port_ == 0) {
+    grpc_server_.reset();
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen_address,
+                                               " (address in use, or not a local address?)"));
+  }
+  // The default health service starts out SERVING for "": not yet.
+  grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService();
+  health->SetServingStatus("", false);
+  health->SetServingStatus(kServiceName, false);
+
+  if (!options_.metrics_address.empty()) {
+    MetricsHttpServer::Hooks hooks;
+    hooks.before_scrape = [this] { metrics_->UpdateFromStats(engine_->Stats()); };
+    hooks.is_serving = [this] { return serving_.load(); };
+    metrics_http_ = std::make_unique<MetricsHttpServer>(metrics_->registry(), std::move(hooks));
+    if (absl::Status status = metrics_http_->Start(options_.metrics_address); !status.ok()) return status;
+  }
+
+  if (absl::Status status = WarmUp(); !status.ok()) return status;
+  metrics_->UpdateFromStats(engine_->Stats());
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kServiceName, true);
+  serving_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status Server::WarmUp() {
+  // One real search through every stage (tokenizer, text encoder, scorer), so the first client
+  // does not pay for lazy initialisation; the store may be empty.
+  SearchParams params;
+  params.top_k = 1;
+  absl::StatusOr<std::vector<std::vector<ImageHit>>> result =
+      engine_->SearchImages({"a man riding a bike"}, params);
+  if (!result.ok()) {
+    return absl::Status(result.status().code(),
+                        absl::StrCat("warm-up search failed: ", result.status().message()));
+  }
+  return absl::OkStatus();
+}
+
+void Server::Stop(std::chrono::system_clock::time_point deadline) {
+  if (stopped_.exchange(true)) return;
+  serving_ = false;
+  if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->Shutdown();
+  if (batcher_ != nullptr) batcher_->Stop();
+  if (grpc_server_ != nullptr) {
+    std::thread shutdown([this, deadline] { grpc_server_->Shutdown(deadline); });
+    // Shutdown() stops accepting calls at once but also waits for every connection to close. Give
+    // it a moment to start, wait for the ScanService calls, then close what is left (idle client
+    // channels, health watches) rather than wait for the deadline.
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (call_tracker_ != nullptr && call_tracker_->WaitUntilIdle(deadline)) {
+      grpc_server_cancel_all_calls(grpc_server_->c_server());
+    }
+    shutdown.join();
+    grpc_server_->Wait();
+  }
+  if (metrics_http_ != nullptr) metrics_http_->Stop();
+  if (engine_ != nullptr) {
+    if (absl::Status status = engine_->Close(); !status.ok()) {
+      Log(LogLevel::kError, absl::StrCat("closing the engine: ", status.ToString()));
+    }
+  }
+}
+
+}  // namespace scanserve

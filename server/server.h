@@ -1,0 +1,105 @@
+// Server: assembles and runs scanserve. It owns the engine and everything in front of it: the
+// ScanService handlers, the dynamic batcher, grpc.health.v1 and reflection, the metrics registry,
+// interceptor and HTTP endpoint. Lifecycle, as in Triton's server: Create() validates and builds
+// (nothing listens yet), Start() listens and warms up, Stop(deadline) drains and closes.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/retrieval/retrieval_engine.h"
+#include "server/batching/dynamic_batcher.h"
+
+namespace scanserve {
+
+class Authenticator;
+class CallTracker;
+class MetricsHttpServer;
+class ScanServiceImpl;
+class ServerMetrics;
+
+// TLS for the gRPC port: both files PEM, or neither (plaintext).
+struct TlsOptions {
+  std::string cert_file;  // certificate chain
+  std::string key_file;   // private key
+};
+
+struct ServerOptions {
+  std::string listen_address = "127.0.0.1:50051";   // gRPC, HOST:PORT (port 0 = any free port)
+  std::string metrics_address = "127.0.0.1:9464";   // HTTP /metrics and /healthz; empty = none
+  // Largest request or response message, bytes; beyond it gRPC answers RESOURCE_EXHAUSTED.
+  // Images (features or encoded bytes) easily exceed gRPC's 4 MiB default.
+  int64_t max_message_bytes = 64LL << 20;
+  int ingest_batch_size = 64;  // most consecutive Ingest items per engine upsert
+  TlsOptions tls;
+  std::string auth_token;  // non-empty: ScanService calls need "authorization: Bearer <token>"
+  DynamicBatcherOptions batching;
+  std::vector<std::string> model_dirs;  // reported by GetStats (the engine was built from them)
+  std::string version = "0.0.0";
+};
+
+// INVALID_ARGUMENT naming the first field out of range.
+absl::Status ValidateServerOptions(const ServerOptions& options);
+
+class Server {
+ public:
+  // Validates the options, reads the TLS files and builds the service, batcher and metrics around
+  // `engine` (non-null, already loaded). Nothing listens until Start().
+  static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options,
+                                                        std::unique_ptr<RetrievalEngine> engine);
+  ~Server();  // Stop() with an immediate deadline if still running
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Listens (health NOT_SERVING), starts the metrics endpoint, warms the engine up with one search,
+  // then reports SERVING for "" and "scanserve.v1.ScanService". UNAVAILABLE when a port cannot be
+  // bound; the warm-up's error when it fails. Call once.
+  absl::Status Start();
+
+  // Graceful shutdown: health NOT_SERVING, drain the batcher (queued searches are answered),
+  // grpc::Server::Shutdown(deadline) (no new calls; in-flight calls finish, those still running at
+  // the deadline are cancelled; once no ScanService call is left, idle connections and health
+  // watches are closed without waiting for the deadline), stop the metrics endpoint, close the
+  // engine. Idempotent.
+  void Stop(std::chrono::system_clock::time_point deadline);
+
+  // Bound ports after Start() (useful with port 0); 0 when not listening.
+  int port() const { return port_; }
+  int metrics_port() const;
+  bool serving() const { return serving_; }
+
+  ServerMetrics& metrics() { return *metrics_; }
+
+ private:
+  Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine);
+  absl::Status WarmUp();
+
+  const ServerOptions options_;
+  std::string tls_cert_pem_;  // read by Create()
+  std::string tls_key_pem_;
+
+  // Destroyed in reverse order: the gRPC server goes before what its handlers use.
+  std::unique_ptr<RetrievalEngine> engine_;
+  std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<Authenticator> auth_;
+  std::unique_ptr<EngineSearcher> searcher_;
+  std::unique_ptr<DynamicBatcher> batcher_;
+  std::unique_ptr<ScanServiceImpl> service_;
+  std::unique_ptr<MetricsHttpServer> metrics_http_;
+  CallTracker* call_tracker_ = nullptr;  // owned by grpc_server_ (an interceptor factory)
+  std::unique_ptr<grpc::Server> grpc_server_;
+
+  int port_ = 0;
+  std::atomic<bool> serving_{false};
+  std::atomic<bool> stopped_{false};
+};
+
+}  // namespace scanserve

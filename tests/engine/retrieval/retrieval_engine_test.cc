@@ -1,0 +1,825 @@
+// RetrievalEngine over tiny random models: search results equal the offline similarity matrix
+// (engine/eval/similarity.h, the oracle), ensemble averaging, upsert/delete semantics, restarts,
+// crash durability (a child process killed right after its ack), capacity, bad inputs, filters,
+// explain, and searches running during upserts.
+#include "engine/retrieval/retrieval_engine.h"
+
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <numeric>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "engine/eval/similarity.h"
+#include "engine/model/scan_model.h"
+#include "engine/scoring/attention_explain.h"
+#include "engine/store/in_memory_feature_store.h"
+#include "engine/store/record_codec.h"
+#include "tests/engine/test_util/tiny_model.h"
+
+namespace scanserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr float kScoreTol = 1e-5f;    // engine vs the offline oracle
+constexpr float kRestartTol = 1e-6f;  // the same engine state before and after a restart
+constexpr int64_t kImgDim = 10;
+constexpr char kCrashChildEnv[] = "SCANSERVE_RETRIEVAL_CRASH_CHILD_DIR";
+
+const std::vector<std::string> kWords = {"a",   "dog",   "runs", "on",  "the", "grass",
+                                         ".",   "cat",   "sits", "red", "car", "street",
+                                         "man", "rides", "bike", "in"};
+const std::vector<std::string> kCaptions = {"a dog runs on the grass .",
+                                            "a cat sits on a red car",
+                                            "a man rides a bike in the street",
+                                            "the red car",
+                                            "a dog",
+                                            "a man in the grass ."};
+
+test_util::TinyModelOptions ModelA() {
+  test_util::TinyModelOptions o;
+  o.words = kWords;
+  o.seed = 11;
+  return o;  // t2i LogSumExp 9 / 6
+}
+
+test_util::TinyModelOptions ModelB() {
+  test_util::TinyModelOptions o;
+  o.words = kWords;
+  o.seed = 23;
+  o.attention.cross_attn = CrossAttention::kImageToText;
+  o.attention.pooling = Pooling::kMean;
+  o.attention.lambda_softmax = 4.0f;
+  return o;
+}
+
+ImageItem RandomImage(const std::string& id, int64_t regions, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist;
+  ImageItem item;
+  item.id = id;
+  item.region_features = FloatMatrix(regions, kImgDim);
+  for (float& v : item.region_features.data) v = std::fabs(dist(rng));  // pool5 features are >= 0
+  for (int64_t r = 0; r < regions; ++r) {
+    item.boxes.push_back(Box{float(r), float(2 * r), float(r + 10), float(2 * r + 10)});
+    item.labels.push_back("label " + std::to_string(r));
+  }
+  return item;
+}
+
+std::vector<ImageItem> SomeImages(int n, uint32_t seed = 100) {
+  std::vector<ImageItem> images;
+  for (int i = 0; i < n; ++i) {
+    images.push_back(RandomImage("img" + std::to_string(i), 1 + (i * 3) % 8, seed + i));
+    images.back().collection = i % 2 ? "odd" : "even";
+    images.back().metadata = {{"mod3", std::to_string(i % 3)}};
+  }
+  return images;
+}
+
+std::vector<CaptionItem> SomeCaptions() {
+  std::vector<CaptionItem> captions;
+  for (size_t i = 0; i < kCaptions.size(); ++i) {
+    CaptionItem c;
+    c.id = "cap" + std::to_string(i);
+    c.text = kCaptions[i];
+    c.collection = i < 3 ? "first" : "second";
+    c.metadata = {{"n", std::to_string(i)}};
+    captions.push_back(c);
+  }
+  return captions;
+}
+
+void ExpectAllOk(const std::vector<ItemResult>& results) {
+  for (const ItemResult& r : results) EXPECT_TRUE(r.status.ok()) << r.id << ": " << r.status;
+}
+
+class RetrievalEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    base_ = fs::temp_directory_path() /
+            ("retrieval_engine_test_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(base_);
+    ASSERT_FALSE(test_util::WriteTinyModel(base_ / "model_a", ModelA()).empty());
+    ASSERT_FALSE(test_util::WriteTinyModel(base_ / "model_b", ModelB()).empty());
+  }
+  void TearDown() override { fs::remove_all(base_); }
+
+  RetrievalEngineOptions Options(bool ensemble = false) const {
+    RetrievalEngineOptions o;
+    o.model_dirs = {(base_ / "model_a").string()};
+    if (ensemble) o.model_dirs.push_back((base_ / "model_b").string());
+    o.data_dir = (base_ / "data").string();
+    o.num_threads = 2;
+    return o;
+  }
+  std::unique_ptr<RetrievalEngine> Make(const RetrievalEngineOptions& options) {
+    auto engine = RetrievalEngine::Create(options);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    return engine.ok() ? std::move(engine).value() : nullptr;
+  }
+  std::vector<std::unique_ptr<ScanModel>> LoadModels(const RetrievalEngineOptions& options) {
+    std::vector<std::unique_ptr<ScanModel>> models;
+    for (const std::string& dir : options.model_dirs) {
+      auto model = ScanModel::Load(dir);
+      EXPECT_TRUE(model.ok()) << model.status();
+      models.push_back(std::move(model).value());
+    }
+    return models;
+  }
+  // The oracle: n_images x n_captions (ensemble-averaged) similarities.
+  FloatMatrix Oracle(const RetrievalEngineOptions& options, const std::vector<ImageItem>& images,
+                     const std::vector<std::string>& captions, ItemKind stored) {
+    auto models = LoadModels(options);
+    std::vector<const ScanModel*> raw;
+    for (const auto& m : models) raw.push_back(m.get());
+    std::vector<RegionFeaturesView> views;
+    for (const ImageItem& image : images) {
+      views.push_back({image.region_features.data.data(), image.region_features.rows, kImgDim});
+    }
+    SimilarityOptions so;
+    so.stored = stored;
+    so.num_threads = 2;
+    auto sims = ComputeSimilarities(raw, views, captions, so);
+    EXPECT_TRUE(sims.ok()) << sims.status();
+    return sims.ok() ? *std::move(sims) : FloatMatrix();
+  }
+
+  // Text->image hits for every caption equal the oracle's ranking, best first.
+  void ExpectImageSearchMatchesOracle(const RetrievalEngine& engine,
+                                      const RetrievalEngineOptions& options,
+                                      const std::vector<ImageItem>& images, int top_k) {
+    const FloatMatrix sims = Oracle(options, images, kCaptions, ItemKind::kImage);
+    SearchParams params;
+    params.top_k = top_k;
+    auto results = engine.SearchImages(kCaptions, params);
+    ASSERT_TRUE(results.ok()) << results.status();
+    ASSERT_EQ(results->size(), kCaptions.size());
+    for (size_t q = 0; q < kCaptions.size(); ++q) {
+      std::vector<size_t> order(images.size());
+      std::iota(order.begin(), order.end(), 0);
+      std::sort(order.begin(), order.end(), [&](size_t a, size_t b) {
+        return sims.at(static_cast<int64_t>(a), static_cast<int64_t>(q)) >
+               sims.at(static_cast<int64_t>(b), static_cast<int64_t>(q));
+      });
+      const auto& hits = (*results)[q];
+      ASSERT_EQ(hits.size(), std::min<size_t>(top_k, images.size())) << "query " << q;
+      for (size_t r = 0; r < hits.size(); ++r) {
+        EXPECT_EQ(hits[r].id, images[order[r]].id) << "query " << q << " rank " << r;
+        EXPECT_NEAR(hits[r].score, sims.at(static_cast<int64_t>(order[r]), static_cast<int64_t>(q)),
+                    kScoreTol)
+            << "query " << q << " rank " << r;
+        EXPECT_EQ(hits[r].collection, images[order[r]].collection);
+        EXPECT_EQ(hits[r].metadata, images[order[r]].metadata);
+      }
+    }
+  }
+
+  fs::path base_;
+};
+
+TEST_F(RetrievalEngineTest, EmptyStoreSearchesReturnNothing) {
+  auto engine = Make(Options());
+  ASSERT_NE(engine, nullptr);
+  auto images = engine->SearchImages({"a dog"}, {});
+  ASSERT_TRUE(images.ok()) << images.status();
+  ASSERT_EQ(images->size(), 1u);
+  EXPECT_TRUE((*images)[0].empty());
+  ImageQuery query;
+  query.region_features = RandomImage("q", 3, 1).region_features;
+  auto captions = engine->SearchCaptions({query}, {});
+  ASSERT_TRUE(captions.ok()) << captions.status();
+  EXPECT_TRUE((*captions)[0].empty());
+  const EngineStats stats = engine->Stats();
+  EXPECT_EQ(stats.images, 0);
+  EXPECT_EQ(stats.backend, "cpu");
+  EXPECT_EQ(stats.storage, "fp32");
+  ASSERT_EQ(stats.model_summaries.size(), 1u);
+}
+
+TEST_F(RetrievalEngineTest, SearchImagesEqualsTheOfflineSimilarities) {
+  const RetrievalEngineOptions options = Options();
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  const std::vector<ImageItem> images = SomeImages(7);
+  // Two calls: batching of the ingest must not matter.
+  ExpectAllOk(engine->UpsertImages({images.begin(), images.begin() + 3}));
+  ExpectAllOk(engine->UpsertImages({images.begin() + 3, images.end()}));
+  ExpectImageSearchMatchesOracle(*engine, options, images, 7);
+  ExpectImageSearchMatchesOracle(*engine, options, images, 3);
+  ExpectImageSearchMatchesOracle(*engine, options, images, 100);  // k > n: all of them
+  EXPECT_EQ(engine->Stats().images, 7);
+  EXPECT_GT(engine->Stats().feature_bytes, 0);
+}
+
+TEST_F(RetrievalEngineTest, EnsembleAveragesBothModels) {
+  const RetrievalEngineOptions options = Options(/*ensemble=*/true);
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  const std::vector<ImageItem> images = SomeImages(6);
+  ExpectAllOk(engine->UpsertImages(images));
+  ExpectImageSearchMatchesOracle(*engine, options, images, 6);
+
+  // And the average really is of two different models: each alone ranks differently or scores
+  // differently from the ensemble.
+  const FloatMatrix a = Oracle(Options(false), images, kCaptions, ItemKind::kImage);
+  const FloatMatrix both = Oracle(options, images, kCaptions, ItemKind::kImage);
+  double diff = 0;
+  for (size_t i = 0; i < a.data.size(); ++i) diff += std::fabs(a.data[i] - both.data[i]);
+  EXPECT_GT(diff, 1e-3);
+  EXPECT_EQ(engine->Stats().model_summaries.size(), 2u);
+}
+
+TEST_F(RetrievalEngineTest, SearchCaptionsByFeaturesAndByStoredIdEqualsTheOracle) {
+  const RetrievalEngineOptions options = Options(/*ensemble=*/true);
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  const std::vector<ImageItem> images = SomeImages(3);
+  ExpectAllOk(engine->UpsertImages(images));
+  ExpectAllOk(engine->UpsertCaptions(SomeCaptions()));
+  const FloatMatrix sims = Oracle(options, images, kCaptions, ItemKind::kCaption);
+
+  std::vector<ImageQuery> queries(4);
+  queries[0].region_features = images[0].region_features;
+  queries[1].stored_id = "img1";
+  queries[2].region_features = images[2].region_features;
+  queries[3].stored_id = "img0";  // same image both ways: same scores
+  SearchParams params;
+  params.top_k = 4;
+  auto results = engine->SearchCaptions(queries, params);
+  ASSERT_TRUE(results.ok()) << results.status();
+  const std::vector<int64_t> image_of_query = {0, 1, 2, 0};
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const int64_t i = image_of_query[q];
+    std::vector<int64_t> order(kCaptions.size());
+    std::iota(order.begin(), order.end(), 0);
+    std::sort(order.begin(), order.end(),
+              [&](int64_t a, int64_t b) { return sims.at(i, a) > sims.at(i, b); });
+    const auto& hits = (*results)[q];
+    ASSERT_EQ(hits.size(), 4u);
+    for (size_t r = 0; r < hits.size(); ++r) {
+      EXPECT_EQ(hits[r].id, "cap" + std::to_string(order[r])) << "query " << q << " rank " << r;
+      EXPECT_NEAR(hits[r].score, sims.at(i, order[r]), kScoreTol);
+      EXPECT_EQ(hits[r].text, kCaptions[static_cast<size_t>(order[r])]);
+    }
+  }
+  // Within rounding: the stored embeddings came from another encoding batch.
+  for (size_t r = 0; r < 4; ++r)
+    EXPECT_NEAR((*results)[0][r].score, (*results)[3][r].score, kRestartTol);
+}
+
+TEST_F(RetrievalEngineTest, UpsertReplacesAndDeleteRemoves) {
+  const RetrievalEngineOptions options = Options();
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  std::vector<ImageItem> images = SomeImages(4);
+  ExpectAllOk(engine->UpsertImages(images));
+  // Replace img2 with other features (and other metadata): it scores as the new one.
+  images[2] = RandomImage("img2", 5, 999);
+  images[2].collection = "replaced";
+  ExpectAllOk(engine->UpsertImages({images[2]}));
+  EXPECT_EQ(engine->Stats().images, 4);
+  ExpectImageSearchMatchesOracle(*engine, options, images, 4);
+
+  const std::vector<std::string> gone = {"img1", "img1", "never"};
+  const std::vector<ItemResult> deleted = engine->DeleteImages(gone);
+  ASSERT_EQ(deleted.size(), 3u);
+  EXPECT_TRUE(deleted[0].status.ok());
+  EXPECT_TRUE(deleted[1].status.ok()) << deleted[1].status;  // a repeat reports like the first
+  EXPECT_EQ(deleted[2].status.code(), absl::StatusCode::kNotFound);
+  images.erase(images.begin() + 1);
+  EXPECT_EQ(engine->Stats().images, 3);
+  ExpectImageSearchMatchesOracle(*engine, options, images, 4);
+  // Deleting again is NOT_FOUND; searching by the deleted id too.
+  EXPECT_EQ(engine->DeleteImages(std::vector<std::string>{"img1"})[0].status.code(),
+            absl::StatusCode::kNotFound);
+  ImageQuery query;
+  query.stored_id = "img1";
+  EXPECT_EQ(engine->SearchCaptions({query}, {}).status().code(), absl::StatusCode::kNotFound);
+
+  ExpectAllOk(engine->UpsertCaptions(SomeCaptions()));
+  const std::vector<ItemResult> caption_deleted =
+      engine->DeleteCaptions(std::vector<std::string>{"cap0"});
+  EXPECT_TRUE(caption_deleted[0].status.ok());
+  query.stored_id = "img0";
+  auto hits = engine->SearchCaptions({query}, {.top_k = 10});
+  ASSERT_TRUE(hits.ok());
+  EXPECT_EQ((*hits)[0].size(), kCaptions.size() - 1);
+  for (const CaptionHit& hit : (*hits)[0]) EXPECT_NE(hit.id, "cap0");
+}
+
+// Every search result of `engine` for a fixed set of queries, for comparisons across restarts.
+struct Snapshot {
+  std::vector<std::vector<ImageHit>> images;
+  std::vector<std::vector<CaptionHit>> captions;
+};
+
+Snapshot TakeSnapshot(const RetrievalEngine& engine) {
+  Snapshot s;
+  auto images = engine.SearchImages(kCaptions, {.top_k = 50, .filter = {}, .explain = true});
+  EXPECT_TRUE(images.ok()) << images.status();
+  if (images.ok()) s.images = *images;
+  std::vector<ImageQuery> queries(2);
+  queries[0].stored_id = "img0";
+  queries[1].region_features = RandomImage("q", 4, 5).region_features;
+  auto captions = engine.SearchCaptions(queries, {.top_k = 50});
+  EXPECT_TRUE(captions.ok()) << captions.status();
+  if (captions.ok()) s.captions = *captions;
+  return s;
+}
+
+void ExpectSameSnapshot(const Snapshot& a, const Snapshot& b) {
+  ASSERT_EQ(a.images.size(), b.images.size());
+  for (size_t q = 0; q < a.images.size(); ++q) {
+    ASSERT_EQ(a.images[q].size(), b.images[q].size());
+    for (size_t r = 0; r < a.images[q].size(); ++r) {
+      const ImageHit& x = a.images[q][r];
+      const ImageHit& y = b.images[q][r];
+      EXPECT_EQ(x.id, y.id);
+      EXPECT_NEAR(x.score, y.score, kRestartTol);
+      EXPECT_EQ(x.collection, y.collection);
+      EXPECT_EQ(x.metadata, y.metadata);
+      ASSERT_EQ(x.explanation.size(), y.explanation.size());
+      for (size_t t = 0; t < x.explanation.size(); ++t) {
+        EXPECT_EQ(x.explanation[t].region, y.explanation[t].region);
+        EXPECT_EQ(x.explanation[t].label, y.explanation[t].label);
+      }
+    }
+  }
+  ASSERT_EQ(a.captions.size(), b.captions.size());
+  for (size_t q = 0; q < a.captions.size(); ++q) {
+    ASSERT_EQ(a.captions[q].size(), b.captions[q].size());
+    for (size_t r = 0; r < a.captions[q].size(); ++r) {
+      EXPECT_EQ(a.captions[q][r].id, b.captions[q][r].id);
+      EXPECT_NEAR(a.captions[q][r].score, b.captions[q][r].score, kRestartTol);
+      EXPECT_EQ(a.captions[q][r].text, b.captions[q][r].text);
+    }
+  }
+}
+
+TEST_F(RetrievalEngineTest, RestartReloadsEverythingWithIdenticalResults) {
+  const RetrievalEngineOptions options = Options(/*ensemble=*/true);
+  Snapshot before;
+  EngineStats stats_before;
+  {
+    auto engine = Make(options);
+    ASSERT_NE(engine, nullptr);
+    ExpectAllOk(engine->UpsertImages(SomeImages(9)));
+    ExpectAllOk(engine->UpsertCaptions(SomeCaptions()));
+    ExpectAllOk(engine->DeleteImages(std::vector<std::string>{"img4"}));
+    ExpectAllOk(engine->UpsertImages({RandomImage("img2", 3, 77)}));  // a replaced one
+    before = TakeSnapshot(*engine);
+    stats_before = engine->Stats();
+    ASSERT_TRUE(engine->Close().ok());
+    EXPECT_EQ(engine->SearchImages({"a dog"}, {}).status().code(),
+              absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(engine->UpsertImages({RandomImage("x", 1, 1)})[0].status.code(),
+              absl::StatusCode::kFailedPrecondition);
+  }
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  const EngineStats stats = engine->Stats();
+  EXPECT_EQ(stats.images, 8);
+  EXPECT_EQ(stats.captions, static_cast<int64_t>(kCaptions.size()));
+  EXPECT_GT(stats.feature_bytes, 0);
+  EXPECT_GE(stats_before.store_synced_writes, 4);
+  ExpectSameSnapshot(before, TakeSnapshot(*engine));
+  // And the reloaded engine keeps working.
+  ExpectAllOk(engine->UpsertImages({RandomImage("new", 2, 3)}));
+  EXPECT_EQ(engine->Stats().images, 9);
+}
+
+TEST_F(RetrievalEngineTest, StoreBuiltWithOtherModelsIsFailedPrecondition) {
+  {
+    auto engine = Make(Options());
+    ASSERT_NE(engine, nullptr);
+    ExpectAllOk(engine->UpsertImages(SomeImages(2)));
+  }
+  RetrievalEngineOptions other = Options();
+  other.model_dirs = {(base_ / "model_b").string()};
+  auto engine = RetrievalEngine::Create(other);
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(engine.status().message().find("other models"), std::string::npos) << engine.status();
+  EXPECT_NE(engine.status().message().find("model_a"), std::string::npos) << engine.status();
+  // Adding a model to the ensemble is a different model list too.
+  auto ensemble = RetrievalEngine::Create(Options(/*ensemble=*/true));
+  EXPECT_EQ(ensemble.status().code(), absl::StatusCode::kFailedPrecondition);
+  // A byte-identical copy of the model directory is the same model.
+  fs::copy(base_ / "model_a", base_ / "model_a_copy");
+  RetrievalEngineOptions copy = Options();
+  copy.model_dirs = {(base_ / "model_a_copy").string()};
+  auto same = RetrievalEngine::Create(copy);
+  ASSERT_TRUE(same.ok()) << same.status();
+  EXPECT_EQ((*same)->Stats().images, 2);
+}
+
+TEST_F(RetrievalEngineTest, CorruptStoredRecordIsDataLossAtLoad) {
+  auto store = std::make_unique<InMemoryFeatureStore>();
+  std::string bad =
+      *EncodeImageRecord(StoredImage{"broken", "", {}, 1, {}, {}, {FloatMatrix(1, 8)}});
+  bad[5] ^= 0x10;
+  ASSERT_TRUE(store->PutRawImageRecordForTesting("broken", bad).ok());
+  auto engine = RetrievalEngine::CreateWithStore(Options(), std::move(store));
+  ASSERT_FALSE(engine.ok());
+  EXPECT_EQ(engine.status().code(), absl::StatusCode::kDataLoss) << engine.status();
+  EXPECT_NE(engine.status().message().find("broken"), std::string::npos) << engine.status();
+}
+
+TEST_F(RetrievalEngineTest, InMemoryStoreWorksTheSame) {
+  const RetrievalEngineOptions options = Options();
+  auto engine = RetrievalEngine::CreateWithStore(options, std::make_unique<InMemoryFeatureStore>());
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const std::vector<ImageItem> images = SomeImages(5);
+  ExpectAllOk((*engine)->UpsertImages(images));
+  ExpectImageSearchMatchesOracle(**engine, options, images, 5);
+}
+
+TEST_F(RetrievalEngineTest, CapacityIsResourceExhaustedPerItem) {
+  RetrievalEngineOptions options = Options();
+  options.max_images = 2;
+  options.max_captions = 1;
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  const std::vector<ImageItem> images = SomeImages(3);
+  const std::vector<ItemResult> results = engine->UpsertImages(images);
+  EXPECT_TRUE(results[0].status.ok());
+  EXPECT_TRUE(results[1].status.ok());
+  EXPECT_EQ(results[2].status.code(), absl::StatusCode::kResourceExhausted) << results[2].status;
+  EXPECT_EQ(engine->Stats().images, 2);
+  // Replacing a stored item needs no new slot.
+  ExpectAllOk(engine->UpsertImages({images[1]}));
+  // A refused item was never stored: it is not found and does not come back after a restart.
+  EXPECT_EQ(engine->DeleteImages(std::vector<std::string>{"img2"})[0].status.code(),
+            absl::StatusCode::kNotFound);
+  const std::vector<ItemResult> captions = engine->UpsertCaptions(SomeCaptions());
+  EXPECT_TRUE(captions[0].status.ok());
+  EXPECT_EQ(captions[1].status.code(), absl::StatusCode::kResourceExhausted);
+  engine.reset();
+  engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(engine->Stats().images, 2);
+  EXPECT_EQ(engine->Stats().captions, 1);
+
+  // Scorer memory: room for roughly one small image.
+  RetrievalEngineOptions tight = Options();
+  tight.data_dir = (base_ / "tight").string();
+  tight.max_feature_bytes = 600;
+  auto small = Make(tight);
+  ASSERT_NE(small, nullptr);
+  const std::vector<ItemResult> fits =
+      small->UpsertImages({RandomImage("one", 2, 1), RandomImage("big", 30, 2)});
+  EXPECT_TRUE(fits[0].status.ok()) << fits[0].status;
+  EXPECT_EQ(fits[1].status.code(), absl::StatusCode::kResourceExhausted) << fits[1].status;
+  EXPECT_NE(fits[1].status.message().find("max_feature_bytes"), std::string::npos);
+}
+
+TEST_F(RetrievalEngineTest, LargeUpsertIsCommittedInBoundedBatches) {
+  auto engine = Make(Options());
+  ASSERT_NE(engine, nullptr);
+  std::vector<ImageItem> images;
+  for (int i = 0; i < 1100; ++i) images.push_back(RandomImage("i" + std::to_string(i), 1, i));
+  const int64_t writes_before = engine->Stats().store_synced_writes;
+  ExpectAllOk(engine->UpsertImages(images));
+  const EngineStats stats = engine->Stats();
+  EXPECT_EQ(stats.images, 1100);
+  EXPECT_EQ(stats.store_synced_writes - writes_before, 2);  // 1024 + 76 items, one fsync each
+  auto hits = engine->SearchImages({"a dog"}, {.top_k = 1000});
+  ASSERT_TRUE(hits.ok());
+  EXPECT_EQ((*hits)[0].size(), 1000u);
+}
+
+TEST_F(RetrievalEngineTest, BadItemsAreInvalidArgumentAndDoNotStopTheOthers) {
+  RetrievalEngineOptions options = Options();
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  std::vector<ImageItem> items;
+  items.push_back(RandomImage("good", 3, 1));
+  items.push_back(RandomImage("", 3, 2));                     // empty id
+  items.push_back(RandomImage(std::string(257, 'x'), 3, 3));  // id too long
+  items.push_back(RandomImage("wrong-dim", 3, 4));
+  items.back().region_features = FloatMatrix(3, kImgDim + 1);
+  items.push_back(RandomImage("nan", 3, 5));
+  items.back().region_features.data[4] = std::nanf("");
+  items.push_back(RandomImage("boxes", 3, 6));
+  items.back().boxes.pop_back();
+  items.push_back(RandomImage("labels", 3, 7));
+  items.back().labels.push_back("extra");
+  items.push_back(RandomImage("no-regions", 3, 8));
+  items.back().region_features = FloatMatrix(0, kImgDim);
+  items.push_back(RandomImage("good", 2, 9));  // duplicate id
+  items.push_back(RandomImage("meta", 1, 10));
+  items.back().metadata[std::string(300, 'k')] = "v";
+  items.push_back(RandomImage("no-boxes-is-fine", 2, 11));
+  items.back().boxes.clear();
+  items.back().labels.clear();
+  const std::vector<ItemResult> results = engine->UpsertImages(items);
+  ASSERT_EQ(results.size(), items.size());
+  EXPECT_TRUE(results[0].status.ok()) << results[0].status;
+  for (size_t i = 1; i + 1 < results.size(); ++i) {
+    EXPECT_EQ(results[i].status.code(), absl::StatusCode::kInvalidArgument)
+        << i << ": " << results[i].status;
+    EXPECT_EQ(results[i].id, items[i].id);
+  }
+  EXPECT_TRUE(results.back().status.ok()) << results.back().status;
+  EXPECT_EQ(engine->Stats().images, 2);
+
+  std::vector<CaptionItem> captions(4);
+  captions[0].id = "ok";
+  captions[0].text = "a dog";
+  captions[1].id = "empty";
+  captions[2].id = "blank";
+  captions[2].text = "   ";
+  captions[3].text = "no id";
+  const std::vector<ItemResult> caption_results = engine->UpsertCaptions(captions);
+  EXPECT_TRUE(caption_results[0].status.ok());
+  for (size_t i = 1; i < 4; ++i) {
+    EXPECT_EQ(caption_results[i].status.code(), absl::StatusCode::kInvalidArgument) << i;
+  }
+
+  // Searches.
+  auto code = [](const absl::Status& s) { return s.code(); };
+  EXPECT_EQ(code(engine->SearchImages({"a dog"}, {.top_k = 0}).status()),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(engine->SearchImages({"a dog"}, {.top_k = options.max_top_k + 1}).status()),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(engine->SearchImages({"a dog", ""}, {}).status()),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(engine->SearchImages({}, {}).status()), absl::StatusCode::kInvalidArgument);
+  std::string long_query;
+  for (int i = 0; i < options.max_query_words; ++i) long_query += "dog ";
+  const absl::Status too_long = engine->SearchImages({long_query}, {}).status();
+  EXPECT_EQ(too_long.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_long.message().find("tokens"), std::string::npos) << too_long;
+  ImageQuery unknown;
+  unknown.stored_id = "nope";
+  EXPECT_EQ(code(engine->SearchCaptions({unknown}, {}).status()), absl::StatusCode::kNotFound);
+  ImageQuery both;
+  both.stored_id = "good";
+  both.region_features = RandomImage("q", 2, 1).region_features;
+  EXPECT_EQ(code(engine->SearchCaptions({both}, {}).status()), absl::StatusCode::kInvalidArgument);
+  ImageQuery bad_dim;
+  bad_dim.region_features = FloatMatrix(2, 3);
+  EXPECT_EQ(code(engine->SearchCaptions({bad_dim}, {}).status()),
+            absl::StatusCode::kInvalidArgument);
+  ImageQuery empty;
+  EXPECT_EQ(code(engine->SearchCaptions({empty}, {}).status()), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(RetrievalEngineTest, FiltersMaskColumns) {
+  const RetrievalEngineOptions options = Options();
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  const std::vector<ImageItem> images = SomeImages(9);
+  ExpectAllOk(engine->UpsertImages(images));
+  auto all = engine->SearchImages(kCaptions, {.top_k = 9});
+  ASSERT_TRUE(all.ok());
+
+  SearchParams params;
+  params.top_k = 2;
+  params.filter.collection = "odd";
+  params.filter.metadata = {{"mod3", "0"}};  // odd i with i % 3 == 0: img3 only
+  auto filtered = engine->SearchImages(kCaptions, params);
+  ASSERT_TRUE(filtered.ok()) << filtered.status();
+  for (size_t q = 0; q < kCaptions.size(); ++q) {
+    // The filtered hits are the unfiltered ranking restricted to matching items.
+    std::vector<ImageHit> expected;
+    for (const ImageHit& hit : (*all)[q]) {
+      if (hit.collection == "odd" && hit.metadata.at("mod3") == "0") expected.push_back(hit);
+    }
+    expected.resize(std::min<size_t>(expected.size(), 2));
+    ASSERT_EQ((*filtered)[q].size(), expected.size());
+    for (size_t r = 0; r < expected.size(); ++r) {
+      EXPECT_EQ((*filtered)[q][r].id, expected[r].id);
+      EXPECT_FLOAT_EQ((*filtered)[q][r].score, expected[r].score);
+    }
+  }
+  EXPECT_EQ((*filtered)[0].size(), 1u);  // img3
+
+  params.filter = {};
+  params.filter.collection = "even";
+  params.top_k = 9;
+  auto even = engine->SearchImages({"a dog"}, params);
+  ASSERT_TRUE(even.ok());
+  EXPECT_EQ((*even)[0].size(), 5u);
+  for (const ImageHit& hit : (*even)[0]) EXPECT_EQ(hit.collection, "even");
+
+  params.filter.collection = "nobody";
+  auto none = engine->SearchImages({"a dog"}, params);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE((*none)[0].empty());
+
+  // Captions filter the same way.
+  ExpectAllOk(engine->UpsertCaptions(SomeCaptions()));
+  ImageQuery query;
+  query.stored_id = "img0";
+  SearchParams caption_params;
+  caption_params.top_k = 10;
+  caption_params.filter.collection = "second";
+  auto captions = engine->SearchCaptions({query}, caption_params);
+  ASSERT_TRUE(captions.ok());
+  EXPECT_EQ((*captions)[0].size(), 3u);
+  for (const CaptionHit& hit : (*captions)[0]) EXPECT_EQ(hit.collection, "second");
+}
+
+TEST_F(RetrievalEngineTest, ExplainGivesEachQueryWordItsBestRegion) {
+  const RetrievalEngineOptions options = Options(/*ensemble=*/true);
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  std::vector<ImageItem> images = SomeImages(4);
+  images[3].boxes.clear();  // explain still works without boxes, just without them
+  images[3].labels.clear();
+  ExpectAllOk(engine->UpsertImages(images));
+  const std::string query = "A red car, in the street";
+  auto results = engine->SearchImages({query}, {.top_k = 4, .filter = {}, .explain = true});
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ((*results)[0].size(), 4u);
+
+  // The oracle: the first model's embeddings of the query and of each hit's regions.
+  auto models = LoadModels(options);
+  const ScanModel& first = *models[0];
+  auto ids = first.CaptionToIds(query);
+  ASSERT_TRUE(ids.ok());
+  const std::vector<std::string> expected_words = {"<start>", "a",   "red",    "car",  ",",
+                                                   "in",      "the", "street", "<end>"};
+  ASSERT_EQ(ids->size(), expected_words.size());
+  auto words = first.EncodeCaption(*ids);
+  ASSERT_TRUE(words.ok());
+  for (const ImageHit& hit : (*results)[0]) {
+    const ImageItem& image = *std::find_if(images.begin(), images.end(),
+                                           [&](const ImageItem& i) { return i.id == hit.id; });
+    auto regions = first.EncodeRegions(image.region_features);
+    ASSERT_TRUE(regions.ok());
+    auto best = BestRegionPerWord(ItemView(*words), ItemView(*regions), first.config().embed_size,
+                                  first.config().attention.raw_feature_norm,
+                                  first.config().attention.lambda_softmax);
+    ASSERT_TRUE(best.ok());
+    ASSERT_EQ(hit.explanation.size(), expected_words.size()) << hit.id;
+    for (size_t t = 0; t < hit.explanation.size(); ++t) {
+      const WordExplanation& e = hit.explanation[t];
+      EXPECT_EQ(e.word, expected_words[t]);
+      ASSERT_GE(e.region, 0);
+      ASSERT_LT(e.region, image.region_features.rows);
+      EXPECT_EQ(e.region, (*best)[t].region) << hit.id << " word " << t;
+      EXPECT_NEAR(e.attention, (*best)[t].weight, 1e-5f);
+      EXPECT_GT(e.attention, 0.0f);
+      EXPECT_LE(e.attention, 1.0f);
+      if (image.boxes.empty()) {
+        EXPECT_FALSE(e.box.has_value());
+        EXPECT_EQ(e.label, "");
+      } else {
+        ASSERT_TRUE(e.box.has_value());
+        EXPECT_EQ(e.box->x1, image.boxes[static_cast<size_t>(e.region)].x1);
+        EXPECT_EQ(e.box->y2, image.boxes[static_cast<size_t>(e.region)].y2);
+        EXPECT_EQ(e.label, image.labels[static_cast<size_t>(e.region)]);
+      }
+    }
+  }
+  // Without the flag, no explanation.
+  auto plain = engine->SearchImages({query}, {.top_k = 4});
+  ASSERT_TRUE(plain.ok());
+  EXPECT_TRUE((*plain)[0][0].explanation.empty());
+}
+
+TEST_F(RetrievalEngineTest, ConcurrentSearchesDuringUpsertsStayConsistent) {
+  const RetrievalEngineOptions options = Options();
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  const std::vector<ImageItem> base = SomeImages(5);
+  ExpectAllOk(engine->UpsertImages(base));
+  // The base items' scores never change, whatever is added or removed around them.
+  auto reference = engine->SearchImages(kCaptions, {.top_k = 5});
+  ASSERT_TRUE(reference.ok());
+  std::vector<std::map<std::string, float>> base_scores(kCaptions.size());
+  for (size_t q = 0; q < kCaptions.size(); ++q) {
+    for (const ImageHit& hit : (*reference)[q]) base_scores[q][hit.id] = hit.score;
+  }
+
+  constexpr int kSearchers = 3;
+  constexpr int kSearches = 25;
+  constexpr int kWrites = 12;
+  std::atomic<bool> writing{true};
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int s = 0; s < kSearchers; ++s) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < kSearches; ++i) {
+        auto results = engine->SearchImages(kCaptions, {.top_k = 100});
+        if (!results.ok()) {
+          ++failures;
+          continue;
+        }
+        for (size_t q = 0; q < kCaptions.size(); ++q) {
+          int base_seen = 0;
+          for (const ImageHit& hit : (*results)[q]) {
+            auto it = base_scores[q].find(hit.id);
+            if (it == base_scores[q].end()) {
+              if (hit.id.rfind("new", 0) != 0) ++failures;  // only known ids
+              continue;
+            }
+            ++base_seen;
+            if (std::fabs(hit.score - it->second) > kScoreTol) ++failures;
+          }
+          if (base_seen != 5) ++failures;
+        }
+      }
+    });
+  }
+  threads.emplace_back([&] {
+    for (int i = 0; i < kWrites; ++i) {
+      const std::string id = "new" + std::to_string(i);
+      for (const ItemResult& r : engine->UpsertImages({RandomImage(id, 1 + i % 6, 500 + i)})) {
+        if (!r.status.ok()) ++failures;
+      }
+      if (i % 3 == 2) {
+        for (const ItemResult& r :
+             engine->DeleteImages(std::vector<std::string>{"new" + std::to_string(i - 1)})) {
+          if (!r.status.ok()) ++failures;
+        }
+      }
+    }
+    writing = false;
+  });
+  for (std::thread& t : threads) t.join();
+  EXPECT_FALSE(writing);
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(engine->Stats().images, 5 + kWrites - kWrites / 3);
+}
+
+// ---- Crash durability: a child process acks, then dies by SIGKILL ------------------------------
+
+// Runs only in the child process the test below starts (it is disabled in normal runs).
+TEST(RetrievalEngineCrashChild, DISABLED_UpsertDeleteThenSigkill) {
+  const char* dir = std::getenv(kCrashChildEnv);
+  if (dir == nullptr) GTEST_SKIP() << "only run by RetrievalEngineTest.AckedWritesSurviveSigkill";
+  RetrievalEngineOptions options;
+  options.model_dirs = {(fs::path(dir) / "model_a").string()};
+  options.data_dir = (fs::path(dir) / "data").string();
+  options.num_threads = 1;
+  auto engine = RetrievalEngine::Create(options);
+  if (!engine.ok()) _exit(3);
+  for (const ItemResult& r :
+       (*engine)->UpsertImages({RandomImage("survivor", 4, 1), RandomImage("doomed", 2, 2)})) {
+    if (!r.status.ok()) _exit(4);
+  }
+  CaptionItem caption;
+  caption.id = "caption-survivor";
+  caption.text = "a dog runs";
+  if (!(*engine)->UpsertCaptions({caption})[0].status.ok()) _exit(5);
+  if (!(*engine)->DeleteImages(std::vector<std::string>{"doomed"})[0].status.ok()) _exit(6);
+  // Acked: die at once, with no destructor, flush or close.
+  raise(SIGKILL);
+  _exit(7);
+}
+
+TEST_F(RetrievalEngineTest, AckedWritesSurviveSigkill) {
+  // The child execs a fresh copy of this binary (threads and OpenMP state do not survive fork);
+  // everything it needs is built before fork, as only async-signal-safe calls may follow it.
+  const std::string env = std::string(kCrashChildEnv) + "=" + base_.string();
+  char* const argv[] = {
+      const_cast<char*>("retrieval_tests"),
+      const_cast<char*>(
+          "--gtest_filter=RetrievalEngineCrashChild.DISABLED_UpsertDeleteThenSigkill"),
+      const_cast<char*>("--gtest_also_run_disabled_tests"), nullptr};
+  char* const envp[] = {const_cast<char*>(env.c_str()), nullptr};
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    execve("/proc/self/exe", argv, envp);
+    _exit(127);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(wstatus))
+      << "the child exited with " << WEXITSTATUS(wstatus) << " before its ack";
+  ASSERT_EQ(WTERMSIG(wstatus), SIGKILL);
+
+  auto engine = Make(Options());
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(engine->Stats().images, 1);
+  EXPECT_EQ(engine->Stats().captions, 1);
+  auto hits = engine->SearchImages({"a dog"}, {.top_k = 10});
+  ASSERT_TRUE(hits.ok());
+  ASSERT_EQ((*hits)[0].size(), 1u);
+  EXPECT_EQ((*hits)[0][0].id, "survivor");  // the deleted one never comes back
+  ImageQuery query;
+  query.stored_id = "survivor";
+  auto captions = engine->SearchCaptions({query}, {});
+  ASSERT_TRUE(captions.ok()) << captions.status();
+  ASSERT_EQ((*captions)[0].size(), 1u);
+  EXPECT_EQ((*captions)[0][0].text, "a dog runs");
+}
+
+}  // namespace
+}  // namespace scanserve

@@ -1,0 +1,376 @@
+// One driver for every FeatureStore implementation (in-memory and RocksDB): round trips, batches,
+// deletes, scans, meta entries and corrupt records behave the same. RocksDB-only behaviour
+// (reopen, files on disk) is at the end.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <ostream>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "engine/store/feature_store.h"
+#include "engine/store/in_memory_feature_store.h"
+#include "engine/store/record_codec.h"
+#include "engine/store/rocksdb_feature_store.h"
+
+namespace scanserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+// How the driver makes and pokes a store of one implementation.
+struct StoreKind {
+  std::string name;
+  std::function<std::unique_ptr<FeatureStore>(const fs::path& dir)> open;
+  std::function<absl::Status(FeatureStore*, const std::string& id, const std::string& value)>
+      put_raw_image;
+};
+
+// gtest prints parameters in test names: the implementation's name, not the struct's bytes.
+void PrintTo(const StoreKind& kind, std::ostream* os) { *os << kind.name; }
+
+std::vector<StoreKind> AllKinds() {
+  return {
+      {"InMemory",
+       [](const fs::path&) -> std::unique_ptr<FeatureStore> {
+         return std::make_unique<InMemoryFeatureStore>();
+       },
+       [](FeatureStore* s, const std::string& id, const std::string& value) {
+         return static_cast<InMemoryFeatureStore*>(s)->PutRawImageRecordForTesting(id, value);
+       }},
+      {"RocksDb",
+       [](const fs::path& dir) -> std::unique_ptr<FeatureStore> {
+         auto store = RocksDbFeatureStore::Open(dir.string());
+         EXPECT_TRUE(store.ok()) << store.status();
+         return store.ok() ? std::move(store).value() : nullptr;
+       },
+       [](FeatureStore* s, const std::string& id, const std::string& value) {
+         return static_cast<RocksDbFeatureStore*>(s)->PutRawImageRecordForTesting(id, value);
+       }},
+  };
+}
+
+FloatMatrix RandomMatrix(int64_t rows, int64_t cols, std::mt19937& rng) {
+  std::normal_distribution<float> dist;
+  FloatMatrix m(rows, cols);
+  for (float& v : m.data) v = dist(rng);
+  return m;
+}
+
+StoredImage MakeImage(const std::string& id, int64_t regions, uint32_t seed) {
+  std::mt19937 rng(seed);
+  StoredImage image;
+  image.id = id;
+  image.collection = seed % 2 ? "odd" : "even";
+  image.metadata = {{"seed", std::to_string(seed)}};
+  image.num_regions = regions;
+  for (int64_t r = 0; r < regions; ++r) {
+    image.boxes.push_back({float(r), float(r) + 1, float(r) + 2, float(r) + 3});
+    image.labels.push_back("label " + std::to_string(r));
+  }
+  // 36 x 1024 is what a real image stores per model: values well past the blob threshold.
+  image.embeddings = {RandomMatrix(regions, 64, rng), RandomMatrix(regions, 32, rng)};
+  return image;
+}
+
+StoredCaption MakeCaption(const std::string& id, int64_t tokens, uint32_t seed) {
+  std::mt19937 rng(seed);
+  StoredCaption caption;
+  caption.id = id;
+  caption.text = "caption " + id;
+  caption.metadata = {{"seed", std::to_string(seed)}};
+  std::vector<int64_t> ids(static_cast<size_t>(tokens));
+  for (int64_t t = 0; t < tokens; ++t) ids[static_cast<size_t>(t)] = t + 1;
+  caption.token_ids = {ids, ids};
+  caption.embeddings = {RandomMatrix(tokens, 64, rng), RandomMatrix(tokens, 32, rng)};
+  return caption;
+}
+
+void ExpectSameImage(const StoredImage& a, const StoredImage& b) {
+  EXPECT_EQ(a.id, b.id);
+  EXPECT_EQ(a.collection, b.collection);
+  EXPECT_EQ(a.metadata, b.metadata);
+  EXPECT_EQ(a.num_regions, b.num_regions);
+  EXPECT_EQ(a.boxes, b.boxes);
+  EXPECT_EQ(a.labels, b.labels);
+  ASSERT_EQ(a.embeddings.size(), b.embeddings.size());
+  for (size_t m = 0; m < a.embeddings.size(); ++m) {
+    EXPECT_EQ(a.embeddings[m].rows, b.embeddings[m].rows);
+    EXPECT_EQ(a.embeddings[m].data, b.embeddings[m].data) << "model " << m;
+  }
+}
+
+void ExpectSameCaption(const StoredCaption& a, const StoredCaption& b) {
+  EXPECT_EQ(a.id, b.id);
+  EXPECT_EQ(a.text, b.text);
+  EXPECT_EQ(a.metadata, b.metadata);
+  EXPECT_EQ(a.token_ids, b.token_ids);
+  ASSERT_EQ(a.embeddings.size(), b.embeddings.size());
+  for (size_t m = 0; m < a.embeddings.size(); ++m)
+    EXPECT_EQ(a.embeddings[m].data, b.embeddings[m].data);
+}
+
+class FeatureStoreTest : public ::testing::TestWithParam<StoreKind> {
+ protected:
+  void SetUp() override {
+    std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::replace(name.begin(), name.end(), '/', '_');  // "Case/RocksDb" must not nest directories
+    dir_ = fs::temp_directory_path() /
+           ("feature_store_test_" + std::to_string(::getpid()) + "_" + name);
+    fs::remove_all(dir_);
+    store_ = GetParam().open(dir_);
+    ASSERT_NE(store_, nullptr);
+  }
+  void TearDown() override {
+    store_.reset();
+    fs::remove_all(dir_);
+  }
+
+  fs::path dir_;
+  std::unique_ptr<FeatureStore> store_;
+};
+
+TEST_P(FeatureStoreTest, EmptyStore) {
+  auto image = store_->GetImage("nope");
+  EXPECT_EQ(image.status().code(), absl::StatusCode::kNotFound);
+  int visited = 0;
+  ASSERT_TRUE(store_
+                  ->ScanImages([&](StoredImage&) {
+                    ++visited;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  ASSERT_TRUE(store_
+                  ->ScanCaptions([&](StoredCaption&) {
+                    ++visited;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(visited, 0);
+  auto meta = store_->GetMeta("fingerprint");
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  EXPECT_FALSE(meta->has_value());
+  // Empty batches are no-ops.
+  EXPECT_TRUE(store_->PutImages({}).ok());
+  EXPECT_TRUE(store_->DeleteCaptions({}).ok());
+}
+
+TEST_P(FeatureStoreTest, RoundTripBatchesExactly) {
+  std::vector<StoredImage> images;
+  for (int i = 0; i < 5; ++i) images.push_back(MakeImage("img" + std::to_string(i), 1 + i * 9, i));
+  ASSERT_TRUE(store_->PutImages(images).ok());
+  std::vector<StoredCaption> captions = {MakeCaption("c0", 1, 10), MakeCaption("c1", 12, 11)};
+  ASSERT_TRUE(store_->PutCaptions(captions).ok());
+
+  const std::vector<std::string> ids = {"img3", "missing", "img0"};
+  auto got = store_->GetImages(ids);
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_EQ(got->size(), 3u);
+  ASSERT_TRUE((*got)[0].has_value());
+  ExpectSameImage(*(*got)[0], images[3]);
+  EXPECT_FALSE((*got)[1].has_value());
+  ExpectSameImage(*(*got)[2], images[0]);
+
+  auto caption = store_->GetCaption("c1");
+  ASSERT_TRUE(caption.ok()) << caption.status();
+  ExpectSameCaption(*caption, captions[1]);
+
+  // A scan visits every record once, in id order.
+  std::vector<std::string> scanned;
+  ASSERT_TRUE(store_
+                  ->ScanImages([&](StoredImage& image) {
+                    const int i = image.id.back() - '0';
+                    ExpectSameImage(image, images[static_cast<size_t>(i)]);
+                    scanned.push_back(image.id);
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(scanned, (std::vector<std::string>{"img0", "img1", "img2", "img3", "img4"}));
+}
+
+TEST_P(FeatureStoreTest, PutReplacesAndDeleteRemoves) {
+  ASSERT_TRUE(store_->PutImages({MakeImage("a", 3, 1), MakeImage("b", 3, 2)}).ok());
+  const StoredImage replacement = MakeImage("a", 7, 99);
+  ASSERT_TRUE(store_->PutImages({replacement}).ok());
+  auto a = store_->GetImage("a");
+  ASSERT_TRUE(a.ok());
+  ExpectSameImage(*a, replacement);
+
+  const std::vector<std::string> gone = {"b", "never-stored"};  // absent ids are fine
+  ASSERT_TRUE(store_->DeleteImages(gone).ok());
+  EXPECT_EQ(store_->GetImage("b").status().code(), absl::StatusCode::kNotFound);
+  int count = 0;
+  ASSERT_TRUE(store_
+                  ->ScanImages([&](StoredImage&) {
+                    ++count;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(count, 1);
+
+  ASSERT_TRUE(store_->PutCaptions({MakeCaption("x", 4, 1)}).ok());
+  const std::vector<std::string> x = {"x"};
+  ASSERT_TRUE(store_->DeleteCaptions(x).ok());
+  EXPECT_EQ(store_->GetCaption("x").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_P(FeatureStoreTest, ImagesAndCaptionsAreSeparateNamespaces) {
+  ASSERT_TRUE(store_->PutImages({MakeImage("same", 2, 1)}).ok());
+  ASSERT_TRUE(store_->PutCaptions({MakeCaption("same", 3, 2)}).ok());
+  EXPECT_TRUE(store_->GetImage("same").ok());
+  EXPECT_TRUE(store_->GetCaption("same").ok());
+  const std::vector<std::string> same = {"same"};
+  ASSERT_TRUE(store_->DeleteImages(same).ok());
+  EXPECT_TRUE(store_->GetCaption("same").ok());
+}
+
+TEST_P(FeatureStoreTest, MetaEntries) {
+  ASSERT_TRUE(store_->SetMeta("fingerprint", "abc").ok());
+  ASSERT_TRUE(store_->SetMeta("fingerprint", "def").ok());
+  auto meta = store_->GetMeta("fingerprint");
+  ASSERT_TRUE(meta.ok());
+  EXPECT_EQ(meta->value_or(""), "def");
+}
+
+TEST_P(FeatureStoreTest, CorruptRecordIsDataLossNamingTheId) {
+  ASSERT_TRUE(store_->PutImages({MakeImage("good", 2, 1)}).ok());
+  std::string bad = *EncodeImageRecord(MakeImage("bad-one", 2, 2));
+  bad[bad.size() / 2] = static_cast<char>(bad[bad.size() / 2] ^ 1);
+  ASSERT_TRUE(GetParam().put_raw_image(store_.get(), "bad-one", bad).ok());
+
+  auto got = store_->GetImage("bad-one");
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kDataLoss) << got.status();
+  EXPECT_NE(got.status().message().find("bad-one"), std::string::npos) << got.status();
+  // The scan stops at it with the same error; the good record is still readable alone.
+  auto scan = store_->ScanImages([](StoredImage&) { return absl::OkStatus(); });
+  EXPECT_EQ(scan.code(), absl::StatusCode::kDataLoss) << scan;
+  EXPECT_TRUE(store_->GetImage("good").ok());
+}
+
+TEST_P(FeatureStoreTest, VisitorErrorStopsTheScan) {
+  ASSERT_TRUE(store_->PutImages({MakeImage("a", 1, 1), MakeImage("b", 1, 2)}).ok());
+  int visited = 0;
+  auto status = store_->ScanImages([&](StoredImage&) {
+    ++visited;
+    return absl::CancelledError("stop");
+  });
+  EXPECT_EQ(status.code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(visited, 1);
+}
+
+TEST_P(FeatureStoreTest, ClosedStoreIsFailedPrecondition) {
+  ASSERT_TRUE(store_->Close().ok());
+  ASSERT_TRUE(store_->Close().ok());  // idempotent
+  EXPECT_EQ(store_->PutImages({MakeImage("a", 1, 1)}).code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->GetImage("a").status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(store_->GetMeta("k").status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_P(FeatureStoreTest, ConcurrentWritersAndReaders) {
+  constexpr int kThreads = 4;
+  constexpr int kPerThread = 20;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        const std::string id = "t" + std::to_string(t) + "_" + std::to_string(i);
+        EXPECT_TRUE(store_->PutImages({MakeImage(id, 2, static_cast<uint32_t>(i))}).ok());
+        EXPECT_TRUE(store_->GetImage(id).ok());
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  int count = 0;
+  ASSERT_TRUE(store_
+                  ->ScanImages([&](StoredImage&) {
+                    ++count;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(count, kThreads * kPerThread);
+}
+
+INSTANTIATE_TEST_SUITE_P(AllStores, FeatureStoreTest, ::testing::ValuesIn(AllKinds()),
+                         [](const ::testing::TestParamInfo<StoreKind>& info) {
+                           return info.param.name;
+                         });
+
+// RocksDB only: what survives closing and reopening.
+class RocksDbFeatureStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("rocksdb_store_test_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  fs::path dir_;
+};
+
+TEST_F(RocksDbFeatureStoreTest, ReopenAfterCloseKeepsEverythingAndNoDeletedItem) {
+  std::vector<StoredImage> images;
+  for (int i = 0; i < 20; ++i) images.push_back(MakeImage("img" + std::to_string(i), 36, i));
+  {
+    auto store = RocksDbFeatureStore::Open(dir_.string());
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)->PutImages(images).ok());
+    ASSERT_TRUE((*store)->PutCaptions({MakeCaption("c", 5, 1)}).ok());
+    ASSERT_TRUE((*store)->SetMeta("fingerprint", "models-v1").ok());
+    const std::vector<std::string> gone = {"img7"};
+    ASSERT_TRUE((*store)->DeleteImages(gone).ok());
+    const FeatureStoreStats stats = (*store)->Stats();
+    EXPECT_EQ(stats.synced_writes, 4);
+    EXPECT_GT(stats.disk_bytes, 0);
+    ASSERT_TRUE((*store)->Close().ok());
+  }
+  auto store = RocksDbFeatureStore::Open(dir_.string(), {.create_if_missing = false});
+  ASSERT_TRUE(store.ok()) << store.status();
+  int count = 0;
+  ASSERT_TRUE((*store)
+                  ->ScanImages([&](StoredImage& image) {
+                    EXPECT_NE(image.id, "img7");
+                    const int i = std::stoi(image.id.substr(3));
+                    ExpectSameImage(image, images[static_cast<size_t>(i)]);
+                    ++count;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(count, 19);
+  EXPECT_TRUE((*store)->GetCaption("c").ok());
+  EXPECT_EQ((*store)->GetMeta("fingerprint")->value_or(""), "models-v1");
+}
+
+TEST_F(RocksDbFeatureStoreTest, MissingStoreWithoutCreateIsNotFound) {
+  auto store = RocksDbFeatureStore::Open(dir_.string(), {.create_if_missing = false});
+  EXPECT_EQ(store.status().code(), absl::StatusCode::kNotFound) << store.status();
+}
+
+TEST_F(RocksDbFeatureStoreTest, SecondOpenOfTheSameDirectoryIsUnavailable) {
+  auto first = RocksDbFeatureStore::Open(dir_.string());
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto second = RocksDbFeatureStore::Open(dir_.string());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+}
+
+TEST_F(RocksDbFeatureStoreTest, CorruptionSurvivesReopenAsDataLoss) {
+  {
+    auto store = RocksDbFeatureStore::Open(dir_.string());
+    ASSERT_TRUE(store.ok());
+    ASSERT_TRUE((*store)->PutRawImageRecordForTesting("broken", "not a record").ok());
+  }
+  auto store = RocksDbFeatureStore::Open(dir_.string());
+  ASSERT_TRUE(store.ok());
+  auto scan = (*store)->ScanImages([](StoredImage&) { return absl::OkStatus(); });
+  EXPECT_EQ(scan.code(), absl::StatusCode::kDataLoss) << scan;
+  EXPECT_NE(scan.message().find("broken"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace scanserve

@@ -1,0 +1,871 @@
+"""End-to-end: the real `scanserve` binary, driven from Python over gRPC (interop with the C++ server).
+
+    SCANSERVE_BUILD_DIR=build /usr/bin/python3 tests/python/test_server_e2e.py
+
+A tiny random SCAN model (scan_checkpoints.py -> tools/convert_scan_checkpoint.py) is served on a free
+loopback port; Python stubs are generated at test time from proto/ with grpc_tools.protoc. Checked:
+  * health SERVING after start (Check and Watch), reflection lists the service, SIGTERM exits 0;
+  * every RPC: UpsertImages, UpsertCaptions, Ingest, SearchImages (with filter and explain),
+    SearchCaptions (stored id and raw features), Delete, GetStats;
+  * search scores equal the engine's direct scores: scan_score on the same features and captions
+    (rel_err <= SCORE_TOL), also for a two-model ensemble;
+  * bad inputs get their codes (empty query, wrong feature dim, bad byte length, unknown id,
+    top_k out of range, oversized message, missing / wrong token) and the server keeps serving;
+  * TLS with a self-signed certificate; the /metrics and /healthz endpoint;
+  * scanctl: exit codes, --json output, import precomp (resumable) and import tsv;
+  * durability: kill -9 right after an acknowledged upsert or delete, restart, state kept.
+
+Skips (exit 77) when the build was configured with SCANSERVE_BUILD_SERVER=OFF; fails when the server
+or scan_score is missing from an ON build.
+"""
+
+import base64
+import concurrent.futures
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.environ.get("SCANSERVE_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
+BUILD_DIR = os.environ.get("SCANSERVE_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
+SERVER = os.path.join(BUILD_DIR, "server", "scanserve")
+SCANCTL = os.path.join(BUILD_DIR, "client", "scanctl")
+SCAN_SCORE = os.path.join(BUILD_DIR, "engine", "scan_score")
+CONVERTER = os.path.join(SOURCE_DIR, "tools", "convert_scan_checkpoint.py")
+PROTO_DIR = os.path.join(SOURCE_DIR, "proto")
+
+SCORE_TOL = 1e-5          # rel_err of served scores vs scan_score (same engine, same fp32 backend)
+START_TIMEOUT_S = 60
+RPC_TIMEOUT_S = 30
+SERVICE = "scanserve.v1.ScanService"
+
+
+def build_server_disabled():
+    cache = os.path.join(BUILD_DIR, "CMakeCache.txt")
+    if not os.path.exists(cache):
+        return False
+    with open(cache) as f:
+        return any(line.strip() == "SCANSERVE_BUILD_SERVER:BOOL=OFF" for line in f)
+
+
+if build_server_disabled():
+    print("skipped: %s was configured with SCANSERVE_BUILD_SERVER=OFF" % BUILD_DIR)
+    sys.exit(77)
+
+try:
+    import grpc  # noqa: E402  (python3-grpcio)
+    import grpc_tools  # noqa: E402,F401  (python3-grpc-tools: protoc for the stubs)
+except ImportError as e:
+    raise SystemExit("test_server_e2e needs python3-grpcio and python3-grpc-tools under %s: %s" % (sys.executable, e))
+
+sys.path.insert(0, HERE)
+import scan_checkpoints as sc  # noqa: E402
+
+REFLECTION_PROTO = """
+syntax = "proto3";
+package grpc.reflection.v1alpha;
+service ServerReflection {
+  rpc ServerReflectionInfo(stream ServerReflectionRequest) returns (stream ServerReflectionResponse);
+}
+message ServerReflectionRequest {
+  string host = 1;
+  oneof message_request {
+    string file_by_filename = 3;
+    string file_containing_symbol = 4;
+    string list_services = 7;
+  }
+}
+message ServerReflectionResponse {
+  string valid_host = 1;
+  ServerReflectionRequest original_request = 2;
+  oneof message_response {
+    FileDescriptorResponse file_descriptor_response = 4;
+    ListServiceResponse list_services_response = 6;
+    ErrorResponse error_response = 7;
+  }
+}
+message FileDescriptorResponse { repeated bytes file_descriptor_proto = 1; }
+message ListServiceResponse { repeated ServiceResponse service = 1; }
+message ServiceResponse { string name = 1; }
+message ErrorResponse { int32 error_code = 1; string error_message = 2; }
+"""
+
+WORDS = sorted(w for w in sc.BASE_WORDS if w.isalpha())
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared fixtures: stubs, models, data, scan_score oracle
+
+def require_executable(path, what):
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise AssertionError("%s not built: expected %s (set SCANSERVE_BUILD_DIR to the CMake build directory)"
+                             % (what, path))
+
+
+def generate_stubs(out):
+    """Python modules for scanserve.v1, grpc.health.v1 (as `health_pb2`, so it does not collide with the
+    installed `grpc` package) and grpc.reflection.v1alpha (as `reflection_pb2`)."""
+    extra = os.path.join(out, "extra_protos")
+    os.makedirs(extra)
+    shutil.copy(os.path.join(PROTO_DIR, "grpc", "health", "v1", "health.proto"), os.path.join(extra, "health.proto"))
+    with open(os.path.join(extra, "reflection.proto"), "w") as f:
+        f.write(REFLECTION_PROTO)
+    for include, files in ((PROTO_DIR, [os.path.join(PROTO_DIR, "scanserve", "v1", "scanserve.proto")]),
+                           (extra, [os.path.join(extra, "health.proto"), os.path.join(extra, "reflection.proto")])):
+        r = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", include, "--python_out", out,
+                            "--grpc_python_out", out] + files, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True)
+        if r.returncode != 0:
+            raise AssertionError("grpc_tools.protoc failed:\n%s" % r.stderr)
+    sys.path.insert(0, out)
+    from scanserve.v1 import scanserve_pb2, scanserve_pb2_grpc  # noqa: E402
+    import health_pb2  # noqa: E402
+    import health_pb2_grpc  # noqa: E402
+    import reflection_pb2  # noqa: E402
+    import reflection_pb2_grpc  # noqa: E402
+    return scanserve_pb2, scanserve_pb2_grpc, health_pb2, health_pb2_grpc, reflection_pb2, reflection_pb2_grpc
+
+
+def load_converter():
+    spec = importlib.util.spec_from_file_location("convert_scan_checkpoint", CONVERTER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def make_model(d, seed):
+    vocab = os.path.join(d, "vocab.json")
+    if not os.path.exists(vocab):
+        sc.write_vocab(vocab)
+    V = sc.make_vocab_dict(sc.BASE_WORDS)["idx"]
+    ckpt = os.path.join(d, "model_%d.pth.tar" % seed)
+    sc.make_checkpoint(ckpt, V, seed=seed)
+    out = os.path.join(d, "model_%d" % seed)
+    load_converter().convert(ckpt, vocab, out, force=True, log=lambda s: None)
+    return out
+
+
+def random_captions(rng, n, min_words=3, max_words=9):
+    return [" ".join(str(w) for w in rng.choice(WORDS, size=int(rng.integers(min_words, max_words + 1))))
+            for _ in range(n)]
+
+
+def scan_score(model_dirs, images, captions, d):
+    """The engine's direct similarity matrix (n_images x n_captions) for these features and captions."""
+    os.makedirs(d, exist_ok=True)
+    np.save(os.path.join(d, "regions.npy"), np.concatenate(images).astype(np.float32))
+    np.save(os.path.join(d, "counts.npy"), np.array([im.shape[0] for im in images], dtype=np.int64))
+    with open(os.path.join(d, "captions.txt"), "w") as f:
+        f.write("\n".join(captions) + "\n")
+    out = os.path.join(d, "sims.npy")
+    argv = [SCAN_SCORE]
+    for m in model_dirs:
+        argv += ["--model", m]
+    argv += ["--regions", os.path.join(d, "regions.npy"), "--region-counts", os.path.join(d, "counts.npy"),
+             "--captions", os.path.join(d, "captions.txt"), "--out", out, "--threads", "2"]
+    r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    if r.returncode != 0:
+        raise AssertionError("scan_score failed (%d): %s" % (r.returncode, r.stderr[-2000:]))
+    return np.load(out)
+
+
+def rel_err(a, b):
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-3)) if a.size else 0.0
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess(object):
+    """One scanserve process; its log goes to a file shown when something fails."""
+
+    started = []  # every process started, so that none outlives the test run
+
+    def __init__(self, tmp, name, model_dirs, data_dir, extra=(), port=None):
+        self.tmp, self.name = tmp, name
+        self.model_dirs, self.data_dir, self.extra = list(model_dirs), data_dir, list(extra)
+        self.port = port or free_port()
+        self.metrics_port = free_port()
+        self.log_path = os.path.join(tmp, "%s.log" % name)
+        self.proc = None
+
+    def start(self):
+        argv = [SERVER, "--listen", "127.0.0.1:%d" % self.port, "--metrics-listen", "127.0.0.1:%d" % self.metrics_port,
+                "--data-dir", self.data_dir, "--threads", "2", "--max-queue-delay-us", "2000",
+                "--shutdown-grace-s", "5"]
+        for m in self.model_dirs:
+            argv += ["--model", m]
+        argv += self.extra
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        ServerProcess.started.append(self)
+
+    def log_tail(self, n=4000):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if not self.alive():
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("%s did not exit within %d s of signal %d\n%s" % (self.name, timeout, sig,
+                                                                                 self.log_tail()))
+        finally:
+            self.log.close()
+
+    def kill9(self):
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        self.log.close()
+
+
+def wait_listening(server, timeout=START_TIMEOUT_S):
+    """Until the server logs that it serves (then create channels: a channel dialled before the port
+    is open sits in reconnect backoff for seconds)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not server.alive():
+            raise AssertionError("%s exited with %s during start-up:\n%s" % (server.name, server.proc.returncode,
+                                                                           server.log_tail()))
+        if "serving %s on" % SERVICE in server.log_tail(100000):
+            return
+        time.sleep(0.05)
+    server.stop(signal.SIGKILL)
+    raise AssertionError("%s did not start within %d s\n%s" % (server.name, timeout, server.log_tail()))
+
+
+def wait_serving(server, channel, health_pb2, health_grpc, timeout=START_TIMEOUT_S):
+    stub = health_grpc.HealthStub(channel)
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        if not server.alive():
+            raise AssertionError("%s exited with %s during start-up:\n%s" % (server.name, server.proc.returncode,
+                                                                           server.log_tail()))
+        try:
+            r = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+            if r.status == health_pb2.HealthCheckResponse.SERVING:
+                return
+            last = r.status
+        except grpc.RpcError as e:
+            last = e.code()
+        time.sleep(0.1)
+    server.stop(signal.SIGKILL)
+    raise AssertionError("%s not SERVING after %d s (last: %s)\n%s" % (server.name, timeout, last, server.log_tail()))
+
+
+# Short reconnect backoff: the channel is created before the server listens, and the default backoff
+# (1 s, growing) would add seconds to every start-up.
+# (Not grpc.min_reconnect_backoff_ms: it is also the connect timeout, too short for a TLS handshake.)
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
+                   ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300)]
+
+
+def features_msg(pb, x):
+    x = np.ascontiguousarray(x, dtype="<f4")
+    return pb.RegionFeatures(num_regions=x.shape[0], dim=x.shape[1], values=x.tobytes())
+
+
+class E2EBase(unittest.TestCase):
+    """Builds what every server test needs once: stubs, two models, a small dataset and its oracle."""
+
+    shared = None
+
+    @classmethod
+    def setUpShared(cls):
+        if E2EBase.shared is not None:
+            return E2EBase.shared
+        require_executable(SERVER, "the scanserve server")
+        require_executable(SCANCTL, "scanctl")
+        require_executable(SCAN_SCORE, "scan_score")
+        tmp = tempfile.mkdtemp(prefix="scan_e2e_")
+        s = type("Shared", (), {})()
+        s.tmp = tmp
+        (s.pb, s.pb_grpc, s.health_pb2, s.health_grpc, s.refl_pb2, s.refl_grpc) = generate_stubs(
+            os.path.join(tmp, "stubs"))
+        s.model_a = make_model(tmp, seed=1)
+        s.model_b = make_model(tmp, seed=2)
+        rng = np.random.default_rng(7)
+        s.img_dim = sc.SMALL_DIMS["img_dim"]
+        s.counts = [3, 5, 1, 7, 4, 6]
+        s.images = [sc.random_region_features(rng, k, s.img_dim) for k in s.counts]
+        s.captions = random_captions(rng, 8)
+        s.sims = scan_score([s.model_a], s.images, s.captions, os.path.join(tmp, "oracle_a"))
+        s.sims_ens = scan_score([s.model_a, s.model_b], s.images, s.captions, os.path.join(tmp, "oracle_ab"))
+        E2EBase.shared = s
+        return s
+
+    def rpc_ok(self, fn, request, what):
+        try:
+            return fn(request, timeout=RPC_TIMEOUT_S, **self.call_kwargs())
+        except grpc.RpcError as e:
+            self.fail("%s failed: %s %s\n%s" % (what, e.code(), e.details(), self.server.log_tail()))
+
+    def call_kwargs(self):
+        return {}
+
+    def expect_code(self, code, fn, request, what, **kwargs):
+        kw = self.call_kwargs()
+        kw.update(kwargs)
+        with self.assertRaises(grpc.RpcError, msg=what) as ctx:
+            fn(request, timeout=RPC_TIMEOUT_S, **kw)
+        self.assertEqual(ctx.exception.code(), code, "%s: %s" % (what, ctx.exception.details()))
+        self.assert_still_serving(what)
+
+    def assert_still_serving(self, after):
+        self.assertTrue(self.server.alive(), "the server died after %s:\n%s" % (after, self.server.log_tail()))
+        self.rpc_ok(self.stub.GetStats, self.s.pb.GetStatsRequest(), "GetStats after %s" % after)
+
+    def upsert_all(self, boxes=True, collection="main"):
+        pb = self.s.pb
+        req = pb.UpsertImagesRequest()
+        for i, x in enumerate(self.s.images):
+            im = req.images.add(id="img%d" % i, collection=collection)
+            im.metadata["parity"] = "even" if i % 2 == 0 else "odd"
+            im.region_features.CopyFrom(features_msg(pb, x))
+            if boxes and i % 2 == 0:
+                for r in range(x.shape[0]):
+                    im.boxes.add(x1=r, y1=2 * r, x2=r + 10, y2=2 * r + 20)
+                    im.labels.append("label%d" % r)
+        resp = self.rpc_ok(self.stub.UpsertImages, req, "UpsertImages")
+        self.assertEqual([r.code for r in resp.results], [0] * len(self.s.images),
+                         [r.message for r in resp.results])
+        self.assertEqual([r.id for r in resp.results], ["img%d" % i for i in range(len(self.s.images))])
+        creq = pb.UpsertCaptionsRequest()
+        for j, c in enumerate(self.s.captions):
+            creq.captions.add(id="cap%d" % j, text=c, collection=collection)
+        cresp = self.rpc_ok(self.stub.UpsertCaptions, creq, "UpsertCaptions")
+        self.assertEqual([r.code for r in cresp.results], [0] * len(self.s.captions),
+                         [r.message for r in cresp.results])
+
+    def check_search_parity(self, sims, what):
+        """Every caption as a query against every stored image, and every image against every caption,
+        must reproduce the oracle matrix."""
+        pb = self.s.pb
+        n_img, n_cap = sims.shape
+        resp = self.rpc_ok(self.stub.SearchImages, pb.SearchImagesRequest(queries=self.s.captions, top_k=n_img),
+                           "SearchImages (%s)" % what)
+        self.assertEqual(len(resp.results), n_cap)
+        got = np.full(sims.shape, np.nan)
+        for j, hits in enumerate(resp.results):
+            self.assertEqual(len(hits.hits), n_img, "%s: query %d returned %d hits" % (what, j, len(hits.hits)))
+            scores = [h.score for h in hits.hits]
+            self.assertEqual(scores, sorted(scores, reverse=True), "%s: hits not best-first" % what)
+            for h in hits.hits:
+                got[int(h.id[3:]), j] = h.score
+        self.assertLessEqual(rel_err(got, sims), SCORE_TOL, "%s text->image scores vs scan_score" % what)
+
+        req = pb.SearchCaptionsRequest(top_k=n_cap)
+        for i in range(n_img):
+            req.queries.add(image_id="img%d" % i)
+        req.queries.add(region_features=features_msg(pb, self.s.images[2]))
+        resp = self.rpc_ok(self.stub.SearchCaptions, req, "SearchCaptions (%s)" % what)
+        self.assertEqual(len(resp.results), n_img + 1)
+        got = np.full((n_img + 1, n_cap), np.nan)
+        for i, hits in enumerate(resp.results):
+            self.assertEqual(len(hits.hits), n_cap)
+            for h in hits.hits:
+                got[i, int(h.id[3:])] = h.score
+                self.assertEqual(h.text, self.s.captions[int(h.id[3:])])
+        self.assertLessEqual(rel_err(got[:n_img], sims), SCORE_TOL, "%s image->text scores vs scan_score" % what)
+        self.assertLessEqual(rel_err(got[n_img], sims[2]), SCORE_TOL, "%s raw-feature query vs scan_score" % what)
+
+    def scanctl(self, args, expect=None, input_env=None):
+        argv = [SCANCTL, "--server", "127.0.0.1:%d" % self.server.port] + list(args)
+        r = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                           timeout=120, env=dict(os.environ, **(input_env or {})))
+        if expect is not None:
+            self.assertEqual(r.returncode, expect, "scanctl %s exited %d (want %d)\nstdout: %s\nstderr: %s" % (
+                " ".join(args), r.returncode, expect, r.stdout[-2000:], r.stderr[-2000:]))
+        return r
+
+
+# ------------------------------------------------------------------------------------------------
+
+class ServerTest(E2EBase):
+    """One server (single model, plaintext, no auth) through a sequence of checks."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.setUpShared()
+        cls.data_dir = os.path.join(cls.s.tmp, "data_main")
+        cls.server = ServerProcess(cls.s.tmp, "main", [cls.s.model_a], cls.data_dir)
+        cls.server.start()
+        wait_listening(cls.server)
+        cls.channel = grpc.insecure_channel("127.0.0.1:%d" % cls.server.port, options=CHANNEL_OPTIONS)
+        wait_serving(cls.server, cls.channel, cls.s.health_pb2, cls.s.health_grpc)
+        cls.stub = cls.s.pb_grpc.ScanServiceStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.server.alive():
+            cls.server.stop()
+        cls.channel.close()
+
+    def test_01_health_and_reflection(self):
+        h, hg = self.s.health_pb2, self.s.health_grpc
+        stub = hg.HealthStub(self.channel)
+        for service in ("", SERVICE):
+            self.assertEqual(stub.Check(h.HealthCheckRequest(service=service), timeout=5).status,
+                             h.HealthCheckResponse.SERVING, service)
+        watch = stub.Watch(h.HealthCheckRequest(service=SERVICE), timeout=5)
+        self.assertEqual(next(watch).status, h.HealthCheckResponse.SERVING)
+        watch.cancel()
+        with self.assertRaises(grpc.RpcError) as ctx:
+            stub.Check(h.HealthCheckRequest(service="no.such.Service"), timeout=5)
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.NOT_FOUND)
+
+        r, rg = self.s.refl_pb2, self.s.refl_grpc
+        refl = rg.ServerReflectionStub(self.channel)
+        responses = list(refl.ServerReflectionInfo(iter([
+            r.ServerReflectionRequest(list_services=""),
+            r.ServerReflectionRequest(file_containing_symbol=SERVICE)]), timeout=10))
+        names = [s.name for s in responses[0].list_services_response.service]
+        self.assertIn(SERVICE, names)
+        self.assertIn("grpc.health.v1.Health", names)
+        self.assertGreater(len(responses[1].file_descriptor_response.file_descriptor_proto), 0)
+
+    def test_02_upsert_and_search_match_scan_score(self):
+        self.upsert_all()
+        stats = self.rpc_ok(self.stub.GetStats, self.s.pb.GetStatsRequest(), "GetStats")
+        self.assertEqual(stats.images, len(self.s.images))
+        self.assertEqual(stats.captions, len(self.s.captions))
+        self.check_search_parity(self.s.sims, "single model")
+
+    def test_03_concurrent_searches_are_batched_correctly(self):
+        pb = self.s.pb
+        n_img = len(self.s.images)
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            futures = [(j, k, pool.submit(self.stub.SearchImages,
+                                          pb.SearchImagesRequest(queries=[self.s.captions[j]], top_k=k),
+                                          timeout=RPC_TIMEOUT_S))
+                       for j in range(len(self.s.captions)) for k in (1, 3, n_img)]
+            for j, k, f in futures:
+                hits = f.result().results[0].hits
+                self.assertEqual(len(hits), k)
+                want = np.argsort(-self.s.sims[:, j], kind="stable")[:k]
+                self.assertEqual([int(h.id[3:]) for h in hits], list(want), "query %d top_%d" % (j, k))
+                for h in hits:
+                    self.assertAlmostEqual(h.score, self.s.sims[int(h.id[3:]), j], delta=1e-5)
+
+    def test_04_filters_and_explain(self):
+        pb = self.s.pb
+        req = pb.SearchImagesRequest(queries=[self.s.captions[0]], top_k=10, explain=True)
+        req.filter.metadata["parity"] = "even"
+        resp = self.rpc_ok(self.stub.SearchImages, req, "SearchImages with filter")
+        ids = [h.id for h in resp.results[0].hits]
+        self.assertEqual(sorted(ids), ["img0", "img2", "img4"])
+        n_words = len(self.s.captions[0].split())
+        for h in resp.results[0].hits:
+            i = int(h.id[3:])
+            self.assertEqual(h.metadata["parity"], "even")
+            self.assertEqual(h.collection, "main")
+            self.assertGreaterEqual(len(h.explanation), n_words, "one entry per query word (at least)")
+            for w in h.explanation:
+                self.assertTrue(0 <= w.region < self.s.counts[i], (h.id, w.region))
+                self.assertTrue(0.0 <= w.attention <= 1.0 + 1e-6, w.attention)
+                self.assertTrue(w.HasField("box"), "img%d was ingested with boxes" % i)
+                self.assertEqual(w.box.x1, float(w.region))
+                self.assertEqual(w.label, "label%d" % w.region)
+        req = pb.SearchImagesRequest(queries=[self.s.captions[0]], top_k=10, explain=True)
+        req.filter.collection = "nothing-here"
+        self.assertEqual(len(self.rpc_ok(self.stub.SearchImages, req, "empty filter").results[0].hits), 0)
+        req = pb.SearchImagesRequest(queries=[self.s.captions[1]], top_k=10)
+        req.filter.metadata["parity"] = "odd"
+        hits = self.rpc_ok(self.stub.SearchImages, req, "odd").results[0].hits
+        self.assertEqual(sorted(h.id for h in hits), ["img1", "img3", "img5"])
+        for h in hits:
+            self.assertEqual(len(h.explanation), 0, "no explanation unless asked")
+
+    def test_05_ingest_stream(self):
+        pb = self.s.pb
+        items = [
+            pb.IngestRequest(caption=pb.Caption(id="stream/cap0", text="a dog on the grass", collection="stream")),
+            pb.IngestRequest(caption=pb.Caption(id="stream/cap1", text="two men playing", collection="stream")),
+            pb.IngestRequest(image=pb.Image(id="stream/img0", collection="stream",
+                                            region_features=features_msg(pb, self.s.images[1]))),
+            pb.IngestRequest(image=pb.Image(id="stream/bad-dim", collection="stream",
+                                            region_features=features_msg(pb, np.ones((2, self.s.img_dim + 1))))),
+            pb.IngestRequest(),
+            pb.IngestRequest(image=pb.Image(id="stream/img1", collection="stream",
+                                            region_features=features_msg(pb, self.s.images[3]))),
+        ]
+        responses = list(self.stub.Ingest(iter(items), timeout=RPC_TIMEOUT_S))
+        self.assertEqual(len(responses), len(items))
+        codes = [r.result.code for r in responses]
+        invalid = grpc.StatusCode.INVALID_ARGUMENT.value[0]
+        self.assertEqual(codes, [0, 0, 0, invalid, invalid, 0], [r.result.message for r in responses])
+        self.assertEqual([r.is_caption for r in responses], [True, True, False, False, False, False])
+        self.assertEqual(responses[2].result.id, "stream/img0")
+        req = pb.SearchCaptionsRequest(queries=[pb.ImageQuery(image_id="stream/img0")], top_k=10)
+        req.filter.collection = "stream"
+        hits = self.rpc_ok(self.stub.SearchCaptions, req, "SearchCaptions in stream collection").results[0].hits
+        self.assertEqual(sorted(h.id for h in hits), ["stream/cap0", "stream/cap1"])
+
+    def test_06_bad_inputs_get_their_codes(self):
+        pb, INVALID = self.s.pb, grpc.StatusCode.INVALID_ARGUMENT
+        self.expect_code(INVALID, self.stub.SearchImages, pb.SearchImagesRequest(queries=[""]), "empty query")
+        self.expect_code(INVALID, self.stub.SearchImages, pb.SearchImagesRequest(queries=[]), "no queries")
+        self.expect_code(INVALID, self.stub.SearchImages, pb.SearchImagesRequest(queries=["a dog"], top_k=100000),
+                         "top_k too large")
+        self.expect_code(INVALID, self.stub.SearchImages, pb.SearchImagesRequest(queries=["a dog"], top_k=-1),
+                         "negative top_k")
+        self.expect_code(INVALID, self.stub.SearchImages, pb.SearchImagesRequest(queries=["a dog"] * 65),
+                         "65 queries")
+        wrong_dim = features_msg(pb, np.ones((3, self.s.img_dim - 1), dtype=np.float32))
+        self.expect_code(INVALID, self.stub.SearchCaptions,
+                         pb.SearchCaptionsRequest(queries=[pb.ImageQuery(region_features=wrong_dim)]),
+                         "wrong feature dim")
+        bad_len = features_msg(pb, self.s.images[0])
+        bad_len.values = bad_len.values[:-3]
+        self.expect_code(INVALID, self.stub.SearchCaptions,
+                         pb.SearchCaptionsRequest(queries=[pb.ImageQuery(region_features=bad_len)]),
+                         "bad byte length")
+        self.expect_code(grpc.StatusCode.NOT_FOUND, self.stub.SearchCaptions,
+                         pb.SearchCaptionsRequest(queries=[pb.ImageQuery(image_id="no-such-image")]), "unknown id")
+        self.expect_code(grpc.StatusCode.FAILED_PRECONDITION, self.stub.SearchCaptions,
+                         pb.SearchCaptionsRequest(queries=[pb.ImageQuery(image_bytes=b"\xff\xd8\xff")]),
+                         "image bytes without a detector")
+        self.expect_code(grpc.StatusCode.RESOURCE_EXHAUSTED, self.stub.SearchImages,
+                         pb.SearchImagesRequest(queries=["a " * (40 << 20)]), "message over 64 MiB")
+
+        # Per-item errors of a batched upsert: the good item still goes in.
+        req = pb.UpsertImagesRequest()
+        req.images.add(id="bad/dim", region_features=wrong_dim)
+        req.images.add(id="bad/len", region_features=bad_len)
+        req.images.add(id="bad/none")
+        req.images.add(id="good/one", region_features=features_msg(pb, self.s.images[0]), collection="bad")
+        resp = self.rpc_ok(self.stub.UpsertImages, req, "UpsertImages with bad items")
+        self.assertEqual([r.code for r in resp.results], [INVALID.value[0]] * 3 + [0],
+                         [r.message for r in resp.results])
+        resp = self.rpc_ok(self.stub.Delete, pb.DeleteRequest(image_ids=["good/one", "never-stored"],
+                                                              caption_ids=["never-stored"]), "Delete")
+        self.assertEqual([r.code for r in resp.image_results], [0, grpc.StatusCode.NOT_FOUND.value[0]])
+        self.assertEqual([r.code for r in resp.caption_results], [grpc.StatusCode.NOT_FOUND.value[0]])
+        self.assert_still_serving("the bad inputs")
+
+    def test_07_stats_and_metrics(self):
+        stats = self.rpc_ok(self.stub.GetStats, self.s.pb.GetStatsRequest(), "GetStats")
+        self.assertEqual(len(stats.models), 1)
+        self.assertEqual(stats.models[0].model_dir, self.s.model_a)
+        self.assertTrue(stats.models[0].summary)
+        self.assertTrue(stats.backend.startswith("cpu"), stats.backend)
+        self.assertEqual(stats.storage, "fp32")
+        self.assertTrue(stats.version)
+        self.assertFalse(stats.detector_loaded)
+        self.assertGreater(stats.feature_bytes, 0)
+        text = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % self.server.metrics_port, timeout=10).read()
+        text = text.decode()
+        for needle in ('grpc_server_started_total{grpc_method="SearchImages",grpc_service="%s",grpc_type="unary"}'
+                       % SERVICE,
+                       'grpc_server_handled_total{grpc_code="OK",grpc_method="SearchImages"',
+                       'grpc_server_handled_total{grpc_code="InvalidArgument",grpc_method="SearchImages"',
+                       'grpc_server_handled_total{grpc_code="OK",grpc_method="Ingest",grpc_service="%s",'
+                       'grpc_type="bidi_stream"}' % SERVICE,
+                       "grpc_server_handling_seconds_bucket", "scanserve_batch_size_bucket",
+                       "scanserve_queue_depth", "scanserve_queue_wait_seconds_count",
+                       "scanserve_engine_search_seconds_count", "scanserve_images_stored",
+                       "scanserve_captions_stored", 'scanserve_feature_bytes{device=',
+                       'scanserve_ingest_items_total{code="OK",kind="image"}'):
+            self.assertIn(needle, text)
+        for line in text.splitlines():
+            self.assertNotIn("img0", line, "no per-id labels")
+        health = urllib.request.urlopen("http://127.0.0.1:%d/healthz" % self.server.metrics_port, timeout=10)
+        self.assertEqual(health.status, 200)
+
+    def test_08_scanctl(self):
+        r = self.scanctl(["health"], expect=0)
+        self.assertIn("SERVING", r.stdout)
+        r = self.scanctl(["stats", "--json"], expect=0)
+        self.assertGreaterEqual(int(json.loads(r.stdout)["images"]), len(self.s.images))
+        r = self.scanctl(["--json", "search-images", self.s.captions[0], "--top-k", "3", "--collection", "main"],
+                         expect=0)
+        hits = json.loads(r.stdout)["results"][0]["hits"]
+        want = np.argsort(-self.s.sims[:, 0], kind="stable")[:3]
+        self.assertEqual([int(h["id"][3:]) for h in hits], list(want))
+        r = self.scanctl(["search-images", self.s.captions[0], "--explain", "--top-k", "2"], expect=0)
+        self.assertIn("rank", r.stdout)
+        self.assertIn("explain", r.stdout)
+        r = self.scanctl(["search-captions", "--image-id", "img1", "--top-k", "2", "--json"], expect=0)
+        self.assertEqual(len(json.loads(r.stdout)["results"][0]["hits"]), 2)
+        feats = os.path.join(self.s.tmp, "query_feats.npy")
+        np.save(feats, self.s.images[4])
+        r = self.scanctl(["search-captions", "--features", feats, "--top-k", "1", "--collection", "main"], expect=0)
+        best = int(np.argmax(self.s.sims[4]))
+        self.assertIn("cap%d" % best, r.stdout)
+        self.scanctl(["upsert-caption", "cli/cap", "a man riding a bike", "--collection", "cli"], expect=0)
+        boxes = os.path.join(self.s.tmp, "query_boxes.npy")
+        np.save(boxes, np.tile(np.array([[0, 0, 5, 5]], dtype=np.float32), (self.s.counts[4], 1)))
+        self.scanctl(["upsert-image", "cli/img", "--features", feats, "--boxes", boxes, "--collection", "cli",
+                      "--meta", "source=cli"], expect=0)
+        r = self.scanctl(["--json", "search-captions", "--image-id", "cli/img", "--collection", "cli"], expect=0)
+        self.assertEqual([h["id"] for h in json.loads(r.stdout)["results"][0]["hits"]], ["cli/cap"])
+        self.scanctl(["delete", "--image", "cli/img", "--caption", "cli/cap"], expect=0)
+        self.scanctl(["delete", "--image", "cli/img"], expect=3)
+        self.scanctl(["search-captions", "--image-id", "cli/img"], expect=3)
+        self.scanctl(["search-images", ""], expect=1)
+        self.scanctl(["search-images", "x", "--bogus"], expect=2)
+        self.scanctl(["frobnicate"], expect=2)
+        self.scanctl(["search-captions"], expect=2)
+        r = subprocess.run([SCANCTL, "--server", "127.0.0.1:%d" % free_port(), "--timeout", "3", "health"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 4, r.stderr)
+
+    def test_09_scanctl_import_precomp_resumes(self):
+        d = os.path.join(self.s.tmp, "precomp")
+        os.makedirs(d, exist_ok=True)
+        rng = np.random.default_rng(11)
+        ims = np.stack([sc.random_region_features(rng, 4, self.s.img_dim) for _ in range(3)])
+        np.save(os.path.join(d, "mini_ims.npy"), ims.astype(np.float32))
+        caps = random_captions(rng, 15)
+        with open(os.path.join(d, "mini_caps.txt"), "w") as f:
+            f.write("\n".join(caps) + "\n")
+        args = ["import", "precomp", "--data-dir", d, "--split", "mini", "--collection", "pre", "--no-progress"]
+        r = self.scanctl(args + ["--json"], expect=0)
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual((summary["total"], summary["acked"], summary["failed"], summary["skipped"]), (18, 18, 0, 0))
+        with open(os.path.join(d, "mini.scanctl-import.json")) as f:
+            self.assertEqual(json.load(f)["acked_through"], 17)
+        r = self.scanctl(args + ["--json"], expect=0)
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual((summary["skipped"], summary["sent"]), (18, 0), "a rerun skips acknowledged items")
+        # A partial checkpoint resumes in the middle.
+        with open(os.path.join(d, "mini.scanctl-import.json"), "r+") as f:
+            ck = json.load(f)
+            ck["acked_through"] = 9
+            f.seek(0)
+            f.truncate()
+            json.dump(ck, f)
+        r = self.scanctl(args + ["--json"], expect=0)
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual((summary["skipped"], summary["sent"], summary["acked"]), (10, 8, 8))
+        req = self.s.pb.SearchCaptionsRequest(queries=[self.s.pb.ImageQuery(image_id="mini/img/1")], top_k=20)
+        req.filter.collection = "pre"
+        hits = self.rpc_ok(self.stub.SearchCaptions, req, "captions of the imported split").results[0].hits
+        self.assertEqual(len(hits), 15)
+        self.assertEqual({h.metadata["image"] for h in hits}, {"mini/img/0", "mini/img/1", "mini/img/2"})
+        self.scanctl(["import", "precomp", "--data-dir", d, "--split", "nonexistent", "--no-progress"], expect=2)
+
+    def test_10_scanctl_import_tsv(self):
+        path = os.path.join(self.s.tmp, "mini.tsv")
+        rng = np.random.default_rng(5)
+        rows = []
+        for i in range(3):
+            k = 2 + i
+            boxes = rng.random((k, 4)).astype("<f4") * 100
+            feats = sc.random_region_features(rng, k, self.s.img_dim).astype("<f4")
+            rows.append("\t".join(["tsv%d" % i, "640", "480", str(k), base64.b64encode(boxes.tobytes()).decode(),
+                                   base64.b64encode(feats.tobytes()).decode()]))
+        with open(path, "w") as f:
+            f.write("\n".join(rows) + "\n")
+        r = self.scanctl(["import", "tsv", path, "--collection", "tsv", "--feature-dim", str(self.s.img_dim),
+                          "--no-progress", "--json"], expect=0)
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual((summary["acked"], summary["failed"]), (3, 0))
+        req = self.s.pb.SearchImagesRequest(queries=["a dog"], top_k=10, explain=True)
+        req.filter.collection = "tsv"
+        hits = self.rpc_ok(self.stub.SearchImages, req, "search the TSV images").results[0].hits
+        self.assertEqual(sorted(h.id for h in hits), ["tsv0", "tsv1", "tsv2"])
+        self.assertTrue(all(w.HasField("box") for h in hits for w in h.explanation))
+        self.assertEqual(hits[0].metadata["image_w"], "640")
+
+    def test_99_sigterm_shuts_down_cleanly(self):
+        code = self.server.stop(signal.SIGTERM, timeout=30)
+        self.assertEqual(code, 0, self.server.log_tail())
+        log = self.server.log_tail(20000)
+        self.assertIn("stopped", log)
+        self.assertIn(self.s.model_a, log, "the start-up log names the model")
+
+
+class SecureEnsembleTest(E2EBase):
+    """A second configuration: a two-model ensemble behind TLS and a bearer token, with a 1 MiB limit."""
+
+    TOKEN = "e2e-s3cret"
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.setUpShared()
+        tmp = os.path.join(cls.s.tmp, "tls")
+        os.makedirs(tmp, exist_ok=True)
+        cls.cert, cls.key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+        # A self-signed certificate for localhost; without the openssl CLI the server runs plaintext.
+        cls.tls = shutil.which("openssl") is not None
+        if cls.tls:
+            r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", cls.key,
+                                "-out", cls.cert, "-days", "1", "-subj", "/CN=localhost",
+                                "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+            if r.returncode != 0:
+                raise AssertionError("openssl failed: %s" % r.stderr)
+        else:
+            print("openssl not found: SecureEnsembleTest runs without TLS", file=sys.stderr)
+        token_file = os.path.join(tmp, "token")
+        with open(token_file, "w") as f:
+            f.write(cls.TOKEN + "\n")
+        extra = ["--auth-token-file", token_file, "--max-message-bytes", "1M"]
+        if cls.tls:
+            extra += ["--tls-cert", cls.cert, "--tls-key", cls.key]
+        cls.server = ServerProcess(cls.s.tmp, "secure", [cls.s.model_a, cls.s.model_b],
+                                   os.path.join(cls.s.tmp, "data_secure"), extra=extra)
+        cls.server.start()
+        wait_listening(cls.server)
+        if cls.tls:
+            with open(cls.cert, "rb") as f:
+                creds = grpc.ssl_channel_credentials(root_certificates=f.read())
+            # Dial the IP (resolving "localhost" can stall in a sandbox) and verify the name "localhost".
+            cls.channel = grpc.secure_channel("127.0.0.1:%d" % cls.server.port, creds, options=CHANNEL_OPTIONS + [
+                ("grpc.ssl_target_name_override", "localhost")])
+        else:
+            cls.channel = grpc.insecure_channel("127.0.0.1:%d" % cls.server.port, options=CHANNEL_OPTIONS)
+        wait_serving(cls.server, cls.channel, cls.s.health_pb2, cls.s.health_grpc)
+        cls.stub = cls.s.pb_grpc.ScanServiceStub(cls.channel)
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.server.alive():
+            code = cls.server.stop()
+            assert code == 0, cls.server.log_tail()
+        cls.channel.close()
+
+    def call_kwargs(self):
+        return {"metadata": [("authorization", "Bearer " + self.TOKEN)]}
+
+    def test_auth_codes(self):
+        pb = self.s.pb
+        req = pb.SearchImagesRequest(queries=["a dog"])
+        self.expect_code(grpc.StatusCode.UNAUTHENTICATED, self.stub.SearchImages, req, "no token", metadata=[])
+        self.expect_code(grpc.StatusCode.PERMISSION_DENIED, self.stub.SearchImages, req, "wrong token",
+                         metadata=[("authorization", "Bearer nope")])
+        self.expect_code(grpc.StatusCode.UNAUTHENTICATED, self.stub.GetStats, pb.GetStatsRequest(), "no token",
+                         metadata=[])
+        with self.assertRaises(grpc.RpcError) as ctx:
+            list(self.stub.Ingest(iter([pb.IngestRequest(caption=pb.Caption(id="x", text="y"))]), timeout=10))
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNAUTHENTICATED)
+        h = self.s.health_pb2
+        status = self.s.health_grpc.HealthStub(self.channel).Check(h.HealthCheckRequest(service=SERVICE), timeout=5)
+        self.assertEqual(status.status, h.HealthCheckResponse.SERVING, "health needs no token")
+        self.expect_code(grpc.StatusCode.RESOURCE_EXHAUSTED, self.stub.SearchImages,
+                         pb.SearchImagesRequest(queries=["a " * (1 << 20)]), "message over --max-message-bytes 1M")
+
+    def test_ensemble_scores_match_scan_score(self):
+        self.upsert_all()
+        self.check_search_parity(self.s.sims_ens, "ensemble")
+        stats = self.rpc_ok(self.stub.GetStats, self.s.pb.GetStatsRequest(), "GetStats")
+        self.assertEqual([m.model_dir for m in stats.models], [self.s.model_a, self.s.model_b])
+
+    def test_scanctl_tls_and_token(self):
+        base = ["--server", "localhost:%d" % self.server.port] + (["--tls-ca", self.cert] if self.tls else [])
+        r = subprocess.run([SCANCTL] + base + ["--token", self.TOKEN, "stats", "--json"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(json.loads(r.stdout)["models"]), 2)
+        r = subprocess.run([SCANCTL] + base + ["stats"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 1, "no token: an RPC error")
+        self.assertIn("UNAUTHENTICATED", r.stderr)
+        r = subprocess.run([SCANCTL] + base + ["health"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
+
+class DurabilityTest(E2EBase):
+    """Acknowledged writes survive kill -9; deletes too."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.setUpShared()
+        cls.data_dir = os.path.join(cls.s.tmp, "data_durable")
+        cls.server = None
+
+    def start(self):
+        port = self.server.port if self.server else None
+        self.server = ServerProcess(self.s.tmp, "durable", [self.s.model_a], self.data_dir, port=port)
+        self.server.start()
+        wait_listening(self.server)
+        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.server.port, options=CHANNEL_OPTIONS)
+        wait_serving(self.server, self.channel, self.s.health_pb2, self.s.health_grpc)
+        self.stub = self.s.pb_grpc.ScanServiceStub(self.channel)
+
+    def restart_after_kill9(self):
+        self.server.kill9()
+        self.channel.close()
+        self.start()
+
+    def tearDown(self):
+        if self.server and self.server.alive():
+            self.server.stop()
+
+    def test_kill9_after_ack(self):
+        pb = self.s.pb
+        self.start()
+        resp = self.rpc_ok(self.stub.UpsertImages, pb.UpsertImagesRequest(images=[pb.Image(
+            id="dur/img", collection="dur", region_features=features_msg(pb, self.s.images[3]))]), "UpsertImages")
+        self.assertEqual(resp.results[0].code, 0, resp.results[0].message)
+        responses = list(self.stub.Ingest(iter([pb.IngestRequest(caption=pb.Caption(
+            id="dur/cap", text=self.s.captions[2], collection="dur"))]), timeout=RPC_TIMEOUT_S))
+        self.assertEqual(responses[0].result.code, 0, responses[0].result.message)
+        self.restart_after_kill9()  # immediately after the acks
+
+        stats = self.rpc_ok(self.stub.GetStats, pb.GetStatsRequest(), "GetStats after restart")
+        self.assertEqual((stats.images, stats.captions), (1, 1))
+        hits = self.rpc_ok(self.stub.SearchCaptions, pb.SearchCaptionsRequest(
+            queries=[pb.ImageQuery(image_id="dur/img")]), "SearchCaptions after restart").results[0].hits
+        self.assertEqual([h.id for h in hits], ["dur/cap"])
+        self.assertAlmostEqual(hits[0].score, self.s.sims[3, 2], delta=1e-5)
+
+        resp = self.rpc_ok(self.stub.Delete, pb.DeleteRequest(image_ids=["dur/img"], caption_ids=["dur/cap"]),
+                           "Delete")
+        self.assertEqual([r.code for r in resp.image_results] + [r.code for r in resp.caption_results], [0, 0])
+        self.restart_after_kill9()
+
+        stats = self.rpc_ok(self.stub.GetStats, pb.GetStatsRequest(), "GetStats after the second restart")
+        self.assertEqual((stats.images, stats.captions), (0, 0))
+        self.expect_code(grpc.StatusCode.NOT_FOUND, self.stub.SearchCaptions,
+                         pb.SearchCaptionsRequest(queries=[pb.ImageQuery(image_id="dur/img")]), "deleted image")
+        hits = self.rpc_ok(self.stub.SearchImages, pb.SearchImagesRequest(queries=["a dog"]), "search").results[0]
+        self.assertEqual(len(hits.hits), 0)
+        self.assertEqual(self.server.stop(), 0, self.server.log_tail())
+
+
+def tearDownModule():
+    for server in ServerProcess.started:
+        if server.alive():
+            server.proc.kill()
+            server.proc.wait()
+    if E2EBase.shared is not None:
+        if os.environ.get("SCANSERVE_KEEP_TMP"):
+            print("kept %s" % E2EBase.shared.tmp)
+        else:
+            shutil.rmtree(E2EBase.shared.tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    unittest.main(verbosity=2)

@@ -1,0 +1,126 @@
+// Server configuration: defaults, the config file, flags overriding it, --help listing every flag.
+#include "server/config.h"
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "server/auth.h"
+
+namespace scanserve {
+namespace {
+
+absl::StatusOr<CommandLine> ParseArgs(std::vector<std::string> args) {
+  args.insert(args.begin(), "scanserve");
+  std::vector<const char*> argv;
+  for (const std::string& arg : args) argv.push_back(arg.c_str());
+  return ParseCommandLine(static_cast<int>(argv.size()), argv.data());
+}
+
+std::string WriteTemp(const std::string& name, const std::string& contents) {
+  const std::string path = ::testing::TempDir() + "/" + name;
+  std::ofstream(path) << contents;
+  return path;
+}
+
+TEST(ConfigTest, DefaultsRunOutOfTheBox) {
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "/m"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  const ServerConfig& c = parsed->config;
+  EXPECT_EQ(c.server.listen_address, "127.0.0.1:50051");
+  EXPECT_EQ(c.server.metrics_address, "127.0.0.1:9464");
+  EXPECT_EQ(c.engine.data_dir, "./scanserve-data");
+  EXPECT_EQ(c.server.max_message_bytes, 64 << 20);
+  EXPECT_EQ(c.engine.model_dirs, std::vector<std::string>{"/m"});
+  EXPECT_EQ(c.server.model_dirs, std::vector<std::string>{"/m"});
+  EXPECT_TRUE(c.server.auth_token.empty());
+}
+
+TEST(ConfigTest, AModelIsRequiredAndAtMostTwo) {
+  EXPECT_EQ(ParseArgs({}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ParseArgs({"--model", "a", "--model", "b"}).ok());
+  EXPECT_EQ(ParseArgs({"--model", "a", "--model", "b", "--model", "c"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ConfigTest, FlagsOverrideTheFile) {
+  const std::string file = WriteTemp("scanserve.conf",
+                                     "# comment\n"
+                                     "listen = 0.0.0.0:6000\n"
+                                     "model = /file/m1   # trailing comment\n"
+                                     "model = /file/m2\n"
+                                     "\n"
+                                     "storage = bf16\n"
+                                     "max-batch-queries = 16\n"
+                                     "max-message-bytes = 8M\n"
+                                     "metrics-listen = off\n");
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--config", file, "--max-batch-queries=32"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.server.listen_address, "0.0.0.0:6000");
+  EXPECT_EQ(parsed->config.engine.model_dirs, (std::vector<std::string>{"/file/m1", "/file/m2"}));
+  EXPECT_EQ(parsed->config.engine.storage, StorageType::kBFloat16);
+  EXPECT_EQ(parsed->config.server.batching.max_batch_queries, 32);
+  EXPECT_EQ(parsed->config.server.max_message_bytes, 8 << 20);
+  EXPECT_TRUE(parsed->config.server.metrics_address.empty());
+  EXPECT_EQ(parsed->config.config_file, file);
+
+  parsed = ParseArgs({"--model", "/flag/m", "--config", file});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.engine.model_dirs, std::vector<std::string>{"/flag/m"}) << "--model replaces the file's";
+}
+
+TEST(ConfigTest, BadValuesNameTheirFlagOrLine) {
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m", "--threads", "many"});
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(parsed.status().message().find("--threads"), absl::string_view::npos);
+  EXPECT_EQ(ParseArgs({"--model", "m", "--storage", "fp16"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseArgs({"--model", "m", "--bogus", "1"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseArgs({"--model", "m", "--max-queue-size", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseArgs({"--model", "m", "--tls-cert", "c.pem"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseArgs({"--model"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseArgs({"--config", "/nonexistent/x.conf"}).status().code(), absl::StatusCode::kNotFound);
+  const std::string file = WriteTemp("bad.conf", "model = m\nthreads: 4\n");
+  parsed = ParseArgs({"--config", file});
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(parsed.status().message().find(":2:"), absl::string_view::npos) << parsed.status();
+}
+
+TEST(ConfigTest, TokenFile) {
+  const std::string file = WriteTemp("token", "  s3cret \n");
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m", "--auth-token-file", file});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.server.auth_token, "s3cret");
+  EXPECT_EQ(DescribeConfig(parsed->config).find("s3cret"), std::string::npos) << "the log never shows the token";
+}
+
+TEST(ConfigTest, HelpListsEveryFlag) {
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--help"});
+  ASSERT_TRUE(parsed.ok());
+  EXPECT_TRUE(parsed->help);
+  const std::string usage = Usage("scanserve");
+  for (const char* flag : {"--listen", "--metrics-listen", "--data-dir", "--model", "--config", "--threads",
+                           "--storage", "--max-batch-queries", "--max-queue-delay-us", "--max-queue-size",
+                           "--max-message-bytes", "--max-images", "--max-captions", "--tls-cert", "--tls-key",
+                           "--auth-token", "--auth-token-file", "--help"}) {
+    EXPECT_NE(usage.find(flag), std::string::npos) << flag;
+  }
+}
+
+TEST(AuthenticatorTest, BearerTokens) {
+  const Authenticator off("");
+  EXPECT_TRUE(off.CheckAuthorization(false, "").ok());
+  const Authenticator auth("s3cret");
+  EXPECT_EQ(auth.CheckAuthorization(false, "").code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(auth.CheckAuthorization(true, "Basic abc").code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(auth.CheckAuthorization(true, "Bearer wrong").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(auth.CheckAuthorization(true, "Bearer s3cre").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(auth.CheckAuthorization(true, "Bearer s3cret!").code(), absl::StatusCode::kPermissionDenied);
+  EXPECT_TRUE(auth.CheckAuthorization(true, "Bearer s3cret").ok());
+  EXPECT_TRUE(auth.CheckAuthorization(true, "bearer s3cret").ok());
+}
+
+}  // namespace
+}  // namespace scanserve

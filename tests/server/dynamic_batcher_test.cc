@@ -1,0 +1,289 @@
+// DynamicBatcher against a fake searcher: batches are formed, per-request top_k / filters / errors /
+// deadlines are kept, a full queue is RESOURCE_EXHAUSTED, Stop() drains.
+#include "server/batching/dynamic_batcher.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/metrics.h"
+
+namespace scanserve {
+namespace {
+
+using Clock = DynamicBatcher::Clock;
+constexpr auto kNoDeadline = Clock::time_point::max();
+
+// Answers each query with `stored` hits named "img<i>", scores descending; records every call.
+class FakeSearcher final : public TextToImageSearcher {
+ public:
+  struct Call {
+    std::vector<std::string> queries;
+    SearchParams params;
+  };
+
+  absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(const std::vector<std::string>& queries,
+                                                                  const SearchParams& params) const override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      calls_.push_back({queries, params});
+    }
+    if (block_) {
+      std::unique_lock<std::mutex> lock(mu_);
+      unblocked_.wait(lock, [this] { return !block_; });
+    }
+    for (const std::string& query : queries) {
+      if (query == "bad") return absl::InvalidArgumentError("bad query");
+    }
+    if (params.top_k < 1) return absl::InvalidArgumentError("top_k");
+    std::vector<std::vector<ImageHit>> results;
+    for (const std::string& query : queries) {
+      std::vector<ImageHit> hits;
+      for (int i = 0; i < std::min(stored, params.top_k); ++i) {
+        ImageHit hit;
+        hit.id = absl::StrCat(query, "/img", i);
+        hit.score = 1.0f - 0.01f * i;
+        hits.push_back(hit);
+      }
+      results.push_back(std::move(hits));
+    }
+    return results;
+  }
+
+  std::vector<Call> calls() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+  void Block() {
+    std::lock_guard<std::mutex> lock(mu_);
+    block_ = true;
+  }
+  void Unblock() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      block_ = false;
+    }
+    unblocked_.notify_all();
+  }
+  // Waits until `n` calls have started.
+  void WaitForCalls(size_t n) const {
+    for (int i = 0; i < 5000 && calls().size() < n; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+
+  int stored = 20;
+
+ private:
+  mutable std::mutex mu_;  // guards calls_, block_
+  mutable std::condition_variable unblocked_;
+  mutable std::vector<Call> calls_;
+  bool block_ = false;
+};
+
+struct Options {
+  int max_batch_queries = 64;
+  int64_t delay_us = 200'000;  // long, so that concurrent submissions surely meet
+  int max_queue_size = 64;
+};
+
+std::unique_ptr<DynamicBatcher> MakeBatcher(const FakeSearcher& searcher, const Options& o,
+                                            ServerMetrics* metrics = nullptr) {
+  DynamicBatcherOptions options;
+  options.max_batch_queries = o.max_batch_queries;
+  options.max_queue_delay_us = o.delay_us;
+  options.max_queue_size = o.max_queue_size;
+  absl::StatusOr<std::unique_ptr<DynamicBatcher>> batcher = DynamicBatcher::Create(options, &searcher, metrics);
+  EXPECT_TRUE(batcher.ok()) << batcher.status();
+  return *std::move(batcher);
+}
+
+SearchParams Params(int top_k, const std::string& collection = "", bool explain = false) {
+  SearchParams params;
+  params.top_k = top_k;
+  params.filter.collection = collection;
+  params.explain = explain;
+  return params;
+}
+
+std::future<DynamicBatcher::Result> SearchAsync(DynamicBatcher* batcher, std::vector<std::string> queries,
+                                                SearchParams params, Clock::time_point deadline = kNoDeadline) {
+  return std::async(std::launch::async, [=] { return batcher->Search(queries, params, deadline); });
+}
+
+TEST(DynamicBatcherTest, ConcurrentRequestsShareOneEngineCallAndKeepTheirTopK) {
+  FakeSearcher searcher;
+  ServerMetrics metrics("test");
+  auto batcher = MakeBatcher(searcher, {}, &metrics);
+  auto a = SearchAsync(batcher.get(), {"a"}, Params(3));
+  auto b = SearchAsync(batcher.get(), {"b1", "b2"}, Params(7));
+  auto c = SearchAsync(batcher.get(), {"c"}, Params(1));
+  auto ra = a.get(), rb = b.get(), rc = c.get();
+  ASSERT_TRUE(ra.ok() && rb.ok() && rc.ok());
+  ASSERT_EQ(searcher.calls().size(), 1u) << "three concurrent requests within the delay form one batch";
+  EXPECT_EQ(searcher.calls()[0].queries.size(), 4u);
+  EXPECT_EQ(searcher.calls()[0].params.top_k, 7) << "the merged call runs the largest top_k";
+  ASSERT_EQ(ra->size(), 1u);
+  EXPECT_EQ((*ra)[0].size(), 3u);
+  EXPECT_EQ((*ra)[0][0].id, "a/img0");
+  ASSERT_EQ(rb->size(), 2u);
+  EXPECT_EQ((*rb)[1].size(), 7u);
+  EXPECT_EQ((*rb)[1][6].id, "b2/img6");
+  EXPECT_EQ((*rc)[0].size(), 1u);
+  EXPECT_EQ((*rc)[0][0].id, "c/img0");
+}
+
+TEST(DynamicBatcherTest, BatchesAreCappedAtMaxBatchQueries) {
+  FakeSearcher searcher;
+  auto batcher = MakeBatcher(searcher, {/*max_batch_queries=*/4, /*delay_us=*/200'000, 64});
+  std::vector<std::future<DynamicBatcher::Result>> results;
+  for (int i = 0; i < 10; ++i) results.push_back(SearchAsync(batcher.get(), {absl::StrCat("q", i)}, Params(2)));
+  for (auto& r : results) ASSERT_TRUE(r.get().ok());
+  size_t queries = 0;
+  for (const auto& call : searcher.calls()) {
+    EXPECT_LE(call.queries.size(), 4u);
+    queries += call.queries.size();
+  }
+  EXPECT_EQ(queries, 10u);
+  EXPECT_GE(searcher.calls().size(), 3u);
+}
+
+TEST(DynamicBatcherTest, AFullBatchRunsWithoutWaitingOutTheDelay) {
+  FakeSearcher searcher;
+  auto batcher = MakeBatcher(searcher, {/*max_batch_queries=*/2, /*delay_us=*/10'000'000, 64});
+  const auto start = Clock::now();
+  auto a = SearchAsync(batcher.get(), {"a"}, Params(1));
+  auto b = SearchAsync(batcher.get(), {"b"}, Params(1));
+  ASSERT_TRUE(a.get().ok());
+  ASSERT_TRUE(b.get().ok());
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+}
+
+TEST(DynamicBatcherTest, DifferentFiltersOrExplainAreNotMerged) {
+  FakeSearcher searcher;
+  auto batcher = MakeBatcher(searcher, {});
+  auto a = SearchAsync(batcher.get(), {"a"}, Params(2, "x"));
+  auto b = SearchAsync(batcher.get(), {"b"}, Params(2, "y"));
+  auto c = SearchAsync(batcher.get(), {"c"}, Params(2, "x", /*explain=*/true));
+  ASSERT_TRUE(a.get().ok() && b.get().ok() && c.get().ok());
+  const auto calls = searcher.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  for (const auto& call : calls) EXPECT_EQ(call.queries.size(), 1u);
+}
+
+TEST(DynamicBatcherTest, ABadRequestFailsAloneWhenItsBatchFails) {
+  FakeSearcher searcher;
+  auto batcher = MakeBatcher(searcher, {});
+  auto good = SearchAsync(batcher.get(), {"good"}, Params(2));
+  auto bad = SearchAsync(batcher.get(), {"bad"}, Params(2));
+  auto bad_k = SearchAsync(batcher.get(), {"fine"}, Params(-1));
+  const auto rg = good.get(), rb = bad.get(), rk = bad_k.get();
+  ASSERT_TRUE(rg.ok()) << rg.status();
+  EXPECT_EQ((*rg)[0].size(), 2u);
+  EXPECT_EQ(rb.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(rk.status().code(), absl::StatusCode::kInvalidArgument) << "top_k -1 is never merged away";
+}
+
+TEST(DynamicBatcherTest, ExpiredRequestsAreAnsweredDeadlineExceededWithoutScoring) {
+  FakeSearcher searcher;
+  auto batcher = MakeBatcher(searcher, {64, /*delay_us=*/0, 64});
+  searcher.Block();
+  auto first = SearchAsync(batcher.get(), {"first"}, Params(1));  // occupies the worker
+  searcher.WaitForCalls(1);
+  auto late = SearchAsync(batcher.get(), {"late"}, Params(1), Clock::now() + std::chrono::milliseconds(20));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  searcher.Unblock();
+  EXPECT_TRUE(first.get().ok());
+  EXPECT_EQ(late.get().status().code(), absl::StatusCode::kDeadlineExceeded);
+  for (const auto& call : searcher.calls()) {
+    for (const auto& q : call.queries) EXPECT_NE(q, "late") << "an expired request must not be scored";
+  }
+}
+
+TEST(DynamicBatcherTest, ADeadlineShorterThanTheDelayIsAnsweredPromptly) {
+  FakeSearcher searcher;
+  auto batcher = MakeBatcher(searcher, {64, /*delay_us=*/5'000'000, 64});
+  const auto start = Clock::now();
+  auto r = batcher->Search({"q"}, Params(1), start + std::chrono::milliseconds(50));
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(2));
+}
+
+TEST(DynamicBatcherTest, CancelledRequestsAreNotScored) {
+  FakeSearcher searcher;
+  auto batcher = MakeBatcher(searcher, {64, 0, 64});
+  auto r = batcher->Search({"q"}, Params(1), kNoDeadline, [] { return true; });
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_TRUE(searcher.calls().empty());
+}
+
+TEST(DynamicBatcherTest, AFullQueueIsResourceExhausted) {
+  FakeSearcher searcher;
+  ServerMetrics metrics("test");
+  auto batcher = MakeBatcher(searcher, {64, /*delay_us=*/0, /*max_queue_size=*/2}, &metrics);
+  searcher.Block();
+  auto running = SearchAsync(batcher.get(), {"running"}, Params(1));
+  searcher.WaitForCalls(1);
+  auto q1 = SearchAsync(batcher.get(), {"q1"}, Params(1));
+  auto q2 = SearchAsync(batcher.get(), {"q2"}, Params(1));
+  for (int i = 0; i < 1000 && metrics.queue_depth().Value() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_EQ(metrics.queue_depth().Value(), 2);
+  const auto refused = batcher->Search({"q3"}, Params(1), kNoDeadline);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
+  searcher.Unblock();
+  EXPECT_TRUE(running.get().ok());
+  EXPECT_TRUE(q1.get().ok());
+  EXPECT_TRUE(q2.get().ok());
+  EXPECT_EQ(metrics.batcher_rejected("queue_full").Value(), 1);
+}
+
+TEST(DynamicBatcherTest, StopAnswersEverythingQueuedThenRefusesNewRequests) {
+  FakeSearcher searcher;
+  auto batcher = MakeBatcher(searcher, {64, /*delay_us=*/10'000'000, 64});
+  std::vector<std::future<DynamicBatcher::Result>> queued;
+  for (int i = 0; i < 5; ++i) queued.push_back(SearchAsync(batcher.get(), {absl::StrCat("q", i)}, Params(1, absl::StrCat("c", i))));
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const auto start = Clock::now();
+  batcher->Stop();  // must not wait out the 10 s delay
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+  for (auto& r : queued) EXPECT_TRUE(r.get().ok());
+  EXPECT_EQ(batcher->Search({"after"}, Params(1), kNoDeadline).status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(DynamicBatcherTest, OptionsAreValidated) {
+  FakeSearcher searcher;
+  DynamicBatcherOptions options;
+  options.max_batch_queries = 0;
+  EXPECT_EQ(DynamicBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  options = DynamicBatcherOptions();
+  options.max_queue_size = 0;
+  EXPECT_EQ(DynamicBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  options = DynamicBatcherOptions();
+  options.max_queue_delay_us = -1;
+  EXPECT_EQ(DynamicBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(DynamicBatcherTest, ManyConcurrentClientsAllGetTheirOwnAnswers) {
+  FakeSearcher searcher;
+  auto batcher = MakeBatcher(searcher, {8, /*delay_us=*/500, 256});
+  std::vector<std::future<DynamicBatcher::Result>> results;
+  for (int i = 0; i < 100; ++i) {
+    results.push_back(SearchAsync(batcher.get(), {absl::StrCat("q", i)}, Params(1 + i % 5)));
+  }
+  for (int i = 0; i < 100; ++i) {
+    auto r = results[i].get();
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->size(), 1u);
+    ASSERT_EQ((*r)[0].size(), static_cast<size_t>(1 + i % 5));
+    EXPECT_EQ((*r)[0][0].id, absl::StrCat("q", i, "/img0"));
+  }
+  EXPECT_LT(searcher.calls().size(), 100u) << "some requests were merged";
+}
+
+}  // namespace
+}  // namespace scanserve

@@ -1,0 +1,194 @@
+// FakeRetrievalEngine: an in-memory RetrievalEngine for server tests, honouring the contract of
+// engine/retrieval/retrieval_engine.h (validation codes, per-item results, filters, top-k order)
+// with a trivial, deterministic score instead of SCAN: score(query, image) = query length * 0.01 +
+// the image's first feature value. Counts calls so tests can see batching.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/retrieval/retrieval_engine.h"
+
+namespace scanserve {
+namespace testing_fake {
+
+class FakeRetrievalEngine final : public RetrievalEngine {
+ public:
+  static constexpr int64_t kImgDim = 8;
+  static constexpr int kMaxTopK = 100;
+
+  std::vector<ItemResult> UpsertImages(std::vector<ImageItem> items) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<ItemResult> results;
+    for (ImageItem& item : items) {
+      const std::string id = item.id;
+      absl::Status status = absl::OkStatus();
+      if (id.empty()) {
+        status = absl::InvalidArgumentError("empty id");
+      } else if (item.region_features.cols != kImgDim) {
+        status = absl::InvalidArgumentError(absl::StrCat("region features are ", item.region_features.cols,
+                                                         "-d; the model expects ", kImgDim, "-d"));
+      } else if (static_cast<int64_t>(images_.size()) >= max_images && images_.count(item.id) == 0) {
+        status = absl::ResourceExhaustedError("store full");
+      } else {
+        images_[item.id] = std::move(item);
+      }
+      results.push_back({id, status});
+    }
+    return results;
+  }
+
+  std::vector<ItemResult> UpsertCaptions(std::vector<CaptionItem> items) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++caption_upsert_calls;
+    std::vector<ItemResult> results;
+    for (CaptionItem& item : items) {
+      const std::string id = item.id;
+      absl::Status status = absl::OkStatus();
+      if (id.empty() || item.text.empty()) {
+        status = absl::InvalidArgumentError("empty id or text");
+      } else {
+        captions_[id] = std::move(item);
+      }
+      results.push_back({id, status});
+    }
+    return results;
+  }
+
+  std::vector<ItemResult> DeleteImages(absl::Span<const std::string> ids) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<ItemResult> results;
+    for (const std::string& id : ids) {
+      results.push_back({id, images_.erase(id) > 0 ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no image '", id, "'"))});
+    }
+    return results;
+  }
+
+  std::vector<ItemResult> DeleteCaptions(absl::Span<const std::string> ids) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<ItemResult> results;
+    for (const std::string& id : ids) {
+      results.push_back({id, captions_.erase(id) > 0 ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no caption '", id, "'"))});
+    }
+    return results;
+  }
+
+  absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(const std::vector<std::string>& queries,
+                                                                  const SearchParams& params) const override {
+    ++search_images_calls;
+    if (search_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(search_delay_ms.load()));
+    if (queries.empty()) return absl::InvalidArgumentError("no queries");
+    if (params.top_k < 1 || params.top_k > kMaxTopK) {
+      return absl::InvalidArgumentError(absl::StrCat("top_k must be in 1..", kMaxTopK, ", got ", params.top_k));
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::vector<ImageHit>> results;
+    for (const std::string& query : queries) {
+      if (query.empty()) return absl::InvalidArgumentError("empty query");
+      std::vector<ImageHit> hits;
+      for (const auto& [id, image] : images_) {
+        if (!Matches(image.collection, image.metadata, params.filter)) continue;
+        ImageHit hit;
+        hit.id = id;
+        hit.score = 0.01f * static_cast<float>(query.size()) + image.region_features.data[0];
+        hit.collection = image.collection;
+        hit.metadata = image.metadata;
+        if (params.explain) {
+          WordExplanation word;
+          word.word = query.substr(0, query.find(' '));
+          word.region = 0;
+          word.attention = 1.0f;
+          if (!image.boxes.empty()) word.box = image.boxes[0];
+          if (!image.labels.empty()) word.label = image.labels[0];
+          hit.explanation.push_back(word);
+        }
+        hits.push_back(hit);
+      }
+      std::sort(hits.begin(), hits.end(), [](const ImageHit& a, const ImageHit& b) {
+        return a.score != b.score ? a.score > b.score : a.id < b.id;
+      });
+      if (static_cast<int>(hits.size()) > params.top_k) hits.resize(params.top_k);
+      results.push_back(std::move(hits));
+    }
+    return results;
+  }
+
+  absl::StatusOr<std::vector<std::vector<CaptionHit>>> SearchCaptions(const std::vector<ImageQuery>& queries,
+                                                                      const SearchParams& params) const override {
+    if (params.top_k < 1 || params.top_k > kMaxTopK) return absl::InvalidArgumentError("top_k out of range");
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::vector<CaptionHit>> results;
+    for (const ImageQuery& query : queries) {
+      float base = 0;
+      if (!query.stored_id.empty()) {
+        const auto it = images_.find(query.stored_id);
+        if (it == images_.end()) return absl::NotFoundError(absl::StrCat("no image '", query.stored_id, "'"));
+        base = it->second.region_features.data[0];
+      } else {
+        if (query.region_features.cols != kImgDim) {
+          return absl::InvalidArgumentError(absl::StrCat("query features are ", query.region_features.cols, "-d"));
+        }
+        base = query.region_features.data[0];
+      }
+      std::vector<CaptionHit> hits;
+      for (const auto& [id, caption] : captions_) {
+        if (!Matches(caption.collection, caption.metadata, params.filter)) continue;
+        hits.push_back({id, base + 0.01f * static_cast<float>(caption.text.size()), caption.text, caption.collection,
+                        caption.metadata});
+      }
+      std::sort(hits.begin(), hits.end(), [](const CaptionHit& a, const CaptionHit& b) {
+        return a.score != b.score ? a.score > b.score : a.id < b.id;
+      });
+      if (static_cast<int>(hits.size()) > params.top_k) hits.resize(params.top_k);
+      results.push_back(std::move(hits));
+    }
+    return results;
+  }
+
+  EngineStats Stats() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    EngineStats stats;
+    stats.images = static_cast<int64_t>(images_.size());
+    stats.captions = static_cast<int64_t>(captions_.size());
+    stats.feature_bytes = stats.images * kImgDim * 4;
+    stats.model_summaries = {"fake model"};
+    stats.backend = "cpu";
+    stats.storage = "fp32";
+    return stats;
+  }
+
+  absl::Status Close() override {
+    closed = true;
+    return absl::OkStatus();
+  }
+
+  mutable std::atomic<int> search_images_calls{0};
+  std::atomic<int> caption_upsert_calls{0};
+  std::atomic<int> search_delay_ms{0};
+  std::atomic<bool> closed{false};
+  int64_t max_images = 1000;
+
+ private:
+  static bool Matches(const std::string& collection, const Metadata& metadata, const SearchFilter& filter) {
+    if (!filter.collection.empty() && filter.collection != collection) return false;
+    for (const auto& [key, value] : filter.metadata) {
+      const auto it = metadata.find(key);
+      if (it == metadata.end() || it->second != value) return false;
+    }
+    return true;
+  }
+
+  mutable std::mutex mu_;  // guards images_, captions_
+  std::map<std::string, ImageItem> images_;
+  std::map<std::string, CaptionItem> captions_;
+};
+
+}  // namespace testing_fake
+}  // namespace scanserve

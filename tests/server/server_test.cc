@@ -1,0 +1,405 @@
+// The whole server in process, over real gRPC on a loopback port, with a fake engine: health,
+// every RPC, status codes for bad input, message limits, auth, Ingest streaming, metrics, shutdown.
+#include "server/server.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <string>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "scanserve/v1/scanserve.grpc.pb.h"
+#include "server/metrics.h"
+#include "tests/server/fake_engine.h"
+
+namespace scanserve {
+namespace {
+
+using testing_fake::FakeRetrievalEngine;
+
+// GET http://127.0.0.1:port/path; returns "status-line\r\n...body".
+std::string HttpGet(int port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+    close(fd);
+    return "";
+  }
+  const std::string request = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+  (void)!write(fd, request.data(), request.size());
+  std::string response;
+  char buffer[4096];
+  ssize_t n = 0;
+  while ((n = read(fd, buffer, sizeof(buffer))) > 0) response.append(buffer, static_cast<size_t>(n));
+  close(fd);
+  return response;
+}
+
+v1::Image MakeImage(const std::string& id, float first, const std::string& collection = "", int dim = 8) {
+  v1::Image image;
+  image.set_id(id);
+  image.set_collection(collection);
+  std::vector<float> values(static_cast<size_t>(2 * dim), 0.5f);
+  values[0] = first;
+  v1::RegionFeatures* features = image.mutable_region_features();
+  features->set_num_regions(2);
+  features->set_dim(dim);
+  features->set_values(std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)));
+  return image;
+}
+
+class ServerTest : public ::testing::Test {
+ protected:
+  void Start(ServerOptions options = {}) {
+    auto engine = std::make_unique<FakeRetrievalEngine>();
+    engine_ = engine.get();
+    options.listen_address = "127.0.0.1:0";
+    options.metrics_address = "127.0.0.1:0";
+    options.model_dirs = {"/fake/model"};
+    options.version = "9.9.9";
+    options.batching.max_queue_delay_us = 500;
+    absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(options, std::move(engine));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    ASSERT_TRUE(server_->Start().ok());
+    grpc::ChannelArguments arguments;
+    arguments.SetMaxSendMessageSize(-1);
+    arguments.SetMaxReceiveMessageSize(-1);
+    channel_ = grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server_->port()),
+                                         grpc::InsecureChannelCredentials(), arguments);
+    stub_ = v1::ScanService::NewStub(channel_);
+    health_ = grpc::health::v1::Health::NewStub(channel_);
+  }
+
+  void TearDown() override {
+    if (server_ != nullptr) server_->Stop(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  }
+
+  std::unique_ptr<grpc::ClientContext> Context(const std::string& token = "") {
+    auto context = std::make_unique<grpc::ClientContext>();
+    context->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    if (!token.empty()) context->AddMetadata("authorization", "Bearer " + token);
+    return context;
+  }
+
+  grpc::health::v1::HealthCheckResponse::ServingStatus Health(const std::string& service) {
+    grpc::health::v1::HealthCheckRequest request;
+    request.set_service(service);
+    grpc::health::v1::HealthCheckResponse response;
+    const grpc::Status status = health_->Check(Context().get(), request, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return response.status();
+  }
+
+  void UpsertThreeImages(const std::string& token = "") {
+    v1::UpsertImagesRequest request;
+    *request.add_images() = MakeImage("low", 0.1f, "a");
+    *request.add_images() = MakeImage("high", 0.9f, "b");
+    *request.add_images() = MakeImage("mid", 0.5f, "a");
+    v1::UpsertImagesResponse response;
+    ASSERT_TRUE(stub_->UpsertImages(Context(token).get(), request, &response).ok());
+    ASSERT_EQ(response.results_size(), 3);
+    for (const auto& result : response.results()) EXPECT_EQ(result.code(), 0) << result.message();
+  }
+
+  grpc::Status Search(const std::vector<std::string>& queries, int top_k, v1::SearchImagesResponse* response,
+                      const std::string& token = "") {
+    v1::SearchImagesRequest request;
+    for (const std::string& q : queries) request.add_queries(q);
+    request.set_top_k(top_k);
+    return stub_->SearchImages(Context(token).get(), request, response);
+  }
+
+  FakeRetrievalEngine* engine_ = nullptr;  // owned by server_
+  std::unique_ptr<Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::ScanService::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+TEST_F(ServerTest, ServingAfterStartWithWarmUpDone) {
+  Start();
+  EXPECT_EQ(Health(""), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_EQ(Health("scanserve.v1.ScanService"), grpc::health::v1::HealthCheckResponse::SERVING);
+  EXPECT_GE(engine_->search_images_calls.load(), 1) << "the warm-up search ran";
+  EXPECT_TRUE(server_->serving());
+}
+
+TEST_F(ServerTest, UpsertSearchDeleteStats) {
+  Start();
+  UpsertThreeImages();
+  v1::SearchImagesResponse response;
+  ASSERT_TRUE(Search({"a dog", "cat"}, 2, &response).ok());
+  ASSERT_EQ(response.results_size(), 2);
+  ASSERT_EQ(response.results(0).hits_size(), 2);
+  EXPECT_EQ(response.results(0).hits(0).id(), "high");
+  EXPECT_EQ(response.results(0).hits(1).id(), "mid");
+  EXPECT_NEAR(response.results(0).hits(0).score(), 0.9f + 0.05f, 1e-6);
+  EXPECT_EQ(response.results(0).hits(0).collection(), "b");
+
+  v1::SearchImagesRequest filtered;
+  filtered.add_queries("dog");
+  filtered.mutable_filter()->set_collection("a");
+  filtered.set_explain(true);
+  ASSERT_TRUE(stub_->SearchImages(Context().get(), filtered, &response).ok());
+  ASSERT_EQ(response.results(0).hits_size(), 2);
+  EXPECT_EQ(response.results(0).hits(0).id(), "mid");
+  ASSERT_EQ(response.results(0).hits(0).explanation_size(), 1);
+  EXPECT_EQ(response.results(0).hits(0).explanation(0).word(), "dog");
+
+  v1::UpsertCaptionsRequest captions;
+  v1::Caption* caption = captions.add_captions();
+  caption->set_id("c1");
+  caption->set_text("a dog runs");
+  v1::UpsertCaptionsResponse caption_response;
+  ASSERT_TRUE(stub_->UpsertCaptions(Context().get(), captions, &caption_response).ok());
+  EXPECT_EQ(caption_response.results(0).code(), 0);
+
+  v1::SearchCaptionsRequest by_id;
+  by_id.add_queries()->set_image_id("high");
+  v1::SearchCaptionsResponse caption_hits;
+  ASSERT_TRUE(stub_->SearchCaptions(Context().get(), by_id, &caption_hits).ok());
+  ASSERT_EQ(caption_hits.results(0).hits_size(), 1);
+  EXPECT_EQ(caption_hits.results(0).hits(0).text(), "a dog runs");
+
+  v1::DeleteRequest del;
+  del.add_image_ids("low");
+  del.add_image_ids("never");
+  del.add_caption_ids("c1");
+  v1::DeleteResponse deleted;
+  ASSERT_TRUE(stub_->Delete(Context().get(), del, &deleted).ok());
+  ASSERT_EQ(deleted.image_results_size(), 2);
+  EXPECT_EQ(deleted.image_results(0).code(), 0);
+  EXPECT_EQ(deleted.image_results(1).code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
+  EXPECT_EQ(deleted.caption_results(0).code(), 0);
+
+  v1::GetStatsResponse stats;
+  ASSERT_TRUE(stub_->GetStats(Context().get(), v1::GetStatsRequest(), &stats).ok());
+  EXPECT_EQ(stats.images(), 2);
+  EXPECT_EQ(stats.captions(), 0);
+  EXPECT_EQ(stats.version(), "9.9.9");
+  ASSERT_EQ(stats.models_size(), 1);
+  EXPECT_EQ(stats.models(0).model_dir(), "/fake/model");
+  EXPECT_EQ(stats.models(0).summary(), "fake model");
+}
+
+TEST_F(ServerTest, BadInputsGetTheirCodesAndTheServerKeepsServing) {
+  Start();
+  UpsertThreeImages();
+  v1::SearchImagesResponse response;
+  EXPECT_EQ(Search({""}, 1, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "empty query";
+  EXPECT_EQ(Search({}, 1, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "no queries";
+  EXPECT_EQ(Search({"q"}, 5000, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "top_k range";
+  EXPECT_EQ(Search({"q"}, -1, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "negative top_k";
+
+  v1::UpsertImagesRequest upsert;
+  *upsert.add_images() = MakeImage("wrong-dim", 0.3f, "", /*dim=*/5);
+  v1::Image bad_bytes = MakeImage("bad-bytes", 0.3f);
+  bad_bytes.mutable_region_features()->mutable_values()->resize(7);
+  *upsert.add_images() = bad_bytes;
+  *upsert.add_images() = MakeImage("fine", 0.3f);
+  v1::UpsertImagesResponse upserted;
+  ASSERT_TRUE(stub_->UpsertImages(Context().get(), upsert, &upserted).ok());
+  ASSERT_EQ(upserted.results_size(), 3);
+  EXPECT_EQ(upserted.results(0).code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_EQ(upserted.results(1).code(), static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_EQ(upserted.results(1).id(), "bad-bytes");
+  EXPECT_EQ(upserted.results(2).code(), 0) << "one bad item does not stop the others";
+
+  v1::SearchCaptionsRequest unknown;
+  unknown.add_queries()->set_image_id("nope");
+  v1::SearchCaptionsResponse captions;
+  EXPECT_EQ(stub_->SearchCaptions(Context().get(), unknown, &captions).error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::SearchCaptionsRequest wrong_len;
+  v1::RegionFeatures* features = wrong_len.add_queries()->mutable_region_features();
+  features->set_num_regions(2);
+  features->set_dim(8);
+  features->set_values(std::string(60, '\0'));
+  EXPECT_EQ(stub_->SearchCaptions(Context().get(), wrong_len, &captions).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  v1::SearchCaptionsRequest jpeg;
+  jpeg.add_queries()->set_image_bytes("\xff\xd8\xff");
+  EXPECT_EQ(stub_->SearchCaptions(Context().get(), jpeg, &captions).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+
+  EXPECT_TRUE(Search({"still here"}, 1, &response).ok());
+  EXPECT_EQ(Health(""), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+TEST_F(ServerTest, OversizedMessagesAreResourceExhausted) {
+  ServerOptions options;
+  options.max_message_bytes = 64 << 10;
+  Start(options);
+  v1::SearchImagesResponse response;
+  EXPECT_EQ(Search({std::string(100 << 10, 'a')}, 1, &response).error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_TRUE(Search({"small"}, 1, &response).ok());
+}
+
+TEST_F(ServerTest, BearerTokenAuth) {
+  ServerOptions options;
+  options.auth_token = "s3cret";
+  Start(options);
+  v1::SearchImagesResponse response;
+  EXPECT_EQ(Search({"q"}, 1, &response).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Search({"q"}, 1, &response, "wrong").error_code(), grpc::StatusCode::PERMISSION_DENIED);
+  EXPECT_TRUE(Search({"q"}, 1, &response, "s3cret").ok());
+  v1::GetStatsResponse stats;
+  EXPECT_EQ(stub_->GetStats(Context().get(), v1::GetStatsRequest(), &stats).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(Health(""), grpc::health::v1::HealthCheckResponse::SERVING) << "health needs no token";
+}
+
+TEST_F(ServerTest, IngestStreamAnswersEveryItemInOrder) {
+  Start();
+  grpc::ClientContext context;
+  auto stream = stub_->Ingest(&context);
+  std::vector<v1::IngestRequest> items(6);
+  *items[0].mutable_image() = MakeImage("i1", 0.2f);
+  *items[1].mutable_image() = MakeImage("i2", 0.3f, "", 3);  // wrong dim
+  items[2].mutable_caption()->set_id("c1");
+  items[2].mutable_caption()->set_text("a caption");
+  items[3].mutable_caption()->set_id("c2");  // empty text
+  // items[4]: nothing set
+  *items[5].mutable_image() = MakeImage("i3", 0.4f);
+  for (const auto& item : items) ASSERT_TRUE(stream->Write(item));
+  stream->WritesDone();
+  std::vector<v1::IngestResponse> responses;
+  v1::IngestResponse response;
+  while (stream->Read(&response)) responses.push_back(response);
+  ASSERT_TRUE(stream->Finish().ok());
+  ASSERT_EQ(responses.size(), 6u);
+  const int invalid = static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(responses[0].result().id(), "i1");
+  EXPECT_EQ(responses[0].result().code(), 0);
+  EXPECT_FALSE(responses[0].is_caption());
+  EXPECT_EQ(responses[1].result().code(), invalid);
+  EXPECT_EQ(responses[2].result().id(), "c1");
+  EXPECT_EQ(responses[2].result().code(), 0);
+  EXPECT_TRUE(responses[2].is_caption());
+  EXPECT_EQ(responses[3].result().code(), invalid);
+  EXPECT_EQ(responses[4].result().code(), invalid);
+  EXPECT_EQ(responses[5].result().id(), "i3");
+  EXPECT_EQ(responses[5].result().code(), 0);
+  EXPECT_EQ(engine_->Stats().images, 2);
+}
+
+TEST_F(ServerTest, IngestBatchesItemsThatArriveTogetherAndNeverWaitsForMore) {
+  Start();
+  {
+    // Lock-step: one item, then wait for its ack. Waiting to fill a batch would deadlock here.
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+    auto stream = stub_->Ingest(&context);
+    for (int i = 0; i < 5; ++i) {
+      v1::IngestRequest item;
+      item.mutable_caption()->set_id(absl::StrCat("lock", i));
+      item.mutable_caption()->set_text("text");
+      ASSERT_TRUE(stream->Write(item));
+      v1::IngestResponse response;
+      ASSERT_TRUE(stream->Read(&response));
+      EXPECT_EQ(response.result().id(), absl::StrCat("lock", i));
+    }
+    stream->WritesDone();
+    ASSERT_TRUE(stream->Finish().ok());
+  }
+  const int calls_before = engine_->caption_upsert_calls.load();
+  {
+    // Pipelined: 200 captions written before reading; they share engine calls.
+    grpc::ClientContext context;
+    auto stream = stub_->Ingest(&context);
+    for (int i = 0; i < 200; ++i) {
+      v1::IngestRequest item;
+      item.mutable_caption()->set_id(absl::StrCat("bulk", i));
+      item.mutable_caption()->set_text("text");
+      ASSERT_TRUE(stream->Write(item));
+    }
+    stream->WritesDone();
+    int n = 0;
+    v1::IngestResponse response;
+    while (stream->Read(&response)) {
+      EXPECT_EQ(response.result().id(), absl::StrCat("bulk", n));
+      ++n;
+    }
+    ASSERT_TRUE(stream->Finish().ok());
+    EXPECT_EQ(n, 200);
+  }
+  EXPECT_LT(engine_->caption_upsert_calls.load() - calls_before, 200);
+  EXPECT_EQ(engine_->Stats().captions, 205);
+}
+
+TEST_F(ServerTest, MetricsEndpoint) {
+  Start();
+  UpsertThreeImages();
+  v1::SearchImagesResponse response;
+  ASSERT_TRUE(Search({"q"}, 1, &response).ok());
+  EXPECT_EQ(Search({""}, 1, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
+  ASSERT_NE(metrics.find("200 OK"), std::string::npos) << metrics;
+  for (const char* expected :
+       {"grpc_server_started_total{grpc_method=\"SearchImages\",grpc_service=\"scanserve.v1.ScanService\",grpc_type=\"unary\"} 2",
+        "grpc_server_handled_total{grpc_code=\"InvalidArgument\",grpc_method=\"SearchImages\"",
+        "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"UpsertImages\"",
+        "grpc_server_handling_seconds_bucket{grpc_method=\"SearchImages\"", "scanserve_batch_size_count",
+        "scanserve_queue_depth 0", "scanserve_queue_wait_seconds_count", "scanserve_images_stored 3",
+        "scanserve_feature_bytes{device=\"cpu\"} 96", "scanserve_ingest_items_total{code=\"OK\",kind=\"image\"} 3",
+        "scanserve_engine_search_seconds_count{direction=\"text_to_image\"}", "scanserve_build_info{version=\"9.9.9\"} 1"}) {
+    EXPECT_NE(metrics.find(expected), std::string::npos) << "missing: " << expected;
+  }
+  EXPECT_NE(HttpGet(server_->metrics_port(), "/healthz").find("200 OK"), std::string::npos);
+}
+
+TEST_F(ServerTest, StopDrainsInFlightSearchesAndClosesTheEngine) {
+  Start();
+  UpsertThreeImages();
+  engine_->search_delay_ms = 300;
+  auto in_flight = std::async(std::launch::async, [this] {
+    v1::SearchImagesResponse response;
+    return Search({"slow"}, 1, &response);
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  FakeRetrievalEngine* engine = engine_;
+  server_->Stop(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  EXPECT_TRUE(in_flight.get().ok()) << "an in-flight search finishes during a graceful stop";
+  EXPECT_TRUE(engine->closed.load());
+  EXPECT_FALSE(server_->serving());
+}
+
+TEST_F(ServerTest, APortInUseFailsStart) {
+  Start();
+  ServerOptions options;
+  options.listen_address = absl::StrCat("127.0.0.1:", server_->port());
+  options.metrics_address = "";
+  absl::StatusOr<std::unique_ptr<Server>> second =
+      Server::Create(options, std::make_unique<FakeRetrievalEngine>());
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ((*second)->Start().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(ServerCreateTest, RejectsBadOptions) {
+  ServerOptions options;
+  options.batching.max_queue_size = 0;
+  EXPECT_EQ(Server::Create(options, std::make_unique<testing_fake::FakeRetrievalEngine>()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Server::Create(ServerOptions(), nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  ServerOptions tls;
+  tls.tls.cert_file = "/nonexistent/cert.pem";
+  tls.tls.key_file = "/nonexistent/key.pem";
+  EXPECT_EQ(Server::Create(tls, std::make_unique<testing_fake::FakeRetrievalEngine>()).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace scanserve
