@@ -8,6 +8,10 @@ packages=(
   libabsl-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy python3-nltk   # reference implementations and converters (/usr/bin/python3)
+  # the service: gRPC API, durable store, metrics
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  librocksdb-dev prometheus-cpp-dev libcpp-httplib-dev libssl-dev openssl
+  prometheus python3-grpcio python3-grpc-tools  # the real Prometheus and a Python client, for tests
 )
 
 missing=()
@@ -18,5 +22,5 @@ if ((${#missing[@]})); then
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}"
 fi

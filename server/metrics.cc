@@ -116,6 +116,21 @@ ServerMetrics::ServerMetrics(const std::string& version)
                            .Help("Bytes the durable feature store occupies on disk.")
                            .Register(r)
                            .Add({});
+  store_wal_bytes_ = &prometheus::BuildGauge()
+                          .Name("scanserve_store_wal_bytes")
+                          .Help("Bytes of the durable store's live write-ahead log.")
+                          .Register(r)
+                          .Add({});
+  store_synced_writes_ = &prometheus::BuildCounter()
+                              .Name("scanserve_store_synced_writes_total")
+                              .Help("Durable (fsync'd) write batches of the store since start.")
+                              .Register(r)
+                              .Add({});
+  store_sync_seconds_ = &prometheus::BuildCounter()
+                             .Name("scanserve_store_sync_seconds_total")
+                             .Help("Time spent in durable (fsync'd) store writes since start, seconds.")
+                             .Register(r)
+                             .Add({});
   prometheus::BuildGauge()
       .Name("scanserve_build_info")
       .Help("Always 1; the label carries the scanserve version.")
@@ -160,6 +175,17 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
   feature_bytes(stats.backend.empty() ? "unknown" : stats.backend)
       .Set(static_cast<double>(stats.feature_bytes));
   store_disk_bytes_->Set(static_cast<double>(stats.store_disk_bytes));
+  store_wal_bytes_->Set(static_cast<double>(stats.store_wal_bytes));
+  // The engine's values are cumulative; counters only move forward, by the growth since last time.
+  std::lock_guard<std::mutex> lock(stats_mu_);
+  if (stats.store_synced_writes > seen_synced_writes_) {
+    store_synced_writes_->Increment(static_cast<double>(stats.store_synced_writes - seen_synced_writes_));
+    seen_synced_writes_ = stats.store_synced_writes;
+  }
+  if (stats.store_sync_seconds > seen_sync_seconds_) {
+    store_sync_seconds_->Increment(stats.store_sync_seconds - seen_sync_seconds_);
+    seen_sync_seconds_ = stats.store_sync_seconds;
+  }
 }
 
 }  // namespace scanserve

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <prometheus/counter.h>
@@ -84,7 +85,14 @@ class ServerMetrics {
   prometheus::Gauge& feature_bytes(const std::string& device);
   // scanserve_store_disk_bytes: bytes the durable store occupies on disk.
   prometheus::Gauge& store_disk_bytes() { return *store_disk_bytes_; }
-  // Sets the four gauges above from a Stats() snapshot.
+  // scanserve_store_wal_bytes: bytes of the live write-ahead log of the durable store.
+  prometheus::Gauge& store_wal_bytes() { return *store_wal_bytes_; }
+  // scanserve_store_synced_writes_total: durable (fsync'd) write batches since the server started.
+  prometheus::Counter& store_synced_writes() { return *store_synced_writes_; }
+  // scanserve_store_sync_seconds_total: time spent in those durable writes, seconds.
+  prometheus::Counter& store_sync_seconds() { return *store_sync_seconds_; }
+  // Sets the gauges above from a Stats() snapshot, and advances the two store counters by how much
+  // the engine's cumulative values grew since the previous call (they never go down). Thread-safe.
   void UpdateFromStats(const EngineStats& stats);
 
  private:
@@ -108,6 +116,14 @@ class ServerMetrics {
   prometheus::Gauge* captions_stored_;
   prometheus::Family<prometheus::Gauge>* feature_bytes_;
   prometheus::Gauge* store_disk_bytes_;
+  prometheus::Gauge* store_wal_bytes_;
+  prometheus::Counter* store_synced_writes_;
+  prometheus::Counter* store_sync_seconds_;
+
+  // Cumulative engine values already added to the store counters.
+  std::mutex stats_mu_;
+  int64_t seen_synced_writes_ = 0;
+  double seen_sync_seconds_ = 0;
 };
 
 }  // namespace scanserve

@@ -562,8 +562,6 @@ struct TrainState {
   Json history = Json::array();
 };
 
-RetrievalMetrics MetricsFromJson(const Json& j);
-
 Json MetricsToJson(const RetrievalMetrics& m) {
   auto recall = [](const RecallMetrics& r) {
     return Json{{"r1", r.r1}, {"r5", r.r5}, {"r10", r.r10}, {"medr", r.medr}, {"meanr", r.meanr}};
@@ -841,7 +839,7 @@ absl::StatusOr<TrainResult> TrainScan(const TrainOptions& o) {
     if (!difference.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "--resume: the command's settings differ from the checkpoint in ", setup.checkpoint_dir, " (",
-          difference, "); resume with the same settings (only --epochs, --threads, --checkpoint-every "
+          difference, "); resume with the same settings (only --epochs, the thread counts, --checkpoint-every "
           "and the output options may change)"));
     }
     if (json.value("runtime", Json()) != runtime) {

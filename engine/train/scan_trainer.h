@@ -41,7 +41,6 @@ struct LossOptions {
   bool max_violation = true;
 };
 
-
 struct TrainOptions {
   // Data.
   std::string data_dir;

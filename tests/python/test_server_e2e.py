@@ -21,16 +21,13 @@ or scan_score is missing from an ON build.
 
 import base64
 import concurrent.futures
-import importlib.util
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 import urllib.request
@@ -72,6 +69,8 @@ except ImportError as e:
 
 sys.path.insert(0, HERE)
 import scan_checkpoints as sc  # noqa: E402
+from scanserve_harness import (features_msg, free_port, make_model, random_captions,  # noqa: E402
+                               require_executable)
 
 REFLECTION_PROTO = """
 syntax = "proto3";
@@ -108,10 +107,6 @@ WORDS = sorted(w for w in sc.BASE_WORDS if w.isalpha())
 # ------------------------------------------------------------------------------------------------
 # Shared fixtures: stubs, models, data, scan_score oracle
 
-def require_executable(path, what):
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        raise AssertionError("%s not built: expected %s (set SCANSERVE_BUILD_DIR to the CMake build directory)"
-                             % (what, path))
 
 
 def generate_stubs(out):
@@ -138,28 +133,10 @@ def generate_stubs(out):
     return scanserve_pb2, scanserve_pb2_grpc, health_pb2, health_pb2_grpc, reflection_pb2, reflection_pb2_grpc
 
 
-def load_converter():
-    spec = importlib.util.spec_from_file_location("convert_scan_checkpoint", CONVERTER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
-def make_model(d, seed):
-    vocab = os.path.join(d, "vocab.json")
-    if not os.path.exists(vocab):
-        sc.write_vocab(vocab)
-    V = sc.make_vocab_dict(sc.BASE_WORDS)["idx"]
-    ckpt = os.path.join(d, "model_%d.pth.tar" % seed)
-    sc.make_checkpoint(ckpt, V, seed=seed)
-    out = os.path.join(d, "model_%d" % seed)
-    load_converter().convert(ckpt, vocab, out, force=True, log=lambda s: None)
-    return out
 
 
-def random_captions(rng, n, min_words=3, max_words=9):
-    return [" ".join(str(w) for w in rng.choice(WORDS, size=int(rng.integers(min_words, max_words + 1))))
-            for _ in range(n)]
 
 
 def scan_score(model_dirs, images, captions, d):
@@ -187,10 +164,6 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-3)) if a.size else 0.0
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerProcess(object):
@@ -289,9 +262,6 @@ CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_mess
                    ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300)]
 
 
-def features_msg(pb, x):
-    x = np.ascontiguousarray(x, dtype="<f4")
-    return pb.RegionFeatures(num_regions=x.shape[0], dim=x.shape[1], values=x.tobytes())
 
 
 class E2EBase(unittest.TestCase):

@@ -1,0 +1,221 @@
+"""Shared pieces for tests that drive the real `scanserve` binary over loopback.
+
+Environment: SCANSERVE_BUILD_DIR (CMake build directory, default SOURCE/build) and SCANSERVE_SOURCE_DIR
+(default: two levels above this file). Used by test_prometheus_scrape.py and test_load.py; it mirrors the
+helpers of test_server_e2e.py (kept separate so that neither depends on the other's test classes).
+"""
+
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE_DIR = os.environ.get("SCANSERVE_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
+BUILD_DIR = os.environ.get("SCANSERVE_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
+SERVER = os.path.join(BUILD_DIR, "server", "scanserve")
+CONVERTER = os.path.join(SOURCE_DIR, "tools", "convert_scan_checkpoint.py")
+PROTO_DIR = os.path.join(SOURCE_DIR, "proto")
+
+START_TIMEOUT_S = 60
+RPC_TIMEOUT_S = 30
+SERVICE = "scanserve.v1.ScanService"
+
+# Short reconnect backoff; unlimited message sizes.
+CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1),
+                   ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 300)]
+
+sys.path.insert(0, HERE)
+import scan_checkpoints as sc  # noqa: E402
+
+WORDS = sorted(w for w in sc.BASE_WORDS if w.isalpha())
+IMG_DIM = sc.SMALL_DIMS["img_dim"]
+
+
+def skip_if_server_disabled():
+    """Exit 77 (skip) when the build was configured with SCANSERVE_BUILD_SERVER=OFF."""
+    cache = os.path.join(BUILD_DIR, "CMakeCache.txt")
+    if os.path.exists(cache):
+        with open(cache) as f:
+            if any(line.strip() == "SCANSERVE_BUILD_SERVER:BOOL=OFF" for line in f):
+                print("skipped: %s was configured with SCANSERVE_BUILD_SERVER=OFF" % BUILD_DIR)
+                sys.exit(77)
+
+
+def require_grpc():
+    try:
+        import grpc  # noqa: F401  (python3-grpcio)
+        import grpc_tools  # noqa: F401  (python3-grpc-tools)
+    except ImportError as e:
+        raise SystemExit("needs python3-grpcio and python3-grpc-tools under %s: %s" % (sys.executable, e))
+
+
+def require_executable(path, what):
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise AssertionError("%s not built: expected %s (set SCANSERVE_BUILD_DIR to the CMake build directory)"
+                             % (what, path))
+
+
+def generate_stubs(out):
+    """(scanserve_pb2, scanserve_pb2_grpc) generated from proto/ into `out`."""
+    os.makedirs(out, exist_ok=True)
+    r = subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", PROTO_DIR, "--python_out", out,
+                        "--grpc_python_out", out, os.path.join(PROTO_DIR, "scanserve", "v1", "scanserve.proto")],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    if r.returncode != 0:
+        raise AssertionError("grpc_tools.protoc failed:\n%s" % r.stderr)
+    sys.path.insert(0, out)
+    from scanserve.v1 import scanserve_pb2, scanserve_pb2_grpc  # noqa: E402
+    return scanserve_pb2, scanserve_pb2_grpc
+
+
+def make_model(d, seed):
+    """A tiny random SCAN model converted to a scanserve model directory under d."""
+    vocab = os.path.join(d, "vocab.json")
+    if not os.path.exists(vocab):
+        sc.write_vocab(vocab)
+    V = sc.make_vocab_dict(sc.BASE_WORDS)["idx"]
+    ckpt = os.path.join(d, "model_%d.pth.tar" % seed)
+    sc.make_checkpoint(ckpt, V, seed=seed)
+    out = os.path.join(d, "model_%d" % seed)
+    spec = importlib.util.spec_from_file_location("convert_scan_checkpoint", CONVERTER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.convert(ckpt, vocab, out, force=True, log=lambda s: None)
+    return out
+
+
+def random_captions(rng, n, min_words=3, max_words=9):
+    return [" ".join(str(w) for w in rng.choice(WORDS, size=int(rng.integers(min_words, max_words + 1))))
+            for _ in range(n)]
+
+
+def random_images(rng, n, min_regions=1, max_regions=8):
+    return [sc.random_region_features(rng, int(rng.integers(min_regions, max_regions + 1)), IMG_DIM)
+            for _ in range(n)]
+
+
+def features_msg(pb, x):
+    x = np.ascontiguousarray(x, dtype="<f4")
+    return pb.RegionFeatures(num_regions=x.shape[0], dim=x.shape[1], values=x.tobytes())
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess(object):
+    """One scanserve process on free loopback ports; its log goes to a file shown when something fails."""
+
+    def __init__(self, tmp, name, model_dirs, data_dir, extra=()):
+        self.tmp, self.name = tmp, name
+        self.model_dirs, self.data_dir, self.extra = list(model_dirs), data_dir, list(extra)
+        self.port = free_port()
+        self.metrics_port = free_port()
+        self.log_path = os.path.join(tmp, "%s.log" % name)
+        self.proc = None
+        self.log = None
+
+    def start(self):
+        argv = [SERVER, "--listen", "127.0.0.1:%d" % self.port, "--metrics-listen", "127.0.0.1:%d" % self.metrics_port,
+                "--data-dir", self.data_dir, "--threads", "2", "--max-queue-delay-us", "2000",
+                "--shutdown-grace-s", "5"]
+        for m in self.model_dirs:
+            argv += ["--model", m]
+        argv += self.extra
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        return self
+
+    def log_tail(self, n=4000):
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read()[-n:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_listening(self, timeout=START_TIMEOUT_S):
+        """Until the server logs that it serves (channels dialled earlier sit in reconnect backoff)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if not self.alive():
+                raise AssertionError("%s exited with %s during start-up:\n%s" % (self.name, self.proc.returncode,
+                                                                               self.log_tail()))
+            if "serving %s on" % SERVICE in self.log_tail(100000):
+                return
+            time.sleep(0.05)
+        self.kill()
+        raise AssertionError("%s did not start within %d s\n%s" % (self.name, timeout, self.log_tail()))
+
+    def rss_kib(self):
+        """VmRSS of the server process, KiB (from /proc/PID/status)."""
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS in /proc/%d/status" % self.proc.pid)
+
+    def scrape(self, timeout=10):
+        """GET /metrics as text."""
+        url = "http://127.0.0.1:%d/metrics" % self.metrics_port
+        return urllib.request.urlopen(url, timeout=timeout).read().decode()
+
+    def kill(self):
+        """Stops the process (SIGTERM, then SIGKILL after 10 s); safe to call twice."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def parse_metrics(text):
+    """Prometheus text format -> list of (name, {label: value}, float)."""
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = _SAMPLE.match(line)
+        if m:
+            labels = dict(_LABEL.findall(m.group(2) or ""))
+            samples.append((m.group(1), labels, float(m.group(3))))
+    return samples
+
+
+def metric_value(samples, name, **labels):
+    """Sum of the samples called `name` whose labels include `labels` (0 when none)."""
+    return sum(v for n, l, v in samples if n == name and all(l.get(k) == w for k, w in labels.items()))
+
+
+def make_tmp(prefix):
+    return tempfile.mkdtemp(prefix=prefix)
+
+
+def remove_tmp(path):
+    if os.environ.get("SCANSERVE_KEEP_TMP"):
+        print("kept %s" % path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
