@@ -3,6 +3,7 @@
 // reference's recall lines; see --help.
 //
 // Exit codes: 0 ok, 2 bad arguments or input (message on stderr), 1 internal error.
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -221,6 +222,32 @@ absl::Status CheckOutputDirectory(const std::string& path, const char* flag) {
   return absl::InvalidArgumentError(
       absl::StrCat(flag, ": the directory ", parent.string(), " of ", path, " does not exist"));
 }
+// The similarities the metrics read. With fold_images > 0 (fold-5 without --save-sims) only the
+// diagonal fold blocks are scored, a fifth of the pairs; the rest of the matrix stays 0 and is never
+// read by EvaluateRetrievalFold5.
+absl::StatusOr<FloatMatrix> ComputeEvaluatedSimilarities(const std::vector<const ScanModel*>& models,
+                                                         const std::vector<RegionFeaturesView>& images,
+                                                         const std::vector<std::string>& captions,
+                                                         const SimilarityOptions& options,
+                                                         int64_t fold_images) {
+  if (fold_images <= 0) return ComputeSimilarities(models, images, captions, options);
+  const int64_t n_images = static_cast<int64_t>(images.size());
+  FloatMatrix sims(n_images, static_cast<int64_t>(captions.size()));
+  for (int64_t begin = 0; begin < n_images; begin += fold_images) {
+    const int64_t count = std::min(fold_images, n_images - begin);
+    std::vector<std::string> fold_captions(captions.begin() + 5 * begin,
+                                           captions.begin() + 5 * (begin + count));
+    absl::StatusOr<FloatMatrix> block = ComputeSimilarities(
+        models, absl::MakeConstSpan(images).subspan(begin, count), fold_captions, options);
+    if (!block.ok()) return block.status();
+    for (int64_t i = 0; i < count; ++i) {
+      std::copy(block->row(i), block->row(i) + block->cols, sims.row(begin + i) + 5 * begin);
+    }
+  }
+  return sims;
+}
+
+
 
 int Run(const EvalFlags& flags) {
   if (!flags.save_sims.empty()) {
@@ -267,7 +294,9 @@ int Run(const EvalFlags& flags) {
   options.storage = flags.storage;
   options.num_threads = flags.threads;
   options.show_progress = true;
-  absl::StatusOr<FloatMatrix> sims = ComputeSimilarities(model_ptrs, images, split->captions, options);
+  absl::StatusOr<FloatMatrix> sims = ComputeEvaluatedSimilarities(
+      model_ptrs, images, split->captions, options,
+      flags.fold5 && flags.save_sims.empty() ? flags.fold_images : 0);
   if (!sims.ok()) return Fail(sims.status());
   split->features = std::vector<float>();  // no longer needed; the metrics only read sims
 

@@ -874,17 +874,21 @@ class EvalParityTest(EngineTestBase):
         self.check_sims(sims, base[ii][:, cc], FP32_TOL, "fold5 --save-sims")
         own = [sims[50 * k:50 * (k + 1), 250 * k:250 * (k + 1)].astype(np.float64) for k in range(5)]
         self.check_folds(got, blocks, own)
+        # Without --save-sims scan_eval scores only the fold blocks: the metrics must not change.
+        got_blocks, _ = self.scan_eval([mdir], d, ["--fold5", "--fold-images", "50"])
+        self.check_folds(got_blocks, blocks, own)
 
     def test_fold5_b_coco_size(self):
         """COCO 1K: 5 folds of 1,000 images / 5,000 captions (embed 32, 4 regions per image, 1-3 word
         captions). Skipped, saying so, when scan_eval needs more than FOLD5_LIMIT_S."""
         self.require("scan_eval")
         small = getattr(type(self), "fold5_small_secs", None)
-        # scan_eval scores the whole 5,000 x 25,000 matrix: 400x the pairs of the 50-image-fold case,
-        # each ~4x cheaper here (4 regions, short captions, embed 32). Hopeless cases skip at once.
+        # Without --save-sims scan_eval scores only the five 1,000 x 5,000 fold blocks: 80x the pairs of
+        # the 50-image-fold case's whole matrix, each ~4x cheaper here (4 regions, short captions,
+        # embed 32). Hopeless cases skip at once.
         if small is not None:
             secs, startup = small
-            estimate = startup + max(secs - startup, 0.0) * 100
+            estimate = startup + max(secs - startup, 0.0) * 20
             if estimate > 2 * FOLD5_LIMIT_S:
                 self.skipTest("fold5 at COCO size skipped: the 50-image-fold case took %.1f s (%.1f s of it "
                               "start-up), so 5 x 1,000 images would take about %.0f s > %d s"
