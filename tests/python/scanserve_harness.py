@@ -115,6 +115,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stop_process(proc, timeout):
+    """SIGTERM, then SIGKILL once `timeout` seconds have passed; nothing for a process already gone."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class ServerProcess(object):
     """One scanserve process on free loopback ports; its log goes to a file shown when something fails."""
 
@@ -176,13 +187,7 @@ class ServerProcess(object):
 
     def kill(self):
         """Stops the process (SIGTERM, then SIGKILL after 10 s); safe to call twice."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=10)
         if self.log is not None:
             self.log.close()
             self.log = None

@@ -58,13 +58,7 @@ class PrometheusScrapeTest(unittest.TestCase):
         self.server.wait_listening()
 
     def tearDown(self):
-        if self.prom is not None and self.prom.poll() is None:
-            self.prom.terminate()
-            try:
-                self.prom.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.prom.kill()
-                self.prom.wait()
+        h.stop_process(self.prom, timeout=15)
         if self.prom_log is not None:
             self.prom_log.close()
         if self.server is not None:
