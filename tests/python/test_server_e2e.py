@@ -69,6 +69,7 @@ except ImportError as e:
 
 sys.path.insert(0, HERE)
 import scan_checkpoints as sc  # noqa: E402
+import scanserve_harness as harness  # noqa: E402
 from scanserve_harness import (features_msg, free_port, make_model, random_captions,  # noqa: E402
                                require_executable)
 
@@ -164,41 +165,21 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-3)) if a.size else 0.0
 
 
+class ServerProcess(harness.ServerProcess):
+    """The harness's scanserve process, remembered so that none outlives the test run, with a fixed
+    port on request (a restart must come back on the same address), a checked stop and kill -9."""
 
-
-class ServerProcess(object):
-    """One scanserve process; its log goes to a file shown when something fails."""
-
-    started = []  # every process started, so that none outlives the test run
+    started = []  # every process started
 
     def __init__(self, tmp, name, model_dirs, data_dir, extra=(), port=None):
-        self.tmp, self.name = tmp, name
-        self.model_dirs, self.data_dir, self.extra = list(model_dirs), data_dir, list(extra)
-        self.port = port or free_port()
-        self.metrics_port = free_port()
-        self.log_path = os.path.join(tmp, "%s.log" % name)
-        self.proc = None
+        super().__init__(tmp, name, model_dirs, data_dir, extra)
+        if port:
+            self.port = port
 
     def start(self):
-        argv = [SERVER, "--listen", "127.0.0.1:%d" % self.port, "--metrics-listen", "127.0.0.1:%d" % self.metrics_port,
-                "--data-dir", self.data_dir, "--threads", "2", "--max-queue-delay-us", "2000",
-                "--shutdown-grace-s", "5"]
-        for m in self.model_dirs:
-            argv += ["--model", m]
-        argv += self.extra
-        self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        super().start()
         ServerProcess.started.append(self)
-
-    def log_tail(self, n=4000):
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read()[-n:].decode("utf-8", "replace")
-        except OSError:
-            return ""
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
+        return self
 
     def stop(self, sig=signal.SIGTERM, timeout=30):
         if not self.alive():
@@ -223,16 +204,7 @@ class ServerProcess(object):
 def wait_listening(server, timeout=START_TIMEOUT_S):
     """Until the server logs that it serves (then create channels: a channel dialled before the port
     is open sits in reconnect backoff for seconds)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not server.alive():
-            raise AssertionError("%s exited with %s during start-up:\n%s" % (server.name, server.proc.returncode,
-                                                                           server.log_tail()))
-        if "serving %s on" % SERVICE in server.log_tail(100000):
-            return
-        time.sleep(0.05)
-    server.stop(signal.SIGKILL)
-    raise AssertionError("%s did not start within %d s\n%s" % (server.name, timeout, server.log_tail()))
+    server.wait_listening(timeout)
 
 
 def wait_serving(server, channel, health_pb2, health_grpc, timeout=START_TIMEOUT_S):
