@@ -1,6 +1,8 @@
 # scanserve CPU image from Debian 12 packages.
 #   docker build -t scanserve .
 #   docker run -p 50051:50051 -p 9464:9464 -v scanserve-data:/data -v $PWD/model:/model:ro scanserve
+#   (add -v $PWD/detector:/detector:ro scanserve --model /model --detector-dir /detector to ingest
+#   image bytes; see docs/detector-format.md)
 # The server listens on all interfaces inside the container; /data (the durable store) is a volume.
 # A CUDA variant arrives with the GPU issue (build argument SCANSERVE_WITH_CUDA).
 FROM debian:12 AS build
@@ -16,13 +18,14 @@ RUN apt-get update -qq \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
       libtorch1.13 libopenblas0-pthread libabsl20220623 libgrpc++1.51 libprotobuf32 \
       librocksdb7.8 libprometheus-cpp-core1.0 libcpp-httplib0.11 libssl3 \
-      python3-torch python3-numpy \
+      libopencv-core406 libopencv-imgproc406 libopencv-imgcodecs406 \
+      python3-torch python3-numpy python3-protobuf python3-grpc-tools \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --create-home --uid 10001 scanserve \
  && mkdir -p /data && chown scanserve /data
 COPY --from=build /build/server/scanserve /build/client/scanctl /build/engine/scan_eval \
                   /build/engine/scan_score /build/engine/scan_bench /build/engine/scan_train \
-                  /build/engine/scan_tokenize /usr/local/bin/
+                  /build/engine/scan_tokenize /build/engine/scan_extract /usr/local/bin/
 COPY tools/ /opt/scanserve/tools/
 USER scanserve
 VOLUME ["/data"]

@@ -1,5 +1,6 @@
 #include "client/ingest_source.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -191,6 +192,51 @@ absl::Status TsvSource::Skip(int64_t count) {
     if (!record.ok()) return record.status();
     if (!record->has_value()) break;
   }
+  return absl::OkStatus();
+}
+
+// ---- ImageFilesSource ----
+
+absl::StatusOr<std::unique_ptr<ImageFilesSource>> ImageFilesSource::Open(const ImageFilesOptions& options) {
+  if (options.paths.empty()) return absl::InvalidArgumentError("no image files or directories given");
+  absl::StatusOr<std::vector<ImageFile>> files = ListImageFiles(options.paths, options.recursive);
+  if (!files.ok()) return files.status();
+  // Refuse oversized files before anything is sent (the server would refuse them, and one above its
+  // message limit would end the whole stream).
+  for (const ImageFile& file : *files) {
+    if (file.bytes > options.max_image_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(file.path, " is ", file.bytes, " bytes, above --max-image-bytes ",
+                                                     options.max_image_bytes, " (the server's limit)"));
+    }
+  }
+  return std::unique_ptr<ImageFilesSource>(new ImageFilesSource(options, *std::move(files)));
+}
+
+std::string ImageFilesSource::identity() const {
+  std::string paths;
+  for (const std::string& path : options_.paths) absl::StrAppend(&paths, paths.empty() ? "" : ",", AbsolutePath(path));
+  return absl::StrCat("images:", paths, ":", options_.recursive ? "recursive" : "", ":", options_.collection, ":",
+                      options_.id_prefix, ":", files_.size());
+}
+
+absl::StatusOr<bool> ImageFilesSource::Next(v1::IngestRequest* item) {
+  item->Clear();
+  if (next_ >= files_.size()) return false;
+  const ImageFile& file = files_[next_];
+  // An empty file is sent as is: the server answers INVALID_ARGUMENT for that item only.
+  absl::StatusOr<std::string> bytes = ReadImageFile(file.path, options_.max_image_bytes, /*allow_empty=*/true);
+  if (!bytes.ok()) return bytes.status();
+  v1::Image* image = item->mutable_image();
+  image->set_id(options_.id_prefix + file.id);
+  image->set_collection(options_.collection);
+  (*image->mutable_metadata())["file"] = std::filesystem::path(file.path).filename().string();
+  image->set_image_bytes(*std::move(bytes));
+  ++next_;
+  return true;
+}
+
+absl::Status ImageFilesSource::Skip(int64_t count) {
+  next_ = std::min(files_.size(), next_ + static_cast<size_t>(std::max<int64_t>(0, count)));
   return absl::OkStatus();
 }
 

@@ -10,6 +10,8 @@
 //  - TsvSource: a bottom-up-attention TSV (6-column generate_tsv or 10-column LXMERT layout) through
 //    engine/io/bottom_up_tsv.h: one image per line with its boxes (and, given the Visual Genome
 //    vocabularies, labels for SCAN's explanations).
+//  - ImageFilesSource: encoded image files (JPEG/PNG/WebP) sent as image_bytes; the server's
+//    detector extracts the regions, boxes and labels. One file is read at a time.
 #pragma once
 
 #include <cstdint>
@@ -20,6 +22,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/common/npy.h"
+#include "client/image_files.h"
 #include "engine/io/bottom_up_tsv.h"
 #include "scanserve/v1/scanserve.pb.h"
 
@@ -97,6 +100,36 @@ class TsvSource final : public IngestSource {
   TsvOptions options_;
   std::unique_ptr<BottomUpTsvReader> reader_;
   int64_t total_ = 0;
+};
+
+struct ImageFilesOptions {
+  std::vector<std::string> paths;  // files and directories (see ListImageFiles)
+  bool recursive = false;
+  std::string collection;
+  std::string id_prefix;           // prepended to every image id
+  int64_t max_image_bytes = 32LL << 20;  // larger files are refused before sending
+};
+
+class ImageFilesSource final : public IngestSource {
+ public:
+  // Lists the files (sorted by id) without reading them; a file above max_image_bytes is
+  // INVALID_ARGUMENT here, before anything is sent.
+  static absl::StatusOr<std::unique_ptr<ImageFilesSource>> Open(const ImageFilesOptions& options);
+
+  std::string identity() const override;
+  int64_t total() const override { return static_cast<int64_t>(files_.size()); }
+  // The next file as an Image with image_bytes (metadata file = its name). A file that cannot be
+  // read ends the import with its error; an empty one is sent (the server refuses that item).
+  absl::StatusOr<bool> Next(v1::IngestRequest* item) override;
+  absl::Status Skip(int64_t count) override;
+
+ private:
+  ImageFilesSource(ImageFilesOptions options, std::vector<ImageFile> files)
+      : options_(std::move(options)), files_(std::move(files)) {}
+
+  ImageFilesOptions options_;
+  std::vector<ImageFile> files_;
+  size_t next_ = 0;
 };
 
 // Lines of a caption file, each stripped of surrounding ASCII whitespace; an empty line is

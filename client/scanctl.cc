@@ -19,6 +19,7 @@
 #include "client/connection.h"
 #include "client/exit_codes.h"
 #include "client/features.h"
+#include "client/image_files.h"
 #include "client/import.h"
 #include "client/ingest_source.h"
 #include "client/output.h"
@@ -44,12 +45,17 @@ Global flags (accepted anywhere on the line):
 Commands:
   search-images "TEXT" ["TEXT"...] [--top-k K] [--collection C] [--where KEY=VALUE]... [--explain]
       text -> image search; --explain shows, per query word, the region it attends to
-  search-captions (--image-id ID | --features FILE.npy) [--top-k K] [--collection C] [--where KEY=VALUE]...
-      image -> text search, for a stored image or (k, d) float region features
+  search-captions (--image-id ID | --features FILE.npy | --image FILE)... [--top-k K] [--collection C]
+                  [--where KEY=VALUE]...
+      image -> text search, for a stored image, (k, d) float region features, or an image file
+      (JPEG/PNG/WebP, sent as bytes: the server's detector extracts its regions; needs a server
+      started with --detector-dir). Each flag may repeat: one result list per query, in order
   upsert-caption ID "TEXT" [--collection C] [--meta KEY=VALUE]...
-  upsert-image ID --features FILE.npy [--boxes FILE.npy] [--labels FILE.txt] [--collection C]
-               [--meta KEY=VALUE]...
-      (k, d) region features; optional (k, 4) boxes x1,y1,x2,y2 and k labels (one per line)
+  upsert-image ID (--features FILE.npy [--boxes FILE.npy] [--labels FILE.txt] | --image FILE)
+               [--collection C] [--meta KEY=VALUE]...
+      (k, d) region features with optional (k, 4) boxes x1,y1,x2,y2 and k labels (one per line); or
+      an image file (JPEG/PNG/WebP) sent as bytes, whose regions, boxes and labels the server's
+      detector extracts (needs --detector-dir on the server)
   delete (--image ID | --caption ID)...
   stats
       counts, models, memory, version
@@ -62,6 +68,12 @@ Commands:
              [--objects-vocab objects_vocab.txt --attributes-vocab attributes_vocab.txt]
       streams bottom-up-attention TSV images (6-column or LXMERT 10-column layout) with their boxes
       (and region labels, given the Visual Genome vocabularies)
+  import images PATH... [--recursive] [--collection C] [--id-prefix P] [--max-image-bytes BYTES]
+      streams image files (.jpg, .jpeg, .png, .webp) as image bytes through the server's detector
+      (needs --detector-dir on the server). PATH is a file (id: its name without the extension) or a
+      directory (its image files; id: the path below it without the extension); metadata
+      file=NAME. Files above --max-image-bytes (default 32M, the server's default) are refused
+      before sending; the window defaults to 16 (each image takes the detector seconds)
     import flags: --resume-file FILE (default: next to the input), --restart (ignore the
       checkpoint), --window N (unacknowledged items in flight, default 256), --no-progress
     An import keeps a checkpoint of the last acknowledged item; rerunning it resumes after that.
@@ -95,6 +107,22 @@ absl::Status FillFilter(const ParsedArgs& args, v1::Filter* filter) {
   if (!where.ok()) return where.status();
   for (const auto& [key, value] : *where) (*filter->mutable_metadata())[key] = value;
   return absl::OkStatus();
+}
+
+// A byte count with an optional binary suffix K, M or G (as the server's flags take it).
+absl::StatusOr<int64_t> ParseByteCount(const std::string& text) {
+  std::string digits = text;
+  int64_t scale = 1;
+  if (!digits.empty()) {
+    const char suffix = absl::ascii_toupper(digits.back());
+    scale = suffix == 'K' ? int64_t{1} << 10 : suffix == 'M' ? int64_t{1} << 20 : suffix == 'G' ? int64_t{1} << 30 : 1;
+    if (scale != 1) digits.pop_back();
+  }
+  int64_t value = 0;
+  if (!absl::SimpleAtoi(digits, &value) || value < 1 || value > (int64_t{1} << 40) / scale) {
+    return absl::InvalidArgumentError(absl::StrCat("expected a byte count such as 32M, got '", text, "'"));
+  }
+  return value * scale;
 }
 
 absl::StatusOr<int32_t> TopK(const ParsedArgs& args) {
@@ -165,19 +193,34 @@ int SearchImages(Connection& connection, const std::vector<std::string>& argv, b
 }
 
 int SearchCaptions(Connection& connection, const std::vector<std::string>& argv, bool json) {
-  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"top-k", "collection", "where", "image-id", "features"}, {}});
+  absl::StatusOr<ParsedArgs> args =
+      Parse(argv, {{"top-k", "collection", "where", "image-id", "features", "image"}, {}});
   if (!args.ok()) return UsageError(std::string(args.status().message()));
   if (!args->positionals().empty()) return UsageError("search-captions takes no positional arguments");
   const std::vector<std::string> ids = args->Values("image-id");
   const std::vector<std::string> feature_files = args->Values("features");
-  if (ids.empty() && feature_files.empty()) return UsageError("search-captions needs --image-id ID or --features FILE.npy");
+  const std::vector<std::string> image_files = args->Values("image");
+  if (ids.empty() && feature_files.empty() && image_files.empty()) {
+    return UsageError("search-captions needs --image-id ID, --features FILE.npy or --image FILE");
+  }
   v1::SearchCaptionsRequest request;
-  for (const std::string& id : ids) request.add_queries()->set_image_id(id);
+  std::vector<std::string> labels;  // how each query is shown
+  for (const std::string& id : ids) {
+    request.add_queries()->set_image_id(id);
+    labels.push_back(absl::StrCat("image ", id));
+  }
   for (const std::string& path : feature_files) {
     absl::StatusOr<FloatMatrix> features = ReadMatrixNpy(path, "--features");
     if (!features.ok()) return Fail(kExitUsage, features.status().ToString());
     SetRegionFeatures(features->data.data(), features->rows, features->cols,
                       request.add_queries()->mutable_region_features());
+    labels.push_back(absl::StrCat(features->rows, "x", features->cols, " features from ", path));
+  }
+  for (const std::string& path : image_files) {
+    absl::StatusOr<std::string> bytes = ReadImageFile(path);
+    if (!bytes.ok()) return Fail(kExitUsage, absl::StrCat("--image ", bytes.status().message()));
+    labels.push_back(absl::StrCat("image file ", path, " (", bytes->size(), " bytes)"));
+    request.add_queries()->set_image_bytes(*std::move(bytes));
   }
   absl::StatusOr<int32_t> top_k = TopK(*args);
   if (!top_k.ok()) return UsageError(std::string(top_k.status().message()));
@@ -193,12 +236,8 @@ int SearchCaptions(Connection& connection, const std::vector<std::string>& argv,
     return kExitOk;
   }
   for (int q = 0; q < response.results_size(); ++q) {
-    const v1::ImageQuery& query = request.queries(q);
     std::printf("%squery %d: %s\n", q > 0 ? "\n" : "", q,
-                query.has_region_features()
-                    ? absl::StrCat(query.region_features().num_regions(), "x", query.region_features().dim(), " features")
-                          .c_str()
-                    : absl::StrCat("image ", query.image_id()).c_str());
+                q < static_cast<int>(labels.size()) ? labels[static_cast<size_t>(q)].c_str() : "?");
     const v1::CaptionHits& hits = response.results(q);
     if (hits.hits_size() == 0) {
       std::printf("  (no captions)\n");
@@ -249,12 +288,31 @@ int UpsertCaption(Connection& connection, const std::vector<std::string>& argv, 
   return exit_code;
 }
 
+int SendUpsertImage(Connection& connection, const v1::UpsertImagesRequest& request, bool json) {
+  v1::UpsertImagesResponse response;
+  const grpc::Status status = connection.scan().UpsertImages(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("UpsertImages", status);
+  if (json) PrintJson(response);
+  Table table({"kind", "id", "result", "message"});
+  const int exit_code = ReportItems("image", response.results(), json, &table);
+  if (!json) table.Print(exit_code == kExitOk ? stdout : stderr);
+  return exit_code;
+}
+
 int UpsertImage(Connection& connection, const std::vector<std::string>& argv, bool json) {
-  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"collection", "meta", "features", "boxes", "labels"}, {}});
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"collection", "meta", "features", "boxes", "labels", "image"}, {}});
   if (!args.ok()) return UsageError(std::string(args.status().message()));
-  if (args->positionals().size() != 1) return UsageError("usage: upsert-image ID --features FILE.npy");
+  if (args->positionals().size() != 1) {
+    return UsageError("usage: upsert-image ID (--features FILE.npy | --image FILE)");
+  }
   const std::optional<std::string> features_path = args->Value("features");
-  if (!features_path.has_value()) return UsageError("upsert-image needs --features FILE.npy");
+  const std::optional<std::string> image_path = args->Value("image");
+  if (features_path.has_value() == image_path.has_value()) {
+    return UsageError("upsert-image needs exactly one of --features FILE.npy and --image FILE");
+  }
+  if (image_path.has_value() && (args->Value("boxes").has_value() || args->Value("labels").has_value())) {
+    return UsageError("--boxes and --labels go with --features; with --image the server's detector supplies them");
+  }
   v1::UpsertImagesRequest request;
   v1::Image* image = request.add_images();
   image->set_id(args->positionals()[0]);
@@ -262,6 +320,12 @@ int UpsertImage(Connection& connection, const std::vector<std::string>& argv, bo
   absl::StatusOr<std::map<std::string, std::string>> meta = args->KeyValues("meta");
   if (!meta.ok()) return UsageError(std::string(meta.status().message()));
   for (const auto& [key, value] : *meta) (*image->mutable_metadata())[key] = value;
+  if (image_path.has_value()) {
+    absl::StatusOr<std::string> bytes = ReadImageFile(*image_path);
+    if (!bytes.ok()) return Fail(kExitUsage, absl::StrCat("--image ", bytes.status().message()));
+    image->set_image_bytes(*std::move(bytes));
+    return SendUpsertImage(connection, request, json);
+  }
   absl::StatusOr<FloatMatrix> features = ReadMatrixNpy(*features_path, "--features");
   if (!features.ok()) return Fail(kExitUsage, features.status().ToString());
   SetRegionFeatures(features->data.data(), features->rows, features->cols, image->mutable_region_features());
@@ -284,14 +348,7 @@ int UpsertImage(Connection& connection, const std::vector<std::string>& argv, bo
     std::string line;
     while (std::getline(in, line)) image->add_labels(std::string(absl::StripAsciiWhitespace(line)));
   }
-  v1::UpsertImagesResponse response;
-  const grpc::Status status = connection.scan().UpsertImages(connection.NewContext().get(), request, &response);
-  if (!status.ok()) return RpcFailed("UpsertImages", status);
-  if (json) PrintJson(response);
-  Table table({"kind", "id", "result", "message"});
-  const int exit_code = ReportItems("image", response.results(), json, &table);
-  if (!json) table.Print(exit_code == kExitOk ? stdout : stderr);
-  return exit_code;
+  return SendUpsertImage(connection, request, json);
 }
 
 int Delete(Connection& connection, const std::vector<std::string>& argv, bool json) {
@@ -333,7 +390,9 @@ int Stats(Connection& connection, const std::vector<std::string>& argv, bool jso
   table.AddRow({"store on disk", FormatBytes(response.store_disk_bytes())});
   table.AddRow({"backend", response.backend()});
   table.AddRow({"storage", response.storage()});
-  table.AddRow({"detector", response.detector_loaded() ? "loaded" : "none"});
+  table.AddRow({"detector", response.detector_loaded()
+                                 ? (response.detector().empty() ? std::string("loaded") : response.detector())
+                                 : std::string("none")});
   table.AddRow({"version", response.version()});
   for (int i = 0; i < response.models_size(); ++i) {
     table.AddRow({absl::StrCat("model ", i), response.models(i).model_dir()});
@@ -372,7 +431,7 @@ ImportOptions ImportOptionsFrom(const ParsedArgs& args, const std::string& defau
 }
 
 int Import(Connection& connection, const std::vector<std::string>& argv, bool json) {
-  if (argv.empty()) return UsageError("import needs a kind: precomp or tsv");
+  if (argv.empty()) return UsageError("import needs a kind: precomp, tsv or images");
   const std::string kind = argv[0];
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
   const std::set<std::string> import_flags = {"resume-file", "window"};
@@ -432,7 +491,41 @@ int Import(Connection& connection, const std::vector<std::string>& argv, bool js
     if (window->has_value()) import_options.window = static_cast<int>(**window);
     return RunImport(connection, **source, import_options);
   }
-  return UsageError(absl::StrCat("unknown import kind '", kind, "' (precomp or tsv)"));
+  if (kind == "images") {
+    cli::ArgSpec spec{{"collection", "id-prefix", "max-image-bytes"}, {"recursive"}};
+    spec.value_flags.insert(import_flags.begin(), import_flags.end());
+    spec.switches.insert(import_switches.begin(), import_switches.end());
+    absl::StatusOr<ParsedArgs> args = Parse(rest, spec);
+    if (!args.ok()) return UsageError(std::string(args.status().message()));
+    if (args->positionals().empty()) return UsageError("usage: import images PATH... (image files or directories)");
+    ImageFilesOptions options;
+    options.paths = args->positionals();
+    options.recursive = args->Switch("recursive");
+    options.collection = args->Value("collection").value_or("");
+    options.id_prefix = args->Value("id-prefix").value_or("");
+    if (const std::optional<std::string> max_bytes = args->Value("max-image-bytes")) {
+      absl::StatusOr<int64_t> parsed = ParseByteCount(*max_bytes);
+      if (!parsed.ok()) return UsageError(absl::StrCat("--max-image-bytes: ", parsed.status().message()));
+      options.max_image_bytes = *parsed;
+    }
+    absl::StatusOr<std::optional<int64_t>> window = args->Int("window", 1, 1'000'000);
+    if (!window.ok()) return UsageError(std::string(window.status().message()));
+    absl::StatusOr<std::unique_ptr<ImageFilesSource>> source = ImageFilesSource::Open(options);
+    if (!source.ok()) return Fail(kExitUsage, source.status().ToString());
+    if ((*source)->total() == 0) return Fail(kExitUsage, "import images: no .jpg, .jpeg, .png or .webp files found");
+    std::fprintf(stderr, "scanctl: importing %lld image files through the server's detector\n",
+                 static_cast<long long>((*source)->total()));
+    // The checkpoint sits next to the first path (inside it, when it is a directory).
+    const std::filesystem::path first(options.paths.front());
+    const std::string checkpoint =
+        std::filesystem::is_directory(first)
+            ? (first / ".scanctl-import.json").string()
+            : (first.parent_path() / (first.filename().string() + ".scanctl-import.json")).string();
+    ImportOptions import_options = ImportOptionsFrom(*args, checkpoint, json);
+    import_options.window = window->has_value() ? static_cast<int>(**window) : 16;
+    return RunImport(connection, **source, import_options);
+  }
+  return UsageError(absl::StrCat("unknown import kind '", kind, "' (precomp, tsv or images)"));
 }
 
 std::string EnvOr(const char* name, const std::string& fallback) {

@@ -8,6 +8,8 @@ packages=(
   libabsl-dev nlohmann-json3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3-torch python3-numpy python3-nltk   # reference implementations and converters (/usr/bin/python3)
+  libopencv-dev                              # the detector decodes and resizes images as the original (cv2)
+  python3-opencv python3-torchvision python3-protobuf  # the detector's reference and caffemodel converter
   # the service: gRPC API, durable store, metrics
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev prometheus-cpp-dev libcpp-httplib-dev libssl-dev openssl

@@ -15,6 +15,8 @@ namespace scanserve {
 namespace {
 
 constexpr char kDefaultDataDir[] = "./scanserve-data";
+// Room in a message for an image's id, metadata and framing besides its bytes.
+constexpr int64_t kMessageOverheadBytes = 1LL << 20;
 
 absl::Status ParseInt64(const std::string& key, const std::string& value, int64_t min, int64_t max,
                         int64_t* out) {
@@ -75,6 +77,20 @@ const char* BackendName(ScorerBackend backend) {
     case ScorerBackend::kCuda: return "cuda";
   }
   return "?";
+}
+
+std::string DetectorDeviceName(const DetectorOptions& detector) {
+  if (detector.device == DetectorDevice::kCpu) return "cpu";
+  return detector.cuda_device == 0 ? std::string("cuda") : absl::StrCat("cuda:", detector.cuda_device);
+}
+
+// A box count: -1 (the detector directory's policy) or 1..1000.
+absl::Status ParseBoxes(const std::string& key, const std::string& value, int* out) {
+  int v = 0;
+  if (absl::Status status = ParseInt(key, value, -1, 1000, &v); !status.ok()) return status;
+  if (v == 0) return absl::InvalidArgumentError(absl::StrCat("--", key, ": expected -1 or 1..1000, got 0"));
+  *out = v;
+  return absl::OkStatus();
 }
 
 const char* StorageName(StorageType storage) {
@@ -205,6 +221,61 @@ const std::vector<Flag>& Flags() {
        [](const ServerConfig& c) { return absl::StrCat(c.engine.max_query_words); },
        [](const std::string& v, ServerConfig* c) {
          return ParseInt("max-query-words", v, 3, 65536, &c->engine.max_query_words);
+       }},
+      {"detector-dir", "DIR", "a bottom-up detector directory (docs/detector-format.md): image bytes in "
+                              "UpsertImages, Ingest and SearchCaptions run through it. Empty: no detector "
+                              "(image bytes are FAILED_PRECONDITION)",
+       [](const ServerConfig& c) { return c.detector.detector_dir; },
+       [](const std::string& v, ServerConfig* c) {
+         c->detector.detector_dir = v;
+         return absl::OkStatus();
+       }},
+      {"detector-device", "cpu|cuda|cuda:N", "where the detector runs (cuda needs a CUDA LibTorch and GPU)",
+       [](const ServerConfig& c) { return DetectorDeviceName(c.detector); },
+       [](const std::string& v, ServerConfig* c) {
+         if (v == "cpu") {
+           c->detector.device = DetectorDevice::kCpu;
+           c->detector.cuda_device = 0;
+           return absl::OkStatus();
+         }
+         if (v == "cuda") {
+           c->detector.device = DetectorDevice::kCuda;
+           c->detector.cuda_device = 0;
+           return absl::OkStatus();
+         }
+         int index = 0;
+         if (v.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(v.substr(5), &index) && index >= 0 && index < 1024) {
+           c->detector.device = DetectorDevice::kCuda;
+           c->detector.cuda_device = index;
+           return absl::OkStatus();
+         }
+         return absl::InvalidArgumentError(absl::StrCat("--detector-device: expected cpu, cuda or cuda:N, got '", v, "'"));
+       }},
+      {"detector-workers", "N", "threads running detections (each detection uses several intra-op threads)",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.detection.num_workers); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("detector-workers", v, 1, 64, &c->server.detection.num_workers);
+       }},
+      {"detector-queue", "N", "images waiting for the detector at most; more are RESOURCE_EXHAUSTED",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.detection.max_queue_images); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("detector-queue", v, 1, 100'000, &c->server.detection.max_queue_images);
+       }},
+      {"detector-batch", "N", "most images of one call per detector run (DetectBatch)",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.detection.max_batch_images); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("detector-batch", v, 1, 256, &c->server.detection.max_batch_images);
+       }},
+      {"detector-min-boxes", "N", "fewest regions per image; -1 = the detector directory's policy",
+       [](const ServerConfig& c) { return absl::StrCat(c.detector.min_boxes); },
+       [](const std::string& v, ServerConfig* c) { return ParseBoxes("detector-min-boxes", v, &c->detector.min_boxes); }},
+      {"detector-max-boxes", "N", "most regions per image; -1 = the detector directory's policy",
+       [](const ServerConfig& c) { return absl::StrCat(c.detector.max_boxes); },
+       [](const std::string& v, ServerConfig* c) { return ParseBoxes("detector-max-boxes", v, &c->detector.max_boxes); }},
+      {"max-image-bytes", "BYTES", "largest encoded image (suffixes K, M, G); larger ones are INVALID_ARGUMENT",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.detection.max_image_bytes); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseBytes("max-image-bytes", v, 1024, 1LL << 30, &c->server.detection.max_image_bytes);
        }},
       {"tls-cert", "FILE", "PEM certificate chain: serve gRPC over TLS (with --tls-key)",
        [](const ServerConfig& c) { return c.server.tls.cert_file; },
@@ -344,6 +415,18 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
   }
   result.config.server.model_dirs = result.config.engine.model_dirs;
+  DetectorOptions& detector = result.config.detector;
+  detector.max_image_bytes = result.config.server.detection.max_image_bytes;
+  if (detector.min_boxes > 0 && detector.max_boxes > 0 && detector.min_boxes > detector.max_boxes) {
+    return absl::InvalidArgumentError(absl::StrCat("--detector-min-boxes ", detector.min_boxes,
+                                                   " exceeds --detector-max-boxes ", detector.max_boxes));
+  }
+  if (!detector.detector_dir.empty() &&
+      result.config.server.max_message_bytes < result.config.server.detection.max_image_bytes + kMessageOverheadBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-message-bytes ", result.config.server.max_message_bytes, " cannot carry one image of --max-image-bytes ",
+        result.config.server.detection.max_image_bytes, " (allow ", kMessageOverheadBytes, " bytes more)"));
+  }
   return result;
 }
 

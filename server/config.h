@@ -11,6 +11,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/detector/region_detector.h"
 #include "engine/retrieval/retrieval_engine.h"
 #include "server/server.h"
 
@@ -19,6 +20,9 @@ namespace scanserve {
 struct ServerConfig {
   ServerOptions server;
   RetrievalEngineOptions engine;
+  // The region detector for image bytes; detector.detector_dir empty = none (image bytes are then
+  // FAILED_PRECONDITION). Its max_image_bytes follows server.detection.max_image_bytes.
+  DetectorOptions detector;
   std::string config_file;         // where the file settings came from, if any
   double shutdown_grace_s = 10.0;  // Stop()'s deadline after SIGTERM/SIGINT
 };
@@ -32,7 +36,8 @@ struct CommandLine {
 ServerConfig DefaultServerConfig();
 
 // Parses argv (argv[0] is the program). INVALID_ARGUMENT names the flag or file line at fault; a
-// missing config or token file is NOT_FOUND. Without --help, at least one model is required.
+// missing config or token file is NOT_FOUND. Without --help, at least one model is required; with a
+// detector, --max-message-bytes must leave room for one image of --max-image-bytes.
 absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv);
 
 // Applies one `key = value` setting (a flag without "--"), as the file and the flags do.

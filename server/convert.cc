@@ -1,6 +1,7 @@
 #include "server/convert.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <utility>
@@ -34,6 +35,16 @@ void CopyLittleEndianFloats(const std::string& bytes, float* out) {
   auto* words = reinterpret_cast<uint32_t*>(out);
   for (size_t i = 0; i < bytes.size() / 4; ++i) words[i] = __builtin_bswap32(words[i]);
 #endif
+}
+
+absl::Status NoDetectorError(const std::string& what, const char* alternative) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      what, ": image_bytes needs the region detector, which this server has not loaded (start it with "
+            "--detector-dir); send ", alternative));
+}
+
+absl::Status Prefixed(const absl::Status& status, const std::string& prefix) {
+  return absl::Status(status.code(), absl::StrCat(prefix, ": ", status.message()));
 }
 
 absl::Status CheckQueryCount(int queries) {
@@ -134,21 +145,49 @@ absl::StatusOr<ImageQuery> ImageQueryFromProto(const v1::ImageQuery& query, int 
       return out;
     }
     case v1::ImageQuery::kImageBytes:
-      return absl::FailedPreconditionError(absl::StrCat(
-          "queries[", index, "]: image_bytes needs the region detector, which this server has not "
-          "loaded; send region_features or an image_id"));
+      return NoDetectorError(absl::StrCat("queries[", index, "]"), "region_features or an image_id");
     default:
       return absl::InvalidArgumentError(absl::StrCat(
           "queries[", index, "]: set one of image_id, region_features, image_bytes"));
   }
 }
 
-absl::StatusOr<std::vector<ImageQuery>> ImageQueriesFromProto(const v1::SearchCaptionsRequest& request) {
+absl::Status CheckImageQueryCount(const v1::SearchCaptionsRequest& request) {
+  return CheckQueryCount(request.queries_size());
+}
+
+std::vector<std::string_view> ImageBytesOf(const v1::SearchCaptionsRequest& request) {
+  std::vector<std::string_view> images;
+  for (const v1::ImageQuery& query : request.queries()) {
+    if (query.source_case() == v1::ImageQuery::kImageBytes) images.emplace_back(query.image_bytes());
+  }
+  return images;
+}
+
+absl::StatusOr<std::vector<ImageQuery>> ImageQueriesFromProto(
+    const v1::SearchCaptionsRequest& request, std::vector<absl::StatusOr<DetectedRegions>>* detections) {
   if (absl::Status status = CheckQueryCount(request.queries_size()); !status.ok()) return status;
   std::vector<ImageQuery> queries;
   queries.reserve(request.queries_size());
+  size_t detected = 0;  // image_bytes queries seen so far
   for (int i = 0; i < request.queries_size(); ++i) {
-    absl::StatusOr<ImageQuery> query = ImageQueryFromProto(request.queries(i), i);
+    const v1::ImageQuery& proto = request.queries(i);
+    if (proto.source_case() == v1::ImageQuery::kImageBytes && detections != nullptr) {
+      if (detected >= detections->size()) {
+        return absl::InternalError(absl::StrCat("queries[", i, "]: no detection for its image_bytes (",
+                                                detections->size(), " detections)"));
+      }
+      absl::StatusOr<DetectedRegions>& regions = (*detections)[detected++];
+      if (!regions.ok()) return Prefixed(regions.status(), absl::StrCat("queries[", i, "]"));
+      if (regions->features.rows < 1) {
+        return absl::InvalidArgumentError(absl::StrCat("queries[", i, "]: the detector found no regions"));
+      }
+      ImageQuery query;
+      query.region_features = std::move(regions->features);
+      queries.push_back(std::move(query));
+      continue;
+    }
+    absl::StatusOr<ImageQuery> query = ImageQueryFromProto(proto, i);
     if (!query.ok()) return query.status();
     queries.push_back(*std::move(query));
   }
@@ -171,9 +210,7 @@ absl::StatusOr<ImageItem> ImageItemFromProto(const v1::Image& image) {
       break;
     }
     case v1::Image::kImageBytes:
-      return absl::FailedPreconditionError(absl::StrCat(
-          "image '", image.id(), "': image_bytes needs the region detector, which this server has "
-          "not loaded; send region_features"));
+      return NoDetectorError(absl::StrCat("image '", image.id(), "'"), "region_features");
     default:
       return absl::InvalidArgumentError(
           absl::StrCat("image '", image.id(), "': set region_features or image_bytes"));
@@ -192,6 +229,38 @@ absl::StatusOr<ImageItem> ImageItemFromProto(const v1::Image& image) {
   item.boxes.reserve(image.boxes_size());
   for (const v1::Box& box : image.boxes()) item.boxes.push_back(BoxFromProto(box));
   item.labels.assign(image.labels().begin(), image.labels().end());
+  return item;
+}
+
+absl::Status CheckImageForDetection(const v1::Image& image) {
+  if (image.id().empty() || image.id().size() > RetrievalLimits::kMaxIdBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("image id must be 1..", RetrievalLimits::kMaxIdBytes,
+                                                   " bytes, got ", image.id().size()));
+  }
+  if (image.boxes_size() != 0 || image.labels_size() != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "image '", image.id(), "': boxes and labels go with region_features; with image_bytes the "
+        "detector supplies them"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ImageItem> ImageItemFromDetection(const v1::Image& image, absl::StatusOr<DetectedRegions> regions) {
+  if (!regions.ok()) return Prefixed(regions.status(), absl::StrCat("image '", image.id(), "'"));
+  const int64_t k = regions->features.rows;
+  if (k < 1) return absl::InvalidArgumentError(absl::StrCat("image '", image.id(), "': the detector found no regions"));
+  if (static_cast<int64_t>(regions->boxes.size()) != k || static_cast<int64_t>(regions->labels.size()) != k) {
+    return absl::InternalError(absl::StrCat("image '", image.id(), "': the detector returned ", k, " regions, ",
+                                            regions->boxes.size(), " boxes and ", regions->labels.size(), " labels"));
+  }
+  ImageItem item;
+  item.id = image.id();
+  item.collection = image.collection();
+  item.metadata = MetadataFromProto(image.metadata());
+  item.region_features = std::move(regions->features);
+  item.boxes.reserve(regions->boxes.size());
+  for (const std::array<float, 4>& box : regions->boxes) item.boxes.push_back(Box{box[0], box[1], box[2], box[3]});
+  item.labels = std::move(regions->labels);
   return item;
 }
 
@@ -246,7 +315,7 @@ void ItemResultToProto(const ItemResult& result, v1::ItemStatus* out) {
 }
 
 void StatsToProto(const EngineStats& stats, const std::vector<std::string>& model_dirs,
-                  const std::string& version, v1::GetStatsResponse* out) {
+                  const std::string& version, const DetectorInfo* detector, v1::GetStatsResponse* out) {
   out->set_images(stats.images);
   out->set_captions(stats.captions);
   out->set_feature_bytes(stats.feature_bytes);
@@ -260,7 +329,8 @@ void StatsToProto(const EngineStats& stats, const std::vector<std::string>& mode
   out->set_storage(stats.storage);
   out->set_store_disk_bytes(stats.store_disk_bytes);
   out->set_version(version);
-  out->set_detector_loaded(false);
+  out->set_detector_loaded(detector != nullptr);
+  if (detector != nullptr) out->set_detector(detector->summary);
 }
 
 }  // namespace scanserve

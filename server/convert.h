@@ -5,11 +5,13 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "engine/common/matrix.h"
+#include "engine/detector/region_detector.h"
 #include "engine/retrieval/retrieval_engine.h"
 #include "scanserve/v1/scanserve.pb.h"
 
@@ -40,14 +42,33 @@ SearchParams SearchParamsFromProto(const v1::SearchImagesRequest& request);
 SearchParams SearchParamsFromProto(const v1::SearchCaptionsRequest& request);
 
 // image_id -> a stored image; region_features -> raw features; image_bytes -> FAILED_PRECONDITION
-// (no detector is loaded in this server); nothing set -> INVALID_ARGUMENT. Errors name the query.
+// (this conversion has no detector); nothing set -> INVALID_ARGUMENT. Errors name the query.
 absl::StatusOr<ImageQuery> ImageQueryFromProto(const v1::ImageQuery& query, int index);
+// INVALID_ARGUMENT unless 1..kMaxQueriesPerRequest queries.
+absl::Status CheckImageQueryCount(const v1::SearchCaptionsRequest& request);
+// The image_bytes of the request's queries, in query order (views into `request`).
+std::vector<std::string_view> ImageBytesOf(const v1::SearchCaptionsRequest& request);
+// Every query as ImageQueryFromProto, except image_bytes: with `detections` (one per image_bytes
+// query, in order: ImageBytesOf's images through the detector) the detected region features, or
+// that detection's error naming the query; without (nullptr: no detector) FAILED_PRECONDITION.
 // Also INVALID_ARGUMENT unless 1..kMaxQueriesPerRequest queries.
-absl::StatusOr<std::vector<ImageQuery>> ImageQueriesFromProto(const v1::SearchCaptionsRequest& request);
+absl::StatusOr<std::vector<ImageQuery>> ImageQueriesFromProto(
+    const v1::SearchCaptionsRequest& request,
+    std::vector<absl::StatusOr<DetectedRegions>>* detections = nullptr);
 
 // An ingestable image: region features (as above), boxes and labels each absent or one per region.
-// image_bytes is FAILED_PRECONDITION (no detector). Errors name the image id.
+// image_bytes is FAILED_PRECONDITION (this conversion has no detector; see ImageItemFromDetection).
+// Errors name the image id.
 absl::StatusOr<ImageItem> ImageItemFromProto(const v1::Image& image);
+
+// Whether an image with image_bytes is worth a detection: INVALID_ARGUMENT (naming it) for an id
+// the engine refuses anyway (empty, longer than RetrievalLimits::kMaxIdBytes), or boxes / labels
+// sent along (the detector supplies them).
+absl::Status CheckImageForDetection(const v1::Image& image);
+// The ingestable image whose image_bytes went through the detector: its id, collection and
+// metadata with the detected features (k x 2048), boxes (original pixels) and labels. A failed
+// detection is that image's error (code kept, message prefixed with the id).
+absl::StatusOr<ImageItem> ImageItemFromDetection(const v1::Image& image, absl::StatusOr<DetectedRegions> regions);
 CaptionItem CaptionItemFromProto(const v1::Caption& caption);
 
 // ---- engine -> responses ----
@@ -57,8 +78,9 @@ void CaptionHitsToProto(const std::vector<CaptionHit>& hits, v1::CaptionHits* ou
 void ItemStatusToProto(const std::string& id, const absl::Status& status, v1::ItemStatus* out);
 void ItemResultToProto(const ItemResult& result, v1::ItemStatus* out);
 
-// `model_dirs` name the loaded models in order (the engine reports one summary per model).
+// `model_dirs` name the loaded models in order (the engine reports one summary per model);
+// `detector` describes the loaded detector (nullptr: none).
 void StatsToProto(const EngineStats& stats, const std::vector<std::string>& model_dirs,
-                  const std::string& version, v1::GetStatsResponse* out);
+                  const std::string& version, const DetectorInfo* detector, v1::GetStatsResponse* out);
 
 }  // namespace scanserve

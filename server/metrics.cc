@@ -25,6 +25,20 @@ const prometheus::Histogram::BucketBoundaries& EngineLatencyBuckets() {
   return *buckets;
 }
 
+// A bottom-up detection: about a second on a GPU to several seconds per image on a CPU.
+const prometheus::Histogram::BucketBoundaries& DetectorLatencyBuckets() {
+  static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
+      0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120};
+  return *buckets;
+}
+
+// Queue waits behind detections: milliseconds to minutes.
+const prometheus::Histogram::BucketBoundaries& DetectorWaitBuckets() {
+  static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
+      0.0001, 0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120};
+  return *buckets;
+}
+
 const char* DirectionLabel(SearchDirection direction) {
   return direction == SearchDirection::kTextToImage ? "text_to_image" : "image_to_text";
 }
@@ -97,6 +111,31 @@ ServerMetrics::ServerMetrics(const std::string& version)
                        .Help("Items upserted (UpsertImages, UpsertCaptions, Ingest) by kind and result code.")
                        .Register(r);
 
+  detector_seconds_ = &prometheus::BuildHistogram()
+                           .Name("scanserve_detector_seconds")
+                           .Help("One region detector run (one image, or a batch of one call's images), seconds.")
+                           .Register(r)
+                           .Add({}, DetectorLatencyBuckets());
+  detector_batch_size_ = &prometheus::BuildHistogram()
+                              .Name("scanserve_detector_batch_size")
+                              .Help("Images per region detector run.")
+                              .Register(r)
+                              .Add({}, CountBuckets());
+  detector_queue_depth_ = &prometheus::BuildGauge()
+                               .Name("scanserve_detector_queue_depth")
+                               .Help("Images waiting in the detector queue (admitted, not started).")
+                               .Register(r)
+                               .Add({});
+  detector_queue_wait_seconds_ = &prometheus::BuildHistogram()
+                                      .Name("scanserve_detector_queue_wait_seconds")
+                                      .Help("Time an image waited in the detector queue before its run, seconds.")
+                                      .Register(r)
+                                      .Add({}, DetectorWaitBuckets());
+  detector_images_ = &prometheus::BuildCounter()
+                          .Name("scanserve_detector_images_total")
+                          .Help("Images sent to the region detector, by result code.")
+                          .Register(r);
+
   images_stored_ = &prometheus::BuildGauge()
                         .Name("scanserve_images_stored")
                         .Help("Images stored and searchable.")
@@ -147,6 +186,14 @@ ServerMetrics::ServerMetrics(const std::string& version)
     ingest_items(k, absl::StatusCode::kOk);
   }
   for (const char* reason : {"queue_full", "deadline", "cancelled", "shutdown"}) batcher_rejected(reason);
+  for (absl::StatusCode code : {absl::StatusCode::kOk, absl::StatusCode::kInvalidArgument,
+                                absl::StatusCode::kResourceExhausted}) {
+    detector_images(code);
+  }
+}
+
+prometheus::Counter& ServerMetrics::detector_images(absl::StatusCode code) {
+  return detector_images_->Add({{"result", GrpcCodeName(code)}});
 }
 
 prometheus::Counter& ServerMetrics::batcher_rejected(const std::string& reason) {

@@ -76,6 +76,22 @@ class ServerMetrics {
   // Ingest, by per-item result code ("OK", "InvalidArgument", "ResourceExhausted", ...).
   prometheus::Counter& ingest_items(IngestKind kind, absl::StatusCode code);
 
+  // ---- region detector (image bytes in UpsertImages, Ingest, SearchCaptions) ----
+
+  // scanserve_detector_seconds: one detector run (Detect, or DetectBatch over up to
+  // --detector-batch images of one call: decoding, the network, region selection), seconds.
+  prometheus::Histogram& detector_seconds() { return *detector_seconds_; }
+  // scanserve_detector_batch_size: images per detector run.
+  prometheus::Histogram& detector_batch_size() { return *detector_batch_size_; }
+  // scanserve_detector_queue_depth: images admitted to the detector queue and not yet started.
+  prometheus::Gauge& detector_queue_depth() { return *detector_queue_depth_; }
+  // scanserve_detector_queue_wait_seconds: time an image waited in the queue before its run, seconds.
+  prometheus::Histogram& detector_queue_wait_seconds() { return *detector_queue_wait_seconds_; }
+  // scanserve_detector_images_total{result}: images sent to the detector pool, by result code ("OK",
+  // "InvalidArgument" for undecodable/oversized images, "ResourceExhausted" for a full queue,
+  // "DeadlineExceeded", "Cancelled", "Unavailable" at shutdown, ...).
+  prometheus::Counter& detector_images(absl::StatusCode code);
+
   // ---- store state (refreshed from RetrievalEngine::Stats() at each scrape) ----
 
   // scanserve_images_stored / scanserve_captions_stored: items searchable now.
@@ -111,6 +127,12 @@ class ServerMetrics {
   prometheus::Family<prometheus::Histogram>* engine_search_seconds_;
   prometheus::Family<prometheus::Histogram>* engine_upsert_seconds_;
   prometheus::Family<prometheus::Counter>* ingest_items_;
+
+  prometheus::Histogram* detector_seconds_;
+  prometheus::Histogram* detector_batch_size_;
+  prometheus::Gauge* detector_queue_depth_;
+  prometheus::Histogram* detector_queue_wait_seconds_;
+  prometheus::Family<prometheus::Counter>* detector_images_;
 
   prometheus::Gauge* images_stored_;
   prometheus::Gauge* captions_stored_;

@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/detector/region_detector.h"
 #include "server/log.h"
 #include "server/server.h"
 
@@ -98,6 +99,16 @@ void LogEngine(const RetrievalEngine& engine, const ServerConfig& config) {
                                     stats.store_disk_bytes, " bytes on disk)"));
 }
 
+void LogDetector(const RegionDetector& detector, const ServerConfig& config) {
+  const DetectorInfo info = detector.Info();
+  const DetectorPoolOptions& pool = config.server.detection;
+  Log(LogLevel::kInfo, absl::StrCat("detector: ", config.detector.detector_dir, " (", info.summary, "), device ",
+                                    info.device, ", ", info.min_boxes, "..", info.max_boxes, " boxes per image; ",
+                                    pool.num_workers, " worker(s), queue ", pool.max_queue_images,
+                                    " images, batches of up to ", pool.max_batch_images, ", images up to ",
+                                    pool.max_image_bytes, " bytes"));
+}
+
 }  // namespace
 
 void InstallTerminationHandlers() {
@@ -130,7 +141,26 @@ int RunServer(const ServerConfig& config) {
   }
   LogEngine(**engine, config);
 
-  absl::StatusOr<std::unique_ptr<Server>> server = Server::Create(config.server, *std::move(engine));
+  std::unique_ptr<RegionDetector> detector;
+  if (config.detector.detector_dir.empty()) {
+    Log(LogLevel::kInfo, "detector: none (--detector-dir not set): image bytes are FAILED_PRECONDITION");
+  } else {
+    absl::StatusOr<std::unique_ptr<RegionDetector>> loaded = LoadBottomUpDetector(config.detector);
+    if (!loaded.ok()) {
+      Log(LogLevel::kError, absl::StrCat("cannot load the detector from ", config.detector.detector_dir, ": ",
+                                         loaded.status().ToString()));
+      return 1;
+    }
+    if (*loaded == nullptr) {
+      Log(LogLevel::kError, "cannot load the detector: LoadBottomUpDetector returned no detector");
+      return 1;
+    }
+    detector = *std::move(loaded);
+    LogDetector(*detector, config);
+  }
+
+  absl::StatusOr<std::unique_ptr<Server>> server =
+      Server::Create(config.server, *std::move(engine), std::move(detector));
   if (!server.ok()) {
     Log(LogLevel::kError, absl::StrCat("cannot create the server: ", server.status().ToString()));
     return 1;

@@ -2,6 +2,8 @@
 
 #include <chrono>
 #include <exception>
+#include <optional>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -44,9 +46,14 @@ void AppendEngineResults(const std::vector<ItemResult>& engine_results, const st
 
 }  // namespace
 
-ScanServiceImpl::ScanServiceImpl(RetrievalEngine* engine, DynamicBatcher* batcher, const Authenticator* auth,
-                                 ServerMetrics* metrics, ScanServiceOptions options)
-    : engine_(engine), batcher_(batcher), auth_(auth), metrics_(metrics), options_(std::move(options)) {}
+ScanServiceImpl::ScanServiceImpl(RetrievalEngine* engine, DynamicBatcher* batcher, DetectorPool* detector_pool,
+                                 const Authenticator* auth, ServerMetrics* metrics, ScanServiceOptions options)
+    : engine_(engine),
+      batcher_(batcher),
+      detector_pool_(detector_pool),
+      auth_(auth),
+      metrics_(metrics),
+      options_(std::move(options)) {}
 
 grpc::Status ScanServiceImpl::SearchImages(grpc::ServerContext* context,
                                            const v1::SearchImagesRequest* request,
@@ -66,7 +73,15 @@ grpc::Status ScanServiceImpl::SearchCaptions(grpc::ServerContext* context,
                                              const v1::SearchCaptionsRequest* request,
                                              v1::SearchCaptionsResponse* response) {
   if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
-  absl::StatusOr<std::vector<ImageQuery>> queries = ImageQueriesFromProto(*request);
+  if (absl::Status status = CheckImageQueryCount(*request); !status.ok()) return ToGrpcStatus(status);
+  // Image bytes: through the detector first (all of this request's images together).
+  std::vector<absl::StatusOr<DetectedRegions>> detections;
+  const std::vector<std::string_view> image_bytes = ImageBytesOf(*request);
+  const bool detect = detector_pool_ != nullptr && !image_bytes.empty();
+  if (detect) {
+    detections = detector_pool_->Detect(image_bytes, SteadyDeadline(*context), [context] { return context->IsCancelled(); });
+  }
+  absl::StatusOr<std::vector<ImageQuery>> queries = ImageQueriesFromProto(*request, detect ? &detections : nullptr);
   if (!queries.ok()) return ToGrpcStatus(queries.status());
   const SteadyClock::time_point start = SteadyClock::now();
   absl::StatusOr<std::vector<std::vector<CaptionHit>>> results =
@@ -84,7 +99,7 @@ grpc::Status ScanServiceImpl::UpsertImages(grpc::ServerContext* context,
   std::vector<const v1::Image*> images;
   for (const v1::Image& image : request->images()) images.push_back(&image);
   std::vector<v1::ItemStatus> results;
-  UpsertImageBatch(images, &results);
+  UpsertImageBatch(context, images, &results);
   for (v1::ItemStatus& result : results) *response->add_results() = std::move(result);
   return grpc::Status::OK;
 }
@@ -140,7 +155,7 @@ grpc::Status ScanServiceImpl::Ingest(grpc::ServerContext* context,
       if (kind == v1::IngestRequest::kImage) {
         std::vector<const v1::Image*> images;
         for (size_t j = i; j < end; ++j) images.push_back(&batch[j].image());
-        UpsertImageBatch(images, &results);
+        UpsertImageBatch(context, images, &results);
       } else if (kind == v1::IngestRequest::kCaption) {
         std::vector<const v1::Caption*> captions;
         for (size_t j = i; j < end; ++j) captions.push_back(&batch[j].caption());
@@ -176,25 +191,59 @@ grpc::Status ScanServiceImpl::Ingest(grpc::ServerContext* context,
 grpc::Status ScanServiceImpl::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                                        v1::GetStatsResponse* response) {
   if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
-  StatsToProto(engine_->Stats(), options_.model_dirs, options_.version, response);
+  const DetectorInfo detector = detector_pool_ != nullptr ? detector_pool_->info() : DetectorInfo();
+  StatsToProto(engine_->Stats(), options_.model_dirs, options_.version,
+               detector_pool_ != nullptr ? &detector : nullptr, response);
   return grpc::Status::OK;
 }
 
-void ScanServiceImpl::UpsertImageBatch(const std::vector<const v1::Image*>& images,
+void ScanServiceImpl::UpsertImageBatch(grpc::ServerContext* context, const std::vector<const v1::Image*>& images,
                                        std::vector<v1::ItemStatus>* results) {
   const size_t first = results->size();
-  std::vector<ImageItem> items;
-  std::vector<size_t> slots;  // results index of each item sent to the engine
-  for (const v1::Image* image : images) {
+  std::vector<std::optional<ImageItem>> converted(images.size());
+  std::vector<size_t> detect;                    // images whose bytes go to the detector
+  std::vector<std::string_view> detect_bytes;
+  for (size_t i = 0; i < images.size(); ++i) {
+    const v1::Image& image = *images[i];
     results->emplace_back();
-    absl::StatusOr<ImageItem> item = ImageItemFromProto(*image);
-    if (!item.ok()) {
-      ItemStatusToProto(image->id(), item.status(), &results->back());
+    results->back().set_id(image.id());
+    if (detector_pool_ != nullptr && image.content_case() == v1::Image::kImageBytes) {
+      if (absl::Status status = CheckImageForDetection(image); !status.ok()) {
+        ItemStatusToProto(image.id(), status, &results->back());
+        continue;
+      }
+      detect.push_back(i);
+      detect_bytes.emplace_back(image.image_bytes());
       continue;
     }
-    results->back().set_id(image->id());
-    slots.push_back(results->size() - 1);
-    items.push_back(*std::move(item));
+    absl::StatusOr<ImageItem> item = ImageItemFromProto(image);
+    if (!item.ok()) {
+      ItemStatusToProto(image.id(), item.status(), &results->back());
+      continue;
+    }
+    converted[i] = *std::move(item);
+  }
+  if (!detect.empty()) {
+    std::vector<absl::StatusOr<DetectedRegions>> regions = detector_pool_->Detect(
+        detect_bytes, SteadyDeadline(*context), [context] { return context->IsCancelled(); });
+    for (size_t j = 0; j < detect.size(); ++j) {
+      const size_t i = detect[j];
+      absl::StatusOr<ImageItem> item =
+          j < regions.size() ? ImageItemFromDetection(*images[i], std::move(regions[j]))
+                             : absl::InternalError("the detector pool answered too few images");
+      if (!item.ok()) {
+        ItemStatusToProto(images[i]->id(), item.status(), &(*results)[first + i]);
+        continue;
+      }
+      converted[i] = *std::move(item);
+    }
+  }
+  std::vector<ImageItem> items;
+  std::vector<size_t> slots;  // results index of each item sent to the engine
+  for (size_t i = 0; i < converted.size(); ++i) {
+    if (!converted[i].has_value()) continue;
+    slots.push_back(first + i);
+    items.push_back(*std::move(converted[i]));
   }
   if (!items.empty()) {
     const SteadyClock::time_point start = SteadyClock::now();

@@ -1,7 +1,7 @@
 // ScanServiceImpl: the scanserve.v1.ScanService handlers. Each one checks the caller's credentials,
 // converts the request (convert.h), makes one engine call (text->image searches through the dynamic
-// batcher), converts the answer back, and returns through ToGrpcStatus. Nothing else happens here:
-// no model, scoring or storage work.
+// batcher; image bytes first through the detector pool), converts the answer back, and returns
+// through ToGrpcStatus. Nothing else happens here: no detection, model, scoring or storage work.
 #pragma once
 
 #include <string>
@@ -13,6 +13,7 @@
 #include "scanserve/v1/scanserve.grpc.pb.h"
 #include "server/auth.h"
 #include "server/batching/dynamic_batcher.h"
+#include "server/detection/detector_pool.h"
 #include "server/metrics.h"
 
 namespace scanserve {
@@ -27,9 +28,10 @@ struct ScanServiceOptions {
 
 class ScanServiceImpl final : public v1::ScanService::Service {
  public:
-  // Nothing is owned; everything outlives the service (Server owns them all).
-  ScanServiceImpl(RetrievalEngine* engine, DynamicBatcher* batcher, const Authenticator* auth,
-                  ServerMetrics* metrics, ScanServiceOptions options);
+  // Nothing is owned; everything outlives the service (Server owns them all). `detector_pool` may be
+  // null: no detector, and image bytes are FAILED_PRECONDITION.
+  ScanServiceImpl(RetrievalEngine* engine, DynamicBatcher* batcher, DetectorPool* detector_pool,
+                  const Authenticator* auth, ServerMetrics* metrics, ScanServiceOptions options);
 
   grpc::Status SearchImages(grpc::ServerContext* context, const v1::SearchImagesRequest* request,
                             v1::SearchImagesResponse* response) override;
@@ -47,15 +49,18 @@ class ScanServiceImpl final : public v1::ScanService::Service {
                         v1::GetStatsResponse* response) override;
 
  private:
-  // Converts the images (a failed conversion is that item's result), upserts the rest in one
-  // engine call, and appends one status per image, in order, to `results`.
-  void UpsertImageBatch(const std::vector<const v1::Image*>& images, std::vector<v1::ItemStatus>* results);
+  // Converts the images (image bytes through the detector pool, together, under the call's deadline;
+  // a failed conversion or detection is that item's result), upserts the rest in one engine call,
+  // and appends one status per image, in order, to `results`.
+  void UpsertImageBatch(grpc::ServerContext* context, const std::vector<const v1::Image*>& images,
+                        std::vector<v1::ItemStatus>* results);
   void UpsertCaptionBatch(const std::vector<const v1::Caption*>& captions,
                           std::vector<v1::ItemStatus>* results);
   void CountIngested(IngestKind kind, const std::vector<v1::ItemStatus>& results, size_t first);
 
   RetrievalEngine* const engine_;
   DynamicBatcher* const batcher_;
+  DetectorPool* const detector_pool_;  // null: no detector
   const Authenticator* const auth_;
   ServerMetrics* const metrics_;
   const ScanServiceOptions options_;

@@ -1,5 +1,6 @@
 #include "server/server.h"
 
+#include <algorithm>
 #include <climits>
 #include <fstream>
 #include <sstream>
@@ -50,14 +51,16 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
   if (options.tls.cert_file.empty() != options.tls.key_file.empty()) {
     return absl::InvalidArgumentError("TLS needs both a certificate and a key file");
   }
+  if (absl::Status status = ValidateDetectorPoolOptions(options.detection); !status.ok()) return status;
   return ValidateDynamicBatcherOptions(options.batching);
 }
 
 absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
-                                                       std::unique_ptr<RetrievalEngine> engine) {
+                                                       std::unique_ptr<RetrievalEngine> engine,
+                                                       std::unique_ptr<RegionDetector> detector) {
   if (engine == nullptr) return absl::InvalidArgumentError("Server::Create needs an engine");
   if (absl::Status status = ValidateServerOptions(options); !status.ok()) return status;
-  std::unique_ptr<Server> server(new Server(std::move(options), std::move(engine)));
+  std::unique_ptr<Server> server(new Server(std::move(options), std::move(engine), std::move(detector)));
   const TlsOptions& tls = server->options_.tls;
   if (!tls.cert_file.empty()) {
     absl::StatusOr<std::string> cert = ReadFile(tls.cert_file, "TLS certificate");
@@ -71,19 +74,27 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
       DynamicBatcher::Create(server->options_.batching, server->searcher_.get(), server->metrics_.get());
   if (!batcher.ok()) return batcher.status();
   server->batcher_ = *std::move(batcher);
+  if (server->detector_ != nullptr) {
+    absl::StatusOr<std::unique_ptr<DetectorPool>> pool =
+        DetectorPool::Create(server->options_.detection, server->detector_.get(), server->metrics_.get());
+    if (!pool.ok()) return pool.status();
+    server->detector_pool_ = *std::move(pool);
+  }
   ScanServiceOptions service_options;
   service_options.ingest_batch_size = server->options_.ingest_batch_size;
   service_options.model_dirs = server->options_.model_dirs;
   service_options.version = server->options_.version;
   server->service_ = std::make_unique<ScanServiceImpl>(server->engine_.get(), server->batcher_.get(),
-                                                       server->auth_.get(), server->metrics_.get(),
-                                                       std::move(service_options));
+                                                       server->detector_pool_.get(), server->auth_.get(),
+                                                       server->metrics_.get(), std::move(service_options));
   return server;
 }
 
-Server::Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine)
+Server::Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine,
+               std::unique_ptr<RegionDetector> detector)
     : options_(std::move(options)),
       engine_(std::move(engine)),
+      detector_(std::move(detector)),
       metrics_(std::make_unique<ServerMetrics>(options_.version)),
       auth_(std::make_unique<Authenticator>(options_.auth_token)),
       searcher_(std::make_unique<EngineSearcher>(engine_.get())) {}
@@ -111,10 +122,12 @@ absl::Status Server::Start() {
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
-  // Every queued search holds a sync-server thread while it waits, so the pool must cover the
-  // batcher's queue plus the other calls; beyond it gRPC answers RESOURCE_EXHAUSTED.
+  // Every queued search or detection holds a sync-server thread while it waits, so the pool must
+  // cover the batcher's and the detector's queues plus the other calls; beyond it gRPC answers
+  // RESOURCE_EXHAUSTED.
   grpc::ResourceQuota quota("scanserve");
-  quota.SetMaxThreads(options_.batching.max_queue_size + 64);
+  quota.SetMaxThreads(options_.batching.max_queue_size +
+                      (detector_pool_ != nullptr ? options_.detection.max_queue_images : 0) + 64);
   builder.SetResourceQuota(quota);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<MetricsInterceptorFactory>(metrics_.get()));
@@ -170,6 +183,17 @@ void Server::Stop(std::chrono::system_clock::time_point deadline) {
   serving_ = false;
   if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->Shutdown();
   if (batcher_ != nullptr) batcher_->Stop();
+  if (detector_pool_ != nullptr) {
+    // Queued images run until the deadline (on the pool's steady clock); the rest are UNAVAILABLE.
+    if (deadline == std::chrono::system_clock::time_point::max()) {
+      detector_pool_->Stop(DetectorPool::Clock::time_point::max());
+    } else {
+      const auto remaining = std::max(deadline - std::chrono::system_clock::now(),
+                                      std::chrono::system_clock::duration::zero());
+      detector_pool_->Stop(DetectorPool::Clock::now() +
+                           std::chrono::duration_cast<DetectorPool::Clock::duration>(remaining));
+    }
+  }
   if (grpc_server_ != nullptr) {
     std::thread shutdown([this, deadline] { grpc_server_->Shutdown(deadline); });
     // Shutdown() stops accepting calls at once but also waits for every connection to close. Give

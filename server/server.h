@@ -1,6 +1,6 @@
-// Server: assembles and runs scanserve. It owns the engine and everything in front of it: the
-// ScanService handlers, the dynamic batcher, grpc.health.v1 and reflection, the metrics registry,
-// interceptor and HTTP endpoint. Lifecycle, as in Triton's server: Create() validates and builds
+// Server: assembles and runs scanserve. It owns the engine, the region detector (if any) and
+// everything in front of them: the ScanService handlers, the dynamic batcher, the detector pool,
+// grpc.health.v1 and reflection, the metrics registry, interceptor and HTTP endpoint. Lifecycle, as in Triton's server: Create() validates and builds
 // (nothing listens yet), Start() listens and warms up, Stop(deadline) drains and closes.
 #pragma once
 
@@ -15,8 +15,10 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "engine/detector/region_detector.h"
 #include "engine/retrieval/retrieval_engine.h"
 #include "server/batching/dynamic_batcher.h"
+#include "server/detection/detector_pool.h"
 
 namespace scanserve {
 
@@ -36,12 +38,15 @@ struct ServerOptions {
   std::string listen_address = "127.0.0.1:50051";   // gRPC, HOST:PORT (port 0 = any free port)
   std::string metrics_address = "127.0.0.1:9464";   // HTTP /metrics and /healthz; empty = none
   // Largest request or response message, bytes; beyond it gRPC answers RESOURCE_EXHAUSTED.
-  // Images (features or encoded bytes) easily exceed gRPC's 4 MiB default.
+  // Images (features or encoded bytes) easily exceed gRPC's 4 MiB default: the default carries an
+  // UpsertImages of two encoded images of the largest size (detection.max_image_bytes, 32 MiB) or
+  // hundreds of typical photos; Ingest sends one image per message.
   int64_t max_message_bytes = 64LL << 20;
   int ingest_batch_size = 64;  // most consecutive Ingest items per engine upsert
   TlsOptions tls;
   std::string auth_token;  // non-empty: ScanService calls need "authorization: Bearer <token>"
   DynamicBatcherOptions batching;
+  DetectorPoolOptions detection;  // used when Create() is given a detector
   std::vector<std::string> model_dirs;  // reported by GetStats (the engine was built from them)
   std::string version = "0.0.0";
 };
@@ -51,20 +56,23 @@ absl::Status ValidateServerOptions(const ServerOptions& options);
 
 class Server {
  public:
-  // Validates the options, reads the TLS files and builds the service, batcher and metrics around
-  // `engine` (non-null, already loaded). Nothing listens until Start().
+  // Validates the options, reads the TLS files and builds the service, batcher, detector pool and
+  // metrics around `engine` (non-null, already loaded) and `detector` (already loaded; null = none:
+  // image bytes are then FAILED_PRECONDITION). Nothing listens until Start().
   static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options,
-                                                        std::unique_ptr<RetrievalEngine> engine);
+                                                        std::unique_ptr<RetrievalEngine> engine,
+                                                        std::unique_ptr<RegionDetector> detector = nullptr);
   ~Server();  // Stop() with an immediate deadline if still running
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
   // Listens (health NOT_SERVING), starts the metrics endpoint, warms the engine up with one search,
-  // then reports SERVING for "" and "scanserve.v1.ScanService". UNAVAILABLE when a port cannot be
+  // then reports SERVING (the engine and the detector, if any, were loaded before Create) for "" and "scanserve.v1.ScanService". UNAVAILABLE when a port cannot be
   // bound; the warm-up's error when it fails. Call once.
   absl::Status Start();
 
-  // Graceful shutdown: health NOT_SERVING, drain the batcher (queued searches are answered),
+  // Graceful shutdown: health NOT_SERVING, drain the batcher (queued searches are answered), drain
+  // the detector pool until the deadline (images still queued then are UNAVAILABLE),
   // grpc::Server::Shutdown(deadline) (no new calls; in-flight calls finish, those still running at
   // the deadline are cancelled; once no ScanService call is left, idle connections and health
   // watches are closed without waiting for the deadline), stop the metrics endpoint, close the
@@ -79,7 +87,7 @@ class Server {
   ServerMetrics& metrics() { return *metrics_; }
 
  private:
-  Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine);
+  Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine, std::unique_ptr<RegionDetector> detector);
   absl::Status WarmUp();
 
   const ServerOptions options_;
@@ -88,10 +96,12 @@ class Server {
 
   // Destroyed in reverse order: the gRPC server goes before what its handlers use.
   std::unique_ptr<RetrievalEngine> engine_;
+  std::unique_ptr<RegionDetector> detector_;  // null: no detector
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<EngineSearcher> searcher_;
   std::unique_ptr<DynamicBatcher> batcher_;
+  std::unique_ptr<DetectorPool> detector_pool_;  // null: no detector
   std::unique_ptr<ScanServiceImpl> service_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;
   CallTracker* call_tracker_ = nullptr;  // owned by grpc_server_ (an interceptor factory)

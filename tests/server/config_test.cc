@@ -34,6 +34,14 @@ TEST(ConfigTest, DefaultsRunOutOfTheBox) {
   EXPECT_EQ(c.server.metrics_address, "127.0.0.1:9464");
   EXPECT_EQ(c.engine.data_dir, "./scanserve-data");
   EXPECT_EQ(c.server.max_message_bytes, 64 << 20);
+  EXPECT_TRUE(c.detector.detector_dir.empty()) << "no detector unless configured";
+  EXPECT_EQ(c.detector.device, DetectorDevice::kCpu);
+  EXPECT_EQ(c.detector.min_boxes, -1);
+  EXPECT_EQ(c.detector.max_boxes, -1);
+  EXPECT_EQ(c.server.detection.num_workers, 1);
+  EXPECT_EQ(c.server.detection.max_queue_images, 32);
+  EXPECT_EQ(c.server.detection.max_image_bytes, 32 << 20);
+  EXPECT_EQ(c.detector.max_image_bytes, 32 << 20) << "the detector gets the server's limit";
   EXPECT_EQ(c.engine.model_dirs, std::vector<std::string>{"/m"});
   EXPECT_EQ(c.server.model_dirs, std::vector<std::string>{"/m"});
   EXPECT_TRUE(c.server.auth_token.empty());
@@ -88,6 +96,46 @@ TEST(ConfigTest, BadValuesNameTheirFlagOrLine) {
   EXPECT_NE(parsed.status().message().find(":2:"), absl::string_view::npos) << parsed.status();
 }
 
+TEST(ConfigTest, DetectorSettings) {
+  const std::string file = WriteTemp("detector.conf",
+                                     "model = /m\n"
+                                     "detector-dir = /detectors/bua-36\n"
+                                     "detector-device = cuda:1\n"
+                                     "detector-workers = 2\n"
+                                     "detector-queue = 8\n"
+                                     "detector-batch = 4\n"
+                                     "detector-min-boxes = 10\n"
+                                     "detector-max-boxes = 100\n"
+                                     "max-image-bytes = 8M\n");
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--config", file, "--detector-queue", "16"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  const ServerConfig& c = parsed->config;
+  EXPECT_EQ(c.detector.detector_dir, "/detectors/bua-36");
+  EXPECT_EQ(c.detector.device, DetectorDevice::kCuda);
+  EXPECT_EQ(c.detector.cuda_device, 1);
+  EXPECT_EQ(c.server.detection.num_workers, 2);
+  EXPECT_EQ(c.server.detection.max_queue_images, 16) << "the flag wins";
+  EXPECT_EQ(c.server.detection.max_batch_images, 4);
+  EXPECT_EQ(c.detector.min_boxes, 10);
+  EXPECT_EQ(c.detector.max_boxes, 100);
+  EXPECT_EQ(c.server.detection.max_image_bytes, 8 << 20);
+  EXPECT_EQ(c.detector.max_image_bytes, 8 << 20);
+  EXPECT_NE(DescribeConfig(c).find("detector-dir = /detectors/bua-36"), std::string::npos) << DescribeConfig(c);
+
+  EXPECT_EQ(ParseArgs({"--model", "m", "--detector-device", "tpu"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseArgs({"--model", "m", "--detector-workers", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseArgs({"--model", "m", "--detector-queue", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseArgs({"--model", "m", "--detector-min-boxes", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ParseArgs({"--model", "m", "--detector-min-boxes", "-1"}).ok());
+  EXPECT_EQ(ParseArgs({"--model", "m", "--detector-min-boxes", "50", "--detector-max-boxes", "20"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // A message must be able to carry one image of the largest size.
+  absl::StatusOr<CommandLine> small = ParseArgs({"--model", "m", "--detector-dir", "/d", "--max-message-bytes", "16M"});
+  EXPECT_EQ(small.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(small.status().message().find("--max-message-bytes"), absl::string_view::npos) << small.status();
+  EXPECT_TRUE(ParseArgs({"--model", "m", "--detector-dir", "/d", "--max-message-bytes", "16M", "--max-image-bytes", "8M"}).ok());
+}
+
 TEST(ConfigTest, TokenFile) {
   const std::string file = WriteTemp("token", "  s3cret \n");
   absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m", "--auth-token-file", file});
@@ -104,7 +152,9 @@ TEST(ConfigTest, HelpListsEveryFlag) {
   for (const char* flag : {"--listen", "--metrics-listen", "--data-dir", "--model", "--config", "--threads",
                            "--storage", "--max-batch-queries", "--max-queue-delay-us", "--max-queue-size",
                            "--max-message-bytes", "--max-images", "--max-captions", "--tls-cert", "--tls-key",
-                           "--auth-token", "--auth-token-file", "--help"}) {
+                           "--auth-token", "--auth-token-file", "--detector-dir", "--detector-device",
+                           "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
+                           "--detector-max-boxes", "--max-image-bytes", "--help"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
   }
 }

@@ -156,13 +156,92 @@ TEST(ConvertTest, Responses) {
   stats.model_summaries = {"t2i"};
   stats.backend = "cpu";
   v1::GetStatsResponse response;
-  StatsToProto(stats, {"/m1"}, "1.2.3", &response);
+  StatsToProto(stats, {"/m1"}, "1.2.3", nullptr, &response);
   EXPECT_EQ(response.images(), 2);
   ASSERT_EQ(response.models_size(), 1);
   EXPECT_EQ(response.models(0).model_dir(), "/m1");
   EXPECT_EQ(response.models(0).summary(), "t2i");
   EXPECT_EQ(response.version(), "1.2.3");
   EXPECT_FALSE(response.detector_loaded());
+  EXPECT_EQ(response.detector(), "");
+
+  DetectorInfo detector;
+  detector.summary = "bottom-up R101, 36 boxes, cpu";
+  v1::GetStatsResponse with_detector;
+  StatsToProto(stats, {"/m1"}, "1.2.3", &detector, &with_detector);
+  EXPECT_TRUE(with_detector.detector_loaded());
+  EXPECT_EQ(with_detector.detector(), "bottom-up R101, 36 boxes, cpu");
+}
+
+DetectedRegions TwoRegions() {
+  DetectedRegions regions;
+  regions.features = FloatMatrix(2, 3);
+  regions.features.at(1, 2) = 7;
+  regions.boxes = {{1, 2, 3, 4}, {5, 6, 7, 8}};
+  regions.labels = {"red car", "tree"};
+  return regions;
+}
+
+TEST(ConvertTest, DetectedImagesBecomeItemsWithBoxesAndLabels) {
+  v1::Image image;
+  image.set_id("photo");
+  image.set_collection("c");
+  (*image.mutable_metadata())["k"] = "v";
+  image.set_image_bytes("\xff\xd8\xff");
+  EXPECT_TRUE(CheckImageForDetection(image).ok());
+  absl::StatusOr<ImageItem> item = ImageItemFromDetection(image, TwoRegions());
+  ASSERT_TRUE(item.ok()) << item.status();
+  EXPECT_EQ(item->id, "photo");
+  EXPECT_EQ(item->collection, "c");
+  EXPECT_EQ(item->metadata.at("k"), "v");
+  EXPECT_EQ(item->region_features.rows, 2);
+  EXPECT_EQ(item->region_features.at(1, 2), 7);
+  ASSERT_EQ(item->boxes.size(), 2u);
+  EXPECT_EQ(item->boxes[1].x1, 5);
+  EXPECT_EQ(item->boxes[1].y2, 8);
+  EXPECT_EQ(item->labels, (std::vector<std::string>{"red car", "tree"}));
+
+  absl::StatusOr<ImageItem> failed =
+      ImageItemFromDetection(image, absl::InvalidArgumentError("truncated JPEG"));
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(failed.status().message().find("photo"), absl::string_view::npos) << failed.status();
+  EXPECT_NE(failed.status().message().find("truncated JPEG"), absl::string_view::npos) << "the detector's message is kept";
+  EXPECT_EQ(ImageItemFromDetection(image, DetectedRegions()).status().code(), absl::StatusCode::kInvalidArgument)
+      << "no regions";
+
+  v1::Image with_boxes = image;
+  with_boxes.add_boxes()->set_x2(1);
+  EXPECT_EQ(CheckImageForDetection(with_boxes).code(), absl::StatusCode::kInvalidArgument);
+  v1::Image no_id = image;
+  no_id.clear_id();
+  EXPECT_EQ(CheckImageForDetection(no_id).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(ConvertTest, ImageBytesQueriesTakeTheirDetections) {
+  v1::SearchCaptionsRequest request;
+  request.add_queries()->set_image_bytes("one");
+  request.add_queries()->set_image_id("stored");
+  request.add_queries()->set_image_bytes("two");
+  EXPECT_TRUE(CheckImageQueryCount(request).ok());
+  const std::vector<std::string_view> bytes = ImageBytesOf(request);
+  ASSERT_EQ(bytes.size(), 2u);
+  EXPECT_EQ(bytes[0], "one");
+  EXPECT_EQ(bytes[1], "two");
+
+  EXPECT_EQ(ImageQueriesFromProto(request).status().code(), absl::StatusCode::kFailedPrecondition)
+      << "no detector";
+  std::vector<absl::StatusOr<DetectedRegions>> detections = {TwoRegions(), TwoRegions()};
+  absl::StatusOr<std::vector<ImageQuery>> queries = ImageQueriesFromProto(request, &detections);
+  ASSERT_TRUE(queries.ok()) << queries.status();
+  ASSERT_EQ(queries->size(), 3u);
+  EXPECT_EQ((*queries)[0].region_features.rows, 2);
+  EXPECT_EQ((*queries)[1].stored_id, "stored");
+  EXPECT_EQ((*queries)[2].region_features.at(1, 2), 7);
+
+  std::vector<absl::StatusOr<DetectedRegions>> one_bad = {TwoRegions(), absl::InvalidArgumentError("not an image")};
+  queries = ImageQueriesFromProto(request, &one_bad);
+  EXPECT_EQ(queries.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(queries.status().message().find("queries[2]"), absl::string_view::npos) << queries.status();
 }
 
 }  // namespace

@@ -1,11 +1,7 @@
 // The whole server in process, over real gRPC on a loopback port, with a fake engine: health,
 // every RPC, status codes for bad input, message limits, auth, Ingest streaming, metrics, shutdown.
+// (Image bytes through a detector: detector_server_test.cc.)
 #include "server/server.h"
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
@@ -21,32 +17,14 @@
 #include "scanserve/v1/scanserve.grpc.pb.h"
 #include "server/metrics.h"
 #include "tests/server/fake_engine.h"
+#include "tests/server/http_get.h"
 
 namespace scanserve {
 namespace {
 
 using testing_fake::FakeRetrievalEngine;
 
-// GET http://127.0.0.1:port/path; returns "status-line\r\n...body".
-std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_port = htons(static_cast<uint16_t>(port));
-  inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string request = absl::StrCat("GET ", path, " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-  (void)!write(fd, request.data(), request.size());
-  std::string response;
-  char buffer[4096];
-  ssize_t n = 0;
-  while ((n = read(fd, buffer, sizeof(buffer))) > 0) response.append(buffer, static_cast<size_t>(n));
-  close(fd);
-  return response;
-}
+using testing_http::HttpGet;
 
 v1::Image MakeImage(const std::string& id, float first, const std::string& collection = "", int dim = 8) {
   v1::Image image;

@@ -25,6 +25,10 @@ class ValidationTest : public ::testing::TestWithParam<ScorerBackend> {
  protected:
   void SetUp() override {
     auto s = MakeScorer(GetParam(), Config());
+    if (GetParam() == ScorerBackend::kCuda &&
+        s.status().code() == absl::StatusCode::kFailedPrecondition) {
+      GTEST_SKIP() << "no CUDA device: " << s.status().message();
+    }
     ASSERT_TRUE(s.ok()) << s.status();
     scorer_ = std::move(s).value();
   }
@@ -104,10 +108,21 @@ TEST_P(ValidationTest, RemoveArguments) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Scoring, ValidationTest,
-                         ::testing::Values(ScorerBackend::kCpu, ScorerBackend::kReference),
+                         ::testing::Values(ScorerBackend::kCpu, ScorerBackend::kReference
+#ifdef SCANSERVE_WITH_CUDA
+                                           ,
+                                           ScorerBackend::kCuda
+#endif
+                                           ),
                          [](const auto& info) {
-                           return std::string(info.param == ScorerBackend::kCpu ? "Cpu"
-                                                                                : "Reference");
+                           switch (info.param) {
+                             case ScorerBackend::kCpu:
+                               return std::string("Cpu");
+                             case ScorerBackend::kReference:
+                               return std::string("Reference");
+                             default:
+                               return std::string("Cuda");
+                           }
                          });
 
 TEST(ScorerConfigValidation, RejectsBadConfigs) {
@@ -131,13 +146,19 @@ TEST(ScorerConfigValidation, RejectsBadConfigs) {
   EXPECT_EQ(CpuScorer::Create(Config(), o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-TEST(MakeScorerTest, CudaUnavailableWithoutCuda) {
-#ifndef SCANSERVE_WITH_CUDA
+TEST(MakeScorerTest, CudaAvailability) {
   auto s = MakeScorer(ScorerBackend::kCuda, Config());
+#ifndef SCANSERVE_WITH_CUDA
   EXPECT_EQ(s.status().code(), absl::StatusCode::kUnimplemented) << s.status();
   EXPECT_NE(s.status().message().find("built without CUDA"), absl::string_view::npos);
 #else
-  GTEST_SKIP() << "built with CUDA";
+  // Built with CUDA: a scorer where a device is usable, else FAILED_PRECONDITION saying why.
+  if (s.ok()) {
+    EXPECT_EQ((*s)->size(), 0);
+    return;
+  }
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition) << s.status();
+  EXPECT_NE(s.status().message().find("no CUDA device"), absl::string_view::npos) << s.status();
 #endif
 }
 

@@ -1,0 +1,853 @@
+// CudaScorer's host side: device memory, cuBLAS, the passes. Kernels: scan_kernels.cu.
+#include "engine/scoring/cuda_scorer.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <utility>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "engine/common/status_macros.h"
+#include "engine/scoring/cuda/scan_kernels.h"
+
+namespace scanserve {
+namespace {
+
+namespace ck = cuda_kernels;
+
+static_assert(static_cast<int>(RawFeatureNorm::kClippedL2Norm) == 0 &&
+                  static_cast<int>(RawFeatureNorm::kL2Norm) == 1 &&
+                  static_cast<int>(RawFeatureNorm::kClipped) == 2 &&
+                  static_cast<int>(RawFeatureNorm::kNoNorm) == 3 &&
+                  static_cast<int>(RawFeatureNorm::kSoftmax) == 4,
+              "scan_kernels.cu numbers RawFeatureNorm the same way");
+static_assert(static_cast<int>(Pooling::kLogSumExp) == 0 && static_cast<int>(Pooling::kMean) == 1 &&
+                  static_cast<int>(Pooling::kMax) == 2 && static_cast<int>(Pooling::kSum) == 3,
+              "scan_kernels.cu numbers Pooling the same way");
+
+absl::Status CudaStatus(cudaError_t err, const char* what, const char* file, int line) {
+  const std::string msg = absl::StrCat("CudaScorer: ", what, ": ", cudaGetErrorName(err), " (",
+                                       cudaGetErrorString(err), ") at ", file, ":", line);
+  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
+  return absl::InternalError(msg);
+}
+
+absl::Status CublasStatus(cublasStatus_t st, const char* what, const char* file, int line) {
+  const std::string msg = absl::StrCat("CudaScorer: ", what, ": cuBLAS status ",
+                                       static_cast<int>(st), " at ", file, ":", line);
+  if (st == CUBLAS_STATUS_ALLOC_FAILED) return absl::ResourceExhaustedError(msg);
+  return absl::InternalError(msg);
+}
+
+#define SCANSERVE_CUDA_RETURN_IF_ERROR(expr, what)                                  \
+  do {                                                                              \
+    const cudaError_t scanserve_cuda_err_ = (expr);                                 \
+    if (scanserve_cuda_err_ != cudaSuccess) {                                       \
+      return CudaStatus(scanserve_cuda_err_, what, __FILE__, __LINE__);             \
+    }                                                                               \
+  } while (0)
+
+#define SCANSERVE_CUBLAS_RETURN_IF_ERROR(expr, what)                                \
+  do {                                                                              \
+    const cublasStatus_t scanserve_cublas_st_ = (expr);                             \
+    if (scanserve_cublas_st_ != CUBLAS_STATUS_SUCCESS) {                            \
+      return CublasStatus(scanserve_cublas_st_, what, __FILE__, __LINE__);          \
+    }                                                                               \
+  } while (0)
+
+// Makes `device` current for a scope and restores the previous one.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) {
+    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
+    if (previous_ != device) cudaSetDevice(device);
+  }
+  ~DeviceGuard() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int previous_ = -1;
+};
+
+// An owned device allocation (freed on the device current at destruction: the owner's guard).
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  ~DeviceBuffer() { Reset(); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) {
+    o.ptr_ = nullptr;
+    o.bytes_ = 0;
+  }
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      std::swap(ptr_, o.ptr_);
+      std::swap(bytes_, o.bytes_);
+    }
+    return *this;
+  }
+
+  // At least `bytes`; the contents are lost when it grows.
+  absl::Status Reserve(size_t bytes, const char* what) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    Reset();
+    void* p = nullptr;
+    const cudaError_t err = cudaMalloc(&p, bytes);
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky-free allocation error
+      return absl::ResourceExhaustedError(absl::StrCat("CudaScorer: out of device memory for ", what,
+                                                       " (", bytes, " bytes): ",
+                                                       cudaGetErrorString(err)));
+    }
+    ptr_ = p;
+    bytes_ = bytes;
+    return absl::OkStatus();
+  }
+  // At least `bytes`, keeping the first `keep` bytes (stream-ordered copy on `stream`).
+  absl::Status Grow(size_t bytes, size_t keep, cudaStream_t stream, const char* what) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    DeviceBuffer bigger;
+    SCANSERVE_RETURN_IF_ERROR(bigger.Reserve(std::max(bytes, bytes_ + bytes_ / 2), what));
+    if (keep > 0) {
+      SCANSERVE_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(bigger.ptr_, ptr_, keep, cudaMemcpyDeviceToDevice, stream), what);
+      SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), what);
+    }
+    *this = std::move(bigger);
+    return absl::OkStatus();
+  }
+  void Reset() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  void* get() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Page-locked host memory, for the Add uploads.
+class PinnedBuffer {
+ public:
+  ~PinnedBuffer() {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+  }
+  absl::Status Reserve(size_t bytes) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMallocHost(&ptr_, bytes), "pinned staging buffer");
+    bytes_ = bytes;
+    return absl::OkStatus();
+  }
+  float* get() const { return static_cast<float*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Bytes staged per upload step of Add.
+constexpr size_t kUploadBytes = size_t{64} << 20;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+
+struct CudaScorer::Impl {
+  // A slab: whole items in consecutive rows. Stored item i of the slab is items[i] (row_begin and
+  // gram_begin slab-relative), keys[i] its key; device metadata items_dev mirrors `items`.
+  struct Slab {
+    DeviceBuffer features;  // capacity_rows x dim, fp32 or bf16
+    DeviceBuffer norms;     // capacity_rows floats
+    DeviceBuffer grams;     // gram_used floats (grown on demand)
+    DeviceBuffer items_dev;
+    int64_t capacity_rows = 0;
+    int64_t used_rows = 0;
+    int64_t gram_used = 0;
+    int32_t max_rows = 0;
+    std::vector<ck::ItemDev> items;
+    std::vector<int64_t> keys;
+  };
+  // Where a key is stored.
+  struct Location {
+    Slab* slab = nullptr;
+    int index = 0;
+  };
+
+  int device = 0;
+  cudaDeviceProp props{};
+  cudaStream_t stream = nullptr;
+  cublasHandle_t cublas = nullptr;
+  int64_t dim = 0;
+  bool bf16 = false;
+  bool split_queries = false;
+  bool stored_is_context = true;
+  AttentionParams attention;
+  CudaScorerOptions options;
+
+  std::vector<std::unique_ptr<Slab>> slabs;
+  absl::flat_hash_map<int64_t, Location> where;
+  int64_t num_items = 0;
+
+  // Per-pass buffers, reused; guarded by pass_mu (const calls may run concurrently).
+  mutable std::mutex pass_mu;
+  mutable DeviceBuffer q_f32, q_b16, q_norms, q_grams, q_items, product, scores, epi_scratch,
+      topk_a, topk_b, col_keys, upload_dev[2], compact_tmp;
+  mutable PinnedBuffer upload_host[2];
+  mutable cudaEvent_t upload_done[2] = {nullptr, nullptr};
+  mutable bool col_keys_dirty = true;
+
+  size_t elem_bytes() const { return bf16 ? 2 : 4; }
+
+  ~Impl() {
+    DeviceGuard guard(device);
+    if (stream != nullptr) cudaStreamSynchronize(stream);
+    slabs.clear();
+    for (DeviceBuffer* b : {&q_f32, &q_b16, &q_norms, &q_grams, &q_items, &product, &scores,
+                            &epi_scratch, &topk_a, &topk_b, &col_keys, &upload_dev[0],
+                            &upload_dev[1], &compact_tmp}) {
+      b->Reset();
+    }
+    for (cudaEvent_t& e : upload_done) {
+      if (e != nullptr) cudaEventDestroy(e);
+    }
+    if (cublas != nullptr) cublasDestroy(cublas);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  int32_t MaxStoredRows() const {
+    int32_t m = 0;
+    for (const auto& s : slabs) m = std::max(m, s->max_rows);
+    return m;
+  }
+
+  absl::Status UploadItems(Slab& s) const {
+    const size_t bytes = s.items.size() * sizeof(ck::ItemDev);
+    if (bytes == 0) return absl::OkStatus();
+    SCANSERVE_RETURN_IF_ERROR(s.items_dev.Grow(bytes, 0, stream, "item metadata"));
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.items_dev.get(), s.items.data(), bytes,
+                                                   cudaMemcpyHostToDevice, stream),
+                                   "upload item metadata");
+    // The host vector may change before the copy runs: wait (metadata is small).
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "upload item metadata");
+    return absl::OkStatus();
+  }
+
+  // Copies items[first, last) (already given rows in `s` from row `row0`) to the device, then
+  // computes their norms and Gram matrices. Double-buffered through pinned memory.
+  absl::Status WriteRun(Slab& s, absl::Span<const ItemView> items, int64_t row0) {
+    const int64_t d = dim;
+    const size_t row_bytes = static_cast<size_t>(d) * sizeof(float);
+    const int64_t rows_per_step = std::max<int64_t>(1, kUploadBytes / row_bytes);
+    size_t item = 0;
+    int64_t item_row = 0;  // rows of items[item] already copied
+    int64_t row = row0;
+    int step = 0;
+    while (item < items.size()) {
+      const int b = step % 2;
+      SCANSERVE_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(upload_done[b]), "upload");
+      SCANSERVE_RETURN_IF_ERROR(upload_host[b].Reserve(rows_per_step * row_bytes));
+      int64_t n = 0;  // rows packed in this step
+      while (item < items.size() && n < rows_per_step) {
+        const int64_t take = std::min(items[item].rows - item_row, rows_per_step - n);
+        std::memcpy(upload_host[b].get() + n * d, items[item].data + item_row * d,
+                    static_cast<size_t>(take) * row_bytes);
+        n += take;
+        item_row += take;
+        if (item_row == items[item].rows) {
+          ++item;
+          item_row = 0;
+        }
+      }
+      const size_t bytes = static_cast<size_t>(n) * row_bytes;
+      if (bf16) {
+        SCANSERVE_RETURN_IF_ERROR(upload_dev[b].Reserve(rows_per_step * row_bytes, "upload"));
+        SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(upload_dev[b].get(), upload_host[b].get(),
+                                                       bytes, cudaMemcpyHostToDevice, stream),
+                                       "upload");
+        SCANSERVE_CUDA_RETURN_IF_ERROR(
+            ck::FloatToBf16(upload_dev[b].as<float>(), s.features.as<uint16_t>() + row * d, n * d,
+                            stream),
+            "narrow to bf16");
+      } else {
+        SCANSERVE_CUDA_RETURN_IF_ERROR(
+            cudaMemcpyAsync(s.features.as<float>() + row * d, upload_host[b].get(), bytes,
+                            cudaMemcpyHostToDevice, stream),
+            "upload");
+      }
+      SCANSERVE_CUDA_RETURN_IF_ERROR(cudaEventRecord(upload_done[b], stream), "upload");
+      row += n;
+      ++step;
+    }
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        ck::RowNorms(s.features.as<char>() + row0 * d * elem_bytes(), bf16, row - row0, d,
+                     s.norms.as<float>() + row0, stream),
+        "row norms");
+    return absl::OkStatus();
+  }
+
+  // Drops the items at `dead` (indices, ascending) from slab `s` in place, through compact_tmp
+  // (already large enough); never allocates.
+  absl::Status CompactSlab(Slab& s, const std::vector<int>& dead) {
+    const int64_t d = dim;
+    const size_t eb = elem_bytes();
+    std::vector<ck::ItemDev> items;
+    std::vector<int64_t> keys;
+    items.reserve(s.items.size() - dead.size());
+    keys.reserve(items.capacity());
+    // Pack survivors into compact_tmp: features, then norms, then grams.
+    const size_t feat_bytes = static_cast<size_t>(s.used_rows) * d * eb;
+    const size_t norm_bytes = static_cast<size_t>(s.used_rows) * sizeof(float);
+    char* tmp = compact_tmp.as<char>();
+    char* tmp_norms = tmp + feat_bytes;
+    char* tmp_grams = tmp_norms + norm_bytes;
+    int64_t row = 0, gram = 0;
+    int32_t max_rows = 0;
+    size_t next_dead = 0;
+    for (size_t i = 0; i < s.items.size(); ++i) {
+      if (next_dead < dead.size() && dead[next_dead] == static_cast<int>(i)) {
+        ++next_dead;
+        continue;
+      }
+      const ck::ItemDev& it = s.items[i];
+      SCANSERVE_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(tmp + row * d * eb, s.features.as<char>() + it.row_begin * d * eb,
+                          it.rows * d * eb, cudaMemcpyDeviceToDevice, stream),
+          "compact");
+      SCANSERVE_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(tmp_norms + row * sizeof(float), s.norms.as<float>() + it.row_begin,
+                          it.rows * sizeof(float), cudaMemcpyDeviceToDevice, stream),
+          "compact");
+      ck::ItemDev moved = it;
+      moved.row_begin = row;
+      moved.gram_begin = gram;
+      if (stored_is_context) {
+        const size_t g = static_cast<size_t>(it.rows) * it.rows * sizeof(float);
+        SCANSERVE_CUDA_RETURN_IF_ERROR(
+            cudaMemcpyAsync(tmp_grams + gram * sizeof(float), s.grams.as<float>() + it.gram_begin,
+                            g, cudaMemcpyDeviceToDevice, stream),
+            "compact");
+        gram += static_cast<int64_t>(it.rows) * it.rows;
+      }
+      row += it.rows;
+      max_rows = std::max(max_rows, it.rows);
+      items.push_back(moved);
+      keys.push_back(s.keys[i]);
+    }
+    if (row > 0) {
+      SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.features.get(), tmp, row * d * eb,
+                                                     cudaMemcpyDeviceToDevice, stream),
+                                     "compact");
+      SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.norms.get(), tmp_norms,
+                                                     row * sizeof(float), cudaMemcpyDeviceToDevice,
+                                                     stream),
+                                     "compact");
+    }
+    if (gram > 0) {
+      SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.grams.get(), tmp_grams,
+                                                     gram * sizeof(float), cudaMemcpyDeviceToDevice,
+                                                     stream),
+                                     "compact");
+    }
+    s.items = std::move(items);
+    s.keys = std::move(keys);
+    s.used_rows = row;
+    s.gram_used = gram;
+    s.max_rows = max_rows;
+    SCANSERVE_RETURN_IF_ERROR(UploadItems(s));
+    for (size_t i = 0; i < s.keys.size(); ++i) where[s.keys[i]] = Location{&s, static_cast<int>(i)};
+    return absl::OkStatus();
+  }
+
+  // Removes the stored items at `locs` (each live), compacting every slab touched and dropping
+  // emptied slabs. Allocates compact_tmp first; nothing changes when that fails.
+  absl::Status RemoveLocations(const std::vector<Location>& locs) {
+    absl::flat_hash_map<Slab*, std::vector<int>> dead;
+    for (const Location& l : locs) dead[l.slab].push_back(l.index);
+    size_t tmp_bytes = 0;
+    for (const auto& [slab, idx] : dead) {
+      tmp_bytes = std::max(tmp_bytes, static_cast<size_t>(slab->used_rows) *
+                                              (dim * elem_bytes() + sizeof(float)) +
+                                          static_cast<size_t>(slab->gram_used) * sizeof(float));
+    }
+    SCANSERVE_RETURN_IF_ERROR(compact_tmp.Reserve(tmp_bytes, "compaction"));
+    // Forget every dead key first: compaction then re-registers the survivors (including a new
+    // copy of an upserted key) at their new places.
+    for (auto& [slab, idx] : dead) {
+      std::sort(idx.begin(), idx.end());
+      for (int i : idx) where.erase(slab->keys[i]);
+      num_items -= static_cast<int64_t>(idx.size());
+    }
+    for (auto& [slab, idx] : dead) SCANSERVE_RETURN_IF_ERROR(CompactSlab(*slab, idx));
+    slabs.erase(std::remove_if(slabs.begin(), slabs.end(),
+                               [](const std::unique_ptr<Slab>& s) { return s->items.empty(); }),
+                slabs.end());
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "compact");
+    col_keys_dirty = true;
+    return absl::OkStatus();
+  }
+
+  // One scoring pass: scores (device, queries x num_items, ld num_items) for every query.
+  absl::Status RunPass(absl::Span<const ItemView> queries) const;
+};
+
+absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const {
+  const int64_t d = dim;
+  const int nq = static_cast<int>(queries.size());
+  // Queries: stacked rows, metadata, norms, Gram matrices when they are the context.
+  std::vector<ck::ItemDev> q_meta(nq);
+  int64_t q_rows = 0, q_gram = 0;
+  int32_t max_q_rows = 0;
+  for (int j = 0; j < nq; ++j) {
+    q_meta[j].row_begin = q_rows;
+    q_meta[j].rows = static_cast<int32_t>(queries[j].rows);
+    q_meta[j].gram_begin = q_gram;
+    q_rows += queries[j].rows;
+    if (!stored_is_context) q_gram += queries[j].rows * queries[j].rows;
+    max_q_rows = std::max<int32_t>(max_q_rows, static_cast<int32_t>(queries[j].rows));
+  }
+  std::vector<float> packed(static_cast<size_t>(q_rows * d));
+  for (int j = 0; j < nq; ++j) {
+    std::memcpy(packed.data() + q_meta[j].row_begin * d, queries[j].data,
+                static_cast<size_t>(queries[j].rows * d) * sizeof(float));
+  }
+  SCANSERVE_RETURN_IF_ERROR(q_f32.Reserve(packed.size() * sizeof(float), "queries"));
+  SCANSERVE_RETURN_IF_ERROR(q_norms.Reserve(q_rows * sizeof(float), "query norms"));
+  SCANSERVE_RETURN_IF_ERROR(q_items.Reserve(nq * sizeof(ck::ItemDev), "query metadata"));
+  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(q_f32.get(), packed.data(),
+                                                 packed.size() * sizeof(float),
+                                                 cudaMemcpyHostToDevice, stream),
+                                 "upload queries");
+  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(q_items.get(), q_meta.data(),
+                                                 nq * sizeof(ck::ItemDev), cudaMemcpyHostToDevice,
+                                                 stream),
+                                 "upload queries");
+  SCANSERVE_CUDA_RETURN_IF_ERROR(
+      ck::RowNorms(q_f32.get(), false, q_rows, d, q_norms.as<float>(), stream), "query norms");
+  if (!stored_is_context) {
+    SCANSERVE_RETURN_IF_ERROR(q_grams.Reserve(q_gram * sizeof(float), "query Gram matrices"));
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        ck::Grams(q_f32.get(), false, d, q_items.as<ck::ItemDev>(), nq, q_grams.as<float>(),
+                  stream),
+        "query Gram matrices");
+  }
+  // The GEMM's query operand: fp32, or bf16 (hi rows, then lo rows when split).
+  const void* q_operand = q_f32.get();
+  int64_t ncols = q_rows;
+  if (bf16) {
+    ncols = split_queries ? 2 * q_rows : q_rows;
+    SCANSERVE_RETURN_IF_ERROR(q_b16.Reserve(ncols * d * sizeof(uint16_t), "bf16 queries"));
+    uint16_t* hi = q_b16.as<uint16_t>();
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        ck::SplitToBf16(q_f32.as<float>(), hi, split_queries ? hi + q_rows * d : nullptr,
+                        q_rows * d, stream),
+        "split queries");
+    q_operand = hi;
+  }
+
+  // Scores and per-chunk products.
+  SCANSERVE_RETURN_IF_ERROR(
+      scores.Reserve(static_cast<size_t>(nq) * num_items * sizeof(float), "scores"));
+  const int32_t max_s_rows = MaxStoredRows();
+  const int64_t chunk_rows = std::max<int64_t>(
+      max_s_rows, options.max_product_bytes / static_cast<int64_t>(ncols * sizeof(float)));
+  int64_t largest_slab = 0;
+  for (const auto& s : slabs) largest_slab = std::max(largest_slab, s->used_rows);
+  const int64_t product_rows = std::min(chunk_rows, largest_slab);
+  SCANSERVE_RETURN_IF_ERROR(
+      product.Reserve(static_cast<size_t>(product_rows) * ncols * sizeof(float), "products"));
+  ck::EpiloguePlan plan;
+  SCANSERVE_CUDA_RETURN_IF_ERROR(
+      ck::PlanEpilogue(device, stored_is_context ? max_s_rows : max_q_rows,
+                       stored_is_context ? max_q_rows : max_s_rows, &plan),
+      "plan the epilogue");
+  if (plan.global_scratch_bytes > 0) {
+    SCANSERVE_RETURN_IF_ERROR(epi_scratch.Reserve(plan.global_scratch_bytes, "epilogue scratch"));
+  }
+
+  ck::EpilogueParams p;
+  p.raw_feature_norm = static_cast<int>(attention.raw_feature_norm);
+  p.pooling = static_cast<int>(attention.pooling);
+  p.lambda_softmax = attention.lambda_softmax;
+  p.lambda_lse = attention.lambda_lse;
+  p.stored_is_context = stored_is_context;
+  p.product = product.as<float>();
+  p.ld_product = ncols;
+  p.lo_offset = bf16 && split_queries ? q_rows : 0;
+  p.queries = q_items.as<ck::ItemDev>();
+  p.num_queries = nq;
+  p.query_norms = q_norms.as<float>();
+  p.query_grams = stored_is_context ? nullptr : q_grams.as<float>();
+  p.scores = scores.as<float>();
+  p.ld_scores = num_items;
+
+  const float one = 1.0f, zero = 0.0f;
+  const cudaDataType_t type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  int64_t col = 0;
+  for (const auto& sp : slabs) {
+    const Slab& s = *sp;
+    size_t i0 = 0;
+    while (i0 < s.items.size()) {
+      // Whole items, at most chunk_rows rows (at least one item).
+      size_t i1 = i0 + 1;
+      const int64_t row0 = s.items[i0].row_begin;
+      while (i1 < s.items.size() &&
+             s.items[i1].row_begin + s.items[i1].rows - row0 <= chunk_rows) {
+        ++i1;
+      }
+      const int64_t rows = s.items[i1 - 1].row_begin + s.items[i1 - 1].rows - row0;
+      // product (row-major rows x ncols) = features[row0 .. row0 + rows) · queriesᵀ; in cuBLAS's
+      // column-major terms: C (ncols x rows) = Qᵀ(ncols x d) · F(d x rows).
+      SCANSERVE_CUBLAS_RETURN_IF_ERROR(
+          cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(ncols),
+                       static_cast<int>(rows), static_cast<int>(d), &one, q_operand, type,
+                       static_cast<int>(d),
+                       s.features.as<char>() + row0 * d * elem_bytes(), type,
+                       static_cast<int>(d), &zero, product.get(), CUDA_R_32F,
+                       static_cast<int>(ncols), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+          "region-word products (cublasGemmEx)");
+      p.chunk_row0 = row0;
+      p.items = s.items_dev.as<ck::ItemDev>();
+      p.item_begin = static_cast<int>(i0);
+      p.num_items = static_cast<int>(i1 - i0);
+      p.stored_norms = s.norms.as<float>();
+      p.stored_grams = stored_is_context ? s.grams.as<float>() : nullptr;
+      p.col0 = col + static_cast<int64_t>(i0);
+      SCANSERVE_CUDA_RETURN_IF_ERROR(
+          ck::Epilogue(p, plan, epi_scratch.as<float>(), stream), "fused epilogue");
+      i0 = i1;
+    }
+    col += static_cast<int64_t>(s.items.size());
+  }
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+
+bool CudaScorer::DeviceAvailable(std::string* why) {
+  int count = 0;
+  const cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess || count == 0) {
+    if (why != nullptr) {
+      *why = err != cudaSuccess
+                 ? absl::StrCat("cudaGetDeviceCount: ", cudaGetErrorName(err), " (",
+                                cudaGetErrorString(err), ")")
+                 : std::string("cudaGetDeviceCount found 0 devices");
+    }
+    cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+CudaScorer::CudaScorer(const ScorerConfig& config, const CudaScorerOptions& options,
+                       std::unique_ptr<Impl> impl)
+    : Scorer(config), options_(options), impl_(std::move(impl)) {}
+
+CudaScorer::~CudaScorer() = default;
+
+absl::StatusOr<std::unique_ptr<CudaScorer>> CudaScorer::Create(const ScorerConfig& config,
+                                                               const CudaScorerOptions& options) {
+  SCANSERVE_RETURN_IF_ERROR(ValidateScorerConfig(config));
+  if (options.slab_rows < 1 || options.max_product_bytes < 1 || options.device < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CudaScorerOptions: slab_rows and max_product_bytes must be >= 1 and device >= 0, got ",
+        options.slab_rows, ", ", options.max_product_bytes, " and ", options.device));
+  }
+  if (config.dim > (int64_t{1} << 30)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CudaScorer: dim ", config.dim, " is beyond cuBLAS's int sizes"));
+  }
+  std::string why;
+  if (!DeviceAvailable(&why)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "CudaScorer: no CUDA device is available (", why,
+        "); use the cpu backend, or run on a machine with an NVIDIA GPU and driver"));
+  }
+  int count = 0;
+  cudaGetDeviceCount(&count);
+  if (options.device >= count) {
+    return absl::FailedPreconditionError(absl::StrCat("CudaScorer: device ", options.device,
+                                                      " requested but only ", count,
+                                                      " CUDA device(s) present"));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->device = options.device;
+  DeviceGuard guard(options.device);
+  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaGetDeviceProperties(&impl->props, options.device),
+                                 "cudaGetDeviceProperties");
+  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking),
+                                 "cudaStreamCreate");
+  for (cudaEvent_t& e : impl->upload_done) {
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming),
+                                   "cudaEventCreate");
+  }
+  SCANSERVE_CUBLAS_RETURN_IF_ERROR(cublasCreate(&impl->cublas), "cublasCreate");
+  SCANSERVE_CUBLAS_RETURN_IF_ERROR(cublasSetStream(impl->cublas, impl->stream), "cublasSetStream");
+  // fp32 products stay fp32 (no TF32): CUBLAS_COMPUTE_32F is passed explicitly as well.
+  SCANSERVE_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(impl->cublas, CUBLAS_DEFAULT_MATH),
+                                   "cublasSetMathMode");
+  impl->dim = config.dim;
+  impl->bf16 = config.storage == StorageType::kBFloat16;
+  impl->split_queries = options.query_precision == CudaQueryPrecision::kBf16Split;
+  const bool t2i = config.attention.cross_attn == CrossAttention::kTextToImage;
+  impl->stored_is_context = t2i == (config.stored_kind == ItemKind::kImage);
+  impl->attention = config.attention;
+  impl->options = options;
+  return std::unique_ptr<CudaScorer>(new CudaScorer(config, options, std::move(impl)));
+}
+
+std::string CudaScorer::DeviceDescription() const {
+  const cudaDeviceProp& p = impl_->props;
+  return absl::StrCat(p.name, " (sm_", p.major, p.minor, ", ",
+                      absl::SixDigits(static_cast<double>(p.totalGlobalMem) / (1 << 30)), " GiB, ",
+                      p.multiProcessorCount, " SMs)");
+}
+
+absl::Status CudaScorer::Synchronize() const {
+  DeviceGuard guard(impl_->device);
+  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(impl_->stream), "synchronize");
+  return absl::OkStatus();
+}
+
+int64_t CudaScorer::size() const { return impl_->num_items; }
+
+bool CudaScorer::Contains(int64_t key) const { return impl_->where.contains(key); }
+
+std::vector<int64_t> CudaScorer::keys() const {
+  std::vector<int64_t> out;
+  out.reserve(impl_->num_items);
+  for (const auto& s : impl_->slabs) out.insert(out.end(), s->keys.begin(), s->keys.end());
+  return out;
+}
+
+int64_t CudaScorer::memory_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& s : impl_->slabs) {
+    bytes += s->used_rows * (impl_->dim * static_cast<int64_t>(impl_->elem_bytes()) +
+                             static_cast<int64_t>(sizeof(float))) +
+             s->gram_used * static_cast<int64_t>(sizeof(float)) +
+             static_cast<int64_t>(s->items.size() * sizeof(ck::ItemDev));
+  }
+  return bytes;
+}
+
+absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<const ItemView> items) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.pass_mu);
+  DeviceGuard guard(m.device);
+  const int64_t d = m.dim;
+
+  // Remember the state to roll back to: slab sizes and how many slabs there were.
+  struct Mark {
+    size_t items;
+    int64_t rows, gram;
+    int32_t max_rows;
+  };
+  std::vector<Mark> marks;
+  for (const auto& s : m.slabs) {
+    marks.push_back(Mark{s->items.size(), s->used_rows, s->gram_used, s->max_rows});
+  }
+  const size_t old_slabs = m.slabs.size();
+  auto rollback = [&] {
+    cudaStreamSynchronize(m.stream);
+    m.slabs.resize(old_slabs);
+    for (size_t i = 0; i < old_slabs; ++i) {
+      Impl::Slab& s = *m.slabs[i];
+      s.items.resize(marks[i].items);
+      s.keys.resize(marks[i].items);
+      s.used_rows = marks[i].rows;
+      s.gram_used = marks[i].gram;
+      s.max_rows = marks[i].max_rows;
+    }
+  };
+
+  // Place the new items: runs of consecutive items per slab.
+  struct Run {
+    Impl::Slab* slab;
+    size_t first, last;  // items[first, last)
+    int64_t row0;
+    size_t item0;  // first slab item index
+  };
+  std::vector<Run> runs;
+  std::vector<Impl::Location> placed;  // per new item, before any compaction
+  placed.reserve(items.size());
+  absl::Status st = [&]() -> absl::Status {
+    for (size_t i = 0; i < items.size(); ++i) {
+      const int64_t rows = items[i].rows;
+      Impl::Slab* s = m.slabs.empty() ? nullptr : m.slabs.back().get();
+      if (s == nullptr || s->used_rows + rows > s->capacity_rows) {
+        auto fresh = std::make_unique<Impl::Slab>();
+        fresh->capacity_rows = std::max(m.options.slab_rows, rows);
+        SCANSERVE_RETURN_IF_ERROR(fresh->features.Reserve(
+            static_cast<size_t>(fresh->capacity_rows) * d * m.elem_bytes(), "stored features"));
+        SCANSERVE_RETURN_IF_ERROR(fresh->norms.Reserve(
+            static_cast<size_t>(fresh->capacity_rows) * sizeof(float), "stored row norms"));
+        m.slabs.push_back(std::move(fresh));
+        s = m.slabs.back().get();
+      }
+      if (runs.empty() || runs.back().slab != s) {
+        runs.push_back(Run{s, i, i, s->used_rows, s->items.size()});
+      }
+      runs.back().last = i + 1;
+      ck::ItemDev it;
+      it.row_begin = s->used_rows;
+      it.rows = static_cast<int32_t>(rows);
+      it.gram_begin = s->gram_used;
+      placed.push_back(Impl::Location{s, static_cast<int>(s->items.size())});
+      s->items.push_back(it);
+      s->keys.push_back(keys[i]);
+      s->used_rows += rows;
+      if (m.stored_is_context) s->gram_used += rows * rows;
+      s->max_rows = std::max(s->max_rows, it.rows);
+    }
+    for (const Run& r : runs) {
+      Impl::Slab& s = *r.slab;
+      const size_t keep = static_cast<size_t>(r.item0 == 0 ? 0 : s.items[r.item0].gram_begin);
+      if (m.stored_is_context) {
+        SCANSERVE_RETURN_IF_ERROR(
+            s.grams.Grow(s.gram_used * sizeof(float), keep * sizeof(float), m.stream,
+                         "stored Gram matrices"));
+      }
+      SCANSERVE_RETURN_IF_ERROR(m.UploadItems(s));
+      SCANSERVE_RETURN_IF_ERROR(m.WriteRun(s, items.subspan(r.first, r.last - r.first), r.row0));
+      if (m.stored_is_context) {
+        SCANSERVE_CUDA_RETURN_IF_ERROR(
+            ck::Grams(s.features.get(), m.bf16, d,
+                      s.items_dev.as<ck::ItemDev>() + r.item0,
+                      static_cast<int>(r.last - r.first), s.grams.as<float>(), m.stream),
+            "stored Gram matrices");
+      }
+    }
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "Add");
+    return absl::OkStatus();
+  }();
+  if (!st.ok()) {
+    rollback();
+    return st;
+  }
+
+  // Upserts: the old copies go (compaction); on failure the new items go again.
+  std::vector<Impl::Location> old;
+  for (int64_t key : keys) {
+    auto found = m.where.find(key);
+    if (found != m.where.end()) old.push_back(found->second);
+  }
+  if (!old.empty()) {
+    // Compaction reads compact_tmp only; reserve it before anything is committed.
+    st = m.RemoveLocations(old);
+    if (!st.ok()) {
+      // RemoveLocations fails before changing anything only when compact_tmp cannot be had.
+      rollback();
+      return st;
+    }
+  }
+  // Commit the keys of the new items. A key already present was re-registered by a compaction
+  // of its slab (which moved it); the others sit where they were placed.
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (!m.where.contains(keys[i])) m.where[keys[i]] = placed[i];
+  }
+  m.num_items += static_cast<int64_t>(keys.size());
+  m.col_keys_dirty = true;
+  return absl::OkStatus();
+}
+
+absl::Status CudaScorer::RemoveImpl(absl::Span<const int64_t> keys) {
+  Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.pass_mu);
+  DeviceGuard guard(m.device);
+  std::vector<Impl::Location> locs;
+  locs.reserve(keys.size());
+  for (int64_t key : keys) locs.push_back(m.where.at(key));
+  return m.RemoveLocations(locs);
+}
+
+absl::Status CudaScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
+                                      FloatMatrix* scores) const {
+  const Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.pass_mu);
+  DeviceGuard guard(m.device);
+  SCANSERVE_RETURN_IF_ERROR(m.RunPass(queries));
+  SCANSERVE_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(scores->data.data(), m.scores.get(), scores->data.size() * sizeof(float),
+                      cudaMemcpyDeviceToHost, m.stream),
+      "download scores");
+  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "ScoreAll");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::vector<ScoredKey>>> CudaScorer::SearchImpl(
+    absl::Span<const ItemView> queries, int k) const {
+  if (k > kMaxDeviceTopK) return Scorer::SearchImpl(queries, k);
+  const Impl& m = *impl_;
+  std::lock_guard<std::mutex> lock(m.pass_mu);
+  DeviceGuard guard(m.device);
+  const int nq = static_cast<int>(queries.size());
+  const int64_t n = m.num_items;
+  if (m.col_keys_dirty) {
+    const std::vector<int64_t> column_keys = keys();
+    SCANSERVE_RETURN_IF_ERROR(m.col_keys.Reserve(n * sizeof(int64_t), "column keys"));
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(m.col_keys.get(), column_keys.data(),
+                                                   n * sizeof(int64_t), cudaMemcpyHostToDevice,
+                                                   m.stream),
+                                   "upload column keys");
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "upload column keys");
+    m.col_keys_dirty = false;
+  }
+  SCANSERVE_RETURN_IF_ERROR(m.RunPass(queries));
+  const int64_t tile = ck::kTopKTile;
+  int64_t tiles = (n + tile - 1) / tile;
+  const size_t cand_bytes = static_cast<size_t>(nq) * tiles * k * sizeof(ck::TopKCand);
+  SCANSERVE_RETURN_IF_ERROR(m.topk_a.Reserve(cand_bytes, "top-k candidates"));
+  SCANSERVE_RETURN_IF_ERROR(m.topk_b.Reserve(cand_bytes, "top-k candidates"));
+  SCANSERVE_CUDA_RETURN_IF_ERROR(
+      ck::TopKFromScores(m.scores.as<float>(), n, n, m.col_keys.as<int64_t>(), nq, k,
+                         m.topk_a.as<ck::TopKCand>(), m.stream),
+      "top-k");
+  const DeviceBuffer* cur = &m.topk_a;
+  const DeviceBuffer* other = &m.topk_b;
+  while (tiles > 1) {
+    const int64_t cands = tiles * k;
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        ck::TopKFromCandidates(cur->as<ck::TopKCand>(), cands, nq, k, other->as<ck::TopKCand>(),
+                               m.stream),
+        "top-k merge");
+    std::swap(cur, other);
+    tiles = (cands + tile - 1) / tile;
+  }
+  std::vector<ck::TopKCand> best(static_cast<size_t>(nq) * k);
+  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(best.data(), cur->get(),
+                                                 best.size() * sizeof(ck::TopKCand),
+                                                 cudaMemcpyDeviceToHost, m.stream),
+                                 "download top-k");
+  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "Search");
+  std::vector<std::vector<ScoredKey>> out(nq);
+  const int64_t take = std::min<int64_t>(k, n);
+  for (int j = 0; j < nq; ++j) {
+    out[j].reserve(take);
+    for (int64_t t = 0; t < take; ++t) {
+      const ck::TopKCand& c = best[static_cast<size_t>(j) * k + t];
+      if (c.valid) out[j].push_back(ScoredKey{c.key, c.score});
+    }
+  }
+  return out;
+}
+
+}  // namespace scanserve

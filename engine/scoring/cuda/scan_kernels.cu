@@ -1,0 +1,446 @@
+// Device kernels of the CUDA scoring backend; see scan_kernels.h for the layouts and
+// engine/scoring/cpu_scorer.cc for the CPU epilogue these mirror step by step.
+#include "engine/scoring/cuda/scan_kernels.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+namespace scanserve {
+namespace cuda_kernels {
+namespace {
+
+// The reference code's constants (scan-model.md), as in cpu_scorer.cc.
+constexpr float kL2NormEps = 1e-8f;  // l2norm: ADDED to the norm
+constexpr float kCosineEps = 1e-8f;  // cosine_similarity: CLAMPS |x||y| from below
+constexpr float kLeakySlope = 0.1f;  // LeakyReLU in clipped_l2norm / clipped
+
+// RawFeatureNorm and Pooling enumerator values (checked against attention_params.h in
+// cuda_scorer.cc).
+constexpr int kClippedL2Norm = 0, kL2Norm = 1, kClipped = 2, kNoNorm = 3, kSoftmax = 4;
+constexpr int kLogSumExp = 0, kMean = 1, kMax = 2, kSum = 3;
+static_assert(kNoNorm == 3 && kSum == 3, "kNoNorm and kSum are the default branches below");
+
+constexpr int kWarp = 32;
+constexpr unsigned kFull = 0xffffffffu;
+
+__device__ __forceinline__ uint16_t ToBf16(float f) {
+  uint32_t bits = __float_as_uint(f);
+  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x0040u);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+__device__ __forceinline__ float FromBf16(uint16_t h) {
+  return __uint_as_float(static_cast<uint32_t>(h) << 16);
+}
+__device__ __forceinline__ float Load(const void* x, bool bf16, int64_t i) {
+  return bf16 ? FromBf16(static_cast<const uint16_t*>(x)[i]) : static_cast<const float*>(x)[i];
+}
+__device__ __forceinline__ float WarpSum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+__device__ __forceinline__ float Leaky(float x) { return fmaxf(x, x * kLeakySlope); }
+
+int GridFor(int64_t n, int per_block) {
+  return static_cast<int>(std::min<int64_t>((n + per_block - 1) / per_block, 65535 * 8));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Conversions, norms, Gram matrices.
+
+__global__ void FloatToBf16Kernel(const float* src, uint16_t* dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = ToBf16(src[i]);
+  }
+}
+
+__global__ void SplitKernel(const float* src, uint16_t* hi, uint16_t* lo, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const uint16_t h = ToBf16(src[i]);
+    hi[i] = h;
+    if (lo != nullptr) lo[i] = ToBf16(src[i] - FromBf16(h));
+  }
+}
+
+// One warp per row.
+__global__ void RowNormsKernel(const void* x, bool bf16, int64_t rows, int64_t dim, float* out) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = int64_t{gridDim.x} * (blockDim.x / kWarp);
+  for (int64_t r = blockIdx.x * int64_t{blockDim.x / kWarp} + threadIdx.x / kWarp; r < rows;
+       r += warps) {
+    float ss = 0.0f;
+    for (int64_t i = lane; i < dim; i += kWarp) {
+      const float v = Load(x, bf16, r * dim + i);
+      ss = fmaf(v, v, ss);
+    }
+    ss = WarpSum(ss);
+    if (lane == 0) out[r] = sqrtf(ss);
+  }
+}
+
+// One block per item, one warp per upper-triangle entry (mirrored).
+__global__ void GramsKernel(const void* x, bool bf16, int64_t dim, const ItemDev* items,
+                            float* grams) {
+  const ItemDev it = items[blockIdx.x];
+  const int lane = threadIdx.x % kWarp;
+  const int warps = blockDim.x / kWarp;
+  const int64_t n = it.rows;
+  const int64_t entries = n * n;
+  for (int64_t e = threadIdx.x / kWarp; e < entries; e += warps) {
+    const int64_t a = e / n, b = e % n;
+    if (b < a) continue;
+    const int64_t ra = (it.row_begin + a) * dim, rb = (it.row_begin + b) * dim;
+    float s = 0.0f;
+    for (int64_t i = lane; i < dim; i += kWarp) s = fmaf(Load(x, bf16, ra + i), Load(x, bf16, rb + i), s);
+    s = WarpSum(s);
+    if (lane == 0) {
+      grams[it.gram_begin + a * n + b] = s;
+      grams[it.gram_begin + b * n + a] = s;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The fused epilogue.
+//
+// Per (query, item) pair, one warp, in the attention's own terms (nc context rows, nq attending
+// rows; t2i: context = the image's regions, attending = the caption's words):
+//  0. stage m[c][q] = <context_c, attending_q> from the product chunk into the warp's scratch
+//     (adding the lo part for split bf16 queries), transposing when the stored side attends;
+//  1. lane per context row c: the raw_feature_norm scalars over the attending axis (LeakyReLU
+//     and l2norm, or the softmax max/sum), folded with λ1 into (scale_c, shift_c);
+//  2. lane per attending row q: softmax over c of a[c][q] (recomputed from m and the scalars),
+//     <y_q, att_q> = Σ_c w_c m[c][q], |att_q|² = wᵀ G w from the context's Gram matrix (upper
+//     triangle), r_q = the clamped cosine, folded straight into the pooling accumulator;
+//  3. warp reduction of the pooling; lane 0 writes the score.
+// Scratch per warp: m (nc x ldm, ldm = nq rounded up to odd: conflict-free column access), the
+// scalars (2 x nc), and the softmax numerators e (nc x 32, one column per lane).
+
+__device__ __forceinline__ float Attn(int norm, float v, float scale, float shift) {
+  switch (norm) {
+    case kClippedL2Norm:
+    case kClipped:
+      return Leaky(v) * scale;
+    case kSoftmax:
+      return expf(v - shift) * scale;
+    default:  // kL2Norm, kNoNorm
+      return v * scale;
+  }
+}
+
+__global__ void EpilogueKernel(EpilogueParams p, int warps_per_block, int64_t warp_floats,
+                               float* global_scratch) {
+  extern __shared__ float shared_scratch[];
+  const int lane = threadIdx.x % kWarp;
+  const int warp = threadIdx.x / kWarp;
+  float* buf = global_scratch != nullptr
+                   ? global_scratch + (int64_t{blockIdx.x} * warps_per_block + warp) * warp_floats
+                   : shared_scratch + warp * warp_floats;
+  const float lambda = p.lambda_softmax;
+  const float inf = INFINITY;
+  const int64_t pairs = int64_t{p.num_items} * p.num_queries;
+  for (int64_t pair = int64_t{blockIdx.x} * warps_per_block + warp; pair < pairs;
+       pair += int64_t{gridDim.x} * warps_per_block) {
+    const int i = static_cast<int>(pair / p.num_queries);  // item within the chunk
+    const int j = static_cast<int>(pair % p.num_queries);  // query
+    const ItemDev it = p.items[p.item_begin + i];
+    const ItemDev qu = p.queries[j];
+    const int nc = p.stored_is_context ? it.rows : qu.rows;
+    const int nq = p.stored_is_context ? qu.rows : it.rows;
+    const int ldm = nq | 1;
+    float* m = buf;
+    float* scale = m + int64_t{nc} * ldm;
+    float* shift = scale + nc;
+    float* e = shift + nc;
+    const float* gram = p.stored_is_context ? p.stored_grams + it.gram_begin
+                                            : p.query_grams + qu.gram_begin;
+    const float* ynorm = p.stored_is_context ? p.query_norms + qu.row_begin
+                                             : p.stored_norms + it.row_begin;
+
+    // 0. Stage the pair's products; consecutive lanes read consecutive query rows (coalesced).
+    const float* prod = p.product + (it.row_begin - p.chunk_row0) * p.ld_product + qu.row_begin;
+    const int total = it.rows * qu.rows;
+    for (int idx = lane; idx < total; idx += kWarp) {
+      const int r = idx / qu.rows;
+      const int qq = idx - r * qu.rows;
+      const float* src = prod + int64_t{r} * p.ld_product + qq;
+      float v = src[0];
+      if (p.lo_offset != 0) v += src[p.lo_offset];
+      if (p.stored_is_context) {
+        m[int64_t{r} * ldm + qq] = v;
+      } else {
+        m[int64_t{qq} * ldm + r] = v;
+      }
+    }
+    __syncwarp();
+
+    // 1. Row scalars, lane per context row.
+    for (int c = lane; c < nc; c += kWarp) {
+      const float* mr = m + int64_t{c} * ldm;
+      float s = lambda, t = 0.0f;
+      if (p.raw_feature_norm == kClippedL2Norm || p.raw_feature_norm == kL2Norm) {
+        const bool clip = p.raw_feature_norm == kClippedL2Norm;
+        float ss = 0.0f;
+        for (int q = 0; q < nq; ++q) {
+          const float v = clip ? Leaky(mr[q]) : mr[q];
+          ss = fmaf(v, v, ss);
+        }
+        s = lambda / (sqrtf(ss) + kL2NormEps);
+      } else if (p.raw_feature_norm == kSoftmax) {
+        float mx = -inf;
+        for (int q = 0; q < nq; ++q) mx = fmaxf(mx, mr[q]);
+        float sum = 0.0f;
+        for (int q = 0; q < nq; ++q) sum += expf(mr[q] - mx);
+        s = lambda / sum;
+        t = mx;
+      }
+      scale[c] = s;
+      shift[c] = t;
+    }
+    __syncwarp();
+
+    // 2. Lane per attending row, 32 at a time; pooling accumulators per lane.
+    float pool_a = p.pooling == kLogSumExp || p.pooling == kMax ? -inf : 0.0f;  // max or sum
+    float pool_b = 0.0f;                                                       // LSE sum
+    for (int q0 = 0; q0 < nq; q0 += kWarp) {
+      const int q = q0 + lane;
+      if (q >= nq) break;
+      float mx = -inf;
+      for (int c = 0; c < nc; ++c) {
+        mx = fmaxf(mx, Attn(p.raw_feature_norm, m[int64_t{c} * ldm + q], scale[c], shift[c]));
+      }
+      float sum = 0.0f, dot = 0.0f;
+      for (int c = 0; c < nc; ++c) {
+        const float mv = m[int64_t{c} * ldm + q];
+        const float ex = expf(Attn(p.raw_feature_norm, mv, scale[c], shift[c]) - mx);
+        e[int64_t{c} * kWarp + lane] = ex;
+        sum += ex;
+        dot = fmaf(ex, mv, dot);
+      }
+      // eᵀ G e over the upper triangle: Σ_c e_c (G_cc e_c / 2 + Σ_{c' > c} G_cc' e_c'), doubled.
+      float quad = 0.0f;
+      for (int c = 0; c < nc; ++c) {
+        const float* g = gram + int64_t{c} * nc;
+        const float ec = e[int64_t{c} * kWarp + lane];
+        float t = 0.5f * g[c] * ec;
+        for (int c2 = c + 1; c2 < nc; ++c2) t = fmaf(g[c2], e[int64_t{c2} * kWarp + lane], t);
+        quad = fmaf(ec, t, quad);
+      }
+      const float inv = 1.0f / sum;
+      const float num = dot * inv;
+      const float att_norm = sqrtf(fmaxf(quad + quad, 0.0f)) * inv;
+      const float den = fmaxf(ynorm[q] * att_norm, kCosineEps);
+      const float r = num / den;
+      switch (p.pooling) {
+        case kLogSumExp: {  // online log-sum-exp of λ2 r
+          const float v = p.lambda_lse * r;
+          if (v > pool_a) {
+            pool_b = pool_b * expf(pool_a - v) + 1.0f;
+            pool_a = v;
+          } else {
+            pool_b += expf(v - pool_a);
+          }
+          break;
+        }
+        case kMax:
+          pool_a = fmaxf(pool_a, r);
+          break;
+        default:  // kMean, kSum
+          pool_a += r;
+          break;
+      }
+    }
+
+    // 3. Reduce over the lanes.
+    for (int o = 16; o > 0; o >>= 1) {
+      const float a2 = __shfl_xor_sync(kFull, pool_a, o);
+      const float b2 = __shfl_xor_sync(kFull, pool_b, o);
+      if (p.pooling == kLogSumExp) {
+        const float mx = fmaxf(pool_a, a2);
+        if (mx != -inf) {
+          pool_b = (pool_b == 0.0f ? 0.0f : pool_b * expf(pool_a - mx)) +
+                   (b2 == 0.0f ? 0.0f : b2 * expf(a2 - mx));
+          pool_a = mx;
+        }
+      } else if (p.pooling == kMax) {
+        pool_a = fmaxf(pool_a, a2);
+      } else {
+        pool_a += a2;
+      }
+    }
+    if (lane == 0) {
+      float score = pool_a;
+      if (p.pooling == kLogSumExp) score = (pool_a + logf(pool_b)) / p.lambda_lse;
+      if (p.pooling == kMean) score = pool_a / static_cast<float>(nq);
+      p.scores[int64_t{j} * p.ld_scores + p.col0 + i] = score;
+    }
+    __syncwarp();  // the next pair reuses the scratch
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Top-k: bitonic sort of kTopKTile candidates per block in shared memory, keep the best k.
+
+__device__ __forceinline__ uint64_t Rank(const TopKCand& c) {
+  if (!c.valid) return 0;
+  float s = c.score;
+  if (isnan(s)) return 1;
+  if (s == 0.0f) s = 0.0f;  // -0 ranks as +0 (TopKPerRow compares with !=)
+  uint32_t b = __float_as_uint(s);
+  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return uint64_t{b} + 2;
+}
+__device__ __forceinline__ bool Better(const TopKCand& a, const TopKCand& b) {
+  const uint64_t ra = Rank(a), rb = Rank(b);
+  if (ra != rb) return ra > rb;
+  return a.key < b.key;
+}
+
+constexpr int kTopKThreads = 1024;
+
+template <bool kFromScores>
+__global__ void TopKKernel(const float* scores, int64_t ld_scores, const int64_t* col_keys,
+                           const TopKCand* in, int64_t n, int k, TopKCand* out) {
+  __shared__ TopKCand s[kTopKTile];
+  const int j = blockIdx.y;
+  const int64_t base = int64_t{blockIdx.x} * kTopKTile;
+  for (int t = threadIdx.x; t < kTopKTile; t += blockDim.x) {
+    const int64_t g = base + t;
+    TopKCand c;
+    c.score = 0.0f;
+    c.valid = 0;
+    c.key = INT64_MAX;
+    if (g < n) {
+      if (kFromScores) {
+        c.score = scores[int64_t{j} * ld_scores + g];
+        c.valid = 1;
+        c.key = col_keys[g];
+      } else {
+        c = in[int64_t{j} * n + g];
+      }
+    }
+    s[t] = c;
+  }
+  for (int size = 2; size <= kTopKTile; size <<= 1) {
+    for (int stride = size / 2; stride > 0; stride >>= 1) {
+      __syncthreads();
+      for (int i = threadIdx.x; i < kTopKTile / 2; i += blockDim.x) {
+        const int pos = 2 * i - (i & (stride - 1));
+        const int partner = pos + stride;
+        const bool best_first = (pos & size) == 0;
+        const TopKCand a = s[pos], b = s[partner];
+        if (best_first ? Better(b, a) : Better(a, b)) {
+          s[pos] = b;
+          s[partner] = a;
+        }
+      }
+    }
+  }
+  __syncthreads();
+  TopKCand* dst = out + (int64_t{j} * gridDim.x + blockIdx.x) * k;
+  for (int t = threadIdx.x; t < k; t += blockDim.x) dst[t] = s[t];
+}
+
+}  // namespace
+
+cudaError_t FloatToBf16(const float* src, uint16_t* dst, int64_t n, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  FloatToBf16Kernel<<<GridFor(n, 256), 256, 0, stream>>>(src, dst, n);
+  return cudaGetLastError();
+}
+
+cudaError_t SplitToBf16(const float* src, uint16_t* hi, uint16_t* lo, int64_t n,
+                        cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  SplitKernel<<<GridFor(n, 256), 256, 0, stream>>>(src, hi, lo, n);
+  return cudaGetLastError();
+}
+
+cudaError_t RowNorms(const void* x, bool bf16, int64_t rows, int64_t dim, float* out,
+                     cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  RowNormsKernel<<<GridFor(rows, 8), 256, 0, stream>>>(x, bf16, rows, dim, out);
+  return cudaGetLastError();
+}
+
+cudaError_t Grams(const void* x, bool bf16, int64_t dim, const ItemDev* items, int num_items,
+                  float* grams, cudaStream_t stream) {
+  if (num_items == 0) return cudaSuccess;
+  GramsKernel<<<num_items, 256, 0, stream>>>(x, bf16, dim, items, grams);
+  return cudaGetLastError();
+}
+
+cudaError_t PlanEpilogue(int device, int max_context, int max_attending, EpiloguePlan* plan) {
+  int optin = 0, sms = 0;
+  cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  const int64_t nc = std::max(max_context, 1);
+  const int64_t ldm = (std::max(max_attending, 1) | 1);
+  plan->warp_floats = nc * ldm + 2 * nc + nc * kWarp;
+  const int64_t warp_bytes = plan->warp_floats * static_cast<int64_t>(sizeof(float));
+  const int64_t budget = std::min<int64_t>(optin, 160 * 1024);
+  constexpr int kMaxWarps = 8;
+  if (warp_bytes <= budget) {
+    plan->warps_per_block = static_cast<int>(std::min<int64_t>(kMaxWarps, budget / warp_bytes));
+    plan->shared_bytes = static_cast<size_t>(warp_bytes * plan->warps_per_block);
+    plan->global_scratch_bytes = 0;
+    err = cudaFuncSetAttribute(EpilogueKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(plan->shared_bytes));
+    if (err != cudaSuccess) return err;
+    int per_sm = 0;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, EpilogueKernel, plan->warps_per_block * kWarp, plan->shared_bytes);
+    if (err != cudaSuccess) return err;
+    plan->max_blocks = std::max(1, per_sm) * sms;
+  } else {
+    // Huge items: scratch in global memory, at most ~512 MB of it.
+    plan->warps_per_block = 4;
+    plan->shared_bytes = 0;
+    const int64_t cap = (int64_t{512} << 20) / (warp_bytes * plan->warps_per_block);
+    plan->max_blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(cap, 2 * sms)));
+    plan->global_scratch_bytes =
+        static_cast<size_t>(warp_bytes * plan->warps_per_block * plan->max_blocks);
+  }
+  return cudaSuccess;
+}
+
+cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, float* global_scratch,
+                     cudaStream_t stream) {
+  const int64_t pairs = int64_t{params.num_items} * params.num_queries;
+  if (pairs == 0) return cudaSuccess;
+  const int64_t want = (pairs + plan.warps_per_block - 1) / plan.warps_per_block;
+  const int grid = static_cast<int>(std::min<int64_t>(want, plan.max_blocks));
+  EpilogueKernel<<<grid, plan.warps_per_block * kWarp, plan.shared_bytes, stream>>>(
+      params, plan.warps_per_block, plan.warp_floats,
+      plan.global_scratch_bytes > 0 ? global_scratch : nullptr);
+  return cudaGetLastError();
+}
+
+cudaError_t TopKFromScores(const float* scores, int64_t ld_scores, int64_t n,
+                           const int64_t* col_keys, int num_queries, int k, TopKCand* out,
+                           cudaStream_t stream) {
+  const int64_t tiles = (n + kTopKTile - 1) / kTopKTile;
+  if (tiles == 0 || num_queries == 0) return cudaSuccess;
+  TopKKernel<true><<<dim3(static_cast<unsigned>(tiles), num_queries), kTopKThreads, 0, stream>>>(
+      scores, ld_scores, col_keys, nullptr, n, k, out);
+  return cudaGetLastError();
+}
+
+cudaError_t TopKFromCandidates(const TopKCand* in, int64_t n, int num_queries, int k,
+                               TopKCand* out, cudaStream_t stream) {
+  const int64_t tiles = (n + kTopKTile - 1) / kTopKTile;
+  if (tiles == 0 || num_queries == 0) return cudaSuccess;
+  TopKKernel<false><<<dim3(static_cast<unsigned>(tiles), num_queries), kTopKThreads, 0, stream>>>(
+      nullptr, 0, nullptr, in, n, k, out);
+  return cudaGetLastError();
+}
+
+}  // namespace cuda_kernels
+}  // namespace scanserve

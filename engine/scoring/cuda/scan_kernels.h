@@ -1,0 +1,104 @@
+// Device kernels of the CUDA scoring backend (engine/scoring/cuda_scorer.h), behind plain launcher
+// functions so that the host side (cuda_scorer.cc) is ordinary C++. Every launcher enqueues on the
+// given stream and returns cudaGetLastError() (a launch error), never synchronising.
+//
+// Layouts (device memory, row-major, compact):
+//  - features: rows x dim, fp32 or bf16 (the upper 16 bits of fp32, stored as uint16_t).
+//  - an item (stored or query) is an ItemDev: its first row, its row count and (when it is the
+//    attention context) the offset of its rows x rows fp32 Gram matrix.
+//  - a product chunk: stored rows x ld_product fp32, row r holding <stored row, query row> for
+//    every stacked query row (bf16 split queries: the hi parts in columns [0, Q), lo in [Q, 2Q)).
+//  - scores: num_queries x ld_scores fp32.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace scanserve {
+namespace cuda_kernels {
+
+struct ItemDev {
+  int64_t row_begin = 0;   // first row (slab-relative for stored items, pass-relative for queries)
+  int64_t gram_begin = 0;  // offset of the Gram matrix, when there is one
+  int32_t rows = 0;
+  int32_t pad = 0;
+};
+
+// n floats -> bf16, rounded to nearest even (bit-identical to engine/common/bfloat16.h).
+cudaError_t FloatToBf16(const float* src, uint16_t* dst, int64_t n, cudaStream_t stream);
+// n floats -> hi = bf16(x), lo = bf16(x - hi).
+cudaError_t SplitToBf16(const float* src, uint16_t* hi, uint16_t* lo, int64_t n,
+                        cudaStream_t stream);
+
+// out[r] = |row r| of rows x dim (fp32 when !bf16, else bf16), fp32 accumulation.
+cudaError_t RowNorms(const void* x, bool bf16, int64_t rows, int64_t dim, float* out,
+                     cudaStream_t stream);
+
+// For items[0..num_items): grams[gram_begin + a * rows + b] = <row a, row b> of the item, rows
+// taken from x + row_begin * dim (fp32 or bf16).
+cudaError_t Grams(const void* x, bool bf16, int64_t dim, const ItemDev* items, int num_items,
+                  float* grams, cudaStream_t stream);
+
+// The fused SCAN epilogue: one (query, stored item) pair per warp, from the raw products to the
+// pooled score; nothing but the score is written to device memory.
+struct EpilogueParams {
+  // Attention (AttentionParams, as ints: RawFeatureNorm and Pooling enumerator values).
+  int raw_feature_norm = 0;
+  int pooling = 0;
+  float lambda_softmax = 0.0f;
+  float lambda_lse = 0.0f;
+  bool stored_is_context = true;  // t2i with stored images, or i2t with stored captions
+  // Products of this chunk.
+  const float* product = nullptr;
+  int64_t ld_product = 0;
+  int64_t lo_offset = 0;   // column offset of the lo parts; 0 when there are none
+  int64_t chunk_row0 = 0;  // stored (slab) row of product row 0
+  // Stored items: items[item_begin, item_begin + num_items) of the slab.
+  const ItemDev* items = nullptr;
+  int item_begin = 0;
+  int num_items = 0;
+  const float* stored_norms = nullptr;  // per slab row
+  const float* stored_grams = nullptr;  // when stored_is_context
+  // Queries.
+  const ItemDev* queries = nullptr;
+  int num_queries = 0;
+  const float* query_norms = nullptr;  // per stacked query row
+  const float* query_grams = nullptr;  // when !stored_is_context
+  // Output: scores[j * ld_scores + col0 + i] for query j and chunk item i.
+  float* scores = nullptr;
+  int64_t ld_scores = 0;
+  int64_t col0 = 0;
+};
+
+// Launch geometry of the epilogue for pairs with at most max_context context rows and
+// max_attending attending rows: per-warp scratch lives in shared memory when it fits, else in
+// global scratch of global_scratch_bytes (to be passed to Epilogue).
+struct EpiloguePlan {
+  int warps_per_block = 0;
+  int max_blocks = 0;  // grid size cap (resident blocks, or the global scratch's capacity)
+  size_t shared_bytes = 0;
+  int64_t warp_floats = 0;
+  size_t global_scratch_bytes = 0;  // 0 = shared-memory scratch
+};
+cudaError_t PlanEpilogue(int device, int max_context, int max_attending, EpiloguePlan* plan);
+cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, float* global_scratch,
+                     cudaStream_t stream);
+
+// Device top-k (k <= kTopKTile / 8): best first, ties to the smaller key, NaN below every number.
+struct TopKCand {
+  float score = 0.0f;
+  int32_t valid = 0;  // 0: padding
+  int64_t key = 0;
+};
+constexpr int kTopKTile = 2048;
+// Round one: per query j and tile t of kTopKTile columns of scores (num_queries x ld_scores, n
+// columns, column c named col_keys[c]), the tile's best k into out[(j * tiles + t) * k ..].
+cudaError_t TopKFromScores(const float* scores, int64_t ld_scores, int64_t n, const int64_t* col_keys,
+                           int num_queries, int k, TopKCand* out, cudaStream_t stream);
+// Later rounds: the same over num_queries x n candidates.
+cudaError_t TopKFromCandidates(const TopKCand* in, int64_t n, int num_queries, int k, TopKCand* out,
+                               cudaStream_t stream);
+
+}  // namespace cuda_kernels
+}  // namespace scanserve

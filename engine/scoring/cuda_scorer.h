@@ -1,0 +1,104 @@
+// CudaScorer: the GPU mirror of CpuScorer (see scorer.h for the data conventions). Plain C++: no
+// CUDA header appears here, so callers build without the CUDA toolkit on their include path.
+//
+// What differs from the interface (and from CpuScorer):
+//  - Availability. Create() returns FAILED_PRECONDITION when no CUDA device can be used (no GPU,
+//    no driver, a bad CudaScorerOptions::device); MakeScorer(kCuda) passes that through.
+//  - Storage. Items live on the device, in slabs of whole items (CudaScorerOptions::slab_rows
+//    rows each, so that growing never copies the whole store): features (fp32, or bf16 rounded to
+//    nearest even as CpuScorer does), the row norms, and, for the side that is the attention
+//    context (t2i: images, i2t: captions), each item's Gram matrix (fp32, of the stored values),
+//    computed on the device at Add. ScorerConfig::storage decides fp32 or bf16; bf16 is what a
+//    server should pick on a GPU (scan_bench --backend=cuda defaults to it). An fp8 (e4m3) storage
+//    type is not offered: it needs per-row scales to stay usable and the CPU oracle has no such
+//    type; see engine/scoring/cuda/README.md.
+//  - Order. keys() is insertion order; an upserted key moves to the end. Remove compacts the slabs
+//    it touches at once (device-to-device), so the store never holds tombstones.
+//  - Scoring. Per pass: the queries are uploaded once, then per chunk of stored items ONE GEMM
+//    (cuBLAS; bf16 tensor cores with fp32 accumulation for bf16 storage, plain fp32 otherwise) of
+//    the chunk's stacked rows against all queries' stacked rows, then ONE fused epilogue kernel
+//    that takes every (query, item) pair from those raw products to its pooled score (LeakyReLU,
+//    l2norm over the query axis, λ1 softmax over the context axis, the Gram-form quadratic
+//    form, cosine, pooling) without writing anything but the score. With bf16 storage the fp32
+//    queries are split into two bf16 parts (hi + lo) by default, so the products are those of the
+//    rounded items with the unrounded queries (as CpuScorer's), to ~2^-16 relative.
+//  - Search selects the top k on the device (k <= kMaxDeviceTopK; larger k falls back to
+//    ScoreAll + TopKPerRow); only k results per query come back to the host.
+//  - Threading. Device work of concurrent const calls is serialised on the scorer's stream.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/common/matrix.h"
+#include "engine/scoring/scorer.h"
+
+namespace scanserve {
+
+// How the fp32 queries meet bf16 stored features in the GEMM (fp32 storage ignores this).
+enum class CudaQueryPrecision {
+  // q = hi + lo, both bf16, two stacked GEMM operands: the products are exact to ~2^-16 relative,
+  // i.e. the scores of the rounded items (CpuScorer's bf16 semantics). Twice the tensor-core work
+  // per query; the stored features are still read once per pass.
+  kBf16Split,
+  // q rounded to bf16: half the tensor-core work; the queries' rounding adds ~2^-9 relative error.
+  kBf16,
+};
+
+struct CudaScorerOptions {
+  int device = 0;  // CUDA device ordinal
+  CudaQueryPrecision query_precision = CudaQueryPrecision::kBf16Split;
+  // Rows per storage slab (whole items; an item larger than this gets a slab of its own).
+  int64_t slab_rows = int64_t{1} << 18;
+  // Upper bound on the fp32 product buffer (stored rows x query rows) of one chunk, in bytes; a
+  // chunk is at least one item.
+  int64_t max_product_bytes = int64_t{256} << 20;
+};
+
+class CudaScorer final : public Scorer {
+ public:
+  // INVALID_ARGUMENT for a bad config or options; FAILED_PRECONDITION when no CUDA device can be
+  // used (the message says why).
+  static absl::StatusOr<std::unique_ptr<CudaScorer>> Create(const ScorerConfig& config,
+                                                            const CudaScorerOptions& options = {});
+  // Whether a CUDA device is usable; *why (optional) gets the reason when not.
+  static bool DeviceAvailable(std::string* why = nullptr);
+
+  // Search keeps the top k on the device up to this k.
+  static constexpr int kMaxDeviceTopK = 256;
+
+  ~CudaScorer() override;
+
+  int64_t size() const override;
+  std::vector<int64_t> keys() const override;
+  int64_t memory_bytes() const override;
+
+  const CudaScorerOptions& options() const { return options_; }
+  // "NVIDIA H200 (sm_90, 139.8 GiB)" and the like.
+  std::string DeviceDescription() const;
+  // Waits for the device work of this scorer to finish (benchmarks).
+  absl::Status Synchronize() const;
+
+ protected:
+  absl::Status AddImpl(absl::Span<const int64_t> keys, absl::Span<const ItemView> items) override;
+  absl::Status RemoveImpl(absl::Span<const int64_t> keys) override;
+  bool Contains(int64_t key) const override;
+  absl::Status ScoreAllImpl(absl::Span<const ItemView> queries, FloatMatrix* scores) const override;
+  absl::StatusOr<std::vector<std::vector<ScoredKey>>> SearchImpl(
+      absl::Span<const ItemView> queries, int k) const override;
+
+ private:
+  struct Impl;  // device state, defined in engine/scoring/cuda/cuda_scorer.cc
+  CudaScorer(const ScorerConfig& config, const CudaScorerOptions& options,
+             std::unique_ptr<Impl> impl);
+
+  CudaScorerOptions options_;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace scanserve

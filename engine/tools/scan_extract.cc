@@ -1,0 +1,339 @@
+// scan_extract: bottom-up-attention region features for a folder of images, written as bottom-up
+// TSV (LXMERT's 10 columns or generate_tsv's 6), so users can replace the Caffe pipeline. The res5
+// head runs over the proposals of --batch images at once. See --help.
+//
+// Exit codes: 0 ok, 1 some images failed or an internal error, 2 bad arguments.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <set>
+#include <string>
+#include <system_error>
+#include <unistd.h>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "engine/common/npy.h"
+#include "engine/detector/region_detector.h"
+#include "engine/io/bottom_up_tsv_writer.h"
+
+namespace scanserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kExitOk = 0;
+constexpr int kExitFailed = 1;
+constexpr int kExitBadInput = 2;
+
+constexpr char kUsage[] = R"(Usage: scan_extract --detector DIR --out FILE.tsv [options] IMAGE_OR_FOLDER...
+
+Runs the bottom-up-attention detector (Caffe ResNet-101 Faster R-CNN, converted with
+tools/convert_bottom_up_caffemodel.py) on every image and writes one TSV line per image with the
+selected regions' boxes and pool5 features, as the original generate_tsv.py did. Folders are read
+one level deep: files ending in .jpg, .jpeg, .png or .webp, in name order. The image id is the file
+name without its extension.
+
+Required:
+  --detector DIR      a detector directory (docs/detector-format.md)
+  --out FILE.tsv      output TSV (written through a temporary file unless --resume)
+
+Options:
+  --layout NAME       lxmert (default: img_id, img_h, img_w, objects_id, objects_conf, attrs_id,
+                      attrs_conf, num_boxes, boxes, features) or generate_tsv (image_id, image_w,
+                      image_h, num_boxes, boxes, features)
+  --min-boxes N       regions per image, lower bound (default: the detector's, 36 or 10)
+  --max-boxes N       upper bound (default: the detector's, 36 or 100)
+  --conf-thresh X     class confidence a region needs before the min/max rule (default 0.2)
+  --batch N           images whose proposals go through the res5 head together (default 2)
+  --device NAME       cpu (default) or cuda (a CUDA build of LibTorch)
+  --tf32              allow TF32 tensor cores on CUDA (faster; not bit-exact with fp32)
+  --threads N         intra-op threads (default: all cores)
+  --resume            append to an existing --out, skipping image ids already in it
+  --debug-dir DIR     also write each image's intermediates as .npy: <id>.im_info, .input, .rois,
+                      .roi_scores, .cls_prob, .attr_prob, .pool5, .keep (int64), .max_conf
+  --quiet             no progress line
+)";
+
+struct Args {
+  DetectorOptions detector;
+  std::string out;
+  BottomUpLayout layout = BottomUpLayout::kLxmert10;
+  int batch = 2;
+  int threads = 0;
+  bool resume = false;
+  bool quiet = false;
+  std::string debug_dir;
+  std::vector<std::string> inputs;
+};
+
+int BadArgs(const std::string& message) {
+  std::fprintf(stderr, "scan_extract: %s\n(see scan_extract --help)\n", message.c_str());
+  return kExitBadInput;
+}
+
+bool IsImageFile(const fs::path& path) {
+  const std::string ext = absl::AsciiStrToLower(path.extension().string());
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png" || ext == ".webp";
+}
+
+absl::StatusOr<std::vector<fs::path>> ListImages(const std::vector<std::string>& inputs) {
+  std::vector<fs::path> images;
+  for (const std::string& input : inputs) {
+    std::error_code ec;
+    if (fs::is_directory(input, ec)) {
+      std::vector<fs::path> found;
+      for (const fs::directory_entry& entry : fs::directory_iterator(input, ec)) {
+        if (entry.is_regular_file() && IsImageFile(entry.path())) found.push_back(entry.path());
+      }
+      if (ec) return absl::InvalidArgumentError(absl::StrCat("cannot list ", input, ": ", ec.message()));
+      std::sort(found.begin(), found.end());
+      images.insert(images.end(), found.begin(), found.end());
+    } else if (fs::is_regular_file(input, ec)) {
+      images.emplace_back(input);
+    } else {
+      return absl::NotFoundError(absl::StrCat("no such image or folder: ", input));
+    }
+  }
+  return images;
+}
+
+absl::StatusOr<std::string> ReadFile(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Ids already in a TSV from an earlier run; a torn last line (no newline) is cut off.
+absl::StatusOr<std::set<std::string>> ExistingIds(const std::string& path) {
+  std::set<std::string> ids;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return ids;
+  absl::StatusOr<std::string> text = ReadFile(path);
+  if (!text.ok()) return text.status();
+  const size_t complete = text->rfind('\n') == std::string::npos ? 0 : text->rfind('\n') + 1;
+  if (complete != text->size()) fs::resize_file(path, complete, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot truncate ", path, ": ", ec.message()));
+  size_t pos = 0;
+  while (pos < complete) {
+    const size_t end = text->find('\n', pos);
+    const size_t tab = text->find('\t', pos);
+    if (tab != std::string::npos && tab < end) ids.insert(text->substr(pos, tab - pos));
+    pos = end + 1;
+  }
+  return ids;
+}
+
+absl::Status WriteTrace(const std::string& dir, const std::string& id, const DetectorTrace& t) {
+  const std::string base = (fs::path(dir) / id).string();
+  auto floats = [&](const char* name, std::vector<int64_t> shape, const float* data) {
+    return WriteNpyFloat32(absl::StrCat(base, ".", name, ".npy"), shape, data);
+  };
+  const int64_t r = t.rois.rows;
+  const std::vector<int64_t> keep(t.keep.begin(), t.keep.end());
+  const int64_t height = static_cast<int64_t>(t.im_info[0]), width = static_cast<int64_t>(t.im_info[1]);
+  for (const absl::Status& s : {
+           floats("im_info", {3}, t.im_info.data()),
+           floats("input", {3, height, width}, t.input.data.data()),
+           floats("rois", {r, 4}, t.rois.data.data()),
+           floats("roi_scores", {r}, t.roi_scores.data()),
+           floats("cls_prob", {r, t.cls_prob.cols}, t.cls_prob.data.data()),
+           floats("attr_prob", {r, t.attr_prob.cols}, t.attr_prob.data.data()),
+           floats("pool5", {r, t.pool5.cols}, t.pool5.data.data()),
+           WriteNpyInt64(base + ".keep.npy", {static_cast<int64_t>(keep.size())}, keep.data()),
+           floats("max_conf", {r}, t.max_conf.data()),
+       }) {
+    if (!s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+int Run(const Args& args) {
+  absl::StatusOr<std::vector<fs::path>> images = ListImages(args.inputs);
+  if (!images.ok()) return BadArgs(std::string(images.status().message()));
+  if (images->empty()) return BadArgs("no images (.jpg, .jpeg, .png, .webp) in the inputs");
+  std::set<std::string> done;
+  if (args.resume) {
+    absl::StatusOr<std::set<std::string>> ids = ExistingIds(args.out);
+    if (!ids.ok()) return BadArgs(std::string(ids.status().message()));
+    done = *std::move(ids);
+  }
+  if (!args.debug_dir.empty()) {
+    std::error_code ec;
+    fs::create_directories(args.debug_dir, ec);
+    if (ec) return BadArgs(absl::StrCat("cannot create ", args.debug_dir, ": ", ec.message()));
+  }
+
+  absl::StatusOr<std::unique_ptr<RegionDetector>> detector = LoadBottomUpDetector(args.detector);
+  if (!detector.ok()) return BadArgs(std::string(detector.status().message()));
+  std::fprintf(stderr, "scan_extract: %s\n", (*detector)->Info().summary.c_str());
+
+  const std::string write_path = args.resume ? args.out : args.out + ".partial";
+  std::FILE* out = std::fopen(write_path.c_str(), args.resume ? "ab" : "wb");
+  if (out == nullptr) return BadArgs(absl::StrCat("cannot write ", write_path));
+
+  std::vector<fs::path> todo;
+  for (const fs::path& p : *images) {
+    if (!done.count(p.stem().string())) todo.push_back(p);
+  }
+  const bool tty = isatty(fileno(stderr));
+  const auto start = std::chrono::steady_clock::now();
+  int64_t finished = 0, failed = 0, regions = 0;
+  for (size_t begin = 0; begin < todo.size(); begin += static_cast<size_t>(args.batch)) {
+    const size_t end = std::min(todo.size(), begin + static_cast<size_t>(args.batch));
+    std::vector<std::string> bytes;
+    std::vector<std::string_view> views;
+    std::vector<absl::Status> read_errors;
+    for (size_t i = begin; i < end; ++i) {
+      absl::StatusOr<std::string> data = ReadFile(todo[i]);
+      read_errors.push_back(data.status());
+      bytes.push_back(data.ok() ? *std::move(data) : std::string());
+    }
+    for (const std::string& b : bytes) views.emplace_back(b);
+    std::vector<DetectorTrace> traces;
+    std::vector<absl::StatusOr<DetectedRegions>> results =
+        (*detector)->DetectBatch(views, args.debug_dir.empty() ? nullptr : &traces);
+    for (size_t j = 0; j < results.size(); ++j) {
+      const std::string id = todo[begin + j].stem().string();
+      absl::Status status = read_errors[j].ok() ? results[j].status() : read_errors[j];
+      absl::StatusOr<std::string> line;
+      if (status.ok()) {
+        DetectedRegions& d = *results[j];
+        BottomUpRecord record;
+        record.image_id = id;
+        record.image_w = d.image_width;
+        record.image_h = d.image_height;
+        record.num_boxes = d.features.rows;
+        record.boxes = FloatMatrix(record.num_boxes, 4);
+        for (int64_t r = 0; r < record.num_boxes; ++r) {
+          std::copy(d.boxes[r].begin(), d.boxes[r].end(), record.boxes.row(r));
+        }
+        record.features = std::move(d.features);
+        record.object_ids = d.object_ids;
+        record.object_conf = d.object_confs;
+        record.attribute_ids = d.attribute_ids;
+        record.attribute_conf = d.attribute_confs;
+        line = FormatBottomUpTsvLine(record, args.layout);
+        status = line.status();
+      }
+      if (status.ok() && !args.debug_dir.empty()) status = WriteTrace(args.debug_dir, id, traces[j]);
+      if (!status.ok()) {
+        ++failed;
+        std::fprintf(stderr, "%sscan_extract: %s: %s\n", tty ? "\n" : "",
+                     todo[begin + j].string().c_str(), std::string(status.message()).c_str());
+        continue;
+      }
+      regions += results[j]->boxes.size();
+      if (std::fwrite(line->data(), 1, line->size(), out) != line->size() || std::fflush(out) != 0) {
+        std::fprintf(stderr, "scan_extract: writing %s failed\n", write_path.c_str());
+        std::fclose(out);
+        return kExitFailed;
+      }
+    }
+    finished += static_cast<int64_t>(end - begin);
+    if (!args.quiet) {
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      const double rate = finished / std::max(seconds, 1e-9);
+      const double eta = (static_cast<double>(todo.size()) - finished) / std::max(rate, 1e-9);
+      std::fprintf(stderr, "%s[%lld/%zu] %.2f images/s, %.1f regions/image, %lld failed, ETA %.0fs%s",
+                   tty ? "\r" : "", static_cast<long long>(finished), todo.size(), rate,
+                   finished > failed ? static_cast<double>(regions) / (finished - failed) : 0.0,
+                   static_cast<long long>(failed), eta, tty ? "" : "\n");
+    }
+  }
+  if (!args.quiet && tty) std::fprintf(stderr, "\n");
+  if (std::fclose(out) != 0) {
+    std::fprintf(stderr, "scan_extract: closing %s failed\n", write_path.c_str());
+    return kExitFailed;
+  }
+  if (!args.resume) {
+    std::error_code ec;
+    fs::rename(write_path, args.out, ec);
+    if (ec) {
+      std::fprintf(stderr, "scan_extract: cannot rename %s: %s\n", write_path.c_str(), ec.message().c_str());
+      return kExitFailed;
+    }
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "scan_extract: %lld images in %.1fs (%.3f images/s), %lld failed, %zu skipped as done\n",
+               static_cast<long long>(finished), seconds, finished / std::max(seconds, 1e-9),
+               static_cast<long long>(failed), images->size() - todo.size());
+  return failed > 0 ? kExitFailed : kExitOk;
+}
+
+}  // namespace
+}  // namespace scanserve
+
+int main(int argc, char** argv) {
+  using namespace scanserve;
+  Args args;
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    auto int_value = [&](int* out, int min) -> bool {
+      const char* v = value();
+      return v != nullptr && absl::SimpleAtoi(v, out) && *out >= min;
+    };
+    if (flag == "--help" || flag == "-h") {
+      std::fputs(kUsage, stdout);
+      return kExitOk;
+    } else if (flag == "--detector") {
+      const char* v = value();
+      if (!v) return BadArgs("--detector needs a directory");
+      args.detector.detector_dir = v;
+    } else if (flag == "--out") {
+      const char* v = value();
+      if (!v) return BadArgs("--out needs a file");
+      args.out = v;
+    } else if (flag == "--layout") {
+      const char* v = value();
+      const std::string name = v ? v : "";
+      if (name == "lxmert") args.layout = BottomUpLayout::kLxmert10;
+      else if (name == "generate_tsv") args.layout = BottomUpLayout::kGenerateTsv6;
+      else return BadArgs("--layout is lxmert or generate_tsv");
+    } else if (flag == "--min-boxes") {
+      if (!int_value(&args.detector.min_boxes, 1)) return BadArgs("--min-boxes needs an integer >= 1");
+    } else if (flag == "--max-boxes") {
+      if (!int_value(&args.detector.max_boxes, 1)) return BadArgs("--max-boxes needs an integer >= 1");
+    } else if (flag == "--conf-thresh") {
+      const char* v = value();
+      if (!v || !absl::SimpleAtof(v, &args.detector.conf_threshold)) return BadArgs("--conf-thresh needs a number");
+    } else if (flag == "--batch") {
+      if (!int_value(&args.batch, 1)) return BadArgs("--batch needs an integer >= 1");
+    } else if (flag == "--threads") {
+      if (!int_value(&args.threads, 1)) return BadArgs("--threads needs an integer >= 1");
+    } else if (flag == "--device") {
+      const char* v = value();
+      const std::string name = v ? v : "";
+      if (name == "cpu") args.detector.device = DetectorDevice::kCpu;
+      else if (name == "cuda") args.detector.device = DetectorDevice::kCuda;
+      else return BadArgs("--device is cpu or cuda");
+    } else if (flag == "--tf32") {
+      args.detector.allow_tf32 = true;
+    } else if (flag == "--resume") {
+      args.resume = true;
+    } else if (flag == "--quiet") {
+      args.quiet = true;
+    } else if (flag == "--debug-dir") {
+      const char* v = value();
+      if (!v) return BadArgs("--debug-dir needs a directory");
+      args.debug_dir = v;
+    } else if (!flag.empty() && flag[0] == '-') {
+      return BadArgs("unknown flag " + flag);
+    } else {
+      args.inputs.push_back(flag);
+    }
+  }
+  if (args.detector.detector_dir.empty()) return BadArgs("--detector is required");
+  if (args.out.empty()) return BadArgs("--out is required");
+  if (args.inputs.empty()) return BadArgs("no images given");
+  args.detector.num_threads = args.threads;
+  return Run(args);
+}

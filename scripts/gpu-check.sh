@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# The one prepared check for the GPU machine (H200; Ubuntu 24.04, gcc 13, CMake 4, nvcc 13,
+# PyTorch 2.11 CUDA; no gRPC/Abseil/RocksDB packages: see ../shared/gpu/README.md). From the project
+# root, with `.debs/` carried (bash ../shared/gpu/fetch-debs.sh && cp ../shared/gpu/unpack-debs.sh
+# .debs/ on the CPU machine first):
+#
+#   bash scripts/gpu-check.sh            # ~6-8 minutes
+#
+# Steps, each timed and under `timeout`: environment, configure (server off, CUDA on, sm_90),
+# build scoring_tests + detector_tests + scan_bench, run the CUDA tests, the scan_bench CUDA table
+# (100k fp32+bf16, 1M bf16), and a same-run reference-style PyTorch baseline. A failing test step
+# does not stop the later steps; the exit status is non-zero when any step failed.
+# Environment overrides: BUILD_DIR (build-gpu), JOBS (nproc), BENCH_1M=0 to skip the 1M table,
+# BASELINE=0 to skip the PyTorch baseline, EXTRA_CMAKE_ARGS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BUILD_DIR="${BUILD_DIR:-build-gpu}"
+JOBS="${JOBS:-$(nproc)}"
+BENCH_1M="${BENCH_1M:-1}"
+BASELINE="${BASELINE:-1}"
+T_START=$(date +%s)
+declare -a SUMMARY=()
+FAILED=0
+
+section() { printf '\n==================== %s ====================\n' "$*"; }
+elapsed() { echo $(( $(date +%s) - T_START )); }
+# run_step NAME TIMEOUT_S CMD...: runs, times, records; returns the command's status.
+run_step() {
+  local name="$1" limit="$2"
+  shift 2
+  section "$name (limit ${limit}s, t=$(elapsed)s)"
+  local t0 rc
+  t0=$(date +%s)
+  set +e
+  timeout --kill-after=10 "$limit" "$@"
+  rc=$?
+  set -e
+  local dt=$(( $(date +%s) - t0 ))
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    SUMMARY+=("$(printf '%-34s TIMEOUT after %ss' "$name" "$dt")")
+  else
+    SUMMARY+=("$(printf '%-34s rc=%s  %ss' "$name" "$rc" "$dt")")
+  fi
+  [ "$rc" -eq 0 ] || FAILED=1
+  return "$rc"
+}
+finish() {
+  section "SUMMARY (total $(elapsed)s)"
+  printf '%s\n' "${SUMMARY[@]}"
+  if [ "$FAILED" -ne 0 ]; then echo "gpu-check: SOME STEPS FAILED"; else echo "gpu-check: all steps passed"; fi
+}
+trap finish EXIT
+
+# ---------------------------------------------------------------------------------------------
+section "MACHINE"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv || true
+nvcc --version | tail -2 || true
+cmake --version | head -1 || true
+g++ --version | head -1 || true
+python3 -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)' || true
+
+section "ENVIRONMENT (.debs: Abseil, RocksDB, GTest, ...)"
+if [ -f .debs/unpack-debs.sh ]; then
+  bash .debs/unpack-debs.sh > /tmp/scanserve-gpu-env.sh
+  # shellcheck disable=SC1091
+  source /tmp/scanserve-gpu-env.sh
+elif ls .debs/*.deb >/dev/null 2>&1 && [ -f ../shared/gpu/unpack-debs.sh ]; then
+  cp ../shared/gpu/unpack-debs.sh .debs/
+  bash .debs/unpack-debs.sh > /tmp/scanserve-gpu-env.sh
+  # shellcheck disable=SC1091
+  source /tmp/scanserve-gpu-env.sh
+else
+  echo "WARNING: no .debs/ (run 'bash ../shared/gpu/fetch-debs.sh && cp ../shared/gpu/unpack-debs.sh .debs/'"
+  echo "         on the CPU machine and carry .debs); configuring with the system packages only."
+  export CMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+fi
+echo "CMAKE_PREFIX_PATH=$CMAKE_PREFIX_PATH"
+# What the configure step needs beyond the .debs (present natively on the GPU machine, or not).
+for what in "OpenCV:opencv4" "nlohmann_json:nlohmann_json"; do
+  name="${what%%:*}"; pc="${what##*:}"
+  if pkg-config --exists "$pc" 2>/dev/null || ls /usr/lib/x86_64-linux-gnu/cmake/"$name"* /usr/share/cmake/"$name"* \
+       /opt/deb/usr/lib/x86_64-linux-gnu/cmake/"$name"* /opt/deb/usr/share/cmake/"$name"* >/dev/null 2>&1; then
+    echo "found $name"
+  else
+    echo "WARNING: $name not found: configure will fail (add its Debian -dev packages to .debs)"
+  fi
+done
+GEN="Ninja"
+command -v ninja >/dev/null 2>&1 || GEN="Unix Makefiles"
+echo "generator: $GEN, jobs: $JOBS"
+
+# ---------------------------------------------------------------------------------------------
+run_step "CONFIGURE" 240 cmake -S . -B "$BUILD_DIR" -G "$GEN" -DCMAKE_BUILD_TYPE=Release \
+  -DSCANSERVE_BUILD_SERVER=OFF -DSCANSERVE_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  ${EXTRA_CMAKE_ARGS:-} || exit 1
+
+run_step "BUILD scoring_tests detector_tests scan_bench" 360 \
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target scoring_tests detector_tests scan_bench || exit 1
+
+# ---------------------------------------------------------------------------------------------
+# CUDA tests. SCANSERVE_TEST_VERBOSE prints every CUDA-vs-CPU comparison (max rel err, top-10).
+export SCANSERVE_TEST_VERBOSE=1
+run_step "TEST scoring (CUDA scorer vs CPU oracle)" 240 \
+  "$BUILD_DIR"/tests/scoring_tests --gtest_color=no \
+  --gtest_filter='CudaScorerTest.*:MakeScorerTest.*:Scoring/ValidationTest.*Cuda*' || true
+unset SCANSERVE_TEST_VERBOSE
+run_step "TEST detector (CUDA ops)" 180 \
+  "$BUILD_DIR"/tests/detector_tests --gtest_color=no --gtest_filter='*Cuda*:*cuda*' || true
+# The CPU scoring tests too (quick), so that the CUDA build did not disturb them.
+run_step "TEST scoring (all other scoring tests)" 240 \
+  "$BUILD_DIR"/tests/scoring_tests --gtest_color=no --gtest_brief=1 \
+  --gtest_filter='-CudaScorerTest.*' || true
+
+# ---------------------------------------------------------------------------------------------
+BENCH="$BUILD_DIR/engine/scan_bench"
+run_step "BENCH cuda 100k images, fp32 + bf16" 200 \
+  "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16 --queries=64 --reps=3 || true
+if [ "$BENCH_1M" = "1" ]; then
+  run_step "BENCH cuda 1M images, bf16" 240 \
+    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --queries=64 --reps=3 || true
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Same-run baseline: the published code's t2i scoring in PyTorch (one caption per call, as its
+# evaluation does), clipped_l2norm, LogSumExp, λ1 = 9, λ2 = 6, on 100k random images.
+if [ "$BASELINE" = "1" ]; then
+  run_step "BASELINE reference-style PyTorch, 100k images" 150 python3 - <<'PY' || true
+import time, torch, torch.nn.functional as F
+torch.manual_seed(0)
+dev = "cuda"
+def l2norm(x, dim, eps=1e-8):
+    return x / (x.pow(2).sum(dim=dim, keepdim=True).sqrt() + eps)
+def func_attention(query, context, smooth):
+    b, ql, sl = context.size(0), query.size(1), context.size(1)
+    attn = torch.bmm(context, query.transpose(1, 2))           # (b, k, n)
+    attn = l2norm(F.leaky_relu(attn, 0.1), 2)                 # over the query axis
+    attn = attn.transpose(1, 2).contiguous().view(b * ql, sl)
+    attn = F.softmax(attn * smooth, dim=1).view(b, ql, sl)    # over the context axis
+    return torch.bmm(attn, context)                           # (b, n, d)
+def t2i(images, cap):
+    n = images.size(0)
+    cap_e = cap.unsqueeze(0).repeat(n, 1, 1)
+    wc = func_attention(cap_e, images, 9.0)
+    s = F.cosine_similarity(cap_e, wc, dim=2)
+    return s.mul_(6.0).exp_().sum(dim=1, keepdim=True).log_() / 6.0
+for dtype in (torch.float32, torch.bfloat16):
+    ims = l2norm(torch.rand(100000, 36, 1024, device=dev) * 2 - 1, 2).to(dtype)
+    caps = [l2norm(torch.rand(int(torch.randint(12, 20, ())), 1024, device=dev) * 2 - 1, 1).to(dtype)
+            for _ in range(12)]
+    with torch.no_grad():
+        for c in caps[:2]: t2i(ims, c)
+        torch.cuda.synchronize()
+        times = []
+        for c in caps[2:]:
+            t0 = time.perf_counter(); t2i(ims, c); torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    print(f"reference-style PyTorch {torch.__version__}, 100k images, {str(dtype)[6:]}: "
+          f"median {times[len(times)//2]:.1f} ms/query over {len(times)} captions")
+    del ims
+    torch.cuda.empty_cache()
+PY
+fi
+[ "$FAILED" -eq 0 ]

@@ -1,0 +1,113 @@
+// Loading a detector directory: every broken piece is refused with a status naming it. (The
+// network's numbers are checked against an independent PyTorch reference in
+// tests/python/test_detector_parity.py.)
+#include <filesystem>
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "engine/common/safetensors.h"
+#include "engine/detector/detector_config.h"
+#include "engine/detector/region_detector.h"
+
+namespace scanserve {
+namespace {
+
+namespace fs = std::filesystem;
+
+class DetectorDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("scanserve_detector_dir_test_" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+            "_" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    WriteConfig(R"({"format": "scanserve.bottom_up_detector", "format_version": 1,
+                    "num_classes": 1601, "num_attributes": 401, "min_boxes": 10, "max_boxes": 100,
+                    "conf_threshold": 0.2, "source": {"caffemodel": "test.caffemodel"}})");
+    WriteLines("objects_vocab.txt", 1600);
+    WriteLines("attributes_vocab.txt", 400);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  void WriteConfig(const std::string& json) { std::ofstream(dir_ / "detector.json") << json; }
+  void WriteLines(const std::string& name, int n) {
+    std::ofstream out(dir_ / name);
+    for (int i = 0; i < n; ++i) out << "thing" << i << "\n";
+  }
+  absl::Status Load() {
+    DetectorOptions options;
+    options.detector_dir = dir_.string();
+    return LoadBottomUpDetector(options).status();
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(DetectorDirTest, ConfigIsRead) {
+  absl::StatusOr<BottomUpDetectorConfig> config = BottomUpDetectorConfig::Load(dir_.string());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->min_boxes, 10);
+  EXPECT_EQ(config->max_boxes, 100);
+  EXPECT_EQ(config->source, "test.caffemodel");
+}
+
+TEST_F(DetectorDirTest, MissingDirectoryIsNotFound) {
+  DetectorOptions options;
+  options.detector_dir = (dir_ / "absent").string();
+  EXPECT_EQ(LoadBottomUpDetector(options).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(DetectorDirTest, BadConfigsAreInvalid) {
+  for (const char* json : {
+           "not json",
+           R"({"format": "something.else", "format_version": 1})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 2})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "num_classes": 81})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "min_boxes": 50, "max_boxes": 10})",
+       }) {
+    WriteConfig(json);
+    const absl::Status status = Load();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << json << ": " << status;
+  }
+}
+
+TEST_F(DetectorDirTest, WrongVocabularyLengthIsInvalid) {
+  WriteLines("objects_vocab.txt", 1599);
+  const absl::Status status = Load();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("1599"), std::string_view::npos) << status;
+}
+
+TEST_F(DetectorDirTest, MissingWeightsAreNotFound) {
+  EXPECT_EQ(Load().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(DetectorDirTest, WrongTensorShapeIsNamed) {
+  std::map<std::string, Float32Tensor> tensors;
+  tensors["conv1.weight"] = Float32Tensor{{64, 3, 5, 5}, std::vector<float>(64 * 3 * 25, 0.f)};
+  ASSERT_TRUE(WriteSafetensors((dir_ / "weights.safetensors").string(), tensors).ok());
+  const absl::Status status = Load();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << status;
+  EXPECT_NE(status.message().find("conv1.weight"), std::string_view::npos) << status;
+}
+
+TEST_F(DetectorDirTest, MissingTensorIsNamed) {
+  std::map<std::string, Float32Tensor> tensors;
+  tensors["conv1.weight"] = Float32Tensor{{64, 3, 7, 7}, std::vector<float>(64 * 3 * 49, 0.f)};
+  ASSERT_TRUE(WriteSafetensors((dir_ / "weights.safetensors").string(), tensors).ok());
+  const absl::Status status = Load();
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("conv1.bias"), std::string_view::npos) << status;
+}
+
+TEST_F(DetectorDirTest, TruncatedWeightsFileIsRefused) {
+  std::ofstream(dir_ / "weights.safetensors") << "\x10\0\0\0\0\0\0\0{\"a\":";
+  const absl::Status status = Load();
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.code(), absl::StatusCode::kOk);
+}
+
+}  // namespace
+}  // namespace scanserve

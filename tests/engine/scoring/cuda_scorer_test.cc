@@ -1,0 +1,390 @@
+// CudaScorer against the CPU oracle (CpuScorer) on random SCAN-like data, faiss-style: named
+// tolerances first, one driver fed an options struct, the configuration printed on failure.
+// Every test skips when no CUDA device can be used (CI builds the backend without a GPU).
+#include <algorithm>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "scoring_test_util.h"
+
+#ifdef SCANSERVE_WITH_CUDA
+#include "engine/scoring/cuda_scorer.h"
+
+namespace scanserve {
+namespace {
+
+using testing_util::CompareOptions;
+using testing_util::ItemGenerator;
+using testing_util::MakeConfig;
+using testing_util::MakeTestData;
+using testing_util::MaxRelErr;
+using testing_util::MeanTop10Overlap;
+using testing_util::TestData;
+using testing_util::Views;
+
+// fp32 storage: CUDA fp32 (cuBLAS SGEMM, no TF32) against CpuScorer fp32, |a-b| / max(|b|, 1).
+constexpr double kCudaFp32MaxRelErr = testing_util::kFp32MaxRelErr;  // 1e-5
+// bf16 storage, split queries (hi + lo bf16): the products are those of the rounded items with
+// the fp32 queries to ~2^-16 relative, so against CpuScorer bf16 (the same rounded items) the
+// scores agree to fp32-ish rounding amplified by λ1; 1e-4 leaves a wide margin.
+constexpr double kCudaBf16SplitMaxRelErr = 1e-4;
+// bf16 storage, queries rounded to bf16 too: as bf16 storage against the fp32 oracle.
+constexpr double kCudaBf16MaxRelErr = testing_util::kBf16MaxRelErr;  // 3e-3
+// Top-10 agreement of CUDA bf16 with CPU fp32 (exact) scoring, mean over queries.
+constexpr double kCudaBf16MinTop10Overlap = testing_util::kBf16MinTop10Overlap;  // 0.9
+
+#define SCANSERVE_SKIP_WITHOUT_CUDA()                                  \
+  do {                                                                 \
+    std::string why_;                                                  \
+    if (!CudaScorer::DeviceAvailable(&why_)) {                         \
+      GTEST_SKIP() << "no CUDA device: " << why_                       \
+                   << " (CudaScorer is built; run on a GPU to test it)"; \
+    }                                                                  \
+  } while (0)
+
+struct CudaCompareOptions {
+  CompareOptions data;  // data.storage: the CUDA scorer's storage
+  StorageType cpu_storage = StorageType::kFloat32;
+  CudaScorerOptions cuda;
+  double max_rel_err = kCudaFp32MaxRelErr;
+
+  std::string ToString() const {
+    return absl::StrCat(data.ToString(),
+                        " cpu_storage=", cpu_storage == StorageType::kFloat32 ? "fp32" : "bf16",
+                        " query_precision=",
+                        cuda.query_precision == CudaQueryPrecision::kBf16Split ? "bf16x2" : "bf16",
+                        " slab_rows=", cuda.slab_rows,
+                        " max_product_bytes=", cuda.max_product_bytes);
+  }
+};
+
+struct CudaCompareResult {
+  double max_rel_err = 0.0;
+  double mean_top10_overlap = 1.0;
+};
+
+std::unique_ptr<CudaScorer> MakeCuda(const ScorerConfig& c, const CudaScorerOptions& o = {}) {
+  auto s = CudaScorer::Create(c, o);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? std::move(s).value() : nullptr;
+}
+
+std::unique_ptr<CpuScorer> MakeCpu(const ScorerConfig& c) {
+  auto s = CpuScorer::Create(c);
+  EXPECT_TRUE(s.ok()) << s.status();
+  return s.ok() ? std::move(s).value() : nullptr;
+}
+
+// Fills a CudaScorer and a CpuScorer with the same random items, scores the same queries, and
+// compares ScoreAll by key (EXPECT max_rel_err <= o.max_rel_err), then Search against TopKPerRow
+// of the CUDA scores.
+CudaCompareResult CompareWithCpu(const CudaCompareOptions& o) {
+  CudaCompareResult result;
+  const TestData t = MakeTestData(o.data);
+  auto cuda = MakeCuda(MakeConfig(o.data, o.data.storage), o.cuda);
+  auto cpu = MakeCpu(MakeConfig(o.data, o.cpu_storage));
+  if (!cuda || !cpu) return result;
+  EXPECT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok()) << o.ToString();
+  EXPECT_TRUE(cpu->Add(t.keys, Views(t.stored)).ok()) << o.ToString();
+  EXPECT_EQ(cuda->keys(), cpu->keys()) << o.ToString();
+  FloatMatrix s_cuda, s_cpu;
+  const absl::Status st_cuda = cuda->ScoreAll(Views(t.queries), &s_cuda);
+  const absl::Status st_cpu = cpu->ScoreAll(Views(t.queries), &s_cpu);
+  EXPECT_TRUE(st_cuda.ok()) << st_cuda << " | " << o.ToString();
+  EXPECT_TRUE(st_cpu.ok()) << st_cpu << " | " << o.ToString();
+  if (!st_cuda.ok() || !st_cpu.ok()) return result;
+  std::string worst;
+  result.max_rel_err = MaxRelErr(s_cuda, cuda->keys(), s_cpu, cpu->keys(), &worst);
+  result.mean_top10_overlap = MeanTop10Overlap(s_cuda, cuda->keys(), s_cpu, cpu->keys());
+  if (std::getenv("SCANSERVE_TEST_VERBOSE") != nullptr) {
+    std::printf("[cuda vs cpu] max rel err %.3g, top-10 overlap %.3f | %s\n", result.max_rel_err,
+                result.mean_top10_overlap, o.ToString().c_str());
+  }
+  EXPECT_LE(result.max_rel_err, o.max_rel_err) << "worst " << worst << " | " << o.ToString();
+
+  // Device top-k against the host selection over the same (CUDA) scores.
+  const std::vector<int64_t> keys = cuda->keys();
+  for (int k : {1, 5, static_cast<int>(keys.size()) + 3}) {
+    auto found = cuda->Search(Views(t.queries), k);
+    EXPECT_TRUE(found.ok()) << found.status() << " | " << o.ToString();
+    if (!found.ok()) continue;
+    const auto want = TopKPerRow(s_cuda, keys, k);
+    EXPECT_EQ(found->size(), want.size());
+    if (found->size() != want.size()) continue;
+    for (size_t j = 0; j < want.size(); ++j) {
+      EXPECT_EQ((*found)[j].size(), want[j].size()) << "k " << k << " | " << o.ToString();
+      if ((*found)[j].size() != want[j].size()) continue;
+      for (size_t r = 0; r < want[j].size(); ++r) {
+        EXPECT_EQ((*found)[j][r].key, want[j][r].key) << "query " << j << " rank " << r << " k "
+                                                      << k << " | " << o.ToString();
+        EXPECT_FLOAT_EQ((*found)[j][r].score, want[j][r].score);
+      }
+    }
+  }
+  return result;
+}
+
+std::vector<AttentionParams> AllAttentionModes() {
+  std::vector<AttentionParams> out;
+  for (CrossAttention ca : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
+    for (RawFeatureNorm norm : {RawFeatureNorm::kClippedL2Norm, RawFeatureNorm::kL2Norm,
+                                RawFeatureNorm::kClipped, RawFeatureNorm::kNoNorm,
+                                RawFeatureNorm::kSoftmax}) {
+      for (Pooling pool : {Pooling::kLogSumExp, Pooling::kMean, Pooling::kMax, Pooling::kSum}) {
+        AttentionParams a;
+        a.cross_attn = ca;
+        a.raw_feature_norm = norm;
+        a.pooling = pool;
+        a.lambda_softmax = ca == CrossAttention::kTextToImage ? 9.0f : 4.0f;
+        a.lambda_lse = ca == CrossAttention::kTextToImage ? 6.0f : 5.0f;
+        out.push_back(a);
+      }
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+TEST(CudaScorerTest, Fp32MatchesCpuEveryAttentionMode) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  for (ItemKind stored : {ItemKind::kImage, ItemKind::kCaption}) {
+    for (const AttentionParams& a : AllAttentionModes()) {
+      CudaCompareOptions o;
+      o.data.stored_kind = stored;
+      o.data.attention = a;
+      o.data.num_stored = 12;
+      o.data.num_queries = 4;
+      CompareWithCpu(o);
+    }
+  }
+}
+
+TEST(CudaScorerTest, Fp32NonNormalisedRowsAndTinyItems) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  for (ItemKind stored : {ItemKind::kImage, ItemKind::kCaption}) {
+    CudaCompareOptions o;
+    o.data.stored_kind = stored;
+    o.data.row_scale = 4.0;  // rows of norm 1/4 .. 4
+    o.data.min_regions = 1;
+    o.data.max_regions = 3;
+    o.data.min_words = 1;
+    o.data.max_words = 2;
+    o.data.num_stored = 30;
+    CompareWithCpu(o);
+  }
+}
+
+TEST(CudaScorerTest, ManySlabsAndChunks) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  for (CrossAttention ca : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
+    CudaCompareOptions o;
+    o.data.attention.cross_attn = ca;
+    o.data.num_stored = 200;
+    o.data.num_queries = 7;
+    o.data.max_regions = 40;
+    o.cuda.slab_rows = 100;            // many slabs; items of up to 40 rows leave gaps
+    o.cuda.max_product_bytes = 4096;   // a chunk is one or two items
+    CompareWithCpu(o);
+  }
+}
+
+TEST(CudaScorerTest, HugeItemsUseGlobalScratch) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  // Context items of ~2000 rows do not fit the epilogue's shared-memory scratch.
+  for (ItemKind stored : {ItemKind::kImage, ItemKind::kCaption}) {
+    CudaCompareOptions o;
+    o.data.stored_kind = stored;
+    o.data.attention.cross_attn =
+        stored == ItemKind::kImage ? CrossAttention::kTextToImage : CrossAttention::kImageToText;
+    o.data.dim = 16;
+    o.data.num_stored = 3;
+    o.data.num_queries = 2;
+    o.data.min_regions = 1500;
+    o.data.max_regions = 2200;
+    o.data.min_words = 1500;
+    o.data.max_words = 2200;
+    o.max_rel_err = 1e-4;  // sums over thousands of rows
+    CompareWithCpu(o);
+  }
+}
+
+TEST(CudaScorerTest, Bf16SplitMatchesCpuBf16) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  for (ItemKind stored : {ItemKind::kImage, ItemKind::kCaption}) {
+    for (const AttentionParams& a : AllAttentionModes()) {
+      if (a.pooling == Pooling::kSum) continue;  // as Mean, scaled
+      CudaCompareOptions o;
+      o.data.stored_kind = stored;
+      o.data.attention = a;
+      o.data.storage = StorageType::kBFloat16;
+      o.cpu_storage = StorageType::kBFloat16;
+      o.max_rel_err = kCudaBf16SplitMaxRelErr;
+      CompareWithCpu(o);
+    }
+  }
+}
+
+TEST(CudaScorerTest, Bf16AgainstFp32OracleTop10) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  for (CudaQueryPrecision qp : {CudaQueryPrecision::kBf16Split, CudaQueryPrecision::kBf16}) {
+    for (CrossAttention ca : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
+      CudaCompareOptions o;
+      o.data.attention.cross_attn = ca;
+      o.data.storage = StorageType::kBFloat16;
+      o.data.dim = 256;
+      o.data.num_stored = 400;
+      o.data.num_queries = 16;
+      o.data.min_regions = 36;
+      o.data.max_regions = 36;
+      o.data.min_words = 10;
+      o.data.max_words = 20;
+      o.cuda.query_precision = qp;
+      o.cpu_storage = StorageType::kFloat32;
+      o.max_rel_err = kCudaBf16MaxRelErr;
+      const CudaCompareResult r = CompareWithCpu(o);
+      std::printf("[cuda bf16 vs cpu fp32] %s: max rel err %.3g, mean top-10 overlap %.3f\n",
+                  o.ToString().c_str(), r.max_rel_err, r.mean_top10_overlap);
+      EXPECT_GE(r.mean_top10_overlap, kCudaBf16MinTop10Overlap) << o.ToString();
+      ::testing::Test::RecordProperty(
+          absl::StrCat("top10_overlap_", qp == CudaQueryPrecision::kBf16Split ? "bf16x2_" : "bf16_",
+                       ToString(ca)),
+          absl::StrCat(r.mean_top10_overlap));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Add / Remove / upsert: the same operations on both scorers keep the same keys and scores.
+
+void ExpectSameState(Scorer& cuda, Scorer& cpu, const std::vector<FloatMatrix>& queries,
+                     const std::string& when) {
+  EXPECT_EQ(cuda.size(), cpu.size()) << when;
+  EXPECT_EQ(cuda.keys(), cpu.keys()) << when;
+  FloatMatrix a, b;
+  ASSERT_TRUE(cuda.ScoreAll(Views(queries), &a).ok()) << when;
+  ASSERT_TRUE(cpu.ScoreAll(Views(queries), &b).ok()) << when;
+  EXPECT_LE(MaxRelErr(a, cuda.keys(), b, cpu.keys()), kCudaFp32MaxRelErr) << when;
+}
+
+TEST(CudaScorerTest, AddRemoveUpsert) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  CompareOptions data;
+  data.num_stored = 0;
+  CudaScorerOptions small;
+  small.slab_rows = 120;  // several slabs, so compaction and slab removal are exercised
+  auto cuda = MakeCuda(MakeConfig(data, StorageType::kFloat32), small);
+  auto cpu = MakeCpu(MakeConfig(data, StorageType::kFloat32));
+  ASSERT_TRUE(cuda && cpu);
+  ItemGenerator gen(data.dim, 5);
+  std::vector<FloatMatrix> queries;
+  for (int j = 0; j < 3; ++j) queries.push_back(gen.Item(gen.Uniform(1, 20)));
+
+  auto add = [&](std::vector<int64_t> keys, const std::string& when) {
+    std::vector<FloatMatrix> items;
+    for (size_t i = 0; i < keys.size(); ++i) items.push_back(gen.Item(gen.Uniform(1, 50)));
+    ASSERT_TRUE(cuda->Add(keys, Views(items)).ok()) << when;
+    ASSERT_TRUE(cpu->Add(keys, Views(items)).ok()) << when;
+    ExpectSameState(*cuda, *cpu, queries, when);
+  };
+  auto remove = [&](std::vector<int64_t> keys, const std::string& when) {
+    ASSERT_TRUE(cuda->Remove(keys).ok()) << when;
+    ASSERT_TRUE(cpu->Remove(keys).ok()) << when;
+    if (cuda->size() > 0) ExpectSameState(*cuda, *cpu, queries, when);
+    EXPECT_EQ(cuda->keys(), cpu->keys()) << when;
+  };
+
+  add({1, 2, 3, 4, 5, 6, 7, 8}, "first add");
+  add({9, 10, 11}, "second add");
+  add({3, 12, 9}, "upsert 3 and 9 (they move to the end)");
+  remove({1, 5, 12}, "remove from several slabs");
+  EXPECT_EQ(cuda->Remove({1}).code(), absl::StatusCode::kNotFound);
+  add({1, 5}, "re-add removed keys");
+  remove({2, 3, 4, 6, 7, 8, 9, 10, 11, 1, 5}, "remove everything");
+  EXPECT_EQ(cuda->size(), 0);
+  FloatMatrix empty;
+  ASSERT_TRUE(cuda->ScoreAll(Views(queries), &empty).ok());
+  EXPECT_EQ(empty.cols, 0);
+  auto none = cuda->Search(Views(queries), 3);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE((*none)[0].empty());
+  add({42, 43}, "add after emptying");
+  // One Add with an invalid item changes nothing (validated before the backend runs).
+  FloatMatrix ok_item = gen.Item(3);
+  EXPECT_FALSE(cuda->Add({50, 51}, {ItemView(ok_item), ItemView(nullptr, 2)}).ok());
+  EXPECT_EQ(cuda->keys(), (std::vector<int64_t>{42, 43}));
+}
+
+// Identical items under different keys: every score ties, so Search must order by key.
+TEST(CudaScorerTest, SearchTiesBySmallerKey) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  CompareOptions data;
+  auto cuda = MakeCuda(MakeConfig(data, StorageType::kFloat32));
+  ASSERT_TRUE(cuda);
+  ItemGenerator gen(data.dim, 9);
+  const FloatMatrix item = gen.Item(7);
+  // Enough columns for several top-k tiles and a merge round.
+  std::vector<int64_t> keys;
+  std::vector<ItemView> views;
+  for (int i = 0; i < 5000; ++i) {
+    keys.push_back((int64_t{i} * 7919) % 100003 - 50000);
+    views.emplace_back(item);
+  }
+  ASSERT_TRUE(cuda->Add(keys, views).ok());
+  const FloatMatrix q = gen.Item(5);
+  std::vector<int64_t> sorted = keys;
+  std::sort(sorted.begin(), sorted.end());
+  for (int k : {1, 10, CudaScorer::kMaxDeviceTopK, CudaScorer::kMaxDeviceTopK + 1}) {
+    auto top = cuda->Search({ItemView(q)}, k);
+    ASSERT_TRUE(top.ok()) << top.status();
+    ASSERT_EQ((*top)[0].size(), static_cast<size_t>(k));
+    for (int r = 0; r < k; ++r) EXPECT_EQ((*top)[0][r].key, sorted[r]) << "k " << k << " rank " << r;
+  }
+}
+
+// Many stored items and queries: Search over several tiles against the host selection.
+TEST(CudaScorerTest, SearchManyTilesMatchesHostSelection) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  CudaCompareOptions o;
+  o.data.dim = 16;
+  o.data.num_stored = 6000;
+  o.data.num_queries = 3;
+  o.data.max_regions = 4;
+  o.data.max_words = 6;
+  CompareWithCpu(o);
+}
+
+TEST(CudaScorerTest, RejectsBadOptions) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  CudaScorerOptions o;
+  o.slab_rows = 0;
+  EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o = CudaScorerOptions{};
+  o.device = 1 << 20;
+  EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+// Runs everywhere: without a device, Create says so (and the factory passes it through).
+TEST(CudaScorerTest, CreateWithoutDeviceIsFailedPrecondition) {
+  std::string why;
+  if (CudaScorer::DeviceAvailable(&why)) GTEST_SKIP() << "a CUDA device is present";
+  auto s = CudaScorer::Create(ScorerConfig{});
+  EXPECT_EQ(s.status().code(), absl::StatusCode::kFailedPrecondition) << s.status();
+  EXPECT_NE(s.status().message().find("no CUDA device"), absl::string_view::npos) << s.status();
+}
+
+}  // namespace
+}  // namespace scanserve
+
+#else  // !SCANSERVE_WITH_CUDA
+
+TEST(CudaScorerTest, NotBuilt) {
+  GTEST_SKIP() << "no CUDA device: scanserve was built without CUDA (SCANSERVE_WITH_CUDA=OFF)";
+}
+
+#endif  // SCANSERVE_WITH_CUDA
