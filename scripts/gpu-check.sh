@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # The one prepared check for the GPU machine (H200; Ubuntu 24.04, gcc 13, CMake 4, nvcc 13,
 # PyTorch 2.11 CUDA; no gRPC/Abseil/RocksDB packages: see ../shared/gpu/README.md). From the project
-# root, with `.debs/` carried (bash ../shared/gpu/fetch-debs.sh && cp ../shared/gpu/unpack-debs.sh
-# .debs/ on the CPU machine first):
+# root, with `.debs/` carried (`bash scripts/fetch-gpu-debs.sh` on the CPU machine first):
 #
-#   bash scripts/gpu-check.sh            # ~6-8 minutes
+#   bash scripts/gpu-check.sh            # ~6-8 minutes (after scripts/fetch-gpu-debs.sh here)
 #
 # Steps, each timed and under `timeout`: environment, configure (server off, CUDA on, sm_90),
 # build scoring_tests + detector_tests + scan_bench, run the CUDA tests, the scan_bench CUDA table
@@ -71,19 +70,20 @@ elif ls .debs/*.deb >/dev/null 2>&1 && [ -f ../shared/gpu/unpack-debs.sh ]; then
   # shellcheck disable=SC1091
   source /tmp/scanserve-gpu-env.sh
 else
-  echo "WARNING: no .debs/ (run 'bash ../shared/gpu/fetch-debs.sh && cp ../shared/gpu/unpack-debs.sh .debs/'"
+  echo "WARNING: no .debs/ (run 'bash scripts/fetch-gpu-debs.sh'"
   echo "         on the CPU machine and carry .debs); configuring with the system packages only."
   export CMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 fi
 echo "CMAKE_PREFIX_PATH=$CMAKE_PREFIX_PATH"
 # What the configure step needs beyond the .debs (present natively on the GPU machine, or not).
-for what in "OpenCV:opencv4" "nlohmann_json:nlohmann_json"; do
+for what in "nlohmann_json:nlohmann_json" "OpenCV:opencv4"; do
   name="${what%%:*}"; pc="${what##*:}"
   if pkg-config --exists "$pc" 2>/dev/null || ls /usr/lib/x86_64-linux-gnu/cmake/"$name"* /usr/share/cmake/"$name"* \
        /opt/deb/usr/lib/x86_64-linux-gnu/cmake/"$name"* /opt/deb/usr/share/cmake/"$name"* >/dev/null 2>&1; then
     echo "found $name"
   else
-    echo "WARNING: $name not found: configure will fail (add its Debian -dev packages to .debs)"
+    echo "WARNING: $name not found (nlohmann_json: run scripts/fetch-gpu-debs.sh and carry .debs;"
+    echo "         OpenCV is optional here: without it the detector refuses image bytes)"
   fi
 done
 GEN="Ninja"

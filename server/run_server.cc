@@ -1,6 +1,7 @@
 #include "server/run_server.h"
 
 #include <cerrno>
+#include <chrono>
 #include <csignal>
 #include <condition_variable>
 #include <mutex>
@@ -157,6 +158,14 @@ int RunServer(const ServerConfig& config) {
     }
     detector = *std::move(loaded);
     LogDetector(*detector, config);
+    const auto warm_start = std::chrono::steady_clock::now();
+    if (absl::Status warm = detector->WarmUp(); !warm.ok()) {
+      Log(LogLevel::kError, absl::StrCat("detector warm-up failed: ", warm.ToString()));
+      return 1;
+    }
+    const double warm_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - warm_start).count();
+    Log(LogLevel::kInfo, absl::StrCat("detector warmed up in ", absl::SixDigits(warm_seconds), " s"));
   }
 
   absl::StatusOr<std::unique_ptr<Server>> server =

@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cmath>
 
+#ifndef SCANSERVE_WITHOUT_OPENCV
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
+#endif
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -36,6 +38,10 @@ absl::StatusOr<DetectorInput> PrepareDetectorInput(std::string_view image_bytes,
         probe->width * probe->height, " pixels is above the limit of ", limits.max_pixels));
   }
 
+#ifdef SCANSERVE_WITHOUT_OPENCV
+  return absl::FailedPreconditionError(
+      "this build of scanserve has no OpenCV: it cannot decode images (rebuild with libopencv-dev)");
+#else
   cv::Mat bgr;
   try {
     const cv::Mat encoded(1, static_cast<int>(image_bytes.size()), CV_8UC1,
@@ -83,6 +89,7 @@ absl::StatusOr<DetectorInput> PrepareDetectorInput(std::string_view image_bytes,
     }
   }
   return input;
+#endif
 }
 
 }  // namespace scanserve

@@ -91,6 +91,10 @@ class RegionDetector {
       std::vector<DetectorTrace>* traces = nullptr) const = 0;
 
   virtual DetectorInfo Info() const = 0;
+
+  // Runs the network once on a synthetic image, so that the first real request does not pay for
+  // convolution algorithm selection and allocator growth. The server calls it before it serves.
+  virtual absl::Status WarmUp() const { return absl::OkStatus(); }
 };
 
 // Loads a detector directory: NOT_FOUND for a missing directory or file, INVALID_ARGUMENT for a
