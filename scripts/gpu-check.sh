@@ -10,7 +10,7 @@
 # (100k fp32+bf16, 1M bf16), and a same-run reference-style PyTorch baseline. A failing test step
 # does not stop the later steps; the exit status is non-zero when any step failed.
 # Environment overrides: BUILD_DIR (build-gpu), JOBS (nproc), BENCH_1M=0 to skip the 1M table,
-# BASELINE=0 to skip the PyTorch baseline, EXTRA_CMAKE_ARGS.
+# BASELINE=0 to skip the PyTorch baseline, DETECTOR_BENCH=0 to skip the detector timing, EXTRA_CMAKE_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,8 +95,8 @@ run_step "CONFIGURE" 240 cmake -S . -B "$BUILD_DIR" -G "$GEN" -DCMAKE_BUILD_TYPE
   -DSCANSERVE_BUILD_SERVER=OFF -DSCANSERVE_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   ${EXTRA_CMAKE_ARGS:-} || exit 1
 
-run_step "BUILD scoring_tests detector_tests scan_bench" 360 \
-  cmake --build "$BUILD_DIR" -j "$JOBS" --target scoring_tests detector_tests scan_bench || exit 1
+run_step "BUILD scoring_tests detector_tests scan_bench scan_extract" 360 \
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target scoring_tests detector_tests scan_bench scan_extract || exit 1
 
 # ---------------------------------------------------------------------------------------------
 # CUDA tests. SCANSERVE_TEST_VERBOSE prints every CUDA-vs-CPU comparison (max rel err, top-10).
@@ -111,6 +111,16 @@ run_step "TEST detector (CUDA ops)" 180 \
 run_step "TEST scoring (all other scoring tests)" 240 \
   "$BUILD_DIR"/tests/scoring_tests --gtest_color=no --gtest_brief=1 \
   --gtest_filter='-CudaScorerTest.*' || true
+
+# ---------------------------------------------------------------------------------------------
+# The detector network alone (no decoding) on the GPU, random weights in the converted format:
+# fp32 and TF32, batch 1, 300 proposals per image (goal: >= 60 images/s in TF32).
+if [ "${DETECTOR_BENCH:-1}" = "1" ]; then
+  run_step "BENCH detector (random weights), fp32 and TF32" 240 bash -c "
+    python3 tools/make_random_detector.py /tmp/scanserve-random-detector >/dev/null &&
+    '$BUILD_DIR/engine/scan_extract' --detector /tmp/scanserve-random-detector --device cuda --benchmark 20 &&
+    '$BUILD_DIR/engine/scan_extract' --detector /tmp/scanserve-random-detector --device cuda --tf32 --benchmark 40" || true
+fi
 
 # ---------------------------------------------------------------------------------------------
 BENCH="$BUILD_DIR/engine/scan_bench"

@@ -33,6 +33,7 @@ constexpr int kExitFailed = 1;
 constexpr int kExitBadInput = 2;
 
 constexpr char kUsage[] = R"(Usage: scan_extract --detector DIR --out FILE.tsv [options] IMAGE_OR_FOLDER...
+       scan_extract --detector DIR --benchmark N [--device cuda] [--tf32]
 
 Runs the bottom-up-attention detector (Caffe ResNet-101 Faster R-CNN, converted with
 tools/convert_bottom_up_caffemodel.py) on every image and writes one TSV line per image with the
@@ -59,6 +60,8 @@ Options:
   --debug-dir DIR     also write each image's intermediates as .npy: <id>.im_info, .input, .rois,
                       .roi_scores, .cls_prob, .attr_prob, .pool5, .keep (int64), .max_conf
   --quiet             no progress line
+  --benchmark N       instead of extracting: time the network alone (no decoding) on N synthetic
+                      800x600 images, batch 1, 300 proposals each, after one warm-up; prints images/s
 )";
 
 struct Args {
@@ -69,6 +72,7 @@ struct Args {
   int threads = 0;
   bool resume = false;
   bool quiet = false;
+  int benchmark = 0;
   std::string debug_dir;
   std::vector<std::string> inputs;
 };
@@ -152,6 +156,34 @@ absl::Status WriteTrace(const std::string& dir, const std::string& id, const Det
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
+}
+
+int Benchmark(const Args& args) {
+  absl::StatusOr<std::unique_ptr<RegionDetector>> detector = LoadBottomUpDetector(args.detector);
+  if (!detector.ok()) return BadArgs(std::string(detector.status().message()));
+  std::fprintf(stderr, "scan_extract: %s\n", (*detector)->Info().summary.c_str());
+  if (absl::Status s = (*detector)->WarmUp(); !s.ok()) {
+    std::fprintf(stderr, "scan_extract: %s\n", s.ToString().c_str());
+    return kExitFailed;
+  }
+  std::vector<double> seconds;
+  for (int i = 0; i < args.benchmark; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    if (absl::Status s = (*detector)->WarmUp(); !s.ok()) {
+      std::fprintf(stderr, "scan_extract: %s\n", s.ToString().c_str());
+      return kExitFailed;
+    }
+    seconds.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(seconds.begin(), seconds.end());
+  double total = 0;
+  for (double t : seconds) total += t;
+  std::printf("| device | tf32 | images | p50 ms/image | p99 ms/image | images/s |\n|---|---|---|---|---|---|\n");
+  std::printf("| %s | %s | %d | %.1f | %.1f | %.2f |\n", (*detector)->Info().device.c_str(),
+              args.detector.allow_tf32 ? "on" : "off", args.benchmark, 1e3 * seconds[seconds.size() / 2],
+              1e3 * seconds[std::min(seconds.size() - 1, seconds.size() * 99 / 100)],
+              args.benchmark / total);
+  return kExitOk;
 }
 
 int Run(const Args& args) {
@@ -321,6 +353,8 @@ int main(int argc, char** argv) {
       args.resume = true;
     } else if (flag == "--quiet") {
       args.quiet = true;
+    } else if (flag == "--benchmark") {
+      if (!int_value(&args.benchmark, 1)) return BadArgs("--benchmark needs an integer >= 1");
     } else if (flag == "--debug-dir") {
       const char* v = value();
       if (!v) return BadArgs("--debug-dir needs a directory");
@@ -332,6 +366,8 @@ int main(int argc, char** argv) {
     }
   }
   if (args.detector.detector_dir.empty()) return BadArgs("--detector is required");
+  args.detector.num_threads = args.threads;
+  if (args.benchmark > 0) return Benchmark(args);
   if (args.out.empty()) return BadArgs("--out is required");
   if (args.inputs.empty()) return BadArgs("no images given");
   args.detector.num_threads = args.threads;
