@@ -97,6 +97,19 @@ class DeviceBuffer {
   // At least `bytes`; the contents are lost when it grows.
   absl::Status Reserve(size_t bytes, const char* what) {
     if (bytes <= bytes_) return absl::OkStatus();
+    // Refuse before the device is full: the text encoder, the detector and cuBLAS share it, and a
+    // store that grows into the last bytes would make their next allocation fail instead.
+    size_t free_bytes = 0, total_bytes = 0;
+    if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+      const size_t headroom = total_bytes / 20;
+      if (bytes + headroom > free_bytes + bytes_) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "CudaScorer: ", what, " needs ", bytes, " bytes of device memory; ", free_bytes,
+            " are free and 5% of the device (", headroom, " bytes) stays reserved"));
+      }
+    } else {
+      cudaGetLastError();
+    }
     Reset();
     void* p = nullptr;
     const cudaError_t err = cudaMalloc(&p, bytes);
