@@ -4,14 +4,6 @@
 #include <cmath>
 #include <cstring>
 
-// Every float operation below must round like the original's separate numpy/C float32 steps: no
-// fused multiply-add (GCC contracts across statements by default, even in ISO C++ mode).
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
-
 namespace scanserve {
 namespace {
 

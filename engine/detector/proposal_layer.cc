@@ -6,14 +6,6 @@
 #include "engine/detector/anchors.h"
 #include "engine/detector/legacy_nms.h"
 
-// Each float operation must round separately, as numpy's element-wise steps do: no fused
-// multiply-add (GCC contracts across statements by default, even in ISO C++ mode).
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#elif defined(__GNUC__)
-#pragma GCC optimize("fp-contract=off")
-#endif
-
 namespace scanserve {
 namespace {
 
