@@ -30,10 +30,12 @@ import importlib
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_dir_io import ConvertError, write_dir_atomically, write_safetensors  # noqa: E402
 
 PROG = "convert_bottom_up_caffemodel"
 EXIT_BAD_INPUT = 2
@@ -54,10 +56,6 @@ TOTAL_WRITTEN = 52279706      # folded, without bbox_pred
 
 # Caffe V1LayerParameter.LayerType values of the layer types used here that existed in V1.
 V1_TYPES = {4: "Convolution", 14: "InnerProduct"}
-
-
-class ConvertError(Exception):
-    """Bad input: reported as one line on stderr, exit code 2."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,62 +324,16 @@ def check_vocab(vocab_dir, fname, n):
     return path
 
 
-def write_safetensors(path, tensors):
-    """Safetensors: u64 LE header length, JSON header (space-padded to 8 bytes), raw F32 LE data in
-    the header's (sorted) order. Returns the file size."""
-    import numpy as np
-    header = collections.OrderedDict()
-    offset = 0
-    for name, a in tensors.items():
-        n = a.size * 4
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    hjson = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hjson += b" " * ((8 - len(hjson) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hjson)))
-        f.write(hjson)
-        for a in tensors.values():
-            f.write(np.ascontiguousarray(a, dtype="<f4").tobytes())
-    return 8 + len(hjson) + offset
-
-
 def write_detector_dir(out_dir, force, config, tensors, vocab_paths):
-    out_dir = os.path.abspath(out_dir)
-    if os.path.lexists(out_dir):
-        if not force:
-            raise ConvertError("output %s already exists (use --force to replace it)" % out_dir)
-        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
-            raise ConvertError("output %s exists and is not a directory" % out_dir)
-    parent = os.path.dirname(out_dir)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".tmp-", dir=parent)
-    except OSError as e:
-        raise ConvertError("cannot create output directory under %s: %s" % (parent, e.strerror or e))
-    try:
+    def fill(tmp):
         with open(os.path.join(tmp, "detector.json"), "w") as f:
             json.dump(config, f, indent=2)
             f.write("\n")
         nbytes = write_safetensors(os.path.join(tmp, "weights.safetensors"), tensors)
         for p in vocab_paths:
             shutil.copyfile(p, os.path.join(tmp, os.path.basename(p)))
-        os.chmod(tmp, 0o755)
-        if os.path.lexists(out_dir):
-            old = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".old-", dir=parent)
-            os.rmdir(old)
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ConvertError("cannot write %s: %s" % (out_dir, e.strerror or e))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return nbytes
+        return nbytes
+    return write_dir_atomically(out_dir, force, fill)
 
 
 def convert(caffemodel, vocab_dir, out, boxes="36", force=False, log=None):

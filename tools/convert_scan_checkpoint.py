@@ -24,9 +24,10 @@ import json
 import math
 import os
 import shutil
-import struct
 import sys
-import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_dir_io import ConvertError, write_dir_atomically, write_safetensors  # noqa: E402
 
 PROG = "convert_scan_checkpoint"
 EXIT_BAD_INPUT = 2
@@ -56,10 +57,6 @@ RAW_NORMS = ("clipped_l2norm", "l2norm", "clipped", "no_norm", "softmax")
 CRASHING_NORMS = ("l1norm", "clipped_l1norm")
 ENC_TYPES = ("basic", "weight_norm")
 SPECIALS = (("<pad>", 0), ("<start>", 1), ("<end>", 2), ("<unk>", 3))
-
-
-class ConvertError(Exception):
-    """Bad input: reported as one line on stderr, exit code 2."""
 
 
 def _fmt_shape(shape):
@@ -404,28 +401,6 @@ def collect_tensors(model, cfg):
 # ----------------------------------------------------------------------------------------------
 # Writing
 
-def write_safetensors(path, tensors):
-    """Safetensors: u64 LE header length, JSON header (space-padded to 8 bytes), raw F32 LE data."""
-    import numpy as np
-    header = collections.OrderedDict()
-    blobs = []
-    offset = 0
-    for name, t in tensors.items():
-        a = np.ascontiguousarray(t.numpy().astype("<f4"))
-        data = a.tobytes()
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + len(data)]}
-        blobs.append(data)
-        offset += len(data)
-    hjson = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    hjson += b" " * ((8 - len(hjson) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(hjson)))
-        f.write(hjson)
-        for b in blobs:
-            f.write(b)
-    return 8 + len(hjson) + offset
-
-
 def _json_scalar(v):
     v = _norm_str(v)
     if v is None or isinstance(v, (bool, int, float, str)):
@@ -440,40 +415,15 @@ def _json_scalar(v):
 
 
 def write_model_dir(out_dir, force, cfg, tensors, vocab_path):
-    out_dir = os.path.abspath(out_dir)
-    if os.path.lexists(out_dir):
-        if not force:
-            raise ConvertError("output %s already exists (use --force to replace it)" % out_dir)
-        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
-            raise ConvertError("output %s exists and is not a directory" % out_dir)
-    parent = os.path.dirname(out_dir)
-    try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".tmp-", dir=parent)
-    except OSError as e:
-        raise ConvertError("cannot create output directory under %s: %s" % (parent, e.strerror or e))
-    try:
+    def fill(tmp):
         with open(os.path.join(tmp, "config.json"), "w") as f:
             json.dump(cfg, f, indent=2)
             f.write("\n")
-        nbytes = write_safetensors(os.path.join(tmp, "weights.safetensors"), tensors)
+        nbytes = write_safetensors(os.path.join(tmp, "weights.safetensors"),
+                                   collections.OrderedDict((k, t.numpy()) for k, t in tensors.items()))
         shutil.copyfile(vocab_path, os.path.join(tmp, "vocab.json"))
-        os.chmod(tmp, 0o755)
-        if os.path.lexists(out_dir):
-            old = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".old-", dir=parent)
-            os.rmdir(old)
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise ConvertError("cannot write %s: %s" % (out_dir, e.strerror or e))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return nbytes
+        return nbytes
+    return write_dir_atomically(out_dir, force, fill)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,9 +8,12 @@ e.g. on the GPU machine (scripts/gpu-check.sh). Its outputs are meaningless; its
 import argparse
 import json
 import os
-import struct
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model_dir_io import write_dir_atomically, write_safetensors  # noqa: E402
 
 
 def tensors(rng):
@@ -45,36 +48,25 @@ def tensors(rng):
     return t
 
 
-def write_safetensors(path, t):
-    header, offset = {}, 0
-    for name in sorted(t):
-        n = t[name].nbytes
-        header[name] = {"dtype": "F32", "shape": list(t[name].shape), "data_offsets": [offset, offset + n]}
-        offset += n
-    h = json.dumps(header).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path + ".tmp", "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for name in sorted(t):
-            f.write(np.ascontiguousarray(t[name], "<f4").tobytes())
-    os.replace(path + ".tmp", path)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("out")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    os.makedirs(args.out, exist_ok=True)
-    write_safetensors(os.path.join(args.out, "weights.safetensors"), tensors(np.random.default_rng(args.seed)))
-    with open(os.path.join(args.out, "detector.json"), "w") as f:
-        json.dump({"format": "scanserve.bottom_up_detector", "format_version": 1, "num_classes": 1601,
-                   "num_attributes": 401, "min_boxes": 36, "max_boxes": 36, "conf_threshold": 0.2,
-                   "source": {"caffemodel": "random (tools/make_random_detector.py, seed %d)" % args.seed}}, f, indent=2)
-    for name, n in (("objects_vocab.txt", 1600), ("attributes_vocab.txt", 400)):
-        with open(os.path.join(args.out, name), "w") as f:
-            f.writelines("%s%d\n" % (name.split("_")[0].rstrip("s"), i) for i in range(n))
+
+    def fill(out):
+        t = tensors(np.random.default_rng(args.seed))
+        write_safetensors(os.path.join(out, "weights.safetensors"), {name: t[name] for name in sorted(t)})
+        with open(os.path.join(out, "detector.json"), "w") as f:
+            json.dump({"format": "scanserve.bottom_up_detector", "format_version": 1, "num_classes": 1601,
+                       "num_attributes": 401, "min_boxes": 36, "max_boxes": 36, "conf_threshold": 0.2,
+                       "source": {"caffemodel": "random (tools/make_random_detector.py, seed %d)" % args.seed}},
+                      f, indent=2)
+        for name, n in (("objects_vocab.txt", 1600), ("attributes_vocab.txt", 400)):
+            with open(os.path.join(out, name), "w") as f:
+                f.writelines("%s%d\n" % (name.split("_")[0].rstrip("s"), i) for i in range(n))
+
+    write_dir_atomically(args.out, True, fill)
     print(args.out)
 
 
