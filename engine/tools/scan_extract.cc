@@ -114,23 +114,24 @@ absl::StatusOr<std::string> ReadFile(const fs::path& path) {
   return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
-// Ids already in a TSV from an earlier run; a torn last line (no newline) is cut off.
+// Ids already in a TSV from an earlier run; a torn last line (no newline) is cut off. Streams the
+// file a line at a time: an output of many images is far larger than memory.
 absl::StatusOr<std::set<std::string>> ExistingIds(const std::string& path) {
   std::set<std::string> ids;
   std::error_code ec;
   if (!fs::exists(path, ec)) return ids;
-  absl::StatusOr<std::string> text = ReadFile(path);
-  if (!text.ok()) return text.status();
-  const size_t complete = text->rfind('\n') == std::string::npos ? 0 : text->rfind('\n') + 1;
-  if (complete != text->size()) fs::resize_file(path, complete, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot truncate ", path, ": ", ec.message()));
-  size_t pos = 0;
-  while (pos < complete) {
-    const size_t end = text->find('\n', pos);
-    const size_t tab = text->find('\t', pos);
-    if (tab != std::string::npos && tab < end) ids.insert(text->substr(pos, tab - pos));
-    pos = end + 1;
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  uintmax_t complete = 0;  // bytes up to the end of the last newline-terminated line
+  std::string line;
+  while (std::getline(in, line) && !in.eof()) {  // eof here: the line had no newline
+    complete += line.size() + 1;
+    const size_t tab = line.find('\t');
+    if (tab != std::string::npos) ids.insert(line.substr(0, tab));
   }
+  in.close();
+  if (complete != fs::file_size(path, ec)) fs::resize_file(path, complete, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot truncate ", path, ": ", ec.message()));
   return ids;
 }
 
@@ -210,20 +211,20 @@ int Run(const Args& args) {
   std::FILE* out = std::fopen(write_path.c_str(), args.resume ? "ab" : "wb");
   if (out == nullptr) return BadArgs(absl::StrCat("cannot write ", write_path));
 
-  std::vector<fs::path> todo;
+  std::vector<fs::path> pending;
   for (const fs::path& p : *images) {
-    if (!done.count(p.stem().string())) todo.push_back(p);
+    if (!done.count(p.stem().string())) pending.push_back(p);
   }
   const bool tty = isatty(fileno(stderr));
   const auto start = std::chrono::steady_clock::now();
   int64_t finished = 0, failed = 0, regions = 0;
-  for (size_t begin = 0; begin < todo.size(); begin += static_cast<size_t>(args.batch)) {
-    const size_t end = std::min(todo.size(), begin + static_cast<size_t>(args.batch));
+  for (size_t begin = 0; begin < pending.size(); begin += static_cast<size_t>(args.batch)) {
+    const size_t end = std::min(pending.size(), begin + static_cast<size_t>(args.batch));
     std::vector<std::string> bytes;
     std::vector<std::string_view> views;
     std::vector<absl::Status> read_errors;
     for (size_t i = begin; i < end; ++i) {
-      absl::StatusOr<std::string> data = ReadFile(todo[i]);
+      absl::StatusOr<std::string> data = ReadFile(pending[i]);
       read_errors.push_back(data.status());
       bytes.push_back(data.ok() ? *std::move(data) : std::string());
     }
@@ -232,7 +233,7 @@ int Run(const Args& args) {
     std::vector<absl::StatusOr<DetectedRegions>> results =
         (*detector)->DetectBatch(views, args.debug_dir.empty() ? nullptr : &traces);
     for (size_t j = 0; j < results.size(); ++j) {
-      const std::string id = todo[begin + j].stem().string();
+      const std::string id = pending[begin + j].stem().string();
       absl::Status status = read_errors[j].ok() ? results[j].status() : read_errors[j];
       absl::StatusOr<std::string> line;
       if (status.ok()) {
@@ -258,7 +259,7 @@ int Run(const Args& args) {
       if (!status.ok()) {
         ++failed;
         std::fprintf(stderr, "%sscan_extract: %s: %s\n", tty ? "\n" : "",
-                     todo[begin + j].string().c_str(), std::string(status.message()).c_str());
+                     pending[begin + j].string().c_str(), std::string(status.message()).c_str());
         continue;
       }
       regions += results[j]->boxes.size();
@@ -273,9 +274,9 @@ int Run(const Args& args) {
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       const double rate = finished / std::max(seconds, 1e-9);
-      const double eta = (static_cast<double>(todo.size()) - finished) / std::max(rate, 1e-9);
+      const double eta = (static_cast<double>(pending.size()) - finished) / std::max(rate, 1e-9);
       std::fprintf(stderr, "%s[%lld/%zu] %.2f images/s, %.1f regions/image, %lld failed, ETA %.0fs%s",
-                   tty ? "\r" : "", static_cast<long long>(finished), todo.size(), rate,
+                   tty ? "\r" : "", static_cast<long long>(finished), pending.size(), rate,
                    finished > failed ? static_cast<double>(regions) / (finished - failed) : 0.0,
                    static_cast<long long>(failed), eta, tty ? "" : "\n");
     }
@@ -296,7 +297,7 @@ int Run(const Args& args) {
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::fprintf(stderr, "scan_extract: %lld images in %.1fs (%.3f images/s), %lld failed, %zu skipped as done\n",
                static_cast<long long>(finished), seconds, finished / std::max(seconds, 1e-9),
-               static_cast<long long>(failed), images->size() - todo.size());
+               static_cast<long long>(failed), images->size() - pending.size());
   return failed > 0 ? kExitFailed : kExitOk;
 }
 
