@@ -389,6 +389,7 @@ int Stats(Connection& connection, const std::vector<std::string>& argv, bool jso
   table.AddRow({"feature memory", FormatBytes(response.feature_bytes())});
   table.AddRow({"store on disk", FormatBytes(response.store_disk_bytes())});
   table.AddRow({"backend", response.backend()});
+  table.AddRow({"encoder device", response.encoder_device()});
   table.AddRow({"storage", response.storage()});
   table.AddRow({"detector", response.detector_loaded()
                                  ? (response.detector().empty() ? std::string("loaded") : response.detector())

@@ -6,8 +6,9 @@
 #   bash scripts/gpu-check.sh            # ~6-8 minutes (after scripts/fetch-gpu-debs.sh here)
 #
 # Steps, each timed and under `timeout`: environment, configure (server off, CUDA on, sm_90),
-# build scoring_tests + detector_tests + scan_bench, run the CUDA tests, the scan_bench CUDA table
-# (100k fp32+bf16, 1M bf16), and a same-run reference-style PyTorch baseline. A failing test step
+# build scoring_tests + detector_tests + model_tests + scan_bench, run the CUDA tests, the scan_bench CUDA table
+# (100k fp32+bf16+fp8 with the cuBLAS and the fused kernels, 1M bf16), and a same-run
+# reference-style PyTorch baseline. A failing test step
 # does not stop the later steps; the exit status is non-zero when any step failed.
 # Environment overrides: BUILD_DIR (build-gpu), JOBS (nproc), BENCH_1M=0 to skip the 1M table,
 # BASELINE=0 to skip the PyTorch baseline, DETECTOR_BENCH=0 to skip the detector timing, EXTRA_CMAKE_ARGS.
@@ -95,22 +96,24 @@ run_step "CONFIGURE" 240 cmake -S . -B "$BUILD_DIR" -G "$GEN" -DCMAKE_BUILD_TYPE
   -DSCANSERVE_BUILD_SERVER=OFF -DSCANSERVE_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   ${EXTRA_CMAKE_ARGS:-} || exit 1
 
-run_step "BUILD scoring_tests detector_tests scan_bench scan_extract" 360 \
-  cmake --build "$BUILD_DIR" -j "$JOBS" --target scoring_tests detector_tests scan_bench scan_extract || exit 1
+run_step "BUILD scoring_tests detector_tests model_tests scan_bench scan_extract" 360 \
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target scoring_tests detector_tests model_tests scan_bench scan_extract || exit 1
 
 # ---------------------------------------------------------------------------------------------
 # CUDA tests. SCANSERVE_TEST_VERBOSE prints every CUDA-vs-CPU comparison (max rel err, top-10).
 export SCANSERVE_TEST_VERBOSE=1
 run_step "TEST scoring (CUDA scorer vs CPU oracle)" 240 \
   "$BUILD_DIR"/tests/scoring_tests --gtest_color=no \
-  --gtest_filter='CudaScorerTest.*:MakeScorerTest.*:Scoring/ValidationTest.*Cuda*' || true
+  --gtest_filter='CudaScorerTest.*:*CudaScorerStorageTest.*:MakeScorerTest.*:Scoring/ValidationTest.*Cuda*' || true
 unset SCANSERVE_TEST_VERBOSE
 run_step "TEST detector (CUDA ops)" 180 \
   "$BUILD_DIR"/tests/detector_tests --gtest_color=no --gtest_filter='*Cuda*:*cuda*' || true
+run_step "TEST model (CUDA encoders vs CPU)" 120 \
+  "$BUILD_DIR"/tests/model_tests --gtest_color=no --gtest_filter='*Cuda*' || true
 # The CPU scoring tests too (quick), so that the CUDA build did not disturb them.
 run_step "TEST scoring (all other scoring tests)" 240 \
   "$BUILD_DIR"/tests/scoring_tests --gtest_color=no --gtest_brief=1 \
-  --gtest_filter='-CudaScorerTest.*' || true
+  --gtest_filter='-CudaScorerTest.*:*CudaScorerStorageTest.*' || true
 
 # ---------------------------------------------------------------------------------------------
 # The detector network alone (no decoding) on the GPU, random weights in the converted format:
@@ -124,8 +127,9 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 BENCH="$BUILD_DIR/engine/scan_bench"
-run_step "BENCH cuda 100k images, fp32 + bf16" 200 \
-  "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16 --queries=64 --reps=3 || true
+run_step "BENCH cuda 100k images, fp32 + bf16 + fp8, cuBLAS and fused kernels" 300 \
+  "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16,fp8 --kernels=gemm,fused \
+  --queries=64 --reps=3 || true
 if [ "$BENCH_1M" = "1" ]; then
   run_step "BENCH cuda 1M images, bf16" 240 \
     "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --queries=64 --reps=3 || true

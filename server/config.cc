@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <fstream>
 #include <functional>
+#include <optional>
 #include <sstream>
 #include <utility>
 
@@ -10,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/scoring/storage_type.h"
 
 namespace scanserve {
 namespace {
@@ -79,6 +81,22 @@ const char* BackendName(ScorerBackend backend) {
   return "?";
 }
 
+// "cuda" (device 0) or "cuda:N" -> *index; false for anything else.
+bool ParseCudaDevice(const std::string& value, int* index) {
+  if (value == "cuda") {
+    *index = 0;
+    return true;
+  }
+  int v = 0;
+  if (value.rfind("cuda:", 0) != 0 || !absl::SimpleAtoi(value.substr(5), &v) || v < 0 || v >= 1024) return false;
+  *index = v;
+  return true;
+}
+
+std::string EncoderDeviceName(const std::optional<EncoderDevice>& device) {
+  return device.has_value() ? device->ToString() : std::string("auto");
+}
+
 std::string DetectorDeviceName(const DetectorOptions& detector) {
   if (detector.device == DetectorDevice::kCpu) return "cpu";
   return detector.cuda_device == 0 ? std::string("cuda") : absl::StrCat("cuda:", detector.cuda_device);
@@ -91,10 +109,6 @@ absl::Status ParseBoxes(const std::string& key, const std::string& value, int* o
   if (v == 0) return absl::InvalidArgumentError(absl::StrCat("--", key, ": expected -1 or 1..1000, got 0"));
   *out = v;
   return absl::OkStatus();
-}
-
-const char* StorageName(StorageType storage) {
-  return storage == StorageType::kBFloat16 ? "bf16" : "fp32";
 }
 
 struct Flag {
@@ -154,15 +168,30 @@ const std::vector<Flag>& Flags() {
          }
          return absl::OkStatus();
        }},
-      {"storage", "fp32|bf16", "precision of stored features (bf16 halves memory)",
-       [](const ServerConfig& c) { return std::string(StorageName(c.engine.storage)); },
+      {"storage", "fp32|bf16|fp8",
+       "precision of stored features (bf16 halves memory; fp8 e4m3 quarters it and moves rankings slightly)",
+       [](const ServerConfig& c) { return std::string(StorageTypeName(c.engine.storage)); },
        [](const std::string& v, ServerConfig* c) {
-         if (v == "fp32") {
-           c->engine.storage = StorageType::kFloat32;
-         } else if (v == "bf16") {
-           c->engine.storage = StorageType::kBFloat16;
+         absl::StatusOr<StorageType> storage = ParseStorageType(v);
+         if (!storage.ok()) return absl::InvalidArgumentError(absl::StrCat("--", storage.status().message()));
+         c->engine.storage = *storage;
+         return absl::OkStatus();
+       }},
+      {"encoder-device", "auto|cpu|cuda|cuda:N",
+       "where the text and region encoders run. auto: cuda:0 with --backend cuda when this "
+       "LibTorch has CUDA and a GPU, else cpu; cuda fails start-up when it cannot be used",
+       [](const ServerConfig& c) { return EncoderDeviceName(c.engine.encoder_device); },
+       [](const std::string& v, ServerConfig* c) {
+         int index = 0;
+         if (v == "auto") {
+           c->engine.encoder_device.reset();
+         } else if (v == "cpu") {
+           c->engine.encoder_device = EncoderDevice::Cpu();
+         } else if (ParseCudaDevice(v, &index)) {
+           c->engine.encoder_device = EncoderDevice::Cuda(index);
          } else {
-           return absl::InvalidArgumentError(absl::StrCat("--storage: expected fp32 or bf16, got '", v, "'"));
+           return absl::InvalidArgumentError(
+               absl::StrCat("--encoder-device: expected auto, cpu, cuda or cuda:N, got '", v, "'"));
          }
          return absl::OkStatus();
        }},
@@ -209,7 +238,9 @@ const std::vector<Flag>& Flags() {
        [](const std::string& v, ServerConfig* c) {
          return ParseInt64("max-captions", v, 0, INT64_MAX, &c->engine.max_captions);
        }},
-      {"max-feature-bytes", "BYTES", "scorer memory for stored items, all models and both sides",
+      {"max-feature-bytes", "BYTES",
+       "scorer memory for stored items, all models and both sides (with --backend cuda, at most what "
+       "the GPU can hold); a store beyond it refuses to start",
        [](const ServerConfig& c) { return absl::StrCat(c.engine.max_feature_bytes); },
        [](const std::string& v, ServerConfig* c) {
          return ParseBytes("max-feature-bytes", v, 0, INT64_MAX, &c->engine.max_feature_bytes);
@@ -238,13 +269,8 @@ const std::vector<Flag>& Flags() {
            c->detector.cuda_device = 0;
            return absl::OkStatus();
          }
-         if (v == "cuda") {
-           c->detector.device = DetectorDevice::kCuda;
-           c->detector.cuda_device = 0;
-           return absl::OkStatus();
-         }
          int index = 0;
-         if (v.rfind("cuda:", 0) == 0 && absl::SimpleAtoi(v.substr(5), &index) && index >= 0 && index < 1024) {
+         if (ParseCudaDevice(v, &index)) {
            c->detector.device = DetectorDevice::kCuda;
            c->detector.cuda_device = index;
            return absl::OkStatus();

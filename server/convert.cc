@@ -326,6 +326,7 @@ void StatsToProto(const EngineStats& stats, const std::vector<std::string>& mode
     if (i < stats.model_summaries.size()) model->set_summary(stats.model_summaries[i]);
   }
   out->set_backend(stats.backend);
+  out->set_encoder_device(stats.encoder_device);
   out->set_storage(stats.storage);
   out->set_store_disk_bytes(stats.store_disk_bytes);
   out->set_version(version);

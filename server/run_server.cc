@@ -94,7 +94,8 @@ void LogEngine(const RetrievalEngine& engine, const ServerConfig& config) {
                                       i < stats.model_summaries.size() ? absl::StrCat(" (", stats.model_summaries[i], ")")
                                                                         : std::string()));
   }
-  Log(LogLevel::kInfo, absl::StrCat("engine: backend ", stats.backend, ", storage ", stats.storage, ", ",
+  Log(LogLevel::kInfo, absl::StrCat("engine: backend ", stats.backend, ", encoders on ", stats.encoder_device,
+                                    ", storage ", stats.storage, ", ",
                                     stats.images, " images and ", stats.captions, " captions loaded from ",
                                     config.engine.data_dir, " (", stats.feature_bytes, " feature bytes, ",
                                     stats.store_disk_bytes, " bytes on disk)"));

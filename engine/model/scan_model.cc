@@ -1,7 +1,9 @@
 // The SCAN encoders on LibTorch. Everything torch stays in this file.
 #include "engine/model/scan_model.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <torch/cuda.h>
 #include <torch/nn/modules/rnn.h>
 #include <torch/nn/utils/rnn.h>
 
@@ -24,7 +26,7 @@ torch::Tensor L2Norm(const torch::Tensor& x) {
 }
 
 FloatMatrix ToMatrix(const torch::Tensor& t) {
-  torch::Tensor c = t.to(torch::kFloat32).contiguous();
+  torch::Tensor c = t.to(torch::kCPU, torch::kFloat32).contiguous();
   FloatMatrix m(c.size(0), c.size(1));
   std::copy(c.data_ptr<float>(), c.data_ptr<float>() + c.numel(), m.data.begin());
   return m;
@@ -40,21 +42,58 @@ auto CatchTorch(const char* what, Fn&& fn) -> decltype(fn()) {
   }
 }
 
+// The torch device for `device`, or FAILED_PRECONDITION when this LibTorch or machine lacks it.
+absl::StatusOr<torch::Device> ResolveDevice(const EncoderDevice& device) {
+  if (!device.is_cuda()) return torch::Device(torch::kCPU);
+  std::string why;
+  if (!ScanModel::CudaAvailable(&why)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("text and region encoders: ", device.ToString(), " requested but ", why));
+  }
+  const int64_t count = static_cast<int64_t>(torch::cuda::device_count());
+  if (device.cuda_index < 0 || device.cuda_index >= count) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "text and region encoders: ", device.ToString(), " requested but CUDA device ",
+        device.cuda_index, " does not exist (", count, " visible)"));
+  }
+  return torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(device.cuda_index));
+}
+
 }  // namespace
 
 struct ScanModel::Weights {
+  torch::Device device{torch::kCPU};  // where all of the below live
   torch::Tensor embed;   // (vocab, word_dim)
   torch::Tensor fc_weight;  // (embed, img_dim)
   torch::Tensor fc_bias;    // (embed)
   torch::nn::GRU gru{nullptr};
 };
 
+bool ScanModel::CudaAvailable(std::string* why) {
+  try {
+    if (!at::Context::hasCUDART()) {
+      if (why != nullptr) *why = "this LibTorch was built without CUDA support";
+      return false;
+    }
+    if (!torch::cuda::is_available()) {
+      if (why != nullptr) *why = "no CUDA device is visible (driver, CUDA_VISIBLE_DEVICES)";
+      return false;
+    }
+    return true;
+  } catch (const std::exception& e) {
+    if (why != nullptr) *why = absl::StrCat("CUDA cannot be initialised: ", e.what());
+    return false;
+  }
+}
+
 ScanModel::~ScanModel() = default;
 
 absl::StatusOr<std::unique_ptr<ScanModel>> ScanModel::Load(const std::string& model_dir,
                                                            const ModelLoadOptions& options) {
+  SCANSERVE_ASSIGN_OR_RETURN(const torch::Device device, ResolveDevice(options.device));
   std::unique_ptr<ScanModel> model(new ScanModel());
   model->model_dir_ = model_dir;
+  model->device_ = options.device;
   SCANSERVE_ASSIGN_OR_RETURN(model->config_, ModelConfig::FromFile(model_dir + "/config.json"));
   const ModelConfig& c = model->config_;
   SCANSERVE_ASSIGN_OR_RETURN(Vocabulary vocab, Vocabulary::FromFile(model_dir + "/vocab.json"));
@@ -111,6 +150,19 @@ absl::StatusOr<std::unique_ptr<ScanModel>> ScanModel::Load(const std::string& mo
     return absl::OkStatus();
   });
   SCANSERVE_RETURN_IF_ERROR(gru_status);
+  if (device.is_cuda()) {
+    SCANSERVE_RETURN_IF_ERROR(CatchTorch("moving the encoders to CUDA", [&]() -> absl::Status {
+      // cuDNN's RNN defaults to TF32 on Ampere and later (~1e-3 relative); fp32 keeps the GRU equal
+      // to the CPU path. The flag is process-wide; a detector loaded later sets its own.
+      at::globalContext().setAllowTF32CuDNN(false);
+      weights->embed = weights->embed.to(device);
+      weights->fc_weight = weights->fc_weight.to(device);
+      weights->fc_bias = weights->fc_bias.to(device);
+      weights->gru->to(device);  // also flattens the weights into cuDNN's layout
+      weights->device = device;
+      return absl::OkStatus();
+    }));
+  }
   model->weights_ = std::move(weights);
   return model;
 }
@@ -154,7 +206,8 @@ absl::StatusOr<std::vector<FloatMatrix>> ScanModel::EncodeCaptions(
       std::copy(row.begin(), row.end(), tokens[i].data_ptr<int64_t>());
       lengths[i] = static_cast<int64_t>(row.size());
     }
-    torch::Tensor words = torch::embedding(weights_->embed, tokens);
+    // The tokens go to the device; the lengths stay on the host, where packing reads them.
+    torch::Tensor words = torch::embedding(weights_->embed, tokens.to(weights_->device));
     // Packing runs each caption over its true length, so padding never reaches the backward pass.
     auto packed = torch::nn::utils::rnn::pack_padded_sequence(words, lengths, /*batch_first=*/true,
                                                               /*enforce_sorted=*/false);
@@ -166,6 +219,7 @@ absl::StatusOr<std::vector<FloatMatrix>> ScanModel::EncodeCaptions(
       out = (out.narrow(2, 0, e) + out.narrow(2, e, e)) / 2;
     }
     if (!config_.no_txtnorm) out = L2Norm(out);
+    out = out.to(torch::kCPU);  // one transfer for the whole batch
     std::vector<FloatMatrix> result;
     result.reserve(ids.size());
     for (int64_t i = 0; i < batch; ++i) {
@@ -193,7 +247,8 @@ absl::StatusOr<FloatMatrix> ScanModel::EncodeRegions(const FloatMatrix& features
   return CatchTorch("encoding regions", [&]() -> absl::StatusOr<FloatMatrix> {
     torch::NoGradGuard no_grad;
     torch::Tensor x = torch::from_blob(const_cast<float*>(features.data.data()),
-                                       {features.rows, features.cols}, torch::kFloat32);
+                                       {features.rows, features.cols}, torch::kFloat32)
+                          .to(weights_->device);
     torch::Tensor y = torch::addmm(weights_->fc_bias, x, weights_->fc_weight.t());
     if (!config_.no_imgnorm) y = L2Norm(y);
     return ToMatrix(y);

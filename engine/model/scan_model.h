@@ -1,6 +1,7 @@
 // ScanModel: one SCAN model loaded from a model directory (docs/model-format.md): the vocabulary and
 // tokenizer, the text encoder (embedding + (bi)GRU), the region encoder (FC), and the attention
-// hyper-parameters its scores use. Torch stays behind this header.
+// hyper-parameters its scores use. The encoders run on the CPU or on one CUDA device; their inputs
+// and outputs are host matrices either way. Torch stays behind this header.
 #pragma once
 
 #include <cstdint>
@@ -12,26 +13,36 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/common/matrix.h"
+#include "engine/model/encoder_device.h"
 #include "engine/model/model_config.h"
 #include "engine/text/vocabulary.h"
 
 namespace scanserve {
 
 struct ModelLoadOptions {
-  int num_threads = 0;  // intra-op threads for the encoders; 0 = all cores
+  int num_threads = 0;  // intra-op (CPU) threads for the encoders; 0 = all cores
+  // Where the weights live and the encoders run. CUDA turns off TF32 for cuDNN process-wide, so
+  // that the GRU keeps fp32 precision (equal to the CPU path up to float rounding).
+  EncoderDevice device;
 };
 
+// The Encode* methods are const and may be called from several threads at once.
 class ScanModel {
  public:
   // Loads config.json, vocab.json and weights.safetensors from `model_dir`, checking every tensor's
-  // presence and shape against the config. Errors name the file and the tensor.
+  // presence and shape against the config. Errors name the file and the tensor. A CUDA device
+  // that this LibTorch or machine cannot provide is FAILED_PRECONDITION.
   static absl::StatusOr<std::unique_ptr<ScanModel>> Load(const std::string& model_dir,
                                                          const ModelLoadOptions& options = {});
+  // Whether the encoders can run on CUDA here (a CUDA LibTorch and at least one visible device);
+  // *why (optional) gets the reason when not.
+  static bool CudaAvailable(std::string* why = nullptr);
   ~ScanModel();
 
   const ModelConfig& config() const { return config_; }
   const Vocabulary& vocabulary() const { return *vocabulary_; }
   const std::string& model_dir() const { return model_dir_; }
+  const EncoderDevice& device() const { return device_; }
 
   // Caption text -> token ids, `<start> w1 .. wn <end>` (lower-cased, NLTK-tokenised, <unk> for
   // unknown words). An empty or blank caption is INVALID_ARGUMENT.
@@ -51,6 +62,7 @@ class ScanModel {
   ScanModel() = default;
 
   std::string model_dir_;
+  EncoderDevice device_;
   ModelConfig config_;
   std::unique_ptr<Vocabulary> vocabulary_;
   std::unique_ptr<Weights> weights_;

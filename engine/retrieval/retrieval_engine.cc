@@ -128,6 +128,13 @@ const char* BackendName(ScorerBackend backend) {
   return "unknown";
 }
 
+EncoderDevice ResolveEncoderDevice(const RetrievalEngineOptions& o) {
+  if (o.encoder_device.has_value()) return *o.encoder_device;
+  // MakeScorer's CUDA scorer runs on device 0; the encoders' outputs then stay near it.
+  if (o.backend == ScorerBackend::kCuda && ScanModel::CudaAvailable()) return EncoderDevice::Cuda(0);
+  return EncoderDevice::Cpu();
+}
+
 absl::Status ValidateOptions(const RetrievalEngineOptions& o) {
   if (o.model_dirs.empty() || o.model_dirs.size() > 2) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -152,6 +159,12 @@ absl::Status ValidateOptions(const RetrievalEngineOptions& o) {
   return absl::OkStatus();
 }
 
+int64_t RowsOf(const StoredImage& image) { return image.num_regions; }
+int64_t RowsOf(const StoredCaption& caption) { return caption.embeddings.front().rows; }
+
+int64_t FeatureBytesLimit(const RetrievalEngineOptions& options,
+                          const std::vector<ModelSlot>& models);
+
 class ScanRetrievalEngine final : public RetrievalEngine {
  public:
   ScanRetrievalEngine(const RetrievalEngineOptions& options, std::vector<ModelSlot> models,
@@ -159,7 +172,8 @@ class ScanRetrievalEngine final : public RetrievalEngine {
       : options_(options),
         models_(std::move(models)),
         store_(std::move(store)),
-        img_dim_(models_.front().model->config().img_dim) {}
+        img_dim_(models_.front().model->config().img_dim),
+        feature_bytes_limit_(FeatureBytesLimit(options_, models_)) {}
 
   ~ScanRetrievalEngine() override {
     const absl::Status closed = Close();
@@ -187,6 +201,13 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   size_t num_models() const { return models_.size(); }
   // Estimated scorer bytes of an item of `rows` rows, over every model.
   int64_t EstimateBytes(int64_t rows, ItemKind kind) const;
+  // Where feature_bytes_limit_ comes from, for error messages.
+  std::string LimitSource() const {
+    return feature_bytes_limit_ < options_.max_feature_bytes
+               ? absl::StrCat("the scorers' device memory; max_feature_bytes is ",
+                              options_.max_feature_bytes)
+               : std::string("max_feature_bytes");
+  }
 
   // Encoding, batched per model; a failing batch is retried item by item so that one item's
   // error stays its own.
@@ -230,6 +251,8 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   const std::vector<ModelSlot> models_;  // the models are immutable; the scorers are guarded below
   const std::unique_ptr<FeatureStore> store_;  // thread-safe itself
   const int64_t img_dim_;                      // shared by every model
+  // max_feature_bytes, lowered to what the scorers' device can hold (FeatureBytesLimit).
+  const int64_t feature_bytes_limit_;
   SimilarityOptions encode_options_;           // batch sizes for EncodeAll
 
   std::mutex writer_mu_;  // serialises writers; guards next_key_ (see the top of the file)
@@ -243,14 +266,33 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   bool closed_ = false;
 };
 
+// max_feature_bytes, or less when a scorer's memory is bounded (CUDA: device memory). Every
+// scorer is still empty here, so each reports the device's capacity; they share it.
+int64_t FeatureBytesLimit(const RetrievalEngineOptions& options,
+                          const std::vector<ModelSlot>& models) {
+  int64_t limit = options.max_feature_bytes;
+  for (const ModelSlot& slot : models) {
+    for (const Scorer* scorer : {slot.images.get(), slot.captions.get()}) {
+      const int64_t capacity = scorer->MemoryCapacityBytes();
+      if (capacity >= 0 && capacity < limit) {
+        std::fprintf(stderr,
+                     "RetrievalEngine: scorer memory limited to %lld bytes by device memory "
+                     "(max_feature_bytes %lld)\n",
+                     static_cast<long long>(capacity), static_cast<long long>(limit));
+        limit = capacity;
+      }
+    }
+  }
+  return limit;
+}
+
 int64_t ScanRetrievalEngine::EstimateBytes(int64_t rows, ItemKind kind) const {
-  const int64_t value_bytes = options_.storage == StorageType::kBFloat16 ? 2 : 4;
   int64_t total = 0;
   for (const ModelSlot& slot : models_) {
     const ModelConfig& config = slot.model->config();
     const bool t2i = config.attention.cross_attn == CrossAttention::kTextToImage;
     const bool stored_is_context = (kind == ItemKind::kImage) == t2i;
-    total += rows * config.embed_size * value_bytes + rows * 4 + kItemOverhead;
+    total += rows * StoredRowBytes(options_.storage, config.embed_size) + rows * 4 + kItemOverhead;
     if (stored_is_context) total += rows * rows * 4;
   }
   return total;
@@ -352,9 +394,24 @@ absl::Status ScanRetrievalEngine::Load() {
     return absl::OkStatus();
   };
 
+  // The store must fit the scorer memory limit: refuse to start, saying by how much, rather than
+  // serve part of what was acked (or fill the GPU and fail midway).
+  int64_t loaded_bytes = 0;
+  const auto check_fits = [&](const auto& chunk, ItemKind kind) -> absl::Status {
+    for (const auto& record : chunk) loaded_bytes += EstimateBytes(RowsOf(record), kind);
+    if (loaded_bytes <= feature_bytes_limit_) return absl::OkStatus();
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the store does not fit the scorer memory limit: after ", images_.size(), " images and ",
+        captions_.size(), " captions it already needs ~", loaded_bytes, " bytes of the limit ",
+        feature_bytes_limit_, " (", LimitSource(),
+        "); raise --max-feature-bytes, choose a narrower --storage (bf16, fp8), or use a larger "
+        "device"));
+  };
+
   std::vector<StoredImage> image_chunk;
   const auto flush_images = [&]() -> absl::Status {
     if (image_chunk.empty()) return absl::OkStatus();
+    SCANSERVE_RETURN_IF_ERROR(check_fits(image_chunk, ItemKind::kImage));
     SCANSERVE_RETURN_IF_ERROR(Publish(image_chunk, ItemKind::kImage));
     image_chunk.clear();
     return absl::OkStatus();
@@ -376,6 +433,7 @@ absl::Status ScanRetrievalEngine::Load() {
   std::vector<StoredCaption> caption_chunk;
   const auto flush_captions = [&]() -> absl::Status {
     if (caption_chunk.empty()) return absl::OkStatus();
+    SCANSERVE_RETURN_IF_ERROR(check_fits(caption_chunk, ItemKind::kCaption));
     SCANSERVE_RETURN_IF_ERROR(Publish(caption_chunk, ItemKind::kCaption));
     caption_chunk.clear();
     return absl::OkStatus();
@@ -391,8 +449,6 @@ absl::Status ScanRetrievalEngine::Load() {
 
 // ---- Writing ----------------------------------------------------------------------------------
 
-int64_t RowsOf(const StoredImage& image) { return image.num_regions; }
-int64_t RowsOf(const StoredCaption& caption) { return caption.embeddings.front().rows; }
 
 CatalogEntry EntryOf(const StoredImage& image, int64_t bytes) {
   return CatalogEntry{image.id, image.collection, image.metadata, "", bytes};
@@ -479,10 +535,10 @@ void ScanRetrievalEngine::Commit(std::vector<Record> records, const std::vector<
       status = absl::ResourceExhaustedError(
           absl::StrCat("the store is full: it holds ", count, " ", kind_name,
                        "s, the configured maximum (max_", kind_name, "s)"));
-    } else if (bytes - freed + need > options_.max_feature_bytes) {
-      status = absl::ResourceExhaustedError(
-          absl::StrCat("scorer memory is full: this ", kind_name, " needs ~", need, " bytes and ",
-                       bytes, " of max_feature_bytes ", options_.max_feature_bytes, " are in use"));
+    } else if (bytes - freed + need > feature_bytes_limit_) {
+      status = absl::ResourceExhaustedError(absl::StrCat(
+          "scorer memory is full: this ", kind_name, " needs ~", need, " bytes and ", bytes,
+          " of the limit ", feature_bytes_limit_, " are in use (", LimitSource(), ")"));
     } else {
       count += exists ? 0 : 1;
       bytes += need - freed;
@@ -985,7 +1041,8 @@ EngineStats ScanRetrievalEngine::Stats() const {
         absl::StrCat(slot.model->model_dir(), ": ", slot.model->config().Summary()));
   }
   stats.backend = BackendName(options_.backend);
-  stats.storage = options_.storage == StorageType::kBFloat16 ? "bf16" : "fp32";
+  stats.encoder_device = models_.front().model->device().ToString();
+  stats.storage = StorageTypeName(options_.storage);
   {
     std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
     stats.images = images_.size();
@@ -1034,9 +1091,11 @@ absl::StatusOr<std::unique_ptr<RetrievalEngine>> RetrievalEngine::CreateWithStor
 
   std::vector<ModelSlot> models;
   std::string description;
+  const EncoderDevice encoder_device = ResolveEncoderDevice(options);
   for (size_t m = 0; m < options.model_dirs.size(); ++m) {
     ModelLoadOptions load;
     load.num_threads = options.num_threads;
+    load.device = encoder_device;
     ModelSlot slot;
     SCANSERVE_ASSIGN_OR_RETURN(slot.model, ScanModel::Load(options.model_dirs[m], load));
     const ModelConfig& config = slot.model->config();

@@ -21,6 +21,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/common/matrix.h"
+#include "engine/model/encoder_device.h"
 #include "engine/scoring/scorer.h"
 
 namespace scanserve {
@@ -43,6 +44,10 @@ struct RetrievalEngineOptions {
   std::vector<std::string> model_dirs;     // 1 model, or 2 for an ensemble
   std::string data_dir;                    // the store lives here; created if absent
   ScorerBackend backend = ScorerBackend::kCpu;
+  // Where every model's text and region encoders run. Unset = auto: the CUDA scorer's device
+  // (cuda:0) when backend is kCuda and ScanModel::CudaAvailable(), else the CPU. A CUDA device
+  // that cannot be used is FAILED_PRECONDITION.
+  std::optional<EncoderDevice> encoder_device;
   StorageType storage = StorageType::kFloat32;
   int num_threads = 0;                     // 0 = all cores
   int64_t max_images = 1'000'000;          // capacity: beyond these, ingest is RESOURCE_EXHAUSTED
@@ -135,7 +140,8 @@ struct EngineStats {
   int64_t feature_bytes = 0;      // held by the scorers
   std::vector<std::string> model_summaries;
   std::string backend;            // "cpu", "cuda:0", ...
-  std::string storage;            // "fp32" / "bf16"
+  std::string encoder_device;     // where the encoders run: "cpu", "cuda:0", ...
+  std::string storage;            // "fp32", "bf16" or "fp8"
   int64_t store_disk_bytes = 0;
   int64_t store_wal_bytes = 0;        // live write-ahead log
   int64_t store_synced_writes = 0;    // durable (fsync'd) write batches since start

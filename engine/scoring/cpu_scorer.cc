@@ -14,7 +14,6 @@
 #endif
 
 #include "absl/strings/str_cat.h"
-#include "engine/common/bfloat16.h"
 #include "engine/common/status_macros.h"
 #include "engine/scoring/gemm.h"
 
@@ -293,7 +292,7 @@ float RowNorm(const float* x, int64_t d) {
 
 // Buffers of one pool thread during a ScoreAll call.
 struct ThreadScratch {
-  std::unique_ptr<float[]> widened;  // block_rows x dim: a bf16 block widened to fp32
+  std::unique_ptr<float[]> widened;  // block_rows x dim: a bf16/fp8 block widened to fp32
   std::unique_ptr<float[]> product;  // block_rows x group rows: the block's GEMM output
   int64_t widened_size = 0, product_size = 0;
   int64_t widened_block = -1;  // which block `widened` holds in the current call
@@ -356,7 +355,7 @@ void CpuScorer::ReleaseScratch(std::unique_ptr<ScoreScratch> scratch) const {
 }
 
 CpuScorer::CpuScorer(const ScorerConfig& config, const CpuScorerOptions& options)
-    : Scorer(config), options_(options) {
+    : Scorer(config), options_(options), arena_(config.storage, config.dim) {
   const bool t2i = config.attention.cross_attn == CrossAttention::kTextToImage;
   stored_is_context_ = t2i == (config.stored_kind == ItemKind::kImage);
   pool_ = std::make_unique<ThreadPool>(config.num_threads > 0 ? config.num_threads
@@ -388,9 +387,8 @@ std::vector<int64_t> CpuScorer::keys() const {
 }
 
 int64_t CpuScorer::memory_bytes() const {
-  return static_cast<int64_t>(features_f32_.size() * sizeof(float) +
-                              features_bf16_.size() * sizeof(uint16_t) +
-                              row_norms_.size() * sizeof(float) + grams_.size() * sizeof(float) +
+  return arena_.memory_bytes() +
+         static_cast<int64_t>(row_norms_.size() * sizeof(float) + grams_.size() * sizeof(float) +
                               slots_.size() * sizeof(Slot));
 }
 
@@ -409,20 +407,12 @@ absl::Status CpuScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<const
   // The new items are written past the end of the arena first; the keys are committed only once
   // everything succeeded, and a failure truncates the arena back (so nothing is changed).
   auto truncate = [&] {
-    if (bf16()) {
-      features_bf16_.resize(row0 * d);
-    } else {
-      features_f32_.resize(row0 * d);
-    }
+    arena_.Resize(row0);
     row_norms_.resize(row0);
     grams_.resize(gram0);
   };
   try {
-    if (bf16()) {
-      GrowTo(features_bf16_, (row0 + item_row.back()) * d);
-    } else {
-      GrowTo(features_f32_, (row0 + item_row.back()) * d);
-    }
+    arena_.Resize(row0 + item_row.back());
     GrowTo(row_norms_, row0 + item_row.back());
     GrowTo(grams_, gram0 + item_gram.back());
     slots_.reserve(slots_.size() + items.size());
@@ -435,7 +425,7 @@ absl::Status CpuScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<const
                                                      item_row.back(), " rows of width ", d));
   }
 
-  // Per item, in parallel: store (narrowing for bf16), then the row norms and the Gram matrix of
+  // Per item, in parallel: store (narrowing for bf16 and fp8), then the row norms and the Gram matrix of
   // the stored values.
   std::vector<absl::Status> errors(pool_->num_threads());
   std::vector<std::vector<float>> widened(pool_->num_threads());
@@ -444,21 +434,18 @@ absl::Status CpuScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<const
       const ItemView& it = items[i];
       const int64_t row = row0 + item_row[i];
       const float* values = nullptr;
-      if (bf16()) {
-        uint16_t* dst = features_bf16_.data() + row * d;
-        FloatToBFloat16(it.data, dst, it.rows * d);
+      arena_.Store(it.data, it.rows, row);
+      if (arena_.narrowed()) {
         try {
           widened[t].resize(it.rows * d);
         } catch (const std::bad_alloc&) {
           errors[t] = absl::ResourceExhaustedError("CpuScorer::Add: out of memory widening an item");
           return;
         }
-        BFloat16ToFloat(dst, widened[t].data(), it.rows * d);
+        arena_.Widen(row, it.rows, widened[t].data());
         values = widened[t].data();
       } else {
-        float* dst = features_f32_.data() + row * d;
-        std::memcpy(dst, it.data, it.rows * d * sizeof(float));
-        values = dst;
+        values = arena_.Float32Rows(row);
       }
       for (int64_t r = 0; r < it.rows; ++r) row_norms_[row + r] = RowNorm(values + r * d, d);
       if (stored_is_context_) {
@@ -543,19 +530,15 @@ void CpuScorer::MaybeCompact() {
   }
   const int64_t d = config().dim;
   const int64_t live_rows = total_rows_ - dead_rows_;
-  std::vector<float> f32, norms, grams;
-  std::vector<uint16_t> b16;
+  RowArena arena(config().storage, d);
+  std::vector<float> norms, grams;
   std::vector<Slot> slots;
   int64_t live_gram = 0;
   for (int64_t s : live_slots_) {
     if (stored_is_context_) live_gram += slots_[s].rows * slots_[s].rows;
   }
   try {
-    if (bf16()) {
-      b16.resize(live_rows * d);
-    } else {
-      f32.resize(live_rows * d);
-    }
+    arena.Resize(live_rows);
     norms.resize(live_rows);
     grams.resize(live_gram);
     slots.reserve(live_slots_.size());
@@ -566,13 +549,7 @@ void CpuScorer::MaybeCompact() {
   int64_t g = 0;
   for (int64_t s : live_slots_) {
     Slot slot = slots_[s];
-    if (bf16()) {
-      std::memcpy(b16.data() + row * d, features_bf16_.data() + slot.row_begin * d,
-                  slot.rows * d * sizeof(uint16_t));
-    } else {
-      std::memcpy(f32.data() + row * d, features_f32_.data() + slot.row_begin * d,
-                  slot.rows * d * sizeof(float));
-    }
+    arena.CopyRows(arena_, slot.row_begin, slot.rows, row);
     std::memcpy(norms.data() + row, row_norms_.data() + slot.row_begin, slot.rows * sizeof(float));
     if (stored_is_context_) {
       std::memcpy(grams.data() + g, grams_.data() + slot.gram_begin,
@@ -585,8 +562,7 @@ void CpuScorer::MaybeCompact() {
     slot_of_key_[slot.key] = static_cast<int64_t>(slots.size());
     slots.push_back(slot);
   }
-  features_f32_ = std::move(f32);
-  features_bf16_ = std::move(b16);
+  arena_ = std::move(arena);
   row_norms_ = std::move(norms);
   grams_ = std::move(grams);
   slots_ = std::move(slots);
@@ -679,7 +655,7 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
       ts.widened_block = -1;
       ts.pair.Reserve(nc_max, nq_max);
       if (per_thread || t == 0) {
-        if (bf16()) ts.Widened(max_block_rows * d);
+        if (arena_.narrowed()) ts.Widened(max_block_rows * d);
         ts.Product(max_block_rows * max_group_rows);
       }
     }
@@ -696,15 +672,14 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
     }
   }
 
-  // The block's rows as fp32: the arena itself, or (bf16) widened into `ts` by rows [b, e).
+  // The block's rows as fp32: the arena itself, or (bf16, fp8) widened into `ts` by rows [b, e).
   auto block_values = [&](int64_t block_id, ThreadScratch& ts) -> const float* {
     const Block& block = blocks[block_id];
-    if (!bf16()) return features_f32_.data() + block.row_begin * d;
+    if (!arena_.narrowed()) return arena_.Float32Rows(block.row_begin);
     return ts.widened.get();
   };
   auto widen_rows = [&](int64_t block_id, ThreadScratch& ts, int64_t b, int64_t e) {
-    const uint16_t* src = features_bf16_.data() + blocks[block_id].row_begin * d;
-    BFloat16ToFloat(src + b * d, ts.widened.get() + b * d, (e - b) * d);
+    arena_.Widen(blocks[block_id].row_begin + b, e - b, ts.widened.get() + b * d);
   };
 
   // The epilogue for pairs [begin, end) of (block, group); pair p = (item p / group.count, query
@@ -760,7 +735,7 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
         const Block& block = blocks[block_id];
         const QueryGroup& group = groups[u % num_groups];
         const int64_t rows = block.row_end - block.row_begin;
-        if (bf16() && ts.widened_block != block_id) {
+        if (arena_.narrowed() && ts.widened_block != block_id) {
           widen_rows(block_id, ts, 0, rows);
           ts.widened_block = block_id;
         }
@@ -787,7 +762,7 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
   for (int64_t block_id = 0; block_id < static_cast<int64_t>(blocks.size()); ++block_id) {
     const Block& block = blocks[block_id];
     const int64_t rows = block.row_end - block.row_begin;
-    if (bf16()) {
+    if (arena_.narrowed()) {
       pool_->ParallelFor(rows, 64, [&](int64_t b, int64_t e, int) {
         widen_rows(block_id, ts0, b, e);
       });

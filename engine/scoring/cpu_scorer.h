@@ -1,11 +1,11 @@
 // CpuScorer: the fast exact CPU path of Scorer (see scorer.h for the data conventions).
 //
 // What differs from the interface:
-//  - Storage. Items live in one contiguous row arena (fp32, or bf16 rounded to nearest even when
-//    ScorerConfig::storage is kBFloat16), in insertion order. For the side that is the attention
+//  - Storage. Items live in one contiguous row arena (row_arena.h: fp32, bf16 rounded to nearest
+//    even, or fp8 e4m3 with per-row scales, as ScorerConfig::storage says), in insertion order. For the side that is the attention
 //    context (t2i: images, i2t: captions) each stored item's Gram matrix (rows x rows, fp32, from
-//    the stored, i.e. rounded, values) is computed once at Add. bf16 scores are the exact scores of
-//    the rounded items.
+//    the stored, i.e. rounded, values) is computed once at Add. bf16 and fp8 scores are the exact
+//    scores of the rounded items.
 //  - Order. keys() is insertion order; an upserted key moves to the end. Remove leaves tombstones
 //    and compacts the arena once tombstoned rows pass CpuScorerOptions::compact_dead_fraction.
 //  - Scoring. Per block of stored items, ONE GEMM of the block's stacked rows against all queries'
@@ -27,6 +27,7 @@
 #include "absl/types/span.h"
 #include "engine/common/matrix.h"
 #include "engine/common/thread_pool.h"
+#include "engine/scoring/row_arena.h"
 #include "engine/scoring/scorer.h"
 
 namespace scanserve {
@@ -91,7 +92,6 @@ class CpuScorer final : public Scorer {
     bool live = true;
   };
 
-  bool bf16() const { return config().storage == StorageType::kBFloat16; }
   // Marks a live slot dead and forgets its key.
   void Tombstone(int64_t slot);
   // Rebuilds live_slots_ and column_of_slot_ after tombstoning.
@@ -111,8 +111,7 @@ class CpuScorer final : public Scorer {
   bool stored_is_context_ = false;
   std::unique_ptr<ThreadPool> pool_;
 
-  std::vector<float> features_f32_;      // total_rows x dim, kFloat32 storage
-  std::vector<uint16_t> features_bf16_;  // total_rows x dim, kBFloat16 storage
+  RowArena arena_;                       // total_rows x dim stored values
   std::vector<float> row_norms_;         // |row| of every stored row (of the stored values)
   std::vector<float> grams_;             // concatenated rows x rows Gram matrices
   int64_t total_rows_ = 0;               // arena rows, tombstoned included

@@ -8,20 +8,23 @@
 //    rows each, so that growing never copies the whole store): features (fp32, or bf16 rounded to
 //    nearest even as CpuScorer does), the row norms, and, for the side that is the attention
 //    context (t2i: images, i2t: captions), each item's Gram matrix (fp32, of the stored values),
-//    computed on the device at Add. ScorerConfig::storage decides fp32 or bf16; bf16 is what a
-//    server should pick on a GPU (scan_bench --backend=cuda defaults to it). An fp8 (e4m3) storage
-//    type is not offered: it needs per-row scales to stay usable and the CPU oracle has no such
-//    type; see engine/scoring/cuda/README.md.
+//    computed on the device at Add. ScorerConfig::storage decides fp32, bf16 or fp8; bf16 is what
+//    a server should pick on a GPU (scan_bench --backend=cuda defaults to it). fp8 (e4m3 with a
+//    power-of-two scale per row, engine/common/fp8_e4m3.h, encoded on the device bit for bit as
+//    CpuScorer does) halves bf16's memory; each chunk of fp8 rows is widened (exactly) to bf16
+//    for the tensor cores, so it trades some bandwidth for capacity (engine/scoring/cuda/README.md).
 //  - Order. keys() is insertion order; an upserted key moves to the end. Remove compacts the slabs
 //    it touches at once (device-to-device), so the store never holds tombstones.
 //  - Scoring. Per pass: the queries are uploaded once, then per chunk of stored items ONE GEMM
-//    (cuBLAS; bf16 tensor cores with fp32 accumulation for bf16 storage, plain fp32 otherwise) of
+//    (cuBLAS; bf16 tensor cores with fp32 accumulation for bf16 and fp8 storage, plain fp32 for fp32) of
 //    the chunk's stacked rows against all queries' stacked rows, then ONE fused epilogue kernel
 //    that takes every (query, item) pair from those raw products to its pooled score (LeakyReLU,
 //    l2norm over the query axis, λ1 softmax over the context axis, the Gram-form quadratic
-//    form, cosine, pooling) without writing anything but the score. With bf16 storage the fp32
+//    form, cosine, pooling) without writing anything but the score. With bf16/fp8 storage the fp32
 //    queries are split into two bf16 parts (hi + lo) by default, so the products are those of the
 //    rounded items with the unrounded queries (as CpuScorer's), to ~2^-16 relative.
+//    CudaScorerOptions::fused_products replaces the GEMM + epilogue with one kernel that computes
+//    the products on the tensor cores into shared memory and scores them there.
 //  - Search selects the top k on the device (k <= kMaxDeviceTopK; larger k falls back to
 //    ScoreAll + TopKPerRow); only k results per query come back to the host.
 //  - Threading. Device work of concurrent const calls is serialised on the scorer's stream.
@@ -58,6 +61,13 @@ struct CudaScorerOptions {
   // Upper bound on the fp32 product buffer (stored rows x query rows) of one chunk, in bytes; a
   // chunk is at least one item.
   int64_t max_product_bytes = int64_t{256} << 20;
+  // One kernel per chunk instead of a cuBLAS GEMM + the epilogue: the region-word products are
+  // computed on the tensor cores (bf16 WMMA) into shared memory and scored there, so no product
+  // matrix goes through device memory. bf16/fp8 storage, dim % 16 == 0 and queries of at most 128
+  // rows; otherwise (or when an item needs more shared memory than a block has) the pass takes
+  // the GEMM path. Off by default until measured against it on a GPU
+  // (scan_bench --kernels=gemm,fused).
+  bool fused_products = false;
 };
 
 class CudaScorer final : public Scorer {
@@ -77,12 +87,24 @@ class CudaScorer final : public Scorer {
   int64_t size() const override;
   std::vector<int64_t> keys() const override;
   int64_t memory_bytes() const override;
+  // Free device memory plus this scorer's allocations, less 5% of the device (kept for cuBLAS,
+  // the encoders and the detector) and one slab (a partly filled slab is allocated whole).
+  int64_t MemoryCapacityBytes() const override;
 
   const CudaScorerOptions& options() const { return options_; }
   // "NVIDIA H200 (sm_90, 139.8 GiB)" and the like.
   std::string DeviceDescription() const;
   // Waits for the device work of this scorer to finish (benchmarks).
   absl::Status Synchronize() const;
+  // Scoring passes so far that took the fused kernel, and those that took the GEMM path.
+  struct PassCounts {
+    int64_t fused = 0;
+    int64_t gemm = 0;
+  };
+  PassCounts pass_counts() const;
+  // Switches CudaScorerOptions::fused_products for later passes (benchmarks compare both paths
+  // on one loaded store).
+  void set_fused_products(bool on);
 
  protected:
   absl::Status AddImpl(absl::Span<const int64_t> keys, absl::Span<const ItemView> items) override;

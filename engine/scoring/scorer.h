@@ -24,13 +24,12 @@
 #include "absl/types/span.h"
 #include "engine/common/matrix.h"
 #include "engine/scoring/attention_params.h"
+#include "engine/scoring/storage_type.h"
 
 namespace scanserve {
 
 enum class ItemKind { kImage, kCaption };
 
-// How stored items are held. bf16 halves memory and bandwidth; queries and arithmetic stay fp32.
-enum class StorageType { kFloat32, kBFloat16 };
 
 enum class ScorerBackend { kCpu, kReference, kCuda };
 
@@ -67,6 +66,10 @@ class Scorer {
   virtual std::vector<int64_t> keys() const = 0;
   // Bytes held for stored items (features plus any per-item precomputation).
   virtual int64_t memory_bytes() const = 0;
+  // The most memory_bytes() this scorer can reach when something other than host memory bounds
+  // it (the CUDA backend: device memory free now plus what it holds, less the reserve it keeps
+  // for other users of the device); -1 when the backend has no such bound.
+  virtual int64_t MemoryCapacityBytes() const { return -1; }
 
   // Scores every query against every stored item: (*scores) becomes queries.size() x size().
   absl::Status ScoreAll(absl::Span<const ItemView> queries, FloatMatrix* scores) const;

@@ -12,7 +12,7 @@
 // λ1 = 9, λ2 = 6 (the released Flickr30K/COCO t2i settings).
 //
 //   scan_bench [--images=10000] [--regions=36] [--dim=1024] [--queries=32] [--batch=1,4,16,32]
-//              [--storage=fp32,bf16] [--threads=0] [--words_min=12] [--words_max=19] [--reps=3]
+//              [--storage=fp32,bf16,fp8] [--threads=0] [--words_min=12] [--words_max=19] [--reps=3]
 //              [--ref_queries=3] [--ref_blas_threads=0,1] [--parallelism=per_thread,shared]
 //              [--block_rows=1024] [--seed=1]
 //
@@ -26,6 +26,7 @@
 // so that 1M images need no 147 GB of host data; the scoring cost does not depend on the values.
 //   scan_bench --backend=cuda [--images=100000,1000000] [--storage=bf16] [--batch=1,2,...,64]
 //              [--queries=64] [--reps=3] [--pool=4096] [--query_precision=bf16x2|bf16]
+//              [--kernels=gemm,fused]
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
@@ -70,6 +71,7 @@ struct Flags {
   int64_t queries = 32;
   std::vector<int64_t> batches = {1, 4, 16, 32};
   std::vector<std::string> storages = {"fp32", "bf16"};
+  std::vector<std::string> kernels = {"gemm"};  // cuda: gemm (cuBLAS + epilogue) and/or fused
   int threads = 0;
   int64_t words_min = 12;
   int64_t words_max = 19;
@@ -84,10 +86,10 @@ struct Flags {
 [[noreturn]] void Usage(const std::string& why) {
   std::fprintf(stderr,
                "scan_bench: %s\nflags: --images=N --regions=N --dim=N --queries=N "
-               "--batch=1,4,16 --storage=fp32,bf16 --threads=N --words_min=N --words_max=N "
+               "--batch=1,4,16 --storage=fp32,bf16,fp8 --threads=N --words_min=N --words_max=N "
                "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
                "--parallelism=per_thread,shared --block_rows=N "
-               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16\n",
+               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,fused\n",
                why.c_str());
   std::exit(2);
 }
@@ -131,6 +133,12 @@ Flags ParseFlags(int argc, char** argv) {
     } else if (name == "batch") {
       f.batches.clear();
       for (absl::string_view b : absl::StrSplit(v, ',')) f.batches.push_back(ParseInt(name, std::string(b)));
+    } else if (name == "kernels") {
+      f.kernels.clear();
+      for (absl::string_view b : absl::StrSplit(v, ',')) {
+        if (b != "gemm" && b != "fused") Usage("--kernels: gemm and/or fused");
+        f.kernels.emplace_back(b);
+      }
     } else if (name == "storage") {
       f.storages.clear();
       for (absl::string_view s : absl::StrSplit(v, ',')) f.storages.emplace_back(s);
@@ -193,7 +201,7 @@ Flags ParseFlags(int argc, char** argv) {
     if (b < 1) Usage("--batch sizes must be >= 1");
   }
   for (const std::string& s : f.storages) {
-    if (s != "fp32" && s != "bf16") Usage(absl::StrCat("--storage: fp32 or bf16, got '", s, "'"));
+    if (!ParseStorageType(s).ok()) Usage(absl::StrCat("--storage: fp32, bf16 or fp8, got '", s, "'"));
   }
   for (const std::string& m : f.modes) {
     if (m != "per_thread" && m != "shared") {
@@ -242,6 +250,20 @@ double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Mean over queries of |top(a) ∩ top(b)| / |top(a)|: how far a rounded storage moves rankings.
+double MeanTopOverlap(const std::vector<std::vector<ScoredKey>>& a,
+                      const std::vector<std::vector<ScoredKey>>& b) {
+  double overlap = 0;
+  for (size_t j = 0; j < a.size(); ++j) {
+    std::set<int64_t> keys;
+    for (const ScoredKey& sk : a[j]) keys.insert(sk.key);
+    int hit = 0;
+    for (const ScoredKey& sk : b[j]) hit += keys.count(sk.key) ? 1 : 0;
+    overlap += a[j].empty() ? 1.0 : static_cast<double>(hit) / a[j].size();
+  }
+  return a.empty() ? 1.0 : overlap / a.size();
 }
 
 void Check(const absl::Status& st, const char* what) {
@@ -354,7 +376,7 @@ int RunCuda(const Flags& f) {
   std::vector<CudaRow> table;
   std::vector<int64_t> counts = f.image_counts;
   std::sort(counts.begin(), counts.end());
-  // Top-10 lists per storage at the smallest store, for the bf16-vs-fp32 agreement.
+  // Top-10 lists per storage at the smallest store, for the bf16/fp8-vs-fp32 agreement.
   std::map<std::string, std::vector<std::vector<ScoredKey>>> top_lists;
 
   for (const std::string& storage : f.storages) {
@@ -363,7 +385,7 @@ int RunCuda(const Flags& f) {
       config.dim = f.dim;
       config.stored_kind = ItemKind::kImage;
       config.attention = attention;
-      config.storage = storage == "bf16" ? StorageType::kBFloat16 : StorageType::kFloat32;
+      config.storage = *ParseStorageType(storage);
       CudaScorerOptions options;
       options.query_precision = f.query_precision == "bf16" ? CudaQueryPrecision::kBf16
                                                             : CudaQueryPrecision::kBf16Split;
@@ -412,43 +434,56 @@ int RunCuda(const Flags& f) {
       }
       const double gram_flop_per_query =
           n * (2.0 * k * words_avg * f.dim + 2.0 * words_avg * k * k);
-      for (int64_t batch0 : f.batches) {
-        const int64_t batch = std::min(batch0, f.queries);
-        std::vector<double> pass_ms, round_ms;
-        for (int round = 0; round < f.reps; ++round) {
-          const double r0 = NowMs();
-          for (int64_t j = 0; j < f.queries; j += batch) {
-            const int64_t cnt = std::min(batch, f.queries - j);
-            const double t0 = NowMs();
-            Check(scorer->Search(absl::MakeConstSpan(caption_views).subspan(j, cnt), kTopK)
-                      .status(),
-                  "cuda Search");
-            pass_ms.push_back(NowMs() - t0);
-          }
-          round_ms.push_back(NowMs() - r0);
+      for (const std::string& kernel : f.kernels) {
+        scorer->set_fused_products(kernel == "fused");
+        const CudaScorer::PassCounts before = scorer->pass_counts();
+        if (kernel == "fused") {  // warm-up of the fused path
+          Check(scorer->Search(absl::MakeConstSpan(caption_views).first(1), kTopK).status(),
+                "cuda Search (fused warm-up)");
         }
-        CudaRow r;
-        r.config = absl::StrCat("cuda ", storage, " ", f.query_precision == "bf16" &&
-                                storage == "bf16" ? "q-bf16" : (storage == "bf16" ? "q-bf16x2"
-                                                                                  : "q-fp32"));
-        r.images = n;
-        r.batch = batch;
-        r.p50 = Percentile(pass_ms, 50);
-        r.p99 = Percentile(pass_ms, 99);
-        r.ms_per_query = Median(round_ms) / f.queries;
-        r.qps = 1000.0 / r.ms_per_query;
-        r.tflops = gram_flop_per_query * r.qps / 1e12;
-        const double passes_per_s = r.qps / batch;
-        r.tbps = bytes * passes_per_s / 1e12;
-        // Floor per pass: read the store once, or the products on the tensor cores.
-        const double floor_s = std::max(bytes / kPeakBytesPerS,
-                                        batch * gram_flop_per_query / kPeakBf16FlopPerS);
-        r.floor_ms = floor_s * 1e3;
-        r.ref_ms = spec_ref_ms(n, storage);
-        table.push_back(r);
-        std::printf("    batch %" PRId64 ": p50 %.2f ms/pass, %.1f queries/s\n", batch, r.p50,
-                    r.qps);
-        std::fflush(stdout);
+        for (int64_t batch0 : f.batches) {
+          const int64_t batch = std::min(batch0, f.queries);
+          std::vector<double> pass_ms, round_ms;
+          for (int round = 0; round < f.reps; ++round) {
+            const double r0 = NowMs();
+            for (int64_t j = 0; j < f.queries; j += batch) {
+              const int64_t cnt = std::min(batch, f.queries - j);
+              const double t0 = NowMs();
+              Check(scorer->Search(absl::MakeConstSpan(caption_views).subspan(j, cnt), kTopK)
+                        .status(),
+                    "cuda Search");
+              pass_ms.push_back(NowMs() - t0);
+            }
+            round_ms.push_back(NowMs() - r0);
+          }
+          CudaRow r;
+          // "fused" only when every pass took the fused kernel (it falls back to the GEMM path
+          // when the shapes do not fit it).
+          const CudaScorer::PassCounts now = scorer->pass_counts();
+          const bool all_fused = now.gemm == before.gemm && now.fused > before.fused;
+          r.config = absl::StrCat("cuda ", storage, " ",
+                                  storage == "fp32" ? "q-fp32"
+                                                    : (f.query_precision == "bf16" ? "q-bf16" : "q-bf16x2"),
+                                  kernel == "fused" ? (all_fused ? " fused" : " fused->gemm") : "");
+          r.images = n;
+          r.batch = batch;
+          r.p50 = Percentile(pass_ms, 50);
+          r.p99 = Percentile(pass_ms, 99);
+          r.ms_per_query = Median(round_ms) / f.queries;
+          r.qps = 1000.0 / r.ms_per_query;
+          r.tflops = gram_flop_per_query * r.qps / 1e12;
+          const double passes_per_s = r.qps / batch;
+          r.tbps = bytes * passes_per_s / 1e12;
+          // Floor per pass: read the store once, or the products on the tensor cores.
+          const double floor_s = std::max(bytes / kPeakBytesPerS,
+                                          batch * gram_flop_per_query / kPeakBf16FlopPerS);
+          r.floor_ms = floor_s * 1e3;
+          r.ref_ms = spec_ref_ms(n, storage);
+          table.push_back(r);
+          std::printf("    %s batch %" PRId64 ": p50 %.2f ms/pass, %.1f queries/s\n",
+                      kernel.c_str(), batch, r.p50, r.qps);
+          std::fflush(stdout);
+        }
       }
     }
   }
@@ -479,20 +514,12 @@ int RunCuda(const Flags& f) {
       "performance.md's reference-style PyTorch per-query time on an H200 (100k fp32 34 ms, 100k "
       "bf16 26 ms, 1M bf16 257 ms; a different run) / ms/query.\n",
       kTopK, f.queries);
-  if (top_lists.count("fp32") && top_lists.count("bf16")) {
-    double overlap = 0;
+  for (const char* narrow : {"bf16", "fp8"}) {
+    if (!top_lists.count("fp32") || !top_lists.count(narrow)) continue;
     const auto& a = top_lists["fp32"];
-    const auto& b = top_lists["bf16"];
-    for (size_t j = 0; j < a.size(); ++j) {
-      std::set<int64_t> keys;
-      for (const ScoredKey& sk : a[j]) keys.insert(sk.key);
-      int hit = 0;
-      for (const ScoredKey& sk : b[j]) hit += keys.count(sk.key) ? 1 : 0;
-      overlap += a[j].empty() ? 1.0 : static_cast<double>(hit) / a[j].size();
-    }
-    std::printf("cuda bf16 vs fp32 storage, %" PRId64 " images, %zu captions: mean top-10 overlap "
+    std::printf("cuda %s vs fp32 storage, %" PRId64 " images, %zu captions: mean top-10 overlap "
                 "%.3f (images repeat every %" PRId64 " keys, so ties are common)\n",
-                counts.front(), a.size(), overlap / a.size(), pool);
+                narrow, counts.front(), a.size(), MeanTopOverlap(a, top_lists[narrow]), pool);
   }
   return 0;
 #endif
@@ -561,7 +588,7 @@ int Main(int argc, char** argv) {
   for (const std::string& storage : f.storages) {
     for (const std::string& mode : f.modes) {
       ScorerConfig c = config;
-      c.storage = storage == "bf16" ? StorageType::kBFloat16 : StorageType::kFloat32;
+      c.storage = *ParseStorageType(storage);
       CpuScorerOptions options;
       options.block_rows = f.block_rows;
       options.parallelism =
@@ -664,7 +691,7 @@ int Main(int argc, char** argv) {
       "2kn(d+k), reference 4knd per pair. GB/s: stored bytes read per query.\n",
       f.reps, f.ref_queries);
 
-  // Agreement: cpu fp32 against the reference on its captions, bf16 against fp32 on all.
+  // Agreement: cpu fp32 against the reference on its captions, bf16 and fp8 against fp32 on all.
   std::map<std::string, FloatMatrix> all_scores;
   for (size_t i = 0; i < scorers.size(); ++i) {
     if (all_scores.count(scorer_storage[i])) continue;
@@ -684,23 +711,17 @@ int Main(int argc, char** argv) {
     std::printf("cpu fp32 vs reference on %" PRId64 " captions: max |diff| / max(|ref|, 1) = %.3g\n",
                 std::min(f.ref_queries, f.queries), max_err);
   }
-  if (all_scores.count("fp32") && all_scores.count("bf16")) {
-    const auto top32 = TopKPerRow(all_scores["fp32"], keys, 10);
-    const auto top16 = TopKPerRow(all_scores["bf16"], keys, 10);
-    double overlap = 0, max_err = 0;
-    for (size_t j = 0; j < top32.size(); ++j) {
-      std::set<int64_t> a;
-      for (const ScoredKey& sk : top32[j]) a.insert(sk.key);
-      int hit = 0;
-      for (const ScoredKey& sk : top16[j]) hit += a.count(sk.key) ? 1 : 0;
-      overlap += static_cast<double>(hit) / top32[j].size();
+  for (const char* narrow : {"bf16", "fp8"}) {
+    if (!all_scores.count("fp32") || !all_scores.count(narrow)) continue;
+    const FloatMatrix& exact = all_scores["fp32"];
+    const FloatMatrix& rounded = all_scores[narrow];
+    double max_err = 0;
+    for (size_t i = 0; i < exact.data.size(); ++i) {
+      max_err = std::max<double>(max_err, std::abs(rounded.data[i] - exact.data[i]));
     }
-    for (size_t i = 0; i < all_scores["fp32"].data.size(); ++i) {
-      max_err = std::max<double>(max_err,
-                                 std::abs(all_scores["bf16"].data[i] - all_scores["fp32"].data[i]));
-    }
-    std::printf("bf16 vs fp32 storage on %" PRId64 " captions: mean top-10 overlap %.3f, max |diff| %.3g\n",
-                f.queries, overlap / top32.size(), max_err);
+    std::printf("%s vs fp32 storage on %" PRId64 " captions: mean top-10 overlap %.3f, max |diff| %.3g\n",
+                narrow, f.queries,
+                MeanTopOverlap(TopKPerRow(exact, keys, 10), TopKPerRow(rounded, keys, 10)), max_err);
   }
   return 0;
 }

@@ -54,7 +54,7 @@ Options:
   --save-sims FILE    write the full n_images x n_captions float32 similarity matrix (.npy)
   --json              print one JSON object with every metric as the last stdout line
   --backend NAME      scorer backend: cpu (default), reference, cuda (CUDA builds only)
-  --storage NAME      stored-item precision: fp32 (default) or bf16
+  --storage NAME      stored-item precision: fp32 (default), bf16 or fp8
   --threads N         CPU threads for the encoders and the scorer (default: 0 = all cores)
   --help              show this text
 
@@ -84,9 +84,9 @@ absl::StatusOr<ScorerBackend> ParseBackend(const std::string& s) {
 }
 
 absl::StatusOr<StorageType> ParseStorage(const std::string& s) {
-  if (s == "fp32") return StorageType::kFloat32;
-  if (s == "bf16") return StorageType::kBFloat16;
-  return absl::InvalidArgumentError(absl::StrCat("--storage: expected fp32 or bf16, got '", s, "'"));
+  absl::StatusOr<StorageType> storage = ParseStorageType(s);
+  if (!storage.ok()) return absl::InvalidArgumentError(absl::StrCat("--", storage.status().message()));
+  return storage;
 }
 
 bool IsValueFlag(const std::string& arg) {

@@ -47,7 +47,7 @@ Required:
 
 Options:
   --backend NAME         scorer backend: cpu (default), reference, cuda (CUDA builds only)
-  --storage NAME         stored-item precision: fp32 (default) or bf16
+  --storage NAME         stored-item precision: fp32 (default), bf16 or fp8
   --stored SIDE          which side the scorer stores: images (default) or captions; the other
                          side is scored against it (the scores do not depend on it)
   --dump-embeddings DIR  also write, for each model m (0-based, in --model order):
@@ -132,14 +132,11 @@ absl::StatusOr<ScoreFlags> ParseFlags(int argc, char** argv) {
             absl::StrCat("--backend: expected cpu, reference or cuda, got '", value, "'"));
       }
     } else if (arg == "--storage") {
-      if (value == "fp32") {
-        flags.storage = StorageType::kFloat32;
-      } else if (value == "bf16") {
-        flags.storage = StorageType::kBFloat16;
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--storage: expected fp32 or bf16, got '", value, "'"));
+      absl::StatusOr<StorageType> storage = ParseStorageType(value);
+      if (!storage.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("--", storage.status().message()));
       }
+      flags.storage = *storage;
     } else if (arg == "--stored") {
       if (value == "images") {
         flags.stored = ItemKind::kImage;

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <fstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -85,6 +86,11 @@ TEST(ConfigTest, BadValuesNameTheirFlagOrLine) {
   EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(parsed.status().message().find("--threads"), absl::string_view::npos);
   EXPECT_EQ(ParseArgs({"--model", "m", "--storage", "fp16"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(ParseArgs({"--model", "m", "--storage", "fp16"}).status().message().find("--storage: expected fp32, bf16 or fp8"),
+            std::string::npos);
+  auto fp8 = ParseArgs({"--model", "m", "--storage", "fp8"});
+  ASSERT_TRUE(fp8.ok()) << fp8.status();
+  EXPECT_EQ(fp8->config.engine.storage, StorageType::kFp8E4M3);
   EXPECT_EQ(ParseArgs({"--model", "m", "--bogus", "1"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--model", "m", "--max-queue-size", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--model", "m", "--tls-cert", "c.pem"}).status().code(), absl::StatusCode::kInvalidArgument);
@@ -136,6 +142,39 @@ TEST(ConfigTest, DetectorSettings) {
   EXPECT_TRUE(ParseArgs({"--model", "m", "--detector-dir", "/d", "--max-message-bytes", "16M", "--max-image-bytes", "8M"}).ok());
 }
 
+TEST(ConfigTest, EncoderDevice) {
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_FALSE(parsed->config.engine.encoder_device.has_value()) << "auto by default";
+  EXPECT_NE(DescribeConfig(parsed->config).find("encoder-device = auto"), std::string::npos);
+
+  const std::vector<std::pair<std::string, EncoderDevice>> explicit_devices = {
+      {"cpu", EncoderDevice::Cpu()}, {"cuda", EncoderDevice::Cuda(0)}, {"cuda:1", EncoderDevice::Cuda(1)}};
+  for (const auto& [value, device] : explicit_devices) {
+    parsed = ParseArgs({"--model", "m", "--encoder-device", value});
+    ASSERT_TRUE(parsed.ok()) << value << ": " << parsed.status();
+    ASSERT_TRUE(parsed->config.engine.encoder_device.has_value()) << value;
+    EXPECT_EQ(*parsed->config.engine.encoder_device, device) << value;
+  }
+  EXPECT_NE(DescribeConfig(parsed->config).find("encoder-device = cuda:1"), std::string::npos)
+      << DescribeConfig(parsed->config);
+
+  // The flag overrides the file, back to auto.
+  const std::string file = WriteTemp("encoder.conf", "model = /m\nencoder-device = cuda:2\n");
+  parsed = ParseArgs({"--config", file});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.engine.encoder_device, EncoderDevice::Cuda(2));
+  parsed = ParseArgs({"--config", file, "--encoder-device=auto"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_FALSE(parsed->config.engine.encoder_device.has_value());
+
+  for (const char* bad : {"gpu", "cuda:", "cuda:-1", "cuda:x", "CPU", ""}) {
+    parsed = ParseArgs({"--model", "m", "--encoder-device", bad});
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(parsed.status().message().find("--encoder-device"), absl::string_view::npos) << parsed.status();
+  }
+}
+
 TEST(ConfigTest, TokenFile) {
   const std::string file = WriteTemp("token", "  s3cret \n");
   absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m", "--auth-token-file", file});
@@ -149,7 +188,7 @@ TEST(ConfigTest, HelpListsEveryFlag) {
   ASSERT_TRUE(parsed.ok());
   EXPECT_TRUE(parsed->help);
   const std::string usage = Usage("scanserve");
-  for (const char* flag : {"--listen", "--metrics-listen", "--data-dir", "--model", "--config", "--threads",
+  for (const char* flag : {"--listen", "--metrics-listen", "--data-dir", "--model", "--config", "--threads", "--encoder-device",
                            "--storage", "--max-batch-queries", "--max-queue-delay-us", "--max-queue-size",
                            "--max-message-bytes", "--max-images", "--max-captions", "--tls-cert", "--tls-key",
                            "--auth-token", "--auth-token-file", "--detector-dir", "--detector-device",

@@ -155,9 +155,11 @@ TEST(ConvertTest, Responses) {
   stats.images = 2;
   stats.model_summaries = {"t2i"};
   stats.backend = "cpu";
+  stats.encoder_device = "cuda:0";
   v1::GetStatsResponse response;
   StatsToProto(stats, {"/m1"}, "1.2.3", nullptr, &response);
   EXPECT_EQ(response.images(), 2);
+  EXPECT_EQ(response.encoder_device(), "cuda:0");
   ASSERT_EQ(response.models_size(), 1);
   EXPECT_EQ(response.models(0).model_dir(), "/m1");
   EXPECT_EQ(response.models(0).summary(), "t2i");

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <utility>
 
@@ -187,7 +188,8 @@ struct CudaScorer::Impl {
   // A slab: whole items in consecutive rows. Stored item i of the slab is items[i] (row_begin and
   // gram_begin slab-relative), keys[i] its key; device metadata items_dev mirrors `items`.
   struct Slab {
-    DeviceBuffer features;  // capacity_rows x dim, fp32 or bf16
+    DeviceBuffer features;  // capacity_rows x dim, fp32, bf16 or fp8 codes
+    DeviceBuffer scales;    // capacity_rows floats, fp8 only: each row's power-of-two scale
     DeviceBuffer norms;     // capacity_rows floats
     DeviceBuffer grams;     // gram_used floats (grown on demand)
     DeviceBuffer items_dev;
@@ -209,7 +211,9 @@ struct CudaScorer::Impl {
   cudaStream_t stream = nullptr;
   cublasHandle_t cublas = nullptr;
   int64_t dim = 0;
-  bool bf16 = false;
+  ck::ElemType elem = ck::ElemType::kFloat32;
+  // bf16 and fp8 storage meet the queries on bf16 tensor cores (fp8 rows widened to bf16 first).
+  bool bf16_gemm = false;
   bool split_queries = false;
   bool stored_is_context = true;
   AttentionParams attention;
@@ -222,12 +226,23 @@ struct CudaScorer::Impl {
   // Per-pass buffers, reused; guarded by pass_mu (const calls may run concurrently).
   mutable std::mutex pass_mu;
   mutable DeviceBuffer q_f32, q_b16, q_norms, q_grams, q_items, product, scores, epi_scratch,
-      topk_a, topk_b, col_keys, upload_dev[2], compact_tmp;
+      topk_a, topk_b, col_keys, upload_dev[2], compact_tmp, widened, q_groups;
   mutable PinnedBuffer upload_host[2];
   mutable cudaEvent_t upload_done[2] = {nullptr, nullptr};
   mutable bool col_keys_dirty = true;
+  mutable PassCounts passes;  // guarded by pass_mu
 
-  size_t elem_bytes() const { return bf16 ? 2 : 4; }
+  bool fp8() const { return elem == ck::ElemType::kFp8E4M3; }
+  size_t elem_bytes() const {
+    return elem == ck::ElemType::kFloat32 ? 4 : (elem == ck::ElemType::kBFloat16 ? 2 : 1);
+  }
+  // Stored bytes per row: values, the fp8 scale, the norm.
+  size_t row_bytes() const { return dim * elem_bytes() + (fp8() ? 4 : 0) + sizeof(float); }
+  // Slab s's rows from `row` on.
+  ck::RowsView Rows(const Slab& s, int64_t row) const {
+    return ck::RowsView{s.features.as<char>() + row * dim * elem_bytes(), elem,
+                        fp8() ? s.scales.as<float>() + row : nullptr};
+  }
 
   ~Impl() {
     DeviceGuard guard(device);
@@ -235,7 +250,7 @@ struct CudaScorer::Impl {
     slabs.clear();
     for (DeviceBuffer* b : {&q_f32, &q_b16, &q_norms, &q_grams, &q_items, &product, &scores,
                             &epi_scratch, &topk_a, &topk_b, &col_keys, &upload_dev[0],
-                            &upload_dev[1], &compact_tmp}) {
+                            &upload_dev[1], &compact_tmp, &widened, &q_groups}) {
       b->Reset();
     }
     for (cudaEvent_t& e : upload_done) {
@@ -290,15 +305,23 @@ struct CudaScorer::Impl {
         }
       }
       const size_t bytes = static_cast<size_t>(n) * row_bytes;
-      if (bf16) {
+      if (elem != ck::ElemType::kFloat32) {
         SCANSERVE_RETURN_IF_ERROR(upload_dev[b].Reserve(rows_per_step * row_bytes, "upload"));
         SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(upload_dev[b].get(), upload_host[b].get(),
                                                        bytes, cudaMemcpyHostToDevice, stream),
                                        "upload");
-        SCANSERVE_CUDA_RETURN_IF_ERROR(
-            ck::FloatToBf16(upload_dev[b].as<float>(), s.features.as<uint16_t>() + row * d, n * d,
-                            stream),
-            "narrow to bf16");
+        if (fp8()) {
+          SCANSERVE_CUDA_RETURN_IF_ERROR(
+              ck::FloatToFp8Rows(upload_dev[b].as<float>(), n, d,
+                                 s.features.as<uint8_t>() + row * d, s.scales.as<float>() + row,
+                                 stream),
+              "narrow to fp8");
+        } else {
+          SCANSERVE_CUDA_RETURN_IF_ERROR(
+              ck::FloatToBf16(upload_dev[b].as<float>(), s.features.as<uint16_t>() + row * d,
+                              n * d, stream),
+              "narrow to bf16");
+        }
       } else {
         SCANSERVE_CUDA_RETURN_IF_ERROR(
             cudaMemcpyAsync(s.features.as<float>() + row * d, upload_host[b].get(), bytes,
@@ -310,8 +333,7 @@ struct CudaScorer::Impl {
       ++step;
     }
     SCANSERVE_CUDA_RETURN_IF_ERROR(
-        ck::RowNorms(s.features.as<char>() + row0 * d * elem_bytes(), bf16, row - row0, d,
-                     s.norms.as<float>() + row0, stream),
+        ck::RowNorms(Rows(s, row0), row - row0, d, s.norms.as<float>() + row0, stream),
         "row norms");
     return absl::OkStatus();
   }
@@ -325,12 +347,14 @@ struct CudaScorer::Impl {
     std::vector<int64_t> keys;
     items.reserve(s.items.size() - dead.size());
     keys.reserve(items.capacity());
-    // Pack survivors into compact_tmp: features, then norms, then grams.
+    // Pack survivors into compact_tmp: features, then norms, then (fp8) scales, then grams.
     const size_t feat_bytes = static_cast<size_t>(s.used_rows) * d * eb;
     const size_t norm_bytes = static_cast<size_t>(s.used_rows) * sizeof(float);
+    const size_t scale_bytes = fp8() ? norm_bytes : 0;
     char* tmp = compact_tmp.as<char>();
     char* tmp_norms = tmp + feat_bytes;
-    char* tmp_grams = tmp_norms + norm_bytes;
+    char* tmp_scales = tmp_norms + norm_bytes;
+    char* tmp_grams = tmp_scales + scale_bytes;
     int64_t row = 0, gram = 0;
     int32_t max_rows = 0;
     size_t next_dead = 0;
@@ -348,6 +372,12 @@ struct CudaScorer::Impl {
           cudaMemcpyAsync(tmp_norms + row * sizeof(float), s.norms.as<float>() + it.row_begin,
                           it.rows * sizeof(float), cudaMemcpyDeviceToDevice, stream),
           "compact");
+      if (fp8()) {
+        SCANSERVE_CUDA_RETURN_IF_ERROR(
+            cudaMemcpyAsync(tmp_scales + row * sizeof(float), s.scales.as<float>() + it.row_begin,
+                            it.rows * sizeof(float), cudaMemcpyDeviceToDevice, stream),
+            "compact");
+      }
       ck::ItemDev moved = it;
       moved.row_begin = row;
       moved.gram_begin = gram;
@@ -372,6 +402,12 @@ struct CudaScorer::Impl {
                                                      row * sizeof(float), cudaMemcpyDeviceToDevice,
                                                      stream),
                                      "compact");
+      if (fp8()) {
+        SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.scales.get(), tmp_scales,
+                                                       row * sizeof(float),
+                                                       cudaMemcpyDeviceToDevice, stream),
+                                       "compact");
+      }
     }
     if (gram > 0) {
       SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.grams.get(), tmp_grams,
@@ -396,8 +432,7 @@ struct CudaScorer::Impl {
     for (const Location& l : locs) dead[l.slab].push_back(l.index);
     size_t tmp_bytes = 0;
     for (const auto& [slab, idx] : dead) {
-      tmp_bytes = std::max(tmp_bytes, static_cast<size_t>(slab->used_rows) *
-                                              (dim * elem_bytes() + sizeof(float)) +
+      tmp_bytes = std::max(tmp_bytes, static_cast<size_t>(slab->used_rows) * row_bytes() +
                                           static_cast<size_t>(slab->gram_used) * sizeof(float));
     }
     SCANSERVE_RETURN_IF_ERROR(compact_tmp.Reserve(tmp_bytes, "compaction"));
@@ -452,21 +487,23 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
                                                  nq * sizeof(ck::ItemDev), cudaMemcpyHostToDevice,
                                                  stream),
                                  "upload queries");
-  SCANSERVE_CUDA_RETURN_IF_ERROR(
-      ck::RowNorms(q_f32.get(), false, q_rows, d, q_norms.as<float>(), stream), "query norms");
+  const ck::RowsView query_rows{q_f32.get(), ck::ElemType::kFloat32, nullptr};
+  SCANSERVE_CUDA_RETURN_IF_ERROR(ck::RowNorms(query_rows, q_rows, d, q_norms.as<float>(), stream),
+                                 "query norms");
   if (!stored_is_context) {
     SCANSERVE_RETURN_IF_ERROR(q_grams.Reserve(q_gram * sizeof(float), "query Gram matrices"));
     SCANSERVE_CUDA_RETURN_IF_ERROR(
-        ck::Grams(q_f32.get(), false, d, q_items.as<ck::ItemDev>(), nq, q_grams.as<float>(),
-                  stream),
+        ck::Grams(query_rows, d, q_items.as<ck::ItemDev>(), nq, q_grams.as<float>(), stream),
         "query Gram matrices");
   }
-  // The GEMM's query operand: fp32, or bf16 (hi rows, then lo rows when split).
+  // The GEMM's query operand: fp32, or bf16 (hi rows, then lo rows when split; kFusedPadRows
+  // spare rows for the fused pass's padded tiles).
   const void* q_operand = q_f32.get();
   int64_t ncols = q_rows;
-  if (bf16) {
+  if (bf16_gemm) {
     ncols = split_queries ? 2 * q_rows : q_rows;
-    SCANSERVE_RETURN_IF_ERROR(q_b16.Reserve(ncols * d * sizeof(uint16_t), "bf16 queries"));
+    SCANSERVE_RETURN_IF_ERROR(q_b16.Reserve((ncols + ck::kFusedPadRows) * d * sizeof(uint16_t),
+                                            "bf16 queries"));
     uint16_t* hi = q_b16.as<uint16_t>();
     SCANSERVE_CUDA_RETURN_IF_ERROR(
         ck::SplitToBf16(q_f32.as<float>(), hi, split_queries ? hi + q_rows * d : nullptr,
@@ -474,25 +511,78 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
         "split queries");
     q_operand = hi;
   }
+  const int32_t max_s_rows = MaxStoredRows();
 
-  // Scores and per-chunk products.
+  // The fused pass, when asked for and the shapes allow it: query groups of whole queries.
+  std::vector<ck::QueryGroupDev> groups;
+  ck::FusedPlan fused_plan;
+  bool fused = options.fused_products && bf16_gemm && d % 16 == 0 &&
+               max_q_rows <= ck::kFusedMaxGroupRows;
+  if (fused) {
+    int32_t max_group_rows = 0;
+    for (int j = 0; j < nq; ++j) {
+      if (groups.empty() || groups.back().rows + q_meta[j].rows > ck::kFusedMaxGroupRows) {
+        ck::QueryGroupDev g;
+        g.row_begin = q_meta[j].row_begin;
+        g.first_query = j;
+        groups.push_back(g);
+      }
+      groups.back().rows += q_meta[j].rows;
+      groups.back().num_queries += 1;
+      max_group_rows = std::max(max_group_rows, groups.back().rows);
+    }
+    SCANSERVE_CUDA_RETURN_IF_ERROR(ck::PlanFused(device, max_s_rows, max_q_rows, max_group_rows,
+                                                 split_queries, &fused_plan),
+                                   "plan the fused pass");
+    fused = fused_plan.eligible;
+  }
+  ++(fused ? passes.fused : passes.gemm);
+  if (fused) {
+    SCANSERVE_RETURN_IF_ERROR(
+        q_groups.Reserve(groups.size() * sizeof(ck::QueryGroupDev), "query groups"));
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(q_groups.get(), groups.data(), groups.size() * sizeof(ck::QueryGroupDev),
+                        cudaMemcpyHostToDevice, stream),
+        "upload query groups");
+  }
+
+  // Scores and per-chunk products (the fused pass has none: chunks are whole slabs, or what one
+  // fp8 widening holds).
   SCANSERVE_RETURN_IF_ERROR(
       scores.Reserve(static_cast<size_t>(nq) * num_items * sizeof(float), "scores"));
-  const int32_t max_s_rows = MaxStoredRows();
-  const int64_t chunk_rows = std::max<int64_t>(
-      max_s_rows, options.max_product_bytes / static_cast<int64_t>(ncols * sizeof(float)));
+  int64_t chunk_rows =
+      fused ? std::numeric_limits<int64_t>::max()
+            : std::max<int64_t>(max_s_rows, options.max_product_bytes /
+                                                static_cast<int64_t>(ncols * sizeof(float)));
+  if (fp8()) {
+    // Each chunk is widened to bf16 for the tensor cores, in a buffer of the same budget.
+    chunk_rows = std::min(chunk_rows,
+                          std::max<int64_t>(max_s_rows, options.max_product_bytes /
+                                                            static_cast<int64_t>(d * 2)));
+  }
   int64_t largest_slab = 0;
   for (const auto& s : slabs) largest_slab = std::max(largest_slab, s->used_rows);
   const int64_t product_rows = std::min(chunk_rows, largest_slab);
-  SCANSERVE_RETURN_IF_ERROR(
-      product.Reserve(static_cast<size_t>(product_rows) * ncols * sizeof(float), "products"));
+  if (!fused) {
+    SCANSERVE_RETURN_IF_ERROR(
+        product.Reserve(static_cast<size_t>(product_rows) * ncols * sizeof(float), "products"));
+  }
+  if (fp8()) {
+    SCANSERVE_RETURN_IF_ERROR(
+        widened.Reserve(static_cast<size_t>(product_rows + ck::kFusedPadRows) * d *
+                            sizeof(uint16_t),
+                        "fp8 rows widened to bf16"));
+  }
   ck::EpiloguePlan plan;
-  SCANSERVE_CUDA_RETURN_IF_ERROR(
-      ck::PlanEpilogue(device, stored_is_context ? max_s_rows : max_q_rows,
-                       stored_is_context ? max_q_rows : max_s_rows, &plan),
-      "plan the epilogue");
-  if (plan.global_scratch_bytes > 0) {
-    SCANSERVE_RETURN_IF_ERROR(epi_scratch.Reserve(plan.global_scratch_bytes, "epilogue scratch"));
+  if (!fused) {
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        ck::PlanEpilogue(device, stored_is_context ? max_s_rows : max_q_rows,
+                         stored_is_context ? max_q_rows : max_s_rows, &plan),
+        "plan the epilogue");
+    if (plan.global_scratch_bytes > 0) {
+      SCANSERVE_RETURN_IF_ERROR(
+          epi_scratch.Reserve(plan.global_scratch_bytes, "epilogue scratch"));
+    }
   }
 
   ck::EpilogueParams p;
@@ -503,7 +593,7 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   p.stored_is_context = stored_is_context;
   p.product = product.as<float>();
   p.ld_product = ncols;
-  p.lo_offset = bf16 && split_queries ? q_rows : 0;
+  p.lo_offset = bf16_gemm && split_queries ? q_rows : 0;
   p.queries = q_items.as<ck::ItemDev>();
   p.num_queries = nq;
   p.query_norms = q_norms.as<float>();
@@ -511,8 +601,17 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   p.scores = scores.as<float>();
   p.ld_scores = num_items;
 
+  ck::FusedParams f;
+  f.queries = q_b16.as<__nv_bfloat16>();
+  f.lo_row_offset = q_rows;
+  f.dim = d;
+  f.split = split_queries;
+  f.groups = q_groups.as<ck::QueryGroupDev>();
+  f.max_rows_p = fused_plan.max_rows_p;
+  f.max_cols_p = fused_plan.max_cols_p;
+
   const float one = 1.0f, zero = 0.0f;
-  const cudaDataType_t type = bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  const cudaDataType_t type = bf16_gemm ? CUDA_R_16BF : CUDA_R_32F;
   int64_t col = 0;
   for (const auto& sp : slabs) {
     const Slab& s = *sp;
@@ -526,16 +625,14 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
         ++i1;
       }
       const int64_t rows = s.items[i1 - 1].row_begin + s.items[i1 - 1].rows - row0;
-      // product (row-major rows x ncols) = features[row0 .. row0 + rows) · queriesᵀ; in cuBLAS's
-      // column-major terms: C (ncols x rows) = Qᵀ(ncols x d) · F(d x rows).
-      SCANSERVE_CUBLAS_RETURN_IF_ERROR(
-          cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(ncols),
-                       static_cast<int>(rows), static_cast<int>(d), &one, q_operand, type,
-                       static_cast<int>(d),
-                       s.features.as<char>() + row0 * d * elem_bytes(), type,
-                       static_cast<int>(d), &zero, product.get(), CUDA_R_32F,
-                       static_cast<int>(ncols), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-          "region-word products (cublasGemmEx)");
+      const void* stored_operand = s.features.as<char>() + row0 * d * elem_bytes();
+      if (fp8()) {
+        SCANSERVE_CUDA_RETURN_IF_ERROR(
+            ck::Fp8RowsToBf16(s.features.as<uint8_t>() + row0 * d, s.scales.as<float>() + row0,
+                              rows, d, widened.as<uint16_t>(), stream),
+            "widen fp8 rows");
+        stored_operand = widened.get();
+      }
       p.chunk_row0 = row0;
       p.items = s.items_dev.as<ck::ItemDev>();
       p.item_begin = static_cast<int>(i0);
@@ -543,8 +640,24 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
       p.stored_norms = s.norms.as<float>();
       p.stored_grams = stored_is_context ? s.grams.as<float>() : nullptr;
       p.col0 = col + static_cast<int64_t>(i0);
-      SCANSERVE_CUDA_RETURN_IF_ERROR(
-          ck::Epilogue(p, plan, epi_scratch.as<float>(), stream), "fused epilogue");
+      if (fused) {
+        f.stored = static_cast<const __nv_bfloat16*>(stored_operand);
+        SCANSERVE_CUDA_RETURN_IF_ERROR(
+            ck::FusedScore(p, f, fused_plan, static_cast<int>(groups.size()), stream),
+            "fused products and epilogue");
+      } else {
+        // product (row-major rows x ncols) = features[row0 .. row0 + rows) · queriesᵀ; in
+        // cuBLAS's column-major terms: C (ncols x rows) = Qᵀ(ncols x d) · F(d x rows).
+        SCANSERVE_CUBLAS_RETURN_IF_ERROR(
+            cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(ncols),
+                         static_cast<int>(rows), static_cast<int>(d), &one, q_operand, type,
+                         static_cast<int>(d), stored_operand, type, static_cast<int>(d), &zero,
+                         product.get(), CUDA_R_32F, static_cast<int>(ncols), CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT),
+            "region-word products (cublasGemmEx)");
+        SCANSERVE_CUDA_RETURN_IF_ERROR(
+            ck::Epilogue(p, plan, epi_scratch.as<float>(), stream), "fused epilogue");
+      }
       i0 = i1;
     }
     col += static_cast<int64_t>(s.items.size());
@@ -618,7 +731,11 @@ absl::StatusOr<std::unique_ptr<CudaScorer>> CudaScorer::Create(const ScorerConfi
   SCANSERVE_CUBLAS_RETURN_IF_ERROR(cublasSetMathMode(impl->cublas, CUBLAS_DEFAULT_MATH),
                                    "cublasSetMathMode");
   impl->dim = config.dim;
-  impl->bf16 = config.storage == StorageType::kBFloat16;
+  impl->elem = config.storage == StorageType::kFloat32
+                   ? ck::ElemType::kFloat32
+                   : (config.storage == StorageType::kBFloat16 ? ck::ElemType::kBFloat16
+                                                                : ck::ElemType::kFp8E4M3);
+  impl->bf16_gemm = config.storage != StorageType::kFloat32;
   impl->split_queries = options.query_precision == CudaQueryPrecision::kBf16Split;
   const bool t2i = config.attention.cross_attn == CrossAttention::kTextToImage;
   impl->stored_is_context = t2i == (config.stored_kind == ItemKind::kImage);
@@ -640,6 +757,17 @@ absl::Status CudaScorer::Synchronize() const {
   return absl::OkStatus();
 }
 
+CudaScorer::PassCounts CudaScorer::pass_counts() const {
+  std::lock_guard<std::mutex> lock(impl_->pass_mu);
+  return impl_->passes;
+}
+
+void CudaScorer::set_fused_products(bool on) {
+  std::lock_guard<std::mutex> lock(impl_->pass_mu);
+  impl_->options.fused_products = on;
+  options_.fused_products = on;
+}
+
 int64_t CudaScorer::size() const { return impl_->num_items; }
 
 bool CudaScorer::Contains(int64_t key) const { return impl_->where.contains(key); }
@@ -654,12 +782,30 @@ std::vector<int64_t> CudaScorer::keys() const {
 int64_t CudaScorer::memory_bytes() const {
   int64_t bytes = 0;
   for (const auto& s : impl_->slabs) {
-    bytes += s->used_rows * (impl_->dim * static_cast<int64_t>(impl_->elem_bytes()) +
-                             static_cast<int64_t>(sizeof(float))) +
+    bytes += s->used_rows * static_cast<int64_t>(impl_->row_bytes()) +
              s->gram_used * static_cast<int64_t>(sizeof(float)) +
              static_cast<int64_t>(s->items.size() * sizeof(ck::ItemDev));
   }
   return bytes;
+}
+
+int64_t CudaScorer::MemoryCapacityBytes() const {
+  const Impl& m = *impl_;
+  DeviceGuard guard(m.device);
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return -1;
+  }
+  int64_t allocated = 0;
+  for (const auto& s : m.slabs) {
+    for (const DeviceBuffer* b : {&s->features, &s->scales, &s->norms, &s->grams, &s->items_dev}) {
+      allocated += static_cast<int64_t>(b->bytes());
+    }
+  }
+  const int64_t slab = m.options.slab_rows * static_cast<int64_t>(m.row_bytes());
+  return std::max<int64_t>(0, static_cast<int64_t>(free_bytes) + allocated -
+                                  static_cast<int64_t>(total_bytes / 20) - slab);
 }
 
 absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<const ItemView> items) {
@@ -709,10 +855,16 @@ absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<cons
       if (s == nullptr || s->used_rows + rows > s->capacity_rows) {
         auto fresh = std::make_unique<Impl::Slab>();
         fresh->capacity_rows = std::max(m.options.slab_rows, rows);
+        // kFusedPadRows spare rows: the fused pass reads whole 16-row tiles.
         SCANSERVE_RETURN_IF_ERROR(fresh->features.Reserve(
-            static_cast<size_t>(fresh->capacity_rows) * d * m.elem_bytes(), "stored features"));
+            static_cast<size_t>(fresh->capacity_rows + ck::kFusedPadRows) * d * m.elem_bytes(),
+            "stored features"));
         SCANSERVE_RETURN_IF_ERROR(fresh->norms.Reserve(
             static_cast<size_t>(fresh->capacity_rows) * sizeof(float), "stored row norms"));
+        if (m.fp8()) {
+          SCANSERVE_RETURN_IF_ERROR(fresh->scales.Reserve(
+              static_cast<size_t>(fresh->capacity_rows) * sizeof(float), "stored fp8 row scales"));
+        }
         m.slabs.push_back(std::move(fresh));
         s = m.slabs.back().get();
       }
@@ -743,8 +895,7 @@ absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<cons
       SCANSERVE_RETURN_IF_ERROR(m.WriteRun(s, items.subspan(r.first, r.last - r.first), r.row0));
       if (m.stored_is_context) {
         SCANSERVE_CUDA_RETURN_IF_ERROR(
-            ck::Grams(s.features.get(), m.bf16, d,
-                      s.items_dev.as<ck::ItemDev>() + r.item0,
+            ck::Grams(m.Rows(s, 0), d, s.items_dev.as<ck::ItemDev>() + r.item0,
                       static_cast<int>(r.last - r.first), s.grams.as<float>(), m.stream),
             "stored Gram matrices");
       }

@@ -2,7 +2,11 @@
 // engine/scoring/cpu_scorer.cc for the CPU epilogue these mirror step by step.
 #include "engine/scoring/cuda/scan_kernels.h"
 
+#include "engine/common/fp8_e4m3.h"
+
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <mma.h>
 
 #include <algorithm>
 #include <cmath>
@@ -35,8 +39,16 @@ __device__ __forceinline__ uint16_t ToBf16(float f) {
 __device__ __forceinline__ float FromBf16(uint16_t h) {
   return __uint_as_float(static_cast<uint32_t>(h) << 16);
 }
-__device__ __forceinline__ float Load(const void* x, bool bf16, int64_t i) {
-  return bf16 ? FromBf16(static_cast<const uint16_t*>(x)[i]) : static_cast<const float*>(x)[i];
+// Element i (= row * dim + column) of x, as fp32.
+__device__ __forceinline__ float Load(const RowsView& x, int64_t dim, int64_t i) {
+  switch (x.type) {
+    case ElemType::kBFloat16:
+      return FromBf16(static_cast<const uint16_t*>(x.values)[i]);
+    case ElemType::kFp8E4M3:
+      return Fp8E4M3ToFloat(static_cast<const uint8_t*>(x.values)[i]) * x.scales[i / dim];
+    default:
+      return static_cast<const float*>(x.values)[i];
+  }
 }
 __device__ __forceinline__ float WarpSum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
@@ -67,15 +79,41 @@ __global__ void SplitKernel(const float* src, uint16_t* hi, uint16_t* lo, int64_
   }
 }
 
+// One warp per row: the row's largest magnitude gives its scale, then every value is encoded.
+__global__ void FloatToFp8RowsKernel(const float* src, int64_t rows, int64_t dim, uint8_t* codes,
+                                     float* scales) {
+  const int lane = threadIdx.x % kWarp;
+  const int64_t warps = int64_t{gridDim.x} * (blockDim.x / kWarp);
+  for (int64_t r = blockIdx.x * int64_t{blockDim.x / kWarp} + threadIdx.x / kWarp; r < rows;
+       r += warps) {
+    const float* x = src + r * dim;
+    float max_abs = 0.0f;
+    for (int64_t i = lane; i < dim; i += kWarp) max_abs = fmaxf(max_abs, fabsf(x[i]));
+    for (int o = 16; o > 0; o >>= 1) max_abs = fmaxf(max_abs, __shfl_xor_sync(kFull, max_abs, o));
+    const int exponent = Fp8RowScaleExponent(max_abs);
+    const float inverse = Fp8ScaleOf(-exponent);
+    for (int64_t i = lane; i < dim; i += kWarp) codes[r * dim + i] = FloatToFp8E4M3(x[i] * inverse);
+    if (lane == 0) scales[r] = Fp8ScaleOf(exponent);
+  }
+}
+
+__global__ void Fp8RowsToBf16Kernel(const uint8_t* codes, const float* scales, int64_t dim,
+                                    int64_t n, uint16_t* dst) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    dst[i] = ToBf16(Fp8E4M3ToFloat(codes[i]) * scales[i / dim]);
+  }
+}
+
 // One warp per row.
-__global__ void RowNormsKernel(const void* x, bool bf16, int64_t rows, int64_t dim, float* out) {
+__global__ void RowNormsKernel(RowsView x, int64_t rows, int64_t dim, float* out) {
   const int lane = threadIdx.x % kWarp;
   const int64_t warps = int64_t{gridDim.x} * (blockDim.x / kWarp);
   for (int64_t r = blockIdx.x * int64_t{blockDim.x / kWarp} + threadIdx.x / kWarp; r < rows;
        r += warps) {
     float ss = 0.0f;
     for (int64_t i = lane; i < dim; i += kWarp) {
-      const float v = Load(x, bf16, r * dim + i);
+      const float v = Load(x, dim, r * dim + i);
       ss = fmaf(v, v, ss);
     }
     ss = WarpSum(ss);
@@ -84,8 +122,7 @@ __global__ void RowNormsKernel(const void* x, bool bf16, int64_t rows, int64_t d
 }
 
 // One block per item, one warp per upper-triangle entry (mirrored).
-__global__ void GramsKernel(const void* x, bool bf16, int64_t dim, const ItemDev* items,
-                            float* grams) {
+__global__ void GramsKernel(RowsView x, int64_t dim, const ItemDev* items, float* grams) {
   const ItemDev it = items[blockIdx.x];
   const int lane = threadIdx.x % kWarp;
   const int warps = blockDim.x / kWarp;
@@ -96,7 +133,7 @@ __global__ void GramsKernel(const void* x, bool bf16, int64_t dim, const ItemDev
     if (b < a) continue;
     const int64_t ra = (it.row_begin + a) * dim, rb = (it.row_begin + b) * dim;
     float s = 0.0f;
-    for (int64_t i = lane; i < dim; i += kWarp) s = fmaf(Load(x, bf16, ra + i), Load(x, bf16, rb + i), s);
+    for (int64_t i = lane; i < dim; i += kWarp) s = fmaf(Load(x, dim, ra + i), Load(x, dim, rb + i), s);
     s = WarpSum(s);
     if (lane == 0) {
       grams[it.gram_begin + a * n + b] = s;
@@ -133,6 +170,146 @@ __device__ __forceinline__ float Attn(int norm, float v, float scale, float shif
   }
 }
 
+// The epilogue of one (query j, chunk item i) pair, by one warp: `prod` points at the product of
+// the item's first row and the query's first row, rows ld_product apart, the lo parts lo_offset
+// further; `buf` is the warp's scratch. Lane 0 writes the score.
+__device__ void ScorePair(const EpilogueParams& p, int i, int j, const float* prod,
+                          int64_t ld_product, int64_t lo_offset, float* buf, int lane) {
+  const float lambda = p.lambda_softmax;
+  const float inf = INFINITY;
+  const ItemDev it = p.items[p.item_begin + i];
+  const ItemDev qu = p.queries[j];
+  const int nc = p.stored_is_context ? it.rows : qu.rows;
+  const int nq = p.stored_is_context ? qu.rows : it.rows;
+  const int ldm = nq | 1;
+  float* m = buf;
+  float* scale = m + int64_t{nc} * ldm;
+  float* shift = scale + nc;
+  float* e = shift + nc;
+  const float* gram = p.stored_is_context ? p.stored_grams + it.gram_begin
+                                          : p.query_grams + qu.gram_begin;
+  const float* ynorm = p.stored_is_context ? p.query_norms + qu.row_begin
+                                           : p.stored_norms + it.row_begin;
+
+  // 0. Stage the pair's products; consecutive lanes read consecutive query rows (coalesced).
+  const int total = it.rows * qu.rows;
+  for (int idx = lane; idx < total; idx += kWarp) {
+    const int r = idx / qu.rows;
+    const int qq = idx - r * qu.rows;
+    const float* src = prod + int64_t{r} * ld_product + qq;
+    float v = src[0];
+    if (lo_offset != 0) v += src[lo_offset];
+    if (p.stored_is_context) {
+      m[int64_t{r} * ldm + qq] = v;
+    } else {
+      m[int64_t{qq} * ldm + r] = v;
+    }
+  }
+  __syncwarp();
+
+  // 1. Row scalars, lane per context row.
+  for (int c = lane; c < nc; c += kWarp) {
+    const float* mr = m + int64_t{c} * ldm;
+    float s = lambda, t = 0.0f;
+    if (p.raw_feature_norm == kClippedL2Norm || p.raw_feature_norm == kL2Norm) {
+      const bool clip = p.raw_feature_norm == kClippedL2Norm;
+      float ss = 0.0f;
+      for (int q = 0; q < nq; ++q) {
+        const float v = clip ? Leaky(mr[q]) : mr[q];
+        ss = fmaf(v, v, ss);
+      }
+      s = lambda / (sqrtf(ss) + kL2NormEps);
+    } else if (p.raw_feature_norm == kSoftmax) {
+      float mx = -inf;
+      for (int q = 0; q < nq; ++q) mx = fmaxf(mx, mr[q]);
+      float sum = 0.0f;
+      for (int q = 0; q < nq; ++q) sum += expf(mr[q] - mx);
+      s = lambda / sum;
+      t = mx;
+    }
+    scale[c] = s;
+    shift[c] = t;
+  }
+  __syncwarp();
+
+  // 2. Lane per attending row, 32 at a time; pooling accumulators per lane.
+  float pool_a = p.pooling == kLogSumExp || p.pooling == kMax ? -inf : 0.0f;  // max or sum
+  float pool_b = 0.0f;                                                       // LSE sum
+  for (int q0 = 0; q0 < nq; q0 += kWarp) {
+    const int q = q0 + lane;
+    if (q >= nq) break;
+    float mx = -inf;
+    for (int c = 0; c < nc; ++c) {
+      mx = fmaxf(mx, Attn(p.raw_feature_norm, m[int64_t{c} * ldm + q], scale[c], shift[c]));
+    }
+    float sum = 0.0f, dot = 0.0f;
+    for (int c = 0; c < nc; ++c) {
+      const float mv = m[int64_t{c} * ldm + q];
+      const float ex = expf(Attn(p.raw_feature_norm, mv, scale[c], shift[c]) - mx);
+      e[int64_t{c} * kWarp + lane] = ex;
+      sum += ex;
+      dot = fmaf(ex, mv, dot);
+    }
+    // eᵀ G e over the upper triangle: Σ_c e_c (G_cc e_c / 2 + Σ_{c' > c} G_cc' e_c'), doubled.
+    float quad = 0.0f;
+    for (int c = 0; c < nc; ++c) {
+      const float* g = gram + int64_t{c} * nc;
+      const float ec = e[int64_t{c} * kWarp + lane];
+      float t = 0.5f * g[c] * ec;
+      for (int c2 = c + 1; c2 < nc; ++c2) t = fmaf(g[c2], e[int64_t{c2} * kWarp + lane], t);
+      quad = fmaf(ec, t, quad);
+    }
+    const float inv = 1.0f / sum;
+    const float num = dot * inv;
+    const float att_norm = sqrtf(fmaxf(quad + quad, 0.0f)) * inv;
+    const float den = fmaxf(ynorm[q] * att_norm, kCosineEps);
+    const float r = num / den;
+    switch (p.pooling) {
+      case kLogSumExp: {  // online log-sum-exp of λ2 r
+        const float v = p.lambda_lse * r;
+        if (v > pool_a) {
+          pool_b = pool_b * expf(pool_a - v) + 1.0f;
+          pool_a = v;
+        } else {
+          pool_b += expf(v - pool_a);
+        }
+        break;
+      }
+      case kMax:
+        pool_a = fmaxf(pool_a, r);
+        break;
+      default:  // kMean, kSum
+        pool_a += r;
+        break;
+    }
+  }
+
+  // 3. Reduce over the lanes.
+  for (int o = 16; o > 0; o >>= 1) {
+    const float a2 = __shfl_xor_sync(kFull, pool_a, o);
+    const float b2 = __shfl_xor_sync(kFull, pool_b, o);
+    if (p.pooling == kLogSumExp) {
+      const float mx = fmaxf(pool_a, a2);
+      if (mx != -inf) {
+        pool_b = (pool_b == 0.0f ? 0.0f : pool_b * expf(pool_a - mx)) +
+                 (b2 == 0.0f ? 0.0f : b2 * expf(a2 - mx));
+        pool_a = mx;
+      }
+    } else if (p.pooling == kMax) {
+      pool_a = fmaxf(pool_a, a2);
+    } else {
+      pool_a += a2;
+    }
+  }
+  if (lane == 0) {
+    float score = pool_a;
+    if (p.pooling == kLogSumExp) score = (pool_a + logf(pool_b)) / p.lambda_lse;
+    if (p.pooling == kMean) score = pool_a / static_cast<float>(nq);
+    p.scores[int64_t{j} * p.ld_scores + p.col0 + i] = score;
+  }
+  __syncwarp();  // the next pair reuses the scratch
+}
+
 __global__ void EpilogueKernel(EpilogueParams p, int warps_per_block, int64_t warp_floats,
                                float* global_scratch) {
   extern __shared__ float shared_scratch[];
@@ -141,145 +318,69 @@ __global__ void EpilogueKernel(EpilogueParams p, int warps_per_block, int64_t wa
   float* buf = global_scratch != nullptr
                    ? global_scratch + (int64_t{blockIdx.x} * warps_per_block + warp) * warp_floats
                    : shared_scratch + warp * warp_floats;
-  const float lambda = p.lambda_softmax;
-  const float inf = INFINITY;
   const int64_t pairs = int64_t{p.num_items} * p.num_queries;
   for (int64_t pair = int64_t{blockIdx.x} * warps_per_block + warp; pair < pairs;
        pair += int64_t{gridDim.x} * warps_per_block) {
     const int i = static_cast<int>(pair / p.num_queries);  // item within the chunk
     const int j = static_cast<int>(pair % p.num_queries);  // query
-    const ItemDev it = p.items[p.item_begin + i];
-    const ItemDev qu = p.queries[j];
-    const int nc = p.stored_is_context ? it.rows : qu.rows;
-    const int nq = p.stored_is_context ? qu.rows : it.rows;
-    const int ldm = nq | 1;
-    float* m = buf;
-    float* scale = m + int64_t{nc} * ldm;
-    float* shift = scale + nc;
-    float* e = shift + nc;
-    const float* gram = p.stored_is_context ? p.stored_grams + it.gram_begin
-                                            : p.query_grams + qu.gram_begin;
-    const float* ynorm = p.stored_is_context ? p.query_norms + qu.row_begin
-                                             : p.stored_norms + it.row_begin;
+    const int64_t item_row = p.items[p.item_begin + i].row_begin - p.chunk_row0;
+    const float* prod = p.product + item_row * p.ld_product + p.queries[j].row_begin;
+    ScorePair(p, i, j, prod, p.ld_product, p.lo_offset, buf, lane);
+  }
+}
 
-    // 0. Stage the pair's products; consecutive lanes read consecutive query rows (coalesced).
-    const float* prod = p.product + (it.row_begin - p.chunk_row0) * p.ld_product + qu.row_begin;
-    const int total = it.rows * qu.rows;
-    for (int idx = lane; idx < total; idx += kWarp) {
-      const int r = idx / qu.rows;
-      const int qq = idx - r * qu.rows;
-      const float* src = prod + int64_t{r} * p.ld_product + qq;
-      float v = src[0];
-      if (p.lo_offset != 0) v += src[p.lo_offset];
-      if (p.stored_is_context) {
-        m[int64_t{r} * ldm + qq] = v;
-      } else {
-        m[int64_t{qq} * ldm + r] = v;
-      }
-    }
-    __syncwarp();
+// ---------------------------------------------------------------------------------------------
+// The fused pass: products on the tensor cores straight into shared memory, then the epilogue
+// from there; no product matrix in device memory.
+//
+// Block (x = query group, y = chunk item): the item's rows (padded to 16) against the group's
+// stacked query rows (hi, and lo when split; padded to 16), as 16x16x16 bf16 WMMA tiles with fp32
+// accumulation, k over the embedding (dim % 16 == 0). Fragments load straight from global memory:
+// an item is ~72 KB of bf16, so the blocks of one item's query groups (consecutive x) find it in
+// L2 and the store is read from HBM about once per pass. Padding rows are read but never used
+// (slabs and query buffers carry kFusedPadRows spare rows).
 
-    // 1. Row scalars, lane per context row.
-    for (int c = lane; c < nc; c += kWarp) {
-      const float* mr = m + int64_t{c} * ldm;
-      float s = lambda, t = 0.0f;
-      if (p.raw_feature_norm == kClippedL2Norm || p.raw_feature_norm == kL2Norm) {
-        const bool clip = p.raw_feature_norm == kClippedL2Norm;
-        float ss = 0.0f;
-        for (int q = 0; q < nq; ++q) {
-          const float v = clip ? Leaky(mr[q]) : mr[q];
-          ss = fmaf(v, v, ss);
-        }
-        s = lambda / (sqrtf(ss) + kL2NormEps);
-      } else if (p.raw_feature_norm == kSoftmax) {
-        float mx = -inf;
-        for (int q = 0; q < nq; ++q) mx = fmaxf(mx, mr[q]);
-        float sum = 0.0f;
-        for (int q = 0; q < nq; ++q) sum += expf(mr[q] - mx);
-        s = lambda / sum;
-        t = mx;
-      }
-      scale[c] = s;
-      shift[c] = t;
-    }
-    __syncwarp();
+__global__ void FusedScoreKernel(EpilogueParams p, FusedParams f, int64_t warp_floats) {
+  extern __shared__ __align__(128) float fused_shared[];
+  const int lane = threadIdx.x % kWarp;
+  const int warp = threadIdx.x / kWarp;
+  const int warps = blockDim.x / kWarp;
+  const QueryGroupDev g = f.groups[blockIdx.x];
+  const int i = f.item_offset + static_cast<int>(blockIdx.y);  // item within the chunk
+  const ItemDev it = p.items[p.item_begin + i];
+  const int rows_p = (it.rows + 15) / 16 * 16;
+  const int cols_p = (g.rows + 15) / 16 * 16;
+  const int64_t part = int64_t{rows_p} * cols_p;  // floats of the hi (and of the lo) product
+  float* product = fused_shared;
+  float* scratch = fused_shared + (f.split ? 2 : 1) * int64_t{f.max_rows_p} * f.max_cols_p;
 
-    // 2. Lane per attending row, 32 at a time; pooling accumulators per lane.
-    float pool_a = p.pooling == kLogSumExp || p.pooling == kMax ? -inf : 0.0f;  // max or sum
-    float pool_b = 0.0f;                                                       // LSE sum
-    for (int q0 = 0; q0 < nq; q0 += kWarp) {
-      const int q = q0 + lane;
-      if (q >= nq) break;
-      float mx = -inf;
-      for (int c = 0; c < nc; ++c) {
-        mx = fmaxf(mx, Attn(p.raw_feature_norm, m[int64_t{c} * ldm + q], scale[c], shift[c]));
-      }
-      float sum = 0.0f, dot = 0.0f;
-      for (int c = 0; c < nc; ++c) {
-        const float mv = m[int64_t{c} * ldm + q];
-        const float ex = expf(Attn(p.raw_feature_norm, mv, scale[c], shift[c]) - mx);
-        e[int64_t{c} * kWarp + lane] = ex;
-        sum += ex;
-        dot = fmaf(ex, mv, dot);
-      }
-      // eᵀ G e over the upper triangle: Σ_c e_c (G_cc e_c / 2 + Σ_{c' > c} G_cc' e_c'), doubled.
-      float quad = 0.0f;
-      for (int c = 0; c < nc; ++c) {
-        const float* g = gram + int64_t{c} * nc;
-        const float ec = e[int64_t{c} * kWarp + lane];
-        float t = 0.5f * g[c] * ec;
-        for (int c2 = c + 1; c2 < nc; ++c2) t = fmaf(g[c2], e[int64_t{c2} * kWarp + lane], t);
-        quad = fmaf(ec, t, quad);
-      }
-      const float inv = 1.0f / sum;
-      const float num = dot * inv;
-      const float att_norm = sqrtf(fmaxf(quad + quad, 0.0f)) * inv;
-      const float den = fmaxf(ynorm[q] * att_norm, kCosineEps);
-      const float r = num / den;
-      switch (p.pooling) {
-        case kLogSumExp: {  // online log-sum-exp of λ2 r
-          const float v = p.lambda_lse * r;
-          if (v > pool_a) {
-            pool_b = pool_b * expf(pool_a - v) + 1.0f;
-            pool_a = v;
-          } else {
-            pool_b += expf(v - pool_a);
-          }
-          break;
-        }
-        case kMax:
-          pool_a = fmaxf(pool_a, r);
-          break;
-        default:  // kMean, kSum
-          pool_a += r;
-          break;
-      }
+  using namespace nvcuda;
+  const __nv_bfloat16* a_base = f.stored + (it.row_begin - p.chunk_row0) * f.dim;
+  const int col_tiles = cols_p / 16;
+  const int tiles = (rows_p / 16) * col_tiles * (f.split ? 2 : 1);
+  for (int t = warp; t < tiles; t += warps) {
+    const int half = t / ((rows_p / 16) * col_tiles);  // 0: hi, 1: lo
+    const int rest = t - half * (rows_p / 16) * col_tiles;
+    const int rt = rest / col_tiles, ct = rest % col_tiles;
+    const __nv_bfloat16* a = a_base + int64_t{rt} * 16 * f.dim;
+    const __nv_bfloat16* b =
+        f.queries + (half * f.lo_row_offset + g.row_begin + int64_t{ct} * 16) * f.dim;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+    wmma::fill_fragment(acc, 0.0f);
+    for (int64_t k = 0; k < f.dim; k += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+      wmma::load_matrix_sync(fa, a + k, static_cast<unsigned>(f.dim));
+      wmma::load_matrix_sync(fb, b + k, static_cast<unsigned>(f.dim));
+      wmma::mma_sync(acc, fa, fb, acc);
     }
-
-    // 3. Reduce over the lanes.
-    for (int o = 16; o > 0; o >>= 1) {
-      const float a2 = __shfl_xor_sync(kFull, pool_a, o);
-      const float b2 = __shfl_xor_sync(kFull, pool_b, o);
-      if (p.pooling == kLogSumExp) {
-        const float mx = fmaxf(pool_a, a2);
-        if (mx != -inf) {
-          pool_b = (pool_b == 0.0f ? 0.0f : pool_b * expf(pool_a - mx)) +
-                   (b2 == 0.0f ? 0.0f : b2 * expf(a2 - mx));
-          pool_a = mx;
-        }
-      } else if (p.pooling == kMax) {
-        pool_a = fmaxf(pool_a, a2);
-      } else {
-        pool_a += a2;
-      }
-    }
-    if (lane == 0) {
-      float score = pool_a;
-      if (p.pooling == kLogSumExp) score = (pool_a + logf(pool_b)) / p.lambda_lse;
-      if (p.pooling == kMean) score = pool_a / static_cast<float>(nq);
-      p.scores[int64_t{j} * p.ld_scores + p.col0 + i] = score;
-    }
-    __syncwarp();  // the next pair reuses the scratch
+    wmma::store_matrix_sync(product + half * part + int64_t{rt} * 16 * cols_p + ct * 16, acc,
+                            static_cast<unsigned>(cols_p), wmma::mem_row_major);
+  }
+  __syncthreads();
+  for (int j = g.first_query + warp; j < g.first_query + g.num_queries; j += warps) {
+    const float* prod = product + (p.queries[j].row_begin - g.row_begin);
+    ScorePair(p, i, j, prod, cols_p, f.split ? part : 0, scratch + warp * warp_floats, lane);
   }
 }
 
@@ -361,17 +462,31 @@ cudaError_t SplitToBf16(const float* src, uint16_t* hi, uint16_t* lo, int64_t n,
   return cudaGetLastError();
 }
 
-cudaError_t RowNorms(const void* x, bool bf16, int64_t rows, int64_t dim, float* out,
-                     cudaStream_t stream) {
+cudaError_t FloatToFp8Rows(const float* src, int64_t rows, int64_t dim, uint8_t* codes,
+                           float* scales, cudaStream_t stream) {
   if (rows == 0) return cudaSuccess;
-  RowNormsKernel<<<GridFor(rows, 8), 256, 0, stream>>>(x, bf16, rows, dim, out);
+  FloatToFp8RowsKernel<<<GridFor(rows, 8), 256, 0, stream>>>(src, rows, dim, codes, scales);
   return cudaGetLastError();
 }
 
-cudaError_t Grams(const void* x, bool bf16, int64_t dim, const ItemDev* items, int num_items,
-                  float* grams, cudaStream_t stream) {
+cudaError_t Fp8RowsToBf16(const uint8_t* codes, const float* scales, int64_t rows, int64_t dim,
+                          uint16_t* dst, cudaStream_t stream) {
+  const int64_t n = rows * dim;
+  if (n == 0) return cudaSuccess;
+  Fp8RowsToBf16Kernel<<<GridFor(n, 256), 256, 0, stream>>>(codes, scales, dim, n, dst);
+  return cudaGetLastError();
+}
+
+cudaError_t RowNorms(RowsView x, int64_t rows, int64_t dim, float* out, cudaStream_t stream) {
+  if (rows == 0) return cudaSuccess;
+  RowNormsKernel<<<GridFor(rows, 8), 256, 0, stream>>>(x, rows, dim, out);
+  return cudaGetLastError();
+}
+
+cudaError_t Grams(RowsView x, int64_t dim, const ItemDev* items, int num_items, float* grams,
+                  cudaStream_t stream) {
   if (num_items == 0) return cudaSuccess;
-  GramsKernel<<<num_items, 256, 0, stream>>>(x, bf16, dim, items, grams);
+  GramsKernel<<<num_items, 256, 0, stream>>>(x, dim, items, grams);
   return cudaGetLastError();
 }
 
@@ -421,6 +536,47 @@ cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, flo
       params, plan.warps_per_block, plan.warp_floats,
       plan.global_scratch_bytes > 0 ? global_scratch : nullptr);
   return cudaGetLastError();
+}
+
+cudaError_t PlanFused(int device, int max_stored_rows, int max_query_rows, int max_group_rows,
+                      bool split, FusedPlan* plan) {
+  int optin = 0;
+  cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err != cudaSuccess) return err;
+  plan->eligible = false;
+  const int64_t rows_p = (std::max(max_stored_rows, 1) + 15) / 16 * 16;
+  const int64_t cols_p = (std::max(max_group_rows, 1) + 15) / 16 * 16;
+  // The epilogue's per-warp scratch, as in PlanEpilogue.
+  const int64_t nc = std::max(1, std::max(max_stored_rows, max_query_rows));
+  const int64_t ldm = std::max(1, std::max(max_stored_rows, max_query_rows)) | 1;
+  plan->warp_floats = nc * ldm + 2 * nc + nc * kWarp;
+  plan->warps_per_block = 4;
+  plan->max_rows_p = static_cast<int>(rows_p);
+  plan->max_cols_p = static_cast<int>(cols_p);
+  const int64_t floats = (split ? 2 : 1) * rows_p * cols_p + plan->warps_per_block * plan->warp_floats;
+  plan->shared_bytes = static_cast<size_t>(floats * sizeof(float));
+  if (plan->shared_bytes > static_cast<size_t>(optin)) return cudaSuccess;  // not eligible
+  err = cudaFuncSetAttribute(FusedScoreKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(plan->shared_bytes));
+  if (err != cudaSuccess) return err;
+  plan->eligible = true;
+  return cudaSuccess;
+}
+
+cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
+                       const FusedPlan& plan, int num_groups, cudaStream_t stream) {
+  constexpr int kMaxGridY = 65535;
+  for (int first = 0; first < params.num_items; first += kMaxGridY) {
+    FusedParams f = fused;
+    f.item_offset = first;
+    const int items = std::min(kMaxGridY, params.num_items - first);
+    FusedScoreKernel<<<dim3(static_cast<unsigned>(num_groups), static_cast<unsigned>(items)),
+                       plan.warps_per_block * kWarp, plan.shared_bytes, stream>>>(
+        params, f, plan.warp_floats);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 cudaError_t TopKFromScores(const float* scores, int64_t ld_scores, int64_t n,

@@ -3,7 +3,8 @@
 // given stream and returns cudaGetLastError() (a launch error), never synchronising.
 //
 // Layouts (device memory, row-major, compact):
-//  - features: rows x dim, fp32 or bf16 (the upper 16 bits of fp32, stored as uint16_t).
+//  - features: rows x dim, fp32, bf16 (the upper 16 bits of fp32, stored as uint16_t), or fp8
+//    e4m3 codes (uint8_t) with one power-of-two fp32 scale per row (engine/common/fp8_e4m3.h).
 //  - an item (stored or query) is an ItemDev: its first row, its row count and (when it is the
 //    attention context) the offset of its rows x rows fp32 Gram matrix.
 //  - a product chunk: stored rows x ld_product fp32, row r holding <stored row, query row> for
@@ -13,6 +14,7 @@
 
 #include <cstdint>
 
+#include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 namespace scanserve {
@@ -25,20 +27,35 @@ struct ItemDev {
   int32_t pad = 0;
 };
 
+// Rows of stored values, in any of the storage types; `scales` (one per row, indexed like the
+// rows) only for fp8.
+enum class ElemType : int32_t { kFloat32 = 0, kBFloat16 = 1, kFp8E4M3 = 2 };
+struct RowsView {
+  const void* values = nullptr;
+  ElemType type = ElemType::kFloat32;
+  const float* scales = nullptr;
+};
+
 // n floats -> bf16, rounded to nearest even (bit-identical to engine/common/bfloat16.h).
 cudaError_t FloatToBf16(const float* src, uint16_t* dst, int64_t n, cudaStream_t stream);
 // n floats -> hi = bf16(x), lo = bf16(x - hi).
 cudaError_t SplitToBf16(const float* src, uint16_t* hi, uint16_t* lo, int64_t n,
                         cudaStream_t stream);
 
-// out[r] = |row r| of rows x dim (fp32 when !bf16, else bf16), fp32 accumulation.
-cudaError_t RowNorms(const void* x, bool bf16, int64_t rows, int64_t dim, float* out,
-                     cudaStream_t stream);
+// rows x dim floats -> e4m3 codes and per-row scales, bit-identical to FloatRowToFp8E4M3.
+cudaError_t FloatToFp8Rows(const float* src, int64_t rows, int64_t dim, uint8_t* codes,
+                           float* scales, cudaStream_t stream);
+// rows x dim e4m3 codes with their row scales -> bf16; exact (a stored fp8 value is a bf16 value).
+cudaError_t Fp8RowsToBf16(const uint8_t* codes, const float* scales, int64_t rows, int64_t dim,
+                          uint16_t* dst, cudaStream_t stream);
+
+// out[r] = |row r| of rows x dim, fp32 accumulation.
+cudaError_t RowNorms(RowsView x, int64_t rows, int64_t dim, float* out, cudaStream_t stream);
 
 // For items[0..num_items): grams[gram_begin + a * rows + b] = <row a, row b> of the item, rows
-// taken from x + row_begin * dim (fp32 or bf16).
-cudaError_t Grams(const void* x, bool bf16, int64_t dim, const ItemDev* items, int num_items,
-                  float* grams, cudaStream_t stream);
+// taken from row row_begin of x.
+cudaError_t Grams(RowsView x, int64_t dim, const ItemDev* items, int num_items, float* grams,
+                  cudaStream_t stream);
 
 // The fused SCAN epilogue: one (query, stored item) pair per warp, from the raw products to the
 // pooled score; nothing but the score is written to device memory.
@@ -84,6 +101,42 @@ struct EpiloguePlan {
 cudaError_t PlanEpilogue(int device, int max_context, int max_attending, EpiloguePlan* plan);
 cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, float* global_scratch,
                      cudaStream_t stream);
+
+// The fused pass (CudaScorerOptions::fused_products): per (query group, stored item) block, the
+// products on the tensor cores (bf16 WMMA, fp32 accumulation) into shared memory, then the same
+// epilogue as Epilogue, reading them there. Needs bf16 operands, dim % 16 == 0, and
+// kFusedPadRows readable rows past the end of the stored rows and of the query rows.
+constexpr int kFusedPadRows = 16;
+constexpr int kFusedMaxGroupRows = 128;  // stacked query rows per group (hi part)
+struct QueryGroupDev {
+  int64_t row_begin = 0;  // first stacked query row of the group
+  int32_t rows = 0;       // its rows (whole queries), <= kFusedMaxGroupRows
+  int32_t first_query = 0;
+  int32_t num_queries = 0;
+  int32_t pad = 0;
+};
+struct FusedParams {
+  const __nv_bfloat16* stored = nullptr;   // row chunk_row0 of the stored bf16 rows
+  const __nv_bfloat16* queries = nullptr;  // stacked bf16 query rows (hi, then lo)
+  int64_t lo_row_offset = 0;               // rows from the hi to the lo part
+  int64_t dim = 0;
+  bool split = false;
+  const QueryGroupDev* groups = nullptr;
+  int max_rows_p = 0, max_cols_p = 0;      // shared-memory product extents (from the plan)
+  int item_offset = 0;                     // set by FusedScore per launch
+};
+struct FusedPlan {
+  bool eligible = false;  // false: too much shared memory; use the GEMM + Epilogue path
+  int warps_per_block = 0;
+  int max_rows_p = 0, max_cols_p = 0;
+  int64_t warp_floats = 0;
+  size_t shared_bytes = 0;
+};
+cudaError_t PlanFused(int device, int max_stored_rows, int max_query_rows, int max_group_rows,
+                      bool split, FusedPlan* plan);
+// params as for Epilogue (product, ld_product, lo_offset unused); one launch per 65535 items.
+cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
+                       const FusedPlan& plan, int num_groups, cudaStream_t stream);
 
 // Device top-k (k <= kTopKTile / 8): best first, ties to the smaller key, NaN below every number.
 struct TopKCand {

@@ -5,10 +5,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <string>
+#include <thread>
+#include <vector>
 
 #include "engine/common/safetensors.h"
 #include "tests/engine/test_util/tiny_model.h"
@@ -185,6 +189,112 @@ TEST_F(ScanModelTest, BadModelDirectoriesNameWhatIsWrong) {
   s = ScanModel::Load(dir_.string()).status();
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("vocab_size"), std::string::npos) << s;
+}
+
+TEST_F(ScanModelTest, UnusableCudaDeviceIsFailedPrecondition) {
+  WriteTinyModel(dir_, {});
+  std::string why;
+  const bool cuda = ScanModel::CudaAvailable(&why);
+  if (!cuda) EXPECT_FALSE(why.empty()) << "CudaAvailable says why not";
+  // No machine has device 1023; without CUDA, device 0 fails as well.
+  std::vector<int> ordinals = {1023};
+  if (!cuda) ordinals.push_back(0);
+  for (int ordinal : ordinals) {
+    ModelLoadOptions options;
+    options.device = EncoderDevice::Cuda(ordinal);
+    const absl::Status s = ScanModel::Load(dir_.string(), options).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+    EXPECT_NE(s.message().find("cuda:" + std::to_string(ordinal)), std::string::npos) << s;
+    if (!cuda) EXPECT_NE(s.message().find("CUDA"), std::string::npos) << s;
+  }
+}
+
+TEST_F(ScanModelTest, CpuDeviceIsTheDefault) {
+  WriteTinyModel(dir_, {});
+  auto model = ScanModel::Load(dir_.string());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ((*model)->device().ToString(), "cpu");
+  EXPECT_EQ(EncoderDevice::Cuda(3).ToString(), "cuda:3");
+}
+
+// Elementwise equality up to float rounding: outputs are unit-norm rows (or raw FC outputs of a
+// similar scale), so the tolerance is relative to max(1, |expected|).
+void ExpectClose(const FloatMatrix& actual, const FloatMatrix& expected, const std::string& what) {
+  ASSERT_EQ(actual.rows, expected.rows) << what;
+  ASSERT_EQ(actual.cols, expected.cols) << what;
+  for (size_t i = 0; i < expected.data.size(); ++i) {
+    ASSERT_NEAR(actual.data[i], expected.data[i], kTol * std::max(1.0f, std::fabs(expected.data[i])))
+        << what << " element " << i;
+  }
+}
+
+TEST_F(ScanModelTest, CudaEncodersEqualTheCpu) {
+  std::string why;
+  if (!ScanModel::CudaAvailable(&why)) GTEST_SKIP() << "no CUDA here: " << why;
+  for (bool bi : {true, false}) {
+    for (int layers : {1, 2}) {
+      const std::string variant = "bi=" + std::to_string(bi) + " layers=" + std::to_string(layers);
+      fs::remove_all(dir_);
+      WriteTinyModel(dir_, {.bi_gru = bi, .num_layers = layers});
+      auto cpu = ScanModel::Load(dir_.string());
+      ASSERT_TRUE(cpu.ok()) << cpu.status();
+      ModelLoadOptions options;
+      options.device = EncoderDevice::Cuda(0);
+      auto cuda = ScanModel::Load(dir_.string(), options);
+      ASSERT_TRUE(cuda.ok()) << cuda.status();
+      EXPECT_EQ((*cuda)->device().ToString(), "cuda:0");
+
+      // Lengths 1..40, unsorted, so that packing reorders the batch.
+      std::mt19937 rng(5);
+      std::uniform_int_distribution<int64_t> token(0, (*cpu)->config().vocab_size - 1);
+      std::vector<std::vector<int64_t>> batch;
+      for (int length : {7, 1, 40, 2, 13, 40, 3}) {
+        std::vector<int64_t> ids(static_cast<size_t>(length));
+        for (int64_t& id : ids) id = token(rng);
+        batch.push_back(std::move(ids));
+      }
+      auto expected = (*cpu)->EncodeCaptions(batch);
+      ASSERT_TRUE(expected.ok()) << expected.status();
+      auto together = (*cuda)->EncodeCaptions(batch);
+      ASSERT_TRUE(together.ok()) << together.status();
+      ASSERT_EQ(together->size(), batch.size());
+      for (size_t i = 0; i < batch.size(); ++i) {
+        ExpectClose((*together)[i], (*expected)[i], variant + " batched caption " + std::to_string(i));
+        auto alone = (*cuda)->EncodeCaption(batch[i]);
+        ASSERT_TRUE(alone.ok()) << alone.status();
+        ExpectClose(*alone, (*expected)[i], variant + " single caption " + std::to_string(i));
+      }
+
+      for (int64_t regions : {1, 36, 100}) {
+        FloatMatrix features(regions, (*cpu)->config().img_dim);
+        features.data = RandomValues(regions * features.cols, rng);
+        auto want = (*cpu)->EncodeRegions(features);
+        ASSERT_TRUE(want.ok()) << want.status();
+        auto got = (*cuda)->EncodeRegions(features);
+        ASSERT_TRUE(got.ok()) << got.status();
+        ExpectClose(*got, *want, variant + " " + std::to_string(regions) + " regions");
+      }
+
+      // Several threads at once, as the engine's searches and ingests call it.
+      std::vector<std::vector<FloatMatrix>> per_thread(4);
+      std::vector<std::thread> threads;
+      for (size_t t = 0; t < per_thread.size(); ++t) {
+        threads.emplace_back([&, t] {
+          for (int rep = 0; rep < 5; ++rep) {
+            auto out = (*cuda)->EncodeCaptions(batch);
+            if (out.ok()) per_thread[t] = *std::move(out);
+          }
+        });
+      }
+      for (std::thread& thread : threads) thread.join();
+      for (size_t t = 0; t < per_thread.size(); ++t) {
+        ASSERT_EQ(per_thread[t].size(), batch.size()) << variant << " thread " << t << " failed";
+        for (size_t i = 0; i < batch.size(); ++i) {
+          ExpectClose(per_thread[t][i], (*expected)[i], variant + " thread " + std::to_string(t));
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

@@ -204,8 +204,25 @@ TEST_F(RetrievalEngineTest, EmptyStoreSearchesReturnNothing) {
   const EngineStats stats = engine->Stats();
   EXPECT_EQ(stats.images, 0);
   EXPECT_EQ(stats.backend, "cpu");
+  EXPECT_EQ(stats.encoder_device, "cpu") << "auto with the cpu backend";
   EXPECT_EQ(stats.storage, "fp32");
   ASSERT_EQ(stats.model_summaries.size(), 1u);
+}
+
+TEST_F(RetrievalEngineTest, ExplicitEncoderDeviceIsUsedOrRefused) {
+  RetrievalEngineOptions options = Options(/*ensemble=*/true);
+  options.encoder_device = EncoderDevice::Cpu();
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(engine->Stats().encoder_device, "cpu");
+  engine.reset();
+
+  std::string why;
+  if (ScanModel::CudaAvailable(&why)) GTEST_SKIP() << "CUDA is usable here; the refusal needs a machine without it";
+  options.encoder_device = EncoderDevice::Cuda(0);
+  auto refused = RetrievalEngine::Create(options);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kFailedPrecondition) << refused.status();
+  EXPECT_NE(refused.status().message().find("cuda:0"), std::string::npos) << refused.status();
 }
 
 TEST_F(RetrievalEngineTest, SearchImagesEqualsTheOfflineSimilarities) {
@@ -483,6 +500,37 @@ TEST_F(RetrievalEngineTest, CapacityIsResourceExhaustedPerItem) {
   EXPECT_TRUE(fits[0].status.ok()) << fits[0].status;
   EXPECT_EQ(fits[1].status.code(), absl::StatusCode::kResourceExhausted) << fits[1].status;
   EXPECT_NE(fits[1].status.message().find("max_feature_bytes"), std::string::npos);
+}
+
+TEST_F(RetrievalEngineTest, StoreBeyondTheScorerMemoryLimitRefusesToStart) {
+  // A restart with a limit below what is stored must not serve part of the acked items: start-up
+  // fails with RESOURCE_EXHAUSTED, saying what to change, and the store is left intact.
+  RetrievalEngineOptions options = Options();
+  int64_t stored_bytes = 0;
+  {
+    auto engine = Make(options);
+    ASSERT_NE(engine, nullptr);
+    ExpectAllOk(engine->UpsertImages(SomeImages(6)));
+    ExpectAllOk(engine->UpsertCaptions(SomeCaptions()));
+    stored_bytes = engine->Stats().feature_bytes;
+  }
+  ASSERT_GT(stored_bytes, 0);
+  RetrievalEngineOptions tight = options;
+  tight.max_feature_bytes = stored_bytes / 2;
+  auto refused = RetrievalEngine::Create(tight);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_NE(refused.status().message().find("max-feature-bytes"), std::string::npos)
+      << refused.status();
+  // With room again (the limit counts estimates, within 2x of the scorers' bytes), nothing was
+  // lost.
+  RetrievalEngineOptions roomy = options;
+  roomy.max_feature_bytes = stored_bytes * 2;
+  auto engine = Make(roomy);
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(engine->Stats().images, 6);
+  EXPECT_EQ(engine->Stats().captions, static_cast<int64_t>(kCaptions.size()));
+  EXPECT_EQ(engine->Stats().feature_bytes, stored_bytes);
 }
 
 TEST_F(RetrievalEngineTest, LargeUpsertIsCommittedInBoundedBatches) {

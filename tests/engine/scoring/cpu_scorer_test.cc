@@ -18,6 +18,8 @@ using testing_util::CompareResult;
 using testing_util::CompareWithReference;
 using testing_util::ItemGenerator;
 using testing_util::kBf16MaxRelErr;
+using testing_util::kFp8MaxRelErr;
+using testing_util::kFp8MinTop10Overlap;
 using testing_util::kBf16MinTop10Overlap;
 using testing_util::kFp32MaxRelErr;
 using testing_util::MakeConfig;
@@ -393,55 +395,100 @@ TEST(CpuScorerStore, MutationsTrackReference) {
 // ---------------------------------------------------------------------------------------------
 // bf16 storage.
 
-TEST(CpuScorerBf16, ExactOnRoundedItems) {
-  // bf16 scores are the exact scores of the rounded items: compare with the oracle fed the
-  // rounded values, at the fp32 tolerance.
-  for (CrossAttention cross : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
-    for (ItemKind kind : {ItemKind::kImage, ItemKind::kCaption}) {
-      CompareOptions o = Realistic();
-      o.attention.cross_attn = cross;
-      o.stored_kind = kind;
-      o.num_stored = 30;
-      o.cpu.block_rows = 200;
-      SCOPED_TRACE(o.ToString());
-      TestData t = MakeTestData(o);
-      std::vector<FloatMatrix> rounded;
-      for (const FloatMatrix& m : t.stored) rounded.push_back(testing_util::RoundedToBFloat16(m));
-      auto cpu = CpuScorer::Create(MakeConfig(o, StorageType::kBFloat16), o.cpu);
-      auto ref = ReferenceScorer::Create(MakeConfig(o, StorageType::kFloat32));
-      ASSERT_TRUE(cpu.ok() && ref.ok());
-      ASSERT_TRUE((*cpu)->Add(t.keys, Views(t.stored)).ok());
-      ASSERT_TRUE((*ref)->Add(t.keys, Views(rounded)).ok());
-      FloatMatrix s_cpu, s_ref;
-      ASSERT_TRUE((*cpu)->ScoreAll(Views(t.queries), &s_cpu).ok());
-      ASSERT_TRUE((*ref)->ScoreAll(Views(t.queries), &s_ref).ok());
-      std::string worst;
-      EXPECT_LE(MaxRelErr(s_cpu, (*cpu)->keys(), s_ref, (*ref)->keys(), &worst), kFp32MaxRelErr)
-          << worst;
-      EXPECT_LT((*cpu)->memory_bytes(),
-                static_cast<int64_t>(t.stored.size()) * 36 * o.dim * 4 * 6 / 10);
+TEST(CpuScorerNarrowStorage, ExactOnRoundedItems) {
+  // bf16 and fp8 scores are the exact scores of the rounded items: compare with the oracle fed
+  // the rounded values, at the fp32 tolerance. Memory: values at 2 (bf16) or 1 (fp8) bytes.
+  struct Case {
+    StorageType storage;
+    double max_memory_vs_fp32;
+  };
+  for (const Case& c : {Case{StorageType::kBFloat16, 0.6}, Case{StorageType::kFp8E4M3, 0.35}}) {
+    for (CrossAttention cross : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
+      for (ItemKind kind : {ItemKind::kImage, ItemKind::kCaption}) {
+        CompareOptions o = Realistic();
+        o.attention.cross_attn = cross;
+        o.stored_kind = kind;
+        o.num_stored = 30;
+        o.cpu.block_rows = 200;
+        o.storage = c.storage;
+        SCOPED_TRACE(o.ToString());
+        TestData t = MakeTestData(o);
+        std::vector<FloatMatrix> rounded;
+        int64_t values = 0;
+        for (const FloatMatrix& m : t.stored) {
+          rounded.push_back(testing_util::RoundedTo(c.storage, m));
+          values += static_cast<int64_t>(m.data.size());
+        }
+        auto cpu = CpuScorer::Create(MakeConfig(o, c.storage), o.cpu);
+        auto ref = ReferenceScorer::Create(MakeConfig(o, StorageType::kFloat32));
+        ASSERT_TRUE(cpu.ok() && ref.ok());
+        ASSERT_TRUE((*cpu)->Add(t.keys, Views(t.stored)).ok());
+        ASSERT_TRUE((*ref)->Add(t.keys, Views(rounded)).ok());
+        FloatMatrix s_cpu, s_ref;
+        ASSERT_TRUE((*cpu)->ScoreAll(Views(t.queries), &s_cpu).ok());
+        ASSERT_TRUE((*ref)->ScoreAll(Views(t.queries), &s_ref).ok());
+        std::string worst;
+        EXPECT_LE(MaxRelErr(s_cpu, (*cpu)->keys(), s_ref, (*ref)->keys(), &worst), kFp32MaxRelErr)
+            << worst;
+        EXPECT_LT((*cpu)->memory_bytes(), values * 4 * c.max_memory_vs_fp32);
+      }
     }
   }
 }
 
-TEST(CpuScorerBf16, AgreesWithFp32WithinTolerance) {
-  // Against the fp32 oracle on the original data: the error bf16 rounding introduces, and the
-  // ranking agreement (reported; required >= kBf16MinTop10Overlap).
-  for (CrossAttention cross : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
-    CompareOptions o = Realistic();
-    o.attention.cross_attn = cross;
-    o.storage = StorageType::kBFloat16;
-    o.num_stored = 120;
-    o.num_queries = 12;
-    o.max_rel_err = kBf16MaxRelErr;
-    const CompareResult r = CompareWithReference(o);
-    std::printf("[bf16 vs fp32] %s: max rel err %.3g, mean top-10 overlap %.3f\n",
-                std::string(ToString(cross)).c_str(), r.max_rel_err, r.mean_top10_overlap);
-    ::testing::Test::RecordProperty(std::string("bf16_max_rel_err_") + std::string(ToString(cross)),
-                                    std::to_string(r.max_rel_err));
-    ::testing::Test::RecordProperty(std::string("bf16_top10_overlap_") + std::string(ToString(cross)),
-                                    std::to_string(r.mean_top10_overlap));
-    EXPECT_GE(r.mean_top10_overlap, kBf16MinTop10Overlap) << o.ToString();
+TEST(CpuScorerNarrowStorage, Fp8SurvivesCompactionAndUpsert) {
+  // Removing most items compacts the arena (codes and row scales move together); an upsert
+  // re-encodes. Scores stay those of the rounded items.
+  CompareOptions o = Realistic();
+  o.num_stored = 40;
+  o.storage = StorageType::kFp8E4M3;
+  TestData t = MakeTestData(o);
+  auto cpu = CpuScorer::Create(MakeConfig(o, StorageType::kFp8E4M3), o.cpu);
+  auto ref = ReferenceScorer::Create(MakeConfig(o, StorageType::kFloat32));
+  ASSERT_TRUE(cpu.ok() && ref.ok());
+  std::vector<FloatMatrix> rounded;
+  for (const FloatMatrix& m : t.stored) rounded.push_back(testing_util::RoundedToFp8(m));
+  ASSERT_TRUE((*cpu)->Add(t.keys, Views(t.stored)).ok());
+  ASSERT_TRUE((*ref)->Add(t.keys, Views(rounded)).ok());
+  const std::vector<int64_t> gone(t.keys.begin(), t.keys.begin() + 30);
+  ASSERT_TRUE((*cpu)->Remove(gone).ok());
+  ASSERT_TRUE((*ref)->Remove(gone).ok());
+  // Upsert the last key with the first (removed) item's values.
+  const std::vector<int64_t> upsert = {t.keys.back()};
+  ASSERT_TRUE((*cpu)->Add(upsert, Views({t.stored.front()})).ok());
+  ASSERT_TRUE((*ref)->Add(upsert, Views({rounded.front()})).ok());
+  FloatMatrix s_cpu, s_ref;
+  ASSERT_TRUE((*cpu)->ScoreAll(Views(t.queries), &s_cpu).ok());
+  ASSERT_TRUE((*ref)->ScoreAll(Views(t.queries), &s_ref).ok());
+  EXPECT_EQ((*cpu)->keys(), (*ref)->keys());
+  EXPECT_LE(MaxRelErr(s_cpu, (*cpu)->keys(), s_ref, (*ref)->keys()), kFp32MaxRelErr);
+}
+
+TEST(CpuScorerNarrowStorage, AgreesWithFp32WithinTolerance) {
+  // Against the fp32 oracle on the original data: the error bf16 / fp8 rounding introduces, and
+  // the ranking agreement (reported as test properties; required >= the stated overlap).
+  struct Case {
+    StorageType storage;
+    double max_rel_err;
+    double min_top10_overlap;
+  };
+  for (const Case& c : {Case{StorageType::kBFloat16, kBf16MaxRelErr, kBf16MinTop10Overlap},
+                        Case{StorageType::kFp8E4M3, kFp8MaxRelErr, kFp8MinTop10Overlap}}) {
+    for (CrossAttention cross : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
+      CompareOptions o = Realistic();
+      o.attention.cross_attn = cross;
+      o.storage = c.storage;
+      o.num_stored = 120;
+      o.num_queries = 12;
+      o.max_rel_err = c.max_rel_err;
+      const CompareResult r = CompareWithReference(o);
+      const std::string name = absl::StrCat(StorageTypeName(c.storage), "_", ToString(cross));
+      std::printf("[%s vs fp32]: max rel err %.3g, mean top-10 overlap %.3f\n", name.c_str(),
+                  r.max_rel_err, r.mean_top10_overlap);
+      ::testing::Test::RecordProperty("max_rel_err_" + name, std::to_string(r.max_rel_err));
+      ::testing::Test::RecordProperty("top10_overlap_" + name, std::to_string(r.mean_top10_overlap));
+      EXPECT_GE(r.mean_top10_overlap, c.min_top10_overlap) << o.ToString();
+    }
   }
 }
 

@@ -35,6 +35,9 @@ constexpr double kCudaBf16SplitMaxRelErr = 1e-4;
 constexpr double kCudaBf16MaxRelErr = testing_util::kBf16MaxRelErr;  // 3e-3
 // Top-10 agreement of CUDA bf16 with CPU fp32 (exact) scoring, mean over queries.
 constexpr double kCudaBf16MinTop10Overlap = testing_util::kBf16MinTop10Overlap;  // 0.9
+// fp8 storage: the device encodes bit for bit as the CPU does and widens to bf16 exactly, so
+// against CpuScorer fp8 it is bf16-split's tolerance; against fp32, fp8's own (3e-2, 0.85).
+constexpr double kCudaFp8MaxRelErr = kCudaBf16SplitMaxRelErr;
 
 #define SCANSERVE_SKIP_WITHOUT_CUDA()                                  \
   do {                                                                 \
@@ -53,10 +56,10 @@ struct CudaCompareOptions {
 
   std::string ToString() const {
     return absl::StrCat(data.ToString(),
-                        " cpu_storage=", cpu_storage == StorageType::kFloat32 ? "fp32" : "bf16",
+                        " cpu_storage=", StorageTypeName(cpu_storage),
                         " query_precision=",
                         cuda.query_precision == CudaQueryPrecision::kBf16Split ? "bf16x2" : "bf16",
-                        " slab_rows=", cuda.slab_rows,
+                        " slab_rows=", cuda.slab_rows, " fused=", cuda.fused_products,
                         " max_product_bytes=", cuda.max_product_bytes);
   }
 };
@@ -212,72 +215,153 @@ TEST(CudaScorerTest, HugeItemsUseGlobalScratch) {
   }
 }
 
-TEST(CudaScorerTest, Bf16SplitMatchesCpuBf16) {
-  SCANSERVE_SKIP_WITHOUT_CUDA();
+// Every attention mode, both stored kinds, CUDA and CPU on the same narrow storage.
+void CompareEveryModeWithCpu(StorageType storage, double max_rel_err) {
   for (ItemKind stored : {ItemKind::kImage, ItemKind::kCaption}) {
     for (const AttentionParams& a : AllAttentionModes()) {
       if (a.pooling == Pooling::kSum) continue;  // as Mean, scaled
       CudaCompareOptions o;
       o.data.stored_kind = stored;
       o.data.attention = a;
-      o.data.storage = StorageType::kBFloat16;
-      o.cpu_storage = StorageType::kBFloat16;
-      o.max_rel_err = kCudaBf16SplitMaxRelErr;
+      o.data.storage = storage;
+      o.cpu_storage = storage;
+      o.max_rel_err = max_rel_err;
       CompareWithCpu(o);
     }
   }
 }
 
+// Realistic shapes (36 regions, 10-20 words) against the fp32 oracle: the stated tolerance and
+// the mean top-10 overlap, recorded as a test property.
+void CompareWithFp32Oracle(StorageType storage, CudaQueryPrecision qp, int64_t dim,
+                           double max_rel_err, double min_overlap) {
+  for (CrossAttention ca : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
+    CudaCompareOptions o;
+    o.data.attention.cross_attn = ca;
+    o.data.storage = storage;
+    o.data.dim = dim;
+    o.data.num_stored = 400;
+    o.data.num_queries = 16;
+    o.data.min_regions = 36;
+    o.data.max_regions = 36;
+    o.data.min_words = 10;
+    o.data.max_words = 20;
+    o.cuda.query_precision = qp;
+    o.cpu_storage = StorageType::kFloat32;
+    o.max_rel_err = max_rel_err;
+    const CudaCompareResult r = CompareWithCpu(o);
+    const std::string name =
+        absl::StrCat(StorageTypeName(storage), "_",
+                     qp == CudaQueryPrecision::kBf16Split ? "q-bf16x2_" : "q-bf16_", ToString(ca));
+    std::printf("[cuda %s vs cpu fp32] %s: max rel err %.3g, mean top-10 overlap %.3f\n",
+                name.c_str(), o.ToString().c_str(), r.max_rel_err, r.mean_top10_overlap);
+    EXPECT_GE(r.mean_top10_overlap, min_overlap) << o.ToString();
+    ::testing::Test::RecordProperty("top10_overlap_" + name, absl::StrCat(r.mean_top10_overlap));
+  }
+}
+
+TEST(CudaScorerTest, Bf16SplitMatchesCpuBf16) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  CompareEveryModeWithCpu(StorageType::kBFloat16, kCudaBf16SplitMaxRelErr);
+}
+
 TEST(CudaScorerTest, Bf16AgainstFp32OracleTop10) {
   SCANSERVE_SKIP_WITHOUT_CUDA();
   for (CudaQueryPrecision qp : {CudaQueryPrecision::kBf16Split, CudaQueryPrecision::kBf16}) {
-    for (CrossAttention ca : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
-      CudaCompareOptions o;
-      o.data.attention.cross_attn = ca;
-      o.data.storage = StorageType::kBFloat16;
-      o.data.dim = 256;
-      o.data.num_stored = 400;
-      o.data.num_queries = 16;
-      o.data.min_regions = 36;
-      o.data.max_regions = 36;
-      o.data.min_words = 10;
-      o.data.max_words = 20;
-      o.cuda.query_precision = qp;
-      o.cpu_storage = StorageType::kFloat32;
-      o.max_rel_err = kCudaBf16MaxRelErr;
-      const CudaCompareResult r = CompareWithCpu(o);
-      std::printf("[cuda bf16 vs cpu fp32] %s: max rel err %.3g, mean top-10 overlap %.3f\n",
-                  o.ToString().c_str(), r.max_rel_err, r.mean_top10_overlap);
-      EXPECT_GE(r.mean_top10_overlap, kCudaBf16MinTop10Overlap) << o.ToString();
-      ::testing::Test::RecordProperty(
-          absl::StrCat("top10_overlap_", qp == CudaQueryPrecision::kBf16Split ? "bf16x2_" : "bf16_",
-                       ToString(ca)),
-          absl::StrCat(r.mean_top10_overlap));
+    CompareWithFp32Oracle(StorageType::kBFloat16, qp, 256, kCudaBf16MaxRelErr,
+                          kCudaBf16MinTop10Overlap);
+  }
+}
+
+// The fused pass (tensor-core products in shared memory) against the CPU on the same storage,
+// every mode, several query groups; shapes kept within its shared-memory budget, and the pass
+// counters prove it ran.
+TEST(CudaScorerTest, FusedProductsMatchCpu) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  for (StorageType storage : {StorageType::kBFloat16, StorageType::kFp8E4M3}) {
+    for (ItemKind stored : {ItemKind::kImage, ItemKind::kCaption}) {
+      for (const AttentionParams& a : AllAttentionModes()) {
+        if (a.pooling == Pooling::kSum) continue;
+        CudaCompareOptions o;
+        o.data.stored_kind = stored;
+        o.data.attention = a;
+        o.data.storage = storage;
+        o.data.num_queries = 12;  // > 128 stacked rows: several groups
+        o.data.max_regions = 40;
+        o.data.max_words = 30;
+        o.data.dim = 64;
+        o.cpu_storage = storage;
+        o.cuda.fused_products = true;
+        o.max_rel_err = kCudaBf16SplitMaxRelErr;
+        CompareWithCpu(o);
+      }
     }
   }
+  // The counters: a fused scorer runs fused passes; dim % 16 != 0 falls back to the GEMM path.
+  for (int64_t dim : {64, 24}) {
+    CudaCompareOptions o;
+    o.data.storage = StorageType::kBFloat16;
+    o.data.dim = dim;
+    o.data.max_regions = 40;
+    o.data.max_words = 30;
+    const TestData t = MakeTestData(o.data);
+    CudaScorerOptions fused;
+    fused.fused_products = true;
+    auto cuda = MakeCuda(MakeConfig(o.data, StorageType::kBFloat16), fused);
+    ASSERT_NE(cuda, nullptr);
+    ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+    FloatMatrix scores;
+    ASSERT_TRUE(cuda->ScoreAll(Views(t.queries), &scores).ok());
+    EXPECT_EQ(cuda->pass_counts().fused, dim % 16 == 0 ? 1 : 0) << "dim " << dim;
+    EXPECT_EQ(cuda->pass_counts().gemm, dim % 16 == 0 ? 0 : 1) << "dim " << dim;
+  }
+}
+
+TEST(CudaScorerTest, Fp8MatchesCpuFp8) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  CompareEveryModeWithCpu(StorageType::kFp8E4M3, kCudaFp8MaxRelErr);
+  // Chunks smaller than a slab, so several widenings per pass.
+  CudaCompareOptions o;
+  o.data.storage = StorageType::kFp8E4M3;
+  o.cpu_storage = StorageType::kFp8E4M3;
+  o.data.num_stored = 300;
+  o.cuda.slab_rows = 2000;
+  o.cuda.max_product_bytes = 64 * 1024;
+  o.max_rel_err = kCudaFp8MaxRelErr;
+  CompareWithCpu(o);
+}
+
+TEST(CudaScorerTest, Fp8AgainstFp32OracleTop10) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  CompareWithFp32Oracle(StorageType::kFp8E4M3, CudaQueryPrecision::kBf16Split, 1024,
+                        testing_util::kFp8MaxRelErr, testing_util::kFp8MinTop10Overlap);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Add / Remove / upsert: the same operations on both scorers keep the same keys and scores.
 
 void ExpectSameState(Scorer& cuda, Scorer& cpu, const std::vector<FloatMatrix>& queries,
-                     const std::string& when) {
+                     const std::string& when, double max_rel_err = kCudaFp32MaxRelErr) {
   EXPECT_EQ(cuda.size(), cpu.size()) << when;
   EXPECT_EQ(cuda.keys(), cpu.keys()) << when;
   FloatMatrix a, b;
   ASSERT_TRUE(cuda.ScoreAll(Views(queries), &a).ok()) << when;
   ASSERT_TRUE(cpu.ScoreAll(Views(queries), &b).ok()) << when;
-  EXPECT_LE(MaxRelErr(a, cuda.keys(), b, cpu.keys()), kCudaFp32MaxRelErr) << when;
+  EXPECT_LE(MaxRelErr(a, cuda.keys(), b, cpu.keys()), max_rel_err) << when;
 }
 
-TEST(CudaScorerTest, AddRemoveUpsert) {
+class CudaScorerStorageTest : public ::testing::TestWithParam<StorageType> {};
+
+TEST_P(CudaScorerStorageTest, AddRemoveUpsert) {
   SCANSERVE_SKIP_WITHOUT_CUDA();
+  const StorageType storage = GetParam();
+  const double tolerance = storage == StorageType::kFloat32 ? kCudaFp32MaxRelErr : kCudaFp8MaxRelErr;
   CompareOptions data;
   data.num_stored = 0;
   CudaScorerOptions small;
   small.slab_rows = 120;  // several slabs, so compaction and slab removal are exercised
-  auto cuda = MakeCuda(MakeConfig(data, StorageType::kFloat32), small);
-  auto cpu = MakeCpu(MakeConfig(data, StorageType::kFloat32));
+  auto cuda = MakeCuda(MakeConfig(data, storage), small);
+  auto cpu = MakeCpu(MakeConfig(data, storage));
   ASSERT_TRUE(cuda && cpu);
   ItemGenerator gen(data.dim, 5);
   std::vector<FloatMatrix> queries;
@@ -288,12 +372,12 @@ TEST(CudaScorerTest, AddRemoveUpsert) {
     for (size_t i = 0; i < keys.size(); ++i) items.push_back(gen.Item(gen.Uniform(1, 50)));
     ASSERT_TRUE(cuda->Add(keys, Views(items)).ok()) << when;
     ASSERT_TRUE(cpu->Add(keys, Views(items)).ok()) << when;
-    ExpectSameState(*cuda, *cpu, queries, when);
+    ExpectSameState(*cuda, *cpu, queries, when, tolerance);
   };
   auto remove = [&](std::vector<int64_t> keys, const std::string& when) {
     ASSERT_TRUE(cuda->Remove(keys).ok()) << when;
     ASSERT_TRUE(cpu->Remove(keys).ok()) << when;
-    if (cuda->size() > 0) ExpectSameState(*cuda, *cpu, queries, when);
+    if (cuda->size() > 0) ExpectSameState(*cuda, *cpu, queries, when, tolerance);
     EXPECT_EQ(cuda->keys(), cpu->keys()) << when;
   };
 
@@ -317,6 +401,12 @@ TEST(CudaScorerTest, AddRemoveUpsert) {
   EXPECT_FALSE(cuda->Add({50, 51}, {ItemView(ok_item), ItemView(nullptr, 2)}).ok());
   EXPECT_EQ(cuda->keys(), (std::vector<int64_t>{42, 43}));
 }
+
+INSTANTIATE_TEST_SUITE_P(Storage, CudaScorerStorageTest,
+                         ::testing::Values(StorageType::kFloat32, StorageType::kFp8E4M3),
+                         [](const ::testing::TestParamInfo<StorageType>& info) {
+                           return std::string(StorageTypeName(info.param));
+                         });
 
 // Identical items under different keys: every score ties, so Search must order by key.
 TEST(CudaScorerTest, SearchTiesBySmallerKey) {
