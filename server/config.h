@@ -24,6 +24,7 @@ struct ServerConfig {
   // FAILED_PRECONDITION). Its max_image_bytes follows server.detection.max_image_bytes.
   DetectorOptions detector;
   std::string config_file;         // where the file settings came from, if any
+  bool storage_given = false;      // --storage (or the file's) was set; else it follows the backend
   double shutdown_grace_s = 10.0;  // Stop()'s deadline after SIGTERM/SIGINT
 };
 

@@ -72,36 +72,43 @@ ServerMetrics::ServerMetrics(const std::string& version)
 
   batch_size_ = &prometheus::BuildHistogram()
                      .Name("scanserve_batch_size")
-                     .Help("Caption queries per merged text-to-image engine call.")
-                     .Register(r)
-                     .Add({}, CountBuckets());
+                     .Help("Queries per merged engine search call, by direction.")
+                     .Register(r);
   batch_requests_ = &prometheus::BuildHistogram()
                          .Name("scanserve_batch_requests")
-                         .Help("SearchImages requests merged into one engine call.")
-                         .Register(r)
-                         .Add({}, CountBuckets());
+                         .Help("Search requests merged into one engine call, by direction.")
+                         .Register(r);
   queue_depth_ = &prometheus::BuildGauge()
                       .Name("scanserve_queue_depth")
-                      .Help("SearchImages requests waiting in the dynamic batcher's queue.")
-                      .Register(r)
-                      .Add({});
+                      .Help("Search requests waiting in the dynamic batcher's queue, by direction.")
+                      .Register(r);
   queue_wait_seconds_ = &prometheus::BuildHistogram()
                              .Name("scanserve_queue_wait_seconds")
-                             .Help("Time a SearchImages request waited in the batcher's queue, seconds.")
-                             .Register(r)
-                             .Add({}, ShortLatencyBuckets());
+                             .Help("Time a search request waited in the batcher's queue, seconds, by "
+                                   "direction.")
+                             .Register(r);
   batcher_rejected_ = &prometheus::BuildCounter()
                            .Name("scanserve_batcher_rejected_total")
-                           .Help("SearchImages requests answered without scoring, by reason "
+                           .Help("Search requests answered without scoring, by direction and reason "
                                  "(queue_full, deadline, cancelled, shutdown).")
                            .Register(r);
 
   engine_search_seconds_ =
       &prometheus::BuildHistogram()
            .Name("scanserve_engine_search_seconds")
-           .Help("One engine search call (query encoding + SCAN scoring + top-k; the engine does not "
-                 "split them), seconds, by direction.")
+           .Help("One engine search call (query encoding + SCAN scoring + top-k; split in "
+                 "scanserve_engine_{encode,score}_seconds_total), seconds, by direction.")
            .Register(r);
+  engine_encode_seconds_ = &prometheus::BuildCounter()
+                               .Name("scanserve_engine_encode_seconds_total")
+                               .Help("Search time spent turning queries into embeddings, seconds, "
+                                     "by direction.")
+                               .Register(r);
+  engine_score_seconds_ = &prometheus::BuildCounter()
+                              .Name("scanserve_engine_score_seconds_total")
+                              .Help("Search time spent scoring the stored items (SCAN) and "
+                                    "selecting the top k, seconds, by direction.")
+                              .Register(r);
   engine_upsert_seconds_ = &prometheus::BuildHistogram()
                                 .Name("scanserve_engine_upsert_seconds")
                                 .Help("One engine upsert call (encoding + durable write), seconds, by kind.")
@@ -180,12 +187,20 @@ ServerMetrics::ServerMetrics(const std::string& version)
   // Create the fixed label combinations now, so that they are exposed (as 0) before first use.
   for (SearchDirection d : {SearchDirection::kTextToImage, SearchDirection::kImageToText}) {
     engine_search_seconds(d);
+    engine_phase_seconds(d, false);
+    engine_phase_seconds(d, true);
+    batch_size(d);
+    batch_requests(d);
+    queue_depth(d);
+    queue_wait_seconds(d);
+    for (const char* reason : {"queue_full", "deadline", "cancelled", "shutdown"}) {
+      batcher_rejected(d, reason);
+    }
   }
   for (IngestKind k : {IngestKind::kImage, IngestKind::kCaption}) {
     engine_upsert_seconds(k);
     ingest_items(k, absl::StatusCode::kOk);
   }
-  for (const char* reason : {"queue_full", "deadline", "cancelled", "shutdown"}) batcher_rejected(reason);
   for (absl::StatusCode code : {absl::StatusCode::kOk, absl::StatusCode::kInvalidArgument,
                                 absl::StatusCode::kResourceExhausted}) {
     detector_images(code);
@@ -196,8 +211,30 @@ prometheus::Counter& ServerMetrics::detector_images(absl::StatusCode code) {
   return detector_images_->Add({{"result", GrpcCodeName(code)}});
 }
 
-prometheus::Counter& ServerMetrics::batcher_rejected(const std::string& reason) {
-  return batcher_rejected_->Add({{"reason", reason}});
+prometheus::Counter& ServerMetrics::batcher_rejected(SearchDirection direction,
+                                                    const std::string& reason) {
+  return batcher_rejected_->Add({{"direction", DirectionLabel(direction)}, {"reason", reason}});
+}
+
+prometheus::Counter& ServerMetrics::engine_phase_seconds(SearchDirection direction, bool score) {
+  return (score ? engine_score_seconds_ : engine_encode_seconds_)
+      ->Add({{"direction", DirectionLabel(direction)}});
+}
+
+prometheus::Histogram& ServerMetrics::batch_size(SearchDirection direction) {
+  return batch_size_->Add({{"direction", DirectionLabel(direction)}}, CountBuckets());
+}
+
+prometheus::Histogram& ServerMetrics::batch_requests(SearchDirection direction) {
+  return batch_requests_->Add({{"direction", DirectionLabel(direction)}}, CountBuckets());
+}
+
+prometheus::Gauge& ServerMetrics::queue_depth(SearchDirection direction) {
+  return queue_depth_->Add({{"direction", DirectionLabel(direction)}});
+}
+
+prometheus::Histogram& ServerMetrics::queue_wait_seconds(SearchDirection direction) {
+  return queue_wait_seconds_->Add({{"direction", DirectionLabel(direction)}}, ShortLatencyBuckets());
 }
 
 prometheus::Histogram& ServerMetrics::engine_search_seconds(SearchDirection direction) {
@@ -232,6 +269,19 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
   if (stats.store_sync_seconds > seen_sync_seconds_) {
     store_sync_seconds_->Increment(stats.store_sync_seconds - seen_sync_seconds_);
     seen_sync_seconds_ = stats.store_sync_seconds;
+  }
+  for (SearchDirection d : {SearchDirection::kTextToImage, SearchDirection::kImageToText}) {
+    const bool t2i = d == SearchDirection::kTextToImage;
+    const SearchPhaseSeconds& now = t2i ? stats.text_to_image : stats.image_to_text;
+    SearchPhaseSeconds& seen = seen_phases_[t2i ? 0 : 1];
+    if (now.encode > seen.encode) {
+      engine_phase_seconds(d, false).Increment(now.encode - seen.encode);
+      seen.encode = now.encode;
+    }
+    if (now.score > seen.score) {
+      engine_phase_seconds(d, true).Increment(now.score - seen.score);
+      seen.score = now.score;
+    }
   }
 }
 

@@ -49,25 +49,27 @@ class ServerMetrics {
   // go-grpc-prometheus).
   static const prometheus::Histogram::BucketBoundaries& LatencyBuckets();
 
-  // ---- dynamic batcher (text->image search) ----
+  // ---- dynamic batchers (label direction: text_to_image = SearchImages, image_to_text =
+  // SearchCaptions) ----
 
-  // scanserve_batch_size: caption queries per merged text->image engine call.
-  prometheus::Histogram& batch_size() { return *batch_size_; }
-  // scanserve_batch_requests: SearchImages requests merged into one engine call.
-  prometheus::Histogram& batch_requests() { return *batch_requests_; }
-  // scanserve_queue_depth: SearchImages requests waiting in the batcher's queue.
-  prometheus::Gauge& queue_depth() { return *queue_depth_; }
-  // scanserve_queue_wait_seconds: time a request waited in the queue before its batch ran, seconds.
-  prometheus::Histogram& queue_wait_seconds() { return *queue_wait_seconds_; }
-  // scanserve_batcher_rejected_total{reason}: requests answered without scoring; reason is
-  // queue_full (RESOURCE_EXHAUSTED), deadline (DEADLINE_EXCEEDED), cancelled, or shutdown.
-  prometheus::Counter& batcher_rejected(const std::string& reason);
+  // scanserve_batch_size{direction}: queries per merged engine call.
+  prometheus::Histogram& batch_size(SearchDirection direction);
+  // scanserve_batch_requests{direction}: requests merged into one engine call.
+  prometheus::Histogram& batch_requests(SearchDirection direction);
+  // scanserve_queue_depth{direction}: requests waiting in the batcher's queue.
+  prometheus::Gauge& queue_depth(SearchDirection direction);
+  // scanserve_queue_wait_seconds{direction}: time a request waited in the queue before its batch
+  // ran, seconds.
+  prometheus::Histogram& queue_wait_seconds(SearchDirection direction);
+  // scanserve_batcher_rejected_total{direction, reason}: requests answered without scoring; reason
+  // is queue_full (RESOURCE_EXHAUSTED), deadline (DEADLINE_EXCEEDED), cancelled, or shutdown.
+  prometheus::Counter& batcher_rejected(SearchDirection direction, const std::string& reason);
 
   // ---- engine calls ----
 
   // scanserve_engine_search_seconds{direction}: one engine search call (text_to_image: caption
   // encoding + SCAN scoring + top-k over the stored images; image_to_text likewise over captions),
-  // seconds. The engine does not report encoding and scoring separately, so this is their sum.
+  // seconds: their sum per call; the split is in engine_phase_seconds below.
   prometheus::Histogram& engine_search_seconds(SearchDirection direction);
   // scanserve_engine_upsert_seconds{kind}: one engine upsert call (validation, encoding, durable
   // write, publication to the scorers), seconds.
@@ -107,8 +109,14 @@ class ServerMetrics {
   prometheus::Counter& store_synced_writes() { return *store_synced_writes_; }
   // scanserve_store_sync_seconds_total: time spent in those durable writes, seconds.
   prometheus::Counter& store_sync_seconds() { return *store_sync_seconds_; }
-  // Sets the gauges above from a Stats() snapshot, and advances the two store counters by how much
-  // the engine's cumulative values grew since the previous call (they never go down). Thread-safe.
+  // scanserve_engine_encode_seconds_total{direction} / scanserve_engine_score_seconds_total
+  // {direction}: the two phases of the engine's searches, summed (encode: queries to embeddings;
+  // score: SCAN scoring of every stored item + top-k), seconds. rate(score) / rate(encode) says
+  // whether the scorer or the encoder bounds a direction.
+  prometheus::Counter& engine_phase_seconds(SearchDirection direction, bool score);
+  // Sets the gauges above from a Stats() snapshot, and advances the cumulative counters (store,
+  // search phases) by how much the engine's values grew since the previous call (they never go
+  // down). Thread-safe.
   void UpdateFromStats(const EngineStats& stats);
 
  private:
@@ -118,13 +126,15 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* grpc_handled_;
   prometheus::Family<prometheus::Histogram>* grpc_handling_seconds_;
 
-  prometheus::Histogram* batch_size_;
-  prometheus::Histogram* batch_requests_;
-  prometheus::Gauge* queue_depth_;
-  prometheus::Histogram* queue_wait_seconds_;
+  prometheus::Family<prometheus::Histogram>* batch_size_;
+  prometheus::Family<prometheus::Histogram>* batch_requests_;
+  prometheus::Family<prometheus::Gauge>* queue_depth_;
+  prometheus::Family<prometheus::Histogram>* queue_wait_seconds_;
   prometheus::Family<prometheus::Counter>* batcher_rejected_;
 
   prometheus::Family<prometheus::Histogram>* engine_search_seconds_;
+  prometheus::Family<prometheus::Counter>* engine_encode_seconds_;
+  prometheus::Family<prometheus::Counter>* engine_score_seconds_;
   prometheus::Family<prometheus::Histogram>* engine_upsert_seconds_;
   prometheus::Family<prometheus::Counter>* ingest_items_;
 
@@ -146,6 +156,7 @@ class ServerMetrics {
   std::mutex stats_mu_;
   int64_t seen_synced_writes_ = 0;
   double seen_sync_seconds_ = 0;
+  SearchPhaseSeconds seen_phases_[2];  // [text_to_image, image_to_text]
 };
 
 }  // namespace scanserve

@@ -46,10 +46,12 @@ void AppendEngineResults(const std::vector<ItemResult>& engine_results, const st
 
 }  // namespace
 
-ScanServiceImpl::ScanServiceImpl(RetrievalEngine* engine, DynamicBatcher* batcher, DetectorPool* detector_pool,
+ScanServiceImpl::ScanServiceImpl(RetrievalEngine* engine, TextToImageBatcher* image_batcher,
+                                 ImageToTextBatcher* caption_batcher, DetectorPool* detector_pool,
                                  const Authenticator* auth, ServerMetrics* metrics, ScanServiceOptions options)
     : engine_(engine),
-      batcher_(batcher),
+      image_batcher_(image_batcher),
+      caption_batcher_(caption_batcher),
       detector_pool_(detector_pool),
       auth_(auth),
       metrics_(metrics),
@@ -61,9 +63,9 @@ grpc::Status ScanServiceImpl::SearchImages(grpc::ServerContext* context,
   if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
   absl::StatusOr<std::vector<std::string>> queries = QueriesFromProto(*request);
   if (!queries.ok()) return ToGrpcStatus(queries.status());
-  DynamicBatcher::Result results =
-      batcher_->Search(*std::move(queries), SearchParamsFromProto(*request), SteadyDeadline(*context),
-                       [context] { return context->IsCancelled(); });
+  TextToImageBatcher::Result results = image_batcher_->Search(
+      *std::move(queries), SearchParamsFromProto(*request), SteadyDeadline(*context),
+      [context] { return context->IsCancelled(); });
   if (!results.ok()) return ToGrpcStatus(results.status());
   for (const std::vector<ImageHit>& hits : *results) ImageHitsToProto(hits, response->add_results());
   return grpc::Status::OK;
@@ -83,10 +85,9 @@ grpc::Status ScanServiceImpl::SearchCaptions(grpc::ServerContext* context,
   }
   absl::StatusOr<std::vector<ImageQuery>> queries = ImageQueriesFromProto(*request, detect ? &detections : nullptr);
   if (!queries.ok()) return ToGrpcStatus(queries.status());
-  const SteadyClock::time_point start = SteadyClock::now();
-  absl::StatusOr<std::vector<std::vector<CaptionHit>>> results =
-      engine_->SearchCaptions(*queries, SearchParamsFromProto(*request));
-  metrics_->engine_search_seconds(SearchDirection::kImageToText).Observe(SecondsSince(start));
+  ImageToTextBatcher::Result results = caption_batcher_->Search(
+      *std::move(queries), SearchParamsFromProto(*request), SteadyDeadline(*context),
+      [context] { return context->IsCancelled(); });
   if (!results.ok()) return ToGrpcStatus(results.status());
   for (const std::vector<CaptionHit>& hits : *results) CaptionHitsToProto(hits, response->add_results());
   return grpc::Status::OK;

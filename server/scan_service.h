@@ -30,7 +30,8 @@ class ScanServiceImpl final : public v1::ScanService::Service {
  public:
   // Nothing is owned; everything outlives the service (Server owns them all). `detector_pool` may be
   // null: no detector, and image bytes are FAILED_PRECONDITION.
-  ScanServiceImpl(RetrievalEngine* engine, DynamicBatcher* batcher, DetectorPool* detector_pool,
+  ScanServiceImpl(RetrievalEngine* engine, TextToImageBatcher* image_batcher,
+                  ImageToTextBatcher* caption_batcher, DetectorPool* detector_pool,
                   const Authenticator* auth, ServerMetrics* metrics, ScanServiceOptions options);
 
   grpc::Status SearchImages(grpc::ServerContext* context, const v1::SearchImagesRequest* request,
@@ -59,7 +60,8 @@ class ScanServiceImpl final : public v1::ScanService::Service {
   void CountIngested(IngestKind kind, const std::vector<v1::ItemStatus>& results, size_t first);
 
   RetrievalEngine* const engine_;
-  DynamicBatcher* const batcher_;
+  TextToImageBatcher* const image_batcher_;    // SearchImages
+  ImageToTextBatcher* const caption_batcher_;  // SearchCaptions
   DetectorPool* const detector_pool_;  // null: no detector
   const Authenticator* const auth_;
   ServerMetrics* const metrics_;

@@ -70,10 +70,14 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
     server->tls_cert_pem_ = *std::move(cert);
     server->tls_key_pem_ = *std::move(key);
   }
-  absl::StatusOr<std::unique_ptr<DynamicBatcher>> batcher =
-      DynamicBatcher::Create(server->options_.batching, server->searcher_.get(), server->metrics_.get());
-  if (!batcher.ok()) return batcher.status();
-  server->batcher_ = *std::move(batcher);
+  absl::StatusOr<std::unique_ptr<TextToImageBatcher>> image_batcher = TextToImageBatcher::Create(
+      server->options_.batching, server->image_searcher_.get(), server->metrics_.get());
+  if (!image_batcher.ok()) return image_batcher.status();
+  server->image_batcher_ = *std::move(image_batcher);
+  absl::StatusOr<std::unique_ptr<ImageToTextBatcher>> caption_batcher = ImageToTextBatcher::Create(
+      server->options_.batching, server->caption_searcher_.get(), server->metrics_.get());
+  if (!caption_batcher.ok()) return caption_batcher.status();
+  server->caption_batcher_ = *std::move(caption_batcher);
   if (server->detector_ != nullptr) {
     absl::StatusOr<std::unique_ptr<DetectorPool>> pool =
         DetectorPool::Create(server->options_.detection, server->detector_.get(), server->metrics_.get());
@@ -84,7 +88,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
   service_options.ingest_batch_size = server->options_.ingest_batch_size;
   service_options.model_dirs = server->options_.model_dirs;
   service_options.version = server->options_.version;
-  server->service_ = std::make_unique<ScanServiceImpl>(server->engine_.get(), server->batcher_.get(),
+  server->service_ = std::make_unique<ScanServiceImpl>(server->engine_.get(), server->image_batcher_.get(),
+                                                       server->caption_batcher_.get(),
                                                        server->detector_pool_.get(), server->auth_.get(),
                                                        server->metrics_.get(), std::move(service_options));
   return server;
@@ -97,7 +102,8 @@ Server::Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine,
       detector_(std::move(detector)),
       metrics_(std::make_unique<ServerMetrics>(options_.version)),
       auth_(std::make_unique<Authenticator>(options_.auth_token)),
-      searcher_(std::make_unique<EngineSearcher>(engine_.get())) {}
+      image_searcher_(std::make_unique<EngineImageSearcher>(engine_.get())),
+      caption_searcher_(std::make_unique<EngineCaptionSearcher>(engine_.get())) {}
 
 Server::~Server() { Stop(std::chrono::system_clock::now()); }
 
@@ -182,7 +188,8 @@ void Server::Stop(std::chrono::system_clock::time_point deadline) {
   if (stopped_.exchange(true)) return;
   serving_ = false;
   if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->Shutdown();
-  if (batcher_ != nullptr) batcher_->Stop();
+  if (image_batcher_ != nullptr) image_batcher_->Stop();
+  if (caption_batcher_ != nullptr) caption_batcher_->Stop();
   if (detector_pool_ != nullptr) {
     // Queued images run until the deadline (on the pool's steady clock); the rest are UNAVAILABLE.
     if (deadline == std::chrono::system_clock::time_point::max()) {

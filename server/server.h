@@ -99,8 +99,10 @@ class Server {
   std::unique_ptr<RegionDetector> detector_;  // null: no detector
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<Authenticator> auth_;
-  std::unique_ptr<EngineSearcher> searcher_;
-  std::unique_ptr<DynamicBatcher> batcher_;
+  std::unique_ptr<EngineImageSearcher> image_searcher_;
+  std::unique_ptr<EngineCaptionSearcher> caption_searcher_;
+  std::unique_ptr<TextToImageBatcher> image_batcher_;    // SearchImages
+  std::unique_ptr<ImageToTextBatcher> caption_batcher_;  // SearchCaptions
   std::unique_ptr<DetectorPool> detector_pool_;  // null: no detector
   std::unique_ptr<ScanServiceImpl> service_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;

@@ -19,6 +19,8 @@
 #include "engine/retrieval/retrieval_engine.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
@@ -253,6 +255,16 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   const int64_t img_dim_;                      // shared by every model
   // max_feature_bytes, lowered to what the scorers' device can hold (FeatureBytesLimit).
   const int64_t feature_bytes_limit_;
+  // Search time per phase, nanoseconds since start: [direction][encode, score].
+  mutable std::atomic<int64_t> phase_ns_[2][2] = {};
+  enum Direction { kT2i = 0, kI2t = 1 };
+  enum Phase { kEncode = 0, kScore = 1 };
+  void AddPhase(Direction direction, Phase phase, std::chrono::steady_clock::time_point since) const {
+    phase_ns_[direction][phase].fetch_add(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - since)
+            .count(),
+        std::memory_order_relaxed);
+  }
   SimilarityOptions encode_options_;           // batch sizes for EncodeAll
 
   std::mutex writer_mu_;  // serialises writers; guards next_key_ (see the top of the file)
@@ -839,6 +851,7 @@ absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchIm
     const std::vector<std::string>& queries, const SearchParams& params) const {
   SCANSERVE_RETURN_IF_ERROR(ValidateParams(params, queries.size()));
   // Tokenise and encode with every model before taking the lock: it is the slow part.
+  const auto encode_start = std::chrono::steady_clock::now();
   std::vector<std::vector<std::vector<int64_t>>> ids(num_models());  // [model][query]
   std::vector<StackedItems> words(num_models());
   for (size_t m = 0; m < num_models(); ++m) {
@@ -861,15 +874,18 @@ absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchIm
     for (size_t q = 0; q < queries.size(); ++q)
       views[m].push_back(words[m].item(static_cast<int64_t>(q)));
   }
+  AddPhase(kT2i, kEncode, encode_start);
 
   std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
   if (closed_) return absl::FailedPreconditionError("the engine is closed");
   std::vector<std::vector<ImageHit>> results(queries.size());
   if (images_.size() == 0) return results;
+  const auto score_start = std::chrono::steady_clock::now();
   FloatMatrix scores;
   std::vector<int64_t> keys;
   SCANSERVE_RETURN_IF_ERROR(ScoreAveraged(views, &ModelSlot::images, &scores, &keys));
   const std::vector<std::vector<ScoredKey>> top = TopK(scores, keys, images_, params);
+  AddPhase(kT2i, kScore, score_start);
   for (size_t q = 0; q < queries.size(); ++q) {
     for (const ScoredKey& scored : top[q]) {
       const CatalogEntry& entry = images_.Get(scored.key);
@@ -954,6 +970,7 @@ absl::Status ScanRetrievalEngine::Explain(const std::vector<std::string>& querie
 absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::SearchCaptions(
     const std::vector<ImageQuery>& queries, const SearchParams& params) const {
   SCANSERVE_RETURN_IF_ERROR(ValidateParams(params, queries.size()));
+  const auto encode_start = std::chrono::steady_clock::now();
   std::vector<std::vector<FloatMatrix>> regions(queries.size());  // [query][model]
   std::vector<const FloatMatrix*> raw;
   std::vector<size_t> raw_index;
@@ -1007,8 +1024,10 @@ absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::Search
       regions[stored_index[j]] = std::move(records[j]->embeddings);
     }
   }
+  AddPhase(kI2t, kEncode, encode_start);
   std::vector<std::vector<CaptionHit>> results(queries.size());
   if (captions_.size() == 0) return results;
+  const auto score_start = std::chrono::steady_clock::now();
   std::vector<std::vector<ItemView>> views(num_models());
   for (size_t m = 0; m < num_models(); ++m) {
     for (size_t q = 0; q < queries.size(); ++q) views[m].push_back(ItemView(regions[q][m]));
@@ -1017,6 +1036,7 @@ absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::Search
   std::vector<int64_t> keys;
   SCANSERVE_RETURN_IF_ERROR(ScoreAveraged(views, &ModelSlot::captions, &scores, &keys));
   const std::vector<std::vector<ScoredKey>> top = TopK(scores, keys, captions_, params);
+  AddPhase(kI2t, kScore, score_start);
   for (size_t q = 0; q < queries.size(); ++q) {
     for (const ScoredKey& scored : top[q]) {
       const CatalogEntry& entry = captions_.Get(scored.key);
@@ -1057,6 +1077,11 @@ EngineStats ScanRetrievalEngine::Stats() const {
   stats.store_wal_bytes = store.wal_bytes;
   stats.store_synced_writes = store.synced_writes;
   stats.store_sync_seconds = store.sync_write_seconds;
+  const auto seconds = [this](Direction d, Phase p) {
+    return 1e-9 * static_cast<double>(phase_ns_[d][p].load(std::memory_order_relaxed));
+  };
+  stats.text_to_image = {seconds(kT2i, kEncode), seconds(kT2i, kScore)};
+  stats.image_to_text = {seconds(kI2t, kEncode), seconds(kI2t, kScore)};
   return stats;
 }
 

@@ -134,6 +134,12 @@ struct ItemResult {
   absl::Status status;
 };
 
+// Where one direction's search time went, summed over every search since the engine started.
+struct SearchPhaseSeconds {
+  double encode = 0;  // queries to embeddings (tokenising + BiGRU; region FC, stored-image reads)
+  double score = 0;   // SCAN scoring of every stored item + top-k (the scorers' pass)
+};
+
 struct EngineStats {
   int64_t images = 0;
   int64_t captions = 0;
@@ -146,6 +152,8 @@ struct EngineStats {
   int64_t store_wal_bytes = 0;        // live write-ahead log
   int64_t store_synced_writes = 0;    // durable (fsync'd) write batches since start
   double store_sync_seconds = 0;      // total time spent in them
+  SearchPhaseSeconds text_to_image;   // SearchImages
+  SearchPhaseSeconds image_to_text;   // SearchCaptions
 };
 
 class RetrievalEngine {

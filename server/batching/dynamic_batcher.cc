@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <exception>
+#include <iterator>
+#include <string>
+#include <type_traits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -14,8 +17,26 @@ bool SameFilter(const SearchFilter& a, const SearchFilter& b) {
   return a.collection == b.collection && a.metadata == b.metadata;
 }
 
-double SecondsBetween(DynamicBatcher::Clock::time_point from, DynamicBatcher::Clock::time_point to) {
+using Clock = std::chrono::steady_clock;
+
+double SecondsBetween(Clock::time_point from, Clock::time_point to) {
   return std::chrono::duration<double>(to - from).count();
+}
+
+// The metrics series of a batcher: its direction, from its query type.
+template <typename Query>
+constexpr SearchDirection DirectionOf() {
+  return std::is_same_v<Query, std::string> ? SearchDirection::kTextToImage
+                                            : SearchDirection::kImageToText;
+}
+
+// Requests merge when they share filter and explain; top_k >= 1 and a non-empty query list are
+// required, so that a malformed request always runs alone and gets the engine's own error.
+template <typename Query>
+bool Mergeable(const std::vector<Query>& a_queries, const SearchParams& a,
+               const std::vector<Query>& b_queries, const SearchParams& b) {
+  return !a_queries.empty() && !b_queries.empty() && a.top_k >= 1 && b.top_k >= 1 &&
+         a.explain == b.explain && SameFilter(a.filter, b.filter);
 }
 
 }  // namespace
@@ -39,25 +60,32 @@ absl::Status ValidateDynamicBatcherOptions(const DynamicBatcherOptions& options)
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<DynamicBatcher>> DynamicBatcher::Create(
-    const DynamicBatcherOptions& options, const TextToImageSearcher* searcher, ServerMetrics* metrics) {
+template <typename Query, typename Hit>
+absl::StatusOr<std::unique_ptr<DynamicBatcher<Query, Hit>>> DynamicBatcher<Query, Hit>::Create(
+    const DynamicBatcherOptions& options, const Searcher* searcher, ServerMetrics* metrics) {
   if (absl::Status status = ValidateDynamicBatcherOptions(options); !status.ok()) return status;
   if (searcher == nullptr) return absl::InvalidArgumentError("DynamicBatcher needs a searcher");
   return std::unique_ptr<DynamicBatcher>(new DynamicBatcher(options, searcher, metrics));
 }
 
-DynamicBatcher::DynamicBatcher(const DynamicBatcherOptions& options, const TextToImageSearcher* searcher,
-                               ServerMetrics* metrics)
+template <typename Query, typename Hit>
+DynamicBatcher<Query, Hit>::DynamicBatcher(const DynamicBatcherOptions& options,
+                                           const Searcher* searcher, ServerMetrics* metrics)
     : options_(options), searcher_(searcher), metrics_(metrics) {
   workers_.reserve(options_.num_workers);
   for (int i = 0; i < options_.num_workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
-DynamicBatcher::~DynamicBatcher() { Stop(); }
+template <typename Query, typename Hit>
+DynamicBatcher<Query, Hit>::~DynamicBatcher() {
+  Stop();
+}
 
-DynamicBatcher::Result DynamicBatcher::Search(std::vector<std::string> queries, SearchParams params,
-                                              Clock::time_point deadline,
-                                              std::function<bool()> is_cancelled) {
+template <typename Query, typename Hit>
+typename DynamicBatcher<Query, Hit>::Result DynamicBatcher<Query, Hit>::Search(
+    std::vector<Query> queries, SearchParams params, Clock::time_point deadline,
+    std::function<bool()> is_cancelled) {
+  constexpr SearchDirection kDirection = DirectionOf<Query>();
   auto request = std::make_unique<Request>();
   request->queries = std::move(queries);
   request->params = std::move(params);
@@ -67,11 +95,11 @@ DynamicBatcher::Result DynamicBatcher::Search(std::vector<std::string> queries, 
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) {
-      if (metrics_ != nullptr) metrics_->batcher_rejected("shutdown").Increment();
+      if (metrics_ != nullptr) metrics_->batcher_rejected(kDirection, "shutdown").Increment();
       return absl::UnavailableError("the server is shutting down");
     }
     if (static_cast<int>(queue_.size()) >= options_.max_queue_size) {
-      if (metrics_ != nullptr) metrics_->batcher_rejected("queue_full").Increment();
+      if (metrics_ != nullptr) metrics_->batcher_rejected(kDirection, "queue_full").Increment();
       return absl::ResourceExhaustedError(absl::StrCat(
           "the search queue is full (", options_.max_queue_size, " requests waiting); retry later"));
     }
@@ -85,7 +113,8 @@ DynamicBatcher::Result DynamicBatcher::Search(std::vector<std::string> queries, 
   return answer.get();
 }
 
-void DynamicBatcher::Stop() {
+template <typename Query, typename Hit>
+void DynamicBatcher<Query, Hit>::Stop() {
   std::lock_guard<std::mutex> stop_lock(stop_mu_);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -96,7 +125,9 @@ void DynamicBatcher::Stop() {
   workers_.clear();
 }
 
-void DynamicBatcher::WorkerLoop() {
+template <typename Query, typename Hit>
+void DynamicBatcher<Query, Hit>::WorkerLoop() {
+  constexpr SearchDirection kDirection = DirectionOf<Query>();
   const auto delay = std::chrono::microseconds(options_.max_queue_delay_us);
   for (;;) {
     std::vector<RequestPtr> batch;
@@ -122,7 +153,9 @@ void DynamicBatcher::WorkerLoop() {
     }
     for (RequestPtr& request : expired) {
       const bool cancelled = request->deadline > Clock::now();
-      if (metrics_ != nullptr) metrics_->batcher_rejected(cancelled ? "cancelled" : "deadline").Increment();
+      if (metrics_ != nullptr) {
+        metrics_->batcher_rejected(kDirection, cancelled ? "cancelled" : "deadline").Increment();
+      }
       Answer(*request, cancelled ? absl::CancelledError("the call was cancelled while queued")
                                  : absl::DeadlineExceededError("the deadline passed while the search was queued"));
     }
@@ -130,19 +163,8 @@ void DynamicBatcher::WorkerLoop() {
   }
 }
 
-namespace {
-
-// Requests merge when they share filter and explain; top_k >= 1 and a non-empty query list are
-// required, so that a malformed request always runs alone and gets the engine's own error.
-bool Mergeable(const std::vector<std::string>& a_queries, const SearchParams& a,
-               const std::vector<std::string>& b_queries, const SearchParams& b) {
-  return !a_queries.empty() && !b_queries.empty() && a.top_k >= 1 && b.top_k >= 1 &&
-         a.explain == b.explain && SameFilter(a.filter, b.filter);
-}
-
-}  // namespace
-
-int DynamicBatcher::MergeableQueriesLocked(const Request& head) const {
+template <typename Query, typename Hit>
+int DynamicBatcher<Query, Hit>::MergeableQueriesLocked(const Request& head) const {
   int queries = static_cast<int>(head.queries.size());
   for (const RequestPtr& request : queue_) {
     if (request->seq == head.seq) continue;
@@ -153,8 +175,10 @@ int DynamicBatcher::MergeableQueriesLocked(const Request& head) const {
   return queries;
 }
 
-void DynamicBatcher::TakeBatchLocked(Clock::time_point now, std::vector<RequestPtr>* batch,
-                                     std::vector<RequestPtr>* expired) {
+template <typename Query, typename Hit>
+void DynamicBatcher<Query, Hit>::TakeBatchLocked(Clock::time_point now,
+                                                 std::vector<RequestPtr>* batch,
+                                                 std::vector<RequestPtr>* expired) {
   std::deque<RequestPtr> kept;
   int batch_queries = 0;
   for (RequestPtr& request : queue_) {
@@ -173,7 +197,10 @@ void DynamicBatcher::TakeBatchLocked(Clock::time_point now, std::vector<RequestP
     }
     if (take) {
       batch_queries += n;
-      if (metrics_ != nullptr) metrics_->queue_wait_seconds().Observe(SecondsBetween(request->enqueued, now));
+      if (metrics_ != nullptr) {
+        metrics_->queue_wait_seconds(DirectionOf<Query>())
+            .Observe(SecondsBetween(request->enqueued, now));
+      }
       batch->push_back(std::move(request));
     } else {
       kept.push_back(std::move(request));
@@ -182,24 +209,33 @@ void DynamicBatcher::TakeBatchLocked(Clock::time_point now, std::vector<RequestP
   queue_.swap(kept);
 }
 
-void DynamicBatcher::RunBatch(std::vector<RequestPtr> batch) {
+template <typename Query, typename Hit>
+void DynamicBatcher<Query, Hit>::RunBatch(std::vector<RequestPtr> batch) {
   if (batch.size() == 1) {
     Request& request = *batch.front();
     Answer(request, CallEngine(request.queries, request.params, 1));
     return;
   }
-  std::vector<std::string> queries;
+  // The queries move into the merged call (image queries carry k x 2048 features) and move back
+  // if it fails.
+  std::vector<Query> queries;
   SearchParams params = batch.front()->params;
   for (const RequestPtr& request : batch) {
-    queries.insert(queries.end(), request->queries.begin(), request->queries.end());
+    std::move(request->queries.begin(), request->queries.end(), std::back_inserter(queries));
     params.top_k = std::max(params.top_k, request->params.top_k);
   }
   Result merged = CallEngine(queries, params, static_cast<int>(batch.size()));
   if (!merged.ok()) {
     // Attribute the failure: each request alone gets its own answer (or error).
+    size_t back = 0;
+    for (RequestPtr& request : batch) {
+      for (Query& query : request->queries) query = std::move(queries[back++]);
+    }
     for (RequestPtr& request : batch) {
       if (request->deadline <= Clock::now()) {
-        if (metrics_ != nullptr) metrics_->batcher_rejected("deadline").Increment();
+        if (metrics_ != nullptr) {
+          metrics_->batcher_rejected(DirectionOf<Query>(), "deadline").Increment();
+        }
         Answer(*request, absl::DeadlineExceededError("the deadline passed while the search was queued"));
         continue;
       }
@@ -209,10 +245,10 @@ void DynamicBatcher::RunBatch(std::vector<RequestPtr> batch) {
   }
   size_t offset = 0;
   for (RequestPtr& request : batch) {
-    std::vector<std::vector<ImageHit>> own;
+    std::vector<std::vector<Hit>> own;
     own.reserve(request->queries.size());
     for (size_t i = 0; i < request->queries.size(); ++i) {
-      std::vector<ImageHit>& hits = (*merged)[offset + i];
+      std::vector<Hit>& hits = (*merged)[offset + i];
       if (static_cast<int>(hits.size()) > request->params.top_k) hits.resize(request->params.top_k);
       own.push_back(std::move(hits));
     }
@@ -221,19 +257,21 @@ void DynamicBatcher::RunBatch(std::vector<RequestPtr> batch) {
   }
 }
 
-DynamicBatcher::Result DynamicBatcher::CallEngine(const std::vector<std::string>& queries,
-                                                  const SearchParams& params, int requests) {
+template <typename Query, typename Hit>
+typename DynamicBatcher<Query, Hit>::Result DynamicBatcher<Query, Hit>::CallEngine(
+    const std::vector<Query>& queries, const SearchParams& params, int requests) {
+  constexpr SearchDirection kDirection = DirectionOf<Query>();
   const Clock::time_point start = Clock::now();
   Result result = absl::InternalError("unset");
   try {
-    result = searcher_->SearchImages(queries, params);
+    result = searcher_->Search(queries, params);
   } catch (const std::exception& e) {  // e.g. std::bad_alloc: answer, never leave callers hanging
-    result = absl::InternalError(absl::StrCat("text-to-image search failed: ", e.what()));
+    result = absl::InternalError(absl::StrCat("search failed: ", e.what()));
   }
   if (metrics_ != nullptr) {
-    metrics_->engine_search_seconds(SearchDirection::kTextToImage).Observe(SecondsBetween(start, Clock::now()));
-    metrics_->batch_size().Observe(static_cast<double>(queries.size()));
-    metrics_->batch_requests().Observe(requests);
+    metrics_->engine_search_seconds(kDirection).Observe(SecondsBetween(start, Clock::now()));
+    metrics_->batch_size(kDirection).Observe(static_cast<double>(queries.size()));
+    metrics_->batch_requests(kDirection).Observe(requests);
   }
   if (result.ok() && result->size() != queries.size()) {
     return absl::InternalError(absl::StrCat("the engine answered ", result->size(), " result lists for ",
@@ -242,10 +280,19 @@ DynamicBatcher::Result DynamicBatcher::CallEngine(const std::vector<std::string>
   return result;
 }
 
-void DynamicBatcher::Answer(Request& request, Result result) { request.answer.set_value(std::move(result)); }
-
-void DynamicBatcher::SetQueueDepthLocked() {
-  if (metrics_ != nullptr) metrics_->queue_depth().Set(static_cast<double>(queue_.size()));
+template <typename Query, typename Hit>
+void DynamicBatcher<Query, Hit>::Answer(Request& request, Result result) {
+  request.answer.set_value(std::move(result));
 }
+
+template <typename Query, typename Hit>
+void DynamicBatcher<Query, Hit>::SetQueueDepthLocked() {
+  if (metrics_ != nullptr) {
+    metrics_->queue_depth(DirectionOf<Query>()).Set(static_cast<double>(queue_.size()));
+  }
+}
+
+template class DynamicBatcher<std::string, ImageHit>;
+template class DynamicBatcher<ImageQuery, CaptionHit>;
 
 }  // namespace scanserve

@@ -1,7 +1,9 @@
-// DynamicBatcher: merges concurrent text->image searches into one engine call, the way Triton's
-// dynamic batch scheduler merges inference requests. SCAN scores every query against every stored
-// image in one pass over the store, so scoring eight captions together costs far less than eight
-// passes; the batcher trades a bounded wait (max_queue_delay_us) for that.
+// DynamicBatcher: merges concurrent searches of one direction (text->image: SearchImages; image->
+// text: SearchCaptions) into one engine call, the way Triton's dynamic batch scheduler merges
+// inference requests. SCAN scores every query against every stored item in one pass over the
+// store (on the GPU: one pass reads the device-resident store once for all queries), so scoring
+// eight queries together costs far less than eight passes; the batcher trades a bounded wait
+// (max_queue_delay_us) for that.
 //
 // Per request, the caller's semantics are kept exactly:
 //  - its own deadline: a request whose deadline passed while queued is answered DEADLINE_EXCEEDED
@@ -14,8 +16,8 @@
 // The queue is bounded (max_queue_size requests): a full queue answers RESOURCE_EXHAUSTED at once.
 // Stop() refuses new requests (UNAVAILABLE), runs everything queued, then joins the workers.
 //
-// No gRPC here: the batcher depends on TextToImageSearcher, which RetrievalEngine satisfies through
-// EngineSearcher (below) and tests satisfy with a fake.
+// No gRPC here: the batcher depends on a BatchSearcher, which RetrievalEngine satisfies through
+// EngineImageSearcher / EngineCaptionSearcher (below) and tests satisfy with fakes.
 #pragma once
 
 #include <chrono>
@@ -38,21 +40,24 @@ namespace scanserve {
 
 class ServerMetrics;
 
-// The one engine call the batcher makes: RetrievalEngine::SearchImages' contract (results[i] answers
-// queries[i]; thread-safe).
-class TextToImageSearcher {
+// The one engine call a batcher makes, in either direction: RetrievalEngine::SearchImages' or
+// SearchCaptions' contract (results[i] answers queries[i]; thread-safe).
+template <typename Query, typename Hit>
+class BatchSearcher {
  public:
-  virtual ~TextToImageSearcher() = default;
-  virtual absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(
-      const std::vector<std::string>& queries, const SearchParams& params) const = 0;
+  virtual ~BatchSearcher() = default;
+  virtual absl::StatusOr<std::vector<std::vector<Hit>>> Search(const std::vector<Query>& queries,
+                                                              const SearchParams& params) const = 0;
 };
+using TextToImageSearcher = BatchSearcher<std::string, ImageHit>;
+using ImageToTextSearcher = BatchSearcher<ImageQuery, CaptionHit>;
 
-// Adapts a RetrievalEngine (not owned; must outlive the adapter).
-class EngineSearcher final : public TextToImageSearcher {
+// Adapt a RetrievalEngine (not owned; must outlive the adapter).
+class EngineImageSearcher final : public TextToImageSearcher {
  public:
-  explicit EngineSearcher(const RetrievalEngine* engine) : engine_(engine) {}
-  absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(
-      const std::vector<std::string>& queries, const SearchParams& params) const override {
+  explicit EngineImageSearcher(const RetrievalEngine* engine) : engine_(engine) {}
+  absl::StatusOr<std::vector<std::vector<ImageHit>>> Search(const std::vector<std::string>& queries,
+                                                           const SearchParams& params) const override {
     return engine_->SearchImages(queries, params);
   }
 
@@ -60,8 +65,21 @@ class EngineSearcher final : public TextToImageSearcher {
   const RetrievalEngine* engine_;
 };
 
+class EngineCaptionSearcher final : public ImageToTextSearcher {
+ public:
+  explicit EngineCaptionSearcher(const RetrievalEngine* engine) : engine_(engine) {}
+  absl::StatusOr<std::vector<std::vector<CaptionHit>>> Search(const std::vector<ImageQuery>& queries,
+                                                             const SearchParams& params) const override {
+    return engine_->SearchCaptions(queries, params);
+  }
+
+ private:
+  const RetrievalEngine* engine_;
+};
+
 struct DynamicBatcherOptions {
-  // Most caption queries in one engine call; a single larger request still runs (alone).
+  // Most queries (captions, or images) in one engine call; a single larger request still runs
+  // (alone).
   int max_batch_queries = 64;
   // Longest a request waits for others to join its batch, microseconds (0 = run what is queued).
   int64_t max_queue_delay_us = 1000;
@@ -74,14 +92,19 @@ struct DynamicBatcherOptions {
 // INVALID_ARGUMENT unless every field is in range (sizes >= 1, delay >= 0).
 absl::Status ValidateDynamicBatcherOptions(const DynamicBatcherOptions& options);
 
+// The batcher of one search direction: Query/Hit are std::string/ImageHit (text->image) or
+// ImageQuery/CaptionHit (image->text); instantiated for those two in dynamic_batcher.cc.
+template <typename Query, typename Hit>
 class DynamicBatcher {
  public:
   using Clock = std::chrono::steady_clock;
-  using Result = absl::StatusOr<std::vector<std::vector<ImageHit>>>;
+  using Result = absl::StatusOr<std::vector<std::vector<Hit>>>;
+  using Searcher = BatchSearcher<Query, Hit>;
 
-  // `searcher` must outlive the batcher; `metrics` may be null. Starts the workers.
+  // `searcher` must outlive the batcher; `metrics` may be null (else this direction's series are
+  // filled). Starts the workers.
   static absl::StatusOr<std::unique_ptr<DynamicBatcher>> Create(const DynamicBatcherOptions& options,
-                                                                const TextToImageSearcher* searcher,
+                                                                const Searcher* searcher,
                                                                 ServerMetrics* metrics);
   ~DynamicBatcher();  // Stop()
   DynamicBatcher(const DynamicBatcher&) = delete;
@@ -90,7 +113,7 @@ class DynamicBatcher {
   // Queues the request and blocks until it is answered: results[i] for queries[i], or its error.
   // `deadline` = Clock::time_point::max() for none. `is_cancelled`, if set, is polled (from a worker
   // thread) before the request is scored.
-  Result Search(std::vector<std::string> queries, SearchParams params, Clock::time_point deadline,
+  Result Search(std::vector<Query> queries, SearchParams params, Clock::time_point deadline,
                 std::function<bool()> is_cancelled = nullptr);
 
   // Refuses new requests with UNAVAILABLE, answers every queued one (scored as usual, no delay), and
@@ -102,7 +125,7 @@ class DynamicBatcher {
  private:
   struct Request {
     uint64_t seq = 0;  // arrival number, to recognise the head of the queue across waits
-    std::vector<std::string> queries;
+    std::vector<Query> queries;
     SearchParams params;
     Clock::time_point deadline;
     Clock::time_point enqueued;
@@ -111,11 +134,11 @@ class DynamicBatcher {
   };
   using RequestPtr = std::unique_ptr<Request>;
 
-  DynamicBatcher(const DynamicBatcherOptions& options, const TextToImageSearcher* searcher,
+  DynamicBatcher(const DynamicBatcherOptions& options, const Searcher* searcher,
                  ServerMetrics* metrics);
 
   void WorkerLoop();
-  // With mu_ held: the caption queries queued that could join a batch led by `head`.
+  // With mu_ held: the queries queued that could join a batch led by `head`.
   int MergeableQueriesLocked(const Request& head) const;
   // With mu_ held: removes a batch from the queue (led by the oldest request) and the requests that
   // must be answered without scoring (deadline passed, cancelled).
@@ -124,12 +147,12 @@ class DynamicBatcher {
   void RunBatch(std::vector<RequestPtr> batch);
   // One engine call, timed; results checked against the query count.
   // `requests` = how many requests the call serves (for the batch metrics).
-  Result CallEngine(const std::vector<std::string>& queries, const SearchParams& params, int requests);
+  Result CallEngine(const std::vector<Query>& queries, const SearchParams& params, int requests);
   void Answer(Request& request, Result result);
   void SetQueueDepthLocked();
 
   const DynamicBatcherOptions options_;
-  const TextToImageSearcher* const searcher_;  // not owned
+  const Searcher* const searcher_;  // not owned
   ServerMetrics* const metrics_;               // not owned; may be null
 
   std::mutex mu_;  // guards queue_, next_seq_, stopping_
@@ -141,5 +164,8 @@ class DynamicBatcher {
   std::mutex stop_mu_;  // serialises Stop() (joining workers_)
   std::vector<std::thread> workers_;
 };
+
+using TextToImageBatcher = DynamicBatcher<std::string, ImageHit>;
+using ImageToTextBatcher = DynamicBatcher<ImageQuery, CaptionHit>;
 
 }  // namespace scanserve

@@ -180,13 +180,18 @@ class PrometheusScrapeTest(unittest.TestCase):
         self.assertEqual(self.scalar('scanserve_ingest_items_total{%s,kind="image",code="InvalidArgument"}'
                                      % target), 1)
         self.assertGreater(self.scalar("sum(grpc_server_handling_seconds_count{%s})" % target), 0)
-        self.assertGreater(self.scalar("scanserve_batch_size_count{%s}" % target), 0)
+        self.assertGreater(self.scalar('scanserve_batch_size_count{%s,direction="text_to_image"}' % target), 0)
         # Every search query went through the batcher (the empty one too: the engine rejects it).
-        self.assertGreaterEqual(self.scalar("scanserve_batch_size_sum{%s}" % target), searches_ok)
+        self.assertGreaterEqual(self.scalar('scanserve_batch_size_sum{%s,direction="text_to_image"}' % target),
+                                searches_ok)
         # Store metrics: the WAL gauge and the durable-write counters.
         self.assertGreaterEqual(self.scalar("scanserve_store_wal_bytes{%s}" % target), 0)
         self.assertGreaterEqual(self.scalar("scanserve_store_synced_writes_total{%s}" % target), 1)
         self.assertGreaterEqual(self.scalar("scanserve_store_sync_seconds_total{%s}" % target), 0)
+        # The engine's search time, split: encoding the captions and scoring the stored images.
+        for phase in ("encode", "score"):
+            self.assertGreater(self.scalar('scanserve_engine_%s_seconds_total{%s,direction="text_to_image"}'
+                                           % (phase, target)), 0)
         # Histograms are usable in PromQL (buckets carry le labels).
         self.assertTrue(self.query("histogram_quantile(0.5, sum by (le) (rate(grpc_server_handling_seconds_bucket"
                                    "{%s}[1m])))" % target) is not None)

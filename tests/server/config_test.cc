@@ -91,6 +91,16 @@ TEST(ConfigTest, BadValuesNameTheirFlagOrLine) {
   auto fp8 = ParseArgs({"--model", "m", "--storage", "fp8"});
   ASSERT_TRUE(fp8.ok()) << fp8.status();
   EXPECT_EQ(fp8->config.engine.storage, StorageType::kFp8E4M3);
+  // The default follows the backend (bf16 on the GPU); an explicit choice always wins.
+  auto cpu_default = ParseArgs({"--model", "m"});
+  ASSERT_TRUE(cpu_default.ok());
+  EXPECT_EQ(cpu_default->config.engine.storage, StorageType::kFloat32);
+  auto cuda_default = ParseArgs({"--model", "m", "--backend", "cuda"});
+  ASSERT_TRUE(cuda_default.ok());
+  EXPECT_EQ(cuda_default->config.engine.storage, StorageType::kBFloat16);
+  auto cuda_fp32 = ParseArgs({"--storage", "fp32", "--model", "m", "--backend", "cuda"});
+  ASSERT_TRUE(cuda_fp32.ok());
+  EXPECT_EQ(cuda_fp32->config.engine.storage, StorageType::kFloat32);
   EXPECT_EQ(ParseArgs({"--model", "m", "--bogus", "1"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--model", "m", "--max-queue-size", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--model", "m", "--tls-cert", "c.pem"}).status().code(), absl::StatusCode::kInvalidArgument);

@@ -1,5 +1,6 @@
-// DynamicBatcher against a fake searcher: batches are formed, per-request top_k / filters / errors /
-// deadlines are kept, a full queue is RESOURCE_EXHAUSTED, Stop() drains.
+// DynamicBatcher against fake searchers: batches are formed, per-request top_k / filters / errors /
+// deadlines are kept, a full queue is RESOURCE_EXHAUSTED, Stop() drains (text->image); and the
+// image->text instantiation merges SearchCaptions requests the same way, its queries moved intact.
 #include "server/batching/dynamic_batcher.h"
 
 #include <atomic>
@@ -18,8 +19,19 @@
 namespace scanserve {
 namespace {
 
-using Clock = DynamicBatcher::Clock;
+using Clock = TextToImageBatcher::Clock;
 constexpr auto kNoDeadline = Clock::time_point::max();
+
+// n hits named prefix + i, scores descending.
+template <typename Hit>
+std::vector<Hit> RankedHits(const std::string& prefix, int n) {
+  std::vector<Hit> hits(n);
+  for (int i = 0; i < n; ++i) {
+    hits[i].id = absl::StrCat(prefix, i);
+    hits[i].score = 1.0f - 0.01f * i;
+  }
+  return hits;
+}
 
 // Answers each query with `stored` hits named "img<i>", scores descending; records every call.
 class FakeSearcher final : public TextToImageSearcher {
@@ -29,8 +41,8 @@ class FakeSearcher final : public TextToImageSearcher {
     SearchParams params;
   };
 
-  absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(const std::vector<std::string>& queries,
-                                                                  const SearchParams& params) const override {
+  absl::StatusOr<std::vector<std::vector<ImageHit>>> Search(const std::vector<std::string>& queries,
+                                                            const SearchParams& params) const override {
     {
       std::lock_guard<std::mutex> lock(mu_);
       calls_.push_back({queries, params});
@@ -45,14 +57,7 @@ class FakeSearcher final : public TextToImageSearcher {
     if (params.top_k < 1) return absl::InvalidArgumentError("top_k");
     std::vector<std::vector<ImageHit>> results;
     for (const std::string& query : queries) {
-      std::vector<ImageHit> hits;
-      for (int i = 0; i < std::min(stored, params.top_k); ++i) {
-        ImageHit hit;
-        hit.id = absl::StrCat(query, "/img", i);
-        hit.score = 1.0f - 0.01f * i;
-        hits.push_back(hit);
-      }
-      results.push_back(std::move(hits));
+      results.push_back(RankedHits<ImageHit>(absl::StrCat(query, "/img"), std::min(stored, params.top_k)));
     }
     return results;
   }
@@ -92,13 +97,14 @@ struct Options {
   int max_queue_size = 64;
 };
 
-std::unique_ptr<DynamicBatcher> MakeBatcher(const FakeSearcher& searcher, const Options& o,
+std::unique_ptr<TextToImageBatcher> MakeBatcher(const FakeSearcher& searcher, const Options& o,
                                             ServerMetrics* metrics = nullptr) {
   DynamicBatcherOptions options;
   options.max_batch_queries = o.max_batch_queries;
   options.max_queue_delay_us = o.delay_us;
   options.max_queue_size = o.max_queue_size;
-  absl::StatusOr<std::unique_ptr<DynamicBatcher>> batcher = DynamicBatcher::Create(options, &searcher, metrics);
+  absl::StatusOr<std::unique_ptr<TextToImageBatcher>> batcher =
+      TextToImageBatcher::Create(options, &searcher, metrics);
   EXPECT_TRUE(batcher.ok()) << batcher.status();
   return *std::move(batcher);
 }
@@ -111,7 +117,7 @@ SearchParams Params(int top_k, const std::string& collection = "", bool explain 
   return params;
 }
 
-std::future<DynamicBatcher::Result> SearchAsync(DynamicBatcher* batcher, std::vector<std::string> queries,
+std::future<TextToImageBatcher::Result> SearchAsync(TextToImageBatcher* batcher, std::vector<std::string> queries,
                                                 SearchParams params, Clock::time_point deadline = kNoDeadline) {
   return std::async(std::launch::async, [=] { return batcher->Search(queries, params, deadline); });
 }
@@ -141,7 +147,7 @@ TEST(DynamicBatcherTest, ConcurrentRequestsShareOneEngineCallAndKeepTheirTopK) {
 TEST(DynamicBatcherTest, BatchesAreCappedAtMaxBatchQueries) {
   FakeSearcher searcher;
   auto batcher = MakeBatcher(searcher, {/*max_batch_queries=*/4, /*delay_us=*/200'000, 64});
-  std::vector<std::future<DynamicBatcher::Result>> results;
+  std::vector<std::future<TextToImageBatcher::Result>> results;
   for (int i = 0; i < 10; ++i) results.push_back(SearchAsync(batcher.get(), {absl::StrCat("q", i)}, Params(2)));
   for (auto& r : results) ASSERT_TRUE(r.get().ok());
   size_t queries = 0;
@@ -231,21 +237,21 @@ TEST(DynamicBatcherTest, AFullQueueIsResourceExhausted) {
   searcher.WaitForCalls(1);
   auto q1 = SearchAsync(batcher.get(), {"q1"}, Params(1));
   auto q2 = SearchAsync(batcher.get(), {"q2"}, Params(1));
-  for (int i = 0; i < 1000 && metrics.queue_depth().Value() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  ASSERT_EQ(metrics.queue_depth().Value(), 2);
+  for (int i = 0; i < 1000 && metrics.queue_depth(SearchDirection::kTextToImage).Value() < 2; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  ASSERT_EQ(metrics.queue_depth(SearchDirection::kTextToImage).Value(), 2);
   const auto refused = batcher->Search({"q3"}, Params(1), kNoDeadline);
   EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted);
   searcher.Unblock();
   EXPECT_TRUE(running.get().ok());
   EXPECT_TRUE(q1.get().ok());
   EXPECT_TRUE(q2.get().ok());
-  EXPECT_EQ(metrics.batcher_rejected("queue_full").Value(), 1);
+  EXPECT_EQ(metrics.batcher_rejected(SearchDirection::kTextToImage, "queue_full").Value(), 1);
 }
 
 TEST(DynamicBatcherTest, StopAnswersEverythingQueuedThenRefusesNewRequests) {
   FakeSearcher searcher;
   auto batcher = MakeBatcher(searcher, {64, /*delay_us=*/10'000'000, 64});
-  std::vector<std::future<DynamicBatcher::Result>> queued;
+  std::vector<std::future<TextToImageBatcher::Result>> queued;
   for (int i = 0; i < 5; ++i) queued.push_back(SearchAsync(batcher.get(), {absl::StrCat("q", i)}, Params(1, absl::StrCat("c", i))));
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   const auto start = Clock::now();
@@ -259,19 +265,19 @@ TEST(DynamicBatcherTest, OptionsAreValidated) {
   FakeSearcher searcher;
   DynamicBatcherOptions options;
   options.max_batch_queries = 0;
-  EXPECT_EQ(DynamicBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TextToImageBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
   options = DynamicBatcherOptions();
   options.max_queue_size = 0;
-  EXPECT_EQ(DynamicBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TextToImageBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
   options = DynamicBatcherOptions();
   options.max_queue_delay_us = -1;
-  EXPECT_EQ(DynamicBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(TextToImageBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(DynamicBatcherTest, ManyConcurrentClientsAllGetTheirOwnAnswers) {
   FakeSearcher searcher;
   auto batcher = MakeBatcher(searcher, {8, /*delay_us=*/500, 256});
-  std::vector<std::future<DynamicBatcher::Result>> results;
+  std::vector<std::future<TextToImageBatcher::Result>> results;
   for (int i = 0; i < 100; ++i) {
     results.push_back(SearchAsync(batcher.get(), {absl::StrCat("q", i)}, Params(1 + i % 5)));
   }
@@ -283,6 +289,99 @@ TEST(DynamicBatcherTest, ManyConcurrentClientsAllGetTheirOwnAnswers) {
     EXPECT_EQ((*r)[0][0].id, absl::StrCat("q", i, "/img0"));
   }
   EXPECT_LT(searcher.calls().size(), 100u) << "some requests were merged";
+}
+
+// ---- image->text (SearchCaptions) ----
+
+// Answers each image query with hits named "<stored id or kxd>/cap<i>"; an unknown stored id
+// ("missing") fails the whole call, as the engine's NOT_FOUND does.
+class FakeCaptionSearcher final : public ImageToTextSearcher {
+ public:
+  absl::StatusOr<std::vector<std::vector<CaptionHit>>> Search(const std::vector<ImageQuery>& queries,
+                                                              const SearchParams& params) const override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      calls_.push_back(queries.size());
+    }
+    std::vector<std::vector<CaptionHit>> results;
+    for (const ImageQuery& query : queries) {
+      if (query.stored_id == "missing") return absl::NotFoundError("no stored image 'missing'");
+      const std::string name = query.stored_id.empty()
+                                   ? absl::StrCat(query.region_features.rows, "x",
+                                                  query.region_features.cols, ":",
+                                                  query.region_features.data.empty()
+                                                      ? 0.0f
+                                                      : query.region_features.data.back())
+                                   : query.stored_id;
+      results.push_back(RankedHits<CaptionHit>(absl::StrCat(name, "/cap"), params.top_k));
+    }
+    return results;
+  }
+  std::vector<size_t> calls() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::vector<size_t> calls_;  // queries per engine call
+};
+
+ImageQuery StoredImage(const std::string& id) {
+  ImageQuery q;
+  q.stored_id = id;
+  return q;
+}
+
+ImageQuery Features(int rows, float last) {
+  ImageQuery q;
+  q.region_features = FloatMatrix(rows, 2048);
+  q.region_features.data.back() = last;
+  return q;
+}
+
+std::future<ImageToTextBatcher::Result> CaptionSearchAsync(ImageToTextBatcher* batcher,
+                                                           std::vector<ImageQuery> queries,
+                                                           SearchParams params) {
+  return std::async(std::launch::async, [=] { return batcher->Search(queries, params, kNoDeadline); });
+}
+
+TEST(DynamicBatcherTest, ImageToTextRequestsShareOneEngineCall) {
+  FakeCaptionSearcher searcher;
+  ServerMetrics metrics("test");
+  DynamicBatcherOptions options;
+  options.max_queue_delay_us = 200'000;
+  auto batcher = ImageToTextBatcher::Create(options, &searcher, &metrics);
+  ASSERT_TRUE(batcher.ok()) << batcher.status();
+  auto a = CaptionSearchAsync(batcher->get(), {StoredImage("img1")}, Params(2));
+  auto b = CaptionSearchAsync(batcher->get(), {Features(36, 0.5f), StoredImage("img2")}, Params(4));
+  const auto ra = a.get(), rb = b.get();
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  ASSERT_EQ(searcher.calls(), std::vector<size_t>{3}) << "both requests in one engine call";
+  ASSERT_EQ(ra->size(), 1u);
+  ASSERT_EQ((*ra)[0].size(), 2u) << "each request keeps its own top_k";
+  EXPECT_EQ((*ra)[0][0].id, "img1/cap0");
+  ASSERT_EQ(rb->size(), 2u);
+  EXPECT_EQ((*rb)[0][3].id, "36x2048:0.5/cap3") << "the features arrive intact";
+  EXPECT_EQ((*rb)[1][0].id, "img2/cap0");
+  EXPECT_EQ(metrics.batch_size(SearchDirection::kImageToText).Collect().histogram.sample_sum, 3);
+  EXPECT_EQ(metrics.batch_size(SearchDirection::kTextToImage).Collect().histogram.sample_count, 0u);
+}
+
+TEST(DynamicBatcherTest, ImageToTextUnknownIdFailsOnlyItsRequest) {
+  // The merged call fails (NOT_FOUND); each request then runs alone with its queries restored.
+  FakeCaptionSearcher searcher;
+  DynamicBatcherOptions options;
+  options.max_queue_delay_us = 200'000;
+  auto batcher = ImageToTextBatcher::Create(options, &searcher, nullptr);
+  ASSERT_TRUE(batcher.ok()) << batcher.status();
+  auto good = CaptionSearchAsync(batcher->get(), {Features(10, 2.0f)}, Params(1));
+  auto bad = CaptionSearchAsync(batcher->get(), {StoredImage("missing")}, Params(1));
+  const auto rg = good.get(), rb = bad.get();
+  ASSERT_TRUE(rg.ok()) << rg.status();
+  EXPECT_EQ((*rg)[0][0].id, "10x2048:2/cap0");
+  EXPECT_EQ(rb.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(searcher.calls().size(), 3u) << "the merged call, then each alone";
 }
 
 }  // namespace

@@ -324,14 +324,21 @@ TEST_F(ServerTest, MetricsEndpoint) {
   v1::SearchImagesResponse response;
   ASSERT_TRUE(Search({"q"}, 1, &response).ok());
   EXPECT_EQ(Search({""}, 1, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::SearchCaptionsRequest by_id;  // through the image->text batcher (no captions: no hits)
+  by_id.add_queries()->set_image_id("high");
+  by_id.add_queries()->set_image_id("low");
+  v1::SearchCaptionsResponse caption_hits;
+  ASSERT_TRUE(stub_->SearchCaptions(Context().get(), by_id, &caption_hits).ok());
   const std::string metrics = HttpGet(server_->metrics_port(), "/metrics");
   ASSERT_NE(metrics.find("200 OK"), std::string::npos) << metrics;
   for (const char* expected :
        {"grpc_server_started_total{grpc_method=\"SearchImages\",grpc_service=\"scanserve.v1.ScanService\",grpc_type=\"unary\"} 2",
         "grpc_server_handled_total{grpc_code=\"InvalidArgument\",grpc_method=\"SearchImages\"",
         "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"UpsertImages\"",
-        "grpc_server_handling_seconds_bucket{grpc_method=\"SearchImages\"", "scanserve_batch_size_count",
-        "scanserve_queue_depth 0", "scanserve_queue_wait_seconds_count", "scanserve_images_stored 3",
+        "grpc_server_handling_seconds_bucket{grpc_method=\"SearchImages\"", "scanserve_batch_size_count{direction=\"text_to_image\"} 2",
+        "scanserve_queue_depth{direction=\"text_to_image\"} 0",
+        "scanserve_queue_depth{direction=\"image_to_text\"} 0",
+        "scanserve_batch_size_sum{direction=\"image_to_text\"} 2", "scanserve_queue_wait_seconds_count", "scanserve_images_stored 3",
         "scanserve_feature_bytes{device=\"cpu\"} 96", "scanserve_ingest_items_total{code=\"OK\",kind=\"image\"} 3",
         "scanserve_engine_search_seconds_count{direction=\"text_to_image\"}", "scanserve_build_info{version=\"9.9.9\"} 1"}) {
     EXPECT_NE(metrics.find(expected), std::string::npos) << "missing: " << expected;

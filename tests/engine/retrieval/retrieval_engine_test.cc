@@ -258,6 +258,27 @@ TEST_F(RetrievalEngineTest, EnsembleAveragesBothModels) {
   EXPECT_EQ(engine->Stats().model_summaries.size(), 2u);
 }
 
+TEST_F(RetrievalEngineTest, StatsSplitSearchTimeIntoEncodeAndScore) {
+  auto engine = Make(Options());
+  ASSERT_NE(engine, nullptr);
+  EXPECT_EQ(engine->Stats().text_to_image.encode, 0);
+  EXPECT_EQ(engine->Stats().image_to_text.score, 0);
+  ExpectAllOk(engine->UpsertImages(SomeImages(3)));
+  ExpectAllOk(engine->UpsertCaptions(SomeCaptions()));
+  ASSERT_TRUE(engine->SearchImages({"a dog runs", "two people"}, {}).ok());
+  const EngineStats after_t2i = engine->Stats();
+  EXPECT_GT(after_t2i.text_to_image.encode, 0);
+  EXPECT_GT(after_t2i.text_to_image.score, 0);
+  EXPECT_EQ(after_t2i.image_to_text.encode, 0) << "only the direction searched moves";
+  std::vector<ImageQuery> queries(1);
+  queries[0].stored_id = "img1";
+  ASSERT_TRUE(engine->SearchCaptions(queries, {}).ok());
+  const EngineStats after_i2t = engine->Stats();
+  EXPECT_GT(after_i2t.image_to_text.encode, 0);
+  EXPECT_GT(after_i2t.image_to_text.score, 0);
+  EXPECT_EQ(after_i2t.text_to_image.score, after_t2i.text_to_image.score);
+}
+
 TEST_F(RetrievalEngineTest, SearchCaptionsByFeaturesAndByStoredIdEqualsTheOracle) {
   const RetrievalEngineOptions options = Options(/*ensemble=*/true);
   auto engine = Make(options);
