@@ -9,17 +9,38 @@
 namespace scanserve {
 namespace cli {
 
+namespace {
+
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+  std::ostringstream pem;
+  pem << in.rdbuf();
+  return pem.str();
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Create(const ConnectionOptions& options) {
   std::unique_ptr<Connection> connection(new Connection(options));
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
-  if (!options.tls_ca.empty() || options.tls) {
+  if (options.tls_cert.empty() != options.tls_key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!options.tls_ca.empty() || options.tls || !options.tls_cert.empty()) {
     grpc::SslCredentialsOptions ssl;
     if (!options.tls_ca.empty()) {
-      std::ifstream in(options.tls_ca);
-      if (!in) return absl::NotFoundError(absl::StrCat("--tls-ca: cannot read ", options.tls_ca));
-      std::ostringstream pem;
-      pem << in.rdbuf();
-      ssl.pem_root_certs = pem.str();
+      absl::StatusOr<std::string> roots = ReadPem(options.tls_ca, "--tls-ca");
+      if (!roots.ok()) return roots.status();
+      ssl.pem_root_certs = *std::move(roots);
+    }
+    if (!options.tls_cert.empty()) {
+      absl::StatusOr<std::string> chain = ReadPem(options.tls_cert, "--tls-cert");
+      if (!chain.ok()) return chain.status();
+      absl::StatusOr<std::string> key = ReadPem(options.tls_key, "--tls-key");
+      if (!key.ok()) return key.status();
+      ssl.pem_cert_chain = *std::move(chain);
+      ssl.pem_private_key = *std::move(key);
     }
     credentials = grpc::SslCredentials(ssl);
   }

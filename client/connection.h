@@ -18,13 +18,17 @@ struct ConnectionOptions {
   std::string server = "127.0.0.1:50051";
   std::string token;       // sent as "authorization: Bearer <token>" when set
   std::string tls_ca;      // PEM roots file: use TLS and verify the server against these
-  bool tls = false;        // use TLS with the system's roots (implied by tls_ca)
+  bool tls = false;        // use TLS with the system's roots (implied by tls_ca and tls_cert)
+  // This client's PEM certificate chain and private key, for a server that requires client
+  // certificates (mutual TLS); both or neither.
+  std::string tls_cert;
+  std::string tls_key;
   double timeout_s = 30;   // deadline of each unary call; 0 = none
 };
 
 class Connection {
  public:
-  // Reads the CA file; INVALID_ARGUMENT / NOT_FOUND when it cannot.
+  // Reads the CA, certificate and key files; INVALID_ARGUMENT / NOT_FOUND when it cannot.
   static absl::StatusOr<std::unique_ptr<Connection>> Create(const ConnectionOptions& options);
 
   // A context for one call: the token, and the deadline unless `with_deadline` is false (streams).

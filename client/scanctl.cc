@@ -38,6 +38,9 @@ Global flags (accepted anywhere on the line):
   --token-file FILE     read the token from FILE
   --tls                 connect with TLS, trusting the system's CA certificates
   --tls-ca FILE         connect with TLS, trusting the CA certificates in FILE (PEM)
+  --tls-cert FILE       this client's certificate chain (PEM), for a server started with
+                        --tls-client-ca (mutual TLS); with --tls-key
+  --tls-key FILE        the private key (PEM) of --tls-cert
   --timeout SECONDS     deadline of each call; 0 = none [30]
   --json                print JSON (one document per command) instead of tables
   --help                show this text
@@ -542,7 +545,8 @@ int Main(int argc, char** argv) {
   bool json = false;
   std::string command;
   std::vector<std::string> command_args;
-  const std::set<std::string> global_values = {"--server", "--token", "--token-file", "--tls-ca", "--timeout"};
+  const std::set<std::string> global_values = {"--server",   "--token",    "--token-file", "--tls-ca",
+                                               "--tls-cert", "--tls-key", "--timeout"};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     std::string value;
@@ -578,6 +582,10 @@ int Main(int argc, char** argv) {
         connection_options.token = std::string(absl::StripAsciiWhitespace(contents.str()));
       } else if (arg == "--tls-ca") {
         connection_options.tls_ca = value;
+      } else if (arg == "--tls-cert") {
+        connection_options.tls_cert = value;
+      } else if (arg == "--tls-key") {
+        connection_options.tls_key = value;
       } else if (arg == "--timeout") {
         double seconds = 0;
         if (!absl::SimpleAtod(value, &seconds) || !(seconds >= 0)) {

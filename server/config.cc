@@ -320,6 +320,14 @@ const std::vector<Flag>& Flags() {
          c->server.tls.key_file = v;
          return absl::OkStatus();
        }},
+      {"tls-client-ca", "FILE",
+       "PEM CA certificates: require every client to present a certificate they signed (mutual "
+       "TLS; with --tls-cert)",
+       [](const ServerConfig& c) { return c.server.tls.client_ca_file; },
+       [](const std::string& v, ServerConfig* c) {
+         c->server.tls.client_ca_file = v;
+         return absl::OkStatus();
+       }},
       {"auth-token", "TOKEN", "require 'authorization: Bearer TOKEN' on ScanService calls (health "
                               "and reflection stay open); prefer --auth-token-file",
        [](const ServerConfig& c) { return c.server.auth_token.empty() ? std::string() : std::string("(set)"); },
@@ -444,6 +452,9 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
   }
   if (result.config.server.tls.cert_file.empty() != result.config.server.tls.key_file.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!result.config.server.tls.client_ca_file.empty() && result.config.server.tls.cert_file.empty()) {
+    return absl::InvalidArgumentError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS)");
   }
   result.config.server.model_dirs = result.config.engine.model_dirs;
   // On the GPU the store is read once per pass: bf16 halves that at ~2^-9 relative per value.

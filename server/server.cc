@@ -51,6 +51,10 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
   if (options.tls.cert_file.empty() != options.tls.key_file.empty()) {
     return absl::InvalidArgumentError("TLS needs both a certificate and a key file");
   }
+  if (!options.tls.client_ca_file.empty() && options.tls.cert_file.empty()) {
+    return absl::InvalidArgumentError(
+        "client certificates (mutual TLS) need the server's own certificate and key");
+  }
   if (absl::Status status = ValidateDetectorPoolOptions(options.detection); !status.ok()) return status;
   return ValidateDynamicBatcherOptions(options.batching);
 }
@@ -69,6 +73,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
     if (!key.ok()) return key.status();
     server->tls_cert_pem_ = *std::move(cert);
     server->tls_key_pem_ = *std::move(key);
+    if (!tls.client_ca_file.empty()) {
+      absl::StatusOr<std::string> ca = ReadFile(tls.client_ca_file, "TLS client CA");
+      if (!ca.ok()) return ca.status();
+      server->tls_client_ca_pem_ = *std::move(ca);
+    }
   }
   absl::StatusOr<std::unique_ptr<TextToImageBatcher>> image_batcher = TextToImageBatcher::Create(
       server->options_.batching, server->image_searcher_.get(), server->metrics_.get());
@@ -121,6 +130,10 @@ absl::Status Server::Start() {
   if (!tls_cert_pem_.empty()) {
     grpc::SslServerCredentialsOptions ssl;
     ssl.pem_key_cert_pairs.push_back({tls_key_pem_, tls_cert_pem_});
+    if (!tls_client_ca_pem_.empty()) {
+      ssl.pem_root_certs = tls_client_ca_pem_;
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
     credentials = grpc::SslServerCredentials(ssl);
   }
   builder.AddListeningPort(options_.listen_address, credentials, &port_);

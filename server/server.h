@@ -32,6 +32,9 @@ class ServerMetrics;
 struct TlsOptions {
   std::string cert_file;  // certificate chain
   std::string key_file;   // private key
+  // PEM CA certificates: when set, every client must present a certificate they signed (mutual
+  // TLS; a client without one fails the handshake). Needs cert_file.
+  std::string client_ca_file;
 };
 
 struct ServerOptions {
@@ -93,6 +96,7 @@ class Server {
   const ServerOptions options_;
   std::string tls_cert_pem_;  // read by Create()
   std::string tls_key_pem_;
+  std::string tls_client_ca_pem_;  // empty: clients are not asked for certificates
 
   // Destroyed in reverse order: the gRPC server goes before what its handlers use.
   std::unique_ptr<RetrievalEngine> engine_;

@@ -11,7 +11,8 @@ loopback port; Python stubs are generated at test time from proto/ with grpc_too
     (rel_err <= SCORE_TOL), also for a two-model ensemble;
   * bad inputs get their codes (empty query, wrong feature dim, bad byte length, unknown id,
     top_k out of range, oversized message, missing / wrong token) and the server keeps serving;
-  * TLS with a self-signed certificate; the /metrics and /healthz endpoint;
+  * TLS with a self-signed certificate; mutual TLS (--tls-client-ca: CA-signed client certificates
+    only, for gRPC clients and scanctl); the /metrics and /healthz endpoint;
   * scanctl: exit codes, --json output, import precomp (resumable) and import tsv;
   * durability: kill -9 right after an acknowledged upsert or delete, restart, state kept.
 
@@ -264,6 +265,14 @@ class E2EBase(unittest.TestCase):
         s.sims_ens = scan_score([s.model_a, s.model_b], s.images, s.captions, os.path.join(tmp, "oracle_ab"))
         E2EBase.shared = s
         return s
+
+    @classmethod
+    def stop_class_server(cls):
+        """Stops the class's server (it must exit 0) and closes its channel."""
+        if cls.server.alive():
+            code = cls.server.stop()
+            assert code == 0, cls.server.log_tail()
+        cls.channel.close()
 
     def rpc_ok(self, fn, request, what):
         try:
@@ -692,10 +701,7 @@ class SecureEnsembleTest(E2EBase):
 
     @classmethod
     def tearDownClass(cls):
-        if cls.server.alive():
-            code = cls.server.stop()
-            assert code == 0, cls.server.log_tail()
-        cls.channel.close()
+        cls.stop_class_server()
 
     def call_kwargs(self):
         return {"metadata": [("authorization", "Bearer " + self.TOKEN)]}
@@ -736,6 +742,97 @@ class SecureEnsembleTest(E2EBase):
         r = subprocess.run([SCANCTL] + base + ["health"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            universal_newlines=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)
+
+
+def openssl(*args):
+    r = subprocess.run(["openssl"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       universal_newlines=True)
+    if r.returncode != 0:
+        raise AssertionError("openssl %s failed: %s" % (args[0], r.stderr))
+
+
+class MutualTlsTest(E2EBase):
+    """--tls-client-ca: only clients with a certificate signed by that CA get through the handshake."""
+
+    @classmethod
+    def setUpClass(cls):
+        if shutil.which("openssl") is None:
+            raise unittest.SkipTest("openssl not found: cannot make the certificates for mutual TLS")
+        cls.s = cls.setUpShared()
+        tmp = os.path.join(cls.s.tmp, "mtls")
+        os.makedirs(tmp, exist_ok=True)
+        p = lambda name: os.path.join(tmp, name)  # noqa: E731
+        cls.ca = p("ca.pem")
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", p("ca.key"), "-out", cls.ca, "-days",
+                "1", "-subj", "/CN=scanserve-test-ca")
+        with open(p("server.ext"), "w") as f:
+            f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+
+        def signed(name, cn, ext=None):
+            openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", p(name + ".key"), "-out", p(name + ".csr"),
+                    "-subj", "/CN=" + cn)
+            openssl("x509", "-req", "-in", p(name + ".csr"), "-CA", cls.ca, "-CAkey", p("ca.key"),
+                    "-CAcreateserial", "-out", p(name + ".pem"), "-days", "1", *(["-extfile", ext] if ext else []))
+            return p(name + ".pem"), p(name + ".key")
+
+        cls.server_cert, cls.server_key = signed("server", "localhost", p("server.ext"))
+        cls.client_cert, cls.client_key = signed("client", "scanctl")
+        # A client certificate the server's CA did not sign.
+        cls.rogue_cert, cls.rogue_key = p("rogue.pem"), p("rogue.key")
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", cls.rogue_key, "-out", cls.rogue_cert,
+                "-days", "1", "-subj", "/CN=rogue")
+        cls.server = ServerProcess(cls.s.tmp, "mtls", [cls.s.model_a], os.path.join(cls.s.tmp, "data_mtls"),
+                                   extra=["--tls-cert", cls.server_cert, "--tls-key", cls.server_key,
+                                          "--tls-client-ca", cls.ca])
+        cls.server.start()
+        wait_listening(cls.server)
+        cls.channel = cls.open_channel(cls.client_cert, cls.client_key)
+        wait_serving(cls.server, cls.channel, cls.s.health_pb2, cls.s.health_grpc)
+        cls.stub = cls.s.pb_grpc.ScanServiceStub(cls.channel)
+
+    @classmethod
+    def open_channel(cls, cert=None, key=None):
+        def read(path):
+            if path is None:
+                return None
+            with open(path, "rb") as f:
+                return f.read()
+        creds = grpc.ssl_channel_credentials(root_certificates=read(cls.ca), private_key=read(key),
+                                             certificate_chain=read(cert))
+        return grpc.secure_channel("127.0.0.1:%d" % cls.server.port, creds, options=CHANNEL_OPTIONS + [
+            ("grpc.ssl_target_name_override", "localhost")])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stop_class_server()
+
+    def test_only_clients_with_a_ca_signed_certificate_get_through(self):
+        stats = self.rpc_ok(self.stub.GetStats, self.s.pb.GetStatsRequest(), "GetStats with the client certificate")
+        self.assertEqual(stats.images, 0)
+        for what, cert, key in (("no client certificate", None, None),
+                                ("a certificate the CA did not sign", self.rogue_cert, self.rogue_key)):
+            channel = self.open_channel(cert, key)
+            try:
+                with self.assertRaises(grpc.RpcError, msg=what) as ctx:
+                    self.s.pb_grpc.ScanServiceStub(channel).GetStats(self.s.pb.GetStatsRequest(), timeout=10)
+                self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNAVAILABLE, what)
+            finally:
+                channel.close()
+        self.assert_still_serving("refused handshakes")
+
+    def test_scanctl_with_a_client_certificate(self):
+        base = [SCANCTL, "--server", "localhost:%d" % self.server.port, "--tls-ca", self.ca]
+        r = subprocess.run(base + ["--tls-cert", self.client_cert, "--tls-key", self.client_key, "stats", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(len(json.loads(r.stdout)["models"]), 1)
+        r = subprocess.run(base + ["--timeout", "10", "stats"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=60)
+        self.assertNotEqual(r.returncode, 0, "without a client certificate the handshake fails")
+        r = subprocess.run(base + ["--tls-cert", self.client_cert, "stats"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 2, "a certificate without its key is a usage error")
+        self.assertIn("--tls-cert and --tls-key go together", r.stderr)
 
 
 class DurabilityTest(E2EBase):

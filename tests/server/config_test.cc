@@ -104,6 +104,12 @@ TEST(ConfigTest, BadValuesNameTheirFlagOrLine) {
   EXPECT_EQ(ParseArgs({"--model", "m", "--bogus", "1"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--model", "m", "--max-queue-size", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--model", "m", "--tls-cert", "c.pem"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseArgs({"--model", "m", "--tls-client-ca", "ca.pem"}).status().code(),
+            absl::StatusCode::kInvalidArgument)
+      << "mutual TLS needs the server's own certificate";
+  auto mtls = ParseArgs({"--model", "m", "--tls-cert", "c.pem", "--tls-key", "k.pem", "--tls-client-ca", "ca.pem"});
+  ASSERT_TRUE(mtls.ok()) << mtls.status();
+  EXPECT_EQ(mtls->config.server.tls.client_ca_file, "ca.pem");
   EXPECT_EQ(ParseArgs({"--model"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--config", "/nonexistent/x.conf"}).status().code(), absl::StatusCode::kNotFound);
   const std::string file = WriteTemp("bad.conf", "model = m\nthreads: 4\n");
@@ -201,7 +207,7 @@ TEST(ConfigTest, HelpListsEveryFlag) {
   for (const char* flag : {"--listen", "--metrics-listen", "--data-dir", "--model", "--config", "--threads", "--encoder-device",
                            "--storage", "--max-batch-queries", "--max-queue-delay-us", "--max-queue-size",
                            "--max-message-bytes", "--max-images", "--max-captions", "--tls-cert", "--tls-key",
-                           "--auth-token", "--auth-token-file", "--detector-dir", "--detector-device",
+                           "--tls-client-ca", "--auth-token", "--auth-token-file", "--detector-dir", "--detector-device",
                            "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
                            "--detector-max-boxes", "--max-image-bytes", "--help"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
@@ -219,6 +225,16 @@ TEST(AuthenticatorTest, BearerTokens) {
   EXPECT_EQ(auth.CheckAuthorization(true, "Bearer s3cret!").code(), absl::StatusCode::kPermissionDenied);
   EXPECT_TRUE(auth.CheckAuthorization(true, "Bearer s3cret").ok());
   EXPECT_TRUE(auth.CheckAuthorization(true, "bearer s3cret").ok());
+}
+
+TEST(ConfigTest, TheShippedExampleConfigParses) {
+  // deploy/scanserve.conf is what operators copy: every key in it must stay a valid setting.
+  const std::string path = std::string(SCANSERVE_SOURCE_DIR) + "/deploy/scanserve.conf";
+  auto parsed = ParseArgs({"--config", path});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.engine.storage, StorageType::kFloat32);
+  EXPECT_EQ(parsed->config.server.batching.max_batch_queries, 64);
+  EXPECT_TRUE(parsed->config.server.tls.client_ca_file.empty()) << "TLS lines are commented out";
 }
 
 }  // namespace
