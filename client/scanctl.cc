@@ -390,6 +390,8 @@ int Stats(Connection& connection, const std::vector<std::string>& argv, bool jso
   table.AddRow({"images", absl::StrCat(response.images())});
   table.AddRow({"captions", absl::StrCat(response.captions())});
   table.AddRow({"feature memory", FormatBytes(response.feature_bytes())});
+  table.AddRow({"feature limit", absl::StrCat(FormatBytes(response.feature_bytes_committed()), " of ",
+                                              FormatBytes(response.feature_bytes_limit()), " committed")});
   table.AddRow({"store on disk", FormatBytes(response.store_disk_bytes())});
   table.AddRow({"backend", response.backend()});
   table.AddRow({"encoder device", response.encoder_device()});

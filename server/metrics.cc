@@ -157,6 +157,18 @@ ServerMetrics::ServerMetrics(const std::string& version)
                         .Name("scanserve_feature_bytes")
                         .Help("Bytes the scorers hold for stored items, by device.")
                         .Register(r);
+  feature_bytes_limit_ = &prometheus::BuildGauge()
+                              .Name("scanserve_feature_bytes_limit")
+                              .Help("Scorer memory limit ingest is checked against (max_feature_bytes, "
+                                    "or what the GPU can hold), bytes.")
+                              .Register(r)
+                              .Add({});
+  feature_bytes_committed_ = &prometheus::BuildGauge()
+                                  .Name("scanserve_feature_bytes_committed")
+                                  .Help("Estimated scorer bytes of the stored items, counted against "
+                                        "scanserve_feature_bytes_limit.")
+                                  .Register(r)
+                                  .Add({});
   store_disk_bytes_ = &prometheus::BuildGauge()
                            .Name("scanserve_store_disk_bytes")
                            .Help("Bytes the durable feature store occupies on disk.")
@@ -258,6 +270,8 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
   captions_stored_->Set(static_cast<double>(stats.captions));
   feature_bytes(stats.backend.empty() ? "unknown" : stats.backend)
       .Set(static_cast<double>(stats.feature_bytes));
+  feature_bytes_limit_->Set(static_cast<double>(stats.feature_bytes_limit));
+  feature_bytes_committed_->Set(static_cast<double>(stats.feature_bytes_committed));
   store_disk_bytes_->Set(static_cast<double>(stats.store_disk_bytes));
   store_wal_bytes_->Set(static_cast<double>(stats.store_wal_bytes));
   // The engine's values are cumulative; counters only move forward, by the growth since last time.

@@ -101,6 +101,11 @@ class ServerMetrics {
   prometheus::Gauge& captions_stored() { return *captions_stored_; }
   // scanserve_feature_bytes{device}: bytes the scorers hold for stored items on that device.
   prometheus::Gauge& feature_bytes(const std::string& device);
+  // scanserve_feature_bytes_limit / scanserve_feature_bytes_committed: the scorer memory limit
+  // ingest is checked against, and the stored items' estimate counted against it (alert on their
+  // ratio: at the limit, ingest is RESOURCE_EXHAUSTED).
+  prometheus::Gauge& feature_bytes_limit() { return *feature_bytes_limit_; }
+  prometheus::Gauge& feature_bytes_committed() { return *feature_bytes_committed_; }
   // scanserve_store_disk_bytes: bytes the durable store occupies on disk.
   prometheus::Gauge& store_disk_bytes() { return *store_disk_bytes_; }
   // scanserve_store_wal_bytes: bytes of the live write-ahead log of the durable store.
@@ -147,6 +152,8 @@ class ServerMetrics {
   prometheus::Gauge* images_stored_;
   prometheus::Gauge* captions_stored_;
   prometheus::Family<prometheus::Gauge>* feature_bytes_;
+  prometheus::Gauge* feature_bytes_limit_;
+  prometheus::Gauge* feature_bytes_committed_;
   prometheus::Gauge* store_disk_bytes_;
   prometheus::Gauge* store_wal_bytes_;
   prometheus::Counter* store_synced_writes_;

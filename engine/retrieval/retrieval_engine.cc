@@ -1063,10 +1063,12 @@ EngineStats ScanRetrievalEngine::Stats() const {
   stats.backend = BackendName(options_.backend);
   stats.encoder_device = models_.front().model->device().ToString();
   stats.storage = StorageTypeName(options_.storage);
+  stats.feature_bytes_limit = feature_bytes_limit_;
   {
     std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
     stats.images = images_.size();
     stats.captions = captions_.size();
+    stats.feature_bytes_committed = images_.feature_bytes + captions_.feature_bytes;
     if (!closed_) {
       for (const ModelSlot& slot : models_)
         stats.feature_bytes += slot.images->memory_bytes() + slot.captions->memory_bytes();

@@ -144,6 +144,10 @@ struct EngineStats {
   int64_t images = 0;
   int64_t captions = 0;
   int64_t feature_bytes = 0;      // held by the scorers
+  // The scorer memory limit ingest is checked against (max_feature_bytes, lowered to what a GPU
+  // can hold), and the estimated bytes of the stored items counted against it.
+  int64_t feature_bytes_limit = 0;
+  int64_t feature_bytes_committed = 0;
   std::vector<std::string> model_summaries;
   std::string backend;            // "cpu", "cuda:0", ...
   std::string encoder_device;     // where the encoders run: "cpu", "cuda:0", ...

@@ -158,6 +158,8 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     stats.images = static_cast<int64_t>(images_.size());
     stats.captions = static_cast<int64_t>(captions_.size());
     stats.feature_bytes = stats.images * kImgDim * 4;
+    stats.feature_bytes_limit = int64_t{1} << 30;
+    stats.feature_bytes_committed = stats.feature_bytes;
     stats.model_summaries = {"fake model"};
     stats.backend = "cpu";
     stats.storage = "fp32";

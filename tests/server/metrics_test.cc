@@ -29,5 +29,18 @@ TEST(ServerMetricsTest, SearchPhasesBecomeCountersPerDirection) {
   EXPECT_DOUBLE_EQ(metrics.engine_phase_seconds(SearchDirection::kImageToText, false).Value(), 0.25);
 }
 
+TEST(ServerMetricsTest, FeatureMemoryLimitAndCommittedAreGauges) {
+  ServerMetrics metrics("test");
+  EngineStats stats;
+  stats.feature_bytes_limit = 1000;
+  stats.feature_bytes_committed = 250;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.feature_bytes_limit().Value(), 1000);
+  EXPECT_EQ(metrics.feature_bytes_committed().Value(), 250);
+  stats.feature_bytes_committed = 100;  // deletes lower it
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.feature_bytes_committed().Value(), 100);
+}
+
 }  // namespace
 }  // namespace scanserve

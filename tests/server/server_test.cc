@@ -339,7 +339,8 @@ TEST_F(ServerTest, MetricsEndpoint) {
         "scanserve_queue_depth{direction=\"text_to_image\"} 0",
         "scanserve_queue_depth{direction=\"image_to_text\"} 0",
         "scanserve_batch_size_sum{direction=\"image_to_text\"} 2", "scanserve_queue_wait_seconds_count", "scanserve_images_stored 3",
-        "scanserve_feature_bytes{device=\"cpu\"} 96", "scanserve_ingest_items_total{code=\"OK\",kind=\"image\"} 3",
+        "scanserve_feature_bytes{device=\"cpu\"} 96", "scanserve_feature_bytes_committed 96",
+        "scanserve_feature_bytes_limit 1073741824", "scanserve_ingest_items_total{code=\"OK\",kind=\"image\"} 3",
         "scanserve_engine_search_seconds_count{direction=\"text_to_image\"}", "scanserve_build_info{version=\"9.9.9\"} 1"}) {
     EXPECT_NE(metrics.find(expected), std::string::npos) << "missing: " << expected;
   }

@@ -536,6 +536,14 @@ TEST_F(RetrievalEngineTest, StoreBeyondTheScorerMemoryLimitRefusesToStart) {
     stored_bytes = engine->Stats().feature_bytes;
   }
   ASSERT_GT(stored_bytes, 0);
+  {
+    auto engine = Make(options);
+    ASSERT_NE(engine, nullptr);
+    const EngineStats stats = engine->Stats();
+    EXPECT_EQ(stats.feature_bytes_limit, options.max_feature_bytes) << "CPU: the configured limit";
+    EXPECT_GT(stats.feature_bytes_committed, 0);
+    EXPECT_LE(stats.feature_bytes_committed, 2 * stored_bytes) << "the estimate is close to the bytes";
+  }
   RetrievalEngineOptions tight = options;
   tight.max_feature_bytes = stored_bytes / 2;
   auto refused = RetrievalEngine::Create(tight);
