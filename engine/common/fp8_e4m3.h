@@ -24,8 +24,6 @@
 
 namespace scanserve {
 
-constexpr float kFp8E4M3Max = 448.0f;
-
 SCANSERVE_HOST_DEVICE uint32_t Fp8FloatBits(float f) {
 #if defined(__CUDA_ARCH__)
   return __float_as_uint(f);

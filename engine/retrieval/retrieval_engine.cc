@@ -407,9 +407,10 @@ absl::Status ScanRetrievalEngine::Load() {
   };
 
   // The store must fit the scorer memory limit: refuse to start, saying by how much, rather than
-  // serve part of what was acked (or fill the GPU and fail midway).
-  int64_t loaded_bytes = 0;
+  // serve part of what was acked (or fill the GPU and fail midway). Checked before each chunk is
+  // published, against what the catalogs already count.
   const auto check_fits = [&](const auto& chunk, ItemKind kind) -> absl::Status {
+    int64_t loaded_bytes = images_.feature_bytes + captions_.feature_bytes;
     for (const auto& record : chunk) loaded_bytes += EstimateBytes(RowsOf(record), kind);
     if (loaded_bytes <= feature_bytes_limit_) return absl::OkStatus();
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -460,7 +461,6 @@ absl::Status ScanRetrievalEngine::Load() {
 }
 
 // ---- Writing ----------------------------------------------------------------------------------
-
 
 CatalogEntry EntryOf(const StoredImage& image, int64_t bytes) {
   return CatalogEntry{image.id, image.collection, image.metadata, "", bytes};

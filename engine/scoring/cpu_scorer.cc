@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "engine/common/vector_growth.h"
 #include "engine/scoring/gemm.h"
 
 namespace scanserve {
@@ -276,14 +277,6 @@ float ScorePair(const AttentionParams& p, int64_t nc, int64_t nq, const float* g
 
 // ---------------------------------------------------------------------------------------------
 
-// Resizes to n, growing the capacity geometrically so that many small Adds stay linear.
-template <typename T>
-void GrowTo(std::vector<T>& v, int64_t n) {
-  const size_t want = static_cast<size_t>(n);
-  if (want > v.capacity()) v.reserve(std::max(want, v.capacity() + v.capacity() / 2));
-  v.resize(want);
-}
-
 float RowNorm(const float* x, int64_t d) {
   double ss = 0.0;
   for (int64_t i = 0; i < d; ++i) ss += static_cast<double>(x[i]) * x[i];
@@ -425,8 +418,8 @@ absl::Status CpuScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<const
                                                      item_row.back(), " rows of width ", d));
   }
 
-  // Per item, in parallel: store (narrowing for bf16 and fp8), then the row norms and the Gram matrix of
-  // the stored values.
+  // Per item, in parallel: store (narrowing for bf16 and fp8), then the row norms and the Gram
+  // matrix of the stored values.
   std::vector<absl::Status> errors(pool_->num_threads());
   std::vector<std::vector<float>> widened(pool_->num_threads());
   pool_->ParallelFor(num_items, 8, [&](int64_t i0, int64_t i1, int t) {

@@ -2,9 +2,10 @@
 //
 // What differs from the interface:
 //  - Storage. Items live in one contiguous row arena (row_arena.h: fp32, bf16 rounded to nearest
-//    even, or fp8 e4m3 with per-row scales, as ScorerConfig::storage says), in insertion order. For the side that is the attention
-//    context (t2i: images, i2t: captions) each stored item's Gram matrix (rows x rows, fp32, from
-//    the stored, i.e. rounded, values) is computed once at Add. bf16 and fp8 scores are the exact
+//    even, or fp8 e4m3 with per-row scales, as ScorerConfig::storage says), in insertion order.
+//    For the side that is the attention context (t2i: images, i2t: captions) each stored item's
+//    Gram matrix (rows x rows, fp32, from the stored, i.e. rounded, values) is computed once at
+//    Add. bf16 and fp8 scores are the exact
 //    scores of the rounded items.
 //  - Order. keys() is insertion order; an upserted key moves to the end. Remove leaves tombstones
 //    and compacts the arena once tombstoned rows pass CpuScorerOptions::compact_dead_fraction.

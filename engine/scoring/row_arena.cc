@@ -1,22 +1,12 @@
 #include "engine/scoring/row_arena.h"
 
-#include <algorithm>
 #include <cstring>
 
 #include "engine/common/bfloat16.h"
 #include "engine/common/fp8_e4m3.h"
+#include "engine/common/vector_growth.h"
 
 namespace scanserve {
-namespace {
-
-template <typename T>
-void GrowTo(std::vector<T>& v, int64_t n) {
-  const size_t want = static_cast<size_t>(n);
-  if (want > v.capacity()) v.reserve(std::max(want, v.capacity() + v.capacity() / 2));
-  v.resize(want);
-}
-
-}  // namespace
 
 void RowArena::Resize(int64_t rows) {
   switch (storage_) {

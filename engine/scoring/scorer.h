@@ -30,7 +30,6 @@ namespace scanserve {
 
 enum class ItemKind { kImage, kCaption };
 
-
 enum class ScorerBackend { kCpu, kReference, kCuda };
 
 struct ScorerConfig {

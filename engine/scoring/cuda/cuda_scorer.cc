@@ -341,20 +341,25 @@ struct CudaScorer::Impl {
   // Drops the items at `dead` (indices, ascending) from slab `s` in place, through compact_tmp
   // (already large enough); never allocates.
   absl::Status CompactSlab(Slab& s, const std::vector<int>& dead) {
-    const int64_t d = dim;
-    const size_t eb = elem_bytes();
     std::vector<ck::ItemDev> items;
     std::vector<int64_t> keys;
     items.reserve(s.items.size() - dead.size());
     keys.reserve(items.capacity());
-    // Pack survivors into compact_tmp: features, then norms, then (fp8) scales, then grams.
-    const size_t feat_bytes = static_cast<size_t>(s.used_rows) * d * eb;
-    const size_t norm_bytes = static_cast<size_t>(s.used_rows) * sizeof(float);
-    const size_t scale_bytes = fp8() ? norm_bytes : 0;
-    char* tmp = compact_tmp.as<char>();
-    char* tmp_norms = tmp + feat_bytes;
-    char* tmp_scales = tmp_norms + norm_bytes;
-    char* tmp_grams = tmp_scales + scale_bytes;
+    // The per-row arrays (features, norms, fp8 scales), each packed into its own region of
+    // compact_tmp, then the Gram matrices after them.
+    struct RowArray {
+      DeviceBuffer* buffer;
+      size_t row_bytes;
+      char* tmp;
+    };
+    std::vector<RowArray> arrays = {{&s.features, dim * elem_bytes(), nullptr},
+                                    {&s.norms, sizeof(float), nullptr}};
+    if (fp8()) arrays.push_back({&s.scales, sizeof(float), nullptr});
+    char* tmp_grams = compact_tmp.as<char>();
+    for (RowArray& a : arrays) {
+      a.tmp = tmp_grams;
+      tmp_grams += static_cast<size_t>(s.used_rows) * a.row_bytes;
+    }
     int64_t row = 0, gram = 0;
     int32_t max_rows = 0;
     size_t next_dead = 0;
@@ -364,18 +369,11 @@ struct CudaScorer::Impl {
         continue;
       }
       const ck::ItemDev& it = s.items[i];
-      SCANSERVE_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(tmp + row * d * eb, s.features.as<char>() + it.row_begin * d * eb,
-                          it.rows * d * eb, cudaMemcpyDeviceToDevice, stream),
-          "compact");
-      SCANSERVE_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(tmp_norms + row * sizeof(float), s.norms.as<float>() + it.row_begin,
-                          it.rows * sizeof(float), cudaMemcpyDeviceToDevice, stream),
-          "compact");
-      if (fp8()) {
+      for (const RowArray& a : arrays) {
         SCANSERVE_CUDA_RETURN_IF_ERROR(
-            cudaMemcpyAsync(tmp_scales + row * sizeof(float), s.scales.as<float>() + it.row_begin,
-                            it.rows * sizeof(float), cudaMemcpyDeviceToDevice, stream),
+            cudaMemcpyAsync(a.tmp + row * a.row_bytes,
+                            a.buffer->as<char>() + it.row_begin * a.row_bytes,
+                            it.rows * a.row_bytes, cudaMemcpyDeviceToDevice, stream),
             "compact");
       }
       ck::ItemDev moved = it;
@@ -395,16 +393,8 @@ struct CudaScorer::Impl {
       keys.push_back(s.keys[i]);
     }
     if (row > 0) {
-      SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.features.get(), tmp, row * d * eb,
-                                                     cudaMemcpyDeviceToDevice, stream),
-                                     "compact");
-      SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.norms.get(), tmp_norms,
-                                                     row * sizeof(float), cudaMemcpyDeviceToDevice,
-                                                     stream),
-                                     "compact");
-      if (fp8()) {
-        SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.scales.get(), tmp_scales,
-                                                       row * sizeof(float),
+      for (const RowArray& a : arrays) {
+        SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(a.buffer->get(), a.tmp, row * a.row_bytes,
                                                        cudaMemcpyDeviceToDevice, stream),
                                        "compact");
       }
