@@ -48,6 +48,7 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Create(const ConnectionO
   // Responses are bounded by the server's own limit; do not cut them at gRPC's 4 MiB default.
   arguments.SetMaxReceiveMessageSize(-1);
   arguments.SetMaxSendMessageSize(-1);
+  if (options.dedicated_connection) arguments.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
   connection->channel_ = grpc::CreateCustomChannel(options.server, credentials, arguments);
   connection->scan_ = v1::ScanService::NewStub(connection->channel_);
   connection->health_ = grpc::health::v1::Health::NewStub(connection->channel_);

@@ -24,6 +24,9 @@ struct ConnectionOptions {
   std::string tls_cert;
   std::string tls_key;
   double timeout_s = 30;   // deadline of each unary call; 0 = none
+  // A TCP connection of its own rather than one shared with this process's other channels to the
+  // same server (gRPC's default), so that concurrent load clients are separate connections.
+  bool dedicated_connection = false;
 };
 
 class Connection {

@@ -15,6 +15,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "client/bench.h"
 #include "client/cli_args.h"
 #include "client/connection.h"
 #include "client/exit_codes.h"
@@ -80,6 +82,14 @@ Commands:
     import flags: --resume-file FILE (default: next to the input), --restart (ignore the
       checkpoint), --window N (unacknowledged items in flight, default 256), --no-progress
     An import keeps a checkpoint of the last acknowledged item; rerunning it resumes after that.
+  bench ("TEXT"... | --captions FILE | --image-id ID... | --image-ids FILE) [--concurrency N[,N...]]
+        [--duration SECONDS] [--requests N] [--warmup SECONDS] [--queries-per-call Q] [--top-k K]
+        [--collection C] [--where KEY=VALUE]...
+      closed-loop load test through gRPC: per concurrency level (default 1), that many clients
+      (one connection each) search back to back, cycling through the captions (text -> image; a
+      file has one per line) or stored image ids (image -> text); after --warmup (default 1 s) it
+      measures --duration (default 10 s) or --requests calls, and prints calls, errors, queries/s
+      and p50/p90/p99/max latency per level. Exit 1 when any measured call failed
 
 Exit codes: 0 ok, 1 server/RPC error, 2 usage error (or unreadable input), 3 not found,
             4 server unavailable or not serving.
@@ -387,8 +397,12 @@ int Stats(Connection& connection, const std::vector<std::string>& argv, bool jso
     return kExitOk;
   }
   Table table({"field", "value"});
-  table.AddRow({"images", absl::StrCat(response.images())});
-  table.AddRow({"captions", absl::StrCat(response.captions())});
+  // Synthetic (benchmark) items are counted in, and said.
+  const auto count = [](int64_t all, int64_t synthetic) {
+    return synthetic == 0 ? absl::StrCat(all) : absl::StrCat(all, " (", synthetic, " synthetic, not stored)");
+  };
+  table.AddRow({"images", count(response.images(), response.synthetic_images())});
+  table.AddRow({"captions", count(response.captions(), response.synthetic_captions())});
   table.AddRow({"feature memory", FormatBytes(response.feature_bytes())});
   table.AddRow({"feature limit", absl::StrCat(FormatBytes(response.feature_bytes_committed()), " of ",
                                               FormatBytes(response.feature_bytes_limit()), " committed")});
@@ -534,6 +548,76 @@ int Import(Connection& connection, const std::vector<std::string>& argv, bool js
   return UsageError(absl::StrCat("unknown import kind '", kind, "' (precomp, tsv or images)"));
 }
 
+// Non-empty lines of a file (captions or ids for bench).
+absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path, const char* flag) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) {
+    std::string stripped(absl::StripAsciiWhitespace(line));
+    if (!stripped.empty()) lines.push_back(std::move(stripped));
+  }
+  if (lines.empty()) return absl::InvalidArgumentError(absl::StrCat(flag, ": ", path, " has no non-empty line"));
+  return lines;
+}
+
+int Bench(const ConnectionOptions& connection_options, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args =
+      Parse(argv, {{"captions", "image-id", "image-ids", "concurrency", "duration", "requests", "warmup",
+                    "queries-per-call", "top-k", "collection", "where"},
+                   {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  BenchOptions options;
+  options.captions = args->positionals();
+  if (std::optional<std::string> file = args->Value("captions")) {
+    absl::StatusOr<std::vector<std::string>> lines = ReadLines(*file, "--captions");
+    if (!lines.ok()) return Fail(kExitUsage, lines.status().ToString());
+    options.captions.insert(options.captions.end(), lines->begin(), lines->end());
+  }
+  options.image_ids = args->Values("image-id");
+  if (std::optional<std::string> file = args->Value("image-ids")) {
+    absl::StatusOr<std::vector<std::string>> lines = ReadLines(*file, "--image-ids");
+    if (!lines.ok()) return Fail(kExitUsage, lines.status().ToString());
+    options.image_ids.insert(options.image_ids.end(), lines->begin(), lines->end());
+  }
+  if (options.captions.empty() == options.image_ids.empty()) {
+    return UsageError("bench needs captions (\"TEXT\"... or --captions FILE) or stored image ids "
+                      "(--image-id ID... or --image-ids FILE), not both");
+  }
+  if (std::optional<std::string> levels = args->Value("concurrency")) {
+    options.concurrency.clear();
+    for (absl::string_view part : absl::StrSplit(*levels, ',')) {
+      int level = 0;
+      if (!absl::SimpleAtoi(part, &level) || level < 1 || level > 1024) {
+        return UsageError(absl::StrCat("--concurrency: expected levels in 1..1024 separated by commas, got '",
+                                       *levels, "'"));
+      }
+      options.concurrency.push_back(level);
+    }
+  }
+  absl::StatusOr<std::optional<double>> duration = args->Double("duration", 0.1, 86400);
+  absl::StatusOr<std::optional<double>> warmup = args->Double("warmup", 0, 3600);
+  absl::StatusOr<std::optional<int64_t>> requests = args->Int("requests", 1, int64_t{1} << 40);
+  absl::StatusOr<std::optional<int64_t>> per_call = args->Int("queries-per-call", 1, 1024);
+  absl::StatusOr<int32_t> top_k = TopK(*args);
+  for (const absl::Status& status : {duration.status(), warmup.status(), requests.status(), per_call.status(),
+                                     top_k.status()}) {
+    if (!status.ok()) return UsageError(std::string(status.message()));
+  }
+  if (duration->has_value() && requests->has_value()) return UsageError("give --duration or --requests, not both");
+  options.duration_s = duration->value_or(options.duration_s);
+  options.warmup_s = warmup->value_or(options.warmup_s);
+  options.max_calls = requests->value_or(0);
+  options.queries_per_call = static_cast<int>(per_call->value_or(1));
+  options.top_k = *top_k;
+  if (absl::Status status = FillFilter(*args, &options.filter); !status.ok()) {
+    return UsageError(std::string(status.message()));
+  }
+  absl::StatusOr<std::vector<BenchLevel>> levels = RunBench(connection_options, options);
+  if (!levels.ok()) return Fail(kExitUsage, std::string(levels.status().message()));
+  return ReportBench(options, *levels, json);
+}
+
 std::string EnvOr(const char* name, const std::string& fallback) {
   const char* value = std::getenv(name);
   return value != nullptr && *value != '\0' ? value : fallback;
@@ -602,6 +686,12 @@ int Main(int argc, char** argv) {
     }
   }
   if (command.empty()) return UsageError("no command given");
+  // bench makes a connection per client from the options.
+  if (command == "bench") {
+    absl::StatusOr<std::unique_ptr<Connection>> check = Connection::Create(connection_options);
+    if (!check.ok()) return Fail(kExitUsage, std::string(check.status().message()));
+    return Bench(connection_options, command_args, json);
+  }
 
   using Command = int (*)(Connection&, const std::vector<std::string>&, bool);
   const std::map<std::string, Command> commands = {

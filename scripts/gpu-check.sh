@@ -5,13 +5,19 @@
 #
 #   bash scripts/gpu-check.sh            # ~6-8 minutes (after scripts/fetch-gpu-debs.sh here)
 #
-# Steps, each timed and under `timeout`: environment, configure (server off, CUDA on, sm_90),
-# build scoring_tests + detector_tests + model_tests + scan_bench, run the CUDA tests, the scan_bench CUDA table
-# (100k fp32+bf16+fp8 with the cuBLAS and the fused kernels, 1M bf16), and a same-run
-# reference-style PyTorch baseline. A failing test step
-# does not stop the later steps; the exit status is non-zero when any step failed.
+# Steps, each timed and under `timeout`: environment, configure (CUDA on, sm_90; the server too when
+# .debs has gRPC, without OpenCV; engine-only if that configure fails), build scoring_tests +
+# detector_tests + model_tests + scan_bench (+ scanserve, scanctl), run the CUDA tests, the
+# scan_bench CUDA table (100k fp32+bf16+fp8 with the cuBLAS and the fused kernels, 1M bf16), a
+# same-run reference-style PyTorch baseline, the detector timing, and last, when the server built and
+# time is left, the end-to-end serving benchmark through gRPC (scripts/serve-bench.sh: 1M synthetic
+# images, lone query and concurrent clients). A failing test step does not stop the later steps; the
+# exit status is non-zero when any step failed.
 # Environment overrides: BUILD_DIR (build-gpu), JOBS (nproc), BENCH_1M=0 to skip the 1M table,
-# BASELINE=0 to skip the PyTorch baseline, DETECTOR_BENCH=0 to skip the detector timing, EXTRA_CMAKE_ARGS.
+# BASELINE=0 to skip the PyTorch baseline, DETECTOR_BENCH=0 to skip the detector timing,
+# SERVE_BENCH=0 to skip the serving benchmark, SERVE_BENCH_ONLY=1 to run only the build and the
+# serving benchmark (e.g. a second call on a still-warm machine), SERVE_BENCH_BEFORE_S (420: skipped
+# when the script has run longer), SERVE_IMAGES (1000000), EXTRA_CMAKE_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,12 +98,49 @@ command -v ninja >/dev/null 2>&1 || GEN="Unix Makefiles"
 echo "generator: $GEN, jobs: $JOBS"
 
 # ---------------------------------------------------------------------------------------------
-run_step "CONFIGURE" 240 cmake -S . -B "$BUILD_DIR" -G "$GEN" -DCMAKE_BUILD_TYPE=Release \
-  -DSCANSERVE_BUILD_SERVER=OFF -DSCANSERVE_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-  ${EXTRA_CMAKE_ARGS:-} || exit 1
+# The server too when the .debs have gRPC (it serves without OpenCV there: image bytes refused);
+# if that configure fails, the engine alone, so that the CUDA checks still run.
+SERVER=OFF
+if ls .debs/libgrpc++-dev_*.deb >/dev/null 2>&1; then SERVER=ON; fi
+configure() {
+  cmake -S . -B "$BUILD_DIR" -G "$GEN" -DCMAKE_BUILD_TYPE=Release -DSCANSERVE_BUILD_SERVER="$SERVER" \
+    -DSCANSERVE_SERVER_WITHOUT_OPENCV=ON -DSCANSERVE_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+    ${EXTRA_CMAKE_ARGS:-}
+}
+if ! run_step "CONFIGURE (server $SERVER)" 240 configure; then
+  [ "$SERVER" = "ON" ] || exit 1
+  SERVER=OFF
+  rm -rf "$BUILD_DIR"
+  run_step "CONFIGURE (engine only)" 240 configure || exit 1
+fi
 
 run_step "BUILD scoring_tests detector_tests model_tests scan_bench scan_extract" 360 \
   cmake --build "$BUILD_DIR" -j "$JOBS" --target scoring_tests detector_tests model_tests scan_bench scan_extract || exit 1
+if [ "$SERVER" = "ON" ]; then
+  run_step "BUILD scanserve scanctl" 240 cmake --build "$BUILD_DIR" -j "$JOBS" --target scanserve scanctl || SERVER=OFF
+fi
+
+# The end-to-end serving benchmark: scanserve on the GPU with 1M synthetic images, scanctl bench at
+# concurrency 1 (a lone query; goal <= 25 ms p50) and with concurrent clients (goal >= 300 queries/s).
+# Two batch workers: one encodes the next batch while the other's batch is on the scorer.
+serve_bench() {
+  if [ "$SERVER" != "ON" ] || [ "${SERVE_BENCH:-1}" = "0" ]; then
+    echo "serving benchmark skipped (server not built, or SERVE_BENCH=0)"
+    return 0
+  fi
+  if [ "$(elapsed)" -gt "${SERVE_BENCH_BEFORE_S:-420}" ]; then
+    echo "serving benchmark skipped: $(elapsed)s used; run it next on the warm machine with"
+    echo "  SERVE_BENCH_ONLY=1 bash scripts/gpu-check.sh"
+    return 0
+  fi
+  run_step "SERVE BENCH scanserve cuda, ${SERVE_IMAGES:-1000000} images, through gRPC" 240 \
+    env BUILD_DIR="$BUILD_DIR" BACKEND=cuda IMAGES="${SERVE_IMAGES:-1000000}" LEVELS=1,16,64,128 DURATION=4 \
+    WARMUP=2 START_TIMEOUT=150 EXTRA_SERVER_ARGS="--batch-workers 2" bash scripts/serve-bench.sh || true
+}
+if [ "${SERVE_BENCH_ONLY:-0}" = "1" ]; then
+  SERVE_BENCH_BEFORE_S=100000 serve_bench
+  exit "$FAILED"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # CUDA tests. SCANSERVE_TEST_VERBOSE prints every CUDA-vs-CPU comparison (max rel err, top-10).
@@ -176,4 +219,5 @@ for dtype in (torch.float32, torch.bfloat16):
     torch.cuda.empty_cache()
 PY
 fi
+serve_bench
 [ "$FAILED" -eq 0 ]

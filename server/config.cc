@@ -250,6 +250,18 @@ const std::vector<Flag>& Flags() {
        [](const std::string& v, ServerConfig* c) {
          return ParseBytes("max-feature-bytes", v, 0, INT64_MAX, &c->engine.max_feature_bytes);
        }},
+      {"synthetic-images", "N",
+       "load tests and benchmarks only: N random images (36 regions; ids synthetic/0.., collection "
+       "'synthetic') added to the scorers at start, never stored, regenerated at each start",
+       [](const ServerConfig& c) { return absl::StrCat(c.engine.synthetic_images); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt64("synthetic-images", v, 0, 100'000'000, &c->engine.synthetic_images);
+       }},
+      {"synthetic-captions", "N", "as --synthetic-images, for N random captions (12..19 tokens)",
+       [](const ServerConfig& c) { return absl::StrCat(c.engine.synthetic_captions); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt64("synthetic-captions", v, 0, 100'000'000, &c->engine.synthetic_captions);
+       }},
       {"max-top-k", "N", "largest top_k a search may ask for",
        [](const ServerConfig& c) { return absl::StrCat(c.engine.max_top_k); },
        [](const std::string& v, ServerConfig* c) { return ParseInt("max-top-k", v, 1, 1'000'000, &c->engine.max_top_k); }},

@@ -329,6 +329,8 @@ void StatsToProto(const EngineStats& stats, const std::vector<std::string>& mode
   out->set_encoder_device(stats.encoder_device);
   out->set_feature_bytes_limit(stats.feature_bytes_limit);
   out->set_feature_bytes_committed(stats.feature_bytes_committed);
+  out->set_synthetic_images(stats.synthetic_images);
+  out->set_synthetic_captions(stats.synthetic_captions);
   out->set_storage(stats.storage);
   out->set_store_disk_bytes(stats.store_disk_bytes);
   out->set_version(version);

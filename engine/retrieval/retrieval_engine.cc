@@ -29,12 +29,14 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"
 #include "engine/retrieval/item_validation.h"
 #include "engine/retrieval/models_fingerprint.h"
+#include "engine/retrieval/synthetic_items.h"
 #include "engine/retrieval/writer_preferring_mutex.h"
 #include "engine/scoring/attention_explain.h"
 #include "engine/store/feature_store.h"
@@ -60,6 +62,7 @@ struct CatalogEntry {
   Metadata metadata;
   std::string text;           // captions only
   int64_t feature_bytes = 0;  // estimated scorer bytes over all models
+  bool synthetic = false;     // added at start, not stored (RetrievalEngineOptions::synthetic_*)
 };
 
 // The stored items of one kind.
@@ -67,6 +70,7 @@ struct Catalog {
   absl::flat_hash_map<std::string, int64_t> key_of_id;
   absl::flat_hash_map<int64_t, CatalogEntry> entries;
   int64_t feature_bytes = 0;
+  int64_t synthetic = 0;  // entries with synthetic set
 
   int64_t size() const { return static_cast<int64_t>(entries.size()); }
   // The entry of a key the scorers returned: every scorer key has one (an invariant).
@@ -77,6 +81,7 @@ struct Catalog {
   }
   void Insert(int64_t key, CatalogEntry entry) {
     feature_bytes += entry.feature_bytes;
+    synthetic += entry.synthetic ? 1 : 0;
     key_of_id[entry.id] = key;
     entries[key] = std::move(entry);
   }
@@ -84,6 +89,7 @@ struct Catalog {
     auto it = entries.find(key);
     if (it == entries.end()) return;
     feature_bytes -= it->second.feature_bytes;
+    synthetic -= it->second.synthetic ? 1 : 0;
     key_of_id.erase(it->second.id);
     entries.erase(it);
   }
@@ -91,6 +97,7 @@ struct Catalog {
     key_of_id.clear();
     entries.clear();
     feature_bytes = 0;
+    synthetic = 0;
   }
 };
 
@@ -149,6 +156,9 @@ absl::Status ValidateOptions(const RetrievalEngineOptions& o) {
   if (o.max_images < 0 || o.max_captions < 0 || o.max_feature_bytes < 0) {
     return absl::InvalidArgumentError("RetrievalEngineOptions: capacities must be >= 0");
   }
+  if (o.synthetic_images < 0 || o.synthetic_captions < 0) {
+    return absl::InvalidArgumentError("RetrievalEngineOptions: synthetic item counts must be >= 0");
+  }
   if (o.max_top_k < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("RetrievalEngineOptions: max_top_k must be >= 1, got ", o.max_top_k));
@@ -185,6 +195,8 @@ class ScanRetrievalEngine final : public RetrievalEngine {
 
   // Reads every stored item into the scorers (Create, before anyone else sees the engine).
   absl::Status Load();
+  // Adds options_.synthetic_images / synthetic_captions (Create, after Load).
+  absl::Status AddSynthetic(ItemKind kind, int64_t count);
 
   std::vector<ItemResult> UpsertImages(std::vector<ImageItem> items) override;
   std::vector<ItemResult> UpsertCaptions(std::vector<CaptionItem> items) override;
@@ -233,6 +245,14 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   // columns in the order of *keys. Caller holds state_mu_.
   absl::Status ScoreAveraged(const std::vector<std::vector<ItemView>>& queries, ScorerOf side,
                              FloatMatrix* scores, std::vector<int64_t>* keys) const;
+  // The top_k items per query that pass params.filter, best first, ties to the smaller key.
+  // One model: the scorer's own Search (the CUDA backend selects on the device, so only k results
+  // per query leave it, not a score per stored item); with a filter it over-fetches and falls back
+  // to full scores when too few of those pass. An ensemble averages full score matrices first.
+  // Caller holds state_mu_.
+  absl::StatusOr<std::vector<std::vector<ScoredKey>>> Rank(
+      const std::vector<std::vector<ItemView>>& queries, ScorerOf side, const Catalog& catalog,
+      const SearchParams& params) const;
   // Top-k per row over the columns whose item passes the filter. Caller holds state_mu_.
   std::vector<std::vector<ScoredKey>> TopK(const FloatMatrix& scores,
                                            const std::vector<int64_t>& keys, const Catalog& catalog,
@@ -458,6 +478,59 @@ absl::Status ScanRetrievalEngine::Load() {
     return caption_chunk.size() >= kLoadChunk ? flush_captions() : absl::OkStatus();
   }));
   return flush_captions();
+}
+
+absl::Status ScanRetrievalEngine::AddSynthetic(ItemKind kind, int64_t count) {
+  if (count == 0) return absl::OkStatus();
+  std::lock_guard<std::mutex> writer(writer_mu_);
+  std::unique_lock<WriterPreferringSharedMutex> state(state_mu_);
+  const bool image = kind == ItemKind::kImage;
+  const char* kind_name = image ? "images" : "captions";
+  Catalog& items = catalog(kind);
+  const int64_t max_count = image ? options_.max_images : options_.max_captions;
+
+  std::vector<int64_t> dims;
+  for (const ModelSlot& slot : models_) dims.push_back(slot.model->config().embed_size);
+  const SyntheticPool pool = MakeSyntheticPool(kind, count, dims);
+
+  constexpr int64_t kChunk = 4096;  // items per Scorer::Add
+  int64_t added = 0;
+  int64_t committed = images_.feature_bytes + captions_.feature_bytes;
+  for (int64_t begin = 0; begin < count; begin += kChunk) {
+    const int64_t end = std::min(count, begin + kChunk);
+    std::vector<int64_t> keys;
+    std::vector<CatalogEntry> entries;
+    std::vector<std::vector<ItemView>> views(num_models());
+    for (int64_t i = begin; i < end; ++i) {
+      std::string id = SyntheticId(i);
+      if (items.key_of_id.contains(id)) continue;  // the stored item of that id wins
+      const int64_t bytes = EstimateBytes(pool.item(0, i).rows, kind);
+      if (items.size() + static_cast<int64_t>(keys.size()) >= max_count ||
+          committed + bytes > feature_bytes_limit_) {
+        return absl::ResourceExhaustedError(absl::StrCat(
+            count, " synthetic ", kind_name, " do not fit: after ", added, " of them the store holds ",
+            items.size() + static_cast<int64_t>(keys.size()), " ", kind_name, " (limit ", max_count,
+            ") and ~", committed, " scorer bytes (limit ", feature_bytes_limit_, ", ", LimitSource(),
+            ")"));
+      }
+      committed += bytes;
+      keys.push_back(next_key_++);
+      for (size_t m = 0; m < num_models(); ++m) views[m].emplace_back(pool.item(m, i));
+      CatalogEntry entry{std::move(id), kSyntheticCollection, {}, image ? "" : "(synthetic)", bytes};
+      entry.synthetic = true;
+      entries.push_back(std::move(entry));
+    }
+    for (size_t m = 0; m < num_models(); ++m) {
+      SCANSERVE_RETURN_IF_ERROR(
+          Prefixed((models_[m].*side(kind))->Add(keys, views[m]),
+                   absl::StrCat("adding synthetic ", kind_name, ": ")));
+    }
+    for (size_t i = 0; i < keys.size(); ++i) items.Insert(keys[i], std::move(entries[i]));
+    added += static_cast<int64_t>(keys.size());
+  }
+  std::fprintf(stderr, "RetrievalEngine: added %lld synthetic %s (benchmark items, not stored)\n",
+               static_cast<long long>(added), kind_name);
+  return absl::OkStatus();
 }
 
 // ---- Writing ----------------------------------------------------------------------------------
@@ -821,6 +894,45 @@ absl::Status ScanRetrievalEngine::ScoreAveraged(const std::vector<std::vector<It
   return absl::OkStatus();
 }
 
+absl::StatusOr<std::vector<std::vector<ScoredKey>>> ScanRetrievalEngine::Rank(
+    const std::vector<std::vector<ItemView>>& queries, ScorerOf side, const Catalog& items,
+    const SearchParams& params) const {
+  const SearchFilter& filter = params.filter;
+  const bool filtered = !filter.collection.empty() || !filter.metadata.empty();
+  if (num_models() == 1) {
+    const Scorer& scorer = *(models_[0].*side);
+    const int64_t size = scorer.size();
+    const int64_t top_k = params.top_k;
+    // With a filter, the best 4k (at least k + 64) usually hold k passing items.
+    const int64_t fetch = std::max<int64_t>(
+        1, std::min(size, filtered ? std::max(4 * top_k, top_k + 64) : top_k));
+    SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::vector<ScoredKey>> found,
+                               scorer.Search(queries[0], static_cast<int>(fetch)));
+    if (!filtered) return found;
+    bool complete = true;
+    for (std::vector<ScoredKey>& row : found) {
+      std::vector<ScoredKey> kept;
+      for (const ScoredKey& scored : row) {
+        if (static_cast<int64_t>(kept.size()) == top_k) break;
+        const CatalogEntry& entry = items.Get(scored.key);
+        if (MatchesFilter(filter, entry.collection, entry.metadata)) kept.push_back(scored);
+      }
+      // Fewer than k passed among the best `fetch`: more may pass further down, unless all items
+      // were fetched.
+      if (static_cast<int64_t>(kept.size()) < top_k && fetch < size) {
+        complete = false;
+        break;
+      }
+      row = std::move(kept);
+    }
+    if (complete) return found;
+  }
+  FloatMatrix scores;
+  std::vector<int64_t> keys;
+  SCANSERVE_RETURN_IF_ERROR(ScoreAveraged(queries, side, &scores, &keys));
+  return TopK(scores, keys, items, params);
+}
+
 std::vector<std::vector<ScoredKey>> ScanRetrievalEngine::TopK(const FloatMatrix& scores,
                                                               const std::vector<int64_t>& keys,
                                                               const Catalog& items,
@@ -881,10 +993,8 @@ absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchIm
   std::vector<std::vector<ImageHit>> results(queries.size());
   if (images_.size() == 0) return results;
   const auto score_start = std::chrono::steady_clock::now();
-  FloatMatrix scores;
-  std::vector<int64_t> keys;
-  SCANSERVE_RETURN_IF_ERROR(ScoreAveraged(views, &ModelSlot::images, &scores, &keys));
-  const std::vector<std::vector<ScoredKey>> top = TopK(scores, keys, images_, params);
+  SCANSERVE_ASSIGN_OR_RETURN(const std::vector<std::vector<ScoredKey>> top,
+                             Rank(views, &ModelSlot::images, images_, params));
   AddPhase(kT2i, kScore, score_start);
   for (size_t q = 0; q < queries.size(); ++q) {
     for (const ScoredKey& scored : top[q]) {
@@ -1001,14 +1111,31 @@ absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::Search
 
   std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
   if (closed_) return absl::FailedPreconditionError("the engine is closed");
-  // Stored images are queried with their stored embeddings: no re-encoding.
+  // Stored images are queried with their stored embeddings: no re-encoding. Synthetic ones are
+  // made again from their index.
   if (!stored_ids.empty()) {
-    for (size_t j = 0; j < stored_ids.size(); ++j) {
-      if (!images_.key_of_id.contains(stored_ids[j])) {
+    for (size_t j = 0; j < stored_ids.size();) {
+      auto it = images_.key_of_id.find(stored_ids[j]);
+      if (it == images_.key_of_id.end()) {
         return absl::NotFoundError(
             absl::StrCat("query ", stored_index[j], ": no stored image ", QuoteId(stored_ids[j])));
       }
+      int64_t index = 0;
+      if (!images_.Get(it->second).synthetic ||
+          !absl::SimpleAtoi(absl::string_view(stored_ids[j]).substr(sizeof("synthetic/") - 1), &index)) {
+        ++j;
+        continue;
+      }
+      for (size_t m = 0; m < num_models(); ++m) {
+        regions[stored_index[j]].push_back(
+            MakeSyntheticItem(ItemKind::kImage, index % SyntheticPoolSize(options_.synthetic_images), m,
+                              models_[m].model->config().embed_size));
+      }
+      stored_ids.erase(stored_ids.begin() + static_cast<std::ptrdiff_t>(j));
+      stored_index.erase(stored_index.begin() + static_cast<std::ptrdiff_t>(j));
     }
+  }
+  if (!stored_ids.empty()) {
     SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> records,
                                store_->GetImages(stored_ids));
     for (size_t j = 0; j < stored_ids.size(); ++j) {
@@ -1032,10 +1159,8 @@ absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::Search
   for (size_t m = 0; m < num_models(); ++m) {
     for (size_t q = 0; q < queries.size(); ++q) views[m].push_back(ItemView(regions[q][m]));
   }
-  FloatMatrix scores;
-  std::vector<int64_t> keys;
-  SCANSERVE_RETURN_IF_ERROR(ScoreAveraged(views, &ModelSlot::captions, &scores, &keys));
-  const std::vector<std::vector<ScoredKey>> top = TopK(scores, keys, captions_, params);
+  SCANSERVE_ASSIGN_OR_RETURN(const std::vector<std::vector<ScoredKey>> top,
+                             Rank(views, &ModelSlot::captions, captions_, params));
   AddPhase(kI2t, kScore, score_start);
   for (size_t q = 0; q < queries.size(); ++q) {
     for (const ScoredKey& scored : top[q]) {
@@ -1068,6 +1193,8 @@ EngineStats ScanRetrievalEngine::Stats() const {
     std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
     stats.images = images_.size();
     stats.captions = captions_.size();
+    stats.synthetic_images = images_.synthetic;
+    stats.synthetic_captions = captions_.synthetic;
     stats.feature_bytes_committed = images_.feature_bytes + captions_.feature_bytes;
     if (!closed_) {
       for (const ModelSlot& slot : models_)
@@ -1173,6 +1300,8 @@ absl::StatusOr<std::unique_ptr<RetrievalEngine>> RetrievalEngine::CreateWithStor
 
   auto engine = std::make_unique<ScanRetrievalEngine>(options, std::move(models), std::move(store));
   SCANSERVE_RETURN_IF_ERROR(engine->Load());
+  SCANSERVE_RETURN_IF_ERROR(engine->AddSynthetic(ItemKind::kImage, options.synthetic_images));
+  SCANSERVE_RETURN_IF_ERROR(engine->AddSynthetic(ItemKind::kCaption, options.synthetic_captions));
   return std::unique_ptr<RetrievalEngine>(std::move(engine));
 }
 

@@ -55,6 +55,12 @@ struct RetrievalEngineOptions {
   int64_t max_feature_bytes = 16LL << 30;  // scorer memory across models and both sides
   int max_top_k = 1000;
   int max_query_words = 256;               // tokens per caption query, <start>/<end> included
+  // Load tests and benchmarks at scale only: this many random images (36 regions) and captions
+  // (12..19 tokens), ids "synthetic/N" in collection "synthetic", added to the scorers at start
+  // and never to the store: not durable, regenerated at each start, skipped where the store holds
+  // the id. They count against the capacities; exceeding one fails the start (RESOURCE_EXHAUSTED).
+  int64_t synthetic_images = 0;
+  int64_t synthetic_captions = 0;
 };
 
 using Metadata = std::map<std::string, std::string>;
@@ -143,6 +149,8 @@ struct SearchPhaseSeconds {
 struct EngineStats {
   int64_t images = 0;
   int64_t captions = 0;
+  int64_t synthetic_images = 0;   // of those, added at start (RetrievalEngineOptions) and live
+  int64_t synthetic_captions = 0;
   int64_t feature_bytes = 0;      // held by the scorers
   // The scorer memory limit ingest is checked against (max_feature_bytes, lowered to what a GPU
   // can hold), and the estimated bytes of the stored items counted against it.

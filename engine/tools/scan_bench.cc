@@ -47,6 +47,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/common/matrix.h"
+#include "engine/common/split_mix64.h"
 #include "engine/common/thread_pool.h"
 #include "engine/scoring/cpu_scorer.h"
 #include "engine/scoring/gemm.h"
@@ -211,34 +212,6 @@ Flags ParseFlags(int argc, char** argv) {
   return f;
 }
 
-// splitmix64: fast and good enough for benchmark data.
-struct Rng {
-  uint64_t s;
-  uint64_t Next() {
-    uint64_t z = (s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  }
-  float Uniform() { return static_cast<float>(Next() >> 40) * (2.0f / 16777216.0f) - 1.0f; }
-  int64_t Between(int64_t lo, int64_t hi) {
-    return lo + static_cast<int64_t>(Next() % static_cast<uint64_t>(hi - lo + 1));
-  }
-};
-
-// rows x dim, uniform entries, every row l2-normalised.
-void FillRows(Rng& rng, float* x, int64_t rows, int64_t dim) {
-  for (int64_t r = 0; r < rows; ++r) {
-    float* row = x + r * dim;
-    double ss = 0;
-    for (int64_t i = 0; i < dim; ++i) {
-      row[i] = rng.Uniform();
-      ss += static_cast<double>(row[i]) * row[i];
-    }
-    const float inv = static_cast<float>(1.0 / std::sqrt(ss));
-    for (int64_t i = 0; i < dim; ++i) row[i] *= inv;
-  }
-}
 
 double NowMs() {
   return std::chrono::duration<double, std::milli>(
@@ -329,16 +302,16 @@ int RunCuda(const Flags& f) {
   constexpr int kTopK = 10;
 
   AttentionParams attention;  // t2i, clipped_l2norm, LogSumExp, λ1 = 9, λ2 = 6
-  Rng rng{f.seed};
+  SplitMix64 rng(f.seed);
   const int64_t pool = std::min(f.pool, f.images);
   const double t_gen = NowMs();
   std::vector<float> images(static_cast<size_t>(pool * f.regions * f.dim));
-  FillRows(rng, images.data(), pool * f.regions, f.dim);
+  FillUnitRows(rng, images.data(), pool * f.regions, f.dim);
   std::vector<FloatMatrix> captions;
   int64_t total_words = 0;
   for (int64_t j = 0; j < f.queries; ++j) {
     FloatMatrix c(rng.Between(f.words_min, f.words_max), f.dim);
-    FillRows(rng, c.data.data(), c.rows, f.dim);
+    FillUnitRows(rng, c.data.data(), c.rows, f.dim);
     total_words += c.rows;
     captions.push_back(std::move(c));
   }
@@ -539,16 +512,16 @@ int Main(int argc, char** argv) {
   attention.lambda_lse = 6.0f;
 
   // Data.
-  Rng rng{f.seed};
+  SplitMix64 rng(f.seed);
   const double t_gen = NowMs();
   std::vector<float> images(static_cast<size_t>(f.images * f.regions * f.dim));
-  FillRows(rng, images.data(), f.images * f.regions, f.dim);
+  FillUnitRows(rng, images.data(), f.images * f.regions, f.dim);
   std::vector<FloatMatrix> captions;
   int64_t total_words = 0;
   const int64_t num_captions = std::max(f.queries, f.ref_queries);
   for (int64_t j = 0; j < num_captions; ++j) {
     FloatMatrix c(rng.Between(f.words_min, f.words_max), f.dim);
-    FillRows(rng, c.data.data(), c.rows, f.dim);
+    FillUnitRows(rng, c.data.data(), c.rows, f.dim);
     if (j < f.queries) total_words += c.rows;
     captions.push_back(std::move(c));
   }

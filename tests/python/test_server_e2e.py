@@ -267,6 +267,18 @@ class E2EBase(unittest.TestCase):
         return s
 
     @classmethod
+    def start_class_server(cls, name, model_dirs, data_dir, extra=(), channel=None):
+        """Starts the class's server and waits until it is SERVING; `channel` (a function of nothing)
+        makes the channel once it listens, plaintext by default."""
+        cls.server = ServerProcess(cls.s.tmp, name, model_dirs, data_dir, extra=extra)
+        cls.server.start()
+        wait_listening(cls.server)
+        cls.channel = channel() if channel else grpc.insecure_channel("127.0.0.1:%d" % cls.server.port,
+                                                                      options=CHANNEL_OPTIONS)
+        wait_serving(cls.server, cls.channel, cls.s.health_pb2, cls.s.health_grpc)
+        cls.stub = cls.s.pb_grpc.ScanServiceStub(cls.channel)
+
+    @classmethod
     def stop_class_server(cls):
         """Stops the class's server (it must exit 0) and closes its channel."""
         if cls.server.alive():
@@ -368,12 +380,7 @@ class ServerTest(E2EBase):
     def setUpClass(cls):
         cls.s = cls.setUpShared()
         cls.data_dir = os.path.join(cls.s.tmp, "data_main")
-        cls.server = ServerProcess(cls.s.tmp, "main", [cls.s.model_a], cls.data_dir)
-        cls.server.start()
-        wait_listening(cls.server)
-        cls.channel = grpc.insecure_channel("127.0.0.1:%d" % cls.server.port, options=CHANNEL_OPTIONS)
-        wait_serving(cls.server, cls.channel, cls.s.health_pb2, cls.s.health_grpc)
-        cls.stub = cls.s.pb_grpc.ScanServiceStub(cls.channel)
+        cls.start_class_server("main", [cls.s.model_a], cls.data_dir)
 
     @classmethod
     def tearDownClass(cls):
@@ -684,20 +691,14 @@ class SecureEnsembleTest(E2EBase):
         extra = ["--auth-token-file", token_file, "--max-message-bytes", "1M"]
         if cls.tls:
             extra += ["--tls-cert", cls.cert, "--tls-key", cls.key]
-        cls.server = ServerProcess(cls.s.tmp, "secure", [cls.s.model_a, cls.s.model_b],
-                                   os.path.join(cls.s.tmp, "data_secure"), extra=extra)
-        cls.server.start()
-        wait_listening(cls.server)
-        if cls.tls:
+        def tls_channel():
             with open(cls.cert, "rb") as f:
                 creds = grpc.ssl_channel_credentials(root_certificates=f.read())
             # Dial the IP (resolving "localhost" can stall in a sandbox) and verify the name "localhost".
-            cls.channel = grpc.secure_channel("127.0.0.1:%d" % cls.server.port, creds, options=CHANNEL_OPTIONS + [
+            return grpc.secure_channel("127.0.0.1:%d" % cls.server.port, creds, options=CHANNEL_OPTIONS + [
                 ("grpc.ssl_target_name_override", "localhost")])
-        else:
-            cls.channel = grpc.insecure_channel("127.0.0.1:%d" % cls.server.port, options=CHANNEL_OPTIONS)
-        wait_serving(cls.server, cls.channel, cls.s.health_pb2, cls.s.health_grpc)
-        cls.stub = cls.s.pb_grpc.ScanServiceStub(cls.channel)
+        cls.start_class_server("secure", [cls.s.model_a, cls.s.model_b], os.path.join(cls.s.tmp, "data_secure"),
+                               extra=extra, channel=tls_channel if cls.tls else None)
 
     @classmethod
     def tearDownClass(cls):
@@ -781,14 +782,10 @@ class MutualTlsTest(E2EBase):
         cls.rogue_cert, cls.rogue_key = p("rogue.pem"), p("rogue.key")
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", cls.rogue_key, "-out", cls.rogue_cert,
                 "-days", "1", "-subj", "/CN=rogue")
-        cls.server = ServerProcess(cls.s.tmp, "mtls", [cls.s.model_a], os.path.join(cls.s.tmp, "data_mtls"),
-                                   extra=["--tls-cert", cls.server_cert, "--tls-key", cls.server_key,
-                                          "--tls-client-ca", cls.ca])
-        cls.server.start()
-        wait_listening(cls.server)
-        cls.channel = cls.open_channel(cls.client_cert, cls.client_key)
-        wait_serving(cls.server, cls.channel, cls.s.health_pb2, cls.s.health_grpc)
-        cls.stub = cls.s.pb_grpc.ScanServiceStub(cls.channel)
+        cls.start_class_server("mtls", [cls.s.model_a], os.path.join(cls.s.tmp, "data_mtls"),
+                               extra=["--tls-cert", cls.server_cert, "--tls-key", cls.server_key,
+                                      "--tls-client-ca", cls.ca],
+                               channel=lambda: cls.open_channel(cls.client_cert, cls.client_key))
 
     @classmethod
     def open_channel(cls, cert=None, key=None):
@@ -833,6 +830,90 @@ class MutualTlsTest(E2EBase):
                            stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
         self.assertEqual(r.returncode, 2, "a certificate without its key is a usage error")
         self.assertIn("--tls-cert and --tls-key go together", r.stderr)
+
+
+class SyntheticBenchTest(E2EBase):
+    """--synthetic-images/--synthetic-captions (benchmark items, never stored) and `scanctl bench`, the
+    end-to-end load generator: its counts, error accounting and exit codes."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.setUpShared()
+        cls.data_dir = os.path.join(cls.s.tmp, "data_synthetic")
+        cls.start_class_server("synthetic", [cls.s.model_a], cls.data_dir,
+                               extra=["--synthetic-images", "300", "--synthetic-captions", "120"])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stop_class_server()
+
+    def bench(self, args, expect):
+        r = self.scanctl(["--json", "bench"] + args, expect=expect)
+        return json.loads(r.stdout)
+
+    def test_synthetic_items_and_bench(self):
+        pb = self.s.pb
+        stats = self.rpc_ok(self.stub.GetStats, pb.GetStatsRequest(), "GetStats")
+        self.assertEqual((stats.images, stats.captions), (300, 120))
+        self.assertEqual((stats.synthetic_images, stats.synthetic_captions), (300, 120))
+        self.assertIn("300 synthetic", self.scanctl(["stats"], expect=0).stdout)
+        self.upsert_all(collection="real")
+        hits = self.rpc_ok(self.stub.SearchImages, pb.SearchImagesRequest(queries=[self.s.captions[0]], top_k=5,
+                                                                           filter=pb.Filter(collection="synthetic")),
+                           "SearchImages").results[0].hits
+        self.assertEqual(len(hits), 5)
+        self.assertTrue(all(h.id.startswith("synthetic/") and h.collection == "synthetic" for h in hits))
+
+        # Text -> image, two levels of a fixed number of calls: every call answered and counted.
+        caps = os.path.join(self.s.tmp, "bench_caps.txt")
+        with open(caps, "w") as f:
+            f.write("\n".join(self.s.captions) + "\n\n")
+        doc = self.bench(["--captions", caps, "--concurrency", "1,4", "--requests", "24", "--warmup", "0.2",
+                          "--queries-per-call", "2"], expect=0)
+        self.assertEqual(doc["direction"], "text_to_image")
+        self.assertEqual([lv["concurrency"] for lv in doc["levels"]], [1, 4])
+        for lv in doc["levels"]:
+            self.assertEqual((lv["calls"], lv["errors"]), (24, 0), lv)
+            self.assertGreater(lv["queries_per_second"], 0)
+            self.assertAlmostEqual(lv["queries_per_second"], 48 / lv["seconds"], delta=1e-6 * 48 / lv["seconds"])
+            self.assertTrue(0 < lv["p50_ms"] <= lv["p90_ms"] <= lv["p99_ms"] <= lv["max_ms"], lv)
+
+        # Image -> text by stored ids: synthetic images are made again from their index; a real one too.
+        ids = os.path.join(self.s.tmp, "bench_ids.txt")
+        with open(ids, "w") as f:
+            f.write("\n".join(["synthetic/%d" % i for i in range(0, 300, 7)] + ["img1"]) + "\n")
+        doc = self.bench(["--image-ids", ids, "--concurrency", "3", "--requests", "30", "--warmup", "0"], expect=0)
+        self.assertEqual(doc["direction"], "image_to_text")
+        self.assertEqual((doc["levels"][0]["calls"], doc["levels"][0]["errors"]), (30, 0))
+
+        # By duration: calls keep going for about that long.
+        doc = self.bench(["a dog", "--duration", "1", "--warmup", "0"], expect=0)
+        self.assertGreater(doc["levels"][0]["calls"], 0)
+        self.assertGreaterEqual(doc["levels"][0]["seconds"], 0.9)
+
+        # Failing calls are counted by code and make the exit code 1; an unknown id is NOT_FOUND.
+        r = self.scanctl(["--json", "bench", "--image-id", "nope", "--requests", "5", "--warmup", "0"], expect=1)
+        lv = json.loads(r.stdout)["levels"][0]
+        self.assertEqual((lv["calls"], lv["errors"], lv["error_codes"]), (5, 5, {"NOT_FOUND": 5}))
+        self.assertIn("NOT_FOUND", r.stderr)
+        self.scanctl(["bench", "--captions", caps, "--image-id", "img1"], expect=2)
+        self.scanctl(["bench", "a dog", "--concurrency", "0"], expect=2)
+        self.scanctl(["bench", "a dog", "--duration", "1", "--requests", "3"], expect=2)
+        self.assert_still_serving("the bench runs")
+
+        # Never stored: a restart without the flags has only the real items.
+        self.stop_class_server()
+        server = ServerProcess(self.s.tmp, "synthetic2", [self.s.model_a], self.data_dir).start()
+        try:
+            wait_listening(server)
+            channel = grpc.insecure_channel("127.0.0.1:%d" % server.port, options=CHANNEL_OPTIONS)
+            wait_serving(server, channel, self.s.health_pb2, self.s.health_grpc)
+            stats = self.s.pb_grpc.ScanServiceStub(channel).GetStats(pb.GetStatsRequest(), timeout=RPC_TIMEOUT_S)
+            self.assertEqual((stats.images, stats.captions), (len(self.s.images), len(self.s.captions)))
+            self.assertEqual(stats.synthetic_images, 0)
+            channel.close()
+        finally:
+            self.assertEqual(server.stop(), 0, server.log_tail())
 
 
 class DurabilityTest(E2EBase):

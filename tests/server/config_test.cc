@@ -111,6 +111,11 @@ TEST(ConfigTest, BadValuesNameTheirFlagOrLine) {
   ASSERT_TRUE(mtls.ok()) << mtls.status();
   EXPECT_EQ(mtls->config.server.tls.client_ca_file, "ca.pem");
   EXPECT_EQ(ParseArgs({"--model"}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto synthetic = ParseArgs({"--model", "m", "--synthetic-images", "1000000", "--synthetic-captions=50"});
+  ASSERT_TRUE(synthetic.ok()) << synthetic.status();
+  EXPECT_EQ(synthetic->config.engine.synthetic_images, 1'000'000);
+  EXPECT_EQ(synthetic->config.engine.synthetic_captions, 50);
+  EXPECT_EQ(ParseArgs({"--model", "m", "--synthetic-images", "-1"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--config", "/nonexistent/x.conf"}).status().code(), absl::StatusCode::kNotFound);
   const std::string file = WriteTemp("bad.conf", "model = m\nthreads: 4\n");
   parsed = ParseArgs({"--config", file});
@@ -209,7 +214,8 @@ TEST(ConfigTest, HelpListsEveryFlag) {
                            "--max-message-bytes", "--max-images", "--max-captions", "--tls-cert", "--tls-key",
                            "--tls-client-ca", "--auth-token", "--auth-token-file", "--detector-dir", "--detector-device",
                            "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
-                           "--detector-max-boxes", "--max-image-bytes", "--help"}) {
+                           "--detector-max-boxes", "--max-image-bytes", "--synthetic-images",
+                           "--synthetic-captions", "--help"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
   }
 }

@@ -158,12 +158,16 @@ TEST(ConvertTest, Responses) {
   stats.encoder_device = "cuda:0";
   stats.feature_bytes_limit = 1 << 30;
   stats.feature_bytes_committed = 12345;
+  stats.synthetic_images = 7;
+  stats.synthetic_captions = 3;
   v1::GetStatsResponse response;
   StatsToProto(stats, {"/m1"}, "1.2.3", nullptr, &response);
   EXPECT_EQ(response.images(), 2);
   EXPECT_EQ(response.encoder_device(), "cuda:0");
   EXPECT_EQ(response.feature_bytes_limit(), 1 << 30);
   EXPECT_EQ(response.feature_bytes_committed(), 12345);
+  EXPECT_EQ(response.synthetic_images(), 7);
+  EXPECT_EQ(response.synthetic_captions(), 3);
   ASSERT_EQ(response.models_size(), 1);
   EXPECT_EQ(response.models(0).model_dir(), "/m1");
   EXPECT_EQ(response.models(0).summary(), "t2i");

@@ -21,6 +21,8 @@
 
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"
+#include "engine/retrieval/synthetic_items.h"
+#include "engine/scoring/reference_scorer.h"
 #include "engine/scoring/attention_explain.h"
 #include "engine/store/in_memory_feature_store.h"
 #include "engine/store/record_codec.h"
@@ -102,6 +104,34 @@ std::vector<CaptionItem> SomeCaptions() {
 
 void ExpectAllOk(const std::vector<ItemResult>& results) {
   for (const ItemResult& r : results) EXPECT_TRUE(r.status.ok()) << r.id << ": " << r.status;
+}
+
+// Each model's oracle (ReferenceScorer) scores of queries[m] against the first n items of a
+// synthetic pool, averaged over the models (an ensemble's scores).
+std::vector<float> AveragedPoolScores(const std::vector<std::unique_ptr<ScanModel>>& models,
+                                      ItemKind stored, const SyntheticPool& pool, int64_t n,
+                                      const std::vector<FloatMatrix>& queries) {
+  std::vector<float> average(static_cast<size_t>(n), 0.0f);
+  for (size_t m = 0; m < models.size(); ++m) {
+    ScorerConfig config;
+    config.dim = models[m]->config().embed_size;
+    config.stored_kind = stored;
+    config.attention = models[m]->config().attention;
+    auto oracle = ReferenceScorer::Create(config);
+    EXPECT_TRUE(oracle.ok()) << oracle.status();
+    if (!oracle.ok()) return {};
+    std::vector<int64_t> keys;
+    std::vector<ItemView> views;
+    for (int64_t i = 0; i < n; ++i) {
+      keys.push_back(i);
+      views.emplace_back(pool.item(m, i));
+    }
+    EXPECT_TRUE((*oracle)->Add(keys, views).ok());
+    FloatMatrix scores;
+    EXPECT_TRUE((*oracle)->ScoreAll({ItemView(queries[m])}, &scores).ok());
+    for (int64_t i = 0; i < n && scores.rows == 1; ++i) average[i] += scores.at(0, i) / models.size();
+  }
+  return average;
 }
 
 class RetrievalEngineTest : public ::testing::Test {
@@ -560,6 +590,170 @@ TEST_F(RetrievalEngineTest, StoreBeyondTheScorerMemoryLimitRefusesToStart) {
   EXPECT_EQ(engine->Stats().images, 6);
   EXPECT_EQ(engine->Stats().captions, static_cast<int64_t>(kCaptions.size()));
   EXPECT_EQ(engine->Stats().feature_bytes, stored_bytes);
+}
+
+TEST_F(RetrievalEngineTest, SyntheticItemsAreSearchableButNeverStored) {
+  RetrievalEngineOptions options = Options(/*ensemble=*/true);
+  {
+    auto engine = Make(options);
+    ASSERT_NE(engine, nullptr);
+    ExpectAllOk(engine->UpsertImages(SomeImages(3)));
+    ExpectAllOk(engine->UpsertImages({RandomImage("synthetic/2", 4, 7)}));  // a real item
+  }
+  constexpr int64_t kImages = 40;
+  options.synthetic_images = kImages;
+  options.synthetic_captions = 25;
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  EngineStats stats = engine->Stats();
+  EXPECT_EQ(stats.images, 4 + kImages - 1) << "the stored synthetic/2 wins over the synthetic one";
+  EXPECT_EQ(stats.synthetic_images, kImages - 1);
+  EXPECT_EQ(stats.captions, 25);
+  EXPECT_EQ(stats.synthetic_captions, 25);
+
+  // Their scores are those of the pool items: the ensemble average of each model's oracle scorer.
+  auto models = LoadModels(options);
+  std::vector<int64_t> dims;
+  for (const auto& model : models) dims.push_back(model->config().embed_size);
+  const SyntheticPool pool = MakeSyntheticPool(ItemKind::kImage, kImages, dims);
+  ASSERT_EQ(pool.size(), kImages);
+  std::vector<FloatMatrix> caption_queries;
+  for (size_t m = 0; m < models.size(); ++m) {
+    for (const FloatMatrix& item : pool.items[m]) {
+      ASSERT_EQ(item.rows, kSyntheticImageRegions);
+      double norm2 = 0;
+      for (int64_t c = 0; c < item.cols; ++c) norm2 += item.at(0, c) * item.at(0, c);
+      ASSERT_NEAR(norm2, 1.0, 1e-5) << "rows are l2-normalised";
+    }
+    auto ids = models[m]->CaptionToIds(kCaptions[0]);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    auto query = models[m]->EncodeCaption(*ids);
+    ASSERT_TRUE(query.ok()) << query.status();
+    caption_queries.push_back(*std::move(query));
+  }
+  const std::vector<float> expected =
+      AveragedPoolScores(models, ItemKind::kImage, pool, kImages, caption_queries);
+  ASSERT_EQ(expected.size(), static_cast<size_t>(kImages));
+  SearchParams params;
+  params.top_k = 100;
+  params.filter.collection = kSyntheticCollection;
+  auto results = engine->SearchImages({kCaptions[0]}, params);
+  ASSERT_TRUE(results.ok()) << results.status();
+  ASSERT_EQ((*results)[0].size(), static_cast<size_t>(kImages - 1));
+  for (const ImageHit& hit : (*results)[0]) {
+    ASSERT_EQ(hit.id.rfind("synthetic/", 0), 0u) << hit.id;
+    const int64_t i = std::stoll(hit.id.substr(10));
+    EXPECT_NE(i, 2);
+    EXPECT_NEAR(hit.score, expected[i], kScoreTol) << hit.id;
+    EXPECT_EQ(hit.collection, kSyntheticCollection);
+  }
+  ImageQuery by_features;
+  by_features.region_features = RandomImage("q", 5, 3).region_features;
+  auto captions = engine->SearchCaptions({by_features}, params);
+  ASSERT_TRUE(captions.ok()) << captions.status();
+  EXPECT_EQ((*captions)[0].size(), 25u);
+
+  // A synthetic image queries by its id with its own values: the oracle over the caption pool.
+  const SyntheticPool caption_pool = MakeSyntheticPool(ItemKind::kCaption, 25, dims);
+  std::vector<FloatMatrix> image_queries;
+  for (size_t m = 0; m < models.size(); ++m) {
+    image_queries.push_back(pool.item(m, 7));
+    for (int64_t i = 0; i < 25; ++i) {
+      EXPECT_GE(caption_pool.item(m, i).rows, kSyntheticCaptionMinRows);
+      EXPECT_LE(caption_pool.item(m, i).rows, kSyntheticCaptionMaxRows);
+      EXPECT_EQ(caption_pool.item(m, i).rows, caption_pool.item(0, i).rows) << "models agree on lengths";
+    }
+  }
+  const std::vector<float> expected_i2t =
+      AveragedPoolScores(models, ItemKind::kCaption, caption_pool, 25, image_queries);
+  ASSERT_EQ(expected_i2t.size(), 25u);
+  ImageQuery by_id;
+  by_id.stored_id = "synthetic/7";
+  ImageQuery stored_real;
+  stored_real.stored_id = "img1";
+  captions = engine->SearchCaptions({by_id, stored_real}, params);
+  ASSERT_TRUE(captions.ok()) << captions.status();
+  ASSERT_EQ((*captions)[0].size(), 25u);
+  EXPECT_EQ((*captions)[1].size(), 25u) << "a stored image next to a synthetic one";
+  for (const CaptionHit& hit : (*captions)[0]) {
+    const int64_t i = std::stoll(hit.id.substr(10));
+    EXPECT_NEAR(hit.score, expected_i2t[i], kScoreTol) << hit.id;
+    EXPECT_EQ(hit.collection, kSyntheticCollection);
+  }
+
+  // Deletable and replaceable like stored items; the store never held them.
+  ExpectAllOk(engine->DeleteImages(std::vector<std::string>{"synthetic/5"}));
+  by_id.stored_id = "synthetic/5";
+  EXPECT_EQ(engine->SearchCaptions({by_id}, params).status().code(), absl::StatusCode::kNotFound);
+  ExpectAllOk(engine->UpsertImages({RandomImage("synthetic/6", 3, 8)}));
+  stats = engine->Stats();
+  EXPECT_EQ(stats.images, 4 + kImages - 2);
+  EXPECT_EQ(stats.synthetic_images, kImages - 3);
+  engine.reset();
+  options.synthetic_images = options.synthetic_captions = 0;
+  engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  stats = engine->Stats();
+  EXPECT_EQ(stats.images, 5) << "img0..2, synthetic/2 and synthetic/6: the upserted ones only";
+  EXPECT_EQ(stats.synthetic_images, 0);
+  EXPECT_EQ(stats.captions, 0);
+  engine.reset();
+
+  // More than the capacity fails the start, saying so.
+  options.synthetic_images = 10;
+  options.max_images = 8;
+  auto refused = RetrievalEngine::Create(options);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kResourceExhausted) << refused.status();
+  EXPECT_NE(refused.status().message().find("synthetic"), std::string::npos) << refused.status();
+  options.max_images = 1000;
+  options.synthetic_images = -1;
+  EXPECT_EQ(RetrievalEngine::Create(options).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(RetrievalEngineTest, FilteredTopKEqualsTheFilteredFullRanking) {
+  // One model ranks through the scorer's own top-k, over-fetching for a filter and falling back to
+  // full scores when too few fetched items pass; either way the hits are the full ranking's
+  // passing items, in order. 300 synthetic items make the over-fetch (4k, at least k + 64) a
+  // fraction of the store, so rare filters run out of it.
+  RetrievalEngineOptions options = Options();
+  options.synthetic_images = 300;
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  ExpectAllOk(engine->UpsertImages(SomeImages(6)));
+  SearchParams all;
+  all.top_k = 306;
+  auto full = engine->SearchImages(kCaptions, all);
+  ASSERT_TRUE(full.ok()) << full.status();
+  struct Case {
+    std::string collection;
+    Metadata metadata;
+    int top_k;
+  };
+  for (const Case& c : std::vector<Case>{{"odd", {}, 2}, {"odd", {}, 3}, {"odd", {}, 10}, {"", {{"mod3", "1"}}, 2},
+                                         {"synthetic", {}, 5}, {"synthetic", {}, 300}, {"nothing", {}, 4}}) {
+    SearchParams params;
+    params.top_k = c.top_k;
+    params.filter.collection = c.collection;
+    params.filter.metadata = c.metadata;
+    auto got = engine->SearchImages(kCaptions, params);
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (size_t q = 0; q < kCaptions.size(); ++q) {
+      std::vector<std::string> want;
+      for (const ImageHit& hit : (*full)[q]) {
+        if (static_cast<int>(want.size()) == c.top_k) break;
+        bool pass = c.collection.empty() || hit.collection == c.collection;
+        for (const auto& [key, value] : c.metadata) {
+          auto it = hit.metadata.find(key);
+          pass = pass && it != hit.metadata.end() && it->second == value;
+        }
+        if (pass) want.push_back(hit.id);
+      }
+      std::vector<std::string> ids;
+      for (const ImageHit& hit : (*got)[q]) ids.push_back(hit.id);
+      EXPECT_EQ(ids, want) << "filter " << c.collection << " top " << c.top_k << " query " << q;
+    }
+  }
 }
 
 TEST_F(RetrievalEngineTest, LargeUpsertIsCommittedInBoundedBatches) {
