@@ -1,8 +1,7 @@
 #include "client/connection.h"
+#include "engine/common/file_read.h"
 
 #include <chrono>
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 
@@ -12,11 +11,9 @@ namespace cli {
 namespace {
 
 absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
-  std::ostringstream pem;
-  pem << in.rdbuf();
-  return pem.str();
+  absl::StatusOr<std::string> pem = ReadWholeFile(path);
+  if (!pem.ok()) return absl::Status(pem.status().code(), absl::StrCat(flag, ": ", pem.status().message()));
+  return pem;
 }
 
 }  // namespace

@@ -7,7 +7,6 @@
 #include <map>
 #include <memory>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -25,6 +24,7 @@
 #include "client/import.h"
 #include "client/ingest_source.h"
 #include "client/output.h"
+#include "engine/common/file_read.h"
 
 namespace scanserve {
 namespace cli {
@@ -661,11 +661,9 @@ int Main(int argc, char** argv) {
       } else if (arg == "--token") {
         connection_options.token = value;
       } else if (arg == "--token-file") {
-        std::ifstream in(value);
-        if (!in) return Fail(kExitUsage, absl::StrCat("--token-file: cannot read ", value));
-        std::stringstream contents;
-        contents << in.rdbuf();
-        connection_options.token = std::string(absl::StripAsciiWhitespace(contents.str()));
+        absl::StatusOr<std::string> contents = ReadWholeFile(value);
+        if (!contents.ok()) return Fail(kExitUsage, absl::StrCat("--token-file: ", contents.status().message()));
+        connection_options.token = std::string(absl::StripAsciiWhitespace(*contents));
       } else if (arg == "--tls-ca") {
         connection_options.tls_ca = value;
       } else if (arg == "--tls-cert") {

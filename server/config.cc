@@ -1,10 +1,10 @@
+#include "engine/common/file_read.h"
 #include "server/config.h"
 
 #include <cstdint>
 #include <fstream>
 #include <functional>
 #include <optional>
-#include <sstream>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -63,11 +63,12 @@ absl::Status ParseBytes(const std::string& key, const std::string& value, int64_
 }
 
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("--auth-token-file: cannot read ", path));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  std::string token(absl::StripAsciiWhitespace(contents.str()));
+  absl::StatusOr<std::string> contents = ReadWholeFile(path);
+  if (!contents.ok()) {
+    return absl::Status(contents.status().code(),
+                        absl::StrCat("--auth-token-file: ", contents.status().message()));
+  }
+  std::string token(absl::StripAsciiWhitespace(*contents));
   if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("--auth-token-file: ", path, " is empty"));
   return token;
 }

@@ -1,9 +1,8 @@
+#include "engine/common/file_read.h"
 #include "server/server.h"
 
 #include <algorithm>
 #include <climits>
-#include <fstream>
-#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -28,12 +27,12 @@ namespace {
 constexpr char kServiceName[] = "scanserve.v1.ScanService";
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(what, ": cannot read ", path));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  if (contents.str().empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", path, " is empty"));
-  return contents.str();
+  absl::StatusOr<std::string> contents = ReadWholeFile(path);
+  if (!contents.ok()) {
+    return absl::Status(contents.status().code(), absl::StrCat(what, ": ", contents.status().message()));
+  }
+  if (contents->empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", path, " is empty"));
+  return contents;
 }
 
 }  // namespace

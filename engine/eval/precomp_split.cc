@@ -1,8 +1,6 @@
+#include "engine/common/file_read.h"
 #include "engine/eval/precomp_split.h"
 
-#include <cerrno>
-#include <fstream>
-#include <sstream>
 #include <string_view>
 #include <utility>
 
@@ -28,14 +26,12 @@ std::string_view StripPythonSpace(std::string_view s) {
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> ReadCaptionLines(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open the captions file"));
+  absl::StatusOr<std::string> read = ReadWholeFile(path);
+  if (!read.ok()) {
+    return absl::Status(read.status().code(),
+                        absl::StrCat("captions file: ", read.status().message()));
   }
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat(path, ": read failed"));
-  const std::string text = std::move(buffer).str();
+  const std::string text = *std::move(read);
 
   std::vector<std::string> captions;
   size_t start = 0;

@@ -1,13 +1,9 @@
+#include "engine/common/file_read.h"
 #include "engine/text/vocabulary.h"
 
-#include <cerrno>
 #include <cstdint>
-#include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <limits>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -206,24 +202,12 @@ absl::StatusOr<Vocabulary> Vocabulary::FromJson(const std::string& json_text) {
 }
 
 absl::StatusOr<Vocabulary> Vocabulary::FromFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    const int error = errno;
-    std::error_code ignored;
-    if (error == ENOENT || !std::filesystem::exists(path, ignored)) {
-      return absl::NotFoundError(absl::StrCat("vocabulary file not found: ", path));
-    }
-    return absl::Status(
-        absl::ErrnoToStatusCode(error),
-        absl::StrCat("cannot open vocabulary file ", path, ": ", std::strerror(error)));
+  absl::StatusOr<std::string> contents = ReadWholeFile(path);
+  if (!contents.ok()) {
+    return absl::Status(contents.status().code(),
+                        absl::StrCat("vocabulary file: ", contents.status().message()));
   }
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  if (in.bad() || contents.fail()) {
-    // e.g. a directory: it opens but cannot be read
-    return absl::InvalidArgumentError(absl::StrCat("cannot read vocabulary file ", path));
-  }
-  absl::StatusOr<Vocabulary> vocabulary = FromJson(contents.str());
+  absl::StatusOr<Vocabulary> vocabulary = FromJson(*contents);
   if (!vocabulary.ok()) {
     return absl::Status(vocabulary.status().code(),
                         absl::StrCat(path, ": ", vocabulary.status().message()));

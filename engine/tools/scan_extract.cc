@@ -8,7 +8,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <set>
 #include <string>
 #include <system_error>
@@ -19,6 +18,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/file_read.h"
 #include "engine/common/npy.h"
 #include "engine/detector/region_detector.h"
 #include "engine/io/bottom_up_tsv_writer.h"
@@ -106,12 +106,6 @@ absl::StatusOr<std::vector<fs::path>> ListImages(const std::vector<std::string>&
     }
   }
   return images;
-}
-
-absl::StatusOr<std::string> ReadFile(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 // Ids already in a TSV from an earlier run; a torn last line (no newline) is cut off. Streams the
@@ -224,7 +218,7 @@ int Run(const Args& args) {
     std::vector<std::string_view> views;
     std::vector<absl::Status> read_errors;
     for (size_t i = begin; i < end; ++i) {
-      absl::StatusOr<std::string> data = ReadFile(pending[i]);
+      absl::StatusOr<std::string> data = ReadWholeFile(pending[i].string());
       read_errors.push_back(data.status());
       bytes.push_back(data.ok() ? *std::move(data) : std::string());
     }

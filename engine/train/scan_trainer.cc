@@ -1,6 +1,7 @@
 // SCAN training on LibTorch: the trainable model, the batched differentiable stacked cross attention,
 // the contrastive loss, Adam, checkpoints and the training loop. Everything torch of the trainer is in
 // this file (CI compiles on 2 cores; one torch translation unit keeps that bearable).
+#include "engine/common/file_read.h"
 #include "engine/train/scan_trainer.h"
 
 #include <ATen/Parallel.h>
@@ -19,7 +20,6 @@
 #include <limits>
 #include <numeric>
 #include <optional>
-#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -59,14 +59,6 @@ auto CatchTorch(const char* what, Fn&& fn) -> decltype(fn()) {
 
 // ------------------------------------------------------------------------------------------------
 // Files
-
-absl::StatusOr<std::string> ReadText(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
-  std::ostringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
 
 // Through a temporary file and a rename, so a crash never leaves a half-written file.
 absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
@@ -826,7 +818,7 @@ absl::StatusOr<TrainResult> TrainScan(const TrainOptions& o) {
   TrainState state;
   SCANSERVE_RETURN_IF_ERROR(CreateDirectories(setup.checkpoint_dir));
   if (o.resume) {
-    SCANSERVE_ASSIGN_OR_RETURN(std::string text, ReadText(setup.checkpoint_dir + "/checkpoint.json"));
+    SCANSERVE_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(setup.checkpoint_dir + "/checkpoint.json"));
     Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (json.is_discarded() || json.value("format", "") != kCheckpointFormat) {
       return absl::DataLossError(absl::StrCat(setup.checkpoint_dir, "/checkpoint.json: not a scan_train checkpoint"));

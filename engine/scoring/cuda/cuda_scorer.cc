@@ -362,36 +362,57 @@ struct CudaScorer::Impl {
     }
     int64_t row = 0, gram = 0;
     int32_t max_rows = 0;
+    // Survivors between two dead items are contiguous in the rows and the Gram matrices: they are
+    // copied run by run (a few copies per removal, not several per surviving item).
+    int64_t run_src_row = 0, run_rows = 0, run_src_gram = 0, run_grams = 0;
+    const auto flush_run = [&]() -> absl::Status {
+      for (const RowArray& a : arrays) {
+        if (run_rows == 0) break;
+        SCANSERVE_CUDA_RETURN_IF_ERROR(
+            cudaMemcpyAsync(a.tmp + (row - run_rows) * a.row_bytes,
+                            a.buffer->as<char>() + run_src_row * a.row_bytes,
+                            run_rows * a.row_bytes, cudaMemcpyDeviceToDevice, stream),
+            "compact");
+      }
+      if (run_grams > 0) {
+        SCANSERVE_CUDA_RETURN_IF_ERROR(
+            cudaMemcpyAsync(tmp_grams + (gram - run_grams) * sizeof(float),
+                            s.grams.as<float>() + run_src_gram, run_grams * sizeof(float),
+                            cudaMemcpyDeviceToDevice, stream),
+            "compact");
+      }
+      run_rows = run_grams = 0;
+      return absl::OkStatus();
+    };
     size_t next_dead = 0;
     for (size_t i = 0; i < s.items.size(); ++i) {
       if (next_dead < dead.size() && dead[next_dead] == static_cast<int>(i)) {
         ++next_dead;
+        SCANSERVE_RETURN_IF_ERROR(flush_run());
         continue;
       }
       const ck::ItemDev& it = s.items[i];
-      for (const RowArray& a : arrays) {
-        SCANSERVE_CUDA_RETURN_IF_ERROR(
-            cudaMemcpyAsync(a.tmp + row * a.row_bytes,
-                            a.buffer->as<char>() + it.row_begin * a.row_bytes,
-                            it.rows * a.row_bytes, cudaMemcpyDeviceToDevice, stream),
-            "compact");
+      const int64_t grams = stored_is_context ? static_cast<int64_t>(it.rows) * it.rows : 0;
+      if (run_rows > 0 && (it.row_begin != run_src_row + run_rows ||
+                           (grams > 0 && it.gram_begin != run_src_gram + run_grams))) {
+        SCANSERVE_RETURN_IF_ERROR(flush_run());
+      }
+      if (run_rows == 0) {
+        run_src_row = it.row_begin;
+        run_src_gram = it.gram_begin;
       }
       ck::ItemDev moved = it;
       moved.row_begin = row;
       moved.gram_begin = gram;
-      if (stored_is_context) {
-        const size_t g = static_cast<size_t>(it.rows) * it.rows * sizeof(float);
-        SCANSERVE_CUDA_RETURN_IF_ERROR(
-            cudaMemcpyAsync(tmp_grams + gram * sizeof(float), s.grams.as<float>() + it.gram_begin,
-                            g, cudaMemcpyDeviceToDevice, stream),
-            "compact");
-        gram += static_cast<int64_t>(it.rows) * it.rows;
-      }
       row += it.rows;
+      gram += grams;
+      run_rows += it.rows;
+      run_grams += grams;
       max_rows = std::max(max_rows, it.rows);
       items.push_back(moved);
       keys.push_back(s.keys[i]);
     }
+    SCANSERVE_RETURN_IF_ERROR(flush_run());
     if (row > 0) {
       for (const RowArray& a : arrays) {
         SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(a.buffer->get(), a.tmp, row * a.row_bytes,
@@ -469,6 +490,9 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   SCANSERVE_RETURN_IF_ERROR(q_f32.Reserve(packed.size() * sizeof(float), "queries"));
   SCANSERVE_RETURN_IF_ERROR(q_norms.Reserve(q_rows * sizeof(float), "query norms"));
   SCANSERVE_RETURN_IF_ERROR(q_items.Reserve(nq * sizeof(ck::ItemDev), "query metadata"));
+  // packed, q_meta (and groups below) are pageable and freed when the pass returns: safe, since a
+  // host-to-device cudaMemcpyAsync from pageable memory returns only once the source has been
+  // staged (CUDA runtime API, "API synchronization behavior").
   SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(q_f32.get(), packed.data(),
                                                  packed.size() * sizeof(float),
                                                  cudaMemcpyHostToDevice, stream),

@@ -29,6 +29,7 @@ static_assert(kNoNorm == 3 && kSum == 3, "kNoNorm and kSum are the default branc
 
 constexpr int kWarp = 32;
 constexpr unsigned kFull = 0xffffffffu;
+constexpr int kMaxGridY = 65535;  // gridDim.y and gridDim.z limit
 
 __device__ __forceinline__ uint16_t ToBf16(float f) {
   uint32_t bits = __float_as_uint(f);
@@ -506,8 +507,11 @@ cudaError_t PlanEpilogue(int device, int max_context, int max_attending, Epilogu
     plan->warps_per_block = static_cast<int>(std::min<int64_t>(kMaxWarps, budget / warp_bytes));
     plan->shared_bytes = static_cast<size_t>(warp_bytes * plan->warps_per_block);
     plan->global_scratch_bytes = 0;
+    // The attribute is the process's, per kernel and device, and scorers plan concurrently (a
+    // model's image and caption scorers): always the same ceiling, so that no plan lowers it
+    // under another's launch.
     err = cudaFuncSetAttribute(EpilogueKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(plan->shared_bytes));
+                               static_cast<int>(budget));
     if (err != cudaSuccess) return err;
     int per_sm = 0;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(
@@ -556,8 +560,8 @@ cudaError_t PlanFused(int device, int max_stored_rows, int max_query_rows, int m
   const int64_t floats = (split ? 2 : 1) * rows_p * cols_p + plan->warps_per_block * plan->warp_floats;
   plan->shared_bytes = static_cast<size_t>(floats * sizeof(float));
   if (plan->shared_bytes > static_cast<size_t>(optin)) return cudaSuccess;  // not eligible
-  err = cudaFuncSetAttribute(FusedScoreKernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             static_cast<int>(plan->shared_bytes));
+  // The same ceiling for every plan (see PlanEpilogue).
+  err = cudaFuncSetAttribute(FusedScoreKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
   if (err != cudaSuccess) return err;
   plan->eligible = true;
   return cudaSuccess;
@@ -565,7 +569,6 @@ cudaError_t PlanFused(int device, int max_stored_rows, int max_query_rows, int m
 
 cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
                        const FusedPlan& plan, int num_groups, cudaStream_t stream) {
-  constexpr int kMaxGridY = 65535;
   for (int first = 0; first < params.num_items; first += kMaxGridY) {
     FusedParams f = fused;
     f.item_offset = first;
@@ -583,19 +586,28 @@ cudaError_t TopKFromScores(const float* scores, int64_t ld_scores, int64_t n,
                            const int64_t* col_keys, int num_queries, int k, TopKCand* out,
                            cudaStream_t stream) {
   const int64_t tiles = (n + kTopKTile - 1) / kTopKTile;
-  if (tiles == 0 || num_queries == 0) return cudaSuccess;
-  TopKKernel<true><<<dim3(static_cast<unsigned>(tiles), num_queries), kTopKThreads, 0, stream>>>(
-      scores, ld_scores, col_keys, nullptr, n, k, out);
-  return cudaGetLastError();
+  // Queries on grid y: at most kMaxGridY per launch.
+  for (int q0 = 0; q0 < num_queries && tiles > 0; q0 += kMaxGridY) {
+    const int nq = std::min(kMaxGridY, num_queries - q0);
+    TopKKernel<true><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(nq)), kTopKThreads, 0, stream>>>(
+        scores + int64_t{q0} * ld_scores, ld_scores, col_keys, nullptr, n, k, out + int64_t{q0} * tiles * k);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 cudaError_t TopKFromCandidates(const TopKCand* in, int64_t n, int num_queries, int k,
                                TopKCand* out, cudaStream_t stream) {
   const int64_t tiles = (n + kTopKTile - 1) / kTopKTile;
-  if (tiles == 0 || num_queries == 0) return cudaSuccess;
-  TopKKernel<false><<<dim3(static_cast<unsigned>(tiles), num_queries), kTopKThreads, 0, stream>>>(
-      nullptr, 0, nullptr, in, n, k, out);
-  return cudaGetLastError();
+  for (int q0 = 0; q0 < num_queries && tiles > 0; q0 += kMaxGridY) {
+    const int nq = std::min(kMaxGridY, num_queries - q0);
+    TopKKernel<false><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(nq)), kTopKThreads, 0, stream>>>(
+        nullptr, 0, nullptr, in + int64_t{q0} * n, n, k, out + int64_t{q0} * tiles * k);
+    const cudaError_t err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace cuda_kernels

@@ -53,6 +53,7 @@ struct CudaCompareOptions {
   StorageType cpu_storage = StorageType::kFloat32;
   CudaScorerOptions cuda;
   double max_rel_err = kCudaFp32MaxRelErr;
+  bool expect_fused = false;  // the ScoreAll pass must have been the fused one
 
   std::string ToString() const {
     return absl::StrCat(data.ToString(),
@@ -99,6 +100,9 @@ CudaCompareResult CompareWithCpu(const CudaCompareOptions& o) {
   EXPECT_TRUE(st_cuda.ok()) << st_cuda << " | " << o.ToString();
   EXPECT_TRUE(st_cpu.ok()) << st_cpu << " | " << o.ToString();
   if (!st_cuda.ok() || !st_cpu.ok()) return result;
+  if (o.expect_fused) {
+    EXPECT_EQ(cuda->pass_counts().fused, 1) << "the fused pass did not run | " << o.ToString();
+  }
   std::string worst;
   result.max_rel_err = MaxRelErr(s_cuda, cuda->keys(), s_cpu, cpu->keys(), &worst);
   result.mean_top10_overlap = MeanTop10Overlap(s_cuda, cuda->keys(), s_cpu, cpu->keys());
@@ -292,6 +296,7 @@ TEST(CudaScorerTest, FusedProductsMatchCpu) {
         o.data.dim = 64;
         o.cpu_storage = storage;
         o.cuda.fused_products = true;
+        o.expect_fused = true;
         o.max_rel_err = kCudaBf16SplitMaxRelErr;
         CompareWithCpu(o);
       }
