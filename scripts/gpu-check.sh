@@ -102,16 +102,15 @@ echo "generator: $GEN, jobs: $JOBS"
 # if that configure fails, the engine alone, so that the CUDA checks still run.
 SERVER=OFF
 if ls .debs/libgrpc++-dev_*.deb >/dev/null 2>&1; then SERVER=ON; fi
-configure() {
-  cmake -S . -B "$BUILD_DIR" -G "$GEN" -DCMAKE_BUILD_TYPE=Release -DSCANSERVE_BUILD_SERVER="$SERVER" \
-    -DSCANSERVE_SERVER_WITHOUT_OPENCV=ON -DSCANSERVE_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    ${EXTRA_CMAKE_ARGS:-}
-}
-if ! run_step "CONFIGURE (server $SERVER)" 240 configure; then
+# (run_step runs a program under `timeout`, so the command is an array, not a shell function.)
+# shellcheck disable=SC2206
+configure=(cmake -S . -B "$BUILD_DIR" -G "$GEN" -DCMAKE_BUILD_TYPE=Release -DSCANSERVE_SERVER_WITHOUT_OPENCV=ON
+           -DSCANSERVE_WITH_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 ${EXTRA_CMAKE_ARGS:-})
+if ! run_step "CONFIGURE (server $SERVER)" 240 "${configure[@]}" -DSCANSERVE_BUILD_SERVER="$SERVER"; then
   [ "$SERVER" = "ON" ] || exit 1
   SERVER=OFF
   rm -rf "$BUILD_DIR"
-  run_step "CONFIGURE (engine only)" 240 configure || exit 1
+  run_step "CONFIGURE (engine only)" 240 "${configure[@]}" -DSCANSERVE_BUILD_SERVER=OFF || exit 1
 fi
 
 run_step "BUILD scoring_tests detector_tests model_tests scan_bench scan_extract" 360 \

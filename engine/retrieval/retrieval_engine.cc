@@ -34,6 +34,7 @@
 #include "engine/common/status_macros.h"
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"
+#include "engine/retrieval/filtered_search.h"
 #include "engine/retrieval/item_validation.h"
 #include "engine/retrieval/models_fingerprint.h"
 #include "engine/retrieval/synthetic_items.h"
@@ -247,9 +248,9 @@ class ScanRetrievalEngine final : public RetrievalEngine {
                              FloatMatrix* scores, std::vector<int64_t>* keys) const;
   // The top_k items per query that pass params.filter, best first, ties to the smaller key.
   // One model: the scorer's own Search (the CUDA backend selects on the device, so only k results
-  // per query leave it, not a score per stored item); with a filter it over-fetches and falls back
-  // to full scores when too few of those pass. An ensemble averages full score matrices first.
-  // Caller holds state_mu_.
+  // per query leave it, not a score per stored item); with a filter, on such a backend, it
+  // over-fetches and falls back to full scores when too few of those pass. An ensemble averages
+  // full score matrices first. Caller holds state_mu_.
   absl::StatusOr<std::vector<std::vector<ScoredKey>>> Rank(
       const std::vector<std::vector<ItemView>>& queries, ScorerOf side, const Catalog& catalog,
       const SearchParams& params) const;
@@ -901,31 +902,17 @@ absl::StatusOr<std::vector<std::vector<ScoredKey>>> ScanRetrievalEngine::Rank(
   const bool filtered = !filter.collection.empty() || !filter.metadata.empty();
   if (num_models() == 1) {
     const Scorer& scorer = *(models_[0].*side);
-    const int64_t size = scorer.size();
-    const int64_t top_k = params.top_k;
-    // With a filter, the best 4k (at least k + 64) usually hold k passing items.
-    const int64_t fetch = std::max<int64_t>(
-        1, std::min(size, filtered ? std::max(4 * top_k, top_k + 64) : top_k));
-    SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::vector<ScoredKey>> found,
-                               scorer.Search(queries[0], static_cast<int>(fetch)));
-    if (!filtered) return found;
-    bool complete = true;
-    for (std::vector<ScoredKey>& row : found) {
-      std::vector<ScoredKey> kept;
-      for (const ScoredKey& scored : row) {
-        if (static_cast<int64_t>(kept.size()) == top_k) break;
-        const CatalogEntry& entry = items.Get(scored.key);
-        if (MatchesFilter(filter, entry.collection, entry.metadata)) kept.push_back(scored);
-      }
-      // Fewer than k passed among the best `fetch`: more may pass further down, unless all items
-      // were fetched.
-      if (static_cast<int64_t>(kept.size()) < top_k && fetch < size) {
-        complete = false;
-        break;
-      }
-      row = std::move(kept);
+    if (!filtered) return scorer.Search(queries[0], params.top_k);
+    // Elsewhere a Search costs a ScoreAll: a filter then goes straight to the full scores.
+    if (scorer.SelectsOnDevice()) {
+      SCANSERVE_ASSIGN_OR_RETURN(
+          std::optional<std::vector<std::vector<ScoredKey>>> found,
+          SearchFiltered(scorer, queries[0], params.top_k, [&](int64_t key) {
+            const CatalogEntry& entry = items.Get(key);
+            return MatchesFilter(filter, entry.collection, entry.metadata);
+          }));
+      if (found.has_value()) return *std::move(found);
     }
-    if (complete) return found;
   }
   FloatMatrix scores;
   std::vector<int64_t> keys;

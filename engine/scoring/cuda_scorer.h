@@ -90,6 +90,7 @@ class CudaScorer final : public Scorer {
   // Free device memory plus this scorer's allocations, less 5% of the device (kept for cuBLAS,
   // the encoders and the detector) and one slab (a partly filled slab is allocated whole).
   int64_t MemoryCapacityBytes() const override;
+  bool SelectsOnDevice() const override { return true; }
 
   const CudaScorerOptions& options() const { return options_; }
   // "NVIDIA H200 (sm_90, 139.8 GiB)" and the like.

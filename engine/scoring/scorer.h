@@ -69,6 +69,10 @@ class Scorer {
   // it (the CUDA backend: device memory free now plus what it holds, less the reserve it keeps
   // for other users of the device); -1 when the backend has no such bound.
   virtual int64_t MemoryCapacityBytes() const { return -1; }
+  // True when Search selects where the scores are (a GPU), so that it moves k results per query
+  // instead of a score per stored item: callers then prefer it to ScoreAll even when they must
+  // over-fetch (filters). False: Search costs a ScoreAll.
+  virtual bool SelectsOnDevice() const { return false; }
 
   // Scores every query against every stored item: (*scores) becomes queries.size() x size().
   absl::Status ScoreAll(absl::Span<const ItemView> queries, FloatMatrix* scores) const;

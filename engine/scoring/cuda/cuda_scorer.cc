@@ -231,6 +231,9 @@ struct CudaScorer::Impl {
   mutable cudaEvent_t upload_done[2] = {nullptr, nullptr};
   mutable bool col_keys_dirty = true;
   mutable PassCounts passes;  // guarded by pass_mu
+  // Set when a device copy failed midway through a compaction: the slabs and the key map may no
+  // longer agree, so every later call fails with it rather than score a half-moved store.
+  absl::Status broken;  // guarded by pass_mu
 
   bool fp8() const { return elem == ck::ElemType::kFp8E4M3; }
   size_t elem_bytes() const {
@@ -454,12 +457,22 @@ struct CudaScorer::Impl {
       for (int i : idx) where.erase(slab->keys[i]);
       num_items -= static_cast<int64_t>(idx.size());
     }
-    for (auto& [slab, idx] : dead) SCANSERVE_RETURN_IF_ERROR(CompactSlab(*slab, idx));
-    slabs.erase(std::remove_if(slabs.begin(), slabs.end(),
-                               [](const std::unique_ptr<Slab>& s) { return s->items.empty(); }),
-                slabs.end());
-    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "compact");
+    // From here on a failure leaves the store half-moved: it breaks the scorer.
+    absl::Status compacted = [&]() -> absl::Status {
+      for (auto& [slab, idx] : dead) SCANSERVE_RETURN_IF_ERROR(CompactSlab(*slab, idx));
+      slabs.erase(std::remove_if(slabs.begin(), slabs.end(),
+                                 [](const std::unique_ptr<Slab>& s) { return s->items.empty(); }),
+                  slabs.end());
+      SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "compact");
+      return absl::OkStatus();
+    }();
     col_keys_dirty = true;
+    if (!compacted.ok()) {
+      broken = absl::InternalError(absl::StrCat(
+          "CudaScorer: a device copy failed while compacting the store (", compacted.message(),
+          "); its contents are no longer consistent: restart to reload them from the store"));
+      return broken;
+    }
     return absl::OkStatus();
   }
 
@@ -825,6 +838,7 @@ int64_t CudaScorer::MemoryCapacityBytes() const {
 absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<const ItemView> items) {
   Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.pass_mu);
+  if (!m.broken.ok()) return m.broken;
   DeviceGuard guard(m.device);
   const int64_t d = m.dim;
 
@@ -844,11 +858,21 @@ absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<cons
     m.slabs.resize(old_slabs);
     for (size_t i = 0; i < old_slabs; ++i) {
       Impl::Slab& s = *m.slabs[i];
+      const bool touched = s.items.size() != marks[i].items;
       s.items.resize(marks[i].items);
       s.keys.resize(marks[i].items);
       s.used_rows = marks[i].rows;
       s.gram_used = marks[i].gram;
       s.max_rows = marks[i].max_rows;
+      // Its device metadata may have been reallocated or half-written: upload it again.
+      if (touched && !s.items.empty()) {
+        const absl::Status uploaded = m.UploadItems(s);
+        if (!uploaded.ok() && m.broken.ok()) {
+          m.broken = absl::InternalError(absl::StrCat(
+              "CudaScorer: restoring the store's metadata after a failed Add failed (",
+              uploaded.message(), "): restart to reload it from the store"));
+        }
+      }
     }
   };
 
@@ -932,8 +956,9 @@ absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<cons
     // Compaction reads compact_tmp only; reserve it before anything is committed.
     st = m.RemoveLocations(old);
     if (!st.ok()) {
-      // RemoveLocations fails before changing anything only when compact_tmp cannot be had.
-      rollback();
+      // Unless the compaction broke the scorer, it failed before changing anything (compact_tmp
+      // could not be had).
+      if (m.broken.ok()) rollback();
       return st;
     }
   }
@@ -950,6 +975,7 @@ absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<cons
 absl::Status CudaScorer::RemoveImpl(absl::Span<const int64_t> keys) {
   Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.pass_mu);
+  if (!m.broken.ok()) return m.broken;
   DeviceGuard guard(m.device);
   std::vector<Impl::Location> locs;
   locs.reserve(keys.size());
@@ -961,6 +987,7 @@ absl::Status CudaScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
                                       FloatMatrix* scores) const {
   const Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.pass_mu);
+  if (!m.broken.ok()) return m.broken;
   DeviceGuard guard(m.device);
   SCANSERVE_RETURN_IF_ERROR(m.RunPass(queries));
   SCANSERVE_CUDA_RETURN_IF_ERROR(
@@ -976,6 +1003,7 @@ absl::StatusOr<std::vector<std::vector<ScoredKey>>> CudaScorer::SearchImpl(
   if (k > kMaxDeviceTopK) return Scorer::SearchImpl(queries, k);
   const Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.pass_mu);
+  if (!m.broken.ok()) return m.broken;
   DeviceGuard guard(m.device);
   const int nq = static_cast<int>(queries.size());
   const int64_t n = m.num_items;

@@ -712,10 +712,9 @@ TEST_F(RetrievalEngineTest, SyntheticItemsAreSearchableButNeverStored) {
 }
 
 TEST_F(RetrievalEngineTest, FilteredTopKEqualsTheFilteredFullRanking) {
-  // One model ranks through the scorer's own top-k, over-fetching for a filter and falling back to
-  // full scores when too few fetched items pass; either way the hits are the full ranking's
-  // passing items, in order. 300 synthetic items make the over-fetch (4k, at least k + 64) a
-  // fraction of the store, so rare filters run out of it.
+  // Filtered searches return the full ranking's passing items, in order: common and rare filters,
+  // k below and above what passes, over 300 synthetic and 6 stored images. (The over-fetching
+  // path GPU scorers take has its own test: filtered_search_test.cc.)
   RetrievalEngineOptions options = Options();
   options.synthetic_images = 300;
   auto engine = Make(options);
