@@ -7,11 +7,11 @@
 #
 # Steps, each timed and under `timeout`: environment, configure (CUDA on, sm_90; the server too when
 # .debs has gRPC, without OpenCV; engine-only if that configure fails), build scoring_tests +
-# detector_tests + model_tests + scan_bench (+ scanserve, scanctl), run the CUDA tests, the
+# detector_tests + model_tests + scan_bench + scan_extract, run the CUDA tests, the
 # scan_bench CUDA table (100k fp32+bf16+fp8 with the cuBLAS and the fused kernels, 1M bf16), a
 # same-run reference-style PyTorch baseline, the detector timing, and last, when the server built and
-# time is left, the end-to-end serving benchmark through gRPC (scripts/serve-bench.sh: 1M synthetic
-# images, lone query and concurrent clients). A failing test step does not stop the later steps; the
+# time is left, scanserve + scanctl and the end-to-end serving benchmark through gRPC
+# (scripts/serve-bench.sh: 1M synthetic images, lone query and concurrent clients). A failing test step does not stop the later steps; the
 # exit status is non-zero when any step failed.
 # Environment overrides: BUILD_DIR (build-gpu), JOBS (nproc), BENCH_1M=0 to skip the 1M table,
 # BASELINE=0 to skip the PyTorch baseline, DETECTOR_BENCH=0 to skip the detector timing,
@@ -115,16 +115,13 @@ fi
 
 run_step "BUILD scoring_tests detector_tests model_tests scan_bench scan_extract" 360 \
   cmake --build "$BUILD_DIR" -j "$JOBS" --target scoring_tests detector_tests model_tests scan_bench scan_extract || exit 1
-if [ "$SERVER" = "ON" ]; then
-  run_step "BUILD scanserve scanctl" 240 cmake --build "$BUILD_DIR" -j "$JOBS" --target scanserve scanctl || SERVER=OFF
-fi
 
 # The end-to-end serving benchmark: scanserve on the GPU with 1M synthetic images, scanctl bench at
 # concurrency 1 (a lone query; goal <= 25 ms p50) and with concurrent clients (goal >= 300 queries/s).
 # Two batch workers: one encodes the next batch while the other's batch is on the scorer.
 serve_bench() {
   if [ "$SERVER" != "ON" ] || [ "${SERVE_BENCH:-1}" = "0" ]; then
-    echo "serving benchmark skipped (server not built, or SERVE_BENCH=0)"
+    echo "serving benchmark skipped (the server is not configured, or SERVE_BENCH=0)"
     return 0
   fi
   if [ "$(elapsed)" -gt "${SERVE_BENCH_BEFORE_S:-420}" ]; then
@@ -132,6 +129,8 @@ serve_bench() {
     echo "  SERVE_BENCH_ONLY=1 bash scripts/gpu-check.sh"
     return 0
   fi
+  # Built only now, so that it never delays the CUDA tests and the scoring table.
+  run_step "BUILD scanserve scanctl" 240 cmake --build "$BUILD_DIR" -j "$JOBS" --target scanserve scanctl || return 0
   run_step "SERVE BENCH scanserve cuda, ${SERVE_IMAGES:-1000000} images, through gRPC" 240 \
     env BUILD_DIR="$BUILD_DIR" BACKEND=cuda IMAGES="${SERVE_IMAGES:-1000000}" LEVELS=1,16,64,128 DURATION=4 \
     WARMUP=2 START_TIMEOUT=150 EXTRA_SERVER_ARGS="--batch-workers 2" bash scripts/serve-bench.sh || true
