@@ -43,6 +43,10 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat("max_message_bytes must be in 1024..", INT_MAX, ", got ",
                                                    options.max_message_bytes));
   }
+  if (options.health_poll_ms < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("health_poll_ms must be >= 1, got ", options.health_poll_ms));
+  }
   if (options.ingest_batch_size < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("ingest_batch_size must be >= 1, got ", options.ingest_batch_size));
@@ -179,7 +183,25 @@ absl::Status Server::Start() {
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, true);
   serving_ = true;
+  health_watch_ = std::thread([this] { WatchEngineHealth(); });
   return absl::OkStatus();
+}
+
+void Server::WatchEngineHealth() {
+  std::unique_lock<std::mutex> lock(health_mu_);
+  while (!health_cv_.wait_for(lock, std::chrono::milliseconds(options_.health_poll_ms),
+                              [this] { return stopped_.load(); })) {
+    const absl::Status health = engine_->Health();
+    if (health.ok()) continue;
+    // Load balancers and orchestrators move traffic away; the server keeps answering what it can.
+    serving_ = false;
+    grpc::HealthCheckServiceInterface* service = grpc_server_->GetHealthCheckService();
+    service->SetServingStatus("", false);
+    service->SetServingStatus(kServiceName, false);
+    Log(LogLevel::kError, absl::StrCat("the engine can no longer serve, health is NOT_SERVING: ",
+                                       health.ToString()));
+    return;
+  }
 }
 
 absl::Status Server::WarmUp() {
@@ -199,6 +221,11 @@ absl::Status Server::WarmUp() {
 void Server::Stop(std::chrono::system_clock::time_point deadline) {
   if (stopped_.exchange(true)) return;
   serving_ = false;
+  {
+    std::lock_guard<std::mutex> lock(health_mu_);  // the watch sees stopped_ when it next waits
+  }
+  health_cv_.notify_all();
+  if (health_watch_.joinable()) health_watch_.join();
   if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->Shutdown();
   if (image_batcher_ != nullptr) image_batcher_->Stop();
   if (caption_batcher_ != nullptr) caption_batcher_->Stop();

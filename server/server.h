@@ -6,9 +6,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/grpcpp.h>
@@ -52,6 +55,9 @@ struct ServerOptions {
   DetectorPoolOptions detection;  // used when Create() is given a detector
   std::vector<std::string> model_dirs;  // reported by GetStats (the engine was built from them)
   std::string version = "0.0.0";
+  // How often the engine's Health() is checked once serving; a failure turns health NOT_SERVING
+  // for good (a broken GPU scorer does not heal: restart to reload the store).
+  int health_poll_ms = 1000;
 };
 
 // INVALID_ARGUMENT naming the first field out of range.
@@ -92,6 +98,8 @@ class Server {
  private:
   Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine, std::unique_ptr<RegionDetector> detector);
   absl::Status WarmUp();
+  // Polls engine_->Health() every options_.health_poll_ms until Stop().
+  void WatchEngineHealth();
 
   const ServerOptions options_;
   std::string tls_cert_pem_;  // read by Create()
@@ -116,6 +124,9 @@ class Server {
   int port_ = 0;
   std::atomic<bool> serving_{false};
   std::atomic<bool> stopped_{false};
+  std::thread health_watch_;
+  std::mutex health_mu_;  // with health_cv_: wakes the watch on Stop()
+  std::condition_variable health_cv_;
 };
 
 }  // namespace scanserve

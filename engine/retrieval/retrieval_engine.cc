@@ -208,6 +208,7 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   absl::StatusOr<std::vector<std::vector<CaptionHit>>> SearchCaptions(
       const std::vector<ImageQuery>& queries, const SearchParams& params) const override;
   EngineStats Stats() const override;
+  absl::Status Health() const override;
   absl::Status Close() override;
 
  private:
@@ -1199,6 +1200,19 @@ EngineStats ScanRetrievalEngine::Stats() const {
   stats.text_to_image = {seconds(kT2i, kEncode), seconds(kT2i, kScore)};
   stats.image_to_text = {seconds(kI2t, kEncode), seconds(kI2t, kScore)};
   return stats;
+}
+
+absl::Status ScanRetrievalEngine::Health() const {
+  std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
+  if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  for (size_t m = 0; m < num_models(); ++m) {
+    for (const Scorer* scorer : {models_[m].images.get(), models_[m].captions.get()}) {
+      if (absl::Status health = scorer->Health(); !health.ok()) {
+        return Prefixed(health, absl::StrCat("model ", m + 1, ": "));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ScanRetrievalEngine::Close() {

@@ -196,6 +196,9 @@ class RetrievalEngine {
       const std::vector<ImageQuery>& queries, const SearchParams& params) const = 0;
 
   virtual EngineStats Stats() const = 0;
+  // OK while every part can answer; else why not (a scorer that broke, a closed engine). The
+  // server reports NOT_SERVING from then on.
+  virtual absl::Status Health() const { return absl::OkStatus(); }
   // Flushes and closes the store; further calls fail with FAILED_PRECONDITION.
   virtual absl::Status Close() = 0;
 };

@@ -91,6 +91,7 @@ class CudaScorer final : public Scorer {
   // the encoders and the detector) and one slab (a partly filled slab is allocated whole).
   int64_t MemoryCapacityBytes() const override;
   bool SelectsOnDevice() const override { return true; }
+  absl::Status Health() const override;
 
   const CudaScorerOptions& options() const { return options_; }
   // "NVIDIA H200 (sm_90, 139.8 GiB)" and the like.

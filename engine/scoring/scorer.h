@@ -73,6 +73,9 @@ class Scorer {
   // instead of a score per stored item: callers then prefer it to ScoreAll even when they must
   // over-fetch (filters). False: Search costs a ScoreAll.
   virtual bool SelectsOnDevice() const { return false; }
+  // OK, or why this scorer can no longer answer (the CUDA backend after a device copy failed
+  // midway through a compaction): every later call fails with it; a restart reloads the store.
+  virtual absl::Status Health() const { return absl::OkStatus(); }
 
   // Scores every query against every stored item: (*scores) becomes queries.size() x size().
   absl::Status ScoreAll(absl::Span<const ItemView> queries, FloatMatrix* scores) const;

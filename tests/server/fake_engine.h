@@ -166,6 +166,15 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     return stats;
   }
 
+  absl::Status Health() const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return health_;
+  }
+  void set_health(absl::Status health) {
+    std::lock_guard<std::mutex> lock(mu_);
+    health_ = std::move(health);
+  }
+
   absl::Status Close() override {
     closed = true;
     return absl::OkStatus();
@@ -187,7 +196,8 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     return true;
   }
 
-  mutable std::mutex mu_;  // guards images_, captions_
+  mutable std::mutex mu_;  // guards images_, captions_, health_
+  absl::Status health_;
   std::map<std::string, ImageItem> images_;
   std::map<std::string, CaptionItem> captions_;
 };

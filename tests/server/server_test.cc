@@ -217,6 +217,27 @@ TEST_F(ServerTest, BadInputsGetTheirCodesAndTheServerKeepsServing) {
   EXPECT_EQ(Health(""), grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
+TEST_F(ServerTest, AnEngineThatCanNoLongerServeTurnsHealthNotServing) {
+  ServerOptions options;
+  options.health_poll_ms = 10;
+  Start(options);
+  ASSERT_NE(server_->metrics_port(), 0);
+  EXPECT_EQ(Health(""), grpc::health::v1::HealthCheckResponse::SERVING);
+  engine_->set_health(absl::InternalError("CudaScorer: a device copy failed"));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (Health("") == grpc::health::v1::HealthCheckResponse::SERVING &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(Health(""), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(Health("scanserve.v1.ScanService"), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_FALSE(server_->serving());
+  EXPECT_NE(HttpGet(server_->metrics_port(), "/healthz").find("503"), std::string::npos);
+  // It keeps answering what it can, and stops cleanly.
+  v1::SearchImagesResponse response;
+  EXPECT_TRUE(Search({"still answered"}, 1, &response).ok());
+}
+
 TEST_F(ServerTest, OversizedMessagesAreResourceExhausted) {
   ServerOptions options;
   options.max_message_bytes = 64 << 10;

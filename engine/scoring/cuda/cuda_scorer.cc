@@ -972,6 +972,11 @@ absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<cons
   return absl::OkStatus();
 }
 
+absl::Status CudaScorer::Health() const {
+  std::lock_guard<std::mutex> lock(impl_->pass_mu);
+  return impl_->broken;
+}
+
 absl::Status CudaScorer::RemoveImpl(absl::Span<const int64_t> keys) {
   Impl& m = *impl_;
   std::lock_guard<std::mutex> lock(m.pass_mu);

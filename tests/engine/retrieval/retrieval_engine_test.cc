@@ -237,6 +237,9 @@ TEST_F(RetrievalEngineTest, EmptyStoreSearchesReturnNothing) {
   EXPECT_EQ(stats.encoder_device, "cpu") << "auto with the cpu backend";
   EXPECT_EQ(stats.storage, "fp32");
   ASSERT_EQ(stats.model_summaries.size(), 1u);
+  EXPECT_TRUE(engine->Health().ok()) << engine->Health();
+  ASSERT_TRUE(engine->Close().ok());
+  EXPECT_EQ(engine->Health().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(RetrievalEngineTest, ExplicitEncoderDeviceIsUsedOrRefused) {
