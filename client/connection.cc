@@ -1,22 +1,12 @@
 #include "client/connection.h"
-#include "engine/common/file_read.h"
 
 #include <chrono>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/file_read.h"
 
 namespace scanserve {
 namespace cli {
-
-namespace {
-
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  absl::StatusOr<std::string> pem = ReadWholeFile(path);
-  if (!pem.ok()) return absl::Status(pem.status().code(), absl::StrCat(flag, ": ", pem.status().message()));
-  return pem;
-}
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Create(const ConnectionOptions& options) {
   std::unique_ptr<Connection> connection(new Connection(options));
@@ -27,14 +17,14 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Create(const ConnectionO
   if (!options.tls_ca.empty() || options.tls || !options.tls_cert.empty()) {
     grpc::SslCredentialsOptions ssl;
     if (!options.tls_ca.empty()) {
-      absl::StatusOr<std::string> roots = ReadPem(options.tls_ca, "--tls-ca");
+      absl::StatusOr<std::string> roots = ReadWholeFile(options.tls_ca, "--tls-ca");
       if (!roots.ok()) return roots.status();
       ssl.pem_root_certs = *std::move(roots);
     }
     if (!options.tls_cert.empty()) {
-      absl::StatusOr<std::string> chain = ReadPem(options.tls_cert, "--tls-cert");
+      absl::StatusOr<std::string> chain = ReadWholeFile(options.tls_cert, "--tls-cert");
       if (!chain.ok()) return chain.status();
-      absl::StatusOr<std::string> key = ReadPem(options.tls_key, "--tls-key");
+      absl::StatusOr<std::string> key = ReadWholeFile(options.tls_key, "--tls-key");
       if (!key.ok()) return key.status();
       ssl.pem_cert_chain = *std::move(chain);
       ssl.pem_private_key = *std::move(key);

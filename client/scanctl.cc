@@ -550,10 +550,10 @@ int Import(Connection& connection, const std::vector<std::string>& argv, bool js
 
 // Non-empty lines of a file (captions or ids for bench).
 absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path, const char* flag) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat(flag, ": cannot read ", path));
+  absl::StatusOr<std::string> text = ReadWholeFile(path, flag);
+  if (!text.ok()) return text.status();
   std::vector<std::string> lines;
-  for (std::string line; std::getline(in, line);) {
+  for (absl::string_view line : absl::StrSplit(*text, '\n')) {
     std::string stripped(absl::StripAsciiWhitespace(line));
     if (!stripped.empty()) lines.push_back(std::move(stripped));
   }
@@ -661,8 +661,8 @@ int Main(int argc, char** argv) {
       } else if (arg == "--token") {
         connection_options.token = value;
       } else if (arg == "--token-file") {
-        absl::StatusOr<std::string> contents = ReadWholeFile(value);
-        if (!contents.ok()) return Fail(kExitUsage, absl::StrCat("--token-file: ", contents.status().message()));
+        absl::StatusOr<std::string> contents = ReadWholeFile(value, "--token-file");
+        if (!contents.ok()) return Fail(kExitUsage, std::string(contents.status().message()));
         connection_options.token = std::string(absl::StripAsciiWhitespace(*contents));
       } else if (arg == "--tls-ca") {
         connection_options.tls_ca = value;
@@ -684,12 +684,8 @@ int Main(int argc, char** argv) {
     }
   }
   if (command.empty()) return UsageError("no command given");
-  // bench makes a connection per client from the options.
-  if (command == "bench") {
-    absl::StatusOr<std::unique_ptr<Connection>> check = Connection::Create(connection_options);
-    if (!check.ok()) return Fail(kExitUsage, std::string(check.status().message()));
-    return Bench(connection_options, command_args, json);
-  }
+  // bench makes a connection per client from the options (RunBench reports bad TLS files).
+  if (command == "bench") return Bench(connection_options, command_args, json);
 
   using Command = int (*)(Connection&, const std::vector<std::string>&, bool);
   const std::map<std::string, Command> commands = {

@@ -1,4 +1,3 @@
-#include "engine/common/file_read.h"
 #include "server/config.h"
 
 #include <cstdint>
@@ -11,6 +10,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/common/file_read.h"
+#include "engine/common/status_macros.h"
 #include "engine/scoring/storage_type.h"
 
 namespace scanserve {
@@ -63,12 +64,8 @@ absl::Status ParseBytes(const std::string& key, const std::string& value, int64_
 }
 
 absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  absl::StatusOr<std::string> contents = ReadWholeFile(path);
-  if (!contents.ok()) {
-    return absl::Status(contents.status().code(),
-                        absl::StrCat("--auth-token-file: ", contents.status().message()));
-  }
-  std::string token(absl::StripAsciiWhitespace(*contents));
+  SCANSERVE_ASSIGN_OR_RETURN(const std::string contents, ReadWholeFile(path, "--auth-token-file"));
+  std::string token(absl::StripAsciiWhitespace(contents));
   if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("--auth-token-file: ", path, " is empty"));
   return token;
 }

@@ -1,4 +1,3 @@
-#include "engine/common/file_read.h"
 #include "server/server.h"
 
 #include <algorithm>
@@ -13,6 +12,7 @@
 #include <grpcpp/security/server_credentials.h>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/file_read.h"
 #include "server/auth.h"
 #include "server/call_tracker.h"
 #include "server/log.h"
@@ -27,10 +27,8 @@ namespace {
 constexpr char kServiceName[] = "scanserve.v1.ScanService";
 
 absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
-  absl::StatusOr<std::string> contents = ReadWholeFile(path);
-  if (!contents.ok()) {
-    return absl::Status(contents.status().code(), absl::StrCat(what, ": ", contents.status().message()));
-  }
+  absl::StatusOr<std::string> contents = ReadWholeFile(path, what);
+  if (!contents.ok()) return contents.status();
   if (contents->empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", path, " is empty"));
   return contents;
 }

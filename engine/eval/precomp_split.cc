@@ -1,10 +1,10 @@
-#include "engine/common/file_read.h"
 #include "engine/eval/precomp_split.h"
 
 #include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/file_read.h"
 #include "engine/common/npy.h"
 #include "engine/common/status_macros.h"
 #include "engine/eval/retrieval_metrics.h"
@@ -26,12 +26,7 @@ std::string_view StripPythonSpace(std::string_view s) {
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> ReadCaptionLines(const std::string& path) {
-  absl::StatusOr<std::string> read = ReadWholeFile(path);
-  if (!read.ok()) {
-    return absl::Status(read.status().code(),
-                        absl::StrCat("captions file: ", read.status().message()));
-  }
-  const std::string text = *std::move(read);
+  SCANSERVE_ASSIGN_OR_RETURN(const std::string text, ReadWholeFile(path, "captions file"));
 
   std::vector<std::string> captions;
   size_t start = 0;

@@ -1,9 +1,8 @@
-#include "engine/common/file_read.h"
 #include "engine/model/model_config.h"
-
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/common/file_read.h"
 #include "engine/common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -101,9 +100,8 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& json_text) 
 }
 
 absl::StatusOr<ModelConfig> ModelConfig::FromFile(const std::string& path) {
-  absl::StatusOr<std::string> text = ReadWholeFile(path);
-  if (!text.ok()) return text.status();
-  auto config = FromJson(*text);
+  SCANSERVE_ASSIGN_OR_RETURN(const std::string text, ReadWholeFile(path));
+  auto config = FromJson(text);
   if (!config.ok()) {
     return absl::Status(config.status().code(), absl::StrCat(path, ": ", config.status().message()));
   }

@@ -29,7 +29,6 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/eval/similarity.h"
@@ -63,7 +62,9 @@ struct CatalogEntry {
   Metadata metadata;
   std::string text;           // captions only
   int64_t feature_bytes = 0;  // estimated scorer bytes over all models
-  bool synthetic = false;     // added at start, not stored (RetrievalEngineOptions::synthetic_*)
+  // Synthetic item i (RetrievalEngineOptions::synthetic_*: added at start, not stored), or -1.
+  int64_t synthetic_index = -1;
+  bool synthetic() const { return synthetic_index >= 0; }
 };
 
 // The stored items of one kind.
@@ -71,7 +72,7 @@ struct Catalog {
   absl::flat_hash_map<std::string, int64_t> key_of_id;
   absl::flat_hash_map<int64_t, CatalogEntry> entries;
   int64_t feature_bytes = 0;
-  int64_t synthetic = 0;  // entries with synthetic set
+  int64_t synthetic = 0;  // synthetic entries
 
   int64_t size() const { return static_cast<int64_t>(entries.size()); }
   // The entry of a key the scorers returned: every scorer key has one (an invariant).
@@ -82,7 +83,7 @@ struct Catalog {
   }
   void Insert(int64_t key, CatalogEntry entry) {
     feature_bytes += entry.feature_bytes;
-    synthetic += entry.synthetic ? 1 : 0;
+    synthetic += entry.synthetic() ? 1 : 0;
     key_of_id[entry.id] = key;
     entries[key] = std::move(entry);
   }
@@ -90,7 +91,7 @@ struct Catalog {
     auto it = entries.find(key);
     if (it == entries.end()) return;
     feature_bytes -= it->second.feature_bytes;
-    synthetic -= it->second.synthetic ? 1 : 0;
+    synthetic -= it->second.synthetic() ? 1 : 0;
     key_of_id.erase(it->second.id);
     entries.erase(it);
   }
@@ -519,7 +520,7 @@ absl::Status ScanRetrievalEngine::AddSynthetic(ItemKind kind, int64_t count) {
       keys.push_back(next_key_++);
       for (size_t m = 0; m < num_models(); ++m) views[m].emplace_back(pool.item(m, i));
       CatalogEntry entry{std::move(id), kSyntheticCollection, {}, image ? "" : "(synthetic)", bytes};
-      entry.synthetic = true;
+      entry.synthetic_index = i;
       entries.push_back(std::move(entry));
     }
     for (size_t m = 0; m < num_models(); ++m) {
@@ -1102,26 +1103,28 @@ absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::Search
   // Stored images are queried with their stored embeddings: no re-encoding. Synthetic ones are
   // made again from their index.
   if (!stored_ids.empty()) {
-    for (size_t j = 0; j < stored_ids.size();) {
+    std::vector<std::string> in_store;
+    std::vector<size_t> in_store_index;
+    for (size_t j = 0; j < stored_ids.size(); ++j) {
       auto it = images_.key_of_id.find(stored_ids[j]);
       if (it == images_.key_of_id.end()) {
         return absl::NotFoundError(
             absl::StrCat("query ", stored_index[j], ": no stored image ", QuoteId(stored_ids[j])));
       }
-      int64_t index = 0;
-      if (!images_.Get(it->second).synthetic ||
-          !absl::SimpleAtoi(absl::string_view(stored_ids[j]).substr(sizeof("synthetic/") - 1), &index)) {
-        ++j;
+      const int64_t synthetic = images_.Get(it->second).synthetic_index;
+      if (synthetic < 0) {
+        in_store.push_back(std::move(stored_ids[j]));
+        in_store_index.push_back(stored_index[j]);
         continue;
       }
       for (size_t m = 0; m < num_models(); ++m) {
         regions[stored_index[j]].push_back(
-            MakeSyntheticItem(ItemKind::kImage, index % SyntheticPoolSize(options_.synthetic_images), m,
-                              models_[m].model->config().embed_size));
+            MakeSyntheticItem(ItemKind::kImage, synthetic % SyntheticPoolSize(options_.synthetic_images),
+                              m, models_[m].model->config().embed_size));
       }
-      stored_ids.erase(stored_ids.begin() + static_cast<std::ptrdiff_t>(j));
-      stored_index.erase(stored_index.begin() + static_cast<std::ptrdiff_t>(j));
     }
+    stored_ids = std::move(in_store);
+    stored_index = std::move(in_store_index);
   }
   if (!stored_ids.empty()) {
     SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> records,

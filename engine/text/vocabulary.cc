@@ -1,4 +1,3 @@
-#include "engine/common/file_read.h"
 #include "engine/text/vocabulary.h"
 
 #include <cstdint>
@@ -11,6 +10,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "engine/common/file_read.h"
 #include "engine/common/status_macros.h"
 #include "engine/text/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -202,12 +202,8 @@ absl::StatusOr<Vocabulary> Vocabulary::FromJson(const std::string& json_text) {
 }
 
 absl::StatusOr<Vocabulary> Vocabulary::FromFile(const std::string& path) {
-  absl::StatusOr<std::string> contents = ReadWholeFile(path);
-  if (!contents.ok()) {
-    return absl::Status(contents.status().code(),
-                        absl::StrCat("vocabulary file: ", contents.status().message()));
-  }
-  absl::StatusOr<Vocabulary> vocabulary = FromJson(*contents);
+  SCANSERVE_ASSIGN_OR_RETURN(const std::string contents, ReadWholeFile(path, "vocabulary file"));
+  absl::StatusOr<Vocabulary> vocabulary = FromJson(contents);
   if (!vocabulary.ok()) {
     return absl::Status(vocabulary.status().code(),
                         absl::StrCat(path, ": ", vocabulary.status().message()));

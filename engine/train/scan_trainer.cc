@@ -1,7 +1,6 @@
 // SCAN training on LibTorch: the trainable model, the batched differentiable stacked cross attention,
 // the contrastive loss, Adam, checkpoints and the training loop. Everything torch of the trainer is in
 // this file (CI compiles on 2 cores; one torch translation unit keeps that bearable).
-#include "engine/common/file_read.h"
 #include "engine/train/scan_trainer.h"
 
 #include <ATen/Parallel.h>
@@ -25,6 +24,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/common/file_read.h"
 #include "engine/common/status_macros.h"
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"

@@ -582,32 +582,38 @@ cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
   return cudaSuccess;
 }
 
-cudaError_t TopKFromScores(const float* scores, int64_t ld_scores, int64_t n,
-                           const int64_t* col_keys, int num_queries, int k, TopKCand* out,
-                           cudaStream_t stream) {
+namespace {
+
+// Tiles on grid x, queries on grid y (at most kMaxGridY per launch); the query offset moves the
+// score rows (or candidate rows) and the output rows alike.
+template <bool kFromScores>
+cudaError_t LaunchTopK(const float* scores, int64_t ld_scores, const int64_t* col_keys,
+                       const TopKCand* in, int64_t n, int num_queries, int k, TopKCand* out,
+                       cudaStream_t stream) {
   const int64_t tiles = (n + kTopKTile - 1) / kTopKTile;
-  // Queries on grid y: at most kMaxGridY per launch.
   for (int q0 = 0; q0 < num_queries && tiles > 0; q0 += kMaxGridY) {
     const int nq = std::min(kMaxGridY, num_queries - q0);
-    TopKKernel<true><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(nq)), kTopKThreads, 0, stream>>>(
-        scores + int64_t{q0} * ld_scores, ld_scores, col_keys, nullptr, n, k, out + int64_t{q0} * tiles * k);
+    TopKKernel<kFromScores><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(nq)), kTopKThreads, 0,
+                              stream>>>(kFromScores ? scores + int64_t{q0} * ld_scores : nullptr, ld_scores,
+                                        col_keys, kFromScores ? nullptr : in + int64_t{q0} * n, n, k,
+                                        out + int64_t{q0} * tiles * k);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   return cudaSuccess;
 }
 
+}  // namespace
+
+cudaError_t TopKFromScores(const float* scores, int64_t ld_scores, int64_t n,
+                           const int64_t* col_keys, int num_queries, int k, TopKCand* out,
+                           cudaStream_t stream) {
+  return LaunchTopK<true>(scores, ld_scores, col_keys, nullptr, n, num_queries, k, out, stream);
+}
+
 cudaError_t TopKFromCandidates(const TopKCand* in, int64_t n, int num_queries, int k,
                                TopKCand* out, cudaStream_t stream) {
-  const int64_t tiles = (n + kTopKTile - 1) / kTopKTile;
-  for (int q0 = 0; q0 < num_queries && tiles > 0; q0 += kMaxGridY) {
-    const int nq = std::min(kMaxGridY, num_queries - q0);
-    TopKKernel<false><<<dim3(static_cast<unsigned>(tiles), static_cast<unsigned>(nq)), kTopKThreads, 0, stream>>>(
-        nullptr, 0, nullptr, in + int64_t{q0} * n, n, k, out + int64_t{q0} * tiles * k);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-  }
-  return cudaSuccess;
+  return LaunchTopK<false>(nullptr, 0, nullptr, in, n, num_queries, k, out, stream);
 }
 
 }  // namespace cuda_kernels
