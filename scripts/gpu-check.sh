@@ -9,7 +9,8 @@
 # .debs has gRPC, without OpenCV; engine-only if that configure fails), build scoring_tests +
 # detector_tests + model_tests + scan_bench + scan_extract, run the CUDA tests, the
 # scan_bench CUDA table (100k fp32+bf16+fp8 with the cuBLAS and the fused kernels, 1M bf16), a
-# same-run reference-style PyTorch baseline, the detector timing, and last, when the server built and
+# same-run reference-style PyTorch baseline, the detector timing, the engine's CUDA test
+# (retrieval_tests), and last, when the server built and
 # time is left, scanserve + scanctl and the end-to-end serving benchmark through gRPC
 # (scripts/serve-bench.sh: 1M synthetic images, lone query and concurrent clients). A failing test step does not stop the later steps; the
 # exit status is non-zero when any step failed.
@@ -216,6 +217,13 @@ for dtype in (torch.float32, torch.bfloat16):
     del ims
     torch.cuda.empty_cache()
 PY
+fi
+# The engine on the CUDA backend: ensembles and filters answered from the models' device top
+# lists rank as the CPU engine does. Built after the tables (its engine library is the server's
+# too), on its own, so that a failure cannot stop the rest.
+if run_step "BUILD retrieval_tests" 240 cmake --build "$BUILD_DIR" -j "$JOBS" --target retrieval_tests; then
+  run_step "TEST retrieval (CUDA engine vs CPU engine, top-list search)" 120 \
+    "$BUILD_DIR"/tests/retrieval_tests --gtest_color=no --gtest_filter='*Cuda*:TopListSearchTest.*' || true
 fi
 serve_bench
 [ "$FAILED" -eq 0 ]

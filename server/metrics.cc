@@ -104,6 +104,12 @@ ServerMetrics::ServerMetrics(const std::string& version)
                                .Help("Search time spent turning queries into embeddings, seconds, "
                                      "by direction.")
                                .Register(r);
+  engine_ranked_queries_ = &prometheus::BuildCounter()
+                               .Name("scanserve_engine_ranked_queries_total")
+                               .Help("Queries the engine ranked, by direction and path: "
+                                     "scorer_top_k, top_lists (GPU filters and ensembles) or "
+                                     "full_scores.")
+                               .Register(r);
   engine_score_seconds_ = &prometheus::BuildCounter()
                               .Name("scanserve_engine_score_seconds_total")
                               .Help("Search time spent scoring the stored items (SCAN) and "
@@ -201,6 +207,9 @@ ServerMetrics::ServerMetrics(const std::string& version)
     engine_search_seconds(d);
     engine_phase_seconds(d, false);
     engine_phase_seconds(d, true);
+    for (const char* path : {"scorer_top_k", "top_lists", "full_scores"}) {
+      engine_ranked_queries(d, path);
+    }
     batch_size(d);
     batch_requests(d);
     queue_depth(d);
@@ -231,6 +240,11 @@ prometheus::Counter& ServerMetrics::batcher_rejected(SearchDirection direction,
 prometheus::Counter& ServerMetrics::engine_phase_seconds(SearchDirection direction, bool score) {
   return (score ? engine_score_seconds_ : engine_encode_seconds_)
       ->Add({{"direction", DirectionLabel(direction)}});
+}
+
+prometheus::Counter& ServerMetrics::engine_ranked_queries(SearchDirection direction,
+                                                         const std::string& path) {
+  return engine_ranked_queries_->Add({{"direction", DirectionLabel(direction)}, {"path", path}});
 }
 
 prometheus::Histogram& ServerMetrics::batch_size(SearchDirection direction) {
@@ -296,6 +310,16 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
       engine_phase_seconds(d, true).Increment(now.score - seen.score);
       seen.score = now.score;
     }
+    const RankingCounts& ranked = t2i ? stats.text_to_image_ranking : stats.image_to_text_ranking;
+    RankingCounts& seen_ranked = seen_ranked_[t2i ? 0 : 1];
+    const auto advance = [&](int64_t now_count, int64_t& seen_count, const char* path) {
+      if (now_count <= seen_count) return;
+      engine_ranked_queries(d, path).Increment(static_cast<double>(now_count - seen_count));
+      seen_count = now_count;
+    };
+    advance(ranked.scorer_top_k, seen_ranked.scorer_top_k, "scorer_top_k");
+    advance(ranked.top_lists, seen_ranked.top_lists, "top_lists");
+    advance(ranked.full_scores, seen_ranked.full_scores, "full_scores");
   }
 }
 

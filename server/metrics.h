@@ -119,8 +119,14 @@ class ServerMetrics {
   // score: SCAN scoring of every stored item + top-k), seconds. rate(score) / rate(encode) says
   // whether the scorer or the encoder bounds a direction.
   prometheus::Counter& engine_phase_seconds(SearchDirection direction, bool score);
+  // scanserve_engine_ranked_queries_total{direction, path}: queries the engine ranked, by how:
+  // scorer_top_k (one model, no filter), top_lists (a filter or an ensemble decided from the GPU
+  // scorers' top lists), full_scores (every stored item's score moved and selected on the host:
+  // CPU filters and ensembles, and GPU queries the lists left undecided). On a GPU a growing
+  // full_scores share is the sign of rare filters or disagreeing models.
+  prometheus::Counter& engine_ranked_queries(SearchDirection direction, const std::string& path);
   // Sets the gauges above from a Stats() snapshot, and advances the cumulative counters (store,
-  // search phases) by how much the engine's values grew since the previous call (they never go
+  // search phases, ranked queries) by how much the engine's values grew since the previous call (they never go
   // down). Thread-safe.
   void UpdateFromStats(const EngineStats& stats);
 
@@ -140,6 +146,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Histogram>* engine_search_seconds_;
   prometheus::Family<prometheus::Counter>* engine_encode_seconds_;
   prometheus::Family<prometheus::Counter>* engine_score_seconds_;
+  prometheus::Family<prometheus::Counter>* engine_ranked_queries_;
   prometheus::Family<prometheus::Histogram>* engine_upsert_seconds_;
   prometheus::Family<prometheus::Counter>* ingest_items_;
 
@@ -164,6 +171,7 @@ class ServerMetrics {
   int64_t seen_synced_writes_ = 0;
   double seen_sync_seconds_ = 0;
   SearchPhaseSeconds seen_phases_[2];  // [text_to_image, image_to_text]
+  RankingCounts seen_ranked_[2];
 };
 
 }  // namespace scanserve

@@ -23,7 +23,9 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <limits>
 #include <mutex>
+#include <numeric>
 #include <shared_mutex>
 #include <utility>
 
@@ -33,10 +35,11 @@
 #include "engine/common/status_macros.h"
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"
-#include "engine/retrieval/filtered_search.h"
 #include "engine/retrieval/item_validation.h"
+#include "engine/retrieval/model_mean.h"
 #include "engine/retrieval/models_fingerprint.h"
 #include "engine/retrieval/synthetic_items.h"
+#include "engine/retrieval/top_list_search.h"
 #include "engine/retrieval/writer_preferring_mutex.h"
 #include "engine/scoring/attention_explain.h"
 #include "engine/store/feature_store.h"
@@ -249,10 +252,10 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   absl::Status ScoreAveraged(const std::vector<std::vector<ItemView>>& queries, ScorerOf side,
                              FloatMatrix* scores, std::vector<int64_t>* keys) const;
   // The top_k items per query that pass params.filter, best first, ties to the smaller key.
-  // One model: the scorer's own Search (the CUDA backend selects on the device, so only k results
-  // per query leave it, not a score per stored item); with a filter, on such a backend, it
-  // over-fetches and falls back to full scores when too few of those pass. An ensemble averages
-  // full score matrices first. Caller holds state_mu_.
+  // One model without a filter: the scorer's own Search (the CUDA backend selects on the device,
+  // so only k results per query leave it, not a score per stored item). A filter or an ensemble,
+  // on such backends: exact from the models' top lists (top_list_search.h), full scores for the
+  // queries those leave undecided; elsewhere full (averaged) scores. Caller holds state_mu_.
   absl::StatusOr<std::vector<std::vector<ScoredKey>>> Rank(
       const std::vector<std::vector<ItemView>>& queries, ScorerOf side, const Catalog& catalog,
       const SearchParams& params) const;
@@ -287,6 +290,13 @@ class ScanRetrievalEngine final : public RetrievalEngine {
         std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - since)
             .count(),
         std::memory_order_relaxed);
+  }
+  // Queries ranked per path since start: [direction][scorer top k, top lists, full scores].
+  enum RankingPath { kScorerTopK = 0, kTopLists = 1, kFullScores = 2 };
+  mutable std::atomic<int64_t> ranked_[2][3] = {};
+  void CountRanked(ScorerOf side, RankingPath path, size_t queries) const {
+    ranked_[side == &ModelSlot::images ? kT2i : kI2t][path].fetch_add(
+        static_cast<int64_t>(queries), std::memory_order_relaxed);
   }
   SimilarityOptions encode_options_;           // batch sizes for EncodeAll
 
@@ -886,14 +896,11 @@ absl::Status ScanRetrievalEngine::ScoreAveraged(const std::vector<std::vector<It
       float* row = scores->row(q);
       const float* add = other.row(q);
       // Summed through double, as ComputeSimilarities does, so the ensemble equals it exactly.
-      for (size_t j = 0; j < column.size(); ++j)
-        row[j] = static_cast<float>(static_cast<double>(row[j]) + add[column[j]]);
+      for (size_t j = 0; j < column.size(); ++j) row[j] = AddModelScore(row[j], add[column[j]]);
     }
   }
-  if (num_models() > 1) {
-    const double count = static_cast<double>(num_models());
-    for (float& s : scores->data) s = static_cast<float>(static_cast<double>(s) / count);
-  }
+  const int models = static_cast<int>(num_models());
+  for (float& s : scores->data) s = FinishModelMean(s, models);
   return absl::OkStatus();
 }
 
@@ -902,24 +909,55 @@ absl::StatusOr<std::vector<std::vector<ScoredKey>>> ScanRetrievalEngine::Rank(
     const SearchParams& params) const {
   const SearchFilter& filter = params.filter;
   const bool filtered = !filter.collection.empty() || !filter.metadata.empty();
-  if (num_models() == 1) {
-    const Scorer& scorer = *(models_[0].*side);
-    if (!filtered) return scorer.Search(queries[0], params.top_k);
-    // Elsewhere a Search costs a ScoreAll: a filter then goes straight to the full scores.
-    if (scorer.SelectsOnDevice()) {
-      SCANSERVE_ASSIGN_OR_RETURN(
-          std::optional<std::vector<std::vector<ScoredKey>>> found,
-          SearchFiltered(scorer, queries[0], params.top_k, [&](int64_t key) {
-            const CatalogEntry& entry = items.Get(key);
-            return MatchesFilter(filter, entry.collection, entry.metadata);
-          }));
-      if (found.has_value()) return *std::move(found);
-    }
+  const size_t num_queries = queries[0].size();
+  if (num_models() == 1 && !filtered) {
+    absl::StatusOr<std::vector<std::vector<ScoredKey>>> found =
+        (models_[0].*side)->Search(queries[0], params.top_k);
+    if (found.ok()) CountRanked(side, kScorerTopK, num_queries);
+    return found;
   }
-  FloatMatrix scores;
-  std::vector<int64_t> keys;
-  SCANSERVE_RETURN_IF_ERROR(ScoreAveraged(queries, side, &scores, &keys));
-  return TopK(scores, keys, items, params);
+  size_t ranked_in_full = 0;
+  auto rank_in_full = [&](absl::Span<const int> query_indices)
+      -> absl::StatusOr<std::vector<std::vector<ScoredKey>>> {
+    ranked_in_full += query_indices.size();
+    std::vector<std::vector<ItemView>> subset(num_models());
+    for (size_t m = 0; m < num_models(); ++m) {
+      if (query_indices.size() == queries[m].size()) {
+        subset[m] = queries[m];
+        continue;
+      }
+      for (int j : query_indices) subset[m].push_back(queries[m][static_cast<size_t>(j)]);
+    }
+    FloatMatrix scores;
+    std::vector<int64_t> keys;
+    SCANSERVE_RETURN_IF_ERROR(ScoreAveraged(subset, side, &scores, &keys));
+    CountRanked(side, kFullScores, query_indices.size());
+    return TopK(scores, keys, items, params);
+  };
+  TopListSearch search;
+  search.k = params.top_k;
+  search.max_fetch = std::numeric_limits<int64_t>::max();
+  for (size_t m = 0; m < num_models(); ++m) {
+    const Scorer& scorer = *(models_[m].*side);
+    search.scorers.push_back(&scorer);
+    search.queries.push_back(queries[m]);
+    search.max_fetch = std::min(search.max_fetch, scorer.DeviceSearchMaxK());
+  }
+  if (search.max_fetch < params.top_k) {
+    // A Search that costs a ScoreAll (CPU scorers, or k beyond the device's top-k): full scores.
+    std::vector<int> all(num_queries);
+    std::iota(all.begin(), all.end(), 0);
+    return rank_in_full(all);
+  }
+  if (filtered) {
+    search.keep = [&](int64_t key) {
+      const CatalogEntry& entry = items.Get(key);
+      return MatchesFilter(filter, entry.collection, entry.metadata);
+    };
+  }
+  absl::StatusOr<std::vector<std::vector<ScoredKey>>> ranked = RankFromTopLists(search, rank_in_full);
+  if (ranked.ok()) CountRanked(side, kTopLists, num_queries - ranked_in_full);
+  return ranked;
 }
 
 std::vector<std::vector<ScoredKey>> ScanRetrievalEngine::TopK(const FloatMatrix& scores,
@@ -1202,6 +1240,13 @@ EngineStats ScanRetrievalEngine::Stats() const {
   };
   stats.text_to_image = {seconds(kT2i, kEncode), seconds(kT2i, kScore)};
   stats.image_to_text = {seconds(kI2t, kEncode), seconds(kI2t, kScore)};
+  const auto ranked = [this](Direction d) {
+    return RankingCounts{ranked_[d][kScorerTopK].load(std::memory_order_relaxed),
+                         ranked_[d][kTopLists].load(std::memory_order_relaxed),
+                         ranked_[d][kFullScores].load(std::memory_order_relaxed)};
+  };
+  stats.text_to_image_ranking = ranked(kT2i);
+  stats.image_to_text_ranking = ranked(kI2t);
   return stats;
 }
 

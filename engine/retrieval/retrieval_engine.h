@@ -146,6 +146,15 @@ struct SearchPhaseSeconds {
   double score = 0;   // SCAN scoring of every stored item + top-k (the scorers' pass)
 };
 
+// How one direction's queries were ranked, counted since the engine started.
+struct RankingCounts {
+  int64_t scorer_top_k = 0;  // one model, no filter: the scorer's own top k
+  int64_t top_lists = 0;     // a filter or an ensemble, decided from the scorers' device top lists
+  // From every stored item's score: filters and ensembles on CPU scorers, and on the GPU the
+  // queries the top lists left undecided (rare filters, disagreeing models).
+  int64_t full_scores = 0;
+};
+
 struct EngineStats {
   int64_t images = 0;
   int64_t captions = 0;
@@ -166,6 +175,8 @@ struct EngineStats {
   double store_sync_seconds = 0;      // total time spent in them
   SearchPhaseSeconds text_to_image;   // SearchImages
   SearchPhaseSeconds image_to_text;   // SearchCaptions
+  RankingCounts text_to_image_ranking;
+  RankingCounts image_to_text_ranking;
 };
 
 class RetrievalEngine {

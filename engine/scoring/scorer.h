@@ -69,10 +69,11 @@ class Scorer {
   // it (the CUDA backend: device memory free now plus what it holds, less the reserve it keeps
   // for other users of the device); -1 when the backend has no such bound.
   virtual int64_t MemoryCapacityBytes() const { return -1; }
-  // True when Search selects where the scores are (a GPU), so that it moves k results per query
-  // instead of a score per stored item: callers then prefer it to ScoreAll even when they must
-  // over-fetch (filters). False: Search costs a ScoreAll.
-  virtual bool SelectsOnDevice() const { return false; }
+  // The largest k for which Search selects where the scores are (a GPU), so that it moves k
+  // results per query instead of a score per stored item: callers then prefer it to ScoreAll even
+  // when they must over-fetch (filters, ensembles; engine/retrieval/top_list_search.h). 0: Search
+  // costs a ScoreAll.
+  virtual int64_t DeviceSearchMaxK() const { return 0; }
   // OK, or why this scorer can no longer answer (the CUDA backend after a device copy failed
   // midway through a compaction): every later call fails with it; a restart reloads the store.
   virtual absl::Status Health() const { return absl::OkStatus(); }

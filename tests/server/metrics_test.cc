@@ -1,5 +1,5 @@
 // ServerMetrics' engine-stats refresh: cumulative engine values become counters that only move
-// forward, per direction for the search phases.
+// forward, per direction for the search phases and per direction and path for ranked queries.
 #include "server/metrics.h"
 
 #include <gtest/gtest.h>
@@ -27,6 +27,27 @@ TEST(ServerMetricsTest, SearchPhasesBecomeCountersPerDirection) {
   stats.image_to_text.encode = 0.1;  // a smaller value never moves a counter back
   metrics.UpdateFromStats(stats);
   EXPECT_DOUBLE_EQ(metrics.engine_phase_seconds(SearchDirection::kImageToText, false).Value(), 0.25);
+}
+
+TEST(ServerMetricsTest, RankedQueriesBecomeCountersPerDirectionAndPath) {
+  ServerMetrics metrics("test");
+  const auto value = [&](SearchDirection d, const char* path) {
+    return metrics.engine_ranked_queries(d, path).Value();
+  };
+  EngineStats stats;
+  stats.text_to_image_ranking = {7, 3, 1};
+  stats.image_to_text_ranking = {0, 0, 5};
+  metrics.UpdateFromStats(stats);
+  EXPECT_DOUBLE_EQ(value(SearchDirection::kTextToImage, "scorer_top_k"), 7);
+  EXPECT_DOUBLE_EQ(value(SearchDirection::kTextToImage, "top_lists"), 3);
+  EXPECT_DOUBLE_EQ(value(SearchDirection::kTextToImage, "full_scores"), 1);
+  EXPECT_DOUBLE_EQ(value(SearchDirection::kImageToText, "scorer_top_k"), 0);
+  EXPECT_DOUBLE_EQ(value(SearchDirection::kImageToText, "full_scores"), 5);
+  stats.text_to_image_ranking.top_lists = 10;  // grew by 7
+  metrics.UpdateFromStats(stats);
+  metrics.UpdateFromStats(stats);
+  EXPECT_DOUBLE_EQ(value(SearchDirection::kTextToImage, "top_lists"), 10);
+  EXPECT_DOUBLE_EQ(value(SearchDirection::kTextToImage, "scorer_top_k"), 7);
 }
 
 TEST(ServerMetricsTest, FeatureMemoryLimitAndCommittedAreGauges) {

@@ -312,6 +312,35 @@ TEST_F(RetrievalEngineTest, StatsSplitSearchTimeIntoEncodeAndScore) {
   EXPECT_EQ(after_i2t.text_to_image.score, after_t2i.text_to_image.score);
 }
 
+TEST_F(RetrievalEngineTest, StatsCountHowQueriesWereRanked) {
+  // CPU scorers: one model unfiltered takes the scorer's top k; filters and ensembles full scores.
+  for (bool ensemble : {false, true}) {
+    RetrievalEngineOptions options = Options(ensemble);
+    options.data_dir += ensemble ? "_ensemble" : "_single";
+    auto engine = Make(options);
+    ASSERT_NE(engine, nullptr);
+    ExpectAllOk(engine->UpsertImages(SomeImages(3)));
+    ExpectAllOk(engine->UpsertCaptions(SomeCaptions()));
+    ASSERT_TRUE(engine->SearchImages({"a dog runs", "two people", "a cat"}, {}).ok());
+    SearchParams filtered;
+    filtered.filter.collection = "odd";
+    ASSERT_TRUE(engine->SearchImages({"a dog runs"}, filtered).ok());
+    std::vector<ImageQuery> queries(2);
+    queries[0].stored_id = "img1";
+    queries[1].stored_id = "img2";
+    ASSERT_TRUE(engine->SearchCaptions(queries, {}).ok());
+    const EngineStats stats = engine->Stats();
+    const RankingCounts& t2i = stats.text_to_image_ranking;
+    const RankingCounts& i2t = stats.image_to_text_ranking;
+    EXPECT_EQ(t2i.scorer_top_k, ensemble ? 0 : 3) << "ensemble " << ensemble;
+    EXPECT_EQ(t2i.full_scores, ensemble ? 4 : 1) << "ensemble " << ensemble;
+    EXPECT_EQ(t2i.top_lists, 0);
+    EXPECT_EQ(i2t.scorer_top_k, ensemble ? 0 : 2) << "ensemble " << ensemble;
+    EXPECT_EQ(i2t.full_scores, ensemble ? 2 : 0) << "ensemble " << ensemble;
+    EXPECT_EQ(i2t.top_lists, 0);
+  }
+}
+
 TEST_F(RetrievalEngineTest, SearchCaptionsByFeaturesAndByStoredIdEqualsTheOracle) {
   const RetrievalEngineOptions options = Options(/*ensemble=*/true);
   auto engine = Make(options);
@@ -716,8 +745,8 @@ TEST_F(RetrievalEngineTest, SyntheticItemsAreSearchableButNeverStored) {
 
 TEST_F(RetrievalEngineTest, FilteredTopKEqualsTheFilteredFullRanking) {
   // Filtered searches return the full ranking's passing items, in order: common and rare filters,
-  // k below and above what passes, over 300 synthetic and 6 stored images. (The over-fetching
-  // path GPU scorers take has its own test: filtered_search_test.cc.)
+  // k below and above what passes, over 300 synthetic and 6 stored images. (The top-list path GPU
+  // scorers take has its own tests: top_list_search_test.cc, and CudaEnsembleRanksAsTheCpuOne.)
   RetrievalEngineOptions options = Options();
   options.synthetic_images = 300;
   auto engine = Make(options);
@@ -756,6 +785,59 @@ TEST_F(RetrievalEngineTest, FilteredTopKEqualsTheFilteredFullRanking) {
       EXPECT_EQ(ids, want) << "filter " << c.collection << " top " << c.top_k << " query " << q;
     }
   }
+}
+
+TEST_F(RetrievalEngineTest, CudaEnsembleRanksAsTheCpuOne) {
+  // The CUDA backend answers ensembles and filters from the models' device top lists
+  // (top_list_search.h): its hits are the CPU engine's full ranking, to rounding.
+  RetrievalEngineOptions cpu_options = Options(/*ensemble=*/true);
+  cpu_options.synthetic_images = 300;
+  RetrievalEngineOptions cuda_options = cpu_options;
+  cuda_options.backend = ScorerBackend::kCuda;
+  cuda_options.data_dir = (base_ / "data_cuda").string();
+  auto cuda = RetrievalEngine::Create(cuda_options);
+  if (!cuda.ok() && (cuda.status().code() == absl::StatusCode::kFailedPrecondition ||
+                     cuda.status().code() == absl::StatusCode::kUnimplemented)) {
+    GTEST_SKIP() << "no CUDA scorer here: " << cuda.status().message();
+  }
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  auto cpu = Make(cpu_options);
+  ASSERT_NE(cpu, nullptr);
+  ExpectAllOk(cpu->UpsertImages(SomeImages(6)));
+  ExpectAllOk((*cuda)->UpsertImages(SomeImages(6)));
+  SearchParams all;
+  all.top_k = 306;
+  auto full = cpu->SearchImages(kCaptions, all);
+  ASSERT_TRUE(full.ok()) << full.status();
+  constexpr float kTol = 1e-4f;
+  for (const auto& [collection, top_k] : std::vector<std::pair<std::string, int>>{
+           {"", 1}, {"", 10}, {"odd", 3}, {"synthetic", 5}, {"nothing", 4}}) {
+    SearchParams params;
+    params.top_k = top_k;
+    params.filter.collection = collection;
+    auto want = cpu->SearchImages(kCaptions, params);
+    auto got = (*cuda)->SearchImages(kCaptions, params);
+    ASSERT_TRUE(want.ok() && got.ok()) << want.status() << " " << got.status();
+    for (size_t q = 0; q < kCaptions.size(); ++q) {
+      const std::string where = "filter '" + collection + "' top " + std::to_string(top_k) +
+                                " query " + std::to_string(q);
+      ASSERT_EQ((*got)[q].size(), (*want)[q].size()) << where;
+      for (size_t r = 0; r < (*want)[q].size(); ++r) {
+        const ImageHit& hit = (*got)[q][r];
+        EXPECT_NEAR(hit.score, (*want)[q][r].score, kTol) << where << " rank " << r;
+        // A different id only where two scores tie to rounding: its CPU score must be the same.
+        const auto cpu_hit = std::find_if((*full)[q].begin(), (*full)[q].end(),
+                                          [&](const ImageHit& h) { return h.id == hit.id; });
+        ASSERT_NE(cpu_hit, (*full)[q].end()) << where << ": " << hit.id;
+        EXPECT_NEAR(cpu_hit->score, hit.score, kTol) << where << " rank " << r;
+        EXPECT_TRUE(collection.empty() || hit.collection == collection) << where;
+      }
+    }
+  }
+  const RankingCounts ranked = (*cuda)->Stats().text_to_image_ranking;
+  EXPECT_EQ(ranked.scorer_top_k, 0);
+  EXPECT_GT(ranked.top_lists, 0) << "the related tiny models' lists decide some queries";
+  EXPECT_EQ(ranked.top_lists + ranked.full_scores, 5 * static_cast<int64_t>(kCaptions.size()));
 }
 
 TEST_F(RetrievalEngineTest, LargeUpsertIsCommittedInBoundedBatches) {
