@@ -292,6 +292,24 @@ const std::vector<Flag>& Flags() {
          }
          return absl::InvalidArgumentError(absl::StrCat("--detector-device: expected cpu, cuda or cuda:N, got '", v, "'"));
        }},
+      {"detector-precision", "fp32|bf16",
+       "the detector network's arithmetic: fp32 reproduces the original; bf16 (convolutions in bf16: "
+       "~2x faster on GPUs and bf16-capable CPUs) is opt-in and moves the features slightly "
+       "(scan_extract --compare-precision measures by how much)",
+       [](const ServerConfig& c) { return std::string(DetectorPrecisionName(c.detector.precision)); },
+       [](const std::string& v, ServerConfig* c) -> absl::Status {
+         absl::StatusOr<DetectorPrecision> precision = ParseDetectorPrecision(v);
+         if (!precision.ok()) return absl::InvalidArgumentError(absl::StrCat("--", precision.status().message()));
+         if (*precision == DetectorPrecision::kTf32) {
+           // LibTorch's TF32 switch is process-wide: it would also run the text encoders' cuDNN GRU
+           // in TF32, and their scores would leave the reference's.
+           return absl::InvalidArgumentError(
+               "--detector-precision tf32 is for scan_extract only (LibTorch's TF32 switch is "
+               "process-wide and would change the text encoders too); use bf16");
+         }
+         c->detector.precision = *precision;
+         return absl::OkStatus();
+       }},
       {"detector-workers", "N", "threads running detections (each detection uses several intra-op threads)",
        [](const ServerConfig& c) { return absl::StrCat(c.server.detection.num_workers); },
        [](const std::string& v, ServerConfig* c) {

@@ -3,12 +3,13 @@
 reference of the same network (tests/python/bottom_up_reference.py) on the same images and threads.
 
   /usr/bin/python3 tools/bench_detector.py [--build build] [--images DIR_OR_FILES...] [--threads 2]
-      [--detector DIR] [--batch 2] [--skip-reference]
+      [--detector DIR] [--batch 2] [--precision fp32 bf16] [--skip-reference]
 
 Without --detector it builds (and caches under BUILD/test-detector/) a random-weight detector in the
 converted format: the speed of the network does not depend on the weights' values, except through
 the number of proposals, which is 300 on real photos either way. Without --images it uses the 10
-COCO images of ../shared/data/bottom-up-golden/images. Prints a Markdown table.
+COCO images of ../shared/data/bottom-up-golden/images. --precision times scan_extract in each
+listed precision (fp32 is the original's arithmetic; bf16 is opt-in). Prints a Markdown table.
 """
 import argparse
 import glob
@@ -31,6 +32,7 @@ def main():
     ap.add_argument("--detector")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "tf32", "bf16"])
     ap.add_argument("--skip-reference", action="store_true")
     args = ap.parse_args()
 
@@ -47,15 +49,18 @@ def main():
         sys.exit("bench_detector: no images")
     extract = os.path.join(args.build, "engine", "scan_extract")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cmd = [extract, "--detector", detector, "--out", os.path.join(tmp, "out.tsv"), "--threads",
-               str(args.threads), "--batch", str(args.batch), "--device", args.device, "--quiet"] + images
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            sys.exit("bench_detector: scan_extract failed:\n" + proc.stderr)
-        # "scan_extract: N images in X.Xs (...)": the timed loop, after the weights are loaded.
-        m = re.search(r"(\d+) images in ([0-9.]+)s", proc.stderr)
-        cpp_seconds = float(m.group(2))
+    cpp_seconds = {}
+    for precision in args.precision:
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [extract, "--detector", detector, "--out", os.path.join(tmp, "out.tsv"), "--threads",
+                   str(args.threads), "--batch", str(args.batch), "--device", args.device,
+                   "--precision", precision, "--quiet"] + images
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit("bench_detector: scan_extract failed:\n" + proc.stderr)
+            # "scan_extract: N images in X.Xs (...)": the timed loop, after the weights are loaded.
+            m = re.search(r"(\d+) images in ([0-9.]+)s", proc.stderr)
+            cpp_seconds[precision] = float(m.group(2))
 
     ref_seconds = None
     if not args.skip_reference:
@@ -70,12 +75,15 @@ def main():
     n = len(images)
     print("| implementation | images | threads | seconds | images/s | s/image |")
     print("|---|---|---|---|---|---|")
-    print("| scan_extract (LibTorch C++, batch %d, %s) | %d | %d | %.1f | %.3f | %.2f |"
-          % (args.batch, args.device, n, args.threads, cpp_seconds, n / cpp_seconds, cpp_seconds / n))
+    for precision, seconds in cpp_seconds.items():
+        print("| scan_extract (LibTorch C++, batch %d, %s, %s) | %d | %d | %.1f | %.3f | %.2f |"
+              % (args.batch, args.device, precision, n, args.threads, seconds, n / seconds, seconds / n))
     if ref_seconds is not None:
         print("| PyTorch reference (tests/python/bottom_up_reference.py) | %d | %d | %.1f | %.3f | %.2f |"
               % (n, args.threads, ref_seconds, n / ref_seconds, ref_seconds / n))
-        print("\nsame-run speed-up of scan_extract over the reference: %.2fx" % (ref_seconds / cpp_seconds))
+        for precision, seconds in cpp_seconds.items():
+            print("\nsame-run speed-up of scan_extract (%s) over the reference: %.2fx"
+                  % (precision, ref_seconds / seconds))
 
 
 if __name__ == "__main__":

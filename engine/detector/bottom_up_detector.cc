@@ -216,7 +216,7 @@ absl::StatusOr<std::unique_ptr<RegionDetector>> LoadBottomUpDetector(const Detec
   BottomUpNetworkOptions network_options;
   network_options.use_cuda = options.device == DetectorDevice::kCuda;
   network_options.cuda_device = options.cuda_device;
-  network_options.allow_tf32 = options.allow_tf32;
+  network_options.precision = options.precision;
   network_options.num_threads = options.num_threads;
   absl::StatusOr<std::unique_ptr<BottomUpNetwork>> network =
       BottomUpNetwork::Load(options.detector_dir + "/weights.safetensors", network_options);
@@ -227,7 +227,8 @@ absl::StatusOr<std::unique_ptr<RegionDetector>> LoadBottomUpDetector(const Detec
   const std::string summary = absl::StrCat(
       "bottom-up ResNet-101 Faster R-CNN (", config->source.empty() ? "converted" : config->source,
       "), ", selection.min_boxes, "-", selection.max_boxes, " boxes, conf >= ",
-      selection.conf_threshold, ", on ", (*network)->device());
+      selection.conf_threshold, ", on ", (*network)->device(), " in ",
+      DetectorPrecisionName(options.precision));
   return std::unique_ptr<RegionDetector>(new BottomUpDetector(
       *std::move(network), *std::move(vocabulary), selection, limits, summary));
 }

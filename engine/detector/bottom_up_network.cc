@@ -121,6 +121,18 @@ struct Res4Map {
 
 struct BottomUpNetwork::Impl {
   torch::Device device{torch::kCPU};
+  // The convolutions' type (weights, biases, activations): fp32, or bf16 (DetectorPrecision).
+  torch::ScalarType conv_type = torch::kFloat32;
+  bool tf32 = false;
+
+  // LibTorch's TF32 switches are process-wide: set this network's before each CUDA run, so that
+  // two networks of different precisions in one process (scan_extract --compare-precision) each
+  // run as asked. (Not meant for concurrent runs; the server offers no tf32 for that reason.)
+  void SetTf32() const {
+    if (!device.is_cuda()) return;
+    at::globalContext().setAllowTF32CuDNN(tf32);
+    at::globalContext().setAllowTF32CuBLAS(tf32);
+  }
   std::map<std::string, torch::Tensor> weights;
   std::vector<BlockSpec> trunk_blocks = TrunkBlocks();
   std::vector<BlockSpec> head_blocks = HeadBlocks();
@@ -196,9 +208,10 @@ absl::StatusOr<std::unique_ptr<BottomUpNetwork>> BottomUpNetwork::Load(
                                                        " does not exist"));
       }
       impl->device = torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(options.cuda_device));
-      at::globalContext().setAllowTF32CuDNN(options.allow_tf32);
-      at::globalContext().setAllowTF32CuBLAS(options.allow_tf32);
+      impl->tf32 = options.precision == DetectorPrecision::kTf32;
+      impl->SetTf32();
     }
+    if (options.precision == DetectorPrecision::kBf16) impl->conv_type = torch::kBFloat16;
     if (options.num_threads > 0 && at::get_num_threads() != options.num_threads) {
       at::set_num_threads(options.num_threads);
     }
@@ -213,6 +226,10 @@ absl::StatusOr<std::unique_ptr<BottomUpNetwork>> BottomUpNetwork::Load(
             absl::StrCat(weights_path, ": ", values.status().message()));
       }
       torch::Tensor w = torch::from_blob(values->data(), shape, torch::kFloat32).clone().to(impl->device);
+      // The classifiers (plain matrices) stay fp32; convolution weights and biases take conv_type.
+      const bool classifier = name.rfind("cls_", 0) == 0 || name.rfind("fc_attr", 0) == 0 ||
+                              name.rfind("attr_score", 0) == 0;
+      if (!classifier) w = w.to(impl->conv_type);
       // oneDNN and cuDNN run NHWC convolutions without reordering every layer's input and output.
       if (w.dim() == 4) w = w.contiguous(torch::MemoryFormat::ChannelsLast);
       impl->weights[name] = std::move(w);
@@ -229,15 +246,16 @@ absl::StatusOr<TrunkOutput> BottomUpNetwork::RunTrunk(const DetectorInput& input
   const Impl& net = *impl_;
   try {
     c10::InferenceMode inference;
+    net.SetTf32();
     torch::Tensor image =
         torch::from_blob(const_cast<float*>(input.chw.data()), {1, 3, input.height, input.width},
                          torch::kFloat32)
-            .to(net.device)
+            .to(net.device, net.conv_type)
             .contiguous(torch::MemoryFormat::ChannelsLast);
     torch::Tensor res4 = net.Res4(image);
     torch::Tensor rpn = torch::relu(net.Conv(res4, "rpn_conv_3x3", 1, 1));
-    torch::Tensor cls = net.Conv(rpn, "rpn_cls_score");
-    torch::Tensor deltas = net.Conv(rpn, "rpn_bbox_pred");
+    torch::Tensor cls = net.Conv(rpn, "rpn_cls_score").to(torch::kFloat32);
+    torch::Tensor deltas = net.Conv(rpn, "rpn_bbox_pred").to(torch::kFloat32);
     const int64_t h = cls.size(2), w = cls.size(3);
     // Caffe's reshape to (2, 12·H, W) and softmax over the first axis pairs channel a
     // (background) with 12 + a (foreground).
@@ -253,9 +271,9 @@ absl::StatusOr<TrunkOutput> BottomUpNetwork::RunTrunk(const DetectorInput& input
                                      static_cast<int>(w), static_cast<float>(input.height),
                                      static_cast<float>(input.width),
                                      static_cast<float>(input.scale));
-    // RoI pooling reads res4 as a plain C x H x W array.
+    // RoI pooling reads res4 as a plain C x H x W fp32 array.
     auto map = std::make_shared<Res4Map>();
-    map->tensor = res4.contiguous();
+    map->tensor = res4.to(torch::kFloat32).contiguous();
     bool pool_on_cpu = !map->tensor.is_cuda();
 #ifndef SCANSERVE_WITH_CUDA_KERNELS
     pool_on_cpu = true;
@@ -278,6 +296,7 @@ absl::StatusOr<std::vector<HeadOutput>> BottomUpNetwork::RunHead(
   const Impl& net = *impl_;
   try {
     c10::InferenceMode inference;
+    net.SetTf32();
     // Every (image, proposal) pair in order, run through res5 in chunks that may span images.
     std::vector<std::pair<size_t, int64_t>> rois;
     for (size_t i = 0; i < images.size(); ++i) {
@@ -302,9 +321,10 @@ absl::StatusOr<std::vector<HeadOutput>> BottomUpNetwork::RunHead(
         net.RoiPool(res4, boxes, e - s, pooled.narrow(0, s - begin, e - s));
         s = e;
       }
-      torch::Tensor x = pooled.contiguous(torch::MemoryFormat::ChannelsLast);
+      torch::Tensor x = pooled.to(net.conv_type).contiguous(torch::MemoryFormat::ChannelsLast);
       for (const BlockSpec& b : net.head_blocks) x = net.Block(x, b);
-      pool5.narrow(0, begin, end - begin).copy_(x.mean({2, 3}));
+      // Averaged in fp32, whatever the convolutions ran in.
+      pool5.narrow(0, begin, end - begin).copy_(x.to(torch::kFloat32).mean({2, 3}));
     }
     torch::Tensor cls_score = torch::linear(pool5, net.W("cls_score.weight"), net.W("cls_score.bias"));
     torch::Tensor cls_prob = torch::softmax(cls_score, 1);

@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/common/matrix.h"
+#include "engine/detector/detector_precision.h"
 #include "engine/detector/image_preprocess.h"
 #include "engine/detector/proposal_layer.h"
 
@@ -20,7 +21,7 @@ namespace scanserve {
 struct BottomUpNetworkOptions {
   bool use_cuda = false;
   int cuda_device = 0;
-  bool allow_tf32 = false;
+  DetectorPrecision precision = DetectorPrecision::kFloat32;
   int num_threads = 0;  // intra-op threads on CPU; 0 = leave LibTorch's setting
   // RoIs per res5 pass: bounds activation memory (a 14x14x2048 fp32 map is 1.6 MB per RoI).
   // On the CPU, 16 keeps each activation under glibc's 32 MB mmap threshold, so chunks reuse heap

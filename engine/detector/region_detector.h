@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/common/matrix.h"
+#include "engine/detector/detector_precision.h"
 
 namespace scanserve {
 
@@ -63,8 +64,9 @@ struct DetectorOptions {
   int64_t max_image_pixels = 40'000'000;
   int64_t max_image_bytes = 64LL << 20;
   int num_threads = 0;  // intra-op threads (process-wide in LibTorch); 0 = leave as is
-  // TF32 tensor cores for the CUDA convolutions (faster, not bit-exact with fp32).
-  bool allow_tf32 = false;
+  // fp32 (the default) reproduces the original network; tf32 and bf16 are opt-in speed-ups
+  // (detector_precision.h).
+  DetectorPrecision precision = DetectorPrecision::kFloat32;
 };
 
 struct DetectorInfo {

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <string>
 #include <system_error>
@@ -21,6 +22,7 @@
 #include "engine/common/file_read.h"
 #include "engine/common/npy.h"
 #include "engine/detector/region_detector.h"
+#include "engine/detector/region_drift.h"
 #include "engine/io/bottom_up_tsv_writer.h"
 
 namespace scanserve {
@@ -33,7 +35,8 @@ constexpr int kExitFailed = 1;
 constexpr int kExitBadInput = 2;
 
 constexpr char kUsage[] = R"(Usage: scan_extract --detector DIR --out FILE.tsv [options] IMAGE_OR_FOLDER...
-       scan_extract --detector DIR --benchmark N [--device cuda] [--tf32]
+       scan_extract --detector DIR --benchmark N [--device cuda] [--precision P]
+       scan_extract --detector DIR --compare-precision P [--device cuda] IMAGE_OR_FOLDER...
 
 Runs the bottom-up-attention detector (Caffe ResNet-101 Faster R-CNN, converted with
 tools/convert_bottom_up_caffemodel.py) on every image and writes one TSV line per image with the
@@ -54,7 +57,10 @@ Options:
   --conf-thresh X     class confidence a region needs before the min/max rule (default 0.2)
   --batch N           images whose proposals go through the res5 head together (default 2)
   --device NAME       cpu (default) or cuda (a CUDA build of LibTorch)
-  --tf32              allow TF32 tensor cores on CUDA (faster; not bit-exact with fp32)
+  --precision P       fp32 (default: the original network's numbers), tf32 (TF32 tensor cores on
+                      CUDA) or bf16 (convolutions in bf16, ~2x faster on GPUs and bf16-capable CPUs);
+                      tf32 and bf16 move the features slightly: see --compare-precision. --tf32 is
+                      short for --precision tf32
   --threads N         intra-op threads (default: all cores)
   --resume            append to an existing --out, skipping image ids already in it
   --debug-dir DIR     also write each image's intermediates as .npy: <id>.im_info, .input, .rois,
@@ -62,6 +68,11 @@ Options:
   --quiet             no progress line
   --benchmark N       instead of extracting: time the network alone (no decoding) on N synthetic
                       800x600 images, batch 1, 300 proposals each, after one warm-up; prints images/s
+  --compare-precision P
+                      instead of extracting: detect every image in fp32 and in precision P and print,
+                      per image and overall, how the regions moved (each fp32 region's best box IoU,
+                      matches at IoU >= 0.9) and the pool5 drift of the matches (cosine, relative L2),
+                      with both precisions' times
 )";
 
 struct Args {
@@ -73,6 +84,7 @@ struct Args {
   bool resume = false;
   bool quiet = false;
   int benchmark = 0;
+  std::optional<DetectorPrecision> compare_precision;
   std::string debug_dir;
   std::vector<std::string> inputs;
 };
@@ -173,12 +185,80 @@ int Benchmark(const Args& args) {
   std::sort(seconds.begin(), seconds.end());
   double total = 0;
   for (double t : seconds) total += t;
-  std::printf("| device | tf32 | images | p50 ms/image | p99 ms/image | images/s |\n|---|---|---|---|---|---|\n");
+  std::printf("| device | precision | images | p50 ms/image | p99 ms/image | images/s |\n|---|---|---|---|---|---|\n");
   std::printf("| %s | %s | %d | %.1f | %.1f | %.2f |\n", (*detector)->Info().device.c_str(),
-              args.detector.allow_tf32 ? "on" : "off", args.benchmark, 1e3 * seconds[seconds.size() / 2],
+              DetectorPrecisionName(args.detector.precision), args.benchmark, 1e3 * seconds[seconds.size() / 2],
               1e3 * seconds[std::min(seconds.size() - 1, seconds.size() * 99 / 100)],
               args.benchmark / total);
   return kExitOk;
+}
+
+// Detects every image in fp32 and in args.compare_precision and prints how far apart they are.
+int ComparePrecision(const Args& args) {
+  absl::StatusOr<std::vector<fs::path>> images = ListImages(args.inputs);
+  if (!images.ok()) return BadArgs(std::string(images.status().message()));
+  if (images->empty()) return BadArgs("no images (.jpg, .jpeg, .png, .webp) in the inputs");
+  DetectorOptions reference_options = args.detector;
+  reference_options.precision = DetectorPrecision::kFloat32;
+  DetectorOptions other_options = args.detector;
+  other_options.precision = *args.compare_precision;
+  absl::StatusOr<std::unique_ptr<RegionDetector>> reference = LoadBottomUpDetector(reference_options);
+  if (!reference.ok()) return BadArgs(std::string(reference.status().message()));
+  absl::StatusOr<std::unique_ptr<RegionDetector>> other = LoadBottomUpDetector(other_options);
+  if (!other.ok()) return BadArgs(std::string(other.status().message()));
+  for (const RegionDetector* detector : {reference->get(), other->get()}) {
+    std::fprintf(stderr, "scan_extract: %s\n", detector->Info().summary.c_str());
+    if (absl::Status s = detector->WarmUp(); !s.ok()) {
+      std::fprintf(stderr, "scan_extract: %s\n", s.ToString().c_str());
+      return kExitFailed;
+    }
+  }
+  const char* name = DetectorPrecisionName(*args.compare_precision);
+  std::printf("| image | regions fp32 / %s | matched (IoU >= %.1f) | mean best IoU | mean cosine | min cosine "
+              "| max rel. L2 | ms fp32 | ms %s |\n|---|---|---|---|---|---|---|---|---|\n",
+              name, RegionDrift::kMatchIoU, name);
+  int64_t regions = 0, matched = 0, failed = 0, compared = 0;
+  double iou_sum = 0, cosine_sum = 0, min_cosine = 1, max_l2 = 0, seconds[2] = {0, 0};
+  for (const fs::path& path : *images) {
+    absl::StatusOr<std::string> bytes = ReadWholeFile(path.string());
+    std::optional<absl::StatusOr<DetectedRegions>> found[2];
+    double took[2] = {0, 0};
+    for (int i = 0; i < 2 && bytes.ok(); ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      found[i] = (i == 0 ? *reference : *other)->Detect(*bytes);
+      took[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+    const absl::Status status = !bytes.ok() ? bytes.status() : !found[0]->ok() ? found[0]->status() : found[1]->status();
+    if (!status.ok()) {
+      ++failed;
+      std::fprintf(stderr, "scan_extract: %s: %s\n", path.string().c_str(), std::string(status.message()).c_str());
+      continue;
+    }
+    const RegionDrift drift = CompareRegions(**found[0], **found[1]);
+    ++compared;
+    regions += drift.reference_regions;
+    matched += drift.matched;
+    iou_sum += drift.mean_best_iou * static_cast<double>(drift.reference_regions);
+    cosine_sum += drift.mean_cosine * static_cast<double>(drift.matched);
+    if (drift.matched > 0) min_cosine = std::min(min_cosine, drift.min_cosine);
+    max_l2 = std::max(max_l2, drift.max_relative_l2);
+    seconds[0] += took[0];
+    seconds[1] += took[1];
+    std::printf("| %s | %lld / %lld | %lld | %.4f | %.5f | %.5f | %.4f | %.0f | %.0f |\n",
+                path.filename().string().c_str(), static_cast<long long>(drift.reference_regions),
+                static_cast<long long>(drift.other_regions), static_cast<long long>(drift.matched),
+                drift.mean_best_iou, drift.mean_cosine, drift.matched > 0 ? drift.min_cosine : 0.0,
+                drift.max_relative_l2, 1e3 * took[0], 1e3 * took[1]);
+  }
+  if (compared > 0) {
+    std::printf("| all %lld images | %lld regions | %lld (%.1f%%) | %.4f | %.5f | %.5f | %.4f | %.0f | %.0f |\n",
+                static_cast<long long>(compared), static_cast<long long>(regions),
+                static_cast<long long>(matched), regions > 0 ? 100.0 * matched / regions : 0.0,
+                regions > 0 ? iou_sum / regions : 0.0, matched > 0 ? cosine_sum / matched : 0.0,
+                matched > 0 ? min_cosine : 0.0, max_l2, 1e3 * seconds[0] / compared,
+                1e3 * seconds[1] / compared);
+  }
+  return failed > 0 ? kExitFailed : kExitOk;
 }
 
 int Run(const Args& args) {
@@ -343,7 +423,16 @@ int main(int argc, char** argv) {
       else if (name == "cuda") args.detector.device = DetectorDevice::kCuda;
       else return BadArgs("--device is cpu or cuda");
     } else if (flag == "--tf32") {
-      args.detector.allow_tf32 = true;
+      args.detector.precision = DetectorPrecision::kTf32;
+    } else if (flag == "--precision" || flag == "--compare-precision") {
+      const char* v = value();
+      absl::StatusOr<DetectorPrecision> precision = ParseDetectorPrecision(v ? v : "");
+      if (!precision.ok()) return BadArgs(absl::StrCat(flag, ": ", precision.status().message()));
+      if (flag == "--precision") {
+        args.detector.precision = *precision;
+      } else {
+        args.compare_precision = *precision;
+      }
     } else if (flag == "--resume") {
       args.resume = true;
     } else if (flag == "--quiet") {
@@ -363,6 +452,10 @@ int main(int argc, char** argv) {
   if (args.detector.detector_dir.empty()) return BadArgs("--detector is required");
   args.detector.num_threads = args.threads;
   if (args.benchmark > 0) return Benchmark(args);
+  if (args.compare_precision.has_value()) {
+    if (args.inputs.empty()) return BadArgs("no images given");
+    return ComparePrecision(args);
+  }
   if (args.out.empty()) return BadArgs("--out is required");
   if (args.inputs.empty()) return BadArgs("no images given");
   args.detector.num_threads = args.threads;

@@ -15,6 +15,8 @@
    (odd size, grayscale PNG, RGBA PNG, a panorama capped at 1000 px, a tiny image).
    SCANSERVE_BU_PARITY_GOLDEN=N|all chooses how many golden images run (default 3: each image costs
    ~5 s per implementation on an idle 2-core machine, several times more on a busy one).
+   Then the batched head (--batch 2) against single images, and the opt-in bf16 network
+   (--compare-precision bf16): its features move, but stay within a stated drift of fp32's.
 
 Exit 77 (skip) when scan_extract is not built (after the self-tests pass) or a dependency is missing.
 """
@@ -307,6 +309,27 @@ class ParityTest(unittest.TestCase):
                 self.check_image(im)
         print("total %.1f s for %d images" % (time.time() - t, len(self.images)))
         self.check_batched_head()
+        self.check_bf16_drift()
+
+    def check_bf16_drift(self):
+        """The opt-in bf16 network (scan_extract --compare-precision bf16): it really runs in bf16 (the
+        features move), and the regions both precisions select carry nearly the same features."""
+        image = [im for im in self.images if "odd" in im][0]
+        r = subprocess.run([SCAN_EXTRACT, "--detector", self.det, "--compare-precision", "bf16", image],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+        print(r.stdout)
+        total = [line for line in r.stdout.splitlines() if line.startswith("| all ")]
+        self.assertEqual(len(total), 1, r.stdout)
+        cells = [c.strip() for c in total[0].strip("|").split("|")]
+        matched = int(cells[2].split()[0])
+        mean_cosine, min_cosine, max_rel_l2 = float(cells[4]), float(cells[5]), float(cells[6])
+        self.assertGreater(matched, 0, "no fp32 region has a bf16 box at IoU >= 0.9: %s" % r.stdout)
+        self.assertGreater(max_rel_l2, 0.0, "bf16 features equal fp32's: the bf16 path did not run")
+        # Matched boxes may differ a little (IoU >= 0.9), so a pair's features differ by more than the
+        # arithmetic alone; on this random-weight network: mean ~0.997, min ~0.95.
+        self.assertGreaterEqual(mean_cosine, 0.99, r.stdout)
+        self.assertGreaterEqual(min_cosine, 0.9, r.stdout)
 
     def check_batched_head(self):
         """The res5 head over the RoIs of two images at once (scan_extract --batch 2) gives each image

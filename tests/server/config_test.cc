@@ -128,6 +128,7 @@ TEST(ConfigTest, DetectorSettings) {
                                      "model = /m\n"
                                      "detector-dir = /detectors/bua-36\n"
                                      "detector-device = cuda:1\n"
+                                     "detector-precision = bf16\n"
                                      "detector-workers = 2\n"
                                      "detector-queue = 8\n"
                                      "detector-batch = 4\n"
@@ -140,6 +141,7 @@ TEST(ConfigTest, DetectorSettings) {
   EXPECT_EQ(c.detector.detector_dir, "/detectors/bua-36");
   EXPECT_EQ(c.detector.device, DetectorDevice::kCuda);
   EXPECT_EQ(c.detector.cuda_device, 1);
+  EXPECT_EQ(c.detector.precision, DetectorPrecision::kBf16);
   EXPECT_EQ(c.server.detection.num_workers, 2);
   EXPECT_EQ(c.server.detection.max_queue_images, 16) << "the flag wins";
   EXPECT_EQ(c.server.detection.max_batch_images, 4);
@@ -150,6 +152,13 @@ TEST(ConfigTest, DetectorSettings) {
   EXPECT_NE(DescribeConfig(c).find("detector-dir = /detectors/bua-36"), std::string::npos) << DescribeConfig(c);
 
   EXPECT_EQ(ParseArgs({"--model", "m", "--detector-device", "tpu"}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ParseArgs({"--model", "m"})->config.detector.precision, DetectorPrecision::kFloat32) << "the default";
+  const absl::Status bad_precision = ParseArgs({"--model", "m", "--detector-precision", "fp16"}).status();
+  EXPECT_EQ(bad_precision.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad_precision.message().find("fp32, tf32 or bf16"), absl::string_view::npos) << bad_precision;
+  const absl::Status tf32 = ParseArgs({"--model", "m", "--detector-precision", "tf32"}).status();
+  EXPECT_EQ(tf32.code(), absl::StatusCode::kInvalidArgument) << "process-wide: it would change the encoders";
+  EXPECT_NE(tf32.message().find("scan_extract"), absl::string_view::npos) << tf32;
   EXPECT_EQ(ParseArgs({"--model", "m", "--detector-workers", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--model", "m", "--detector-queue", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--model", "m", "--detector-min-boxes", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
@@ -213,7 +222,7 @@ TEST(ConfigTest, HelpListsEveryFlag) {
                            "--storage", "--max-batch-queries", "--max-queue-delay-us", "--max-queue-size",
                            "--max-message-bytes", "--max-images", "--max-captions", "--tls-cert", "--tls-key",
                            "--tls-client-ca", "--auth-token", "--auth-token-file", "--detector-dir", "--detector-device",
-                           "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
+                           "--detector-precision", "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
                            "--detector-max-boxes", "--max-image-bytes", "--synthetic-images",
                            "--synthetic-captions", "--help"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
