@@ -936,14 +936,14 @@ absl::StatusOr<std::vector<std::vector<ScoredKey>>> ScanRetrievalEngine::Rank(
   };
   TopListSearch search;
   search.k = params.top_k;
-  search.max_fetch = std::numeric_limits<int64_t>::max();
+  search.fetch = std::numeric_limits<int64_t>::max();
   for (size_t m = 0; m < num_models(); ++m) {
     const Scorer& scorer = *(models_[m].*side);
     search.scorers.push_back(&scorer);
     search.queries.push_back(queries[m]);
-    search.max_fetch = std::min(search.max_fetch, scorer.DeviceSearchMaxK());
+    search.fetch = std::min(search.fetch, scorer.DeviceSearchMaxK());
   }
-  if (search.max_fetch < params.top_k) {
+  if (search.fetch < params.top_k) {
     // A Search that costs a ScoreAll (CPU scorers, or k beyond the device's top-k): full scores.
     std::vector<int> all(num_queries);
     std::iota(all.begin(), all.end(), 0);

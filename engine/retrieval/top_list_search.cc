@@ -4,7 +4,6 @@
 #include <climits>
 #include <cmath>
 #include <limits>
-#include <numeric>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -87,18 +86,14 @@ std::optional<std::vector<ScoredKey>> Decide(absl::Span<const std::vector<Scored
 
 }  // namespace
 
-int64_t OverFetchCount(int64_t k, int64_t stored) {
-  return std::max<int64_t>(1, std::min(stored, std::max(4 * k, k + 64)));
-}
-
 absl::StatusOr<std::vector<std::optional<std::vector<ScoredKey>>>> SearchTopLists(
     const TopListSearch& search) {
   const size_t models = search.scorers.size();
   if (models == 0 || search.queries.size() != models || search.k < 1 ||
-      search.max_fetch < search.k) {
+      search.fetch < search.k) {
     return absl::InvalidArgumentError(
         absl::StrCat("SearchTopLists: ", models, " scorers, ", search.queries.size(),
-                     " query lists, k = ", search.k, ", max_fetch = ", search.max_fetch));
+                     " query lists, k = ", search.k, ", fetch = ", search.fetch));
   }
   const size_t num_queries = search.queries[0].size();
   std::vector<int64_t> stored(models);
@@ -110,37 +105,25 @@ absl::StatusOr<std::vector<std::optional<std::vector<ScoredKey>>>> SearchTopList
   }
   const int64_t most_stored = *std::max_element(stored.begin(), stored.end());
 
+  // One fetch, as deep as the scorers select: on a GPU the scoring pass costs the same for any k,
+  // and a second, deeper pass would cost as much as the first.
+  const int64_t fetch = std::max<int64_t>(1, std::min(search.fetch, most_stored));
+  const int fetch_k = static_cast<int>(std::min<int64_t>(fetch, INT_MAX));
+  std::vector<std::vector<std::vector<ScoredKey>>> lists(models);  // [model][query]
+  for (size_t m = 0; m < models; ++m) {
+    SCANSERVE_ASSIGN_OR_RETURN(lists[m], search.scorers[m]->Search(search.queries[m], fetch_k));
+  }
   std::vector<std::optional<std::vector<ScoredKey>>> found(num_queries);
-  std::vector<int> pending(num_queries);
-  std::iota(pending.begin(), pending.end(), 0);
-  const int64_t deepest = std::max<int64_t>(1, std::min(search.max_fetch, most_stored));
-  int64_t fetch = std::min(OverFetchCount(search.k, most_stored), deepest);
-  for (int round = 0; !pending.empty(); ++round) {
-    const int fetch_k = static_cast<int>(std::min<int64_t>(fetch, INT_MAX));
-    std::vector<std::vector<std::vector<ScoredKey>>> lists(models);  // [model][pending query]
+  std::vector<const std::vector<ScoredKey>*> query_lists(models);
+  std::vector<bool> complete(models);
+  for (size_t j = 0; j < num_queries; ++j) {
     for (size_t m = 0; m < models; ++m) {
-      std::vector<ItemView> queries;
-      queries.reserve(pending.size());
-      for (int j : pending) queries.push_back(search.queries[m][static_cast<size_t>(j)]);
-      SCANSERVE_ASSIGN_OR_RETURN(lists[m], search.scorers[m]->Search(queries, fetch_k));
+      const std::vector<ScoredKey>& list = lists[m][j];
+      query_lists[m] = &list;
+      const int64_t size = static_cast<int64_t>(list.size());
+      complete[m] = size < fetch || size >= stored[m];
     }
-    std::vector<int> undecided;
-    std::vector<const std::vector<ScoredKey>*> query_lists(models);
-    std::vector<bool> complete(models);
-    for (size_t p = 0; p < pending.size(); ++p) {
-      for (size_t m = 0; m < models; ++m) {
-        const std::vector<ScoredKey>& list = lists[m][p];
-        query_lists[m] = &list;
-        const int64_t size = static_cast<int64_t>(list.size());
-        complete[m] = size < fetch || size >= stored[m];
-      }
-      const int j = pending[p];
-      found[static_cast<size_t>(j)] = Decide(query_lists, complete, search.k, search.keep);
-      if (!found[static_cast<size_t>(j)].has_value()) undecided.push_back(j);
-    }
-    pending = std::move(undecided);
-    if (round == 1 || deepest <= fetch) break;
-    fetch = deepest;
+    found[j] = Decide(query_lists, complete, search.k, search.keep);
   }
   return found;
 }

@@ -7,8 +7,8 @@
 // Both are decided with bounds. An item missing from model m's list scores at most that list's
 // last score, and the mean only grows with each model's score, so every item not known under all
 // models has an upper bound on its mean; once the k-th best fully known candidate beats every
-// such bound, nothing else can enter the top k. Where it does not, the query is fetched again
-// deeper, and then, still undecided, ranked from full scores by the caller.
+// such bound, nothing else can enter the top k. Where it does not (a rare filter, models that
+// disagree, a tie exactly at a bound), the caller ranks that query from full scores.
 #pragma once
 
 #include <cstdint>
@@ -23,9 +23,6 @@
 
 namespace scanserve {
 
-// The first fetch per query and model: the best max(4k, k + 64), at most every stored item.
-int64_t OverFetchCount(int64_t k, int64_t stored);
-
 // scorers[m] holds model m's items (every scorer the same keys) and answers queries[m] (the same
 // queries as model m encodes them). keep: the items a filter passes; empty = every item.
 struct TopListSearch {
@@ -33,9 +30,9 @@ struct TopListSearch {
   std::vector<absl::Span<const ItemView>> queries;
   int k = 1;
   std::function<bool(int64_t key)> keep;
-  // The deepest fetch (the scorers' DeviceSearchMaxK()), >= k: the first fetch is at most this,
-  // and undecided queries are fetched again this deep when that is deeper.
-  int64_t max_fetch = 1;
+  // How many each list holds (the scorers' DeviceSearchMaxK(): as deep as they select), >= k;
+  // at most every stored item.
+  int64_t fetch = 1;
 };
 
 // Per query, the k best items by ModelMean among those `keep` passes, best first, ties to the

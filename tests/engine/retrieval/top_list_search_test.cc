@@ -1,7 +1,6 @@
 // SearchTopLists / RankFromTopLists: answers from the scorers' own top lists equal, bit for bit,
 // TopKPerRow over the model-averaged, filtered ScoreAll: one model with filters, two-model
-// ensembles with and without filters, exact ties, undecided queries fetched deeper and then ranked
-// in full. The scorers here serve a table of scores, so that every pair's score is the same in
+// ensembles with and without filters, exact ties, undecided queries ranked in full. The scorers here serve a table of scores, so that every pair's score is the same in
 // every call (real scorers agree only to rounding across batches) and ties can be exact.
 #include "engine/retrieval/top_list_search.h"
 
@@ -112,7 +111,7 @@ std::vector<Model> ModelsOfScores(const std::vector<std::vector<float>>& scores)
   return out;
 }
 
-TopListSearch SearchOf(const std::vector<Model>& models, int k, int64_t max_fetch,
+TopListSearch SearchOf(const std::vector<Model>& models, int k, int64_t fetch,
                        std::function<bool(int64_t)> keep = {}) {
   TopListSearch search;
   for (const Model& model : models) {
@@ -120,7 +119,7 @@ TopListSearch SearchOf(const std::vector<Model>& models, int k, int64_t max_fetc
     search.queries.push_back(model.query_views);
   }
   search.k = k;
-  search.max_fetch = max_fetch;
+  search.fetch = fetch;
   search.keep = std::move(keep);
   return search;
 }
@@ -169,10 +168,10 @@ void ExpectSame(const std::vector<ScoredKey>& got, const std::vector<ScoredKey>&
 }
 
 // RankFromTopLists against the full ranking; returns the queries it ranked in full.
-std::vector<int> ExpectRankedExactly(const std::vector<Model>& models, int k, int64_t max_fetch,
+std::vector<int> ExpectRankedExactly(const std::vector<Model>& models, int k, int64_t fetch,
                                      const std::function<bool(int64_t)>& keep = {}) {
   std::vector<int> ranked_in_full;
-  auto got = RankFromTopLists(SearchOf(models, k, max_fetch, keep),
+  auto got = RankFromTopLists(SearchOf(models, k, fetch, keep),
                               [&](absl::Span<const int> indices)
                                   -> absl::StatusOr<std::vector<std::vector<ScoredKey>>> {
                                 ranked_in_full.assign(indices.begin(), indices.end());
@@ -188,41 +187,36 @@ std::vector<int> ExpectRankedExactly(const std::vector<Model>& models, int k, in
   return ranked_in_full;
 }
 
-TEST(TopListSearchTest, OverFetchCount) {
-  EXPECT_EQ(OverFetchCount(1, 1000), 65);
-  EXPECT_EQ(OverFetchCount(10, 1000), 74);
-  EXPECT_EQ(OverFetchCount(100, 1000), 400);
-  EXPECT_EQ(OverFetchCount(100, 300), 300);
-  EXPECT_EQ(OverFetchCount(5, 0), 1);
-}
-
-TEST(TopListSearchTest, OneModelCommonFilterIsDecidedByTheFirstFetch) {
+TEST(TopListSearchTest, OneModelCommonFilterIsDecidedInOneFetch) {
   const std::vector<Model> models = MakeModels(1, 400, 0.0f);
   const auto even = [](int64_t key) { return key % 2 == 0; };
   for (int k : {1, 5, 30}) {
     models[0].scorer->search_ks.clear();
-    EXPECT_TRUE(ExpectRankedExactly(models, k, 256, even).empty())
-        << "half the items pass: the best " << OverFetchCount(k, 400) << " hold " << k;
-    EXPECT_EQ(models[0].scorer->search_ks, std::vector<int>{static_cast<int>(OverFetchCount(k, 400))});
+    EXPECT_TRUE(ExpectRankedExactly(models, k, 64, even).empty())
+        << "half the items pass: the best 64 hold " << k;
+    EXPECT_EQ(models[0].scorer->search_ks, std::vector<int>{64}) << "one Search, as deep as asked";
   }
 }
 
-TEST(TopListSearchTest, OneModelUndecidedQueryIsFetchedAgainDeeper) {
+TEST(TopListSearchTest, OneModelFilterDecidedByItemsFarDownTheList) {
   std::vector<Model> models = MakeModels(1, 400, 0.0f);
-  // The items ranked 100..109 for query 0: below the first fetch (67 for k = 3), within 256.
+  // The items ranked 100..109 for query 0: far below k = 3, within a fetch of 256.
   const std::vector<ScoredKey> ranking = FullRanking(models, 400, {}, AllQueries())[0];
   std::vector<int64_t> passing;
   for (int r = 100; r < 110; ++r) passing.push_back(ranking[static_cast<size_t>(r)].key);
   const auto keep = [&](int64_t key) {
     return std::find(passing.begin(), passing.end(), key) != passing.end();
   };
-  auto found = SearchTopLists(SearchOf(models, 3, 256, keep));
-  ASSERT_TRUE(found.ok()) << found.status();
-  ASSERT_TRUE((*found)[0].has_value()) << "the second fetch holds all ten passing items";
-  ExpectSame(*(*found)[0], FullRanking(models, 3, keep, {0})[0], 0);
-  ASSERT_EQ(models[0].scorer->search_ks.size(), 2u);
-  EXPECT_EQ(models[0].scorer->search_ks[0], OverFetchCount(3, 400));
-  EXPECT_EQ(models[0].scorer->search_ks[1], 256);
+  for (int64_t fetch : {256, 100}) {
+    auto found = SearchTopLists(SearchOf(models, 3, fetch, keep));
+    ASSERT_TRUE(found.ok()) << found.status();
+    if (fetch == 256) {
+      ASSERT_TRUE((*found)[0].has_value()) << "the fetch holds all ten passing items";
+      ExpectSame(*(*found)[0], FullRanking(models, 3, keep, {0})[0], 0);
+    } else {
+      EXPECT_FALSE((*found)[0].has_value()) << "none of the best 100 passes";
+    }
+  }
 }
 
 TEST(TopListSearchTest, RareFilterIsRankedInFull) {
@@ -236,7 +230,7 @@ TEST(TopListSearchTest, RareFilterIsRankedInFull) {
 }
 
 TEST(TopListSearchTest, WholeStoreFetchedReturnsWhatPasses) {
-  const std::vector<Model> models = MakeModels(2, 50, 0.5f);  // k + 64 > 50: all fetched
+  const std::vector<Model> models = MakeModels(2, 50, 0.5f);  // 256 > 50: all fetched
   const auto two = [](int64_t key) { return key == 1003 || key == 1030; };
   EXPECT_TRUE(ExpectRankedExactly(models, 3, 256, two).empty());
   auto found = SearchTopLists(SearchOf(models, 3, 256, [](int64_t) { return false; }));
@@ -308,7 +302,7 @@ TEST(TopListSearchTest, EmptyStore) {
 TEST(TopListSearchTest, BadArguments) {
   const std::vector<Model> models = MakeModels(2, 10, 0.2f);
   EXPECT_EQ(SearchTopLists(SearchOf(models, 5, 4)).status().code(),
-            absl::StatusCode::kInvalidArgument);  // max_fetch below k
+            absl::StatusCode::kInvalidArgument);  // fetch below k
   TopListSearch search = SearchOf(models, 5, 256);
   search.queries[1] = search.queries[1].subspan(1);
   EXPECT_EQ(SearchTopLists(search).status().code(), absl::StatusCode::kInvalidArgument);
