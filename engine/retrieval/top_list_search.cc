@@ -112,6 +112,10 @@ absl::StatusOr<std::vector<std::optional<std::vector<ScoredKey>>>> SearchTopList
   std::vector<std::vector<std::vector<ScoredKey>>> lists(models);  // [model][query]
   for (size_t m = 0; m < models; ++m) {
     SCANSERVE_ASSIGN_OR_RETURN(lists[m], search.scorers[m]->Search(search.queries[m], fetch_k));
+    if (lists[m].size() != num_queries) {
+      return absl::InternalError(absl::StrCat("model ", m, "'s scorer answered ", lists[m].size(),
+                                              " of ", num_queries, " queries"));
+    }
   }
   std::vector<std::optional<std::vector<ScoredKey>>> found(num_queries);
   std::vector<const std::vector<ScoredKey>*> query_lists(models);
