@@ -5,6 +5,15 @@
 namespace scanserve {
 namespace {
 
+// Moves `counter` forward by how much the cumulative engine value `now` grew since *seen; a
+// smaller value moves nothing (counters never go back).
+template <typename T>
+void AdvanceCounter(prometheus::Counter& counter, T now, T* seen) {
+  if (now <= *seen) return;
+  counter.Increment(static_cast<double>(now - *seen));
+  *seen = now;
+}
+
 // Queries or requests per batch: powers of two up to the largest batch anyone configures.
 const prometheus::Histogram::BucketBoundaries& CountBuckets() {
   static const auto* buckets =
@@ -290,36 +299,17 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
   store_wal_bytes_->Set(static_cast<double>(stats.store_wal_bytes));
   // The engine's values are cumulative; counters only move forward, by the growth since last time.
   std::lock_guard<std::mutex> lock(stats_mu_);
-  if (stats.store_synced_writes > seen_synced_writes_) {
-    store_synced_writes_->Increment(static_cast<double>(stats.store_synced_writes - seen_synced_writes_));
-    seen_synced_writes_ = stats.store_synced_writes;
-  }
-  if (stats.store_sync_seconds > seen_sync_seconds_) {
-    store_sync_seconds_->Increment(stats.store_sync_seconds - seen_sync_seconds_);
-    seen_sync_seconds_ = stats.store_sync_seconds;
-  }
+  AdvanceCounter(*store_synced_writes_, stats.store_synced_writes, &seen_synced_writes_);
+  AdvanceCounter(*store_sync_seconds_, stats.store_sync_seconds, &seen_sync_seconds_);
   for (SearchDirection d : {SearchDirection::kTextToImage, SearchDirection::kImageToText}) {
-    const bool t2i = d == SearchDirection::kTextToImage;
-    const SearchPhaseSeconds& now = t2i ? stats.text_to_image : stats.image_to_text;
-    SearchPhaseSeconds& seen = seen_phases_[t2i ? 0 : 1];
-    if (now.encode > seen.encode) {
-      engine_phase_seconds(d, false).Increment(now.encode - seen.encode);
-      seen.encode = now.encode;
-    }
-    if (now.score > seen.score) {
-      engine_phase_seconds(d, true).Increment(now.score - seen.score);
-      seen.score = now.score;
-    }
-    const RankingCounts& ranked = t2i ? stats.text_to_image_ranking : stats.image_to_text_ranking;
-    RankingCounts& seen_ranked = seen_ranked_[t2i ? 0 : 1];
-    const auto advance = [&](int64_t now_count, int64_t& seen_count, const char* path) {
-      if (now_count <= seen_count) return;
-      engine_ranked_queries(d, path).Increment(static_cast<double>(now_count - seen_count));
-      seen_count = now_count;
-    };
-    advance(ranked.scorer_top_k, seen_ranked.scorer_top_k, "scorer_top_k");
-    advance(ranked.top_lists, seen_ranked.top_lists, "top_lists");
-    advance(ranked.full_scores, seen_ranked.full_scores, "full_scores");
+    const int i = d == SearchDirection::kTextToImage ? 0 : 1;
+    const SearchPhaseSeconds& phases = i == 0 ? stats.text_to_image : stats.image_to_text;
+    AdvanceCounter(engine_phase_seconds(d, false), phases.encode, &seen_phases_[i].encode);
+    AdvanceCounter(engine_phase_seconds(d, true), phases.score, &seen_phases_[i].score);
+    const RankingCounts& ranked = i == 0 ? stats.text_to_image_ranking : stats.image_to_text_ranking;
+    AdvanceCounter(engine_ranked_queries(d, "scorer_top_k"), ranked.scorer_top_k, &seen_ranked_[i].scorer_top_k);
+    AdvanceCounter(engine_ranked_queries(d, "top_lists"), ranked.top_lists, &seen_ranked_[i].top_lists);
+    AdvanceCounter(engine_ranked_queries(d, "full_scores"), ranked.full_scores, &seen_ranked_[i].full_scores);
   }
 }
 

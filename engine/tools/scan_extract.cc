@@ -165,18 +165,28 @@ absl::Status WriteTrace(const std::string& dir, const std::string& id, const Det
   return absl::OkStatus();
 }
 
-int Benchmark(const Args& args) {
-  absl::StatusOr<std::unique_ptr<RegionDetector>> detector = LoadBottomUpDetector(args.detector);
-  if (!detector.ok()) return BadArgs(std::string(detector.status().message()));
+// Loads a detector into *detector, says which, and runs it once (the timed and compared runs must
+// not pay for the first run's set-up). kExitOk, or the exit code: a detector that does not load is
+// a bad argument, one that fails to run a failure.
+int LoadWarmDetector(const DetectorOptions& options, std::unique_ptr<RegionDetector>* detector) {
+  absl::StatusOr<std::unique_ptr<RegionDetector>> loaded = LoadBottomUpDetector(options);
+  if (!loaded.ok()) return BadArgs(std::string(loaded.status().message()));
+  *detector = *std::move(loaded);
   std::fprintf(stderr, "scan_extract: %s\n", (*detector)->Info().summary.c_str());
   if (absl::Status s = (*detector)->WarmUp(); !s.ok()) {
     std::fprintf(stderr, "scan_extract: %s\n", s.ToString().c_str());
     return kExitFailed;
   }
+  return kExitOk;
+}
+
+int Benchmark(const Args& args) {
+  std::unique_ptr<RegionDetector> detector;
+  if (const int code = LoadWarmDetector(args.detector, &detector); code != kExitOk) return code;
   std::vector<double> seconds;
   for (int i = 0; i < args.benchmark; ++i) {
     const auto start = std::chrono::steady_clock::now();
-    if (absl::Status s = (*detector)->WarmUp(); !s.ok()) {
+    if (absl::Status s = detector->WarmUp(); !s.ok()) {
       std::fprintf(stderr, "scan_extract: %s\n", s.ToString().c_str());
       return kExitFailed;
     }
@@ -186,7 +196,7 @@ int Benchmark(const Args& args) {
   double total = 0;
   for (double t : seconds) total += t;
   std::printf("| device | precision | images | p50 ms/image | p99 ms/image | images/s |\n|---|---|---|---|---|---|\n");
-  std::printf("| %s | %s | %d | %.1f | %.1f | %.2f |\n", (*detector)->Info().device.c_str(),
+  std::printf("| %s | %s | %d | %.1f | %.1f | %.2f |\n", detector->Info().device.c_str(),
               DetectorPrecisionName(args.detector.precision), args.benchmark, 1e3 * seconds[seconds.size() / 2],
               1e3 * seconds[std::min(seconds.size() - 1, seconds.size() * 99 / 100)],
               args.benchmark / total);
@@ -202,17 +212,9 @@ int ComparePrecision(const Args& args) {
   reference_options.precision = DetectorPrecision::kFloat32;
   DetectorOptions other_options = args.detector;
   other_options.precision = *args.compare_precision;
-  absl::StatusOr<std::unique_ptr<RegionDetector>> reference = LoadBottomUpDetector(reference_options);
-  if (!reference.ok()) return BadArgs(std::string(reference.status().message()));
-  absl::StatusOr<std::unique_ptr<RegionDetector>> other = LoadBottomUpDetector(other_options);
-  if (!other.ok()) return BadArgs(std::string(other.status().message()));
-  for (const RegionDetector* detector : {reference->get(), other->get()}) {
-    std::fprintf(stderr, "scan_extract: %s\n", detector->Info().summary.c_str());
-    if (absl::Status s = detector->WarmUp(); !s.ok()) {
-      std::fprintf(stderr, "scan_extract: %s\n", s.ToString().c_str());
-      return kExitFailed;
-    }
-  }
+  std::unique_ptr<RegionDetector> reference, other;
+  if (const int code = LoadWarmDetector(reference_options, &reference); code != kExitOk) return code;
+  if (const int code = LoadWarmDetector(other_options, &other); code != kExitOk) return code;
   const char* name = DetectorPrecisionName(*args.compare_precision);
   std::printf("| image | regions fp32 / %s | matched (IoU >= %.1f) | mean best IoU | mean cosine | min cosine "
               "| max rel. L2 | ms fp32 | ms %s |\n|---|---|---|---|---|---|---|---|---|\n",
@@ -225,7 +227,7 @@ int ComparePrecision(const Args& args) {
     double took[2] = {0, 0};
     for (int i = 0; i < 2 && bytes.ok(); ++i) {
       const auto start = std::chrono::steady_clock::now();
-      found[i] = (i == 0 ? *reference : *other)->Detect(*bytes);
+      found[i] = (i == 0 ? reference : other)->Detect(*bytes);
       took[i] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
     const absl::Status status = !bytes.ok() ? bytes.status() : !found[0]->ok() ? found[0]->status() : found[1]->status();
