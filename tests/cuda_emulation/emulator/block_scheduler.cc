@@ -20,6 +20,7 @@
 #include "scanserve_emu/launch.h"
 
 #if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
 #define SCANSERVE_EMU_ASAN 1
 #endif
@@ -72,6 +73,7 @@ namespace {
 
 constexpr int kWarp = 32;
 constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kEntryFramesBytes = 16 * 1024;
 
 enum class FiberState { kReady, kAtBarrier, kAtWarpOp, kDone };
 enum class WarpOpKind { kSync, kShuffleXor, kCollective };
@@ -349,6 +351,11 @@ bool ReverseOrder() {
 void RunBlock(BlockRun& run) {
   for (Fiber& f : run.fibers) {
     f.state = FiberState::kReady;
+#ifdef SCANSERVE_EMU_ASAN
+    // A finished fiber's kernel frames have returned, but FiberEntry's and Yield's never do: clear
+    // their redzones at the top of the stack before it is reused.
+    ASAN_UNPOISON_MEMORY_REGION(f.stack.bottom + f.stack.size - kEntryFramesBytes, kEntryFramesBytes);
+#endif
 #ifdef SCANSERVE_EMU_FAST_SWITCH
     // The frame scanserve_emu_switch pops: control words, six registers, then FiberEntry as the
     // return address, entered with the stack aligned as after a call.
