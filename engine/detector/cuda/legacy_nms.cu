@@ -34,8 +34,9 @@ __device__ __forceinline__ float LegacyIou(const float* a, float area_a, const f
 }
 
 // grid (column tiles, row tiles), kBoxesPerTile threads.
-__global__ void NmsMaskKernel(int n, double threshold, const float* __restrict__ boxes,
-                              unsigned long long* __restrict__ mask) {
+__global__ void __launch_bounds__(kBoxesPerTile)
+    NmsMaskKernel(int n, double threshold, const float* __restrict__ boxes,
+                  unsigned long long* __restrict__ mask) {
   const int row_tile = blockIdx.y;
   const int col_tile = blockIdx.x;
   const int words_per_row = gridDim.x;

@@ -31,10 +31,11 @@ __device__ __forceinline__ void BinEdges(int index, float bin_size, int offset, 
   *end = min(max(hi + offset, 0), limit);
 }
 
-__global__ void RoiPoolKernel(int64_t count, const float* __restrict__ features, int channels,
-                              int height, int width, const float* __restrict__ rois,
-                              float spatial_scale, int pooled_h, int pooled_w,
-                              float* __restrict__ out) {
+__global__ void __launch_bounds__(kThreadsPerBlock)
+    RoiPoolKernel(int64_t count, const float* __restrict__ features, int channels,
+                  int height, int width, const float* __restrict__ rois,
+                  float spatial_scale, int pooled_h, int pooled_w,
+                  float* __restrict__ out) {
   for (int64_t index = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; index < count;
        index += int64_t{blockDim.x} * gridDim.x) {
     const int pw = static_cast<int>(index % pooled_w);

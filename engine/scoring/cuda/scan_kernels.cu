@@ -30,6 +30,11 @@ static_assert(kNoNorm == 3 && kSum == 3, "kNoNorm and kSum are the default branc
 constexpr int kWarp = 32;
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kMaxGridY = 65535;  // gridDim.y and gridDim.z limit
+// Block sizes, also given to __launch_bounds__ so that nvcc keeps each kernel's registers within
+// what such a block may use (a kernel over the limit fails at launch, not at build).
+constexpr int kEpilogueMaxWarps = 8;
+constexpr int kFusedWarps = 4;
+constexpr int kTopKThreads = 1024;
 
 __device__ __forceinline__ uint16_t ToBf16(float f) {
   uint32_t bits = __float_as_uint(f);
@@ -311,8 +316,9 @@ __device__ void ScorePair(const EpilogueParams& p, int i, int j, const float* pr
   __syncwarp();  // the next pair reuses the scratch
 }
 
-__global__ void EpilogueKernel(EpilogueParams p, int warps_per_block, int64_t warp_floats,
-                               float* global_scratch) {
+__global__ void __launch_bounds__(kEpilogueMaxWarps * kWarp)
+    EpilogueKernel(EpilogueParams p, int warps_per_block, int64_t warp_floats,
+                   float* global_scratch) {
   extern __shared__ float shared_scratch[];
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
@@ -341,7 +347,8 @@ __global__ void EpilogueKernel(EpilogueParams p, int warps_per_block, int64_t wa
 // L2 and the store is read from HBM about once per pass. Padding rows are read but never used
 // (slabs and query buffers carry kFusedPadRows spare rows).
 
-__global__ void FusedScoreKernel(EpilogueParams p, FusedParams f, int64_t warp_floats) {
+__global__ void __launch_bounds__(kFusedWarps * kWarp)
+    FusedScoreKernel(EpilogueParams p, FusedParams f, int64_t warp_floats) {
   extern __shared__ __align__(128) float fused_shared[];
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
@@ -403,11 +410,10 @@ __device__ __forceinline__ bool Better(const TopKCand& a, const TopKCand& b) {
   return a.key < b.key;
 }
 
-constexpr int kTopKThreads = 1024;
-
 template <bool kFromScores>
-__global__ void TopKKernel(const float* scores, int64_t ld_scores, const int64_t* col_keys,
-                           const TopKCand* in, int64_t n, int k, TopKCand* out) {
+__global__ void __launch_bounds__(kTopKThreads)
+    TopKKernel(const float* scores, int64_t ld_scores, const int64_t* col_keys,
+               const TopKCand* in, int64_t n, int k, TopKCand* out) {
   __shared__ TopKCand s[kTopKTile];
   const int j = blockIdx.y;
   const int64_t base = int64_t{blockIdx.x} * kTopKTile;
@@ -502,9 +508,8 @@ cudaError_t PlanEpilogue(int device, int max_context, int max_attending, Epilogu
   plan->warp_floats = nc * ldm + 2 * nc + nc * kWarp;
   const int64_t warp_bytes = plan->warp_floats * static_cast<int64_t>(sizeof(float));
   const int64_t budget = std::min<int64_t>(optin, 160 * 1024);
-  constexpr int kMaxWarps = 8;
   if (warp_bytes <= budget) {
-    plan->warps_per_block = static_cast<int>(std::min<int64_t>(kMaxWarps, budget / warp_bytes));
+    plan->warps_per_block = static_cast<int>(std::min<int64_t>(kEpilogueMaxWarps, budget / warp_bytes));
     plan->shared_bytes = static_cast<size_t>(warp_bytes * plan->warps_per_block);
     plan->global_scratch_bytes = 0;
     // The attribute is the process's, per kernel and device, and scorers plan concurrently (a
@@ -554,7 +559,7 @@ cudaError_t PlanFused(int device, int max_stored_rows, int max_query_rows, int m
   const int64_t nc = std::max(1, std::max(max_stored_rows, max_query_rows));
   const int64_t ldm = std::max(1, std::max(max_stored_rows, max_query_rows)) | 1;
   plan->warp_floats = nc * ldm + 2 * nc + nc * kWarp;
-  plan->warps_per_block = 4;
+  plan->warps_per_block = kFusedWarps;
   plan->max_rows_p = static_cast<int>(rows_p);
   plan->max_cols_p = static_cast<int>(cols_p);
   const int64_t floats = (split ? 2 : 1) * rows_p * cols_p + plan->warps_per_block * plan->warp_floats;

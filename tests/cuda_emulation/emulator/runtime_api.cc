@@ -1,8 +1,9 @@
 // CUDA emulation (tests only): the runtime API on one emulated H200-like device. Allocations are
-// host heap blocks of their exact size (AddressSanitizer then sees device overruns), filled with
-// 0xff bytes (a NaN pattern, over the first 16 MB) because cudaMalloc does not clear. Every copy and memset checks that
-// the pointers its direction names as device memory lie inside one live allocation, and that
-// host pointers do not. The device's memory is SCANSERVE_CUDA_EMULATION_MEMORY_MB (default 8192);
+// host heap blocks of their exact size (AddressSanitizer then sees device overruns), their first
+// 16 MB filled with 0xff bytes (a NaN pattern) because cudaMalloc does not clear. Every copy and
+// memset checks that the pointers its direction names as device memory lie inside one live
+// allocation, and that host pointers do not. The device has SCANSERVE_CUDA_EMULATION_MEMORY_BYTES
+// or SCANSERVE_CUDA_EMULATION_MEMORY_MB of memory (default 8 GiB);
 // SCANSERVE_CUDA_EMULATION_DEVICES=0 emulates a machine without a GPU.
 #include <algorithm>
 #include <cstdio>
@@ -39,7 +40,10 @@ int EnvInt(const char* name, int fallback) {
 }
 
 int DeviceCount() { return EnvInt("SCANSERVE_CUDA_EMULATION_DEVICES", 1) > 0 ? 1 : 0; }
+// SCANSERVE_CUDA_EMULATION_MEMORY_BYTES, when set, wins: tests size a device to the byte.
 size_t TotalMemory() {
+  const char* bytes = std::getenv("SCANSERVE_CUDA_EMULATION_MEMORY_BYTES");
+  if (bytes != nullptr && *bytes != '\0') return static_cast<size_t>(std::strtoull(bytes, nullptr, 10));
   return static_cast<size_t>(EnvInt("SCANSERVE_CUDA_EMULATION_MEMORY_MB", 8192)) << 20;
 }
 
