@@ -309,6 +309,13 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   Catalog images_;
   Catalog captions_;
   bool closed_ = false;
+  // Set when a scorer could not apply a change the store holds (a device failure in the CUDA
+  // backend): from then on the scorers may hold what the store no longer does, so the engine
+  // refuses to serve and reports unhealthy until a restart reloads the store. Guarded like closed_.
+  absl::Status out_of_sync_;
+
+  // Records that model m's scorer failed to apply a committed change.
+  void NoteOutOfSync(size_t m, const absl::Status& failure);
 };
 
 // max_feature_bytes, or less when a scorer's memory is bounded (CUDA: device memory). Every
@@ -594,7 +601,7 @@ absl::Status ScanRetrievalEngine::Publish(const std::vector<Record>& records, It
     // Scorers before m hold the whole batch, scorers from m on only the replaced keys.
     for (size_t r = 0; r < num_models(); ++r) {
       const absl::Status removed = (models_[r].*side(kind))->Remove(r < m ? keys : replaced);
-      SCANSERVE_CHECK(removed.ok());
+      if (!removed.ok()) NoteOutOfSync(r, removed);
     }
     for (int64_t key : replaced) items.Erase(key);
     return added;
@@ -611,9 +618,10 @@ void ScanRetrievalEngine::Commit(std::vector<Record> records, const std::vector<
                                  ItemKind kind, std::vector<ItemResult>* results) {
   const char* kind_name = kind == ItemKind::kImage ? "image" : "caption";
   std::lock_guard<std::mutex> writer(writer_mu_);
-  if (closed_) {
-    for (size_t i : index)
-      (*results)[i].status = absl::FailedPreconditionError("the engine is closed");
+  if (closed_ || !out_of_sync_.ok()) {
+    const absl::Status refused =
+        closed_ ? absl::FailedPreconditionError("the engine is closed") : out_of_sync_;
+    for (size_t i : index) (*results)[i].status = refused;
     return;
   }
   // Capacity, item by item in request order.
@@ -808,8 +816,10 @@ std::vector<ItemResult> ScanRetrievalEngine::Delete(absl::Span<const std::string
   std::vector<ItemResult> results(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) results[i].id = ids[i];
   std::lock_guard<std::mutex> writer(writer_mu_);
-  if (closed_) {
-    for (ItemResult& r : results) r.status = absl::FailedPreconditionError("the engine is closed");
+  if (closed_ || !out_of_sync_.ok()) {
+    const absl::Status refused =
+        closed_ ? absl::FailedPreconditionError("the engine is closed") : out_of_sync_;
+    for (ItemResult& r : results) r.status = refused;
     return results;
   }
   Catalog& items = catalog(kind);
@@ -837,10 +847,11 @@ std::vector<ItemResult> ScanRetrievalEngine::Delete(absl::Span<const std::string
     return results;
   }
   std::unique_lock<WriterPreferringSharedMutex> state(state_mu_);
-  for (const ModelSlot& slot : models_) {
-    // Every key is in every scorer of this kind (the catalog says so): a failure is a bug.
-    const absl::Status removed = (slot.*side(kind))->Remove(keys);
-    SCANSERVE_CHECK(removed.ok());
+  for (size_t m = 0; m < num_models(); ++m) {
+    // Every key is in every scorer of this kind (the catalog says so), so only the backend can
+    // fail here (CUDA: device memory or a device copy). The delete is durable all the same.
+    const absl::Status removed = (models_[m].*side(kind))->Remove(keys);
+    if (!removed.ok()) NoteOutOfSync(m, removed);
   }
   for (int64_t key : keys) items.Erase(key);
   return results;
@@ -1017,6 +1028,7 @@ absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchIm
 
   std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
   if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  SCANSERVE_RETURN_IF_ERROR(out_of_sync_);
   std::vector<std::vector<ImageHit>> results(queries.size());
   if (images_.size() == 0) return results;
   const auto score_start = std::chrono::steady_clock::now();
@@ -1138,6 +1150,7 @@ absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::Search
 
   std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
   if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  SCANSERVE_RETURN_IF_ERROR(out_of_sync_);
   // Stored images are queried with their stored embeddings: no re-encoding. Synthetic ones are
   // made again from their index.
   if (!stored_ids.empty()) {
@@ -1250,9 +1263,19 @@ EngineStats ScanRetrievalEngine::Stats() const {
   return stats;
 }
 
+void ScanRetrievalEngine::NoteOutOfSync(size_t m, const absl::Status& failure) {
+  std::fprintf(stderr, "RetrievalEngine: model %zu's scorer failed to apply a stored change: %s\n",
+               m + 1, failure.ToString().c_str());
+  if (!out_of_sync_.ok()) return;
+  out_of_sync_ = absl::InternalError(absl::StrCat(
+      "model ", m + 1, "'s scorer could not apply a change the store holds (", failure.message(),
+      "): the engine no longer serves; restart it to reload the store"));
+}
+
 absl::Status ScanRetrievalEngine::Health() const {
   std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
   if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  SCANSERVE_RETURN_IF_ERROR(out_of_sync_);
   for (size_t m = 0; m < num_models(); ++m) {
     for (const Scorer* scorer : {models_[m].images.get(), models_[m].captions.get()}) {
       if (absl::Status health = scorer->Health(); !health.ok()) {

@@ -78,6 +78,8 @@ absl::Status Scorer::Add(absl::Span<const int64_t> keys, absl::Span<const ItemVi
 }
 
 absl::Status Scorer::Remove(absl::Span<const int64_t> keys) {
+  // A broken backend (Health) knows its keys no better than its contents: it refuses first.
+  SCANSERVE_RETURN_IF_ERROR(Health());
   SCANSERVE_RETURN_IF_ERROR(CheckUniqueKeys(keys, "Remove"));
   for (int64_t key : keys) {
     if (!Contains(key)) {

@@ -16,8 +16,12 @@ one stores fp32, so the two must agree to rounding. Checked:
   * after a restart the CUDA server reloads its store into device memory and answers the same;
   * emulated device only (its size is an environment variable there): a device too small for the
     ingest refuses the overflow with RESOURCE_EXHAUSTED per item, keeps what it acked, and stays
-    SERVING.
+    SERVING;
+  * emulated device only (it can inject failures): a device copy that fails while a delete is
+    applied does not crash the server; health turns NOT_SERVING, searches fail, and a restart
+    serves exactly what the store holds.
 """
+import time
 
 import os
 import sys
@@ -168,6 +172,46 @@ class CudaBackendTest(unittest.TestCase):
         stats = cuda2_stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
         self.assertEqual(stats.images, N_IMAGES - 4)  # 5 deleted, 1 of them re-added
         self.assert_same(self.search_all(cpu_stub), self.search_all(cuda2_stub), "after a restart")
+
+    def health(self, server):
+        """(exit code, output) of `scanctl health` against the server."""
+        r = h.subprocess.run([os.path.join(h.BUILD_DIR, "client", "scanctl"), "--server",
+                              "127.0.0.1:%d" % server.port, "health"], stdout=h.subprocess.PIPE,
+                             stderr=h.subprocess.STDOUT, universal_newlines=True, timeout=30)
+        return r.returncode, r.stdout
+
+    @unittest.skipUnless(EMULATED, "needs the emulated device, which can inject failures")
+    def test_device_fault_turns_not_serving_and_a_restart_recovers(self):
+        fault_file = os.path.join(self.tmp, "fault")
+        data = os.path.join(self.tmp, "data_fault")
+        server = cuda_server(self.tmp, "fault", self.model, data,
+                             env={"SCANSERVE_CUDA_EMULATION_FAULT_FILE": fault_file})
+        stub = self.start(server)
+        self.fill(stub)
+        with open(fault_file, "w") as f:
+            f.write("memcpy-d2d\n")
+        res = stub.Delete(self.pb.DeleteRequest(image_ids=["img3", "img8"]), timeout=h.RPC_TIMEOUT_S)
+        self.assertFalse(os.path.exists(fault_file), "the injected fault fired")
+        self.assertEqual([r.code for r in res.image_results], [0, 0], "the delete is durable")
+        deadline = time.time() + 20
+        while time.time() < deadline and self.health(server)[0] == 0:
+            time.sleep(0.2)
+        code, out = self.health(server)
+        self.assertNotEqual(code, 0, out)
+        self.assertIn("NOT_SERVING", out)
+        with self.assertRaises(grpc.RpcError) as caught:
+            stub.SearchImages(self.pb.SearchImagesRequest(queries=self.queries[:1]), timeout=h.RPC_TIMEOUT_S)
+        self.assertEqual(caught.exception.code(), grpc.StatusCode.INTERNAL)
+        self.assertTrue(server.alive(), "the server keeps running")
+
+        server.kill()
+        restarted = cuda_server(self.tmp, "fault2", self.model, data)
+        stub = self.start(restarted)
+        self.assertEqual(self.health(restarted)[0], 0)
+        res = stub.SearchImages(self.pb.SearchImagesRequest(queries=self.queries[:1], top_k=N_IMAGES),
+                                timeout=h.RPC_TIMEOUT_S)
+        ids = sorted(x.id for x in res.results[0].hits)
+        self.assertEqual(ids, sorted("img%d" % i for i in range(N_IMAGES) if i not in (3, 8)))
 
     def limit_on(self, name, device_bytes):
         """(server, stub, feature_bytes_limit) of a CUDA server on an emulated device of that size."""

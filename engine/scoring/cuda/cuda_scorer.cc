@@ -30,7 +30,11 @@ static_assert(static_cast<int>(Pooling::kLogSumExp) == 0 && static_cast<int>(Poo
                   static_cast<int>(Pooling::kMax) == 2 && static_cast<int>(Pooling::kSum) == 3,
               "scan_kernels.cu numbers Pooling the same way");
 
+// Every failed runtime call also becomes the thread's "last error", which the next kernel
+// launch's cudaGetLastError() check would report as its own: an error handled here is cleared.
+// (A sticky error, after which the context is unusable, cannot be cleared: later calls fail too.)
 absl::Status CudaStatus(cudaError_t err, const char* what, const char* file, int line) {
+  cudaGetLastError();
   const std::string msg = absl::StrCat("CudaScorer: ", what, ": ", cudaGetErrorName(err), " (",
                                        cudaGetErrorString(err), ") at ", file, ":", line);
   if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
@@ -854,7 +858,7 @@ absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<cons
   }
   const size_t old_slabs = m.slabs.size();
   auto rollback = [&] {
-    cudaStreamSynchronize(m.stream);
+    if (cudaStreamSynchronize(m.stream) != cudaSuccess) cudaGetLastError();
     m.slabs.resize(old_slabs);
     for (size_t i = 0; i < old_slabs; ++i) {
       Impl::Slab& s = *m.slabs[i];

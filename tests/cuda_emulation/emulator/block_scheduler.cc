@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "scanserve_emu/faults.h"
 #include "scanserve_emu/kernel_language.h"
 #include "scanserve_emu/launch.h"
 
@@ -457,6 +458,10 @@ void RunGrid(const LaunchConfig& config, const std::function<void()>& thread_bod
   const cudaError_t error = ValidateLaunch(config);
   if (error != cudaSuccess) {
     SetLaunchError(error);
+    return;
+  }
+  if (ShouldFail(FaultPoint::kLaunch)) {
+    SetLaunchError(cudaErrorLaunchOutOfResources);
     return;
   }
   if (g_run != nullptr) Fail("a kernel launched another kernel (not emulated)");

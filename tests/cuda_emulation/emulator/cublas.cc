@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "cublas_v2.h"
+#include "scanserve_emu/faults.h"
 
 struct cublasContext {
   cudaStream_t stream = nullptr;
@@ -103,6 +104,7 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
     return CUBLAS_STATUS_NOT_SUPPORTED;  // the only combinations scanserve uses
   }
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  if (scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kGemm)) return CUBLAS_STATUS_EXECUTION_FAILED;
   const float a = *static_cast<const float*>(alpha);
   const float b = *static_cast<const float*>(beta);
   if (k > 0) {

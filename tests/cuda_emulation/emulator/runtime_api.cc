@@ -15,6 +15,7 @@
 #include <string>
 
 #include "cuda_runtime_api.h"
+#include "scanserve_emu/faults.h"
 #include "scanserve_emu/launch.h"
 
 struct CUstream_st {
@@ -99,9 +100,9 @@ void CheckSide(State& s, const void* ptr, size_t bytes, bool device, const char*
 
 cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, const char* call) {
   State& s = GetState();
+  bool dst_device = false, src_device = false;
   {
     std::lock_guard<std::mutex> lock(s.mu);
-    bool dst_device = false, src_device = false;
     switch (kind) {
       case cudaMemcpyHostToHost:
         break;
@@ -123,6 +124,12 @@ cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
     }
     CheckSide(s, dst, bytes, dst_device, call, "destination");
     CheckSide(s, src, bytes, src_device, call, "source");
+  }
+  if (dst_device || src_device) {
+    const FaultPoint point = !src_device   ? FaultPoint::kCopyToDevice
+                             : !dst_device ? FaultPoint::kCopyToHost
+                                           : FaultPoint::kCopyOnDevice;
+    if (ShouldFail(point)) return Record(cudaErrorLaunchFailure);
   }
   if (bytes > 0) std::memmove(dst, src, bytes);
   return cudaSuccess;
@@ -236,7 +243,10 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   }
   return Record(cudaErrorInvalidValue);
 }
-cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+cudaError_t cudaDeviceSynchronize() {
+  return scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kSynchronize) ? Record(cudaErrorLaunchFailure)
+                                                                            : cudaSuccess;
+}
 cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
   auto& s = GetState();
   std::lock_guard<std::mutex> lock(s.mu);
@@ -248,6 +258,7 @@ cudaError_t cudaMemGetInfo(size_t* free_bytes, size_t* total_bytes) {
 cudaError_t cudaMalloc(void** ptr, size_t bytes) {
   *ptr = nullptr;
   if (bytes == 0) return cudaSuccess;
+  if (scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kMalloc)) return Record(cudaErrorMemoryAllocation);
   auto& s = GetState();
   {
     std::lock_guard<std::mutex> lock(s.mu);
@@ -315,6 +326,7 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t str
     std::lock_guard<std::mutex> lock(s.mu);
     scanserve_emu::CheckSide(s, dst, bytes, true, "cudaMemsetAsync", "destination");
   }
+  if (scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kMemset)) return Record(cudaErrorLaunchFailure);
   if (bytes > 0) std::memset(dst, value, bytes);
   return cudaSuccess;
 }
@@ -339,7 +351,9 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  return scanserve_emu::StreamOk(stream) ? cudaSuccess : Record(cudaErrorInvalidValue);
+  if (!scanserve_emu::StreamOk(stream)) return Record(cudaErrorInvalidValue);
+  return scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kSynchronize) ? Record(cudaErrorLaunchFailure)
+                                                                            : cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
   return cudaEventCreateWithFlags(event, cudaEventDefault);
@@ -368,9 +382,13 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  auto& s = GetState();
-  std::lock_guard<std::mutex> lock(s.mu);
-  return s.events.count(event) > 0 ? cudaSuccess : Record(cudaErrorInvalidValue);
+  {
+    auto& s = GetState();
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (s.events.count(event) == 0) return Record(cudaErrorInvalidValue);
+  }
+  return scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kSynchronize) ? Record(cudaErrorLaunchFailure)
+                                                                            : cudaSuccess;
 }
 
 cudaError_t cudaGetLastError() {
@@ -391,6 +409,7 @@ const char* cudaGetErrorName(cudaError_t error) {
     case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
     case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
     case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
   }
   return "cudaErrorUnknown";
 }
@@ -405,6 +424,7 @@ const char* cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidDevicePointer: return "invalid device pointer";
     case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
   }
   return "unknown error";
 }

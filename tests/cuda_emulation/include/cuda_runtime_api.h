@@ -17,6 +17,7 @@ enum cudaError {
   cudaErrorInvalidDevicePointer = 17,
   cudaErrorInvalidMemcpyDirection = 21,
   cudaErrorLaunchOutOfResources = 701,
+  cudaErrorLaunchFailure = 719,
 };
 typedef enum cudaError cudaError_t;
 

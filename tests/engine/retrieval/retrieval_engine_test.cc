@@ -27,6 +27,9 @@
 #include "engine/store/in_memory_feature_store.h"
 #include "engine/store/record_codec.h"
 #include "tests/engine/test_util/tiny_model.h"
+#ifdef SCANSERVE_CUDA_EMULATION
+#include "scanserve_emu/faults.h"  // injected device failures
+#endif
 
 namespace scanserve {
 namespace {
@@ -839,6 +842,54 @@ TEST_F(RetrievalEngineTest, CudaEnsembleRanksAsTheCpuOne) {
   EXPECT_GT(ranked.top_lists, 0) << "the related tiny models' lists decide some queries";
   EXPECT_EQ(ranked.top_lists + ranked.full_scores, 5 * static_cast<int64_t>(kCaptions.size()));
 }
+
+#ifdef SCANSERVE_CUDA_EMULATION
+// Device failures, injected on the emulated device (tests/cuda_emulation), while a committed
+// delete is applied to the scorers: a broken device copy, or no device memory for the
+// compaction. The engine neither crashes nor serves what the store no longer holds: it turns
+// unhealthy and refuses work until a restart, which reloads exactly what the store holds.
+TEST_F(RetrievalEngineTest, CudaDeviceFaultsStopTheEngineUntilARestart) {
+  for (scanserve_emu::FaultPoint fault :
+       {scanserve_emu::FaultPoint::kCopyOnDevice, scanserve_emu::FaultPoint::kMalloc}) {
+    const std::string when = fault == scanserve_emu::FaultPoint::kMalloc ? "malloc" : "copy";
+    RetrievalEngineOptions options = Options();
+    options.backend = ScorerBackend::kCuda;
+    options.data_dir = (base_ / ("data_" + when)).string();
+    auto engine = Make(options);
+    ASSERT_NE(engine, nullptr);
+    ExpectAllOk(engine->UpsertImages(SomeImages(12)));
+    scanserve_emu::InjectFault(fault, 1);
+    const std::vector<ItemResult> deleted = engine->DeleteImages({"img1", "img5"});
+    scanserve_emu::ClearFaults();
+    ExpectAllOk(deleted);  // durable: the store has committed them
+    EXPECT_EQ(engine->Health().code(), absl::StatusCode::kInternal) << when;
+    EXPECT_EQ(engine->SearchImages(kCaptions, {}).status().code(), absl::StatusCode::kInternal) << when;
+    ImageQuery query;
+    query.stored_id = "img2";
+    EXPECT_EQ(engine->SearchCaptions({query}, {}).status().code(), absl::StatusCode::kInternal) << when;
+    for (const ItemResult& r : engine->UpsertImages(SomeImages(1, 900))) {
+      EXPECT_EQ(r.status.code(), absl::StatusCode::kInternal) << when;
+    }
+    for (const ItemResult& r : engine->DeleteImages({"img2"})) {
+      EXPECT_EQ(r.status.code(), absl::StatusCode::kInternal) << when;
+    }
+    ASSERT_TRUE(engine->Close().ok());
+    engine.reset();
+
+    auto restarted = Make(options);
+    ASSERT_NE(restarted, nullptr);
+    EXPECT_TRUE(restarted->Health().ok()) << restarted->Health();
+    EXPECT_EQ(restarted->Stats().images, 10) << when;
+    auto hits = restarted->SearchImages({"a dog"}, {.top_k = 20});
+    ASSERT_TRUE(hits.ok()) << hits.status();
+    EXPECT_EQ((*hits)[0].size(), 10u);
+    for (const ImageHit& hit : (*hits)[0]) {
+      EXPECT_NE(hit.id, "img1");
+      EXPECT_NE(hit.id, "img5");
+    }
+  }
+}
+#endif  // SCANSERVE_CUDA_EMULATION
 
 TEST_F(RetrievalEngineTest, LargeUpsertIsCommittedInBoundedBatches) {
   auto engine = Make(Options());

@@ -1,0 +1,218 @@
+// CudaScorer's error paths, on the emulated device with injected failures
+// (scanserve_emu/faults.h). The contract (engine/scoring/cuda/README.md):
+//  - a failed Add changes nothing: the scorer keeps its keys and scores;
+//  - a failed Remove that could not reserve its compaction buffer changes nothing;
+//  - a device copy that fails midway through a compaction breaks the scorer: every later call,
+//    and Health(), is INTERNAL (a restart reloads the store);
+//  - a failed scoring pass changes nothing.
+// Each case walks the failure over every call of its kind that the operation makes, so no step
+// of the operation is left out. CpuScorer, given the same successful operations, is the oracle.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/scoring/cpu_scorer.h"
+#include "engine/scoring/cuda_scorer.h"
+#include "gtest/gtest.h"
+#include "scanserve_emu/faults.h"
+#include "tests/engine/scoring/scoring_test_util.h"
+
+namespace scanserve {
+namespace {
+
+using scanserve_emu::FaultPoint;
+using testing_util::CompareOptions;
+using testing_util::ItemGenerator;
+using testing_util::MakeConfig;
+using testing_util::MaxRelErr;
+using testing_util::Views;
+
+constexpr double kMaxRelErr = testing_util::kFp32MaxRelErr;
+constexpr int kMaxCalls = 200;  // more calls of one kind than any operation here makes
+
+const char* Name(FaultPoint p) {
+  switch (p) {
+    case FaultPoint::kMalloc: return "malloc";
+    case FaultPoint::kCopyToDevice: return "memcpy-h2d";
+    case FaultPoint::kCopyToHost: return "memcpy-d2h";
+    case FaultPoint::kCopyOnDevice: return "memcpy-d2d";
+    case FaultPoint::kMemset: return "memset";
+    case FaultPoint::kLaunch: return "launch";
+    case FaultPoint::kGemm: return "gemm";
+    case FaultPoint::kSynchronize: return "sync";
+  }
+  return "?";
+}
+
+class CudaScorerFaultTest : public ::testing::TestWithParam<ItemKind> {
+ protected:
+  void SetUp() override {
+    scanserve_emu::ClearFaults();
+    data_.stored_kind = GetParam();
+    data_.num_stored = 0;
+    data_.dim = 16;
+  }
+  void TearDown() override { scanserve_emu::ClearFaults(); }
+
+  // A CUDA scorer with small slabs (so that adds open slabs and compactions move rows) and its
+  // CPU twin, both holding items 0..n-1.
+  void Fill(int n) {
+    CudaScorerOptions options;
+    options.slab_rows = 40;
+    auto cuda = CudaScorer::Create(MakeConfig(data_, StorageType::kFloat32), options);
+    ASSERT_TRUE(cuda.ok()) << cuda.status();
+    cuda_ = std::move(cuda).value();
+    auto cpu = CpuScorer::Create(MakeConfig(data_, StorageType::kFloat32));
+    ASSERT_TRUE(cpu.ok()) << cpu.status();
+    cpu_ = std::move(cpu).value();
+    for (int j = 0; j < 3; ++j) queries_.push_back(gen_.Item(gen_.Uniform(1, 12)));
+    std::vector<int64_t> keys;
+    std::vector<FloatMatrix> items;
+    for (int i = 0; i < n; ++i) {
+      keys.push_back(i);
+      items.push_back(gen_.Item(gen_.Uniform(1, 12)));
+    }
+    ASSERT_TRUE(cuda_->Add(keys, Views(items)).ok());
+    ASSERT_TRUE(cpu_->Add(keys, Views(items)).ok());
+  }
+
+  // The CUDA scorer holds what the CPU scorer holds and scores it alike.
+  void ExpectSameAsCpu(const std::string& when) {
+    ASSERT_TRUE(cuda_->Health().ok()) << when << ": " << cuda_->Health();
+    EXPECT_EQ(cuda_->keys(), cpu_->keys()) << when;
+    FloatMatrix a, b;
+    const absl::Status sa = cuda_->ScoreAll(Views(queries_), &a);
+    ASSERT_TRUE(sa.ok()) << when << ": " << sa;
+    ASSERT_TRUE(cpu_->ScoreAll(Views(queries_), &b).ok());
+    EXPECT_LE(MaxRelErr(a, cuda_->keys(), b, cpu_->keys()), kMaxRelErr) << when;
+    auto top = cuda_->Search(Views(queries_), 5);
+    ASSERT_TRUE(top.ok()) << when << ": " << top.status();
+    const auto want = TopKPerRow(a, cuda_->keys(), 5);
+    for (size_t j = 0; j < want.size(); ++j) {
+      ASSERT_EQ((*top)[j].size(), want[j].size()) << when;
+      for (size_t r = 0; r < want[j].size(); ++r) EXPECT_EQ((*top)[j][r].key, want[j][r].key) << when;
+    }
+  }
+
+  // Only a failure once a compaction has begun may break the scorer; every later call of a
+  // broken scorer is INTERNAL, and so is its health.
+  void ExpectBroken(const std::string& when) {
+    EXPECT_EQ(cuda_->Health().code(), absl::StatusCode::kInternal) << when;
+    EXPECT_NE(cuda_->Health().message().find("while compacting"), absl::string_view::npos)
+        << when << ": " << cuda_->Health();
+    FloatMatrix scores;
+    EXPECT_EQ(cuda_->ScoreAll(Views(queries_), &scores).code(), absl::StatusCode::kInternal) << when;
+    EXPECT_EQ(cuda_->Search(Views(queries_), 3).status().code(), absl::StatusCode::kInternal) << when;
+    const FloatMatrix item = gen_.Item(2);
+    EXPECT_EQ(cuda_->Add({1000}, {ItemView(item)}).code(), absl::StatusCode::kInternal) << when;
+    EXPECT_EQ(cuda_->Remove({cuda_->keys().front()}).code(), absl::StatusCode::kInternal) << when;
+  }
+
+  CompareOptions data_;
+  ItemGenerator gen_{16, 7};
+  std::unique_ptr<CudaScorer> cuda_;
+  std::unique_ptr<CpuScorer> cpu_;
+  std::vector<FloatMatrix> queries_;
+};
+
+const std::vector<FaultPoint> kAllPoints = {
+    FaultPoint::kMalloc,  FaultPoint::kCopyToDevice, FaultPoint::kCopyToHost, FaultPoint::kCopyOnDevice,
+    FaultPoint::kMemset,  FaultPoint::kLaunch,       FaultPoint::kGemm,       FaultPoint::kSynchronize};
+
+// New items (opening slabs) and upserts (compacting the old copies' slabs) under a failure at
+// each call of each kind: the Add fails and nothing changes, or the compaction broke the scorer.
+TEST_P(CudaScorerFaultTest, FailedAddChangesNothingOrBreaksInCompaction) {
+  for (FaultPoint point : kAllPoints) {
+    for (int nth = 1; nth <= kMaxCalls; ++nth) {
+      Fill(30);
+      ASSERT_NE(cuda_, nullptr);
+      // Keys 5 and 17 exist (upserts), 100..107 are new.
+      std::vector<int64_t> keys = {100, 5, 101, 102, 17, 103, 104, 105, 106, 107};
+      std::vector<FloatMatrix> items;
+      for (size_t i = 0; i < keys.size(); ++i) items.push_back(gen_.Item(gen_.Uniform(1, 12)));
+      const std::string when = std::string("fault at ") + Name(point) + " #" + std::to_string(nth);
+      const int fired = scanserve_emu::FaultsFired();
+      scanserve_emu::InjectFault(point, nth);
+      const absl::Status st = cuda_->Add(keys, Views(items));
+      scanserve_emu::ClearFaults();
+      if (scanserve_emu::FaultsFired() == fired) {  // the Add makes fewer such calls: done
+        ASSERT_TRUE(st.ok()) << when << ": " << st;
+        ASSERT_TRUE(cpu_->Add(keys, Views(items)).ok());
+        ExpectSameAsCpu(when + " (not reached)");
+        break;
+      }
+      ASSERT_FALSE(st.ok()) << when << ": an injected failure must fail the Add";
+      if (!cuda_->Health().ok()) {
+        ExpectBroken(when);  // the upserts' compaction had begun
+      } else {
+        ExpectSameAsCpu(when);
+        // ...and the same Add then succeeds.
+        ASSERT_TRUE(cuda_->Add(keys, Views(items)).ok()) << when;
+        ASSERT_TRUE(cpu_->Add(keys, Views(items)).ok());
+        ExpectSameAsCpu(when + ", then the Add again");
+      }
+      queries_.clear();
+    }
+  }
+}
+
+// Remove under a failure at each call: nothing changes (the compaction buffer could not be had),
+// or the compaction broke the scorer.
+TEST_P(CudaScorerFaultTest, FailedRemoveChangesNothingOrBreaks) {
+  for (FaultPoint point : kAllPoints) {
+    for (int nth = 1; nth <= kMaxCalls; ++nth) {
+      Fill(30);
+      ASSERT_NE(cuda_, nullptr);
+      const std::vector<int64_t> gone = {0, 3, 12, 13, 29};
+      const std::string when = std::string("fault at ") + Name(point) + " #" + std::to_string(nth);
+      const int fired = scanserve_emu::FaultsFired();
+      scanserve_emu::InjectFault(point, nth);
+      const absl::Status st = cuda_->Remove(gone);
+      scanserve_emu::ClearFaults();
+      if (scanserve_emu::FaultsFired() == fired) {
+        ASSERT_TRUE(st.ok()) << when << ": " << st;
+        ASSERT_TRUE(cpu_->Remove(gone).ok());
+        ExpectSameAsCpu(when + " (not reached)");
+        break;
+      }
+      ASSERT_FALSE(st.ok()) << when;
+      if (cuda_->Health().ok()) {
+        EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << when << ": " << st;
+        ExpectSameAsCpu(when);
+      } else {
+        ExpectBroken(when);
+      }
+      queries_.clear();
+    }
+  }
+}
+
+// A failed scoring pass (ScoreAll, Search) changes nothing.
+TEST_P(CudaScorerFaultTest, FailedPassChangesNothing) {
+  Fill(30);
+  ASSERT_NE(cuda_, nullptr);
+  for (FaultPoint point : kAllPoints) {
+    for (int nth = 1; nth <= kMaxCalls; ++nth) {
+      const std::string when = std::string("fault at ") + Name(point) + " #" + std::to_string(nth);
+      const int fired = scanserve_emu::FaultsFired();
+      scanserve_emu::InjectFault(point, nth);
+      auto top = cuda_->Search(Views(queries_), 4);
+      scanserve_emu::ClearFaults();
+      if (scanserve_emu::FaultsFired() == fired) {
+        ASSERT_TRUE(top.ok()) << when << ": " << top.status();
+        break;
+      }
+      EXPECT_FALSE(top.ok()) << when;
+      ExpectSameAsCpu(when);
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Stored, CudaScorerFaultTest,
+                         ::testing::Values(ItemKind::kImage, ItemKind::kCaption),
+                         [](const ::testing::TestParamInfo<ItemKind>& info) {
+                           return std::string(info.param == ItemKind::kImage ? "images" : "captions");
+                         });
+
+}  // namespace
+}  // namespace scanserve
