@@ -8,7 +8,8 @@
 # Steps, each timed and under `timeout`: environment, configure (CUDA on, sm_90; the server too when
 # .debs has gRPC, without OpenCV; engine-only if that configure fails), build scoring_tests +
 # detector_tests + model_tests + scan_bench + scan_extract, run the CUDA tests, the
-# scan_bench CUDA table (100k fp32+bf16+fp8 with the cuBLAS and the fused kernels, 1M bf16), a
+# scan_bench CUDA table (100k fp32+bf16+fp8 with the cuBLAS and the fused kernels, 1M bf16; the
+# cuBLAS path with 256 MB and with L2-sized 32 MB product chunks), a
 # same-run reference-style PyTorch baseline, the detector timing, the engine's CUDA test
 # (retrieval_tests), and last, when the server built and
 # time is left, scanserve + scanctl and the end-to-end serving benchmark through gRPC
@@ -173,10 +174,11 @@ fi
 BENCH="$BUILD_DIR/engine/scan_bench"
 run_step "BENCH cuda 100k images, fp32 + bf16 + fp8, cuBLAS and fused kernels" 300 \
   "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16,fp8 --kernels=gemm,fused \
-  --queries=64 --reps=3 || true
+  --product_mb=256,32 --queries=64 --reps=3 || true
 if [ "$BENCH_1M" = "1" ]; then
   run_step "BENCH cuda 1M images, bf16" 240 \
-    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --queries=64 --reps=3 || true
+    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --product_mb=256,32 --queries=64 \
+    --reps=3 || true
 fi
 
 # ---------------------------------------------------------------------------------------------

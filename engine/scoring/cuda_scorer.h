@@ -104,9 +104,10 @@ class CudaScorer final : public Scorer {
     int64_t gemm = 0;
   };
   PassCounts pass_counts() const;
-  // Switches CudaScorerOptions::fused_products for later passes (benchmarks compare both paths
-  // on one loaded store).
+  // Switch CudaScorerOptions::fused_products and max_product_bytes (>= 1) for later passes:
+  // benchmarks compare them on one loaded store.
   void set_fused_products(bool on);
+  void set_max_product_bytes(int64_t bytes);
 
  protected:
   absl::Status AddImpl(absl::Span<const int64_t> keys, absl::Span<const ItemView> items) override;

@@ -26,7 +26,7 @@
 // so that 1M images need no 147 GB of host data; the scoring cost does not depend on the values.
 //   scan_bench --backend=cuda [--images=100000,1000000] [--storage=bf16] [--batch=1,2,...,64]
 //              [--queries=64] [--reps=3] [--pool=4096] [--query_precision=bf16x2|bf16]
-//              [--kernels=gemm,fused]
+//              [--kernels=gemm,fused] [--product_mb=256,32 (gemm: product chunk budgets to compare)]
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
@@ -73,6 +73,10 @@ struct Flags {
   std::vector<int64_t> batches = {1, 4, 16, 32};
   std::vector<std::string> storages = {"fp32", "bf16"};
   std::vector<std::string> kernels = {"gemm"};  // cuda: gemm (cuBLAS + epilogue) and/or fused
+  // cuda, gemm kernels: product chunk budgets (MB) to compare; empty = CudaScorerOptions' default.
+  // A chunk small enough to stay in L2 (H200: 50 MB) saves writing and re-reading the products
+  // through HBM, for more launches.
+  std::vector<int64_t> product_mb;
   int threads = 0;
   int64_t words_min = 12;
   int64_t words_max = 19;
@@ -90,7 +94,8 @@ struct Flags {
                "--batch=1,4,16 --storage=fp32,bf16,fp8 --threads=N --words_min=N --words_max=N "
                "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
                "--parallelism=per_thread,shared --block_rows=N "
-               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,fused\n",
+               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,fused "
+               "--product_mb=256,32\n",
                why.c_str());
   std::exit(2);
 }
@@ -139,6 +144,12 @@ Flags ParseFlags(int argc, char** argv) {
       for (absl::string_view b : absl::StrSplit(v, ',')) {
         if (b != "gemm" && b != "fused") Usage("--kernels: gemm and/or fused");
         f.kernels.emplace_back(b);
+      }
+    } else if (name == "product_mb") {
+      f.product_mb.clear();
+      for (absl::string_view b : absl::StrSplit(v, ',')) {
+        f.product_mb.push_back(ParseInt(name, std::string(b)));
+        if (f.product_mb.back() < 1) Usage("--product_mb: sizes >= 1");
       }
     } else if (name == "storage") {
       f.storages.clear();
@@ -190,6 +201,8 @@ Flags ParseFlags(int argc, char** argv) {
   } else if (f.image_counts.size() > 1) {
     Usage("--images: one value for the cpu backend");
   }
+  if (f.backend != "cuda" && !f.product_mb.empty()) Usage("--product_mb: cuda backend only");
+
   if (f.pool < 1) Usage("--pool must be >= 1");
   for (int64_t n : f.image_counts) {
     if (n < 1) Usage("--images must be >= 1");
@@ -407,8 +420,19 @@ int RunCuda(const Flags& f) {
       }
       const double gram_flop_per_query =
           n * (2.0 * k * words_avg * f.dim + 2.0 * words_avg * k * k);
+      // (kernel, product chunk MB; 0 = the scorer's default) in table order.
+      std::vector<std::pair<std::string, int64_t>> variants;
       for (const std::string& kernel : f.kernels) {
+        if (kernel == "gemm" && !f.product_mb.empty()) {
+          for (int64_t mb : f.product_mb) variants.emplace_back(kernel, mb);
+        } else {
+          variants.emplace_back(kernel, 0);
+        }
+      }
+      const int64_t default_product_bytes = scorer->options().max_product_bytes;
+      for (const auto& [kernel, product_mb] : variants) {
         scorer->set_fused_products(kernel == "fused");
+        scorer->set_max_product_bytes(product_mb > 0 ? (product_mb << 20) : default_product_bytes);
         const CudaScorer::PassCounts before = scorer->pass_counts();
         if (kernel == "fused") {  // warm-up of the fused path
           Check(scorer->Search(absl::MakeConstSpan(caption_views).first(1), kTopK).status(),
@@ -437,7 +461,8 @@ int RunCuda(const Flags& f) {
           r.config = absl::StrCat("cuda ", storage, " ",
                                   storage == "fp32" ? "q-fp32"
                                                     : (f.query_precision == "bf16" ? "q-bf16" : "q-bf16x2"),
-                                  kernel == "fused" ? (all_fused ? " fused" : " fused->gemm") : "");
+                                  kernel == "fused" ? (all_fused ? " fused" : " fused->gemm") : "",
+                                  product_mb > 0 ? absl::StrCat(" ", product_mb, "MB") : "");
           r.images = n;
           r.batch = batch;
           r.p50 = Percentile(pass_ms, 50);
@@ -454,18 +479,18 @@ int RunCuda(const Flags& f) {
           r.ref_ms = spec_ref_ms(n, storage);
           table.push_back(r);
           std::printf("    %s batch %" PRId64 ": p50 %.2f ms/pass, %.1f queries/s\n",
-                      kernel.c_str(), batch, r.p50, r.qps);
+                      r.config.c_str(), batch, r.p50, r.qps);
           std::fflush(stdout);
         }
       }
     }
   }
 
-  // "cuda bf16 q-bf16x2 fused" is the longest configuration name.
-  std::printf("\n| %-24s | %8s | %5s | %9s | %9s | %9s | %9s | %8s | %6s | %10s | %7s | %9s |\n",
+  // "cuda bf16 q-bf16x2 fused->gemm" and "cuda bf16 q-bf16x2 256MB" are the longest names.
+  std::printf("\n| %-30s | %8s | %5s | %9s | %9s | %9s | %9s | %8s | %6s | %10s | %7s | %9s |\n",
               "config", "images", "batch", "p50 ms", "p99 ms", "ms/query", "queries/s", "TFLOP/s",
               "TB/s", "floor ms", "% floor", "vs ref");
-  std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(26, '-').c_str(),
+  std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(32, '-').c_str(),
               std::string(10, '-').c_str(), std::string(7, '-').c_str(),
               std::string(11, '-').c_str(), std::string(11, '-').c_str(),
               std::string(11, '-').c_str(), std::string(11, '-').c_str(),
@@ -475,7 +500,7 @@ int RunCuda(const Flags& f) {
   for (const CudaRow& r : table) {
     const std::string vs =
         r.ref_ms > 0 ? absl::StrCat(absl::SixDigits(r.ref_ms / r.ms_per_query), "x") : "-";
-    std::printf("| %-24s | %8" PRId64 " | %5" PRId64
+    std::printf("| %-30s | %8" PRId64 " | %5" PRId64
                 " | %9.2f | %9.2f | %9.3f | %9.1f | %8.1f | %6.2f | %10.2f | %6.1f%% | %9s |\n",
                 r.config.c_str(), r.images, r.batch, r.p50, r.p99, r.ms_per_query, r.qps,
                 r.tflops, r.tbps, r.floor_ms, 100.0 * r.floor_ms / r.p50, vs.c_str());

@@ -208,6 +208,31 @@ TEST_P(CudaScorerFaultTest, FailedPassChangesNothing) {
   }
 }
 
+// A failure while the scorer is created is a status (RESOURCE_EXHAUSTED for memory), never a
+// crash; a scorer created after it works.
+TEST_P(CudaScorerFaultTest, FailedCreateIsAStatus) {
+  for (FaultPoint point : kAllPoints) {
+    for (int nth = 1; nth <= kMaxCalls; ++nth) {
+      const std::string when = std::string("fault at ") + Name(point) + " #" + std::to_string(nth);
+      const int fired = scanserve_emu::FaultsFired();
+      scanserve_emu::InjectFault(point, nth);
+      auto created = CudaScorer::Create(MakeConfig(data_, StorageType::kBFloat16));
+      scanserve_emu::ClearFaults();
+      if (scanserve_emu::FaultsFired() == fired) {
+        ASSERT_TRUE(created.ok()) << when << ": " << created.status();
+        break;
+      }
+      ASSERT_FALSE(created.ok()) << when;
+      if (point == FaultPoint::kMalloc) {
+        EXPECT_EQ(created.status().code(), absl::StatusCode::kResourceExhausted) << when;
+      }
+    }
+  }
+  Fill(5);
+  ASSERT_NE(cuda_, nullptr);
+  ExpectSameAsCpu("after the failed creations");
+}
+
 INSTANTIATE_TEST_SUITE_P(Stored, CudaScorerFaultTest,
                          ::testing::Values(ItemKind::kImage, ItemKind::kCaption),
                          [](const ::testing::TestParamInfo<ItemKind>& info) {

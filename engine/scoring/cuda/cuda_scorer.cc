@@ -799,6 +799,12 @@ void CudaScorer::set_fused_products(bool on) {
   options_.fused_products = on;
 }
 
+void CudaScorer::set_max_product_bytes(int64_t bytes) {
+  std::lock_guard<std::mutex> lock(impl_->pass_mu);
+  impl_->options.max_product_bytes = std::max<int64_t>(1, bytes);
+  options_.max_product_bytes = impl_->options.max_product_bytes;
+}
+
 int64_t CudaScorer::size() const { return impl_->num_items; }
 
 bool CudaScorer::Contains(int64_t key) const { return impl_->where.contains(key); }
