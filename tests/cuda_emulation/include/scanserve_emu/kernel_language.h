@@ -79,12 +79,29 @@ inline float __uint_as_float(unsigned u) {
 }
 inline int __float_as_int(float f) { return static_cast<int>(__float_as_uint(f)); }
 inline float __int_as_float(int i) { return __uint_as_float(static_cast<unsigned>(i)); }
-// Round-to-nearest single steps; the emulated kernels are compiled with -ffp-contract=off, so
-// these never fuse (as on the device, where they are what prevents fusing).
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fsub_rn(float a, float b) { return a - b; }
-inline float __fmul_rn(float a, float b) { return a * b; }
-inline float __fdiv_rn(float a, float b) { return a / b; }
+// Round-to-nearest single steps, never contracted into an FMA with what feeds them or what they
+// feed (as nvcc guarantees): their operands and result pass through an empty asm the compiler
+// cannot see into. The emulated kernels are otherwise compiled like nvcc's default (-fmad=true),
+// with contraction on where the host has FMA, so a kernel that needs bit-exact arithmetic and
+// relies on plain expressions staying unfused fails here too.
+#if defined(__x86_64__)
+#define SCANSERVE_EMU_OPAQUE(x) asm("" : "+x"(x))
+#else
+#define SCANSERVE_EMU_OPAQUE(x) asm("" : "+r"(x))
+#endif
+#define SCANSERVE_EMU_RN(name, op)        \
+  inline float name(float a, float b) {   \
+    SCANSERVE_EMU_OPAQUE(a);              \
+    SCANSERVE_EMU_OPAQUE(b);              \
+    float r = a op b;                     \
+    SCANSERVE_EMU_OPAQUE(r);              \
+    return r;                             \
+  }
+SCANSERVE_EMU_RN(__fadd_rn, +)
+SCANSERVE_EMU_RN(__fsub_rn, -)
+SCANSERVE_EMU_RN(__fmul_rn, *)
+SCANSERVE_EMU_RN(__fdiv_rn, /)
+#undef SCANSERVE_EMU_RN
 // The device's global min/max overloads.
 #define SCANSERVE_EMU_MIN_MAX(T)                   \
   inline T min(T a, T b) { return b < a ? b : a; } \
