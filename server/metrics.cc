@@ -172,6 +172,14 @@ ServerMetrics::ServerMetrics(const std::string& version)
                         .Name("scanserve_feature_bytes")
                         .Help("Bytes the scorers hold for stored items, by device.")
                         .Register(r);
+  device_memory_free_ = &prometheus::BuildGauge()
+                             .Name("scanserve_device_memory_free_bytes")
+                             .Help("Free memory of the scorers' GPU, bytes (CUDA backend only).")
+                             .Register(r);
+  device_memory_total_ = &prometheus::BuildGauge()
+                              .Name("scanserve_device_memory_total_bytes")
+                              .Help("Total memory of the scorers' GPU, bytes (CUDA backend only).")
+                              .Register(r);
   feature_bytes_limit_ = &prometheus::BuildGauge()
                               .Name("scanserve_feature_bytes_limit")
                               .Help("Scorer memory limit ingest is checked against (max_feature_bytes, "
@@ -288,11 +296,23 @@ prometheus::Gauge& ServerMetrics::feature_bytes(const std::string& device) {
   return feature_bytes_->Add({{"device", device}});
 }
 
+prometheus::Gauge& ServerMetrics::device_memory_free(const std::string& device) {
+  return device_memory_free_->Add({{"device", device}});
+}
+
+prometheus::Gauge& ServerMetrics::device_memory_total(const std::string& device) {
+  return device_memory_total_->Add({{"device", device}});
+}
+
 void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
   images_stored_->Set(static_cast<double>(stats.images));
   captions_stored_->Set(static_cast<double>(stats.captions));
-  feature_bytes(stats.backend.empty() ? "unknown" : stats.backend)
-      .Set(static_cast<double>(stats.feature_bytes));
+  const std::string device = stats.backend.empty() ? "unknown" : stats.backend;
+  feature_bytes(device).Set(static_cast<double>(stats.feature_bytes));
+  if (stats.device_memory_total_bytes >= 0) {
+    device_memory_free(device).Set(static_cast<double>(stats.device_memory_free_bytes));
+    device_memory_total(device).Set(static_cast<double>(stats.device_memory_total_bytes));
+  }
   feature_bytes_limit_->Set(static_cast<double>(stats.feature_bytes_limit));
   feature_bytes_committed_->Set(static_cast<double>(stats.feature_bytes_committed));
   store_disk_bytes_->Set(static_cast<double>(stats.store_disk_bytes));

@@ -106,6 +106,11 @@ class ServerMetrics {
   // ratio: at the limit, ingest is RESOURCE_EXHAUSTED).
   prometheus::Gauge& feature_bytes_limit() { return *feature_bytes_limit_; }
   prometheus::Gauge& feature_bytes_committed() { return *feature_bytes_committed_; }
+  // scanserve_device_memory_free_bytes / scanserve_device_memory_total_bytes{device}: the GPU's
+  // memory (CUDA backend only; alert on free bytes running low: the text encoders, the detector
+  // and cuBLAS need device memory besides the store).
+  prometheus::Gauge& device_memory_free(const std::string& device);
+  prometheus::Gauge& device_memory_total(const std::string& device);
   // scanserve_store_disk_bytes: bytes the durable store occupies on disk.
   prometheus::Gauge& store_disk_bytes() { return *store_disk_bytes_; }
   // scanserve_store_wal_bytes: bytes of the live write-ahead log of the durable store.
@@ -159,6 +164,8 @@ class ServerMetrics {
   prometheus::Gauge* images_stored_;
   prometheus::Gauge* captions_stored_;
   prometheus::Family<prometheus::Gauge>* feature_bytes_;
+  prometheus::Family<prometheus::Gauge>* device_memory_free_;
+  prometheus::Family<prometheus::Gauge>* device_memory_total_;
   prometheus::Gauge* feature_bytes_limit_;
   prometheus::Gauge* feature_bytes_committed_;
   prometheus::Gauge* store_disk_bytes_;

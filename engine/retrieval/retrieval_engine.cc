@@ -1241,6 +1241,11 @@ EngineStats ScanRetrievalEngine::Stats() const {
     if (!closed_) {
       for (const ModelSlot& slot : models_)
         stats.feature_bytes += slot.images->memory_bytes() + slot.captions->memory_bytes();
+      // Every scorer of one engine shares the device: the first one that knows says.
+      if (const auto device = models_.front().images->DeviceMemoryInfo(); device.has_value()) {
+        stats.device_memory_free_bytes = device->free_bytes;
+        stats.device_memory_total_bytes = device->total_bytes;
+      }
     }
   }
   const FeatureStoreStats store = store_->Stats();

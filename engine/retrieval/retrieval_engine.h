@@ -165,6 +165,9 @@ struct EngineStats {
   // can hold), and the estimated bytes of the stored items counted against it.
   int64_t feature_bytes_limit = 0;
   int64_t feature_bytes_committed = 0;
+  // The scorers' device memory (CUDA backend): free and total bytes; -1 on the CPU.
+  int64_t device_memory_free_bytes = -1;
+  int64_t device_memory_total_bytes = -1;
   std::vector<std::string> model_summaries;
   std::string backend;            // "cpu", "cuda:0", ...
   std::string encoder_device;     // where the encoders run: "cpu", "cuda:0", ...

@@ -90,6 +90,7 @@ class CudaScorer final : public Scorer {
   // Free device memory plus this scorer's allocations, less 5% of the device (kept for cuBLAS,
   // the encoders and the detector) and one slab (a partly filled slab is allocated whole).
   int64_t MemoryCapacityBytes() const override;
+  std::optional<DeviceMemory> DeviceMemoryInfo() const override;
   int64_t DeviceSearchMaxK() const override { return kMaxDeviceTopK; }
   absl::Status Health() const override;
 

@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -69,6 +70,13 @@ class Scorer {
   // it (the CUDA backend: device memory free now plus what it holds, less the reserve it keeps
   // for other users of the device); -1 when the backend has no such bound.
   virtual int64_t MemoryCapacityBytes() const { return -1; }
+  // The memory of the device the scorer's items live on (CUDA: cudaMemGetInfo), for operators;
+  // none for host-memory backends, or when the device cannot say.
+  struct DeviceMemory {
+    int64_t free_bytes = 0;
+    int64_t total_bytes = 0;
+  };
+  virtual std::optional<DeviceMemory> DeviceMemoryInfo() const { return std::nullopt; }
   // The largest k for which Search selects where the scores are (a GPU), so that it moves k
   // results per query instead of a score per stored item: callers then prefer it to ScoreAll even
   // when they must over-fetch (filters, ensembles; engine/retrieval/top_list_search.h). 0: Search

@@ -14,9 +14,9 @@ one stores fp32, so the two must agree to rounding. Checked:
     list: scanserve_engine_ranked_queries_total{path="top_lists"} grows);
   * after deletes and upserts (the device copy compacts), still the same;
   * after a restart the CUDA server reloads its store into device memory and answers the same;
-  * emulated device only (its size is an environment variable there): a device too small for the
-    ingest refuses the overflow with RESOURCE_EXHAUSTED per item, keeps what it acked, and stays
-    SERVING;
+  * emulated device only (its size is an environment variable there): /metrics reports the
+    device's memory; a device too small for the ingest refuses the overflow with
+    RESOURCE_EXHAUSTED per item, keeps what it acked, and stays SERVING;
   * emulated device only (it can inject failures): a device copy that fails while a delete is
     applied does not crash the server; health turns NOT_SERVING, searches fail, and a restart
     serves exactly what the store holds.
@@ -234,6 +234,9 @@ class CudaBackendTest(unittest.TestCase):
         print("device %d bytes: feature_bytes_limit %d" % (small, limit))
         self.assertGreater(limit, 0)
         self.assertLess(limit, 2 * target)
+        samples = h.parse_metrics(server.scrape())
+        self.assertEqual(h.metric_value(samples, "scanserve_device_memory_total_bytes"), small)
+        self.assertGreater(h.metric_value(samples, "scanserve_device_memory_free_bytes"), 0)
 
         accepted, refused = [], []
         for start in range(0, N_IMAGES, 10):

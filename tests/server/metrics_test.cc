@@ -4,6 +4,10 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <string>
+#include <vector>
+
 namespace scanserve {
 namespace {
 
@@ -48,6 +52,30 @@ TEST(ServerMetricsTest, RankedQueriesBecomeCountersPerDirectionAndPath) {
   metrics.UpdateFromStats(stats);
   EXPECT_DOUBLE_EQ(value(SearchDirection::kTextToImage, "top_lists"), 10);
   EXPECT_DOUBLE_EQ(value(SearchDirection::kTextToImage, "scorer_top_k"), 7);
+}
+
+TEST(ServerMetricsTest, DeviceMemoryGaugesOnlyForAGpuBackend) {
+  ServerMetrics metrics("test");
+  EngineStats stats;
+  stats.backend = "cpu";
+  metrics.UpdateFromStats(stats);
+  const auto families = [&] {
+    std::vector<std::string> names;
+    for (const auto& f : metrics.registry()->Collect()) {
+      if (!f.metric.empty()) names.push_back(f.name);
+    }
+    return names;
+  };
+  auto names = families();
+  EXPECT_EQ(std::count(names.begin(), names.end(), "scanserve_device_memory_free_bytes"), 0);
+  stats.backend = "cuda:0";
+  stats.device_memory_free_bytes = 3 << 20;
+  stats.device_memory_total_bytes = 8 << 20;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.device_memory_free("cuda:0").Value(), 3 << 20);
+  EXPECT_EQ(metrics.device_memory_total("cuda:0").Value(), 8 << 20);
+  names = families();
+  EXPECT_EQ(std::count(names.begin(), names.end(), "scanserve_device_memory_total_bytes"), 1);
 }
 
 TEST(ServerMetricsTest, FeatureMemoryLimitAndCommittedAreGauges) {

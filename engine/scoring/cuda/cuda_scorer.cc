@@ -826,6 +826,16 @@ int64_t CudaScorer::memory_bytes() const {
   return bytes;
 }
 
+std::optional<Scorer::DeviceMemory> CudaScorer::DeviceMemoryInfo() const {
+  DeviceGuard guard(impl_->device);
+  size_t free_bytes = 0, total_bytes = 0;
+  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
+    cudaGetLastError();
+    return std::nullopt;
+  }
+  return DeviceMemory{static_cast<int64_t>(free_bytes), static_cast<int64_t>(total_bytes)};
+}
+
 int64_t CudaScorer::MemoryCapacityBytes() const {
   const Impl& m = *impl_;
   DeviceGuard guard(m.device);
