@@ -129,9 +129,11 @@ def stop_process(proc, timeout):
 class ServerProcess(object):
     """One scanserve process on free loopback ports; its log goes to a file shown when something fails."""
 
-    def __init__(self, tmp, name, model_dirs, data_dir, extra=()):
+    def __init__(self, tmp, name, model_dirs, data_dir, extra=(), binary=None, env=None):
+        """`binary`: another scanserve build (default SERVER); `env`: variables added for it."""
         self.tmp, self.name = tmp, name
         self.model_dirs, self.data_dir, self.extra = list(model_dirs), data_dir, list(extra)
+        self.binary, self.env = binary or SERVER, dict(env or {})
         self.port = free_port()
         self.metrics_port = free_port()
         self.log_path = os.path.join(tmp, "%s.log" % name)
@@ -139,14 +141,15 @@ class ServerProcess(object):
         self.log = None
 
     def start(self):
-        argv = [SERVER, "--listen", "127.0.0.1:%d" % self.port, "--metrics-listen", "127.0.0.1:%d" % self.metrics_port,
+        argv = [self.binary, "--listen", "127.0.0.1:%d" % self.port, "--metrics-listen", "127.0.0.1:%d" % self.metrics_port,
                 "--data-dir", self.data_dir, "--threads", "2", "--max-queue-delay-us", "2000",
                 "--shutdown-grace-s", "5"]
         for m in self.model_dirs:
             argv += ["--model", m]
         argv += self.extra
         self.log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=dict(os.environ, **self.env) if self.env else None)
         return self
 
     def log_tail(self, n=4000):

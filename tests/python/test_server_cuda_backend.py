@@ -49,20 +49,10 @@ N_IMAGES = 60
 N_CAPTIONS = 40
 
 
-def cuda_server(tmp, name, model, data_dir, extra=(), env=None):
-    server = h.ServerProcess(tmp, name, [model], data_dir, extra=["--backend", "cuda", "--storage", "fp32"]
-                             + list(extra))
-    saved = h.SERVER
-    h.SERVER = CUDA_SERVER
-    old_env = dict(os.environ)
-    try:
-        os.environ.update(env or {})
-        server.start()
-    finally:
-        h.SERVER = saved
-        os.environ.clear()
-        os.environ.update(old_env)
-    return server
+def cuda_server(tmp, name, model, data_dir, env=None):
+    """A started CUDA server storing fp32 (so that it agrees with the CPU server to rounding)."""
+    return h.ServerProcess(tmp, name, [model], data_dir, extra=["--backend", "cuda", "--storage", "fp32"],
+                           binary=CUDA_SERVER, env=env).start()
 
 
 class CudaBackendTest(unittest.TestCase):
