@@ -316,6 +316,12 @@ class ScanRetrievalEngine final : public RetrievalEngine {
 
   // Records that model m's scorer failed to apply a committed change.
   void NoteOutOfSync(size_t m, const absl::Status& failure);
+  // Why the engine refuses work now (closed, or out of sync with the store); OK while it serves.
+  // Callers hold writer_mu_ or state_mu_.
+  absl::Status Refusal() const {
+    if (closed_) return absl::FailedPreconditionError("the engine is closed");
+    return out_of_sync_;
+  }
 };
 
 // max_feature_bytes, or less when a scorer's memory is bounded (CUDA: device memory). Every
@@ -618,9 +624,7 @@ void ScanRetrievalEngine::Commit(std::vector<Record> records, const std::vector<
                                  ItemKind kind, std::vector<ItemResult>* results) {
   const char* kind_name = kind == ItemKind::kImage ? "image" : "caption";
   std::lock_guard<std::mutex> writer(writer_mu_);
-  if (closed_ || !out_of_sync_.ok()) {
-    const absl::Status refused =
-        closed_ ? absl::FailedPreconditionError("the engine is closed") : out_of_sync_;
+  if (const absl::Status refused = Refusal(); !refused.ok()) {
     for (size_t i : index) (*results)[i].status = refused;
     return;
   }
@@ -816,9 +820,7 @@ std::vector<ItemResult> ScanRetrievalEngine::Delete(absl::Span<const std::string
   std::vector<ItemResult> results(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) results[i].id = ids[i];
   std::lock_guard<std::mutex> writer(writer_mu_);
-  if (closed_ || !out_of_sync_.ok()) {
-    const absl::Status refused =
-        closed_ ? absl::FailedPreconditionError("the engine is closed") : out_of_sync_;
+  if (const absl::Status refused = Refusal(); !refused.ok()) {
     for (ItemResult& r : results) r.status = refused;
     return results;
   }
@@ -1027,8 +1029,7 @@ absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchIm
   AddPhase(kT2i, kEncode, encode_start);
 
   std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
-  if (closed_) return absl::FailedPreconditionError("the engine is closed");
-  SCANSERVE_RETURN_IF_ERROR(out_of_sync_);
+  SCANSERVE_RETURN_IF_ERROR(Refusal());
   std::vector<std::vector<ImageHit>> results(queries.size());
   if (images_.size() == 0) return results;
   const auto score_start = std::chrono::steady_clock::now();
@@ -1149,8 +1150,7 @@ absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::Search
   }
 
   std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
-  if (closed_) return absl::FailedPreconditionError("the engine is closed");
-  SCANSERVE_RETURN_IF_ERROR(out_of_sync_);
+  SCANSERVE_RETURN_IF_ERROR(Refusal());
   // Stored images are queried with their stored embeddings: no re-encoding. Synthetic ones are
   // made again from their index.
   if (!stored_ids.empty()) {
@@ -1279,8 +1279,7 @@ void ScanRetrievalEngine::NoteOutOfSync(size_t m, const absl::Status& failure) {
 
 absl::Status ScanRetrievalEngine::Health() const {
   std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
-  if (closed_) return absl::FailedPreconditionError("the engine is closed");
-  SCANSERVE_RETURN_IF_ERROR(out_of_sync_);
+  SCANSERVE_RETURN_IF_ERROR(Refusal());
   for (size_t m = 0; m < num_models(); ++m) {
     for (const Scorer* scorer : {models_[m].images.get(), models_[m].captions.get()}) {
       if (absl::Status health = scorer->Health(); !health.ok()) {

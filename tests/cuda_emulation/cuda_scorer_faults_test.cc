@@ -30,18 +30,8 @@ using testing_util::Views;
 constexpr double kMaxRelErr = testing_util::kFp32MaxRelErr;
 constexpr int kMaxCalls = 200;  // more calls of one kind than any operation here makes
 
-const char* Name(FaultPoint p) {
-  switch (p) {
-    case FaultPoint::kMalloc: return "malloc";
-    case FaultPoint::kCopyToDevice: return "memcpy-h2d";
-    case FaultPoint::kCopyToHost: return "memcpy-d2h";
-    case FaultPoint::kCopyOnDevice: return "memcpy-d2d";
-    case FaultPoint::kMemset: return "memset";
-    case FaultPoint::kLaunch: return "launch";
-    case FaultPoint::kGemm: return "gemm";
-    case FaultPoint::kSynchronize: return "sync";
-  }
-  return "?";
+std::string FaultAt(FaultPoint point, int nth) {
+  return std::string("fault at ") + scanserve_emu::FaultPointName(point) + " #" + std::to_string(nth);
 }
 
 class CudaScorerFaultTest : public ::testing::TestWithParam<ItemKind> {
@@ -130,7 +120,7 @@ TEST_P(CudaScorerFaultTest, FailedAddChangesNothingOrBreaksInCompaction) {
       std::vector<int64_t> keys = {100, 5, 101, 102, 17, 103, 104, 105, 106, 107};
       std::vector<FloatMatrix> items;
       for (size_t i = 0; i < keys.size(); ++i) items.push_back(gen_.Item(gen_.Uniform(1, 12)));
-      const std::string when = std::string("fault at ") + Name(point) + " #" + std::to_string(nth);
+      const std::string when = FaultAt(point, nth);
       const int fired = scanserve_emu::FaultsFired();
       scanserve_emu::InjectFault(point, nth);
       const absl::Status st = cuda_->Add(keys, Views(items));
@@ -164,7 +154,7 @@ TEST_P(CudaScorerFaultTest, FailedRemoveChangesNothingOrBreaks) {
       Fill(30);
       ASSERT_NE(cuda_, nullptr);
       const std::vector<int64_t> gone = {0, 3, 12, 13, 29};
-      const std::string when = std::string("fault at ") + Name(point) + " #" + std::to_string(nth);
+      const std::string when = FaultAt(point, nth);
       const int fired = scanserve_emu::FaultsFired();
       scanserve_emu::InjectFault(point, nth);
       const absl::Status st = cuda_->Remove(gone);
@@ -193,7 +183,7 @@ TEST_P(CudaScorerFaultTest, FailedPassChangesNothing) {
   ASSERT_NE(cuda_, nullptr);
   for (FaultPoint point : kAllPoints) {
     for (int nth = 1; nth <= kMaxCalls; ++nth) {
-      const std::string when = std::string("fault at ") + Name(point) + " #" + std::to_string(nth);
+      const std::string when = FaultAt(point, nth);
       const int fired = scanserve_emu::FaultsFired();
       scanserve_emu::InjectFault(point, nth);
       auto top = cuda_->Search(Views(queries_), 4);
@@ -213,7 +203,7 @@ TEST_P(CudaScorerFaultTest, FailedPassChangesNothing) {
 TEST_P(CudaScorerFaultTest, FailedCreateIsAStatus) {
   for (FaultPoint point : kAllPoints) {
     for (int nth = 1; nth <= kMaxCalls; ++nth) {
-      const std::string when = std::string("fault at ") + Name(point) + " #" + std::to_string(nth);
+      const std::string when = FaultAt(point, nth);
       const int fired = scanserve_emu::FaultsFired();
       scanserve_emu::InjectFault(point, nth);
       auto created = CudaScorer::Create(MakeConfig(data_, StorageType::kBFloat16));

@@ -247,11 +247,9 @@ class CudaBackendTest(unittest.TestCase):
                                     timeout=h.RPC_TIMEOUT_S)
             return sorted(x.id for x in res.results[0].hits)
         self.assertEqual(served_ids(stub), sorted(accepted))
-        health = h.subprocess.run([os.path.join(h.BUILD_DIR, "client", "scanctl"), "--server",
-                                   "127.0.0.1:%d" % server.port, "health"], stdout=h.subprocess.PIPE,
-                                  stderr=h.subprocess.STDOUT, universal_newlines=True, timeout=30)
-        self.assertEqual(health.returncode, 0, health.stdout)
-        self.assertIn("SERVING", health.stdout)
+        code, out = self.health(server)
+        self.assertEqual(code, 0, out)
+        self.assertIn("SERVING", out)
 
         # What was acked is reloaded onto the same small device after a restart.
         server.kill()

@@ -838,12 +838,8 @@ std::optional<Scorer::DeviceMemory> CudaScorer::DeviceMemoryInfo() const {
 
 int64_t CudaScorer::MemoryCapacityBytes() const {
   const Impl& m = *impl_;
-  DeviceGuard guard(m.device);
-  size_t free_bytes = 0, total_bytes = 0;
-  if (cudaMemGetInfo(&free_bytes, &total_bytes) != cudaSuccess) {
-    cudaGetLastError();
-    return -1;
-  }
+  const std::optional<DeviceMemory> device = DeviceMemoryInfo();
+  if (!device.has_value()) return -1;
   int64_t allocated = 0;
   for (const auto& s : m.slabs) {
     for (const DeviceBuffer* b : {&s->features, &s->scales, &s->norms, &s->grams, &s->items_dev}) {
@@ -851,8 +847,7 @@ int64_t CudaScorer::MemoryCapacityBytes() const {
     }
   }
   const int64_t slab = m.options.slab_rows * static_cast<int64_t>(m.row_bytes());
-  return std::max<int64_t>(0, static_cast<int64_t>(free_bytes) + allocated -
-                                  static_cast<int64_t>(total_bytes / 20) - slab);
+  return std::max<int64_t>(0, device->free_bytes + allocated - device->total_bytes / 20 - slab);
 }
 
 absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<const ItemView> items) {

@@ -12,20 +12,6 @@
 namespace scanserve_emu {
 namespace {
 
-const char* PointName(FaultPoint point) {
-  switch (point) {
-    case FaultPoint::kMalloc: return "malloc";
-    case FaultPoint::kCopyToDevice: return "memcpy-h2d";
-    case FaultPoint::kCopyToHost: return "memcpy-d2h";
-    case FaultPoint::kCopyOnDevice: return "memcpy-d2d";
-    case FaultPoint::kMemset: return "memset";
-    case FaultPoint::kLaunch: return "launch";
-    case FaultPoint::kGemm: return "gemm";
-    case FaultPoint::kSynchronize: return "sync";
-  }
-  return "?";
-}
-
 struct Faults {
   std::mutex mu;
   bool armed = false;
@@ -45,13 +31,27 @@ bool FileFault(FaultPoint point) {
   std::ifstream in(path);
   std::string name;
   in >> name;
-  if (name != PointName(point)) return false;
+  if (name != FaultPointName(point)) return false;
   if (unlink(path) != 0) return false;  // another thread took it
-  std::fprintf(stderr, "CUDA emulation: injected fault at %s\n", PointName(point));
+  std::fprintf(stderr, "CUDA emulation: injected fault at %s\n", FaultPointName(point));
   return true;
 }
 
 }  // namespace
+
+const char* FaultPointName(FaultPoint point) {
+  switch (point) {
+    case FaultPoint::kMalloc: return "malloc";
+    case FaultPoint::kCopyToDevice: return "memcpy-h2d";
+    case FaultPoint::kCopyToHost: return "memcpy-d2h";
+    case FaultPoint::kCopyOnDevice: return "memcpy-d2d";
+    case FaultPoint::kMemset: return "memset";
+    case FaultPoint::kLaunch: return "launch";
+    case FaultPoint::kGemm: return "gemm";
+    case FaultPoint::kSynchronize: return "sync";
+  }
+  return "?";
+}
 
 void InjectFault(FaultPoint point, int nth) {
   Faults& f = GetFaults();

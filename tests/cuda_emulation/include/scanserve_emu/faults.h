@@ -26,6 +26,9 @@ enum class FaultPoint {
   kSynchronize,      // "sync": cudaStreamSynchronize, cudaEventSynchronize, cudaDeviceSynchronize
 };
 
+// The point's name, as the fault file spells it ("malloc", "memcpy-d2d", ...).
+const char* FaultPointName(FaultPoint point);
+
 void InjectFault(FaultPoint point, int nth);
 void ClearFaults();
 // How many injected faults have fired since the process started.
