@@ -172,12 +172,13 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 BENCH="$BUILD_DIR/engine/scan_bench"
-run_step "BENCH cuda 100k images, fp32 + bf16 + fp8, cuBLAS and fused kernels" 300 \
-  "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16,fp8 --kernels=gemm,fused \
+run_step "BENCH cuda 100k images, fp32 + bf16 + fp8, cuBLAS (two streams, one) and fused kernels" 300 \
+  "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16,fp8 --kernels=gemm,gemm-serial,fused \
   --product_mb=256,32 --queries=64 --reps=3 || true
 if [ "$BENCH_1M" = "1" ]; then
   run_step "BENCH cuda 1M images, bf16" 240 \
-    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --product_mb=256,32 --queries=64 \
+    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --kernels=gemm,gemm-serial \
+    --product_mb=256,32 --queries=64 \
     --reps=3 || true
 fi
 

@@ -59,8 +59,12 @@ struct CudaScorerOptions {
   // Rows per storage slab (whole items; an item larger than this gets a slab of its own).
   int64_t slab_rows = int64_t{1} << 18;
   // Upper bound on the fp32 product buffer (stored rows x query rows) of one chunk, in bytes; a
-  // chunk is at least one item.
+  // chunk is at least one item. With pipelined_epilogue there are two such buffers.
   int64_t max_product_bytes = int64_t{256} << 20;
+  // GEMM path: chunk i's epilogue runs on a second stream while chunk i + 1's GEMM runs, in two
+  // product buffers, so the CUDA-core epilogue hides behind the tensor-core GEMM. Off: both on one
+  // stream, one buffer (scan_bench --kernels=gemm-serial compares them).
+  bool pipelined_epilogue = true;
   // One kernel per chunk instead of a cuBLAS GEMM + the epilogue: the region-word products are
   // computed on the tensor cores (bf16 WMMA) into shared memory and scored there, so no product
   // matrix goes through device memory. bf16/fp8 storage, dim % 16 == 0 and queries of at most 128
@@ -68,6 +72,9 @@ struct CudaScorerOptions {
   // the GEMM path. Off by default until measured against it on a GPU
   // (scan_bench --kernels=gemm,fused).
   bool fused_products = false;
+  // Host rows reach the device through two pinned staging buffers of this many bytes each, one
+  // filling while the other's copy runs (at least one row per step).
+  int64_t upload_bytes = int64_t{64} << 20;
 };
 
 class CudaScorer final : public Scorer {
@@ -105,9 +112,10 @@ class CudaScorer final : public Scorer {
     int64_t gemm = 0;
   };
   PassCounts pass_counts() const;
-  // Switch CudaScorerOptions::fused_products and max_product_bytes (>= 1) for later passes:
-  // benchmarks compare them on one loaded store.
+  // Switch CudaScorerOptions::fused_products, pipelined_epilogue and max_product_bytes (>= 1)
+  // for later passes: benchmarks compare them on one loaded store.
   void set_fused_products(bool on);
+  void set_pipelined_epilogue(bool on);
   void set_max_product_bytes(int64_t bytes);
 
  protected:

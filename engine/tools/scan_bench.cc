@@ -26,7 +26,11 @@
 // so that 1M images need no 147 GB of host data; the scoring cost does not depend on the values.
 //   scan_bench --backend=cuda [--images=100000,1000000] [--storage=bf16] [--batch=1,2,...,64]
 //              [--queries=64] [--reps=3] [--pool=4096] [--query_precision=bf16x2|bf16]
-//              [--kernels=gemm,fused] [--product_mb=256,32 (gemm: product chunk budgets to compare)]
+//              [--kernels=gemm,gemm-serial,fused] [--product_mb=256,32 (gemm: product chunk budgets
+//              to compare)]
+// Kernels: gemm = cuBLAS products + the epilogue kernel, the epilogues on a second stream
+// (CudaScorerOptions::pipelined_epilogue); gemm-serial = the same on one stream; fused = one
+// kernel per chunk (fused_products).
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
@@ -94,7 +98,7 @@ struct Flags {
                "--batch=1,4,16 --storage=fp32,bf16,fp8 --threads=N --words_min=N --words_max=N "
                "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
                "--parallelism=per_thread,shared --block_rows=N "
-               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,fused "
+               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,gemm-serial,fused "
                "--product_mb=256,32\n",
                why.c_str());
   std::exit(2);
@@ -142,7 +146,9 @@ Flags ParseFlags(int argc, char** argv) {
     } else if (name == "kernels") {
       f.kernels.clear();
       for (absl::string_view b : absl::StrSplit(v, ',')) {
-        if (b != "gemm" && b != "fused") Usage("--kernels: gemm and/or fused");
+        if (b != "gemm" && b != "gemm-serial" && b != "fused") {
+          Usage("--kernels: gemm, gemm-serial and/or fused");
+        }
         f.kernels.emplace_back(b);
       }
     } else if (name == "product_mb") {
@@ -423,7 +429,7 @@ int RunCuda(const Flags& f) {
       // (kernel, product chunk MB; 0 = the scorer's default) in table order.
       std::vector<std::pair<std::string, int64_t>> variants;
       for (const std::string& kernel : f.kernels) {
-        if (kernel == "gemm" && !f.product_mb.empty()) {
+        if (kernel != "fused" && !f.product_mb.empty()) {
           for (int64_t mb : f.product_mb) variants.emplace_back(kernel, mb);
         } else {
           variants.emplace_back(kernel, 0);
@@ -432,6 +438,7 @@ int RunCuda(const Flags& f) {
       const int64_t default_product_bytes = scorer->options().max_product_bytes;
       for (const auto& [kernel, product_mb] : variants) {
         scorer->set_fused_products(kernel == "fused");
+        scorer->set_pipelined_epilogue(kernel != "gemm-serial");
         scorer->set_max_product_bytes(product_mb > 0 ? (product_mb << 20) : default_product_bytes);
         const CudaScorer::PassCounts before = scorer->pass_counts();
         if (kernel == "fused") {  // warm-up of the fused path
@@ -461,7 +468,9 @@ int RunCuda(const Flags& f) {
           r.config = absl::StrCat("cuda ", storage, " ",
                                   storage == "fp32" ? "q-fp32"
                                                     : (f.query_precision == "bf16" ? "q-bf16" : "q-bf16x2"),
-                                  kernel == "fused" ? (all_fused ? " fused" : " fused->gemm") : "",
+                                  kernel == "fused" ? (all_fused ? " fused" : " fused->gemm")
+                                  : kernel == "gemm-serial" ? " serial"
+                                                            : "",
                                   product_mb > 0 ? absl::StrCat(" ", product_mb, "MB") : "");
           r.images = n;
           r.batch = batch;

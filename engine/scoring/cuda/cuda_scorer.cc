@@ -181,9 +181,6 @@ class PinnedBuffer {
   size_t bytes_ = 0;
 };
 
-// Bytes staged per upload step of Add.
-constexpr size_t kUploadBytes = size_t{64} << 20;
-
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------
@@ -213,6 +210,8 @@ struct CudaScorer::Impl {
   int device = 0;
   cudaDeviceProp props{};
   cudaStream_t stream = nullptr;
+  // The pipelined GEMM path's epilogues; joined back into `stream` before every pass returns.
+  cudaStream_t epilogue_stream = nullptr;
   cublasHandle_t cublas = nullptr;
   int64_t dim = 0;
   ck::ElemType elem = ck::ElemType::kFloat32;
@@ -229,10 +228,15 @@ struct CudaScorer::Impl {
 
   // Per-pass buffers, reused; guarded by pass_mu (const calls may run concurrently).
   mutable std::mutex pass_mu;
-  mutable DeviceBuffer q_f32, q_b16, q_norms, q_grams, q_items, product, scores, epi_scratch,
+  mutable DeviceBuffer q_f32, q_b16, q_norms, q_grams, q_items, product[2], scores, epi_scratch,
       topk_a, topk_b, col_keys, upload_dev[2], compact_tmp, widened, q_groups;
   mutable PinnedBuffer upload_host[2];
   mutable cudaEvent_t upload_done[2] = {nullptr, nullptr};
+  // Pipelined GEMM path: product[b] written (on `stream`) / read by its epilogue (on
+  // epilogue_stream); the epilogue stream's last work of a pass.
+  mutable cudaEvent_t product_ready[2] = {nullptr, nullptr};
+  mutable cudaEvent_t product_free[2] = {nullptr, nullptr};
+  mutable cudaEvent_t epilogues_done = nullptr;
   mutable bool col_keys_dirty = true;
   mutable PassCounts passes;  // guarded by pass_mu
   // Set when a device copy failed midway through a compaction: the slabs and the key map may no
@@ -254,17 +258,24 @@ struct CudaScorer::Impl {
   ~Impl() {
     DeviceGuard guard(device);
     if (stream != nullptr) cudaStreamSynchronize(stream);
+    if (epilogue_stream != nullptr) cudaStreamSynchronize(epilogue_stream);
     slabs.clear();
-    for (DeviceBuffer* b : {&q_f32, &q_b16, &q_norms, &q_grams, &q_items, &product, &scores,
-                            &epi_scratch, &topk_a, &topk_b, &col_keys, &upload_dev[0],
-                            &upload_dev[1], &compact_tmp, &widened, &q_groups}) {
+    for (DeviceBuffer* b : {&q_f32, &q_b16, &q_norms, &q_grams, &q_items, &product[0],
+                            &product[1], &scores, &epi_scratch, &topk_a, &topk_b, &col_keys,
+                            &upload_dev[0], &upload_dev[1], &compact_tmp, &widened, &q_groups}) {
       b->Reset();
     }
-    for (cudaEvent_t& e : upload_done) {
-      if (e != nullptr) cudaEventDestroy(e);
+    for (cudaEvent_t* e : Events()) {
+      if (*e != nullptr) cudaEventDestroy(*e);
     }
     if (cublas != nullptr) cublasDestroy(cublas);
+    if (epilogue_stream != nullptr) cudaStreamDestroy(epilogue_stream);
     if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  std::vector<cudaEvent_t*> Events() {
+    return {&upload_done[0], &upload_done[1],   &product_ready[0], &product_ready[1],
+            &product_free[0], &product_free[1], &epilogues_done};
   }
 
   int32_t MaxStoredRows() const {
@@ -290,7 +301,8 @@ struct CudaScorer::Impl {
   absl::Status WriteRun(Slab& s, absl::Span<const ItemView> items, int64_t row0) {
     const int64_t d = dim;
     const size_t row_bytes = static_cast<size_t>(d) * sizeof(float);
-    const int64_t rows_per_step = std::max<int64_t>(1, kUploadBytes / row_bytes);
+    const int64_t rows_per_step =
+        std::max<int64_t>(1, options.upload_bytes / static_cast<int64_t>(row_bytes));
     size_t item = 0;
     int64_t item_row = 0;  // rows of items[item] already copied
     int64_t row = row0;
@@ -482,6 +494,11 @@ struct CudaScorer::Impl {
 
   // One scoring pass: scores (device, queries x num_items, ld num_items) for every query.
   absl::Status RunPass(absl::Span<const ItemView> queries) const;
+  // The GEMM path's chunk loop (or the fused pass's launches) of RunPass.
+  absl::Status ScoreChunks(ck::EpilogueParams p, ck::FusedParams f, bool fused,
+                           const ck::FusedPlan& fused_plan, int num_groups,
+                           const ck::EpiloguePlan& plan, const void* q_operand, int64_t ncols,
+                           int64_t chunk_rows, bool pipelined) const;
 };
 
 absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const {
@@ -594,9 +611,15 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   int64_t largest_slab = 0;
   for (const auto& s : slabs) largest_slab = std::max(largest_slab, s->used_rows);
   const int64_t product_rows = std::min(chunk_rows, largest_slab);
+  // Two product buffers when a second chunk exists to overlap with.
+  bool pipelined = false;
   if (!fused) {
-    SCANSERVE_RETURN_IF_ERROR(
-        product.Reserve(static_cast<size_t>(product_rows) * ncols * sizeof(float), "products"));
+    const size_t product_bytes = static_cast<size_t>(product_rows) * ncols * sizeof(float);
+    SCANSERVE_RETURN_IF_ERROR(product[0].Reserve(product_bytes, "products"));
+    int64_t chunks = 0;
+    for (const auto& sp : slabs) chunks += (sp->used_rows + chunk_rows - 1) / chunk_rows;
+    pipelined = options.pipelined_epilogue && chunks > 1;
+    if (pipelined) SCANSERVE_RETURN_IF_ERROR(product[1].Reserve(product_bytes, "products"));
   }
   if (fp8()) {
     SCANSERVE_RETURN_IF_ERROR(
@@ -622,7 +645,6 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   p.lambda_softmax = attention.lambda_softmax;
   p.lambda_lse = attention.lambda_lse;
   p.stored_is_context = stored_is_context;
-  p.product = product.as<float>();
   p.ld_product = ncols;
   p.lo_offset = bf16_gemm && split_queries ? q_rows : 0;
   p.queries = q_items.as<ck::ItemDev>();
@@ -641,59 +663,114 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   f.max_rows_p = fused_plan.max_rows_p;
   f.max_cols_p = fused_plan.max_cols_p;
 
+  SCANSERVE_RETURN_IF_ERROR(ScoreChunks(p, f, fused, fused_plan, static_cast<int>(groups.size()),
+                                        plan, q_operand, ncols, chunk_rows, pipelined));
+  return absl::OkStatus();
+}
+
+absl::Status CudaScorer::Impl::ScoreChunks(ck::EpilogueParams p, ck::FusedParams f, bool fused,
+                                           const ck::FusedPlan& fused_plan, int num_groups,
+                                           const ck::EpiloguePlan& plan, const void* q_operand,
+                                           int64_t ncols, int64_t chunk_rows,
+                                           bool pipelined) const {
+  const int64_t d = dim;
   const float one = 1.0f, zero = 0.0f;
   const cudaDataType_t type = bf16_gemm ? CUDA_R_16BF : CUDA_R_32F;
-  int64_t col = 0;
-  for (const auto& sp : slabs) {
-    const Slab& s = *sp;
-    size_t i0 = 0;
-    while (i0 < s.items.size()) {
-      // Whole items, at most chunk_rows rows (at least one item).
-      size_t i1 = i0 + 1;
-      const int64_t row0 = s.items[i0].row_begin;
-      while (i1 < s.items.size() &&
-             s.items[i1].row_begin + s.items[i1].rows - row0 <= chunk_rows) {
-        ++i1;
-      }
-      const int64_t rows = s.items[i1 - 1].row_begin + s.items[i1 - 1].rows - row0;
-      const void* stored_operand = s.features.as<char>() + row0 * d * elem_bytes();
-      if (fp8()) {
-        SCANSERVE_CUDA_RETURN_IF_ERROR(
-            ck::Fp8RowsToBf16(s.features.as<uint8_t>() + row0 * d, s.scales.as<float>() + row0,
-                              rows, d, widened.as<uint16_t>(), stream),
-            "widen fp8 rows");
-        stored_operand = widened.get();
-      }
-      p.chunk_row0 = row0;
-      p.items = s.items_dev.as<ck::ItemDev>();
-      p.item_begin = static_cast<int>(i0);
-      p.num_items = static_cast<int>(i1 - i0);
-      p.stored_norms = s.norms.as<float>();
-      p.stored_grams = stored_is_context ? s.grams.as<float>() : nullptr;
-      p.col0 = col + static_cast<int64_t>(i0);
-      if (fused) {
-        f.stored = static_cast<const __nv_bfloat16*>(stored_operand);
-        SCANSERVE_CUDA_RETURN_IF_ERROR(
-            ck::FusedScore(p, f, fused_plan, static_cast<int>(groups.size()), stream),
-            "fused products and epilogue");
-      } else {
-        // product (row-major rows x ncols) = features[row0 .. row0 + rows) · queriesᵀ; in
-        // cuBLAS's column-major terms: C (ncols x rows) = Qᵀ(ncols x d) · F(d x rows).
-        SCANSERVE_CUBLAS_RETURN_IF_ERROR(
-            cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(ncols),
-                         static_cast<int>(rows), static_cast<int>(d), &one, q_operand, type,
-                         static_cast<int>(d), stored_operand, type, static_cast<int>(d), &zero,
-                         product.get(), CUDA_R_32F, static_cast<int>(ncols), CUBLAS_COMPUTE_32F,
-                         CUBLAS_GEMM_DEFAULT),
-            "region-word products (cublasGemmEx)");
-        SCANSERVE_CUDA_RETURN_IF_ERROR(
-            ck::Epilogue(p, plan, epi_scratch.as<float>(), stream), "fused epilogue");
-      }
-      i0 = i1;
+  int chunk = 0;
+  // Chunk i's GEMM fills product[i % 2] on `stream` once chunk i - 2's epilogue has read it; its
+  // epilogue, on epilogue_stream, waits for that GEMM. The queries, norms and Gram matrices the
+  // epilogues read were made on `stream` before any GEMM.
+  auto score_chunk = [&](const void* stored_operand, int64_t rows) -> absl::Status {
+    const int b = pipelined ? chunk % 2 : 0;
+    ++chunk;
+    if (pipelined) {
+      SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream, product_free[b], 0),
+                                     "order the product buffers");
     }
-    col += static_cast<int64_t>(s.items.size());
+    // product (row-major rows x ncols) = stored rows · queriesᵀ; in cuBLAS's column-major
+    // terms: C (ncols x rows) = Qᵀ(ncols x d) · F(d x rows).
+    SCANSERVE_CUBLAS_RETURN_IF_ERROR(
+        cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(ncols),
+                     static_cast<int>(rows), static_cast<int>(d), &one, q_operand, type,
+                     static_cast<int>(d), stored_operand, type, static_cast<int>(d), &zero,
+                     product[b].get(), CUDA_R_32F, static_cast<int>(ncols), CUBLAS_COMPUTE_32F,
+                     CUBLAS_GEMM_DEFAULT),
+        "region-word products (cublasGemmEx)");
+    p.product = product[b].as<float>();
+    if (!pipelined) {
+      SCANSERVE_CUDA_RETURN_IF_ERROR(ck::Epilogue(p, plan, epi_scratch.as<float>(), stream),
+                                     "fused epilogue");
+      return absl::OkStatus();
+    }
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaEventRecord(product_ready[b], stream), "order the epilogue");
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(epilogue_stream, product_ready[b], 0),
+                                   "order the epilogue");
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        ck::Epilogue(p, plan, epi_scratch.as<float>(), epilogue_stream), "fused epilogue");
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaEventRecord(product_free[b], epilogue_stream),
+                                   "order the product buffers");
+    return absl::OkStatus();
+  };
+  auto score_all = [&]() -> absl::Status {
+    int64_t col = 0;
+    for (const auto& sp : slabs) {
+      const Slab& s = *sp;
+      size_t i0 = 0;
+      while (i0 < s.items.size()) {
+        // Whole items, at most chunk_rows rows (at least one item).
+        size_t i1 = i0 + 1;
+        const int64_t row0 = s.items[i0].row_begin;
+        while (i1 < s.items.size() &&
+               s.items[i1].row_begin + s.items[i1].rows - row0 <= chunk_rows) {
+          ++i1;
+        }
+        const int64_t rows = s.items[i1 - 1].row_begin + s.items[i1 - 1].rows - row0;
+        const void* stored_operand = s.features.as<char>() + row0 * d * elem_bytes();
+        if (fp8()) {
+          // On `stream`, after the previous chunk's GEMM has read the buffer.
+          SCANSERVE_CUDA_RETURN_IF_ERROR(
+              ck::Fp8RowsToBf16(s.features.as<uint8_t>() + row0 * d, s.scales.as<float>() + row0,
+                                rows, d, widened.as<uint16_t>(), stream),
+              "widen fp8 rows");
+          stored_operand = widened.get();
+        }
+        p.chunk_row0 = row0;
+        p.items = s.items_dev.as<ck::ItemDev>();
+        p.item_begin = static_cast<int>(i0);
+        p.num_items = static_cast<int>(i1 - i0);
+        p.stored_norms = s.norms.as<float>();
+        p.stored_grams = stored_is_context ? s.grams.as<float>() : nullptr;
+        p.col0 = col + static_cast<int64_t>(i0);
+        if (fused) {
+          f.stored = static_cast<const __nv_bfloat16*>(stored_operand);
+          SCANSERVE_CUDA_RETURN_IF_ERROR(ck::FusedScore(p, f, fused_plan, num_groups, stream),
+                                         "fused products and epilogue");
+        } else {
+          SCANSERVE_RETURN_IF_ERROR(score_chunk(stored_operand, rows));
+        }
+        i0 = i1;
+      }
+      col += static_cast<int64_t>(s.items.size());
+    }
+    return absl::OkStatus();
+  };
+  absl::Status status = score_all();
+  if (pipelined) {
+    // Joined even after a failure: what `stream` does next (the scores' copy, the next pass's
+    // uploads into buffers the epilogues read) must come after every queued epilogue.
+    cudaError_t err = cudaEventRecord(epilogues_done, epilogue_stream);
+    if (err == cudaSuccess) err = cudaStreamWaitEvent(stream, epilogues_done, 0);
+    const absl::Status join =
+        err == cudaSuccess ? absl::OkStatus()
+                           : CudaStatus(err, "join the epilogues", __FILE__, __LINE__);
+    if (!join.ok()) {
+      // Nothing orders the streams: wait for the epilogues on the host instead.
+      cudaStreamSynchronize(epilogue_stream);
+      cudaGetLastError();
+      if (status.ok()) status = join;
+    }
   }
-  return absl::OkStatus();
+  return status;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -723,10 +800,13 @@ CudaScorer::~CudaScorer() = default;
 absl::StatusOr<std::unique_ptr<CudaScorer>> CudaScorer::Create(const ScorerConfig& config,
                                                                const CudaScorerOptions& options) {
   SCANSERVE_RETURN_IF_ERROR(ValidateScorerConfig(config));
-  if (options.slab_rows < 1 || options.max_product_bytes < 1 || options.device < 0) {
+  if (options.slab_rows < 1 || options.max_product_bytes < 1 || options.upload_bytes < 1 ||
+      options.device < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "CudaScorerOptions: slab_rows and max_product_bytes must be >= 1 and device >= 0, got ",
-        options.slab_rows, ", ", options.max_product_bytes, " and ", options.device));
+        "CudaScorerOptions: slab_rows, max_product_bytes and upload_bytes must be >= 1 and "
+        "device >= 0, got ",
+        options.slab_rows, ", ", options.max_product_bytes, ", ", options.upload_bytes, " and ",
+        options.device));
   }
   if (config.dim > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError(
@@ -752,8 +832,10 @@ absl::StatusOr<std::unique_ptr<CudaScorer>> CudaScorer::Create(const ScorerConfi
                                  "cudaGetDeviceProperties");
   SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking),
                                  "cudaStreamCreate");
-  for (cudaEvent_t& e : impl->upload_done) {
-    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming),
+  SCANSERVE_CUDA_RETURN_IF_ERROR(
+      cudaStreamCreateWithFlags(&impl->epilogue_stream, cudaStreamNonBlocking), "cudaStreamCreate");
+  for (cudaEvent_t* e : impl->Events()) {
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(e, cudaEventDisableTiming),
                                    "cudaEventCreate");
   }
   SCANSERVE_CUBLAS_RETURN_IF_ERROR(cublasCreate(&impl->cublas), "cublasCreate");
@@ -797,6 +879,12 @@ void CudaScorer::set_fused_products(bool on) {
   std::lock_guard<std::mutex> lock(impl_->pass_mu);
   impl_->options.fused_products = on;
   options_.fused_products = on;
+}
+
+void CudaScorer::set_pipelined_epilogue(bool on) {
+  std::lock_guard<std::mutex> lock(impl_->pass_mu);
+  impl_->options.pipelined_epilogue = on;
+  options_.pipelined_epilogue = on;
 }
 
 void CudaScorer::set_max_product_bytes(int64_t bytes) {

@@ -157,12 +157,13 @@ __global__ void GramsKernel(RowsView x, int64_t dim, const ItemDev* items, float
 //     (adding the lo part for split bf16 queries), transposing when the stored side attends;
 //  1. lane per context row c: the raw_feature_norm scalars over the attending axis (LeakyReLU
 //     and l2norm, or the softmax max/sum), folded with λ1 into (scale_c, shift_c);
-//  2. lane per attending row q: softmax over c of a[c][q] (recomputed from m and the scalars),
-//     <y_q, att_q> = Σ_c w_c m[c][q], |att_q|² = wᵀ G w from the context's Gram matrix (upper
-//     triangle), r_q = the clamped cosine, folded straight into the pooling accumulator;
+//  2. lanes per attending row q (one, or 2-4 sharing the context rows when nq <= 16): softmax
+//     over c of a[c][q] (recomputed from m and the scalars), <y_q, att_q> = Σ_c w_c m[c][q],
+//     |att_q|² = wᵀ G w from the context's Gram matrix (upper triangle), r_q = the clamped
+//     cosine, folded straight into the pooling accumulator;
 //  3. warp reduction of the pooling; lane 0 writes the score.
 // Scratch per warp: m (nc x ldm, ldm = nq rounded up to odd: conflict-free column access), the
-// scalars (2 x nc), and the softmax numerators e (nc x 32, one column per lane).
+// scalars (2 x nc), and the softmax numerators e (nc x 32, one column per attending row in flight).
 
 __device__ __forceinline__ float Attn(int norm, float v, float scale, float shift) {
   switch (norm) {
@@ -238,33 +239,56 @@ __device__ void ScorePair(const EpilogueParams& p, int i, int j, const float* pr
   }
   __syncwarp();
 
-  // 2. Lane per attending row, 32 at a time; pooling accumulators per lane.
+  // 2. Attending rows over the lanes, `span` rows at a time (a power of two >= nq, at least 8):
+  //    when they are fewer than 32 (t2i's captions, mostly), the `parts` = 32 / span lanes of a
+  //    row share its context rows (c ≡ part mod parts) and combine their partial max, sums and
+  //    quadratic form with shuffles, instead of leaving lanes idle. Pooling accumulators per
+  //    lane, on the part-0 lanes only.
+  const int span = nq <= 8 ? 8 : (nq <= 16 ? 16 : kWarp);
+  const int parts = kWarp / span;
+  const int part = lane / span;
+  const int col = lane % span;  // the row's column of e, shared by its parts
   float pool_a = p.pooling == kLogSumExp || p.pooling == kMax ? -inf : 0.0f;  // max or sum
   float pool_b = 0.0f;                                                       // LSE sum
-  for (int q0 = 0; q0 < nq; q0 += kWarp) {
-    const int q = q0 + lane;
-    if (q >= nq) break;
+  for (int q0 = 0; q0 < nq; q0 += span) {
+    const int q = q0 + col;
+    const bool active = q < nq;
     float mx = -inf;
-    for (int c = 0; c < nc; ++c) {
-      mx = fmaxf(mx, Attn(p.raw_feature_norm, m[int64_t{c} * ldm + q], scale[c], shift[c]));
+    if (active) {
+      for (int c = part; c < nc; c += parts) {
+        mx = fmaxf(mx, Attn(p.raw_feature_norm, m[int64_t{c} * ldm + q], scale[c], shift[c]));
+      }
     }
+    for (int o = span; o < kWarp; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(kFull, mx, o));
     float sum = 0.0f, dot = 0.0f;
-    for (int c = 0; c < nc; ++c) {
-      const float mv = m[int64_t{c} * ldm + q];
-      const float ex = expf(Attn(p.raw_feature_norm, mv, scale[c], shift[c]) - mx);
-      e[int64_t{c} * kWarp + lane] = ex;
-      sum += ex;
-      dot = fmaf(ex, mv, dot);
+    if (active) {
+      for (int c = part; c < nc; c += parts) {
+        const float mv = m[int64_t{c} * ldm + q];
+        const float ex = expf(Attn(p.raw_feature_norm, mv, scale[c], shift[c]) - mx);
+        e[int64_t{c} * kWarp + col] = ex;
+        sum += ex;
+        dot = fmaf(ex, mv, dot);
+      }
     }
+    for (int o = span; o < kWarp; o <<= 1) {
+      sum += __shfl_xor_sync(kFull, sum, o);
+      dot += __shfl_xor_sync(kFull, dot, o);
+    }
+    __syncwarp();  // every part's e values written
     // eᵀ G e over the upper triangle: Σ_c e_c (G_cc e_c / 2 + Σ_{c' > c} G_cc' e_c'), doubled.
     float quad = 0.0f;
-    for (int c = 0; c < nc; ++c) {
-      const float* g = gram + int64_t{c} * nc;
-      const float ec = e[int64_t{c} * kWarp + lane];
-      float t = 0.5f * g[c] * ec;
-      for (int c2 = c + 1; c2 < nc; ++c2) t = fmaf(g[c2], e[int64_t{c2} * kWarp + lane], t);
-      quad = fmaf(ec, t, quad);
+    if (active) {
+      for (int c = part; c < nc; c += parts) {
+        const float* g = gram + int64_t{c} * nc;
+        const float ec = e[int64_t{c} * kWarp + col];
+        float t = 0.5f * g[c] * ec;
+        for (int c2 = c + 1; c2 < nc; ++c2) t = fmaf(g[c2], e[int64_t{c2} * kWarp + col], t);
+        quad = fmaf(ec, t, quad);
+      }
     }
+    for (int o = span; o < kWarp; o <<= 1) quad += __shfl_xor_sync(kFull, quad, o);
+    __syncwarp();  // e is rewritten for the next rows
+    if (!active || part != 0) continue;
     const float inv = 1.0f / sum;
     const float num = dot * inv;
     const float att_norm = sqrtf(fmaxf(quad + quad, 0.0f)) * inv;

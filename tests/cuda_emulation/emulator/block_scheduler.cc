@@ -1,4 +1,5 @@
-// CUDA emulation (tests only): a grid runs block after block on the calling host thread; a
+// CUDA emulation (tests only): a grid runs block after block on the host thread that runs its
+// stream's queued work (streams.h); a
 // block's threads are fibers (ucontext) that run until they reach a barrier, a warp operation or
 // their end. Between those points a fiber runs alone, so a missing barrier shows as a wrong value
 // when the order of the fibers changes: SCANSERVE_CUDA_EMULATION_ORDER=reverse runs them last to
@@ -19,6 +20,7 @@
 #include "scanserve_emu/faults.h"
 #include "scanserve_emu/kernel_language.h"
 #include "scanserve_emu/launch.h"
+#include "streams.h"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -341,14 +343,6 @@ bool ReleaseBarrier(BlockRun& run) {
   Fail("no thread can make progress:" + states);
 }
 
-bool ReverseOrder() {
-  static const bool reverse = [] {
-    const char* v = std::getenv("SCANSERVE_CUDA_EMULATION_ORDER");
-    return v != nullptr && std::strcmp(v, "reverse") == 0;
-  }();
-  return reverse;
-}
-
 void RunBlock(BlockRun& run) {
   for (Fiber& f : run.fibers) {
     f.state = FiberState::kReady;
@@ -454,16 +448,10 @@ void WarpCollective(unsigned mask, int line, void (*resolve)(void* const*, unsig
   WaitWarpOp(op);
 }
 
-void RunGrid(const LaunchConfig& config, const std::function<void()>& thread_body) {
-  const cudaError_t error = ValidateLaunch(config);
-  if (error != cudaSuccess) {
-    SetLaunchError(error);
-    return;
-  }
-  if (ShouldFail(FaultPoint::kLaunch)) {
-    SetLaunchError(cudaErrorLaunchOutOfResources);
-    return;
-  }
+namespace {
+
+// Every block of the grid, one after another, on the host thread that runs the stream's work.
+void RunGridNow(const LaunchConfig& config, const std::function<void()>& thread_body) {
   if (g_run != nullptr) Fail("a kernel launched another kernel (not emulated)");
   const int threads = static_cast<int>(config.block.x * config.block.y * config.block.z);
   BlockRun run;
@@ -498,6 +486,21 @@ void RunGrid(const LaunchConfig& config, const std::function<void()>& thread_bod
   }
   g_run = nullptr;
   std::free(shared_ptr);
+}
+
+}  // namespace
+
+void EnqueueGrid(const LaunchConfig& config, std::function<void()> thread_body) {
+  const cudaError_t error = ValidateLaunch(config);
+  if (error != cudaSuccess) {
+    SetLaunchError(error);
+    return;
+  }
+  if (ShouldFail(FaultPoint::kLaunch)) {
+    SetLaunchError(cudaErrorLaunchOutOfResources);
+    return;
+  }
+  Enqueue(config.stream, [config, body = std::move(thread_body)] { RunGridNow(config, body); });
 }
 
 }  // namespace scanserve_emu

@@ -11,6 +11,7 @@
 
 #include "cublas_v2.h"
 #include "scanserve_emu/faults.h"
+#include "streams.h"
 
 struct cublasContext {
   cudaStream_t stream = nullptr;
@@ -113,36 +114,39 @@ cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa,
   }
   CheckOperand("C", C, Ctype, m, n, ldc);
   float* c = static_cast<float*>(C);
-
-  // op(A) row i and op(B) column j as contiguous fp32 vectors, then 8 partial sums per dot.
-  std::vector<float> rows_a(static_cast<size_t>(m) * k), cols_b(static_cast<size_t>(n) * k);
-  for (int i = 0; i < m; ++i) {
-    for (int p = 0; p < k; ++p) {
-      rows_a[static_cast<size_t>(i) * k + p] =
-          Element(A, Atype, ta ? int64_t{i} * lda + p : int64_t{p} * lda + i);
-    }
-  }
-  for (int j = 0; j < n; ++j) {
-    for (int p = 0; p < k; ++p) {
-      cols_b[static_cast<size_t>(j) * k + p] =
-          Element(B, Btype, tb ? int64_t{p} * ldb + j : int64_t{j} * ldb + p);
-    }
-  }
-  for (int j = 0; j < n; ++j) {
-    const float* y = cols_b.data() + static_cast<size_t>(j) * k;
+  // Queued on the handle's stream, as cuBLAS enqueues its kernels; alpha and beta are host
+  // values (CUBLAS_POINTER_MODE_HOST), read now.
+  scanserve_emu::Enqueue(handle->stream, [=] {
+    // op(A) row i and op(B) column j as contiguous fp32 vectors, then 8 partial sums per dot.
+    std::vector<float> rows_a(static_cast<size_t>(m) * k), cols_b(static_cast<size_t>(n) * k);
     for (int i = 0; i < m; ++i) {
-      const float* x = rows_a.data() + static_cast<size_t>(i) * k;
-      float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      int p = 0;
-      for (; p + 8 <= k; p += 8) {
-        for (int u = 0; u < 8; ++u) part[u] += x[p + u] * y[p + u];
+      for (int p = 0; p < k; ++p) {
+        rows_a[static_cast<size_t>(i) * k + p] =
+            Element(A, Atype, ta ? int64_t{i} * lda + p : int64_t{p} * lda + i);
       }
-      float dot = 0.0f;
-      for (; p < k; ++p) dot += x[p] * y[p];
-      for (float v : part) dot += v;
-      float& out = c[static_cast<size_t>(j) * ldc + i];
-      out = b == 0.0f ? a * dot : a * dot + b * out;  // beta == 0: C is not read
     }
-  }
+    for (int j = 0; j < n; ++j) {
+      for (int p = 0; p < k; ++p) {
+        cols_b[static_cast<size_t>(j) * k + p] =
+            Element(B, Btype, tb ? int64_t{p} * ldb + j : int64_t{j} * ldb + p);
+      }
+    }
+    for (int j = 0; j < n; ++j) {
+      const float* y = cols_b.data() + static_cast<size_t>(j) * k;
+      for (int i = 0; i < m; ++i) {
+        const float* x = rows_a.data() + static_cast<size_t>(i) * k;
+        float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        int p = 0;
+        for (; p + 8 <= k; p += 8) {
+          for (int u = 0; u < 8; ++u) part[u] += x[p + u] * y[p + u];
+        }
+        float dot = 0.0f;
+        for (; p < k; ++p) dot += x[p] * y[p];
+        for (float v : part) dot += v;
+        float& out = c[static_cast<size_t>(j) * ldc + i];
+        out = b == 0.0f ? a * dot : a * dot + b * out;  // beta == 0: C is not read
+      }
+    }
+  });
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -11,19 +11,14 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <set>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "cuda_runtime_api.h"
 #include "scanserve_emu/faults.h"
 #include "scanserve_emu/launch.h"
-
-struct CUstream_st {
-  unsigned flags = 0;
-};
-struct CUevent_st {
-  unsigned flags = 0;
-};
+#include "streams.h"
 
 namespace scanserve_emu {
 namespace {
@@ -52,9 +47,7 @@ struct State {
   std::mutex mu;
   std::map<uintptr_t, size_t> allocations;  // base -> bytes
   size_t allocated = 0;
-  std::set<const void*> pinned;
-  std::set<const CUstream_st*> streams;
-  std::set<const CUevent_st*> events;
+  std::map<uintptr_t, size_t> pinned;  // cudaMallocHost: base -> bytes
   std::map<const void*, int> max_dynamic_shared;  // kernel -> bytes
 };
 State& GetState() {
@@ -98,9 +91,22 @@ void CheckSide(State& s, const void* ptr, size_t bytes, bool device, const char*
   }
 }
 
-cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, const char* call) {
+bool InPinned(State& s, const void* ptr, size_t bytes) {
+  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
+  auto it = s.pinned.upper_bound(p);
+  if (it == s.pinned.begin()) return false;
+  --it;
+  return p >= it->first && p + bytes <= it->first + it->second;
+}
+
+// A copy, checked and its fault drawn when issued, then queued on `stream`. As the runtime
+// documents for pageable host memory: a source is staged when the call is made (the caller may
+// reuse it at once), and a copy into it completes before the call returns. Pinned host memory is
+// read and written when the stream reaches the copy, so reusing it too early shows.
+cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream,
+                 const char* call) {
   State& s = GetState();
-  bool dst_device = false, src_device = false;
+  bool dst_device = false, src_device = false, src_pinned = false, dst_pinned = false;
   {
     std::lock_guard<std::mutex> lock(s.mu);
     switch (kind) {
@@ -124,6 +130,8 @@ cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
     }
     CheckSide(s, dst, bytes, dst_device, call, "destination");
     CheckSide(s, src, bytes, src_device, call, "source");
+    src_pinned = !src_device && InPinned(s, src, bytes);
+    dst_pinned = !dst_device && InPinned(s, dst, bytes);
   }
   if (dst_device || src_device) {
     const FaultPoint point = !src_device   ? FaultPoint::kCopyToDevice
@@ -131,16 +139,26 @@ cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
                                            : FaultPoint::kCopyOnDevice;
     if (ShouldFail(point)) return Record(cudaErrorLaunchFailure);
   }
-  if (bytes > 0) std::memmove(dst, src, bytes);
+  if (bytes == 0) return cudaSuccess;
+  if (!src_device && !src_pinned) {
+    auto staged = std::make_shared<std::vector<unsigned char>>(
+        static_cast<const unsigned char*>(src), static_cast<const unsigned char*>(src) + bytes);
+    if (!dst_device && !dst_pinned) {
+      EnqueueAndWait(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+    } else {
+      Enqueue(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
+    }
+    return cudaSuccess;
+  }
+  if (!dst_device && !dst_pinned) {
+    EnqueueAndWait(stream, [dst, src, bytes] { std::memmove(dst, src, bytes); });
+  } else {
+    Enqueue(stream, [dst, src, bytes] { std::memmove(dst, src, bytes); });
+  }
   return cudaSuccess;
 }
 
-bool StreamOk(cudaStream_t stream) {
-  if (stream == nullptr) return true;
-  State& s = GetState();
-  std::lock_guard<std::mutex> lock(s.mu);
-  return s.streams.count(stream) > 0;
-}
+bool StreamOk(cudaStream_t stream) { return StreamExists(stream); }
 
 }  // namespace
 
@@ -244,6 +262,7 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
   return Record(cudaErrorInvalidValue);
 }
 cudaError_t cudaDeviceSynchronize() {
+  scanserve_emu::SynchronizeDevice();
   return scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kSynchronize) ? Record(cudaErrorLaunchFailure)
                                                                             : cudaSuccess;
 }
@@ -279,6 +298,7 @@ cudaError_t cudaMalloc(void** ptr, size_t bytes) {
 }
 cudaError_t cudaFree(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
+  scanserve_emu::SynchronizeDevice();  // as the runtime's cudaFree does
   auto& s = GetState();
   {
     std::lock_guard<std::mutex> lock(s.mu);
@@ -295,26 +315,27 @@ cudaError_t cudaMallocHost(void** ptr, size_t bytes) {
   if (*ptr == nullptr) return Record(cudaErrorMemoryAllocation);
   auto& s = GetState();
   std::lock_guard<std::mutex> lock(s.mu);
-  s.pinned.insert(*ptr);
+  s.pinned[reinterpret_cast<uintptr_t>(*ptr)] = bytes;
   return cudaSuccess;
 }
 cudaError_t cudaFreeHost(void* ptr) {
   if (ptr == nullptr) return cudaSuccess;
+  scanserve_emu::SynchronizeDevice();  // as the runtime's cudaFreeHost does
   auto& s = GetState();
   {
     std::lock_guard<std::mutex> lock(s.mu);
-    if (s.pinned.erase(ptr) == 0) return Record(cudaErrorInvalidValue);
+    if (s.pinned.erase(reinterpret_cast<uintptr_t>(ptr)) == 0) return Record(cudaErrorInvalidValue);
   }
   std::free(ptr);
   return cudaSuccess;
 }
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
-  return scanserve_emu::Copy(dst, src, bytes, kind, "cudaMemcpy");
+  return scanserve_emu::Copy(dst, src, bytes, kind, nullptr, "cudaMemcpy");
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
   if (!scanserve_emu::StreamOk(stream)) return Record(cudaErrorInvalidValue);
-  return scanserve_emu::Copy(dst, src, bytes, kind, "cudaMemcpyAsync");
+  return scanserve_emu::Copy(dst, src, bytes, kind, stream, "cudaMemcpyAsync");
 }
 cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
   return cudaMemsetAsync(dst, value, bytes, nullptr);
@@ -327,7 +348,7 @@ cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t str
     scanserve_emu::CheckSide(s, dst, bytes, true, "cudaMemsetAsync", "destination");
   }
   if (scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kMemset)) return Record(cudaErrorLaunchFailure);
-  if (bytes > 0) std::memset(dst, value, bytes);
+  if (bytes > 0) scanserve_emu::Enqueue(stream, [dst, value, bytes] { std::memset(dst, value, bytes); });
   return cudaSuccess;
 }
 
@@ -335,58 +356,49 @@ cudaError_t cudaStreamCreate(cudaStream_t* stream) {
   return cudaStreamCreateWithFlags(stream, cudaStreamDefault);
 }
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags) {
-  *stream = new CUstream_st{flags};
-  auto& s = GetState();
-  std::lock_guard<std::mutex> lock(s.mu);
-  s.streams.insert(*stream);
+  *stream = scanserve_emu::CreateStream(flags);
   return cudaSuccess;
 }
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
-  auto& s = GetState();
-  {
-    std::lock_guard<std::mutex> lock(s.mu);
-    if (s.streams.erase(stream) == 0) return Record(cudaErrorInvalidValue);
-  }
-  delete stream;
+  if (stream == nullptr || !scanserve_emu::StreamExists(stream)) return Record(cudaErrorInvalidValue);
+  scanserve_emu::DestroyStream(stream);
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   if (!scanserve_emu::StreamOk(stream)) return Record(cudaErrorInvalidValue);
+  scanserve_emu::SynchronizeStream(stream);
   return scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kSynchronize) ? Record(cudaErrorLaunchFailure)
                                                                             : cudaSuccess;
+}
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
+  if (flags != 0 || !scanserve_emu::StreamOk(stream) || !scanserve_emu::EventExists(event)) {
+    return Record(cudaErrorInvalidValue);
+  }
+  scanserve_emu::WaitEvent(stream, event);
+  return cudaSuccess;
 }
 cudaError_t cudaEventCreate(cudaEvent_t* event) {
   return cudaEventCreateWithFlags(event, cudaEventDefault);
 }
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags) {
-  *event = new CUevent_st{flags};
-  auto& s = GetState();
-  std::lock_guard<std::mutex> lock(s.mu);
-  s.events.insert(*event);
+  *event = scanserve_emu::CreateEvent(flags);
   return cudaSuccess;
 }
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  auto& s = GetState();
-  {
-    std::lock_guard<std::mutex> lock(s.mu);
-    if (s.events.erase(event) == 0) return Record(cudaErrorInvalidValue);
-  }
-  delete event;
+  if (!scanserve_emu::EventExists(event)) return Record(cudaErrorInvalidValue);
+  scanserve_emu::DestroyEvent(event);
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  auto& s = GetState();
-  std::lock_guard<std::mutex> lock(s.mu);
-  if (s.events.count(event) == 0) return Record(cudaErrorInvalidValue);
-  if (stream != nullptr && s.streams.count(stream) == 0) return Record(cudaErrorInvalidValue);
+  if (!scanserve_emu::EventExists(event) || !scanserve_emu::StreamOk(stream)) {
+    return Record(cudaErrorInvalidValue);
+  }
+  scanserve_emu::RecordEvent(event, stream);
   return cudaSuccess;
 }
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
-  {
-    auto& s = GetState();
-    std::lock_guard<std::mutex> lock(s.mu);
-    if (s.events.count(event) == 0) return Record(cudaErrorInvalidValue);
-  }
+  if (!scanserve_emu::EventExists(event)) return Record(cudaErrorInvalidValue);
+  scanserve_emu::SynchronizeEvent(event);
   return scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kSynchronize) ? Record(cudaErrorLaunchFailure)
                                                                             : cudaSuccess;
 }

@@ -1,7 +1,8 @@
 // CUDA emulation (tests only): the runtime API subset scanserve uses, executed on the CPU.
 // Device memory is host heap memory the emulator tracks, so copies and cuBLAS calls are checked
-// against the allocations they name, and AddressSanitizer sees kernel overruns. Streams and events
-// exist but everything runs synchronously, in issue order. See tests/cuda_emulation/README.md.
+// against the allocations they name, and AddressSanitizer sees kernel overruns. Work queued on a
+// stream runs when the host synchronises on it, in an order the hardware could choose (streams.h).
+// See tests/cuda_emulation/README.md.
 #pragma once
 
 #include <cstddef>
@@ -93,6 +94,7 @@ cudaError_t cudaStreamCreate(cudaStream_t* stream);
 cudaError_t cudaStreamCreateWithFlags(cudaStream_t* stream, unsigned int flags);
 cudaError_t cudaStreamDestroy(cudaStream_t stream);
 cudaError_t cudaStreamSynchronize(cudaStream_t stream);
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags = 0);
 cudaError_t cudaEventCreate(cudaEvent_t* event);
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t* event, unsigned int flags);
 cudaError_t cudaEventDestroy(cudaEvent_t event);

@@ -61,7 +61,8 @@ struct CudaCompareOptions {
                         " query_precision=",
                         cuda.query_precision == CudaQueryPrecision::kBf16Split ? "bf16x2" : "bf16",
                         " slab_rows=", cuda.slab_rows, " fused=", cuda.fused_products,
-                        " max_product_bytes=", cuda.max_product_bytes);
+                        " max_product_bytes=", cuda.max_product_bytes,
+                        " upload_bytes=", cuda.upload_bytes);
   }
 };
 
@@ -195,6 +196,7 @@ TEST(CudaScorerTest, ManySlabsAndChunks) {
     o.data.max_regions = 40;
     o.cuda.slab_rows = 100;            // many slabs; items of up to 40 rows leave gaps
     o.cuda.max_product_bytes = 4096;   // a chunk is one or two items
+    o.cuda.upload_bytes = 1000;        // Add stages a few rows at a time, through both buffers
     CompareWithCpu(o);
   }
 }
@@ -458,6 +460,10 @@ TEST(CudaScorerTest, RejectsBadOptions) {
   SCANSERVE_SKIP_WITHOUT_CUDA();
   CudaScorerOptions o;
   o.slab_rows = 0;
+  EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  o = CudaScorerOptions{};
+  o.upload_bytes = 0;
   EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
             absl::StatusCode::kInvalidArgument);
   o = CudaScorerOptions{};

@@ -2,11 +2,13 @@
 // rewrite_launches.cmake into `::scanserve_emu::Launch("kernel", kernel, grid, block, shared,
 // stream)(args...)`. The launch is checked as the runtime would check it (block size, grid
 // limits, dynamic shared memory against the kernel's attribute); a bad one sets the error
-// cudaGetLastError returns and runs nothing. Otherwise every block runs before the call returns.
+// cudaGetLastError returns and runs nothing. Otherwise the grid is queued on its stream, with the
+// kernel's arguments copied, and runs when the host next synchronises on something needing it.
 #pragma once
 
 #include <cstddef>
 #include <functional>
+#include <memory>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -24,8 +26,9 @@ struct LaunchConfig {
   cudaStream_t stream;
 };
 
-// Runs `thread_body` as every thread of every block of the grid.
-void RunGrid(const LaunchConfig& config, const std::function<void()>& thread_body);
+// Validates the launch, then queues the grid on config.stream: `thread_body` runs as every thread
+// of every block.
+void EnqueueGrid(const LaunchConfig& config, std::function<void()> thread_body);
 
 template <typename... Params>
 class Launcher {
@@ -37,8 +40,10 @@ class Launcher {
   void operator()(Args&&... args) const {
     static_assert(sizeof...(Args) == sizeof...(Params), "kernel argument count");
     // Kernel parameters are copied at launch, as the runtime copies them to constant memory.
-    const std::tuple<std::decay_t<Params>...> params(std::forward<Args>(args)...);
-    RunGrid(config_, [&] { std::apply(kernel_, params); });
+    auto params =
+        std::make_shared<const std::tuple<std::decay_t<Params>...>>(std::forward<Args>(args)...);
+    void (*kernel)(Params...) = kernel_;
+    EnqueueGrid(config_, [kernel, params] { std::apply(kernel, *params); });
   }
 
  private:
