@@ -177,7 +177,7 @@ run_step "BENCH cuda 100k images, fp32 + bf16 + fp8, cuBLAS (two streams, one) a
   --product_mb=256,32 --queries=64 --reps=3 || true
 if [ "$BENCH_1M" = "1" ]; then
   run_step "BENCH cuda 1M images, bf16" 240 \
-    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --kernels=gemm,gemm-serial \
+    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --kernels=gemm,gemm-serial,fused \
     --product_mb=256,32 --queries=64 \
     --reps=3 || true
 fi

@@ -187,13 +187,16 @@ class PinnedBuffer {
 
 struct CudaScorer::Impl {
   // A slab: whole items in consecutive rows. Stored item i of the slab is items[i] (row_begin and
-  // gram_begin slab-relative), keys[i] its key; device metadata items_dev mirrors `items`.
+  // gram_begin slab-relative), keys[i] its key; device metadata items_dev mirrors `items`, and
+  // tiles_dev mirrors `tiles`, the fused pass's row tiles over them.
   struct Slab {
     DeviceBuffer features;  // capacity_rows x dim, fp32, bf16 or fp8 codes
     DeviceBuffer scales;    // capacity_rows floats, fp8 only: each row's power-of-two scale
     DeviceBuffer norms;     // capacity_rows floats
     DeviceBuffer grams;     // gram_used floats (grown on demand)
     DeviceBuffer items_dev;
+    DeviceBuffer tiles_dev;
+    std::vector<ck::RowTileDev> tiles;
     int64_t capacity_rows = 0;
     int64_t used_rows = 0;
     int64_t gram_used = 0;
@@ -284,13 +287,36 @@ struct CudaScorer::Impl {
     return m;
   }
 
+  // The item metadata and the row tiles to the device, after any change to the slab's items.
   absl::Status UploadItems(Slab& s) const {
     const size_t bytes = s.items.size() * sizeof(ck::ItemDev);
     if (bytes == 0) return absl::OkStatus();
+    // Row tiles: consecutive items while they span at most kFusedTileRows rows (or one item).
+    s.tiles.clear();
+    for (size_t i = 0; i < s.items.size(); ++i) {
+      const ck::ItemDev& it = s.items[i];
+      if (!s.tiles.empty() &&
+          it.row_begin + it.rows - s.tiles.back().row_begin <= ck::kFusedTileRows) {
+        s.tiles.back().rows = static_cast<int32_t>(it.row_begin + it.rows - s.tiles.back().row_begin);
+        ++s.tiles.back().num_items;
+        continue;
+      }
+      ck::RowTileDev t;
+      t.row_begin = it.row_begin;
+      t.rows = it.rows;
+      t.item_begin = static_cast<int32_t>(i);
+      t.num_items = 1;
+      s.tiles.push_back(t);
+    }
+    const size_t tile_bytes = s.tiles.size() * sizeof(ck::RowTileDev);
     SCANSERVE_RETURN_IF_ERROR(s.items_dev.Grow(bytes, 0, stream, "item metadata"));
+    SCANSERVE_RETURN_IF_ERROR(s.tiles_dev.Grow(tile_bytes, 0, stream, "row tiles"));
     SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.items_dev.get(), s.items.data(), bytes,
                                                    cudaMemcpyHostToDevice, stream),
                                    "upload item metadata");
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.tiles_dev.get(), s.tiles.data(), tile_bytes,
+                                                   cudaMemcpyHostToDevice, stream),
+                                   "upload row tiles");
     // The host vector may change before the copy runs: wait (metadata is small).
     SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "upload item metadata");
     return absl::OkStatus();
@@ -494,11 +520,33 @@ struct CudaScorer::Impl {
 
   // One scoring pass: scores (device, queries x num_items, ld num_items) for every query.
   absl::Status RunPass(absl::Span<const ItemView> queries) const;
-  // The GEMM path's chunk loop (or the fused pass's launches) of RunPass.
-  absl::Status ScoreChunks(ck::EpilogueParams p, ck::FusedParams f, bool fused,
-                           const ck::FusedPlan& fused_plan, int num_groups,
-                           const ck::EpiloguePlan& plan, const void* q_operand, int64_t ncols,
-                           int64_t chunk_rows, bool pipelined) const;
+  // A chunk of whole runs (items or row tiles) from runs[first]: at most chunk_rows rows, at
+  // least one run. Returns its end.
+  template <typename Run>
+  static size_t ChunkEnd(const std::vector<Run>& runs, size_t first, int64_t chunk_rows) {
+    const int64_t row0 = runs[first].row_begin;
+    size_t end = first + 1;
+    while (end < runs.size() && runs[end].row_begin + runs[end].rows - row0 <= chunk_rows) ++end;
+    return end;
+  }
+  // Slab rows [row0, row0 + rows) as the products' stored operand: in place, or fp8 rows widened
+  // to bf16 into `widened` (on `stream`).
+  absl::StatusOr<const void*> ChunkOperand(const Slab& s, int64_t row0, int64_t rows) const {
+    if (!fp8()) return static_cast<const void*>(s.features.as<char>() + row0 * dim * elem_bytes());
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        ck::Fp8RowsToBf16(s.features.as<uint8_t>() + row0 * dim, s.scales.as<float>() + row0, rows,
+                          dim, widened.as<uint16_t>(), stream),
+        "widen fp8 rows");
+    return static_cast<const void*>(widened.get());
+  }
+  // The GEMM path's chunk loop of RunPass.
+  absl::Status ScoreChunks(ck::EpilogueParams p, const ck::EpiloguePlan& plan,
+                           const void* q_operand, int64_t ncols, int64_t chunk_rows,
+                           bool pipelined) const;
+  // The fused pass's launches of RunPass: per slab, runs of whole row tiles (at most chunk_rows
+  // rows when fp8 rows are widened first).
+  absl::Status ScoreTiles(ck::EpilogueParams p, ck::FusedParams f, const ck::FusedPlan& plan,
+                          int num_groups, int64_t chunk_rows) const;
 };
 
 absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const {
@@ -544,13 +592,12 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
         ck::Grams(query_rows, d, q_items.as<ck::ItemDev>(), nq, q_grams.as<float>(), stream),
         "query Gram matrices");
   }
-  // The GEMM's query operand: fp32, or bf16 (hi rows, then lo rows when split; kFusedPadRows
-  // spare rows for the fused pass's padded tiles).
+  // The GEMM's query operand: fp32, or bf16 (hi rows, then lo rows when split).
   const void* q_operand = q_f32.get();
   int64_t ncols = q_rows;
   if (bf16_gemm) {
     ncols = split_queries ? 2 * q_rows : q_rows;
-    SCANSERVE_RETURN_IF_ERROR(q_b16.Reserve((ncols + ck::kFusedPadRows) * d * sizeof(uint16_t),
+    SCANSERVE_RETURN_IF_ERROR(q_b16.Reserve(ncols * d * sizeof(uint16_t),
                                             "bf16 queries"));
     uint16_t* hi = q_b16.as<uint16_t>();
     SCANSERVE_CUDA_RETURN_IF_ERROR(
@@ -564,10 +611,14 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   // The fused pass, when asked for and the shapes allow it: query groups of whole queries.
   std::vector<ck::QueryGroupDev> groups;
   ck::FusedPlan fused_plan;
-  bool fused = options.fused_products && bf16_gemm && d % 16 == 0 &&
-               max_q_rows <= ck::kFusedMaxGroupRows;
+  bool fused = false;
+  if (options.fused_products) {
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        ck::PlanFused(device, d, max_s_rows, max_q_rows, bf16_gemm, &fused_plan),
+        "plan the fused pass");
+    fused = fused_plan.eligible;
+  }
   if (fused) {
-    int32_t max_group_rows = 0;
     for (int j = 0; j < nq; ++j) {
       if (groups.empty() || groups.back().rows + q_meta[j].rows > ck::kFusedMaxGroupRows) {
         ck::QueryGroupDev g;
@@ -577,12 +628,7 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
       }
       groups.back().rows += q_meta[j].rows;
       groups.back().num_queries += 1;
-      max_group_rows = std::max(max_group_rows, groups.back().rows);
     }
-    SCANSERVE_CUDA_RETURN_IF_ERROR(ck::PlanFused(device, max_s_rows, max_q_rows, max_group_rows,
-                                                 split_queries, &fused_plan),
-                                   "plan the fused pass");
-    fused = fused_plan.eligible;
   }
   ++(fused ? passes.fused : passes.gemm);
   if (fused) {
@@ -594,8 +640,8 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
         "upload query groups");
   }
 
-  // Scores and per-chunk products (the fused pass has none: chunks are whole slabs, or what one
-  // fp8 widening holds).
+  // Scores and per-chunk products (the fused pass has none: chunks are whole slabs, or the row
+  // tiles one fp8 widening holds).
   SCANSERVE_RETURN_IF_ERROR(
       scores.Reserve(static_cast<size_t>(nq) * num_items * sizeof(float), "scores"));
   int64_t chunk_rows =
@@ -604,9 +650,11 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
                                                 static_cast<int64_t>(ncols * sizeof(float)));
   if (fp8()) {
     // Each chunk is widened to bf16 for the tensor cores, in a buffer of the same budget.
-    chunk_rows = std::min(chunk_rows,
-                          std::max<int64_t>(max_s_rows, options.max_product_bytes /
-                                                            static_cast<int64_t>(d * 2)));
+    // The fused pass widens whole row tiles (of at most kFusedTileRows rows when eligible).
+    const int64_t least = fused ? std::max<int64_t>(max_s_rows, ck::kFusedTileRows) : max_s_rows;
+    chunk_rows = std::min(
+        chunk_rows,
+        std::max<int64_t>(least, options.max_product_bytes / static_cast<int64_t>(d * 2)));
   }
   int64_t largest_slab = 0;
   for (const auto& s : slabs) largest_slab = std::max(largest_slab, s->used_rows);
@@ -623,7 +671,7 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   }
   if (fp8()) {
     SCANSERVE_RETURN_IF_ERROR(
-        widened.Reserve(static_cast<size_t>(product_rows + ck::kFusedPadRows) * d *
+        widened.Reserve(static_cast<size_t>(product_rows) * d *
                             sizeof(uint16_t),
                         "fp8 rows widened to bf16"));
   }
@@ -660,19 +708,47 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   f.dim = d;
   f.split = split_queries;
   f.groups = q_groups.as<ck::QueryGroupDev>();
-  f.max_rows_p = fused_plan.max_rows_p;
-  f.max_cols_p = fused_plan.max_cols_p;
+  if (fused) {
+    return ScoreTiles(p, f, fused_plan, static_cast<int>(groups.size()), chunk_rows);
+  }
 
-  SCANSERVE_RETURN_IF_ERROR(ScoreChunks(p, f, fused, fused_plan, static_cast<int>(groups.size()),
-                                        plan, q_operand, ncols, chunk_rows, pipelined));
+  return ScoreChunks(p, plan, q_operand, ncols, chunk_rows, pipelined);
+}
+
+absl::Status CudaScorer::Impl::ScoreTiles(ck::EpilogueParams p, ck::FusedParams f,
+                                          const ck::FusedPlan& plan, int num_groups,
+                                          int64_t chunk_rows) const {
+  int64_t col = 0;
+  for (const auto& sp : slabs) {
+    const Slab& s = *sp;
+    p.items = s.items_dev.as<ck::ItemDev>();
+    p.item_begin = 0;
+    p.col0 = col;
+    p.stored_norms = s.norms.as<float>();
+    p.stored_grams = stored_is_context ? s.grams.as<float>() : nullptr;
+    size_t t0 = 0;
+    while (t0 < s.tiles.size()) {
+      const size_t t1 = ChunkEnd(s.tiles, t0, chunk_rows);
+      const int64_t row0 = s.tiles[t0].row_begin;
+      const absl::StatusOr<const void*> stored_operand =
+          ChunkOperand(s, row0, s.tiles[t1 - 1].row_begin + s.tiles[t1 - 1].rows - row0);
+      if (!stored_operand.ok()) return stored_operand.status();
+      p.chunk_row0 = row0;
+      f.stored = static_cast<const __nv_bfloat16*>(*stored_operand);
+      f.tiles = s.tiles_dev.as<ck::RowTileDev>() + t0;
+      SCANSERVE_CUDA_RETURN_IF_ERROR(
+          ck::FusedScore(p, f, plan, num_groups, static_cast<int>(t1 - t0), stream),
+          "fused products and epilogue");
+      t0 = t1;
+    }
+    col += static_cast<int64_t>(s.items.size());
+  }
   return absl::OkStatus();
 }
 
-absl::Status CudaScorer::Impl::ScoreChunks(ck::EpilogueParams p, ck::FusedParams f, bool fused,
-                                           const ck::FusedPlan& fused_plan, int num_groups,
-                                           const ck::EpiloguePlan& plan, const void* q_operand,
-                                           int64_t ncols, int64_t chunk_rows,
-                                           bool pipelined) const {
+absl::Status CudaScorer::Impl::ScoreChunks(ck::EpilogueParams p, const ck::EpiloguePlan& plan,
+                                           const void* q_operand, int64_t ncols,
+                                           int64_t chunk_rows, bool pipelined) const {
   const int64_t d = dim;
   const float one = 1.0f, zero = 0.0f;
   const cudaDataType_t type = bf16_gemm ? CUDA_R_16BF : CUDA_R_32F;
@@ -717,23 +793,12 @@ absl::Status CudaScorer::Impl::ScoreChunks(ck::EpilogueParams p, ck::FusedParams
       const Slab& s = *sp;
       size_t i0 = 0;
       while (i0 < s.items.size()) {
-        // Whole items, at most chunk_rows rows (at least one item).
-        size_t i1 = i0 + 1;
+        const size_t i1 = ChunkEnd(s.items, i0, chunk_rows);
         const int64_t row0 = s.items[i0].row_begin;
-        while (i1 < s.items.size() &&
-               s.items[i1].row_begin + s.items[i1].rows - row0 <= chunk_rows) {
-          ++i1;
-        }
         const int64_t rows = s.items[i1 - 1].row_begin + s.items[i1 - 1].rows - row0;
-        const void* stored_operand = s.features.as<char>() + row0 * d * elem_bytes();
-        if (fp8()) {
-          // On `stream`, after the previous chunk's GEMM has read the buffer.
-          SCANSERVE_CUDA_RETURN_IF_ERROR(
-              ck::Fp8RowsToBf16(s.features.as<uint8_t>() + row0 * d, s.scales.as<float>() + row0,
-                                rows, d, widened.as<uint16_t>(), stream),
-              "widen fp8 rows");
-          stored_operand = widened.get();
-        }
+        // fp8: widened on `stream`, after the previous chunk's GEMM has read the buffer.
+        const absl::StatusOr<const void*> stored_operand = ChunkOperand(s, row0, rows);
+        if (!stored_operand.ok()) return stored_operand.status();
         p.chunk_row0 = row0;
         p.items = s.items_dev.as<ck::ItemDev>();
         p.item_begin = static_cast<int>(i0);
@@ -741,13 +806,7 @@ absl::Status CudaScorer::Impl::ScoreChunks(ck::EpilogueParams p, ck::FusedParams
         p.stored_norms = s.norms.as<float>();
         p.stored_grams = stored_is_context ? s.grams.as<float>() : nullptr;
         p.col0 = col + static_cast<int64_t>(i0);
-        if (fused) {
-          f.stored = static_cast<const __nv_bfloat16*>(stored_operand);
-          SCANSERVE_CUDA_RETURN_IF_ERROR(ck::FusedScore(p, f, fused_plan, num_groups, stream),
-                                         "fused products and epilogue");
-        } else {
-          SCANSERVE_RETURN_IF_ERROR(score_chunk(stored_operand, rows));
-        }
+        SCANSERVE_RETURN_IF_ERROR(score_chunk(*stored_operand, rows));
         i0 = i1;
       }
       col += static_cast<int64_t>(s.items.size());
@@ -909,7 +968,8 @@ int64_t CudaScorer::memory_bytes() const {
   for (const auto& s : impl_->slabs) {
     bytes += s->used_rows * static_cast<int64_t>(impl_->row_bytes()) +
              s->gram_used * static_cast<int64_t>(sizeof(float)) +
-             static_cast<int64_t>(s->items.size() * sizeof(ck::ItemDev));
+             static_cast<int64_t>(s->items.size() * sizeof(ck::ItemDev) +
+                                  s->tiles.size() * sizeof(ck::RowTileDev));
   }
   return bytes;
 }
@@ -930,7 +990,8 @@ int64_t CudaScorer::MemoryCapacityBytes() const {
   if (!device.has_value()) return -1;
   int64_t allocated = 0;
   for (const auto& s : m.slabs) {
-    for (const DeviceBuffer* b : {&s->features, &s->scales, &s->norms, &s->grams, &s->items_dev}) {
+    for (const DeviceBuffer* b :
+         {&s->features, &s->scales, &s->norms, &s->grams, &s->items_dev, &s->tiles_dev}) {
       allocated += static_cast<int64_t>(b->bytes());
     }
   }
@@ -996,9 +1057,8 @@ absl::Status CudaScorer::AddImpl(absl::Span<const int64_t> keys, absl::Span<cons
       if (s == nullptr || s->used_rows + rows > s->capacity_rows) {
         auto fresh = std::make_unique<Impl::Slab>();
         fresh->capacity_rows = std::max(m.options.slab_rows, rows);
-        // kFusedPadRows spare rows: the fused pass reads whole 16-row tiles.
         SCANSERVE_RETURN_IF_ERROR(fresh->features.Reserve(
-            static_cast<size_t>(fresh->capacity_rows + ck::kFusedPadRows) * d * m.elem_bytes(),
+            static_cast<size_t>(fresh->capacity_rows) * d * m.elem_bytes(),
             "stored features"));
         SCANSERVE_RETURN_IF_ERROR(fresh->norms.Reserve(
             static_cast<size_t>(fresh->capacity_rows) * sizeof(float), "stored row norms"));

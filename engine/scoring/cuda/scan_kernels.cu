@@ -33,7 +33,7 @@ constexpr int kMaxGridY = 65535;  // gridDim.y and gridDim.z limit
 // Block sizes, also given to __launch_bounds__ so that nvcc keeps each kernel's registers within
 // what such a block may use (a kernel over the limit fails at launch, not at build).
 constexpr int kEpilogueMaxWarps = 8;
-constexpr int kFusedWarps = 4;
+constexpr int kFusedWarps = 8;
 constexpr int kTopKThreads = 1024;
 
 __device__ __forceinline__ uint16_t ToBf16(float f) {
@@ -364,55 +364,136 @@ __global__ void __launch_bounds__(kEpilogueMaxWarps * kWarp)
 // The fused pass: products on the tensor cores straight into shared memory, then the epilogue
 // from there; no product matrix in device memory.
 //
-// Block (x = query group, y = chunk item): the item's rows (padded to 16) against the group's
-// stacked query rows (hi, and lo when split; padded to 16), as 16x16x16 bf16 WMMA tiles with fp32
-// accumulation, k over the embedding (dim % 16 == 0). Fragments load straight from global memory:
-// an item is ~72 KB of bf16, so the blocks of one item's query groups (consecutive x) find it in
-// L2 and the store is read from HBM about once per pass. Padding rows are read but never used
-// (slabs and query buffers carry kFusedPadRows spare rows).
+// Block (x = query group, y = row tile): a 128 x 128 GEMM tile, the tile's stored rows against
+// the group's stacked query rows, k over the embedding in steps of kFusedTileK. Each step, the
+// threads copy the step's slice of both operands (and of the lo rows when the queries are split)
+// into shared memory as 16-byte vectors, zeros past the tile's or the group's rows, and load the
+// next slice into registers while the warps multiply this one. Split queries accumulate A·hi and
+// A·lo into the same fp32 fragments. The groups of one tile are consecutive blocks, so a tile is
+// read from HBM about once per pass and from L2 by its other groups; a block reuses each staged
+// stored row against 128 (or 256, split) query rows.
+// Then the product tile (fp32, kFusedProductLd floats per row) overwrites the staging, and the
+// block's epilogue warps score the tile's (item, query) pairs from it.
 
-__global__ void __launch_bounds__(kFusedWarps * kWarp)
-    FusedScoreKernel(EpilogueParams p, FusedParams f, int64_t warp_floats) {
+constexpr int kFusedStageLd = kFusedTileK + 8;  // bf16 per staged row: 16-byte rows, banks spread
+constexpr int kFusedProductLd = kFusedMaxGroupRows + 4;
+constexpr int kFusedVecsPerRow = kFusedTileK / 8;  // 16-byte vectors of 8 bf16
+constexpr int kFusedOperandVecs = kFusedTileRows * kFusedVecsPerRow;
+constexpr int kFusedThreads = kFusedWarps * kWarp;
+constexpr int kFusedVecsPerThread = 3 * kFusedOperandVecs / kFusedThreads;  // stored, hi, lo
+constexpr size_t kFusedProductBytes = size_t{kFusedTileRows} * kFusedProductLd * sizeof(float);
+constexpr size_t kFusedStageBytes = size_t{3} * kFusedTileRows * kFusedStageLd * 2;
+static_assert(kFusedMaxGroupRows == kFusedTileRows, "the staging treats both operands alike");
+static_assert(kFusedWarps == 8, "the warps tile the 128 x 128 block as 4 x 2 of 32 x 64");
+static_assert(kFusedOperandVecs % kFusedThreads == 0, "whole operands per register slot");
+static_assert(kFusedStageBytes <= kFusedProductBytes, "the product tile reuses the staging");
+
+struct alignas(16) Vec16 {
+  uint32_t w[4];
+};
+// Register slot n of a thread in the staging copy: whole operands per slot (the threads divide an
+// operand's vectors), so `which` (0 stored, 1 hi, 2 lo) is a constant once n is unrolled.
+struct StageSlot {
+  int which, row, vec;
+};
+__device__ __forceinline__ StageSlot StageSlotOf(int n) {
+  const int v = n * kFusedThreads % kFusedOperandVecs + static_cast<int>(threadIdx.x);
+  return StageSlot{n * kFusedThreads / kFusedOperandVecs, v / kFusedVecsPerRow,
+                   v % kFusedVecsPerRow};
+}
+
+__global__ void __launch_bounds__(kFusedThreads)
+    FusedScoreKernel(EpilogueParams p, FusedParams f, int epilogue_warps, int64_t warp_floats) {
   extern __shared__ __align__(128) float fused_shared[];
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
-  const int warps = blockDim.x / kWarp;
   const QueryGroupDev g = f.groups[blockIdx.x];
-  const int i = f.item_offset + static_cast<int>(blockIdx.y);  // item within the chunk
-  const ItemDev it = p.items[p.item_begin + i];
-  const int rows_p = (it.rows + 15) / 16 * 16;
-  const int cols_p = (g.rows + 15) / 16 * 16;
-  const int64_t part = int64_t{rows_p} * cols_p;  // floats of the hi (and of the lo) product
-  float* product = fused_shared;
-  float* scratch = fused_shared + (f.split ? 2 : 1) * int64_t{f.max_rows_p} * f.max_cols_p;
+  const RowTileDev tile = f.tiles[blockIdx.y];
+  auto* stage = reinterpret_cast<__nv_bfloat16*>(fused_shared);  // stored, hi, lo slices
+  float* product = fused_shared;  // after the k loop
+  float* scratch = fused_shared + kFusedProductBytes / sizeof(float);
+  const __nv_bfloat16* stored = f.stored + (tile.row_begin - p.chunk_row0) * f.dim;
+  const __nv_bfloat16* hi = f.queries + g.row_begin * f.dim;
+  const __nv_bfloat16* lo = f.queries + (f.lo_row_offset + g.row_begin) * f.dim;
+  const int operands = f.split ? 3 : 2;
+
+  Vec16 next[kFusedVecsPerThread];
+  auto fetch = [&](int64_t k0) {
+#pragma unroll
+    for (int n = 0; n < kFusedVecsPerThread; ++n) {
+      const StageSlot t = StageSlotOf(n);
+      Vec16 x = {{0u, 0u, 0u, 0u}};
+      if (t.which < operands && t.row < (t.which == 0 ? tile.rows : g.rows)) {
+        const __nv_bfloat16* base = t.which == 0 ? stored : (t.which == 1 ? hi : lo);
+        x = *reinterpret_cast<const Vec16*>(base + int64_t{t.row} * f.dim + k0 + t.vec * 8);
+      }
+      next[n] = x;
+    }
+  };
+  auto stage_next = [&]() {
+#pragma unroll
+    for (int n = 0; n < kFusedVecsPerThread; ++n) {
+      const StageSlot t = StageSlotOf(n);
+      *reinterpret_cast<Vec16*>(stage + (t.which * kFusedTileRows + t.row) * kFusedStageLd +
+                                t.vec * 8) = next[n];
+    }
+  };
 
   using namespace nvcuda;
-  const __nv_bfloat16* a_base = f.stored + (it.row_begin - p.chunk_row0) * f.dim;
-  const int col_tiles = cols_p / 16;
-  const int tiles = (rows_p / 16) * col_tiles * (f.split ? 2 : 1);
-  for (int t = warp; t < tiles; t += warps) {
-    const int half = t / ((rows_p / 16) * col_tiles);  // 0: hi, 1: lo
-    const int rest = t - half * (rows_p / 16) * col_tiles;
-    const int rt = rest / col_tiles, ct = rest % col_tiles;
-    const __nv_bfloat16* a = a_base + int64_t{rt} * 16 * f.dim;
-    const __nv_bfloat16* b =
-        f.queries + (half * f.lo_row_offset + g.row_begin + int64_t{ct} * 16) * f.dim;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-    wmma::fill_fragment(acc, 0.0f);
-    for (int64_t k = 0; k < f.dim; k += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
-      wmma::load_matrix_sync(fa, a + k, static_cast<unsigned>(f.dim));
-      wmma::load_matrix_sync(fb, b + k, static_cast<unsigned>(f.dim));
-      wmma::mma_sync(acc, fa, fb, acc);
+  const int row0 = (warp / 2) * 32, col0 = (warp % 2) * 64;
+  const int rows_p = (tile.rows + 15) / 16 * 16, cols_p = (g.rows + 15) / 16 * 16;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  }
+  fetch(0);
+  for (int64_t k0 = 0; k0 < f.dim; k0 += kFusedTileK) {
+    __syncthreads();  // the previous slice has been read
+    stage_next();
+    __syncthreads();
+    if (k0 + kFusedTileK < f.dim) fetch(k0 + kFusedTileK);
+    for (int kk = 0; kk < kFusedTileK; kk += 16) {
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        if (row0 + 16 * i >= rows_p) continue;  // warp-uniform: rows past the tile
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+        wmma::load_matrix_sync(fa, stage + (row0 + 16 * i) * kFusedStageLd + kk, kFusedStageLd);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (col0 + 16 * j >= cols_p) continue;
+          for (int part = 1; part < operands; ++part) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
+            wmma::load_matrix_sync(
+                fb, stage + (part * kFusedTileRows + col0 + 16 * j) * kFusedStageLd + kk,
+                kFusedStageLd);
+            wmma::mma_sync(acc[i][j], fa, fb, acc[i][j]);
+          }
+        }
+      }
     }
-    wmma::store_matrix_sync(product + half * part + int64_t{rt} * 16 * cols_p + ct * 16, acc,
-                            static_cast<unsigned>(cols_p), wmma::mem_row_major);
+  }
+  __syncthreads();  // the staging is overwritten by the products
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (row0 + 16 * i >= rows_p || col0 + 16 * j >= cols_p) continue;
+      wmma::store_matrix_sync(product + (row0 + 16 * i) * kFusedProductLd + col0 + 16 * j,
+                              acc[i][j], kFusedProductLd, wmma::mem_row_major);
+    }
   }
   __syncthreads();
-  for (int j = g.first_query + warp; j < g.first_query + g.num_queries; j += warps) {
-    const float* prod = product + (p.queries[j].row_begin - g.row_begin);
-    ScorePair(p, i, j, prod, cols_p, f.split ? part : 0, scratch + warp * warp_floats, lane);
+  if (warp >= epilogue_warps) return;
+  const int pairs = tile.num_items * g.num_queries;
+  for (int pair = warp; pair < pairs; pair += epilogue_warps) {
+    const int i = tile.item_begin + pair / g.num_queries;  // slab item (p.item_begin is 0)
+    const int j = g.first_query + pair % g.num_queries;
+    const float* prod = product +
+                        (p.items[p.item_begin + i].row_begin - tile.row_begin) * kFusedProductLd +
+                        (p.queries[j].row_begin - g.row_begin);
+    ScorePair(p, i, j, prod, kFusedProductLd, 0, scratch + warp * warp_floats, lane);
   }
 }
 
@@ -571,24 +652,25 @@ cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, flo
   return cudaGetLastError();
 }
 
-cudaError_t PlanFused(int device, int max_stored_rows, int max_query_rows, int max_group_rows,
-                      bool split, FusedPlan* plan) {
+cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
+                      bool bf16_operands, FusedPlan* plan) {
+  *plan = FusedPlan{};
+  if (!bf16_operands || dim % kFusedTileK != 0 || max_stored_rows > kFusedTileRows ||
+      max_query_rows > kFusedMaxGroupRows) {
+    return cudaSuccess;  // not eligible
+  }
   int optin = 0;
   cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return err;
-  plan->eligible = false;
-  const int64_t rows_p = (std::max(max_stored_rows, 1) + 15) / 16 * 16;
-  const int64_t cols_p = (std::max(max_group_rows, 1) + 15) / 16 * 16;
-  // The epilogue's per-warp scratch, as in PlanEpilogue.
-  const int64_t nc = std::max(1, std::max(max_stored_rows, max_query_rows));
-  const int64_t ldm = std::max(1, std::max(max_stored_rows, max_query_rows)) | 1;
-  plan->warp_floats = nc * ldm + 2 * nc + nc * kWarp;
-  plan->warps_per_block = kFusedWarps;
-  plan->max_rows_p = static_cast<int>(rows_p);
-  plan->max_cols_p = static_cast<int>(cols_p);
-  const int64_t floats = (split ? 2 : 1) * rows_p * cols_p + plan->warps_per_block * plan->warp_floats;
-  plan->shared_bytes = static_cast<size_t>(floats * sizeof(float));
-  if (plan->shared_bytes > static_cast<size_t>(optin)) return cudaSuccess;  // not eligible
+  // The epilogue's per-warp scratch, as in PlanEpilogue, for as many warps as fit beside the
+  // product tile.
+  const int64_t n = std::max(1, std::max(max_stored_rows, max_query_rows));
+  plan->warp_floats = n * (n | 1) + 2 * n + n * kWarp;
+  const int64_t warp_bytes = plan->warp_floats * static_cast<int64_t>(sizeof(float));
+  plan->epilogue_warps = static_cast<int>(std::min<int64_t>(
+      kFusedWarps, (optin - static_cast<int64_t>(kFusedProductBytes)) / warp_bytes));
+  if (plan->epilogue_warps < 1) return cudaSuccess;  // not eligible
+  plan->shared_bytes = kFusedProductBytes + static_cast<size_t>(plan->epilogue_warps * warp_bytes);
   // The same ceiling for every plan (see PlanEpilogue).
   err = cudaFuncSetAttribute(FusedScoreKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
   if (err != cudaSuccess) return err;
@@ -597,14 +679,14 @@ cudaError_t PlanFused(int device, int max_stored_rows, int max_query_rows, int m
 }
 
 cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
-                       const FusedPlan& plan, int num_groups, cudaStream_t stream) {
-  for (int first = 0; first < params.num_items; first += kMaxGridY) {
+                       const FusedPlan& plan, int num_groups, int num_tiles, cudaStream_t stream) {
+  for (int first = 0; first < num_tiles; first += kMaxGridY) {
     FusedParams f = fused;
-    f.item_offset = first;
-    const int items = std::min(kMaxGridY, params.num_items - first);
-    FusedScoreKernel<<<dim3(static_cast<unsigned>(num_groups), static_cast<unsigned>(items)),
-                       plan.warps_per_block * kWarp, plan.shared_bytes, stream>>>(
-        params, f, plan.warp_floats);
+    f.tiles = fused.tiles + first;
+    const int tiles = std::min(kMaxGridY, num_tiles - first);
+    FusedScoreKernel<<<dim3(static_cast<unsigned>(num_groups), static_cast<unsigned>(tiles)),
+                       kFusedThreads, plan.shared_bytes, stream>>>(params, f, plan.epilogue_warps,
+                                                                  plan.warp_floats);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }

@@ -102,12 +102,24 @@ cudaError_t PlanEpilogue(int device, int max_context, int max_attending, Epilogu
 cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, float* global_scratch,
                      cudaStream_t stream);
 
-// The fused pass (CudaScorerOptions::fused_products): per (query group, stored item) block, the
-// products on the tensor cores (bf16 WMMA, fp32 accumulation) into shared memory, then the same
-// epilogue as Epilogue, reading them there. Needs bf16 operands, dim % 16 == 0, and
-// kFusedPadRows readable rows past the end of the stored rows and of the query rows.
-constexpr int kFusedPadRows = 16;
-constexpr int kFusedMaxGroupRows = 128;  // stacked query rows per group (hi part)
+// The fused pass (CudaScorerOptions::fused_products): a block per (query group, row tile), a
+// tiled GEMM on the tensor cores (bf16 WMMA, fp32 accumulation; both operands staged in shared
+// memory, k in steps of kFusedTileK) whose product tile stays in shared memory, then the same
+// per-pair epilogue as Epilogue, reading it there. Needs bf16 operands, dim % kFusedTileK == 0,
+// stored items and queries of at most kFusedTileRows rows, and the epilogue's scratch for at least
+// one warp beside the product tile.
+constexpr int kFusedTileRows = 128;      // stored rows per row tile (whole items)
+constexpr int kFusedMaxGroupRows = 128;  // stacked query rows per group (hi part; whole queries)
+constexpr int kFusedTileK = 32;
+// A row tile: consecutive whole items of one slab, at most kFusedTileRows rows in all (or one
+// item). Cached per slab beside its item metadata.
+struct RowTileDev {
+  int64_t row_begin = 0;  // slab row of its first item
+  int32_t rows = 0;       // up to the end of its last item
+  int32_t item_begin = 0;  // slab index of its first item
+  int32_t num_items = 0;
+  int32_t pad = 0;
+};
 struct QueryGroupDev {
   int64_t row_begin = 0;  // first stacked query row of the group
   int32_t rows = 0;       // its rows (whole queries), <= kFusedMaxGroupRows
@@ -122,21 +134,20 @@ struct FusedParams {
   int64_t dim = 0;
   bool split = false;
   const QueryGroupDev* groups = nullptr;
-  int max_rows_p = 0, max_cols_p = 0;      // shared-memory product extents (from the plan)
-  int item_offset = 0;                     // set by FusedScore per launch
+  const RowTileDev* tiles = nullptr;       // the chunk's row tiles
 };
 struct FusedPlan {
-  bool eligible = false;  // false: too much shared memory; use the GEMM + Epilogue path
-  int warps_per_block = 0;
-  int max_rows_p = 0, max_cols_p = 0;
+  bool eligible = false;  // false: shapes or shared memory rule it out; use GEMM + Epilogue
+  int epilogue_warps = 0;  // warps with epilogue scratch (of the block's kFusedWarps)
   int64_t warp_floats = 0;
   size_t shared_bytes = 0;
 };
-cudaError_t PlanFused(int device, int max_stored_rows, int max_query_rows, int max_group_rows,
-                      bool split, FusedPlan* plan);
-// params as for Epilogue (product, ld_product, lo_offset unused); one launch per 65535 items.
+cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
+                      bool bf16_operands, FusedPlan* plan);
+// params as for Epilogue, with item_begin 0 and col0 the slab's first column (product,
+// ld_product, lo_offset and num_items unused); one launch per 65535 tiles.
 cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
-                       const FusedPlan& plan, int num_groups, cudaStream_t stream);
+                       const FusedPlan& plan, int num_groups, int num_tiles, cudaStream_t stream);
 
 // Device top-k (k <= kTopKTile / 8): best first, ties to the smaller key, NaN below every number.
 struct TopKCand {

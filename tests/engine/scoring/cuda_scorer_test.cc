@@ -282,8 +282,7 @@ TEST(CudaScorerTest, Bf16AgainstFp32OracleTop10) {
 }
 
 // The fused pass (tensor-core products in shared memory) against the CPU on the same storage,
-// every mode, several query groups; shapes kept within its shared-memory budget, and the pass
-// counters prove it ran.
+// every mode, several query groups and row tiles; the pass counters prove it ran.
 TEST(CudaScorerTest, FusedProductsMatchCpu) {
   SCANSERVE_SKIP_WITHOUT_CUDA();
   for (StorageType storage : {StorageType::kBFloat16, StorageType::kFp8E4M3}) {
@@ -306,23 +305,57 @@ TEST(CudaScorerTest, FusedProductsMatchCpu) {
       }
     }
   }
-  // The counters: a fused scorer runs fused passes; dim % 16 != 0 falls back to the GEMM path.
-  for (int64_t dim : {64, 24}) {
+  // Unsplit queries; several slabs; fp8 widened a few tiles at a time (chunks of whole tiles).
+  for (StorageType storage : {StorageType::kBFloat16, StorageType::kFp8E4M3}) {
     CudaCompareOptions o;
-    o.data.storage = StorageType::kBFloat16;
-    o.data.dim = dim;
-    o.data.max_regions = 40;
-    o.data.max_words = 30;
+    o.data.storage = storage;
+    o.data.num_stored = 60;
+    o.data.num_queries = 5;
+    o.data.max_regions = 60;
+    o.data.dim = 96;
+    o.cpu_storage = storage;
+    o.cuda.fused_products = true;
+    o.cuda.query_precision = CudaQueryPrecision::kBf16;
+    o.cuda.slab_rows = 700;
+    o.cuda.max_product_bytes = 40 * 1024;  // fp8: 213 widened rows, one or two tiles
+    o.expect_fused = true;
+    o.max_rel_err = kCudaBf16MaxRelErr;
+    CompareWithCpu(o);
+  }
+  // The counters: a fused scorer runs fused passes; it falls back to the GEMM path for a dim that
+  // is not a multiple of 32, a stored item or a query of more than 128 rows, and fp32 storage.
+  struct Case {
+    int64_t dim;
+    int max_regions, max_words;
+    StorageType storage;
+    bool fused;
+  };
+  for (const Case& c : {Case{64, 40, 30, StorageType::kBFloat16, true},
+                        Case{48, 40, 30, StorageType::kBFloat16, false},
+                        Case{32, 129, 30, StorageType::kBFloat16, false},
+                        Case{32, 40, 129, StorageType::kBFloat16, false},
+                        Case{32, 40, 30, StorageType::kFloat32, false}}) {
+    CudaCompareOptions o;
+    o.data.storage = c.storage;
+    o.data.dim = c.dim;
+    o.data.num_stored = 6;
+    o.data.num_queries = 3;
+    o.data.min_regions = c.max_regions - 1;
+    o.data.max_regions = c.max_regions;
+    o.data.min_words = c.max_words - 1;
+    o.data.max_words = c.max_words;
     const TestData t = MakeTestData(o.data);
     CudaScorerOptions fused;
     fused.fused_products = true;
-    auto cuda = MakeCuda(MakeConfig(o.data, StorageType::kBFloat16), fused);
+    auto cuda = MakeCuda(MakeConfig(o.data, c.storage), fused);
     ASSERT_NE(cuda, nullptr);
     ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
     FloatMatrix scores;
     ASSERT_TRUE(cuda->ScoreAll(Views(t.queries), &scores).ok());
-    EXPECT_EQ(cuda->pass_counts().fused, dim % 16 == 0 ? 1 : 0) << "dim " << dim;
-    EXPECT_EQ(cuda->pass_counts().gemm, dim % 16 == 0 ? 0 : 1) << "dim " << dim;
+    const std::string what = absl::StrCat("dim ", c.dim, " regions ", c.max_regions, " words ",
+                                          c.max_words, " ", StorageTypeName(c.storage));
+    EXPECT_EQ(cuda->pass_counts().fused, c.fused ? 1 : 0) << what;
+    EXPECT_EQ(cuda->pass_counts().gemm, c.fused ? 0 : 1) << what;
   }
 }
 
@@ -359,16 +392,18 @@ void ExpectSameState(Scorer& cuda, Scorer& cpu, const std::vector<FloatMatrix>& 
   EXPECT_LE(MaxRelErr(a, cuda.keys(), b, cpu.keys()), max_rel_err) << when;
 }
 
-class CudaScorerStorageTest : public ::testing::TestWithParam<StorageType> {};
+// (storage, fused pass): the fused pass's row tiles are rebuilt on every change to a slab.
+class CudaScorerStorageTest : public ::testing::TestWithParam<std::pair<StorageType, bool>> {};
 
 TEST_P(CudaScorerStorageTest, AddRemoveUpsert) {
   SCANSERVE_SKIP_WITHOUT_CUDA();
-  const StorageType storage = GetParam();
+  const StorageType storage = GetParam().first;
   const double tolerance = storage == StorageType::kFloat32 ? kCudaFp32MaxRelErr : kCudaFp8MaxRelErr;
   CompareOptions data;
   data.num_stored = 0;
   CudaScorerOptions small;
   small.slab_rows = 120;  // several slabs, so compaction and slab removal are exercised
+  small.fused_products = GetParam().second;
   auto cuda = MakeCuda(MakeConfig(data, storage), small);
   auto cpu = MakeCpu(MakeConfig(data, storage));
   ASSERT_TRUE(cuda && cpu);
@@ -409,12 +444,20 @@ TEST_P(CudaScorerStorageTest, AddRemoveUpsert) {
   FloatMatrix ok_item = gen.Item(3);
   EXPECT_FALSE(cuda->Add({50, 51}, {ItemView(ok_item), ItemView(nullptr, 2)}).ok());
   EXPECT_EQ(cuda->keys(), (std::vector<int64_t>{42, 43}));
+  if (small.fused_products) {
+    EXPECT_GT(cuda->pass_counts().fused, 0);
+    EXPECT_EQ(cuda->pass_counts().gemm, 0);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Storage, CudaScorerStorageTest,
-                         ::testing::Values(StorageType::kFloat32, StorageType::kFp8E4M3),
-                         [](const ::testing::TestParamInfo<StorageType>& info) {
-                           return std::string(StorageTypeName(info.param));
+                         ::testing::Values(std::make_pair(StorageType::kFloat32, false),
+                                           std::make_pair(StorageType::kFp8E4M3, false),
+                                           std::make_pair(StorageType::kBFloat16, true),
+                                           std::make_pair(StorageType::kFp8E4M3, true)),
+                         [](const ::testing::TestParamInfo<std::pair<StorageType, bool>>& info) {
+                           return absl::StrCat(StorageTypeName(info.param.first),
+                                               info.param.second ? "_fused" : "");
                          });
 
 // Identical items under different keys: every score ties, so Search must order by key.
