@@ -289,10 +289,10 @@ struct CudaScorer::Impl {
 
   // The item metadata and the row tiles to the device, after any change to the slab's items.
   absl::Status UploadItems(Slab& s) const {
-    const size_t bytes = s.items.size() * sizeof(ck::ItemDev);
-    if (bytes == 0) return absl::OkStatus();
     // Row tiles: consecutive items while they span at most kFusedTileRows rows (or one item).
     s.tiles.clear();
+    const size_t bytes = s.items.size() * sizeof(ck::ItemDev);
+    if (bytes == 0) return absl::OkStatus();
     for (size_t i = 0; i < s.items.size(); ++i) {
       const ck::ItemDev& it = s.items[i];
       if (!s.tiles.empty() &&
