@@ -614,7 +614,8 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   bool fused = false;
   if (options.fused_products) {
     SCANSERVE_CUDA_RETURN_IF_ERROR(
-        ck::PlanFused(device, d, max_s_rows, max_q_rows, bf16_gemm, &fused_plan),
+        ck::PlanFused(device, d, max_s_rows, max_q_rows, stored_is_context, bf16_gemm,
+                      &fused_plan),
         "plan the fused pass");
     fused = fused_plan.eligible;
   }

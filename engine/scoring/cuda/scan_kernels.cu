@@ -653,7 +653,7 @@ cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, flo
 }
 
 cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
-                      bool bf16_operands, FusedPlan* plan) {
+                      bool stored_is_context, bool bf16_operands, FusedPlan* plan) {
   *plan = FusedPlan{};
   if (!bf16_operands || dim % kFusedTileK != 0 || max_stored_rows > kFusedTileRows ||
       max_query_rows > kFusedMaxGroupRows) {
@@ -664,8 +664,9 @@ cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_quer
   if (err != cudaSuccess) return err;
   // The epilogue's per-warp scratch, as in PlanEpilogue, for as many warps as fit beside the
   // product tile.
-  const int64_t n = std::max(1, std::max(max_stored_rows, max_query_rows));
-  plan->warp_floats = n * (n | 1) + 2 * n + n * kWarp;
+  const int64_t nc = std::max(1, stored_is_context ? max_stored_rows : max_query_rows);
+  const int64_t ldm = std::max(1, stored_is_context ? max_query_rows : max_stored_rows) | 1;
+  plan->warp_floats = nc * ldm + 2 * nc + nc * kWarp;
   const int64_t warp_bytes = plan->warp_floats * static_cast<int64_t>(sizeof(float));
   plan->epilogue_warps = static_cast<int>(std::min<int64_t>(
       kFusedWarps, (optin - static_cast<int64_t>(kFusedProductBytes)) / warp_bytes));

@@ -143,7 +143,7 @@ struct FusedPlan {
   size_t shared_bytes = 0;
 };
 cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
-                      bool bf16_operands, FusedPlan* plan);
+                      bool stored_is_context, bool bf16_operands, FusedPlan* plan);
 // params as for Epilogue, with item_begin 0 and col0 the slab's first column (product,
 // ld_product, lo_offset and num_items unused); one launch per 65535 tiles.
 cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,

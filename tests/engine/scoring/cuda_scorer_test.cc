@@ -322,6 +322,22 @@ TEST(CudaScorerTest, FusedProductsMatchCpu) {
     o.max_rel_err = kCudaBf16MaxRelErr;
     CompareWithCpu(o);
   }
+  // The largest eligible shapes, both directions: items and queries of up to 128 rows leave room
+  // beside the product tile for the scratch of fewer epilogue warps than the block has.
+  for (ItemKind stored : {ItemKind::kImage, ItemKind::kCaption}) {
+    CudaCompareOptions o;
+    o.data.stored_kind = stored;
+    o.data.storage = StorageType::kBFloat16;
+    o.data.num_stored = 5;
+    o.data.num_queries = 2;
+    o.data.min_regions = o.data.min_words = 100;
+    o.data.max_regions = o.data.max_words = 128;
+    o.cpu_storage = StorageType::kBFloat16;
+    o.cuda.fused_products = true;
+    o.expect_fused = true;
+    o.max_rel_err = kCudaBf16SplitMaxRelErr;
+    CompareWithCpu(o);
+  }
   // The counters: a fused scorer runs fused passes; it falls back to the GEMM path for a dim that
   // is not a multiple of 32, a stored item or a query of more than 128 rows, and fp32 storage.
   struct Case {
@@ -459,6 +475,34 @@ INSTANTIATE_TEST_SUITE_P(Storage, CudaScorerStorageTest,
                            return absl::StrCat(StorageTypeName(info.param.first),
                                                info.param.second ? "_fused" : "");
                          });
+
+// The fused pass with fewer epilogue warps than pairs in a block: one 128-word caption widens
+// every warp's scratch (64 x 129 floats: 3 warps fit beside the product tile), while each row tile
+// holds two 64-region images and the other query group six 20-word captions (12 pairs).
+TEST(CudaScorerTest, FusedPassWithFewEpilogueWarps) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  CompareOptions data;
+  data.storage = StorageType::kBFloat16;
+  CudaScorerOptions fused;
+  fused.fused_products = true;
+  auto cuda = MakeCuda(MakeConfig(data, StorageType::kBFloat16), fused);
+  auto cpu = MakeCpu(MakeConfig(data, StorageType::kBFloat16));
+  ASSERT_TRUE(cuda && cpu);
+  ItemGenerator gen(data.dim, 11);
+  std::vector<int64_t> keys;
+  std::vector<FloatMatrix> images;
+  for (int i = 0; i < 6; ++i) {
+    keys.push_back(100 + i);
+    images.push_back(gen.Item(64));
+  }
+  ASSERT_TRUE(cuda->Add(keys, Views(images)).ok());
+  ASSERT_TRUE(cpu->Add(keys, Views(images)).ok());
+  std::vector<FloatMatrix> captions = {gen.Item(128)};
+  for (int j = 0; j < 6; ++j) captions.push_back(gen.Item(20));
+  ExpectSameState(*cuda, *cpu, captions, "few epilogue warps", kCudaBf16SplitMaxRelErr);
+  EXPECT_EQ(cuda->pass_counts().fused, 1);
+  EXPECT_EQ(cuda->pass_counts().gemm, 0);
+}
 
 // Identical items under different keys: every score ties, so Search must order by key.
 TEST(CudaScorerTest, SearchTiesBySmallerKey) {
