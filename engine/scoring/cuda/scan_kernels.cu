@@ -602,15 +602,22 @@ cudaError_t Grams(RowsView x, int64_t dim, const ItemDev* items, int num_items, 
   return cudaGetLastError();
 }
 
+namespace {
+// Floats of one warp's ScorePair scratch for pairs of up to these context and attending rows.
+int64_t EpilogueWarpFloats(int max_context, int max_attending) {
+  const int64_t nc = std::max(max_context, 1);
+  const int64_t ldm = std::max(max_attending, 1) | 1;
+  return nc * ldm + 2 * nc + nc * kWarp;
+}
+}  // namespace
+
 cudaError_t PlanEpilogue(int device, int max_context, int max_attending, EpiloguePlan* plan) {
   int optin = 0, sms = 0;
   cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return err;
   err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err != cudaSuccess) return err;
-  const int64_t nc = std::max(max_context, 1);
-  const int64_t ldm = (std::max(max_attending, 1) | 1);
-  plan->warp_floats = nc * ldm + 2 * nc + nc * kWarp;
+  plan->warp_floats = EpilogueWarpFloats(max_context, max_attending);
   const int64_t warp_bytes = plan->warp_floats * static_cast<int64_t>(sizeof(float));
   const int64_t budget = std::min<int64_t>(optin, 160 * 1024);
   if (warp_bytes <= budget) {
@@ -662,11 +669,9 @@ cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_quer
   int optin = 0;
   cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err != cudaSuccess) return err;
-  // The epilogue's per-warp scratch, as in PlanEpilogue, for as many warps as fit beside the
-  // product tile.
-  const int64_t nc = std::max(1, stored_is_context ? max_stored_rows : max_query_rows);
-  const int64_t ldm = std::max(1, stored_is_context ? max_query_rows : max_stored_rows) | 1;
-  plan->warp_floats = nc * ldm + 2 * nc + nc * kWarp;
+  // The epilogue's per-warp scratch, for as many warps as fit beside the product tile.
+  plan->warp_floats = stored_is_context ? EpilogueWarpFloats(max_stored_rows, max_query_rows)
+                                        : EpilogueWarpFloats(max_query_rows, max_stored_rows);
   const int64_t warp_bytes = plan->warp_floats * static_cast<int64_t>(sizeof(float));
   plan->epilogue_warps = static_cast<int>(std::min<int64_t>(
       kFusedWarps, (optin - static_cast<int64_t>(kFusedProductBytes)) / warp_bytes));

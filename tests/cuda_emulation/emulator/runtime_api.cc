@@ -68,12 +68,16 @@ cudaError_t Record(cudaError_t error) {
   std::abort();
 }
 
-bool InDevice(State& s, const void* ptr, size_t bytes) {
+// Whether [ptr, ptr + bytes) lies inside one of the ranges (base -> bytes).
+bool InRanges(const std::map<uintptr_t, size_t>& ranges, const void* ptr, size_t bytes) {
   const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
-  auto it = s.allocations.upper_bound(p);
-  if (it == s.allocations.begin()) return false;
+  auto it = ranges.upper_bound(p);
+  if (it == ranges.begin()) return false;
   --it;
   return p >= it->first && p + bytes <= it->first + it->second;
+}
+bool InDevice(const State& s, const void* ptr, size_t bytes) {
+  return InRanges(s.allocations, ptr, bytes);
 }
 
 // Direction checks: a pointer the kind calls device memory must be inside one allocation; one it
@@ -89,14 +93,6 @@ void CheckSide(State& s, const void* ptr, size_t bytes, bool device, const char*
   if (!device && InDevice(s, ptr, 1)) {
     Fail(std::string(call) + ": the " + which + " is device memory, but the copy's kind says host");
   }
-}
-
-bool InPinned(State& s, const void* ptr, size_t bytes) {
-  const uintptr_t p = reinterpret_cast<uintptr_t>(ptr);
-  auto it = s.pinned.upper_bound(p);
-  if (it == s.pinned.begin()) return false;
-  --it;
-  return p >= it->first && p + bytes <= it->first + it->second;
 }
 
 // A copy, checked and its fault drawn when issued, then queued on `stream`. As the runtime
@@ -130,8 +126,8 @@ cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
     }
     CheckSide(s, dst, bytes, dst_device, call, "destination");
     CheckSide(s, src, bytes, src_device, call, "source");
-    src_pinned = !src_device && InPinned(s, src, bytes);
-    dst_pinned = !dst_device && InPinned(s, dst, bytes);
+    src_pinned = !src_device && InRanges(s.pinned, src, bytes);
+    dst_pinned = !dst_device && InRanges(s.pinned, dst, bytes);
   }
   if (dst_device || src_device) {
     const FaultPoint point = !src_device   ? FaultPoint::kCopyToDevice
@@ -140,25 +136,20 @@ cudaError_t Copy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, 
     if (ShouldFail(point)) return Record(cudaErrorLaunchFailure);
   }
   if (bytes == 0) return cudaSuccess;
+  std::shared_ptr<std::vector<unsigned char>> staged;
   if (!src_device && !src_pinned) {
-    auto staged = std::make_shared<std::vector<unsigned char>>(
+    staged = std::make_shared<std::vector<unsigned char>>(
         static_cast<const unsigned char*>(src), static_cast<const unsigned char*>(src) + bytes);
-    if (!dst_device && !dst_pinned) {
-      EnqueueAndWait(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
-    } else {
-      Enqueue(stream, [dst, staged] { std::memcpy(dst, staged->data(), staged->size()); });
-    }
-    return cudaSuccess;
+    src = staged->data();
   }
+  auto copy = [dst, src, bytes, staged] { std::memmove(dst, src, bytes); };
   if (!dst_device && !dst_pinned) {
-    EnqueueAndWait(stream, [dst, src, bytes] { std::memmove(dst, src, bytes); });
+    EnqueueAndWait(stream, std::move(copy));
   } else {
-    Enqueue(stream, [dst, src, bytes] { std::memmove(dst, src, bytes); });
+    Enqueue(stream, std::move(copy));
   }
   return cudaSuccess;
 }
-
-bool StreamOk(cudaStream_t stream) { return StreamExists(stream); }
 
 }  // namespace
 
@@ -197,7 +188,7 @@ cudaError_t ValidateLaunch(const LaunchConfig& c) {
       c.grid.y > 65535 || c.grid.z > 65535) {
     return cudaErrorInvalidConfiguration;
   }
-  if (!StreamOk(c.stream)) return cudaErrorInvalidValue;
+  if (!StreamExists(c.stream)) return cudaErrorInvalidValue;
   int limit = kSharedPerBlock;
   {
     State& s = GetState();
@@ -334,14 +325,14 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
 }
 cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
-  if (!scanserve_emu::StreamOk(stream)) return Record(cudaErrorInvalidValue);
+  if (!scanserve_emu::StreamExists(stream)) return Record(cudaErrorInvalidValue);
   return scanserve_emu::Copy(dst, src, bytes, kind, stream, "cudaMemcpyAsync");
 }
 cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
   return cudaMemsetAsync(dst, value, bytes, nullptr);
 }
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream) {
-  if (!scanserve_emu::StreamOk(stream)) return Record(cudaErrorInvalidValue);
+  if (!scanserve_emu::StreamExists(stream)) return Record(cudaErrorInvalidValue);
   auto& s = GetState();
   {
     std::lock_guard<std::mutex> lock(s.mu);
@@ -365,13 +356,13 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   return cudaSuccess;
 }
 cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
-  if (!scanserve_emu::StreamOk(stream)) return Record(cudaErrorInvalidValue);
+  if (!scanserve_emu::StreamExists(stream)) return Record(cudaErrorInvalidValue);
   scanserve_emu::SynchronizeStream(stream);
   return scanserve_emu::ShouldFail(scanserve_emu::FaultPoint::kSynchronize) ? Record(cudaErrorLaunchFailure)
                                                                             : cudaSuccess;
 }
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
-  if (flags != 0 || !scanserve_emu::StreamOk(stream) || !scanserve_emu::EventExists(event)) {
+  if (flags != 0 || !scanserve_emu::StreamExists(stream) || !scanserve_emu::EventExists(event)) {
     return Record(cudaErrorInvalidValue);
   }
   scanserve_emu::WaitEvent(stream, event);
@@ -390,7 +381,7 @@ cudaError_t cudaEventDestroy(cudaEvent_t event) {
   return cudaSuccess;
 }
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
-  if (!scanserve_emu::EventExists(event) || !scanserve_emu::StreamOk(stream)) {
+  if (!scanserve_emu::EventExists(event) || !scanserve_emu::StreamExists(stream)) {
     return Record(cudaErrorInvalidValue);
   }
   scanserve_emu::RecordEvent(event, stream);
