@@ -11,8 +11,9 @@
 //    computed on the device at Add. ScorerConfig::storage decides fp32, bf16 or fp8; bf16 is what
 //    a server should pick on a GPU (scan_bench --backend=cuda defaults to it). fp8 (e4m3 with a
 //    power-of-two scale per row, engine/common/fp8_e4m3.h, encoded on the device bit for bit as
-//    CpuScorer does) halves bf16's memory; each chunk of fp8 rows is widened (exactly) to bf16
-//    for the tensor cores, so it trades some bandwidth for capacity (engine/scoring/cuda/README.md).
+//    CpuScorer does) halves bf16's memory. The GEMM path widens each chunk of fp8 rows (exactly)
+//    to bf16 in device memory for cuBLAS, trading some bandwidth for capacity; the fused pass reads
+//    the codes and widens them as it stages them (engine/scoring/cuda/README.md).
 //  - Order. keys() is insertion order; an upserted key moves to the end. Remove compacts the slabs
 //    it touches at once (device-to-device), so the store never holds tombstones.
 //  - Scoring. Per pass: the queries are uploaded once, then per chunk of stored items ONE GEMM
@@ -106,10 +107,12 @@ class CudaScorer final : public Scorer {
   std::string DeviceDescription() const;
   // Waits for the device work of this scorer to finish (benchmarks).
   absl::Status Synchronize() const;
-  // Scoring passes so far that took the fused kernel, and those that took the GEMM path.
+  // Scoring passes so far that took the fused kernel, and those that took the GEMM path; and the
+  // fp8 rows widened to bf16 in device memory for the GEMM (the fused pass widens as it stages).
   struct PassCounts {
     int64_t fused = 0;
     int64_t gemm = 0;
+    int64_t widened_rows = 0;
   };
   PassCounts pass_counts() const;
   // Switch CudaScorerOptions::fused_products, pipelined_epilogue and max_product_bytes (>= 1)

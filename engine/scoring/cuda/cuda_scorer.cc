@@ -529,10 +529,11 @@ struct CudaScorer::Impl {
     while (end < runs.size() && runs[end].row_begin + runs[end].rows - row0 <= chunk_rows) ++end;
     return end;
   }
-  // Slab rows [row0, row0 + rows) as the products' stored operand: in place, or fp8 rows widened
+  // Slab rows [row0, row0 + rows) as the GEMM's stored operand: in place, or fp8 rows widened
   // to bf16 into `widened` (on `stream`).
   absl::StatusOr<const void*> ChunkOperand(const Slab& s, int64_t row0, int64_t rows) const {
     if (!fp8()) return static_cast<const void*>(s.features.as<char>() + row0 * dim * elem_bytes());
+    passes.widened_rows += rows;
     SCANSERVE_CUDA_RETURN_IF_ERROR(
         ck::Fp8RowsToBf16(s.features.as<uint8_t>() + row0 * dim, s.scales.as<float>() + row0, rows,
                           dim, widened.as<uint16_t>(), stream),
@@ -543,10 +544,9 @@ struct CudaScorer::Impl {
   absl::Status ScoreChunks(ck::EpilogueParams p, const ck::EpiloguePlan& plan,
                            const void* q_operand, int64_t ncols, int64_t chunk_rows,
                            bool pipelined) const;
-  // The fused pass's launches of RunPass: per slab, runs of whole row tiles (at most chunk_rows
-  // rows when fp8 rows are widened first).
+  // The fused pass's launches of RunPass: one per slab (fp8 codes are widened as they are staged).
   absl::Status ScoreTiles(ck::EpilogueParams p, ck::FusedParams f, const ck::FusedPlan& plan,
-                          int num_groups, int64_t chunk_rows) const;
+                          int num_groups) const;
 };
 
 absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const {
@@ -641,53 +641,8 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
         "upload query groups");
   }
 
-  // Scores and per-chunk products (the fused pass has none: chunks are whole slabs, or the row
-  // tiles one fp8 widening holds).
   SCANSERVE_RETURN_IF_ERROR(
       scores.Reserve(static_cast<size_t>(nq) * num_items * sizeof(float), "scores"));
-  int64_t chunk_rows =
-      fused ? std::numeric_limits<int64_t>::max()
-            : std::max<int64_t>(max_s_rows, options.max_product_bytes /
-                                                static_cast<int64_t>(ncols * sizeof(float)));
-  if (fp8()) {
-    // Each chunk is widened to bf16 for the tensor cores, in a buffer of the same budget.
-    // The fused pass widens whole row tiles (of at most kFusedTileRows rows when eligible).
-    const int64_t least = fused ? std::max<int64_t>(max_s_rows, ck::kFusedTileRows) : max_s_rows;
-    chunk_rows = std::min(
-        chunk_rows,
-        std::max<int64_t>(least, options.max_product_bytes / static_cast<int64_t>(d * 2)));
-  }
-  int64_t largest_slab = 0;
-  for (const auto& s : slabs) largest_slab = std::max(largest_slab, s->used_rows);
-  const int64_t product_rows = std::min(chunk_rows, largest_slab);
-  // Two product buffers when a second chunk exists to overlap with.
-  bool pipelined = false;
-  if (!fused) {
-    const size_t product_bytes = static_cast<size_t>(product_rows) * ncols * sizeof(float);
-    SCANSERVE_RETURN_IF_ERROR(product[0].Reserve(product_bytes, "products"));
-    int64_t chunks = 0;
-    for (const auto& sp : slabs) chunks += (sp->used_rows + chunk_rows - 1) / chunk_rows;
-    pipelined = options.pipelined_epilogue && chunks > 1;
-    if (pipelined) SCANSERVE_RETURN_IF_ERROR(product[1].Reserve(product_bytes, "products"));
-  }
-  if (fp8()) {
-    SCANSERVE_RETURN_IF_ERROR(
-        widened.Reserve(static_cast<size_t>(product_rows) * d *
-                            sizeof(uint16_t),
-                        "fp8 rows widened to bf16"));
-  }
-  ck::EpiloguePlan plan;
-  if (!fused) {
-    SCANSERVE_CUDA_RETURN_IF_ERROR(
-        ck::PlanEpilogue(device, stored_is_context ? max_s_rows : max_q_rows,
-                         stored_is_context ? max_q_rows : max_s_rows, &plan),
-        "plan the epilogue");
-    if (plan.global_scratch_bytes > 0) {
-      SCANSERVE_RETURN_IF_ERROR(
-          epi_scratch.Reserve(plan.global_scratch_bytes, "epilogue scratch"));
-    }
-  }
-
   ck::EpilogueParams p;
   p.raw_feature_norm = static_cast<int>(attention.raw_feature_norm);
   p.pooling = static_cast<int>(attention.pooling);
@@ -702,46 +657,68 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   p.query_grams = stored_is_context ? nullptr : q_grams.as<float>();
   p.scores = scores.as<float>();
   p.ld_scores = num_items;
-
-  ck::FusedParams f;
-  f.queries = q_b16.as<__nv_bfloat16>();
-  f.lo_row_offset = q_rows;
-  f.dim = d;
-  f.split = split_queries;
-  f.groups = q_groups.as<ck::QueryGroupDev>();
   if (fused) {
-    return ScoreTiles(p, f, fused_plan, static_cast<int>(groups.size()), chunk_rows);
+    ck::FusedParams f;
+    f.queries = q_b16.as<__nv_bfloat16>();
+    f.lo_row_offset = q_rows;
+    f.dim = d;
+    f.split = split_queries;
+    f.groups = q_groups.as<ck::QueryGroupDev>();
+    return ScoreTiles(p, f, fused_plan, static_cast<int>(groups.size()));
   }
 
+  // The GEMM path: per-chunk products, of at most max_product_bytes (at least one item).
+  int64_t chunk_rows = std::max<int64_t>(
+      max_s_rows, options.max_product_bytes / static_cast<int64_t>(ncols * sizeof(float)));
+  if (fp8()) {
+    // Each chunk is widened to bf16 for the tensor cores, in a buffer of the same budget.
+    chunk_rows = std::min(
+        chunk_rows,
+        std::max<int64_t>(max_s_rows, options.max_product_bytes / static_cast<int64_t>(d * 2)));
+  }
+  int64_t largest_slab = 0;
+  for (const auto& s : slabs) largest_slab = std::max(largest_slab, s->used_rows);
+  const int64_t product_rows = std::min(chunk_rows, largest_slab);
+  // Two product buffers when a second chunk exists to overlap with.
+  const size_t product_bytes = static_cast<size_t>(product_rows) * ncols * sizeof(float);
+  SCANSERVE_RETURN_IF_ERROR(product[0].Reserve(product_bytes, "products"));
+  int64_t chunks = 0;
+  for (const auto& sp : slabs) chunks += (sp->used_rows + chunk_rows - 1) / chunk_rows;
+  const bool pipelined = options.pipelined_epilogue && chunks > 1;
+  if (pipelined) SCANSERVE_RETURN_IF_ERROR(product[1].Reserve(product_bytes, "products"));
+  if (fp8()) {
+    SCANSERVE_RETURN_IF_ERROR(widened.Reserve(static_cast<size_t>(product_rows) * d *
+                                                  sizeof(uint16_t),
+                                              "fp8 rows widened to bf16"));
+  }
+  ck::EpiloguePlan plan;
+  SCANSERVE_CUDA_RETURN_IF_ERROR(
+      ck::PlanEpilogue(device, stored_is_context ? max_s_rows : max_q_rows,
+                       stored_is_context ? max_q_rows : max_s_rows, &plan),
+      "plan the epilogue");
+  if (plan.global_scratch_bytes > 0) {
+    SCANSERVE_RETURN_IF_ERROR(epi_scratch.Reserve(plan.global_scratch_bytes, "epilogue scratch"));
+  }
   return ScoreChunks(p, plan, q_operand, ncols, chunk_rows, pipelined);
 }
 
 absl::Status CudaScorer::Impl::ScoreTiles(ck::EpilogueParams p, ck::FusedParams f,
-                                          const ck::FusedPlan& plan, int num_groups,
-                                          int64_t chunk_rows) const {
+                                          const ck::FusedPlan& plan, int num_groups) const {
+  const ck::ElemType type = fp8() ? ck::ElemType::kFp8E4M3 : ck::ElemType::kBFloat16;
   int64_t col = 0;
   for (const auto& sp : slabs) {
     const Slab& s = *sp;
     p.items = s.items_dev.as<ck::ItemDev>();
     p.item_begin = 0;
     p.col0 = col;
+    p.chunk_row0 = 0;
     p.stored_norms = s.norms.as<float>();
     p.stored_grams = stored_is_context ? s.grams.as<float>() : nullptr;
-    size_t t0 = 0;
-    while (t0 < s.tiles.size()) {
-      const size_t t1 = ChunkEnd(s.tiles, t0, chunk_rows);
-      const int64_t row0 = s.tiles[t0].row_begin;
-      const absl::StatusOr<const void*> stored_operand =
-          ChunkOperand(s, row0, s.tiles[t1 - 1].row_begin + s.tiles[t1 - 1].rows - row0);
-      if (!stored_operand.ok()) return stored_operand.status();
-      p.chunk_row0 = row0;
-      f.stored = static_cast<const __nv_bfloat16*>(*stored_operand);
-      f.tiles = s.tiles_dev.as<ck::RowTileDev>() + t0;
-      SCANSERVE_CUDA_RETURN_IF_ERROR(
-          ck::FusedScore(p, f, plan, num_groups, static_cast<int>(t1 - t0), stream),
-          "fused products and epilogue");
-      t0 = t1;
-    }
+    f.stored = ck::RowsView{s.features.get(), type, fp8() ? s.scales.as<float>() : nullptr};
+    f.tiles = s.tiles_dev.as<ck::RowTileDev>();
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        ck::FusedScore(p, f, plan, num_groups, static_cast<int>(s.tiles.size()), stream),
+        "fused products and epilogue");
     col += static_cast<int64_t>(s.items.size());
   }
   return absl::OkStatus();

@@ -391,6 +391,9 @@ static_assert(kFusedStageBytes <= kFusedProductBytes, "the product tile reuses t
 struct alignas(16) Vec16 {
   uint32_t w[4];
 };
+struct alignas(8) Vec8 {  // 8 fp8 codes
+  uint32_t w[2];
+};
 // Register slot n of a thread in the staging copy: whole operands per slot (the threads divide an
 // operand's vectors), so `which` (0 stored, 1 hi, 2 lo) is a constant once n is unrolled.
 struct StageSlot {
@@ -402,6 +405,9 @@ __device__ __forceinline__ StageSlot StageSlotOf(int n) {
                    v % kFusedVecsPerRow};
 }
 
+// fp8 stored rows are read as codes (8 bytes per staged vector, half bf16's traffic) and widened
+// to bf16 only when staged, after the multiplies the loads overlap; exactly as Fp8RowsToBf16.
+template <bool kFp8Stored>
 __global__ void __launch_bounds__(kFusedThreads)
     FusedScoreKernel(EpilogueParams p, FusedParams f, int epilogue_warps, int64_t warp_floats) {
   extern __shared__ __align__(128) float fused_shared[];
@@ -412,19 +418,40 @@ __global__ void __launch_bounds__(kFusedThreads)
   auto* stage = reinterpret_cast<__nv_bfloat16*>(fused_shared);  // stored, hi, lo slices
   float* product = fused_shared;  // after the k loop
   float* scratch = fused_shared + kFusedProductBytes / sizeof(float);
-  const __nv_bfloat16* stored = f.stored + (tile.row_begin - p.chunk_row0) * f.dim;
+  const int64_t tile_row0 = tile.row_begin - p.chunk_row0;  // row of f.stored
   const __nv_bfloat16* hi = f.queries + g.row_begin * f.dim;
   const __nv_bfloat16* lo = f.queries + (f.lo_row_offset + g.row_begin) * f.dim;
   const int operands = f.split ? 3 : 2;
 
+  // A thread's stored rows are the same at every k step: their fp8 scales are read once.
+  constexpr int kStoredSlots = kFusedOperandVecs / kFusedThreads;
+  float row_scale[kStoredSlots];
+#pragma unroll
+  for (int n = 0; n < kStoredSlots; ++n) {
+    const StageSlot t = StageSlotOf(n);
+    row_scale[n] = kFp8Stored && t.row < tile.rows ? f.stored.scales[tile_row0 + t.row] : 1.0f;
+  }
   Vec16 next[kFusedVecsPerThread];
   auto fetch = [&](int64_t k0) {
 #pragma unroll
     for (int n = 0; n < kFusedVecsPerThread; ++n) {
       const StageSlot t = StageSlotOf(n);
       Vec16 x = {{0u, 0u, 0u, 0u}};
-      if (t.which < operands && t.row < (t.which == 0 ? tile.rows : g.rows)) {
-        const __nv_bfloat16* base = t.which == 0 ? stored : (t.which == 1 ? hi : lo);
+      if (t.which == 0) {
+        if (t.row < tile.rows) {
+          const int64_t i = (tile_row0 + t.row) * f.dim + k0 + t.vec * 8;
+          if (kFp8Stored) {
+            const Vec8 codes =
+                *reinterpret_cast<const Vec8*>(static_cast<const uint8_t*>(f.stored.values) + i);
+            x.w[0] = codes.w[0];
+            x.w[1] = codes.w[1];
+          } else {
+            x = *reinterpret_cast<const Vec16*>(static_cast<const __nv_bfloat16*>(f.stored.values) +
+                                                i);
+          }
+        }
+      } else if (t.which < operands && t.row < g.rows) {
+        const __nv_bfloat16* base = t.which == 1 ? hi : lo;
         x = *reinterpret_cast<const Vec16*>(base + int64_t{t.row} * f.dim + k0 + t.vec * 8);
       }
       next[n] = x;
@@ -434,8 +461,19 @@ __global__ void __launch_bounds__(kFusedThreads)
 #pragma unroll
     for (int n = 0; n < kFusedVecsPerThread; ++n) {
       const StageSlot t = StageSlotOf(n);
+      Vec16 x = next[n];
+      if (kFp8Stored && t.which == 0) {
+        const uint32_t codes[2] = {next[n].w[0], next[n].w[1]};
+#pragma unroll
+        for (int e = 0; e < 8; e += 2) {
+          const uint32_t word = codes[e / 4] >> (8 * (e % 4));
+          const uint32_t a = ToBf16(Fp8E4M3ToFloat(word & 0xffu) * row_scale[n]);
+          const uint32_t b = ToBf16(Fp8E4M3ToFloat((word >> 8) & 0xffu) * row_scale[n]);
+          x.w[e / 2] = a | (b << 16);
+        }
+      }
       *reinterpret_cast<Vec16*>(stage + (t.which * kFusedTileRows + t.row) * kFusedStageLd +
-                                t.vec * 8) = next[n];
+                                t.vec * 8) = x;
     }
   };
 
@@ -678,7 +716,11 @@ cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_quer
   if (plan->epilogue_warps < 1) return cudaSuccess;  // not eligible
   plan->shared_bytes = kFusedProductBytes + static_cast<size_t>(plan->epilogue_warps * warp_bytes);
   // The same ceiling for every plan (see PlanEpilogue).
-  err = cudaFuncSetAttribute(FusedScoreKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
+  err = cudaFuncSetAttribute(FusedScoreKernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             optin);
+  if (err != cudaSuccess) return err;
+  err = cudaFuncSetAttribute(FusedScoreKernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             optin);
   if (err != cudaSuccess) return err;
   plan->eligible = true;
   return cudaSuccess;
@@ -690,9 +732,14 @@ cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
     FusedParams f = fused;
     f.tiles = fused.tiles + first;
     const int tiles = std::min(kMaxGridY, num_tiles - first);
-    FusedScoreKernel<<<dim3(static_cast<unsigned>(num_groups), static_cast<unsigned>(tiles)),
-                       kFusedThreads, plan.shared_bytes, stream>>>(params, f, plan.epilogue_warps,
-                                                                  plan.warp_floats);
+    const dim3 grid(static_cast<unsigned>(num_groups), static_cast<unsigned>(tiles));
+    if (fused.stored.type == ElemType::kFp8E4M3) {
+      FusedScoreKernel<true><<<grid, kFusedThreads, plan.shared_bytes, stream>>>(
+          params, f, plan.epilogue_warps, plan.warp_floats);
+    } else {
+      FusedScoreKernel<false><<<grid, kFusedThreads, plan.shared_bytes, stream>>>(
+          params, f, plan.epilogue_warps, plan.warp_floats);
+    }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }

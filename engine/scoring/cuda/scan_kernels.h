@@ -105,7 +105,9 @@ cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, flo
 // The fused pass (CudaScorerOptions::fused_products): a block per (query group, row tile), a
 // tiled GEMM on the tensor cores (bf16 WMMA, fp32 accumulation; both operands staged in shared
 // memory, k in steps of kFusedTileK) whose product tile stays in shared memory, then the same
-// per-pair epilogue as Epilogue, reading it there. Needs bf16 operands, dim % kFusedTileK == 0,
+// per-pair epilogue as Epilogue, reading it there. fp8 stored rows are read as codes and widened
+// to bf16 in the staging (no widened copy in device memory). Needs bf16 operands (bf16 or fp8
+// storage, bf16 queries), dim % kFusedTileK == 0,
 // stored items and queries of at most kFusedTileRows rows, and the epilogue's scratch for at least
 // one warp beside the product tile.
 constexpr int kFusedTileRows = 128;      // stored rows per row tile (whole items)
@@ -128,7 +130,7 @@ struct QueryGroupDev {
   int32_t pad = 0;
 };
 struct FusedParams {
-  const __nv_bfloat16* stored = nullptr;   // row chunk_row0 of the stored bf16 rows
+  RowsView stored;  // from row chunk_row0: bf16 rows, or fp8 codes and scales (widened as staged)
   const __nv_bfloat16* queries = nullptr;  // stacked bf16 query rows (hi, then lo)
   int64_t lo_row_offset = 0;               // rows from the hi to the lo part
   int64_t dim = 0;
