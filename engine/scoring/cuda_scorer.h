@@ -66,9 +66,10 @@ struct CudaScorerOptions {
   // product buffers, so the CUDA-core epilogue hides behind the tensor-core GEMM. Off: both on one
   // stream, one buffer (scan_bench --kernels=gemm-serial compares them).
   bool pipelined_epilogue = true;
-  // One kernel per chunk instead of a cuBLAS GEMM + the epilogue: a tiled GEMM on the tensor
-  // cores (bf16 WMMA; 128 stored rows x 128 query rows per block) whose products stay in shared
-  // memory and are scored there, so no product matrix goes through device memory. bf16/fp8
+  // One kernel launch over the whole store instead of a cuBLAS GEMM + the epilogue per chunk: a
+  // tiled GEMM on the tensor cores (bf16 WMMA; 128 stored rows x 128 query rows per block) whose
+  // products stay in shared memory and are scored there, so no product matrix goes through
+  // device memory; fp8 codes are widened to bf16 as they are staged. bf16/fp8
   // storage, dim % 32 == 0, stored items and queries of at most 128 rows; otherwise (or when the
   // epilogue's scratch does not fit beside the tile) the pass takes the GEMM path. Off by default
   // until measured against it on a GPU (scan_bench --kernels=gemm,fused).

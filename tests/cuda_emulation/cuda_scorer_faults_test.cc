@@ -27,7 +27,10 @@ using testing_util::MakeConfig;
 using testing_util::MaxRelErr;
 using testing_util::Views;
 
-constexpr double kMaxRelErr = testing_util::kFp32MaxRelErr;
+// fp32 against CpuScorer fp32; fp8 (the fused pass) against CpuScorer fp8, as in
+// cuda_scorer_test.cc.
+constexpr double kFp32MaxRelErr = testing_util::kFp32MaxRelErr;
+constexpr double kFp8MaxRelErr = 1e-4;
 constexpr int kMaxCalls = 200;  // more calls of one kind than any operation here makes
 
 std::string FaultAt(FaultPoint point, int nth) {
@@ -40,19 +43,22 @@ class CudaScorerFaultTest : public ::testing::TestWithParam<ItemKind> {
     scanserve_emu::ClearFaults();
     data_.stored_kind = GetParam();
     data_.num_stored = 0;
-    data_.dim = 16;
+    data_.dim = 32;
   }
   void TearDown() override { scanserve_emu::ClearFaults(); }
 
   // A CUDA scorer with small slabs (so that adds open slabs and compactions move rows) and its
-  // CPU twin, both holding items 0..n-1.
-  void Fill(int n) {
+  // CPU twin, both holding items 0..n-1: fp32 on the GEMM path, or fp8 on the fused pass.
+  void Fill(int n, bool fused_fp8 = false) {
+    const StorageType storage = fused_fp8 ? StorageType::kFp8E4M3 : StorageType::kFloat32;
+    max_rel_err_ = fused_fp8 ? kFp8MaxRelErr : kFp32MaxRelErr;
     CudaScorerOptions options;
     options.slab_rows = 40;
-    auto cuda = CudaScorer::Create(MakeConfig(data_, StorageType::kFloat32), options);
+    options.fused_products = fused_fp8;
+    auto cuda = CudaScorer::Create(MakeConfig(data_, storage), options);
     ASSERT_TRUE(cuda.ok()) << cuda.status();
     cuda_ = std::move(cuda).value();
-    auto cpu = CpuScorer::Create(MakeConfig(data_, StorageType::kFloat32));
+    auto cpu = CpuScorer::Create(MakeConfig(data_, storage));
     ASSERT_TRUE(cpu.ok()) << cpu.status();
     cpu_ = std::move(cpu).value();
     for (int j = 0; j < 3; ++j) queries_.push_back(gen_.Item(gen_.Uniform(1, 12)));
@@ -74,7 +80,7 @@ class CudaScorerFaultTest : public ::testing::TestWithParam<ItemKind> {
     const absl::Status sa = cuda_->ScoreAll(Views(queries_), &a);
     ASSERT_TRUE(sa.ok()) << when << ": " << sa;
     ASSERT_TRUE(cpu_->ScoreAll(Views(queries_), &b).ok());
-    EXPECT_LE(MaxRelErr(a, cuda_->keys(), b, cpu_->keys()), kMaxRelErr) << when;
+    EXPECT_LE(MaxRelErr(a, cuda_->keys(), b, cpu_->keys()), max_rel_err_) << when;
     auto top = cuda_->Search(Views(queries_), 5);
     ASSERT_TRUE(top.ok()) << when << ": " << top.status();
     const auto want = TopKPerRow(a, cuda_->keys(), 5);
@@ -83,6 +89,9 @@ class CudaScorerFaultTest : public ::testing::TestWithParam<ItemKind> {
       for (size_t r = 0; r < want[j].size(); ++r) EXPECT_EQ((*top)[j][r].key, want[j][r].key) << when;
     }
   }
+
+  // A search under a failure at each call of each kind it makes: it fails and changes nothing.
+  void FailEveryPassCall();
 
   // Only a failure once a compaction has begun may break the scorer; every later call of a
   // broken scorer is INTERNAL, and so is its health.
@@ -99,7 +108,8 @@ class CudaScorerFaultTest : public ::testing::TestWithParam<ItemKind> {
   }
 
   CompareOptions data_;
-  ItemGenerator gen_{16, 7};
+  double max_rel_err_ = kFp32MaxRelErr;
+  ItemGenerator gen_{32, 7};
   std::unique_ptr<CudaScorer> cuda_;
   std::unique_ptr<CpuScorer> cpu_;
   std::vector<FloatMatrix> queries_;
@@ -181,6 +191,17 @@ TEST_P(CudaScorerFaultTest, FailedRemoveChangesNothingOrBreaks) {
 TEST_P(CudaScorerFaultTest, FailedPassChangesNothing) {
   Fill(30);
   ASSERT_NE(cuda_, nullptr);
+  FailEveryPassCall();
+}
+TEST_P(CudaScorerFaultTest, FailedFusedPassChangesNothing) {
+  Fill(30, /*fused_fp8=*/true);
+  ASSERT_NE(cuda_, nullptr);
+  FailEveryPassCall();
+  EXPECT_GT(cuda_->pass_counts().fused, 0);
+  EXPECT_EQ(cuda_->pass_counts().gemm, 0);
+}
+
+void CudaScorerFaultTest::FailEveryPassCall() {
   for (FaultPoint point : kAllPoints) {
     for (int nth = 1; nth <= kMaxCalls; ++nth) {
       const std::string when = FaultAt(point, nth);

@@ -232,7 +232,7 @@ struct CudaScorer::Impl {
   // Per-pass buffers, reused; guarded by pass_mu (const calls may run concurrently).
   mutable std::mutex pass_mu;
   mutable DeviceBuffer q_f32, q_b16, q_norms, q_grams, q_items, product[2], scores, epi_scratch,
-      topk_a, topk_b, col_keys, upload_dev[2], compact_tmp, widened, q_groups;
+      topk_a, topk_b, col_keys, upload_dev[2], compact_tmp, widened, q_groups, fused_slabs;
   mutable PinnedBuffer upload_host[2];
   mutable cudaEvent_t upload_done[2] = {nullptr, nullptr};
   // Pipelined GEMM path: product[b] written (on `stream`) / read by its epilogue (on
@@ -265,7 +265,8 @@ struct CudaScorer::Impl {
     slabs.clear();
     for (DeviceBuffer* b : {&q_f32, &q_b16, &q_norms, &q_grams, &q_items, &product[0],
                             &product[1], &scores, &epi_scratch, &topk_a, &topk_b, &col_keys,
-                            &upload_dev[0], &upload_dev[1], &compact_tmp, &widened, &q_groups}) {
+                            &upload_dev[0], &upload_dev[1], &compact_tmp, &widened, &q_groups,
+                            &fused_slabs}) {
       b->Reset();
     }
     for (cudaEvent_t* e : Events()) {
@@ -544,9 +545,9 @@ struct CudaScorer::Impl {
   absl::Status ScoreChunks(ck::EpilogueParams p, const ck::EpiloguePlan& plan,
                            const void* q_operand, int64_t ncols, int64_t chunk_rows,
                            bool pipelined) const;
-  // The fused pass's launches of RunPass: one per slab (fp8 codes are widened as they are staged).
-  absl::Status ScoreTiles(ck::EpilogueParams p, ck::FusedParams f, const ck::FusedPlan& plan,
-                          int num_groups) const;
+  // The fused pass of RunPass: one launch over every slab's row tiles.
+  absl::Status ScoreTiles(const ck::EpilogueParams& p, ck::FusedParams f,
+                          const ck::FusedPlan& plan) const;
 };
 
 absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const {
@@ -664,7 +665,8 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
     f.dim = d;
     f.split = split_queries;
     f.groups = q_groups.as<ck::QueryGroupDev>();
-    return ScoreTiles(p, f, fused_plan, static_cast<int>(groups.size()));
+    f.num_groups = static_cast<int>(groups.size());
+    return ScoreTiles(p, f, fused_plan);
   }
 
   // The GEMM path: per-chunk products, of at most max_product_bytes (at least one item).
@@ -702,25 +704,40 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   return ScoreChunks(p, plan, q_operand, ncols, chunk_rows, pipelined);
 }
 
-absl::Status CudaScorer::Impl::ScoreTiles(ck::EpilogueParams p, ck::FusedParams f,
-                                          const ck::FusedPlan& plan, int num_groups) const {
-  const ck::ElemType type = fp8() ? ck::ElemType::kFp8E4M3 : ck::ElemType::kBFloat16;
-  int64_t col = 0;
+absl::Status CudaScorer::Impl::ScoreTiles(const ck::EpilogueParams& p, ck::FusedParams f,
+                                          const ck::FusedPlan& plan) const {
+  // Every slab in one launch: the slabs' descriptors, in tile order (pageable, staged at the
+  // call like the query groups).
+  std::vector<ck::FusedSlabDev> descs;
+  int64_t tiles = 0, col = 0;
   for (const auto& sp : slabs) {
     const Slab& s = *sp;
-    p.items = s.items_dev.as<ck::ItemDev>();
-    p.item_begin = 0;
-    p.col0 = col;
-    p.chunk_row0 = 0;
-    p.stored_norms = s.norms.as<float>();
-    p.stored_grams = stored_is_context ? s.grams.as<float>() : nullptr;
-    f.stored = ck::RowsView{s.features.get(), type, fp8() ? s.scales.as<float>() : nullptr};
-    f.tiles = s.tiles_dev.as<ck::RowTileDev>();
-    SCANSERVE_CUDA_RETURN_IF_ERROR(
-        ck::FusedScore(p, f, plan, num_groups, static_cast<int>(s.tiles.size()), stream),
-        "fused products and epilogue");
+    if (!s.tiles.empty()) {
+      ck::FusedSlabDev d;
+      d.stored = Rows(s, 0);
+      d.norms = s.norms.as<float>();
+      d.grams = stored_is_context ? s.grams.as<float>() : nullptr;
+      d.items = s.items_dev.as<ck::ItemDev>();
+      d.tiles = s.tiles_dev.as<ck::RowTileDev>();
+      d.first_tile = tiles;
+      d.col0 = col;
+      descs.push_back(d);
+      tiles += static_cast<int64_t>(s.tiles.size());
+    }
     col += static_cast<int64_t>(s.items.size());
   }
+  if (descs.empty()) return absl::OkStatus();
+  SCANSERVE_RETURN_IF_ERROR(
+      fused_slabs.Reserve(descs.size() * sizeof(ck::FusedSlabDev), "fused pass slabs"));
+  SCANSERVE_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(fused_slabs.get(), descs.data(), descs.size() * sizeof(ck::FusedSlabDev),
+                      cudaMemcpyHostToDevice, stream),
+      "upload fused pass slabs");
+  f.slabs = fused_slabs.as<ck::FusedSlabDev>();
+  f.num_slabs = static_cast<int>(descs.size());
+  f.stored_type = elem;
+  SCANSERVE_CUDA_RETURN_IF_ERROR(ck::FusedScore(p, f, plan, tiles, stream),
+                                 "fused products and epilogue");
   return absl::OkStatus();
 }
 

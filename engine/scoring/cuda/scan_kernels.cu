@@ -30,6 +30,7 @@ static_assert(kNoNorm == 3 && kSum == 3, "kNoNorm and kSum are the default branc
 constexpr int kWarp = 32;
 constexpr unsigned kFull = 0xffffffffu;
 constexpr int kMaxGridY = 65535;  // gridDim.y and gridDim.z limit
+constexpr int64_t kMaxGridX = (int64_t{1} << 31) - 1;
 // Block sizes, also given to __launch_bounds__ so that nvcc keeps each kernel's registers within
 // what such a block may use (a kernel over the limit fails at launch, not at build).
 constexpr int kEpilogueMaxWarps = 8;
@@ -409,16 +410,29 @@ __device__ __forceinline__ StageSlot StageSlotOf(int n) {
 // to bf16 only when staged, after the multiplies the loads overlap; exactly as Fp8RowsToBf16.
 template <bool kFp8Stored>
 __global__ void __launch_bounds__(kFusedThreads)
-    FusedScoreKernel(EpilogueParams p, FusedParams f, int epilogue_warps, int64_t warp_floats) {
+    FusedScoreKernel(EpilogueParams p, FusedParams f, int64_t first_tile, int epilogue_warps,
+                     int64_t warp_floats) {
   extern __shared__ __align__(128) float fused_shared[];
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
-  const QueryGroupDev g = f.groups[blockIdx.x];
-  const RowTileDev tile = f.tiles[blockIdx.y];
+  const int64_t tile_index = first_tile + blockIdx.x / f.num_groups;
+  const QueryGroupDev g = f.groups[blockIdx.x % f.num_groups];
+  // The tile's slab: the last with first_tile <= t.
+  int lo_slab = 0, hi_slab = f.num_slabs - 1;
+  while (lo_slab < hi_slab) {
+    const int mid = (lo_slab + hi_slab + 1) / 2;
+    if (f.slabs[mid].first_tile <= tile_index) {
+      lo_slab = mid;
+    } else {
+      hi_slab = mid - 1;
+    }
+  }
+  const RowTileDev tile = f.slabs[lo_slab].tiles[tile_index - f.slabs[lo_slab].first_tile];
+  const RowsView stored_rows = f.slabs[lo_slab].stored;
   auto* stage = reinterpret_cast<__nv_bfloat16*>(fused_shared);  // stored, hi, lo slices
   float* product = fused_shared;  // after the k loop
   float* scratch = fused_shared + kFusedProductBytes / sizeof(float);
-  const int64_t tile_row0 = tile.row_begin - p.chunk_row0;  // row of f.stored
+  const int64_t tile_row0 = tile.row_begin;  // slab row
   const __nv_bfloat16* hi = f.queries + g.row_begin * f.dim;
   const __nv_bfloat16* lo = f.queries + (f.lo_row_offset + g.row_begin) * f.dim;
   const int operands = f.split ? 3 : 2;
@@ -429,7 +443,7 @@ __global__ void __launch_bounds__(kFusedThreads)
 #pragma unroll
   for (int n = 0; n < kStoredSlots; ++n) {
     const StageSlot t = StageSlotOf(n);
-    row_scale[n] = kFp8Stored && t.row < tile.rows ? f.stored.scales[tile_row0 + t.row] : 1.0f;
+    row_scale[n] = kFp8Stored && t.row < tile.rows ? stored_rows.scales[tile_row0 + t.row] : 1.0f;
   }
   Vec16 next[kFusedVecsPerThread];
   auto fetch = [&](int64_t k0) {
@@ -442,11 +456,11 @@ __global__ void __launch_bounds__(kFusedThreads)
           const int64_t i = (tile_row0 + t.row) * f.dim + k0 + t.vec * 8;
           if (kFp8Stored) {
             const Vec8 codes =
-                *reinterpret_cast<const Vec8*>(static_cast<const uint8_t*>(f.stored.values) + i);
+                *reinterpret_cast<const Vec8*>(static_cast<const uint8_t*>(stored_rows.values) + i);
             x.w[0] = codes.w[0];
             x.w[1] = codes.w[1];
           } else {
-            x = *reinterpret_cast<const Vec16*>(static_cast<const __nv_bfloat16*>(f.stored.values) +
+            x = *reinterpret_cast<const Vec16*>(static_cast<const __nv_bfloat16*>(stored_rows.values) +
                                                 i);
           }
         }
@@ -524,6 +538,12 @@ __global__ void __launch_bounds__(kFusedThreads)
   }
   __syncthreads();
   if (warp >= epilogue_warps) return;
+  // The slab's epilogue inputs, read now rather than kept in registers through the k loop.
+  p.items = f.slabs[lo_slab].items;
+  p.item_begin = 0;
+  p.stored_norms = f.slabs[lo_slab].norms;
+  p.stored_grams = f.slabs[lo_slab].grams;
+  p.col0 = f.slabs[lo_slab].col0;
   const int pairs = tile.num_items * g.num_queries;
   for (int pair = warp; pair < pairs; pair += epilogue_warps) {
     const int i = tile.item_begin + pair / g.num_queries;  // slab item (p.item_begin is 0)
@@ -727,18 +747,18 @@ cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_quer
 }
 
 cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
-                       const FusedPlan& plan, int num_groups, int num_tiles, cudaStream_t stream) {
-  for (int first = 0; first < num_tiles; first += kMaxGridY) {
-    FusedParams f = fused;
-    f.tiles = fused.tiles + first;
-    const int tiles = std::min(kMaxGridY, num_tiles - first);
-    const dim3 grid(static_cast<unsigned>(num_groups), static_cast<unsigned>(tiles));
-    if (fused.stored.type == ElemType::kFp8E4M3) {
+                       const FusedPlan& plan, int64_t num_tiles, cudaStream_t stream) {
+  if (fused.num_groups < 1 || fused.num_slabs < 1) return cudaErrorInvalidValue;
+  const int64_t tiles_per_launch = std::max<int64_t>(1, kMaxGridX / fused.num_groups);
+  for (int64_t first = 0; first < num_tiles; first += tiles_per_launch) {
+    const int64_t tiles = std::min(tiles_per_launch, num_tiles - first);
+    const dim3 grid(static_cast<unsigned>(tiles * fused.num_groups));
+    if (fused.stored_type == ElemType::kFp8E4M3) {
       FusedScoreKernel<true><<<grid, kFusedThreads, plan.shared_bytes, stream>>>(
-          params, f, plan.epilogue_warps, plan.warp_floats);
+          params, fused, first, plan.epilogue_warps, plan.warp_floats);
     } else {
       FusedScoreKernel<false><<<grid, kFusedThreads, plan.shared_bytes, stream>>>(
-          params, f, plan.epilogue_warps, plan.warp_floats);
+          params, fused, first, plan.epilogue_warps, plan.warp_floats);
     }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;

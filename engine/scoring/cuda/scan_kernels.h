@@ -129,14 +129,27 @@ struct QueryGroupDev {
   int32_t num_queries = 0;
   int32_t pad = 0;
 };
+// One slab of a fused pass: its row tiles are the pass's tiles [first_tile, first_tile + its
+// tiles); a launch covers every slab, so a pass is one launch however large the store.
+struct FusedSlabDev {
+  RowsView stored;  // bf16 rows, or fp8 codes and scales (widened as they are staged)
+  const float* norms = nullptr;
+  const float* grams = nullptr;  // when stored_is_context
+  const ItemDev* items = nullptr;
+  const RowTileDev* tiles = nullptr;
+  int64_t first_tile = 0;
+  int64_t col0 = 0;  // score column of the slab's first item
+};
 struct FusedParams {
-  RowsView stored;  // from row chunk_row0: bf16 rows, or fp8 codes and scales (widened as staged)
   const __nv_bfloat16* queries = nullptr;  // stacked bf16 query rows (hi, then lo)
   int64_t lo_row_offset = 0;               // rows from the hi to the lo part
   int64_t dim = 0;
   bool split = false;
   const QueryGroupDev* groups = nullptr;
-  const RowTileDev* tiles = nullptr;       // the chunk's row tiles
+  int num_groups = 0;
+  const FusedSlabDev* slabs = nullptr;  // non-empty slabs, by first_tile
+  int num_slabs = 0;
+  ElemType stored_type = ElemType::kBFloat16;  // every slab's (bf16 or fp8)
 };
 struct FusedPlan {
   bool eligible = false;  // false: shapes or shared memory rule it out; use GEMM + Epilogue
@@ -146,10 +159,11 @@ struct FusedPlan {
 };
 cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
                       bool stored_is_context, bool bf16_operands, FusedPlan* plan);
-// params as for Epilogue, with item_begin 0 and col0 the slab's first column (product,
-// ld_product, lo_offset and num_items unused); one launch per 65535 tiles.
+// params as for Epilogue, less what is per slab or per chunk (items, stored norms and Grams,
+// col0, item_begin, chunk_row0, product, ld_product, lo_offset, num_items: unused). A block per
+// (tile, group), the groups of one tile consecutive; one launch for up to 2^31 - 1 blocks.
 cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
-                       const FusedPlan& plan, int num_groups, int num_tiles, cudaStream_t stream);
+                       const FusedPlan& plan, int64_t num_tiles, cudaStream_t stream);
 
 // Device top-k (k <= kTopKTile / 8): best first, ties to the smaller key, NaN below every number.
 struct TopKCand {
