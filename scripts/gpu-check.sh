@@ -174,7 +174,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 BENCH="$BUILD_DIR/engine/scan_bench"
 run_step "BENCH cuda 100k images, fp32 + bf16 + fp8, cuBLAS (two streams, one) and fused kernels" 300 \
-  "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16,fp8 --kernels=gemm,gemm-serial,fused \
+  "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16,fp8 --kernels=gemm,gemm-serial,fused,fused-1 \
   --product_mb=256,32 --queries=64 --reps=3 || true
 if [ "$BENCH_1M" = "1" ]; then
   run_step "BENCH cuda 1M images, bf16" 240 \

@@ -74,6 +74,10 @@ struct CudaScorerOptions {
   // epilogue's scratch does not fit beside the tile) the pass takes the GEMM path. Off by default
   // until measured against it on a GPU (scan_bench --kernels=gemm,fused).
   bool fused_products = false;
+  // Fused pass: blocks resident per SM, 1 or 2. With 2, one block's epilogue (CUDA cores) overlaps
+  // the other's products (tensor cores); each block then has shared memory for fewer epilogue
+  // warps. The pass falls back to 1 when 2 would leave fewer than two epilogue warps.
+  int fused_blocks_per_sm = 2;
   // Host rows reach the device through two pinned staging buffers of this many bytes each, one
   // filling while the other's copy runs (at least one row per step).
   int64_t upload_bytes = int64_t{64} << 20;
@@ -116,9 +120,18 @@ class CudaScorer final : public Scorer {
     int64_t widened_rows = 0;
   };
   PassCounts pass_counts() const;
-  // Switch CudaScorerOptions::fused_products, pipelined_epilogue and max_product_bytes (>= 1)
-  // for later passes: benchmarks compare them on one loaded store.
+  // The last fused pass's launch: blocks resident per SM, epilogue warps per block, dynamic
+  // shared memory per block (zeros before any fused pass).
+  struct FusedLaunch {
+    int blocks_per_sm = 0;
+    int epilogue_warps = 0;
+    int64_t shared_bytes = 0;
+  };
+  FusedLaunch fused_launch() const;
+  // Switch CudaScorerOptions::fused_products, pipelined_epilogue, max_product_bytes (>= 1) and
+  // fused_blocks_per_sm (1 or 2) for later passes: benchmarks compare them on one loaded store.
   void set_fused_products(bool on);
+  void set_fused_blocks_per_sm(int blocks);
   void set_pipelined_epilogue(bool on);
   void set_max_product_bytes(int64_t bytes);
 

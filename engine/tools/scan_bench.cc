@@ -26,11 +26,12 @@
 // so that 1M images need no 147 GB of host data; the scoring cost does not depend on the values.
 //   scan_bench --backend=cuda [--images=100000,1000000] [--storage=bf16] [--batch=1,2,...,64]
 //              [--queries=64] [--reps=3] [--pool=4096] [--query_precision=bf16x2|bf16]
-//              [--kernels=gemm,gemm-serial,fused] [--product_mb=256,32 (gemm: product chunk budgets
-//              to compare)]
+//              [--kernels=gemm,gemm-serial,fused,fused-1] [--product_mb=256,32 (gemm: product
+//              chunk budgets to compare)]
 // Kernels: gemm = cuBLAS products + the epilogue kernel, the epilogues on a second stream
 // (CudaScorerOptions::pipelined_epilogue); gemm-serial = the same on one stream; fused = one
-// kernel per chunk (fused_products).
+// kernel over the whole store (fused_products), two blocks per SM where they fit; fused-1 = the
+// same, one block per SM with more epilogue warps (fused_blocks_per_sm).
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
@@ -47,6 +48,7 @@
 
 #include <sys/resource.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -76,7 +78,7 @@ struct Flags {
   int64_t queries = 32;
   std::vector<int64_t> batches = {1, 4, 16, 32};
   std::vector<std::string> storages = {"fp32", "bf16"};
-  std::vector<std::string> kernels = {"gemm"};  // cuda: gemm (cuBLAS + epilogue) and/or fused
+  std::vector<std::string> kernels = {"gemm"};  // cuda: gemm (cuBLAS + epilogue), fused, ...
   // cuda, gemm kernels: product chunk budgets (MB) to compare; empty = CudaScorerOptions' default.
   // A chunk small enough to stay in L2 (H200: 50 MB) saves writing and re-reading the products
   // through HBM, for more launches.
@@ -98,7 +100,7 @@ struct Flags {
                "--batch=1,4,16 --storage=fp32,bf16,fp8 --threads=N --words_min=N --words_max=N "
                "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
                "--parallelism=per_thread,shared --block_rows=N "
-               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,gemm-serial,fused "
+               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,gemm-serial,fused,fused-1 "
                "--product_mb=256,32\n",
                why.c_str());
   std::exit(2);
@@ -146,8 +148,8 @@ Flags ParseFlags(int argc, char** argv) {
     } else if (name == "kernels") {
       f.kernels.clear();
       for (absl::string_view b : absl::StrSplit(v, ',')) {
-        if (b != "gemm" && b != "gemm-serial" && b != "fused") {
-          Usage("--kernels: gemm, gemm-serial and/or fused");
+        if (b != "gemm" && b != "gemm-serial" && b != "fused" && b != "fused-1") {
+          Usage("--kernels: gemm, gemm-serial, fused and/or fused-1");
         }
         f.kernels.emplace_back(b);
       }
@@ -429,7 +431,7 @@ int RunCuda(const Flags& f) {
       // (kernel, product chunk MB; 0 = the scorer's default) in table order.
       std::vector<std::pair<std::string, int64_t>> variants;
       for (const std::string& kernel : f.kernels) {
-        if (kernel != "fused" && !f.product_mb.empty()) {
+        if (!absl::StartsWith(kernel, "fused") && !f.product_mb.empty()) {
           for (int64_t mb : f.product_mb) variants.emplace_back(kernel, mb);
         } else {
           variants.emplace_back(kernel, 0);
@@ -437,11 +439,13 @@ int RunCuda(const Flags& f) {
       }
       const int64_t default_product_bytes = scorer->options().max_product_bytes;
       for (const auto& [kernel, product_mb] : variants) {
-        scorer->set_fused_products(kernel == "fused");
+        const bool fused = absl::StartsWith(kernel, "fused");
+        scorer->set_fused_products(fused);
+        scorer->set_fused_blocks_per_sm(kernel == "fused-1" ? 1 : 2);
         scorer->set_pipelined_epilogue(kernel != "gemm-serial");
         scorer->set_max_product_bytes(product_mb > 0 ? (product_mb << 20) : default_product_bytes);
         const CudaScorer::PassCounts before = scorer->pass_counts();
-        if (kernel == "fused") {  // warm-up of the fused path
+        if (fused) {  // warm-up of the fused path
           Check(scorer->Search(absl::MakeConstSpan(caption_views).first(1), kTopK).status(),
                 "cuda Search (fused warm-up)");
         }
@@ -465,12 +469,16 @@ int RunCuda(const Flags& f) {
           // when the shapes do not fit it).
           const CudaScorer::PassCounts now = scorer->pass_counts();
           const bool all_fused = now.gemm == before.gemm && now.fused > before.fused;
+          // A fused pass says how many blocks shared an SM and their epilogue warps: "fused 2x4".
+          const CudaScorer::FusedLaunch launch = scorer->fused_launch();
           r.config = absl::StrCat("cuda ", storage, " ",
                                   storage == "fp32" ? "q-fp32"
                                                     : (f.query_precision == "bf16" ? "q-bf16" : "q-bf16x2"),
-                                  kernel == "fused" ? (all_fused ? " fused" : " fused->gemm")
-                                  : kernel == "gemm-serial" ? " serial"
-                                                            : "",
+                                  fused ? (all_fused ? absl::StrCat(" fused ", launch.blocks_per_sm,
+                                                                    "x", launch.epilogue_warps)
+                                                     : std::string(" fused->gemm"))
+                                  : kernel == "gemm-serial" ? std::string(" serial")
+                                                            : std::string(),
                                   product_mb > 0 ? absl::StrCat(" ", product_mb, "MB") : "");
           r.images = n;
           r.batch = batch;

@@ -242,6 +242,7 @@ struct CudaScorer::Impl {
   mutable cudaEvent_t epilogues_done = nullptr;
   mutable bool col_keys_dirty = true;
   mutable PassCounts passes;  // guarded by pass_mu
+  mutable FusedLaunch fused_launch;  // guarded by pass_mu
   // Set when a device copy failed midway through a compaction: the slabs and the key map may no
   // longer agree, so every later call fails with it rather than score a half-moved store.
   absl::Status broken;  // guarded by pass_mu
@@ -616,7 +617,7 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   if (options.fused_products) {
     SCANSERVE_CUDA_RETURN_IF_ERROR(
         ck::PlanFused(device, d, max_s_rows, max_q_rows, stored_is_context, bf16_gemm,
-                      &fused_plan),
+                      options.fused_blocks_per_sm, &fused_plan),
         "plan the fused pass");
     fused = fused_plan.eligible;
   }
@@ -633,6 +634,10 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
     }
   }
   ++(fused ? passes.fused : passes.gemm);
+  if (fused) {
+    fused_launch = FusedLaunch{fused_plan.blocks_per_sm, fused_plan.epilogue_warps,
+                               static_cast<int64_t>(fused_plan.shared_bytes)};
+  }
   if (fused) {
     SCANSERVE_RETURN_IF_ERROR(
         q_groups.Reserve(groups.size() * sizeof(ck::QueryGroupDev), "query groups"));
@@ -862,6 +867,10 @@ absl::StatusOr<std::unique_ptr<CudaScorer>> CudaScorer::Create(const ScorerConfi
         options.slab_rows, ", ", options.max_product_bytes, ", ", options.upload_bytes, " and ",
         options.device));
   }
+  if (options.fused_blocks_per_sm < 1 || options.fused_blocks_per_sm > 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CudaScorerOptions: fused_blocks_per_sm must be 1 or 2, got ", options.fused_blocks_per_sm));
+  }
   if (config.dim > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError(
         absl::StrCat("CudaScorer: dim ", config.dim, " is beyond cuBLAS's int sizes"));
@@ -933,6 +942,17 @@ void CudaScorer::set_fused_products(bool on) {
   std::lock_guard<std::mutex> lock(impl_->pass_mu);
   impl_->options.fused_products = on;
   options_.fused_products = on;
+}
+
+void CudaScorer::set_fused_blocks_per_sm(int blocks) {
+  std::lock_guard<std::mutex> lock(impl_->pass_mu);
+  impl_->options.fused_blocks_per_sm = std::clamp(blocks, 1, 2);
+  options_.fused_blocks_per_sm = impl_->options.fused_blocks_per_sm;
+}
+
+CudaScorer::FusedLaunch CudaScorer::fused_launch() const {
+  std::lock_guard<std::mutex> lock(impl_->pass_mu);
+  return impl_->fused_launch;
 }
 
 void CudaScorer::set_pipelined_epilogue(bool on) {

@@ -409,7 +409,7 @@ __device__ __forceinline__ StageSlot StageSlotOf(int n) {
 // fp8 stored rows are read as codes (8 bytes per staged vector, half bf16's traffic) and widened
 // to bf16 only when staged, after the multiplies the loads overlap; exactly as Fp8RowsToBf16.
 template <bool kFp8Stored>
-__global__ void __launch_bounds__(kFusedThreads)
+__global__ void __launch_bounds__(kFusedThreads, 2)
     FusedScoreKernel(EpilogueParams p, FusedParams f, int64_t first_tile, int epilogue_warps,
                      int64_t warp_floats) {
   extern __shared__ __align__(128) float fused_shared[];
@@ -718,32 +718,54 @@ cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, flo
 }
 
 cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
-                      bool stored_is_context, bool bf16_operands, FusedPlan* plan) {
+                      bool stored_is_context, bool bf16_operands, int blocks_per_sm,
+                      FusedPlan* plan) {
   *plan = FusedPlan{};
   if (!bf16_operands || dim % kFusedTileK != 0 || max_stored_rows > kFusedTileRows ||
       max_query_rows > kFusedMaxGroupRows) {
     return cudaSuccess;  // not eligible
   }
-  int optin = 0;
+  int optin = 0, per_sm = 0, reserved = 0;
   cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
+  }
+  if (err == cudaSuccess) {
+    err = cudaDeviceGetAttribute(&reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
+  }
   if (err != cudaSuccess) return err;
-  // The epilogue's per-warp scratch, for as many warps as fit beside the product tile.
+  // The same ceiling for every plan (see PlanEpilogue).
+  for (const void* kernel : {reinterpret_cast<const void*>(FusedScoreKernel<false>),
+                             reinterpret_cast<const void*>(FusedScoreKernel<true>)}) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, optin);
+    if (err != cudaSuccess) return err;
+  }
+  // The epilogue's per-warp scratch, for as many warps as fit beside the product tile in a
+  // block's share of the SM: with two blocks per SM, one block's epilogue (CUDA cores) overlaps
+  // the other's k loop (tensor cores), at the price of fewer epilogue warps each.
   plan->warp_floats = stored_is_context ? EpilogueWarpFloats(max_stored_rows, max_query_rows)
                                         : EpilogueWarpFloats(max_query_rows, max_stored_rows);
   const int64_t warp_bytes = plan->warp_floats * static_cast<int64_t>(sizeof(float));
-  plan->epilogue_warps = static_cast<int>(std::min<int64_t>(
-      kFusedWarps, (optin - static_cast<int64_t>(kFusedProductBytes)) / warp_bytes));
-  if (plan->epilogue_warps < 1) return cudaSuccess;  // not eligible
-  plan->shared_bytes = kFusedProductBytes + static_cast<size_t>(plan->epilogue_warps * warp_bytes);
-  // The same ceiling for every plan (see PlanEpilogue).
-  err = cudaFuncSetAttribute(FusedScoreKernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             optin);
-  if (err != cudaSuccess) return err;
-  err = cudaFuncSetAttribute(FusedScoreKernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             optin);
-  if (err != cudaSuccess) return err;
-  plan->eligible = true;
-  return cudaSuccess;
+  for (int blocks = std::max(blocks_per_sm, 1); blocks >= 1; --blocks) {
+    const int64_t budget = std::min<int64_t>(optin, per_sm / blocks - reserved);
+    const int warps = static_cast<int>(std::min<int64_t>(
+        kFusedWarps, (budget - static_cast<int64_t>(kFusedProductBytes)) / warp_bytes));
+    // Two blocks per SM only with at least two epilogue warps each.
+    if (warps < (blocks > 1 ? 2 : 1)) continue;
+    const size_t shared = kFusedProductBytes + static_cast<size_t>(warps * warp_bytes);
+    // What the device really fits (registers too), for the plan to report.
+    int resident = 0;
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, FusedScoreKernel<false>,
+                                                        kFusedThreads, shared);
+    if (err != cudaSuccess) return err;
+    if (resident < blocks && blocks > 1) continue;
+    plan->epilogue_warps = warps;
+    plan->shared_bytes = shared;
+    plan->blocks_per_sm = resident;
+    plan->eligible = resident >= 1;
+    return cudaSuccess;
+  }
+  return cudaSuccess;  // not eligible: not even one epilogue warp's scratch fits
 }
 
 cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,

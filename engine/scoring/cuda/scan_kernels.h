@@ -156,9 +156,13 @@ struct FusedPlan {
   int epilogue_warps = 0;  // warps with epilogue scratch (of the block's kFusedWarps)
   int64_t warp_floats = 0;
   size_t shared_bytes = 0;
+  int blocks_per_sm = 0;  // resident blocks per SM at shared_bytes (the occupancy API's answer)
 };
+// Sizes the epilogue scratch so that blocks_per_sm blocks (1 or 2) fit an SM, with at least two
+// epilogue warps each; otherwise one block per SM with as many warps as fit.
 cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
-                      bool stored_is_context, bool bf16_operands, FusedPlan* plan);
+                      bool stored_is_context, bool bf16_operands, int blocks_per_sm,
+                      FusedPlan* plan);
 // params as for Epilogue, less what is per slab or per chunk (items, stored norms and Grams,
 // col0, item_begin, chunk_row0, product, ld_product, lo_offset, num_items: unused). A block per
 // (tile, group), the groups of one tile consecutive; one launch for up to 2^31 - 1 blocks.

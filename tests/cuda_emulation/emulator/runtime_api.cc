@@ -27,6 +27,7 @@ constexpr int kSms = 132;
 constexpr int kSharedPerBlock = 48 * 1024;
 constexpr int kSharedOptin = 227 * 1024;
 constexpr int kSharedPerSm = 228 * 1024;
+constexpr int kSharedReservedPerBlock = 1024;  // by the system, per block, on sm_80+
 constexpr int kMaxThreadsPerBlock = 1024;
 constexpr int kMaxThreadsPerSm = 2048;
 
@@ -171,8 +172,7 @@ cudaError_t OccupancyBlocksPerSm(int* blocks, const void* /*kernel*/, int block_
                                  size_t dynamic_shared) {
   if (block_size <= 0 || block_size > kMaxThreadsPerBlock) return Record(cudaErrorInvalidValue);
   int by_threads = kMaxThreadsPerSm / block_size;
-  // 1 KB of shared memory per block is reserved by the system on sm_80+.
-  const size_t per_block = dynamic_shared + 1024;
+  const size_t per_block = dynamic_shared + kSharedReservedPerBlock;
   int by_shared = static_cast<int>(kSharedPerSm / per_block);
   *blocks = std::min(32, std::min(by_threads, by_shared));
   return cudaSuccess;
@@ -248,6 +248,12 @@ cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) 
       return cudaSuccess;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin:
       *value = scanserve_emu::kSharedOptin;
+      return cudaSuccess;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor:
+      *value = scanserve_emu::kSharedPerSm;
+      return cudaSuccess;
+    case cudaDevAttrReservedSharedMemoryPerBlock:
+      *value = scanserve_emu::kSharedReservedPerBlock;
       return cudaSuccess;
   }
   return Record(cudaErrorInvalidValue);

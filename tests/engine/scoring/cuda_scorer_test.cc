@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "scoring_test_util.h"
 
@@ -508,6 +509,66 @@ TEST(CudaScorerTest, FusedPassWithFewEpilogueWarps) {
   ExpectSameState(*cuda, *cpu, captions, "few epilogue warps", kCudaBf16SplitMaxRelErr);
   EXPECT_EQ(cuda->pass_counts().fused, 1);
   EXPECT_EQ(cuda->pass_counts().gemm, 0);
+  EXPECT_LT(cuda->fused_launch().epilogue_warps, 7) << "no pair was left for a second round";
+}
+
+// One or two fused blocks per SM: the same pairs scored by other warps, so the same scores to
+// the bit. At SCAN's shapes two blocks fit an sm_90 SM with fewer epilogue warps each. Where two
+// would leave one epilogue warp each (64-row items and captions: ~25 KB of scratch per warp) or
+// none (128 rows), the pass falls back to one block per SM.
+TEST(CudaScorerTest, FusedBlocksPerSmScoreAlike) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  struct Shape {
+    int regions, min_words, max_words;
+    bool two_on_sm90;
+  };
+  for (ItemKind stored : {ItemKind::kImage, ItemKind::kCaption}) {
+    for (const Shape& shape : {Shape{36, 8, 30, true}, Shape{64, 64, 64, false},
+                               Shape{128, 120, 128, false}}) {
+      const bool largest = !shape.two_on_sm90;
+      CompareOptions data;
+      data.stored_kind = stored;
+      data.storage = StorageType::kBFloat16;
+      data.num_stored = largest ? 5 : 40;
+      data.num_queries = largest ? 2 : 10;
+      data.min_regions = data.max_regions = shape.regions;
+      data.min_words = shape.min_words;
+      data.max_words = shape.max_words;
+      data.dim = 64;
+      const TestData t = MakeTestData(data);
+      FloatMatrix scores[2];
+      CudaScorer::FusedLaunch launch[2];
+      for (int blocks : {1, 2}) {
+        CudaScorerOptions o;
+        o.fused_products = true;
+        o.fused_blocks_per_sm = blocks;
+        auto cuda = MakeCuda(MakeConfig(data, StorageType::kBFloat16), o);
+        ASSERT_NE(cuda, nullptr);
+        ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+        ASSERT_TRUE(cuda->ScoreAll(Views(t.queries), &scores[blocks - 1]).ok());
+        ASSERT_EQ(cuda->pass_counts().fused, 1);
+        launch[blocks - 1] = cuda->fused_launch();
+        if (blocks == 2 && absl::StrContains(cuda->DeviceDescription(), "sm_90")) {
+          EXPECT_EQ(cuda->fused_launch().blocks_per_sm, shape.two_on_sm90 ? 2 : 1)
+              << cuda->DeviceDescription() << " | " << data.ToString();
+        }
+      }
+      const std::string what = data.ToString();
+      EXPECT_EQ(launch[0].blocks_per_sm, 1) << what;
+      EXPECT_GE(launch[1].epilogue_warps, 1) << what;
+      if (launch[1].blocks_per_sm == 2) {
+        EXPECT_GE(launch[1].epilogue_warps, 2) << what;
+        EXPECT_LT(launch[1].epilogue_warps, launch[0].epilogue_warps) << what;
+      } else {
+        EXPECT_EQ(launch[1].epilogue_warps, launch[0].epilogue_warps) << what;
+      }
+      ASSERT_EQ(scores[0].rows, scores[1].rows);
+      ASSERT_EQ(scores[0].cols, scores[1].cols);
+      for (int64_t i = 0; i < scores[0].rows * scores[0].cols; ++i) {
+        ASSERT_EQ(scores[0].data[i], scores[1].data[i]) << "score " << i << " | " << what;
+      }
+    }
+  }
 }
 
 // Identical items under different keys: every score ties, so Search must order by key.
@@ -559,6 +620,12 @@ TEST(CudaScorerTest, RejectsBadOptions) {
   o.upload_bytes = 0;
   EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
             absl::StatusCode::kInvalidArgument);
+  for (int blocks : {0, 3}) {
+    o = CudaScorerOptions{};
+    o.fused_blocks_per_sm = blocks;
+    EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
   o = CudaScorerOptions{};
   o.device = 1 << 20;
   EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
