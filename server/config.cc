@@ -177,6 +177,22 @@ const std::vector<Flag>& Flags() {
          c->storage_given = true;
          return absl::OkStatus();
        }},
+      {"cuda-kernels", "gemm|fused",
+       "the CUDA backend's scoring pass: gemm (cuBLAS products, then the fused SCAN epilogue "
+       "kernel) or fused (one kernel: products on the tensor cores in shared memory, scored there; "
+       "bf16 or fp8 storage). Scores are the same to rounding; "
+       "scanserve_scorer_passes_total{kernel} says which ran",
+       [](const ServerConfig& c) {
+         return std::string(c.engine.scorer_tuning.cuda_fused_products ? "fused" : "gemm");
+       },
+       [](const std::string& v, ServerConfig* c) {
+         if (v != "gemm" && v != "fused") {
+           return absl::InvalidArgumentError(
+               absl::StrCat("--cuda-kernels: expected gemm or fused, got '", v, "'"));
+         }
+         c->engine.scorer_tuning.cuda_fused_products = v == "fused";
+         return absl::OkStatus();
+       }},
       {"encoder-device", "auto|cpu|cuda|cuda:N",
        "where the text and region encoders run. auto: cuda:0 with --backend cuda when this "
        "LibTorch has CUDA and a GPU, else cpu; cuda fails start-up when it cannot be used",
@@ -488,6 +504,15 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
   // On the GPU the store is read once per pass: bf16 halves that at ~2^-9 relative per value.
   if (!result.config.storage_given && result.config.engine.backend == ScorerBackend::kCuda) {
     result.config.engine.storage = StorageType::kBFloat16;
+  }
+  if (result.config.engine.scorer_tuning.cuda_fused_products) {
+    if (result.config.engine.backend != ScorerBackend::kCuda) {
+      return absl::InvalidArgumentError("--cuda-kernels fused needs --backend cuda");
+    }
+    if (result.config.engine.storage == StorageType::kFloat32) {
+      return absl::InvalidArgumentError(
+          "--cuda-kernels fused needs --storage bf16 or fp8 (fp32 is scored with cuBLAS SGEMM)");
+    }
   }
   DetectorOptions& detector = result.config.detector;
   detector.max_image_bytes = result.config.server.detection.max_image_bytes;

@@ -119,6 +119,10 @@ ServerMetrics::ServerMetrics(const std::string& version)
                                      "scorer_top_k, top_lists (GPU filters and ensembles) or "
                                      "full_scores.")
                                .Register(r);
+  scorer_passes_ = &prometheus::BuildCounter()
+                       .Name("scanserve_scorer_passes_total")
+                       .Help("Scoring passes of the CUDA backend, by kernel: fused or gemm.")
+                       .Register(r);
   engine_score_seconds_ = &prometheus::BuildCounter()
                               .Name("scanserve_engine_score_seconds_total")
                               .Help("Search time spent scoring the stored items (SCAN) and "
@@ -264,6 +268,10 @@ prometheus::Counter& ServerMetrics::engine_ranked_queries(SearchDirection direct
   return engine_ranked_queries_->Add({{"direction", DirectionLabel(direction)}, {"path", path}});
 }
 
+prometheus::Counter& ServerMetrics::scorer_passes(const std::string& kernel) {
+  return scorer_passes_->Add({{"kernel", kernel}});
+}
+
 prometheus::Histogram& ServerMetrics::batch_size(SearchDirection direction) {
   return batch_size_->Add({{"direction", DirectionLabel(direction)}}, CountBuckets());
 }
@@ -330,6 +338,9 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
     AdvanceCounter(engine_ranked_queries(d, "scorer_top_k"), ranked.scorer_top_k, &seen_ranked_[i].scorer_top_k);
     AdvanceCounter(engine_ranked_queries(d, "top_lists"), ranked.top_lists, &seen_ranked_[i].top_lists);
     AdvanceCounter(engine_ranked_queries(d, "full_scores"), ranked.full_scores, &seen_ranked_[i].full_scores);
+  }
+  for (const auto& [kernel, passes] : stats.scorer_passes) {
+    AdvanceCounter(scorer_passes(kernel), passes, &seen_scorer_passes_[kernel]);
   }
 }
 

@@ -8,6 +8,7 @@
 // The text exposition (GET /metrics) is metrics_http.h's job.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -130,6 +131,10 @@ class ServerMetrics {
   // CPU filters and ensembles, and GPU queries the lists left undecided). On a GPU a growing
   // full_scores share is the sign of rare filters or disagreeing models.
   prometheus::Counter& engine_ranked_queries(SearchDirection direction, const std::string& path);
+  // scanserve_scorer_passes_total{kernel}: scoring passes of the CUDA backend by the kernel that
+  // ran them, fused or gemm (with --cuda-kernels fused, a growing gemm count means queries or
+  // items the fused pass cannot take). Absent on the CPU backend.
+  prometheus::Counter& scorer_passes(const std::string& kernel);
   // Sets the gauges above from a Stats() snapshot, and advances the cumulative counters (store,
   // search phases, ranked queries) by how much the engine's values grew since the previous call (they never go
   // down). Thread-safe.
@@ -152,6 +157,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* engine_encode_seconds_;
   prometheus::Family<prometheus::Counter>* engine_score_seconds_;
   prometheus::Family<prometheus::Counter>* engine_ranked_queries_;
+  prometheus::Family<prometheus::Counter>* scorer_passes_;
   prometheus::Family<prometheus::Histogram>* engine_upsert_seconds_;
   prometheus::Family<prometheus::Counter>* ingest_items_;
 
@@ -179,6 +185,7 @@ class ServerMetrics {
   double seen_sync_seconds_ = 0;
   SearchPhaseSeconds seen_phases_[2];  // [text_to_image, image_to_text]
   RankingCounts seen_ranked_[2];
+  std::map<std::string, int64_t> seen_scorer_passes_;
 };
 
 }  // namespace scanserve

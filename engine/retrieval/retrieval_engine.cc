@@ -1239,8 +1239,14 @@ EngineStats ScanRetrievalEngine::Stats() const {
     stats.synthetic_captions = captions_.synthetic;
     stats.feature_bytes_committed = images_.feature_bytes + captions_.feature_bytes;
     if (!closed_) {
-      for (const ModelSlot& slot : models_)
+      for (const ModelSlot& slot : models_) {
         stats.feature_bytes += slot.images->memory_bytes() + slot.captions->memory_bytes();
+        for (const Scorer* scorer : {slot.images.get(), slot.captions.get()}) {
+          for (const auto& [kernel, passes] : scorer->KernelPasses()) {
+            stats.scorer_passes[kernel] += passes;
+          }
+        }
+      }
       // Every scorer of one engine shares the device: the first one that knows says.
       if (const auto device = models_.front().images->DeviceMemoryInfo(); device.has_value()) {
         stats.device_memory_free_bytes = device->free_bytes;
@@ -1342,7 +1348,8 @@ absl::StatusOr<std::unique_ptr<RetrievalEngine>> RetrievalEngine::CreateWithStor
       scorer.attention = config.attention;
       scorer.storage = options.storage;
       scorer.num_threads = options.num_threads;
-      SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<Scorer> made, MakeScorer(options.backend, scorer));
+      SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<Scorer> made,
+                                 MakeScorer(options.backend, scorer, options.scorer_tuning));
       if (made == nullptr) return absl::InternalError("MakeScorer returned no scorer");
       (kind == ItemKind::kImage ? slot.images : slot.captions) = std::move(made);
     }

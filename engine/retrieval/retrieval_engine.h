@@ -49,6 +49,7 @@ struct RetrievalEngineOptions {
   // that cannot be used is FAILED_PRECONDITION.
   std::optional<EncoderDevice> encoder_device;
   StorageType storage = StorageType::kFloat32;
+  ScorerTuning scorer_tuning;              // backend-specific; never changes a score's meaning
   int num_threads = 0;                     // 0 = all cores
   int64_t max_images = 1'000'000;          // capacity: beyond these, ingest is RESOURCE_EXHAUSTED
   int64_t max_captions = 5'000'000;
@@ -168,6 +169,8 @@ struct EngineStats {
   // The scorers' device memory (CUDA backend): free and total bytes; -1 on the CPU.
   int64_t device_memory_free_bytes = -1;
   int64_t device_memory_total_bytes = -1;
+  // Scoring passes so far per kernel, over every scorer (CUDA: "fused", "gemm"); empty on the CPU.
+  std::map<std::string, int64_t> scorer_passes;
   std::vector<std::string> model_summaries;
   std::string backend;            // "cpu", "cuda:0", ...
   std::string encoder_device;     // where the encoders run: "cpu", "cuda:0", ...

@@ -106,6 +106,7 @@ class CudaScorer final : public Scorer {
   std::optional<DeviceMemory> DeviceMemoryInfo() const override;
   int64_t DeviceSearchMaxK() const override { return kMaxDeviceTopK; }
   absl::Status Health() const override;
+  std::vector<std::pair<std::string, int64_t>> KernelPasses() const override;
 
   const CudaScorerOptions& options() const { return options_; }
   // "NVIDIA H200 (sm_90, 139.8 GiB)" and the like.

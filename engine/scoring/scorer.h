@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -85,6 +87,10 @@ class Scorer {
   // OK, or why this scorer can no longer answer (the CUDA backend after a device copy failed
   // midway through a compaction): every later call fails with it; a restart reloads the store.
   virtual absl::Status Health() const { return absl::OkStatus(); }
+  // Scoring passes so far per kernel, for operators: the CUDA backend's {"fused", n} and
+  // {"gemm", m} (which path its passes took; the fused one falls back to the GEMM path for shapes
+  // it cannot take). Empty where a backend has one kind of pass.
+  virtual std::vector<std::pair<std::string, int64_t>> KernelPasses() const { return {}; }
 
   // Scores every query against every stored item: (*scores) becomes queries.size() x size().
   absl::Status ScoreAll(absl::Span<const ItemView> queries, FloatMatrix* scores) const;
@@ -125,7 +131,15 @@ std::vector<std::vector<ScoredKey>> TopKPerRow(const FloatMatrix& scores,
 // pooling, lambda_lse is finite and > 0. Every backend's factory checks it.
 absl::Status ValidateScorerConfig(const ScorerConfig& config);
 
+// Tuning that one backend reads and the others ignore (it never changes what a score means).
+struct ScorerTuning {
+  // CUDA: the fused single-kernel pass (CudaScorerOptions::fused_products) instead of cuBLAS
+  // products + the epilogue kernel.
+  bool cuda_fused_products = false;
+};
+
 // The one place that knows which backends were compiled in.
-absl::StatusOr<std::unique_ptr<Scorer>> MakeScorer(ScorerBackend backend, const ScorerConfig& config);
+absl::StatusOr<std::unique_ptr<Scorer>> MakeScorer(ScorerBackend backend, const ScorerConfig& config,
+                                                   const ScorerTuning& tuning = {});
 
 }  // namespace scanserve

@@ -16,7 +16,8 @@
 namespace scanserve {
 
 absl::StatusOr<std::unique_ptr<Scorer>> MakeScorer(ScorerBackend backend,
-                                                   const ScorerConfig& config) {
+                                                   const ScorerConfig& config,
+                                                   [[maybe_unused]] const ScorerTuning& tuning) {
   switch (backend) {
     case ScorerBackend::kCpu: {
       SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<CpuScorer> s, CpuScorer::Create(config));
@@ -30,7 +31,9 @@ absl::StatusOr<std::unique_ptr<Scorer>> MakeScorer(ScorerBackend backend,
     case ScorerBackend::kCuda:
 #ifdef SCANSERVE_WITH_CUDA
     {
-      SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<CudaScorer> s, CudaScorer::Create(config));
+      CudaScorerOptions options;
+      options.fused_products = tuning.cuda_fused_products;
+      SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<CudaScorer> s, CudaScorer::Create(config, options));
       return std::unique_ptr<Scorer>(std::move(s));
     }
 #else

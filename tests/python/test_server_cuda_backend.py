@@ -9,6 +9,8 @@ there is neither.
 
 Both servers load the same tiny random model and receive the same images and captions; the CUDA
 one stores fp32, so the two must agree to rounding. Checked:
+  * --cuda-kernels fused on bf16 against the CPU on bf16: the same hits and scores, and every
+    pass on the fused kernel (scanserve_scorer_passes_total{kernel});
   * text -> image and image -> text (stored id and raw features) give the same hits and scores,
     with and without a collection filter (the filtered search is answered from the device's top
     list: scanserve_engine_ranked_queries_total{path="top_lists"} grows);
@@ -49,9 +51,10 @@ N_IMAGES = 60
 N_CAPTIONS = 40
 
 
-def cuda_server(tmp, name, model, data_dir, env=None):
-    """A started CUDA server storing fp32 (so that it agrees with the CPU server to rounding)."""
-    return h.ServerProcess(tmp, name, [model], data_dir, extra=["--backend", "cuda", "--storage", "fp32"],
+def cuda_server(tmp, name, model, data_dir, env=None, extra=("--storage", "fp32")):
+    """A started CUDA server storing fp32 by default (so that it agrees with the CPU server to
+    rounding)."""
+    return h.ServerProcess(tmp, name, [model], data_dir, extra=["--backend", "cuda"] + list(extra),
                            binary=CUDA_SERVER, env=env).start()
 
 
@@ -113,7 +116,7 @@ class CudaBackendTest(unittest.TestCase):
         out["i2t 'even'"] = [[(x.id, x.score) for x in r.hits] for r in res.results]
         return out
 
-    def assert_same(self, want_all, got_all, when):
+    def assert_same(self, want_all, got_all, when, tol=SCORE_TOL):
         self.assertEqual(sorted(want_all), sorted(got_all))
         for name, want in want_all.items():
             got = got_all[name]
@@ -122,11 +125,11 @@ class CudaBackendTest(unittest.TestCase):
                 self.assertEqual(len(g), len(w), "%s, %s, query %d" % (when, name, q))
                 for rank, ((wid, ws), (gid, gs)) in enumerate(zip(w, g)):
                     where = "%s, %s, query %d, rank %d" % (when, name, q, rank)
-                    self.assertAlmostEqual(gs, ws, delta=SCORE_TOL, msg=where)
+                    self.assertAlmostEqual(gs, ws, delta=tol, msg=where)
                     if gid != wid:  # only a tie to rounding may swap two hits
                         other = dict(w).get(gid)
                         self.assertIsNotNone(other, "%s: %s is not among the CPU's hits" % (where, gid))
-                        self.assertAlmostEqual(other, gs, delta=SCORE_TOL, msg=where)
+                        self.assertAlmostEqual(other, gs, delta=tol, msg=where)
 
     def ranked(self, server, path):
         return h.metric_value(h.parse_metrics(server.scrape()), "scanserve_engine_ranked_queries_total", path=path)
@@ -162,6 +165,25 @@ class CudaBackendTest(unittest.TestCase):
         stats = cuda2_stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
         self.assertEqual(stats.images, N_IMAGES - 4)  # 5 deleted, 1 of them re-added
         self.assert_same(self.search_all(cpu_stub), self.search_all(cuda2_stub), "after a restart")
+
+    def test_fused_kernel_server_answers_as_the_cpu_server(self):
+        """--cuda-kernels fused on bf16 storage against the CPU server on bf16: the same rounded
+        items, the queries exact to ~2^-16 (bf16 hi + lo), so the same hits and scores to 1e-4;
+        every pass took the fused kernel (scanserve_scorer_passes_total)."""
+        cpu = h.ServerProcess(self.tmp, "cpu", [self.model], os.path.join(self.tmp, "data_cpu"),
+                              extra=["--storage", "bf16"])
+        cpu_stub = self.start(cpu.start())
+        cuda = cuda_server(self.tmp, "cuda", self.model, os.path.join(self.tmp, "data_cuda"),
+                           extra=["--storage", "bf16", "--cuda-kernels", "fused"])
+        cuda_stub = self.start(cuda)
+        self.fill(cpu_stub)
+        self.fill(cuda_stub)
+        self.assert_same(self.search_all(cpu_stub), self.search_all(cuda_stub), "fused, bf16")
+        samples = h.parse_metrics(cuda.scrape())
+        self.assertGreater(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="fused"), 0)
+        self.assertEqual(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="gemm"), 0)
+        # The CPU server has no scorer passes by kernel.
+        self.assertEqual(h.metric_value(h.parse_metrics(cpu.scrape()), "scanserve_scorer_passes_total"), 0)
 
     def health(self, server):
         """(exit code, output) of `scanctl health` against the server."""

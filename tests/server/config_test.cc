@@ -205,6 +205,43 @@ TEST(ConfigTest, EncoderDevice) {
   }
 }
 
+// The CUDA backend's pass: gemm by default; fused only with --backend cuda and bf16/fp8 storage.
+TEST(ConfigTest, CudaKernels) {
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m", "--backend", "cuda"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_FALSE(parsed->config.engine.scorer_tuning.cuda_fused_products);
+  EXPECT_NE(DescribeConfig(parsed->config).find("cuda-kernels = gemm"), std::string::npos);
+
+  for (const std::vector<std::string>& storage :
+       {std::vector<std::string>{}, {"--storage", "bf16"}, {"--storage", "fp8"}}) {
+    std::vector<std::string> args = {"--model", "m", "--backend", "cuda", "--cuda-kernels", "fused"};
+    args.insert(args.end(), storage.begin(), storage.end());
+    parsed = ParseArgs(args);
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_TRUE(parsed->config.engine.scorer_tuning.cuda_fused_products);
+    EXPECT_NE(DescribeConfig(parsed->config).find("cuda-kernels = fused"), std::string::npos);
+  }
+  const std::string file = WriteTemp("kernels.conf", "model = /m\nbackend = cuda\ncuda-kernels = fused\n");
+  parsed = ParseArgs({"--config", file});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->config.engine.scorer_tuning.cuda_fused_products);
+  parsed = ParseArgs({"--config", file, "--cuda-kernels", "gemm"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_FALSE(parsed->config.engine.scorer_tuning.cuda_fused_products);
+
+  const std::vector<std::vector<std::string>> bad = {
+      {"--model", "m", "--backend", "cuda", "--cuda-kernels", "cublas"},
+      {"--model", "m", "--backend", "cuda", "--cuda-kernels", ""},
+      {"--model", "m", "--cuda-kernels", "fused"},  // the cpu backend
+      {"--model", "m", "--backend", "cuda", "--storage", "fp32", "--cuda-kernels", "fused"}};
+  for (const std::vector<std::string>& args : bad) {
+    parsed = ParseArgs(args);
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << args.back();
+    EXPECT_NE(parsed.status().message().find("--cuda-kernels"), absl::string_view::npos)
+        << parsed.status();
+  }
+}
+
 TEST(ConfigTest, TokenFile) {
   const std::string file = WriteTemp("token", "  s3cret \n");
   absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m", "--auth-token-file", file});
@@ -218,7 +255,7 @@ TEST(ConfigTest, HelpListsEveryFlag) {
   ASSERT_TRUE(parsed.ok());
   EXPECT_TRUE(parsed->help);
   const std::string usage = Usage("scanserve");
-  for (const char* flag : {"--listen", "--metrics-listen", "--data-dir", "--model", "--config", "--threads", "--encoder-device",
+  for (const char* flag : {"--listen", "--metrics-listen", "--data-dir", "--model", "--config", "--threads", "--encoder-device", "--cuda-kernels",
                            "--storage", "--max-batch-queries", "--max-queue-delay-us", "--max-queue-size",
                            "--max-message-bytes", "--max-images", "--max-captions", "--tls-cert", "--tls-key",
                            "--tls-client-ca", "--auth-token", "--auth-token-file", "--detector-dir", "--detector-device",

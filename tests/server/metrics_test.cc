@@ -78,6 +78,23 @@ TEST(ServerMetricsTest, DeviceMemoryGaugesOnlyForAGpuBackend) {
   EXPECT_EQ(std::count(names.begin(), names.end(), "scanserve_device_memory_total_bytes"), 1);
 }
 
+// Scoring passes per kernel follow the engine's cumulative counts; none exist on the CPU.
+TEST(ServerMetricsTest, ScorerPassesByKernel) {
+  ServerMetrics metrics("test");
+  EngineStats stats;
+  metrics.UpdateFromStats(stats);
+  for (const auto& f : metrics.registry()->Collect()) {
+    if (f.name == "scanserve_scorer_passes_total") EXPECT_TRUE(f.metric.empty());
+  }
+  stats.scorer_passes = {{"fused", 3}, {"gemm", 1}};
+  metrics.UpdateFromStats(stats);
+  stats.scorer_passes["fused"] = 8;
+  metrics.UpdateFromStats(stats);
+  metrics.UpdateFromStats(stats);
+  EXPECT_DOUBLE_EQ(metrics.scorer_passes("fused").Value(), 8);
+  EXPECT_DOUBLE_EQ(metrics.scorer_passes("gemm").Value(), 1);
+}
+
 TEST(ServerMetricsTest, FeatureMemoryLimitAndCommittedAreGauges) {
   ServerMetrics metrics("test");
   EngineStats stats;

@@ -950,6 +950,11 @@ void CudaScorer::set_fused_blocks_per_sm(int blocks) {
   options_.fused_blocks_per_sm = impl_->options.fused_blocks_per_sm;
 }
 
+std::vector<std::pair<std::string, int64_t>> CudaScorer::KernelPasses() const {
+  const PassCounts counts = pass_counts();
+  return {{"fused", counts.fused}, {"gemm", counts.gemm}};
+}
+
 CudaScorer::FusedLaunch CudaScorer::fused_launch() const {
   std::lock_guard<std::mutex> lock(impl_->pass_mu);
   return impl_->fused_launch;
