@@ -20,7 +20,8 @@
 # BASELINE=0 to skip the PyTorch baseline, DETECTOR_BENCH=0 to skip the detector timing,
 # SERVE_BENCH=0 to skip the serving benchmark, SERVE_BENCH_ONLY=1 to run only the build and the
 # serving benchmark (e.g. a second call on a still-warm machine), SERVE_BENCH_BEFORE_S (420: skipped
-# when the script has run longer), SERVE_IMAGES (1000000), EXTRA_CMAKE_ARGS.
+# when the script has run longer), SERVE_IMAGES (1000000), SERVE_CUDA_KERNELS (gemm; fused for
+# scanserve --cuda-kernels fused), EXTRA_CMAKE_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -134,9 +135,11 @@ serve_bench() {
   fi
   # Built only now, so that it never delays the CUDA tests and the scoring table.
   run_step "BUILD scanserve scanctl" 240 cmake --build "$BUILD_DIR" -j "$JOBS" --target scanserve scanctl || return 0
-  run_step "SERVE BENCH scanserve cuda, ${SERVE_IMAGES:-1000000} images, through gRPC" 240 \
+  run_step "SERVE BENCH scanserve cuda (${SERVE_CUDA_KERNELS:-gemm}), ${SERVE_IMAGES:-1000000} images, through gRPC" 240 \
     env BUILD_DIR="$BUILD_DIR" BACKEND=cuda IMAGES="${SERVE_IMAGES:-1000000}" LEVELS=1,16,64,128 DURATION=4 \
-    WARMUP=2 START_TIMEOUT=150 EXTRA_SERVER_ARGS="--batch-workers 2" bash scripts/serve-bench.sh || true
+    WARMUP=2 START_TIMEOUT=150 \
+    EXTRA_SERVER_ARGS="--batch-workers 2 --cuda-kernels ${SERVE_CUDA_KERNELS:-gemm}" \
+    bash scripts/serve-bench.sh || true
 }
 if [ "${SERVE_BENCH_ONLY:-0}" = "1" ]; then
   SERVE_BENCH_BEFORE_S=100000 serve_bench
