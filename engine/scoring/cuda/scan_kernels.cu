@@ -365,11 +365,12 @@ __global__ void __launch_bounds__(kEpilogueMaxWarps * kWarp)
 // The fused pass: products on the tensor cores straight into shared memory, then the epilogue
 // from there; no product matrix in device memory.
 //
-// Block (x = query group, y = row tile): a 128 x 128 GEMM tile, the tile's stored rows against
-// the group's stacked query rows, k over the embedding in steps of kFusedTileK. Each step, the
-// threads copy the step's slice of both operands (and of the lo rows when the queries are split)
-// into shared memory as 16-byte vectors, zeros past the tile's or the group's rows, and load the
-// next slice into registers while the warps multiply this one. Split queries accumulate A·hi and
+// Block x = tile * groups + group, over every slab's row tiles (one launch per pass; a block finds
+// its tile's slab by binary search over the slab descriptors): a 128 x 128 GEMM tile, the tile's
+// stored rows against the group's stacked query rows, k over the embedding in steps of
+// kFusedTileK. Each step, the threads copy the step's slice of both operands (and of the lo rows
+// when the queries are split) into shared memory as 16-byte vectors, zeros past the tile's or the
+// group's rows, and load the next slice into registers while the warps multiply this one. Split queries accumulate A·hi and
 // A·lo into the same fp32 fragments. The groups of one tile are consecutive blocks, so a tile is
 // read from HBM about once per pass and from L2 by its other groups; a block reuses each staged
 // stored row against 128 (or 256, split) query rows.
@@ -417,7 +418,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   const int warp = threadIdx.x / kWarp;
   const int64_t tile_index = first_tile + blockIdx.x / f.num_groups;
   const QueryGroupDev g = f.groups[blockIdx.x % f.num_groups];
-  // The tile's slab: the last with first_tile <= t.
+  // The tile's slab: the last with first_tile <= tile_index.
   int lo_slab = 0, hi_slab = f.num_slabs - 1;
   while (lo_slab < hi_slab) {
     const int mid = (lo_slab + hi_slab + 1) / 2;
@@ -432,7 +433,6 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   auto* stage = reinterpret_cast<__nv_bfloat16*>(fused_shared);  // stored, hi, lo slices
   float* product = fused_shared;  // after the k loop
   float* scratch = fused_shared + kFusedProductBytes / sizeof(float);
-  const int64_t tile_row0 = tile.row_begin;  // slab row
   const __nv_bfloat16* hi = f.queries + g.row_begin * f.dim;
   const __nv_bfloat16* lo = f.queries + (f.lo_row_offset + g.row_begin) * f.dim;
   const int operands = f.split ? 3 : 2;
@@ -443,7 +443,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
 #pragma unroll
   for (int n = 0; n < kStoredSlots; ++n) {
     const StageSlot t = StageSlotOf(n);
-    row_scale[n] = kFp8Stored && t.row < tile.rows ? stored_rows.scales[tile_row0 + t.row] : 1.0f;
+    row_scale[n] = kFp8Stored && t.row < tile.rows ? stored_rows.scales[tile.row_begin + t.row] : 1.0f;
   }
   Vec16 next[kFusedVecsPerThread];
   auto fetch = [&](int64_t k0) {
@@ -453,7 +453,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
       Vec16 x = {{0u, 0u, 0u, 0u}};
       if (t.which == 0) {
         if (t.row < tile.rows) {
-          const int64_t i = (tile_row0 + t.row) * f.dim + k0 + t.vec * 8;
+          const int64_t i = (tile.row_begin + t.row) * f.dim + k0 + t.vec * 8;
           if (kFp8Stored) {
             const Vec8 codes =
                 *reinterpret_cast<const Vec8*>(static_cast<const uint8_t*>(stored_rows.values) + i);
@@ -481,8 +481,8 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
 #pragma unroll
         for (int e = 0; e < 8; e += 2) {
           const uint32_t word = codes[e / 4] >> (8 * (e % 4));
-          const uint32_t a = ToBf16(Fp8E4M3ToFloat(word & 0xffu) * row_scale[n]);
-          const uint32_t b = ToBf16(Fp8E4M3ToFloat((word >> 8) & 0xffu) * row_scale[n]);
+          const uint32_t a = ToBf16(Fp8E4M3ToFloat(static_cast<uint8_t>(word)) * row_scale[n]);
+          const uint32_t b = ToBf16(Fp8E4M3ToFloat(static_cast<uint8_t>(word >> 8)) * row_scale[n]);
           x.w[e / 2] = a | (b << 16);
         }
       }
