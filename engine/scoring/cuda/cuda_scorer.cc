@@ -621,7 +621,10 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
         "plan the fused pass");
     fused = fused_plan.eligible;
   }
+  ++(fused ? passes.fused : passes.gemm);
   if (fused) {
+    fused_launch = FusedLaunch{fused_plan.blocks_per_sm, fused_plan.epilogue_warps,
+                               static_cast<int64_t>(fused_plan.shared_bytes)};
     for (int j = 0; j < nq; ++j) {
       if (groups.empty() || groups.back().rows + q_meta[j].rows > ck::kFusedMaxGroupRows) {
         ck::QueryGroupDev g;
@@ -632,13 +635,6 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
       groups.back().rows += q_meta[j].rows;
       groups.back().num_queries += 1;
     }
-  }
-  ++(fused ? passes.fused : passes.gemm);
-  if (fused) {
-    fused_launch = FusedLaunch{fused_plan.blocks_per_sm, fused_plan.epilogue_warps,
-                               static_cast<int64_t>(fused_plan.shared_bytes)};
-  }
-  if (fused) {
     SCANSERVE_RETURN_IF_ERROR(
         q_groups.Reserve(groups.size() * sizeof(ck::QueryGroupDev), "query groups"));
     SCANSERVE_CUDA_RETURN_IF_ERROR(
