@@ -99,6 +99,18 @@ class DeviceBuffer {
     return *this;
   }
 
+  // Room for `host`, then `host` copied in on `stream`. A pageable source may be freed as soon as
+  // this returns: the runtime stages it before cudaMemcpyAsync returns.
+  template <typename T>
+  absl::Status Upload(const std::vector<T>& host, cudaStream_t stream, const char* what) {
+    const size_t bytes = host.size() * sizeof(T);
+    SCANSERVE_RETURN_IF_ERROR(Reserve(bytes, what));
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(ptr_, host.data(), bytes, cudaMemcpyHostToDevice, stream),
+        absl::StrCat("upload ", what).c_str());
+    return absl::OkStatus();
+  }
+
   // At least `bytes`; the contents are lost when it grows.
   absl::Status Reserve(size_t bytes, const char* what) {
     if (bytes <= bytes_) return absl::OkStatus();
@@ -522,13 +534,14 @@ struct CudaScorer::Impl {
 
   // One scoring pass: scores (device, queries x num_items, ld num_items) for every query.
   absl::Status RunPass(absl::Span<const ItemView> queries) const;
-  // A chunk of whole runs (items or row tiles) from runs[first]: at most chunk_rows rows, at
-  // least one run. Returns its end.
-  template <typename Run>
-  static size_t ChunkEnd(const std::vector<Run>& runs, size_t first, int64_t chunk_rows) {
-    const int64_t row0 = runs[first].row_begin;
+  // A chunk of whole items from items[first]: at most chunk_rows rows, at least one item.
+  // Returns its end.
+  static size_t ChunkEnd(const std::vector<ck::ItemDev>& items, size_t first, int64_t chunk_rows) {
+    const int64_t row0 = items[first].row_begin;
     size_t end = first + 1;
-    while (end < runs.size() && runs[end].row_begin + runs[end].rows - row0 <= chunk_rows) ++end;
+    while (end < items.size() && items[end].row_begin + items[end].rows - row0 <= chunk_rows) {
+      ++end;
+    }
     return end;
   }
   // Slab rows [row0, row0 + rows) as the GEMM's stored operand: in place, or fp8 rows widened
@@ -635,12 +648,7 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
       groups.back().rows += q_meta[j].rows;
       groups.back().num_queries += 1;
     }
-    SCANSERVE_RETURN_IF_ERROR(
-        q_groups.Reserve(groups.size() * sizeof(ck::QueryGroupDev), "query groups"));
-    SCANSERVE_CUDA_RETURN_IF_ERROR(
-        cudaMemcpyAsync(q_groups.get(), groups.data(), groups.size() * sizeof(ck::QueryGroupDev),
-                        cudaMemcpyHostToDevice, stream),
-        "upload query groups");
+    SCANSERVE_RETURN_IF_ERROR(q_groups.Upload(groups, stream, "query groups"));
   }
 
   SCANSERVE_RETURN_IF_ERROR(
@@ -728,12 +736,7 @@ absl::Status CudaScorer::Impl::ScoreTiles(const ck::EpilogueParams& p, ck::Fused
     col += static_cast<int64_t>(s.items.size());
   }
   if (descs.empty()) return absl::OkStatus();
-  SCANSERVE_RETURN_IF_ERROR(
-      fused_slabs.Reserve(descs.size() * sizeof(ck::FusedSlabDev), "fused pass slabs"));
-  SCANSERVE_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(fused_slabs.get(), descs.data(), descs.size() * sizeof(ck::FusedSlabDev),
-                      cudaMemcpyHostToDevice, stream),
-      "upload fused pass slabs");
+  SCANSERVE_RETURN_IF_ERROR(fused_slabs.Upload(descs, stream, "fused pass slabs"));
   f.slabs = fused_slabs.as<ck::FusedSlabDev>();
   f.num_slabs = static_cast<int>(descs.size());
   f.stored_type = elem;
@@ -1193,11 +1196,7 @@ absl::StatusOr<std::vector<std::vector<ScoredKey>>> CudaScorer::SearchImpl(
   const int64_t n = m.num_items;
   if (m.col_keys_dirty) {
     const std::vector<int64_t> column_keys = keys();
-    SCANSERVE_RETURN_IF_ERROR(m.col_keys.Reserve(n * sizeof(int64_t), "column keys"));
-    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(m.col_keys.get(), column_keys.data(),
-                                                   n * sizeof(int64_t), cudaMemcpyHostToDevice,
-                                                   m.stream),
-                                   "upload column keys");
+    SCANSERVE_RETURN_IF_ERROR(m.col_keys.Upload(column_keys, m.stream, "column keys"));
     SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "upload column keys");
     m.col_keys_dirty = false;
   }
