@@ -78,6 +78,11 @@ struct CudaScorerOptions {
   // the other's products (tensor cores); each block then has shared memory for fewer epilogue
   // warps. The pass falls back to 1 when 2 would leave fewer than two epilogue warps.
   int fused_blocks_per_sm = 2;
+  // Fused pass: at most this many k steps of the operands staged at once, 2 to 4 (as many as the
+  // block's shared memory holds): the copies of the next stages - 1 steps are in flight while one
+  // is multiplied. More hide more memory latency when few query rows leave the pass bound by
+  // reading the store (batch 1); 2 is the classic double buffer.
+  int fused_max_stages = 4;
   // Host rows reach the device through two pinned staging buffers of this many bytes each, one
   // filling while the other's copy runs (at least one row per step).
   int64_t upload_bytes = int64_t{64} << 20;
@@ -122,17 +127,20 @@ class CudaScorer final : public Scorer {
   };
   PassCounts pass_counts() const;
   // The last fused pass's launch: blocks resident per SM, epilogue warps per block, dynamic
-  // shared memory per block (zeros before any fused pass).
+  // shared memory per block, k steps staged at once (zeros before any fused pass).
   struct FusedLaunch {
     int blocks_per_sm = 0;
     int epilogue_warps = 0;
     int64_t shared_bytes = 0;
+    int stages = 0;
   };
   FusedLaunch fused_launch() const;
   // Switch CudaScorerOptions::fused_products, pipelined_epilogue, max_product_bytes (>= 1) and
-  // fused_blocks_per_sm (1 or 2) for later passes: benchmarks compare them on one loaded store.
+  // fused_blocks_per_sm (1 or 2) and fused_max_stages (2 to 4) for later passes: benchmarks
+  // compare them on one loaded store.
   void set_fused_products(bool on);
   void set_fused_blocks_per_sm(int blocks);
+  void set_fused_max_stages(int stages);
   void set_pipelined_epilogue(bool on);
   void set_max_product_bytes(int64_t bytes);
 

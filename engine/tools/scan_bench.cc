@@ -26,12 +26,13 @@
 // so that 1M images need no 147 GB of host data; the scoring cost does not depend on the values.
 //   scan_bench --backend=cuda [--images=100000,1000000] [--storage=bf16] [--batch=1,2,...,64]
 //              [--queries=64] [--reps=3] [--pool=4096] [--query_precision=bf16x2|bf16]
-//              [--kernels=gemm,gemm-serial,fused,fused-1] [--product_mb=256,32 (gemm: product
+//              [--kernels=gemm,gemm-serial,fused,fused-1,fused-s2] [--product_mb=256,32 (gemm: product
 //              chunk budgets to compare)]
 // Kernels: gemm = cuBLAS products + the epilogue kernel, the epilogues on a second stream
 // (CudaScorerOptions::pipelined_epilogue); gemm-serial = the same on one stream; fused = one
 // kernel over the whole store (fused_products), two blocks per SM where they fit; fused-1 = the
-// same, one block per SM with more epilogue warps (fused_blocks_per_sm).
+// same, one block per SM with more epilogue warps (fused_blocks_per_sm); fused-s2 = fused with two
+// copy stages only (fused_max_stages 2: one k step in flight instead of up to three).
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
@@ -100,7 +101,7 @@ struct Flags {
                "--batch=1,4,16 --storage=fp32,bf16,fp8 --threads=N --words_min=N --words_max=N "
                "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
                "--parallelism=per_thread,shared --block_rows=N "
-               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,gemm-serial,fused,fused-1 "
+               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,gemm-serial,fused,fused-1,fused-s2 "
                "--product_mb=256,32\n",
                why.c_str());
   std::exit(2);
@@ -148,8 +149,9 @@ Flags ParseFlags(int argc, char** argv) {
     } else if (name == "kernels") {
       f.kernels.clear();
       for (absl::string_view b : absl::StrSplit(v, ',')) {
-        if (b != "gemm" && b != "gemm-serial" && b != "fused" && b != "fused-1") {
-          Usage("--kernels: gemm, gemm-serial, fused and/or fused-1");
+        if (b != "gemm" && b != "gemm-serial" && b != "fused" && b != "fused-1" &&
+            b != "fused-s2") {
+          Usage("--kernels: gemm, gemm-serial, fused, fused-1 and/or fused-s2");
         }
         f.kernels.emplace_back(b);
       }
@@ -442,6 +444,7 @@ int RunCuda(const Flags& f) {
         const bool fused = absl::StartsWith(kernel, "fused");
         scorer->set_fused_products(fused);
         scorer->set_fused_blocks_per_sm(kernel == "fused-1" ? 1 : 2);
+        scorer->set_fused_max_stages(kernel == "fused-s2" ? 2 : 4);
         scorer->set_pipelined_epilogue(kernel != "gemm-serial");
         scorer->set_max_product_bytes(product_mb > 0 ? (product_mb << 20) : default_product_bytes);
         const CudaScorer::PassCounts before = scorer->pass_counts();
@@ -469,13 +472,15 @@ int RunCuda(const Flags& f) {
           // when the shapes do not fit it).
           const CudaScorer::PassCounts now = scorer->pass_counts();
           const bool all_fused = now.gemm == before.gemm && now.fused > before.fused;
-          // A fused pass says how many blocks shared an SM and their epilogue warps: "fused 2x4".
+          // A fused pass says how many blocks shared an SM, their epilogue warps and the k steps
+          // staged at once: "fused 2x4 s3".
           const CudaScorer::FusedLaunch launch = scorer->fused_launch();
           r.config = absl::StrCat("cuda ", storage, " ",
                                   storage == "fp32" ? "q-fp32"
                                                     : (f.query_precision == "bf16" ? "q-bf16" : "q-bf16x2"),
                                   fused ? (all_fused ? absl::StrCat(" fused ", launch.blocks_per_sm,
-                                                                    "x", launch.epilogue_warps)
+                                                                    "x", launch.epilogue_warps,
+                                                                    " s", launch.stages)
                                                      : std::string(" fused->gemm"))
                                   : kernel == "gemm-serial" ? std::string(" serial")
                                                             : std::string(),

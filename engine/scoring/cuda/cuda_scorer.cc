@@ -630,14 +630,14 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   if (options.fused_products) {
     SCANSERVE_CUDA_RETURN_IF_ERROR(
         ck::PlanFused(device, d, max_s_rows, max_q_rows, stored_is_context, bf16_gemm,
-                      options.fused_blocks_per_sm, &fused_plan),
+                      options.fused_blocks_per_sm, options.fused_max_stages, &fused_plan),
         "plan the fused pass");
     fused = fused_plan.eligible;
   }
   ++(fused ? passes.fused : passes.gemm);
   if (fused) {
     fused_launch = FusedLaunch{fused_plan.blocks_per_sm, fused_plan.epilogue_warps,
-                               static_cast<int64_t>(fused_plan.shared_bytes)};
+                               static_cast<int64_t>(fused_plan.shared_bytes), fused_plan.stages};
     for (int j = 0; j < nq; ++j) {
       if (groups.empty() || groups.back().rows + q_meta[j].rows > ck::kFusedMaxGroupRows) {
         ck::QueryGroupDev g;
@@ -870,6 +870,10 @@ absl::StatusOr<std::unique_ptr<CudaScorer>> CudaScorer::Create(const ScorerConfi
     return absl::InvalidArgumentError(absl::StrCat(
         "CudaScorerOptions: fused_blocks_per_sm must be 1 or 2, got ", options.fused_blocks_per_sm));
   }
+  if (options.fused_max_stages < 2 || options.fused_max_stages > 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CudaScorerOptions: fused_max_stages must be 2 to 4, got ", options.fused_max_stages));
+  }
   if (config.dim > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError(
         absl::StrCat("CudaScorer: dim ", config.dim, " is beyond cuBLAS's int sizes"));
@@ -947,6 +951,12 @@ void CudaScorer::set_fused_blocks_per_sm(int blocks) {
   std::lock_guard<std::mutex> lock(impl_->pass_mu);
   impl_->options.fused_blocks_per_sm = std::clamp(blocks, 1, 2);
   options_.fused_blocks_per_sm = impl_->options.fused_blocks_per_sm;
+}
+
+void CudaScorer::set_fused_max_stages(int stages) {
+  std::lock_guard<std::mutex> lock(impl_->pass_mu);
+  impl_->options.fused_max_stages = std::clamp(stages, 2, 4);
+  options_.fused_max_stages = impl_->options.fused_max_stages;
 }
 
 std::vector<std::pair<std::string, int64_t>> CudaScorer::KernelPasses() const {

@@ -5,6 +5,7 @@
 #include "engine/common/fp8_e4m3.h"
 
 #include <cuda_bf16.h>
+#include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 #include <mma.h>
 
@@ -368,12 +369,15 @@ __global__ void __launch_bounds__(kEpilogueMaxWarps * kWarp)
 // Block x = tile * groups + group, over every slab's row tiles (one launch per pass; a block finds
 // its tile's slab by binary search over the slab descriptors): a 128 x 128 GEMM tile, the tile's
 // stored rows against the group's stacked query rows, k over the embedding in steps of
-// kFusedTileK. Each step, the threads copy the step's slice of both operands (and of the lo rows
-// when the queries are split) into shared memory as 16-byte vectors, zeros past the tile's or the
-// group's rows, and load the next slice into registers while the warps multiply this one. Split queries accumulate A·hi and
-// A·lo into the same fp32 fragments. The groups of one tile are consecutive blocks, so a tile is
-// read from HBM about once per pass and from L2 by its other groups; a block reuses each staged
-// stored row against 128 (or 256, split) query rows.
+// kFusedTileK. Each step's slice of both operands (and of the lo rows when the queries are split)
+// reaches shared memory by asynchronous copies (cp.async, 16-byte vectors; fp8 codes 8 bytes),
+// `stages - 1` steps ahead of the multiplies, so a block keeps several k steps of its tile in
+// flight from HBM: at batch 1 the pass is bound by reading the store, and one step in flight per
+// block is not enough to cover the memory latency. Staged rows past the tile's or the group's are
+// not written: they only reach product rows or columns the epilogue never reads. Split queries
+// accumulate A·hi and A·lo into the same fp32 fragments. The groups of one tile are consecutive
+// blocks, so a tile is read from HBM about once per pass and from L2 by its other groups; a
+// block reuses each staged stored row against 128 (or 256, split) query rows.
 // Then the product tile (fp32, kFusedProductLd floats per row) overwrites the staging, and the
 // block's epilogue warps score the tile's (item, query) pairs from it.
 
@@ -384,11 +388,24 @@ constexpr int kFusedOperandVecs = kFusedTileRows * kFusedVecsPerRow;
 constexpr int kFusedThreads = kFusedWarps * kWarp;
 constexpr int kFusedVecsPerThread = 3 * kFusedOperandVecs / kFusedThreads;  // stored, hi, lo
 constexpr size_t kFusedProductBytes = size_t{kFusedTileRows} * kFusedProductLd * sizeof(float);
-constexpr size_t kFusedStageBytes = size_t{3} * kFusedTileRows * kFusedStageLd * 2;
+// One k step of one bf16 operand; of the fp8 codes of the stored rows (no padding: 8-byte reads).
+constexpr size_t kFusedSliceBytes = size_t{kFusedTileRows} * kFusedStageLd * 2;
+constexpr size_t kFusedCodeSliceBytes = size_t{kFusedTileRows} * kFusedTileK;
+// A pipeline stage: the step's stored slice (bf16, or fp8 codes), hi slice, lo slice. fp8 adds
+// one bf16 slice, shared by the stages, that the codes are widened into before the multiplies.
+constexpr size_t kFusedBf16StageBytes = 3 * kFusedSliceBytes;
+constexpr size_t kFusedFp8StageBytes = kFusedCodeSliceBytes + 2 * kFusedSliceBytes;
+constexpr size_t FusedStagingBytes(int stages) {
+  return std::max(stages * kFusedBf16StageBytes, kFusedSliceBytes + stages * kFusedFp8StageBytes);
+}
+constexpr int kFusedMinStages = 2;
+constexpr int kFusedMaxStages = 4;
 static_assert(kFusedMaxGroupRows == kFusedTileRows, "the staging treats both operands alike");
 static_assert(kFusedWarps == 8, "the warps tile the 128 x 128 block as 4 x 2 of 32 x 64");
 static_assert(kFusedOperandVecs % kFusedThreads == 0, "whole operands per register slot");
-static_assert(kFusedStageBytes <= kFusedProductBytes, "the product tile reuses the staging");
+static_assert(FusedStagingBytes(kFusedMinStages) <= kFusedProductBytes,
+              "the fewest stages fit where the product tile goes");
+static_assert(kFusedSliceBytes % 16 == 0 && kFusedCodeSliceBytes % 16 == 0, "16-byte copies");
 
 struct alignas(16) Vec16 {
   uint32_t w[4];
@@ -396,8 +413,8 @@ struct alignas(16) Vec16 {
 struct alignas(8) Vec8 {  // 8 fp8 codes
   uint32_t w[2];
 };
-// Register slot n of a thread in the staging copy: whole operands per slot (the threads divide an
-// operand's vectors), so `which` (0 stored, 1 hi, 2 lo) is a constant once n is unrolled.
+// Copy slot n of a thread in a stage: whole operands per slot (the threads divide an operand's
+// vectors), so `which` (0 stored, 1 hi, 2 lo) is a constant once n is unrolled.
 struct StageSlot {
   int which, row, vec;
 };
@@ -407,12 +424,12 @@ __device__ __forceinline__ StageSlot StageSlotOf(int n) {
                    v % kFusedVecsPerRow};
 }
 
-// fp8 stored rows are read as codes (8 bytes per staged vector, half bf16's traffic) and widened
-// to bf16 only when staged, after the multiplies the loads overlap; exactly as Fp8RowsToBf16.
+// fp8 stored rows are copied as codes (8 bytes per vector, half bf16's traffic) and widened to
+// bf16 once they have landed, by the thread that copied them; exactly as Fp8RowsToBf16.
 template <bool kFp8Stored>
 __global__ void __launch_bounds__(kFusedThreads, 2)
     FusedScoreKernel(EpilogueParams p, FusedParams f, int64_t first_tile, int epilogue_warps,
-                     int64_t warp_floats) {
+                     int64_t warp_floats, int stages) {
   extern __shared__ __align__(128) float fused_shared[];
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
@@ -430,12 +447,19 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   }
   const RowTileDev tile = f.slabs[lo_slab].tiles[tile_index - f.slabs[lo_slab].first_tile];
   const RowsView stored_rows = f.slabs[lo_slab].stored;
-  auto* stage = reinterpret_cast<__nv_bfloat16*>(fused_shared);  // stored, hi, lo slices
+  // Staging: [fp8: the widened slice] then the stages; after the k loop, the product tile and the
+  // epilogue scratch.
+  constexpr size_t kStageBytes = kFp8Stored ? kFusedFp8StageBytes : kFusedBf16StageBytes;
+  constexpr size_t kStoredSliceBytes = kFp8Stored ? kFusedCodeSliceBytes : kFusedSliceBytes;
+  auto* widened = reinterpret_cast<__nv_bfloat16*>(fused_shared);
+  char* ring = reinterpret_cast<char*>(fused_shared) + (kFp8Stored ? kFusedSliceBytes : 0);
   float* product = fused_shared;  // after the k loop
   float* scratch = fused_shared + kFusedProductBytes / sizeof(float);
   const __nv_bfloat16* hi = f.queries + g.row_begin * f.dim;
   const __nv_bfloat16* lo = f.queries + (f.lo_row_offset + g.row_begin) * f.dim;
   const int operands = f.split ? 3 : 2;
+  // Fragments cover whole 16-row blocks: no multiplies past them.
+  const int rows_p = (tile.rows + 15) / 16 * 16, cols_p = (g.rows + 15) / 16 * 16;
 
   // A thread's stored rows are the same at every k step: their fp8 scales are read once.
   constexpr int kStoredSlots = kFusedOperandVecs / kFusedThreads;
@@ -445,80 +469,88 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
     const StageSlot t = StageSlotOf(n);
     row_scale[n] = kFp8Stored && t.row < tile.rows ? stored_rows.scales[tile.row_begin + t.row] : 1.0f;
   }
-  Vec16 next[kFusedVecsPerThread];
-  auto fetch = [&](int64_t k0) {
+  // Issues the copies of k step `step` into its stage, as one commit group (empty past the end,
+  // so that every thread counts the same groups).
+  const int steps = static_cast<int>(f.dim / kFusedTileK);
+  auto issue = [&](int step) {
+    if (step < steps) {
+      const int64_t k0 = int64_t{step} * kFusedTileK;
+      char* stage = ring + static_cast<size_t>(step % stages) * kStageBytes;
 #pragma unroll
-    for (int n = 0; n < kFusedVecsPerThread; ++n) {
-      const StageSlot t = StageSlotOf(n);
-      Vec16 x = {{0u, 0u, 0u, 0u}};
-      if (t.which == 0) {
-        if (t.row < tile.rows) {
+      for (int n = 0; n < kFusedVecsPerThread; ++n) {
+        const StageSlot t = StageSlotOf(n);
+        if (t.which == 0 && t.row < tile.rows) {
           const int64_t i = (tile.row_begin + t.row) * f.dim + k0 + t.vec * 8;
           if (kFp8Stored) {
-            const Vec8 codes =
-                *reinterpret_cast<const Vec8*>(static_cast<const uint8_t*>(stored_rows.values) + i);
-            x.w[0] = codes.w[0];
-            x.w[1] = codes.w[1];
+            __pipeline_memcpy_async(stage + t.row * kFusedTileK + t.vec * 8,
+                                    static_cast<const uint8_t*>(stored_rows.values) + i, 8);
           } else {
-            x = *reinterpret_cast<const Vec16*>(static_cast<const __nv_bfloat16*>(stored_rows.values) +
-                                                i);
+            __pipeline_memcpy_async(stage + (t.row * kFusedStageLd + t.vec * 8) * 2,
+                                    static_cast<const __nv_bfloat16*>(stored_rows.values) + i, 16);
           }
+        } else if (t.which > 0 && t.which < operands && t.row < g.rows) {
+          const __nv_bfloat16* base = t.which == 1 ? hi : lo;
+          __pipeline_memcpy_async(stage + kStoredSliceBytes + (t.which - 1) * kFusedSliceBytes +
+                                      (t.row * kFusedStageLd + t.vec * 8) * 2,
+                                  base + int64_t{t.row} * f.dim + k0 + t.vec * 8, 16);
         }
-      } else if (t.which < operands && t.row < g.rows) {
-        const __nv_bfloat16* base = t.which == 1 ? hi : lo;
-        x = *reinterpret_cast<const Vec16*>(base + int64_t{t.row} * f.dim + k0 + t.vec * 8);
       }
-      next[n] = x;
     }
+    __pipeline_commit();
   };
-  auto stage_next = [&]() {
+  // The codes this thread copied for a stage, widened into the bf16 slice.
+  auto widen = [&](const char* stage) {
 #pragma unroll
-    for (int n = 0; n < kFusedVecsPerThread; ++n) {
+    for (int n = 0; n < kStoredSlots; ++n) {
       const StageSlot t = StageSlotOf(n);
-      Vec16 x = next[n];
-      if (kFp8Stored && t.which == 0) {
-        const uint32_t codes[2] = {next[n].w[0], next[n].w[1]};
+      if (t.row >= tile.rows) continue;
+      const Vec8 codes = *reinterpret_cast<const Vec8*>(stage + t.row * kFusedTileK + t.vec * 8);
+      Vec16 x;
 #pragma unroll
-        for (int e = 0; e < 8; e += 2) {
-          const uint32_t word = codes[e / 4] >> (8 * (e % 4));
-          const uint32_t a = ToBf16(Fp8E4M3ToFloat(static_cast<uint8_t>(word)) * row_scale[n]);
-          const uint32_t b = ToBf16(Fp8E4M3ToFloat(static_cast<uint8_t>(word >> 8)) * row_scale[n]);
-          x.w[e / 2] = a | (b << 16);
-        }
+      for (int e = 0; e < 8; e += 2) {
+        const uint32_t word = codes.w[e / 4] >> (8 * (e % 4));
+        const uint32_t a = ToBf16(Fp8E4M3ToFloat(static_cast<uint8_t>(word)) * row_scale[n]);
+        const uint32_t b = ToBf16(Fp8E4M3ToFloat(static_cast<uint8_t>(word >> 8)) * row_scale[n]);
+        x.w[e / 2] = a | (b << 16);
       }
-      *reinterpret_cast<Vec16*>(stage + (t.which * kFusedTileRows + t.row) * kFusedStageLd +
-                                t.vec * 8) = x;
+      *reinterpret_cast<Vec16*>(widened + t.row * kFusedStageLd + t.vec * 8) = x;
     }
   };
 
   using namespace nvcuda;
   const int row0 = (warp / 2) * 32, col0 = (warp % 2) * 64;
-  const int rows_p = (tile.rows + 15) / 16 * 16, cols_p = (g.rows + 15) / 16 * 16;
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][4];
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
 #pragma unroll
     for (int j = 0; j < 4; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   }
-  fetch(0);
-  for (int64_t k0 = 0; k0 < f.dim; k0 += kFusedTileK) {
-    __syncthreads();  // the previous slice has been read
-    stage_next();
-    __syncthreads();
-    if (k0 + kFusedTileK < f.dim) fetch(k0 + kFusedTileK);
+  for (int step = 0; step < stages - 1; ++step) issue(step);
+  for (int step = 0; step < steps; ++step) {
+    __pipeline_wait_prior(stages - 2);  // this thread's copies of this step have landed
+    __syncthreads();  // everyone's have, and everyone is done with the stage refilled next
+    issue(step + stages - 1);
+    const char* stage = ring + static_cast<size_t>(step % stages) * kStageBytes;
+    const __nv_bfloat16* a_slice = reinterpret_cast<const __nv_bfloat16*>(stage);
+    if (kFp8Stored) {
+      widen(stage);
+      __syncthreads();
+      a_slice = widened;
+    }
+    const auto* b_slices = reinterpret_cast<const __nv_bfloat16*>(stage + kStoredSliceBytes);
     for (int kk = 0; kk < kFusedTileK; kk += 16) {
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         if (row0 + 16 * i >= rows_p) continue;  // warp-uniform: rows past the tile
         wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
-        wmma::load_matrix_sync(fa, stage + (row0 + 16 * i) * kFusedStageLd + kk, kFusedStageLd);
+        wmma::load_matrix_sync(fa, a_slice + (row0 + 16 * i) * kFusedStageLd + kk, kFusedStageLd);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           if (col0 + 16 * j >= cols_p) continue;
           for (int part = 1; part < operands; ++part) {
             wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
             wmma::load_matrix_sync(
-                fb, stage + (part * kFusedTileRows + col0 + 16 * j) * kFusedStageLd + kk,
+                fb, b_slices + ((part - 1) * kFusedTileRows + col0 + 16 * j) * kFusedStageLd + kk,
                 kFusedStageLd);
             wmma::mma_sync(acc[i][j], fa, fb, acc[i][j]);
           }
@@ -526,6 +558,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
       }
     }
   }
+  __pipeline_wait_prior(0);  // only empty groups are left; nothing may land on the products
   __syncthreads();  // the staging is overwritten by the products
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
@@ -719,7 +752,7 @@ cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, flo
 
 cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
                       bool stored_is_context, bool bf16_operands, int blocks_per_sm,
-                      FusedPlan* plan) {
+                      int max_stages, FusedPlan* plan) {
   *plan = FusedPlan{};
   if (!bf16_operands || dim % kFusedTileK != 0 || max_stored_rows > kFusedTileRows ||
       max_query_rows > kFusedMaxGroupRows) {
@@ -752,7 +785,14 @@ cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_quer
         kFusedWarps, (budget - static_cast<int64_t>(kFusedProductBytes)) / warp_bytes));
     // Two blocks per SM only with at least two epilogue warps each.
     if (warps < (blocks > 1 ? 2 : 1)) continue;
-    const size_t shared = kFusedProductBytes + static_cast<size_t>(warps * warp_bytes);
+    // As many copy stages as the block's share holds (the staging is free again by the time the
+    // products and the scratch need the space).
+    int stages = std::clamp(max_stages, kFusedMinStages, kFusedMaxStages);
+    while (stages > kFusedMinStages && static_cast<int64_t>(FusedStagingBytes(stages)) > budget) {
+      --stages;
+    }
+    const size_t shared = std::max(kFusedProductBytes + static_cast<size_t>(warps * warp_bytes),
+                                   FusedStagingBytes(stages));
     // What the device really fits (registers too), for the plan to report.
     int resident = 0;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, FusedScoreKernel<false>,
@@ -760,6 +800,7 @@ cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_quer
     if (err != cudaSuccess) return err;
     if (resident < blocks && blocks > 1) continue;
     plan->epilogue_warps = warps;
+    plan->stages = stages;
     plan->shared_bytes = shared;
     plan->blocks_per_sm = resident;
     plan->eligible = resident >= 1;
@@ -770,17 +811,20 @@ cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_quer
 
 cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
                        const FusedPlan& plan, int64_t num_tiles, cudaStream_t stream) {
-  if (fused.num_groups < 1 || fused.num_slabs < 1) return cudaErrorInvalidValue;
+  if (fused.num_groups < 1 || fused.num_slabs < 1 || plan.stages < kFusedMinStages ||
+      plan.stages > kFusedMaxStages) {
+    return cudaErrorInvalidValue;
+  }
   const int64_t tiles_per_launch = std::max<int64_t>(1, kMaxGridX / fused.num_groups);
   for (int64_t first = 0; first < num_tiles; first += tiles_per_launch) {
     const int64_t tiles = std::min(tiles_per_launch, num_tiles - first);
     const dim3 grid(static_cast<unsigned>(tiles * fused.num_groups));
     if (fused.stored_type == ElemType::kFp8E4M3) {
       FusedScoreKernel<true><<<grid, kFusedThreads, plan.shared_bytes, stream>>>(
-          params, fused, first, plan.epilogue_warps, plan.warp_floats);
+          params, fused, first, plan.epilogue_warps, plan.warp_floats, plan.stages);
     } else {
       FusedScoreKernel<false><<<grid, kFusedThreads, plan.shared_bytes, stream>>>(
-          params, fused, first, plan.epilogue_warps, plan.warp_floats);
+          params, fused, first, plan.epilogue_warps, plan.warp_floats, plan.stages);
     }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;

@@ -106,7 +106,8 @@ cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, flo
 // tiled GEMM on the tensor cores (bf16 WMMA, fp32 accumulation; both operands staged in shared
 // memory, k in steps of kFusedTileK) whose product tile stays in shared memory, then the same
 // per-pair epilogue as Epilogue, reading it there. fp8 stored rows are read as codes and widened
-// to bf16 in the staging (no widened copy in device memory). Needs bf16 operands (bf16 or fp8
+// to bf16 in the staging (no widened copy in device memory). The operands reach shared memory by
+// asynchronous copies, several k steps ahead (FusedPlan::stages). Needs bf16 operands (bf16 or fp8
 // storage, bf16 queries), dim % kFusedTileK == 0,
 // stored items and queries of at most kFusedTileRows rows, and the epilogue's scratch for at least
 // one warp beside the product tile.
@@ -157,12 +158,14 @@ struct FusedPlan {
   int64_t warp_floats = 0;
   size_t shared_bytes = 0;
   int blocks_per_sm = 0;  // resident blocks per SM at shared_bytes (the occupancy API's answer)
+  int stages = 0;         // k steps staged at once: stages - 1 in flight while one is multiplied
 };
 // Sizes the epilogue scratch so that blocks_per_sm blocks (1 or 2) fit an SM, with at least two
-// epilogue warps each; otherwise one block per SM with as many warps as fit.
+// epilogue warps each; otherwise one block per SM with as many warps as fit. Then as many copy
+// stages (2 .. max_stages, at most 4) as that share of the SM holds.
 cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
                       bool stored_is_context, bool bf16_operands, int blocks_per_sm,
-                      FusedPlan* plan);
+                      int max_stages, FusedPlan* plan);
 // params as for Epilogue, less what is per slab or per chunk (items, stored norms and Grams,
 // col0, item_begin, chunk_row0, product, ld_product, lo_offset, num_items: unused). A block per
 // (tile, group), the groups of one tile consecutive; one launch for up to 2^31 - 1 blocks.

@@ -10,6 +10,7 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -122,6 +123,14 @@ Stack NewStack() {
   return Stack{static_cast<char*>(p), static_cast<char*>(p) + page, kStackBytes};
 }
 
+// An asynchronous copy not yet landed; group -1 until committed.
+struct PendingCopy {
+  void* dst = nullptr;
+  const void* src = nullptr;
+  size_t size = 0, zfill = 0;
+  int64_t group = -1;
+};
+
 struct Fiber {
 #ifdef SCANSERVE_EMU_FAST_SWITCH
   void* sp = nullptr;
@@ -134,6 +143,8 @@ struct Fiber {
   FiberState state = FiberState::kReady;
   int barrier_line = 0;
   WarpOp op;
+  std::vector<PendingCopy> copies;
+  int64_t groups_committed = 0;
 #ifdef SCANSERVE_EMU_ASAN
   void* fake_stack = nullptr;
 #endif
@@ -346,6 +357,8 @@ bool ReleaseBarrier(BlockRun& run) {
 void RunBlock(BlockRun& run) {
   for (Fiber& f : run.fibers) {
     f.state = FiberState::kReady;
+    f.copies.clear();
+    f.groups_committed = 0;
 #ifdef SCANSERVE_EMU_ASAN
     // A finished fiber's kernel frames have returned, but FiberEntry's and Yield's never do: clear
     // their redzones at the top of the stack before it is reused.
@@ -381,7 +394,16 @@ void RunBlock(BlockRun& run) {
     }
     bool all_done = true;
     for (const Fiber& f : run.fibers) all_done = all_done && f.state == FiberState::kDone;
-    if (all_done) return;
+    if (all_done) {
+      for (const Fiber& f : run.fibers) {
+        if (!f.copies.empty()) {
+          Fail("thread " + std::to_string(f.linear) + " exited with " +
+               std::to_string(f.copies.size()) +
+               " asynchronous copies it never waited for (__pipeline_wait_prior)");
+        }
+      }
+      return;
+    }
     if (ResolveWarpOps(run)) continue;
     if (ReleaseBarrier(run)) continue;
     Deadlock(run);
@@ -446,6 +468,58 @@ void WarpCollective(unsigned mask, int line, void (*resolve)(void* const*, unsig
   op.resolve = resolve;
   op.lane_data = lane_data;
   WaitWarpOp(op);
+}
+
+namespace {
+void Land(const PendingCopy& c) {
+  std::memcpy(c.dst, c.src, c.size - c.zfill);
+  std::memset(static_cast<char*>(c.dst) + (c.size - c.zfill), 0, c.zfill);
+}
+}  // namespace
+
+void AsyncCopy(void* dst_shared, const void* src_global, size_t size, size_t zfill) {
+  BlockRun& run = Run();
+  if (size != 4 && size != 8 && size != 16) {
+    Fail("__pipeline_memcpy_async of " + std::to_string(size) + " bytes (4, 8 or 16)");
+  }
+  if (zfill > size) Fail("__pipeline_memcpy_async zero-fills more than it copies");
+  const auto dst = reinterpret_cast<uintptr_t>(dst_shared);
+  const auto shared = reinterpret_cast<uintptr_t>(run.dynamic_shared);
+  if (run.dynamic_shared == nullptr || dst < shared ||
+      dst + size > shared + run.config->shared_bytes) {
+    Fail("__pipeline_memcpy_async into memory that is not the launch's dynamic shared memory");
+  }
+  if (dst % size != 0 || reinterpret_cast<uintptr_t>(src_global) % size != 0) {
+    Fail("__pipeline_memcpy_async of " + std::to_string(size) + " bytes, not aligned to its size");
+  }
+  const PendingCopy copy{dst_shared, src_global, size, zfill, -1};
+  if (ReverseOrder()) {
+    Land(copy);  // as early as it may land
+    return;
+  }
+  run.current->copies.push_back(copy);
+}
+
+void AsyncCommit() {
+  Fiber* self = Run().current;
+  for (PendingCopy& c : self->copies) {
+    if (c.group < 0) c.group = self->groups_committed;
+  }
+  ++self->groups_committed;
+}
+
+void AsyncWaitPrior(size_t prior) {
+  Fiber* self = Run().current;
+  const int64_t newest_kept = self->groups_committed - static_cast<int64_t>(prior);
+  std::vector<PendingCopy> kept;
+  for (const PendingCopy& c : self->copies) {
+    if (c.group >= 0 && c.group < newest_kept) {
+      Land(c);
+    } else {
+      kept.push_back(c);
+    }
+  }
+  self->copies.swap(kept);
 }
 
 namespace {

@@ -688,6 +688,9 @@ TEST(CudaScorerTest, FusedBlocksPerSmScoreAlike) {
         if (blocks == 2 && absl::StrContains(cuda->DeviceDescription(), "sm_90")) {
           EXPECT_EQ(cuda->fused_launch().blocks_per_sm, shape.two_on_sm90 ? 2 : 1)
               << cuda->DeviceDescription() << " | " << data.ToString();
+          // Copy stages of 30 KB: three in half an SM's 228 KB, four in a whole one.
+          EXPECT_EQ(cuda->fused_launch().stages, shape.two_on_sm90 ? 3 : 4)
+              << cuda->DeviceDescription() << " | " << data.ToString();
         }
       }
       const std::string what = data.ToString();
@@ -703,6 +706,52 @@ TEST(CudaScorerTest, FusedBlocksPerSmScoreAlike) {
       ASSERT_EQ(scores[0].cols, scores[1].cols);
       for (int64_t i = 0; i < scores[0].rows * scores[0].cols; ++i) {
         ASSERT_EQ(scores[0].data[i], scores[1].data[i]) << "score " << i << " | " << what;
+      }
+    }
+  }
+}
+
+// The copy pipeline's depth changes when the operands land, never the scores: 2, 3 and 4 stages
+// give bit-identical scores, with more k steps than stages (dim 256: 8 steps) and fewer (dim 32).
+TEST(CudaScorerTest, FusedCopyStagesScoreAlike) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  for (StorageType storage : {StorageType::kBFloat16, StorageType::kFp8E4M3}) {
+    for (ItemKind stored : {ItemKind::kImage, ItemKind::kCaption}) {
+      for (int dim : {256, 32}) {
+        CompareOptions data;
+        data.stored_kind = stored;
+        data.storage = storage;
+        data.num_stored = 30;
+        data.num_queries = 6;
+        data.max_regions = 36;
+        data.max_words = 30;
+        data.dim = dim;
+        const TestData t = MakeTestData(data);
+        const std::string what = data.ToString();
+        FloatMatrix first;
+        for (int stages : {2, 3, 4}) {
+          CudaScorerOptions o;
+          o.fused_products = true;
+          o.fused_blocks_per_sm = 1;  // a whole SM's shared memory: room for four stages
+          o.fused_max_stages = stages;
+          auto cuda = MakeCuda(MakeConfig(data, storage), o);
+          ASSERT_NE(cuda, nullptr);
+          ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+          FloatMatrix scores;
+          ASSERT_TRUE(cuda->ScoreAll(Views(t.queries), &scores).ok());
+          ASSERT_EQ(cuda->pass_counts().fused, 1) << what;
+          EXPECT_EQ(cuda->fused_launch().stages, stages) << what;
+          if (stages == 2) {
+            first = std::move(scores);
+            continue;
+          }
+          ASSERT_EQ(scores.rows, first.rows);
+          ASSERT_EQ(scores.cols, first.cols);
+          for (int64_t i = 0; i < scores.rows * scores.cols; ++i) {
+            ASSERT_EQ(scores.data[i], first.data[i])
+                << "score " << i << ", " << stages << " stages | " << what;
+          }
+        }
       }
     }
   }
@@ -760,6 +809,12 @@ TEST(CudaScorerTest, RejectsBadOptions) {
   for (int blocks : {0, 3}) {
     o = CudaScorerOptions{};
     o.fused_blocks_per_sm = blocks;
+    EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  for (int stages : {1, 5}) {
+    o = CudaScorerOptions{};
+    o.fused_max_stages = stages;
     EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
               absl::StatusCode::kInvalidArgument);
   }

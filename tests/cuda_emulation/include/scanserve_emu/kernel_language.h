@@ -43,6 +43,11 @@ uint64_t ShuffleXor(unsigned mask, uint64_t bits, int lane_mask, int width, int 
 // have arrived, `resolve(lane_data_by_lane, mask)` runs once, then they all continue.
 void WarpCollective(unsigned mask, int line, void (*resolve)(void* const* lanes, unsigned mask),
                     void* lane_data);
+// cuda_pipeline.h: the calling thread's asynchronous copies into dynamic shared memory, their
+// commit groups and the wait for all but the newest `prior` groups.
+void AsyncCopy(void* dst_shared, const void* src_global, size_t size, size_t zfill);
+void AsyncCommit();
+void AsyncWaitPrior(size_t prior);
 
 }  // namespace scanserve_emu
 
