@@ -5,6 +5,8 @@
 #include "engine/common/fp8_e4m3.h"
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_pipeline.h>
 #include <cuda_runtime.h>
 #include <mma.h>
@@ -47,6 +49,20 @@ __device__ __forceinline__ uint16_t ToBf16(float f) {
 __device__ __forceinline__ float FromBf16(uint16_t h) {
   return __uint_as_float(static_cast<uint32_t>(h) << 16);
 }
+// Two e4m3 codes (the first in the low byte) times their rows' power-of-two scales, as two bf16
+// (the first in the low half): exactly ToBf16(Fp8E4M3ToFloat(code) * scale) for every code and
+// scale 2^s, |s| <= kFp8MaxScaleExponent. e4m3 -> fp16 is exact (one cvt for the pair on
+// sm_89+), fp16 -> fp32 and the multiply by 2^s are exact, and the product has at most 4
+// significant bits, so its bf16 is its top half: no rounding step. A few instructions per value
+// where the decode and the rounding take ~20; the fused pass widens every code at every k step.
+__device__ __forceinline__ uint32_t Fp8PairToBf16Pair(uint16_t codes, float scale_first,
+                                                      float scale_second) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(codes, __NV_E4M3);
+  const uint32_t a = __float_as_uint(__half2float(__ushort_as_half(h.x)) * scale_first);
+  const uint32_t b = __float_as_uint(__half2float(__ushort_as_half(h.y)) * scale_second);
+  return (a >> 16) | (b & 0xffff0000u);
+}
+
 // Element i (= row * dim + column) of x, as fp32.
 __device__ __forceinline__ float Load(const RowsView& x, int64_t dim, int64_t i) {
   switch (x.type) {
@@ -105,11 +121,17 @@ __global__ void FloatToFp8RowsKernel(const float* src, int64_t rows, int64_t dim
   }
 }
 
+// Two values per thread, through the fused pass's conversion (a pair may span two rows).
 __global__ void Fp8RowsToBf16Kernel(const uint8_t* codes, const float* scales, int64_t dim,
                                     int64_t n, uint16_t* dst) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    dst[i] = ToBf16(Fp8E4M3ToFloat(codes[i]) * scales[i / dim]);
+  for (int64_t i = 2 * (blockIdx.x * int64_t{blockDim.x} + threadIdx.x); i < n;
+       i += 2 * int64_t{gridDim.x} * blockDim.x) {
+    const bool second = i + 1 < n;
+    const uint16_t pair = static_cast<uint16_t>(codes[i] | (second ? codes[i + 1] << 8 : 0));
+    const uint32_t out =
+        Fp8PairToBf16Pair(pair, scales[i / dim], second ? scales[(i + 1) / dim] : 1.0f);
+    dst[i] = static_cast<uint16_t>(out);
+    if (second) dst[i + 1] = static_cast<uint16_t>(out >> 16);
   }
 }
 
@@ -425,7 +447,8 @@ __device__ __forceinline__ StageSlot StageSlotOf(int n) {
 }
 
 // fp8 stored rows are copied as codes (8 bytes per vector, half bf16's traffic) and widened to
-// bf16 once they have landed, by the thread that copied them; exactly as Fp8RowsToBf16.
+// bf16 once they have landed, by the thread that copied them (Fp8PairToBf16Pair, as
+// Fp8RowsToBf16).
 template <bool kFp8Stored>
 __global__ void __launch_bounds__(kFusedThreads, 2)
     FusedScoreKernel(EpilogueParams p, FusedParams f, int64_t first_tile, int epilogue_warps,
@@ -508,10 +531,8 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
       Vec16 x;
 #pragma unroll
       for (int e = 0; e < 8; e += 2) {
-        const uint32_t word = codes.w[e / 4] >> (8 * (e % 4));
-        const uint32_t a = ToBf16(Fp8E4M3ToFloat(static_cast<uint8_t>(word)) * row_scale[n]);
-        const uint32_t b = ToBf16(Fp8E4M3ToFloat(static_cast<uint8_t>(word >> 8)) * row_scale[n]);
-        x.w[e / 2] = a | (b << 16);
+        const auto pair = static_cast<uint16_t>(codes.w[e / 4] >> (8 * (e % 4)));
+        x.w[e / 2] = Fp8PairToBf16Pair(pair, row_scale[n], row_scale[n]);
       }
       *reinterpret_cast<Vec16*>(widened + t.row * kFusedStageLd + t.vec * 8) = x;
     }
@@ -676,7 +697,7 @@ cudaError_t Fp8RowsToBf16(const uint8_t* codes, const float* scales, int64_t row
                           uint16_t* dst, cudaStream_t stream) {
   const int64_t n = rows * dim;
   if (n == 0) return cudaSuccess;
-  Fp8RowsToBf16Kernel<<<GridFor(n, 256), 256, 0, stream>>>(codes, scales, dim, n, dst);
+  Fp8RowsToBf16Kernel<<<GridFor((n + 1) / 2, 256), 256, 0, stream>>>(codes, scales, dim, n, dst);
   return cudaGetLastError();
 }
 
