@@ -151,7 +151,7 @@ fi
 export SCANSERVE_TEST_VERBOSE=1
 run_step "TEST scoring (CUDA scorer vs CPU oracle)" 240 \
   "$BUILD_DIR"/tests/scoring_tests --gtest_color=no \
-  --gtest_filter='CudaScorerTest.*:*CudaScorerStorageTest.*:MakeScorerTest.*:Scoring/ValidationTest.*Cuda*' || true
+  --gtest_filter='CudaKernelsTest.*:CudaScorerTest.*:*CudaScorerStorageTest.*:MakeScorerTest.*:Scoring/ValidationTest.*Cuda*' || true
 unset SCANSERVE_TEST_VERBOSE
 run_step "TEST detector (CUDA ops)" 180 \
   "$BUILD_DIR"/tests/detector_tests --gtest_color=no --gtest_filter='*Cuda*:*cuda*' || true
@@ -160,7 +160,7 @@ run_step "TEST model (CUDA encoders vs CPU)" 120 \
 # The CPU scoring tests too (quick), so that the CUDA build did not disturb them.
 run_step "TEST scoring (all other scoring tests)" 240 \
   "$BUILD_DIR"/tests/scoring_tests --gtest_color=no --gtest_brief=1 \
-  --gtest_filter='-CudaScorerTest.*:*CudaScorerStorageTest.*' || true
+  --gtest_filter='-CudaKernelsTest.*:CudaScorerTest.*:*CudaScorerStorageTest.*' || true
 
 # ---------------------------------------------------------------------------------------------
 # The detector network alone (no decoding) on the GPU, random weights in the converted format:
