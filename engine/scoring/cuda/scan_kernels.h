@@ -107,10 +107,9 @@ cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, flo
 // memory, k in steps of kFusedTileK) whose product tile stays in shared memory, then the same
 // per-pair epilogue as Epilogue, reading it there. fp8 stored rows are read as codes and widened
 // to bf16 in the staging (no widened copy in device memory). The operands reach shared memory by
-// asynchronous copies, several k steps ahead (FusedPlan::stages). Needs bf16 operands (bf16 or fp8
-// storage, bf16 queries), dim % kFusedTileK == 0,
-// stored items and queries of at most kFusedTileRows rows, and the epilogue's scratch for at least
-// one warp beside the product tile.
+// asynchronous copies, several k steps ahead (FusedPlan::stages). Needs bf16 operands (bf16 or
+// fp8 storage, bf16 queries), dim % kFusedTileK == 0, stored items and queries of at most
+// kFusedTileRows rows, and the epilogue's scratch for at least one warp beside the product tile.
 constexpr int kFusedTileRows = 128;      // stored rows per row tile (whole items)
 constexpr int kFusedMaxGroupRows = 128;  // stacked query rows per group (hi part; whole queries)
 constexpr int kFusedTileK = 32;
