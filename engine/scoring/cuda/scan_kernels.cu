@@ -445,6 +445,13 @@ __device__ __forceinline__ StageSlot StageSlotOf(int n) {
   return StageSlot{n * kFusedThreads / kFusedOperandVecs, v / kFusedVecsPerRow,
                    v % kFusedVecsPerRow};
 }
+// Byte offsets of a slot's vector in its slice: bf16 rows of kFusedStageLd, or fp8 code rows.
+__device__ __forceinline__ int Bf16SlotBytes(const StageSlot& t) {
+  return (t.row * kFusedStageLd + t.vec * 8) * 2;
+}
+__device__ __forceinline__ int CodeSlotBytes(const StageSlot& t) {
+  return t.row * kFusedTileK + t.vec * 8;
+}
 
 // fp8 stored rows are copied as codes (8 bytes per vector, half bf16's traffic) and widened to
 // bf16 once they have landed, by the thread that copied them (Fp8PairToBf16Pair, as
@@ -505,17 +512,17 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
         if (t.which == 0 && t.row < tile.rows) {
           const int64_t i = (tile.row_begin + t.row) * f.dim + k0 + t.vec * 8;
           if (kFp8Stored) {
-            __pipeline_memcpy_async(stage + t.row * kFusedTileK + t.vec * 8,
+            __pipeline_memcpy_async(stage + CodeSlotBytes(t),
                                     static_cast<const uint8_t*>(stored_rows.values) + i, 8);
           } else {
-            __pipeline_memcpy_async(stage + (t.row * kFusedStageLd + t.vec * 8) * 2,
+            __pipeline_memcpy_async(stage + Bf16SlotBytes(t),
                                     static_cast<const __nv_bfloat16*>(stored_rows.values) + i, 16);
           }
         } else if (t.which > 0 && t.which < operands && t.row < g.rows) {
           const __nv_bfloat16* base = t.which == 1 ? hi : lo;
-          __pipeline_memcpy_async(stage + kStoredSliceBytes + (t.which - 1) * kFusedSliceBytes +
-                                      (t.row * kFusedStageLd + t.vec * 8) * 2,
-                                  base + int64_t{t.row} * f.dim + k0 + t.vec * 8, 16);
+          __pipeline_memcpy_async(
+              stage + kStoredSliceBytes + (t.which - 1) * kFusedSliceBytes + Bf16SlotBytes(t),
+              base + int64_t{t.row} * f.dim + k0 + t.vec * 8, 16);
         }
       }
     }
@@ -527,14 +534,14 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
     for (int n = 0; n < kStoredSlots; ++n) {
       const StageSlot t = StageSlotOf(n);
       if (t.row >= tile.rows) continue;
-      const Vec8 codes = *reinterpret_cast<const Vec8*>(stage + t.row * kFusedTileK + t.vec * 8);
+      const Vec8 codes = *reinterpret_cast<const Vec8*>(stage + CodeSlotBytes(t));
       Vec16 x;
 #pragma unroll
       for (int e = 0; e < 8; e += 2) {
         const auto pair = static_cast<uint16_t>(codes.w[e / 4] >> (8 * (e % 4)));
         x.w[e / 2] = Fp8PairToBf16Pair(pair, row_scale[n], row_scale[n]);
       }
-      *reinterpret_cast<Vec16*>(widened + t.row * kFusedStageLd + t.vec * 8) = x;
+      *reinterpret_cast<Vec16*>(reinterpret_cast<char*>(widened) + Bf16SlotBytes(t)) = x;
     }
   };
 

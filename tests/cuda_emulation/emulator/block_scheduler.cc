@@ -511,15 +511,15 @@ void AsyncCommit() {
 void AsyncWaitPrior(size_t prior) {
   Fiber* self = Run().current;
   const int64_t newest_kept = self->groups_committed - static_cast<int64_t>(prior);
-  std::vector<PendingCopy> kept;
+  size_t kept = 0;  // in place, in issue order: a wait per k step and thread
   for (const PendingCopy& c : self->copies) {
     if (c.group >= 0 && c.group < newest_kept) {
       Land(c);
     } else {
-      kept.push_back(c);
+      self->copies[kept++] = c;
     }
   }
-  self->copies.swap(kept);
+  self->copies.resize(kept);
 }
 
 namespace {

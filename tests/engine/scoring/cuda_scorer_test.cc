@@ -145,6 +145,15 @@ CudaCompareResult CompareWithCpu(const CudaCompareOptions& o) {
   return result;
 }
 
+// Two passes that differ only in how the work is laid out: the same scores, bit for bit.
+void ExpectBitIdentical(const FloatMatrix& got, const FloatMatrix& want, const std::string& what) {
+  ASSERT_EQ(got.rows, want.rows) << what;
+  ASSERT_EQ(got.cols, want.cols) << what;
+  for (int64_t i = 0; i < got.rows * got.cols; ++i) {
+    ASSERT_EQ(got.data[i], want.data[i]) << "score " << i << " | " << what;
+  }
+}
+
 std::vector<AttentionParams> AllAttentionModes() {
   std::vector<AttentionParams> out;
   for (CrossAttention ca : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
@@ -702,11 +711,7 @@ TEST(CudaScorerTest, FusedBlocksPerSmScoreAlike) {
       } else {
         EXPECT_EQ(launch[1].epilogue_warps, launch[0].epilogue_warps) << what;
       }
-      ASSERT_EQ(scores[0].rows, scores[1].rows);
-      ASSERT_EQ(scores[0].cols, scores[1].cols);
-      for (int64_t i = 0; i < scores[0].rows * scores[0].cols; ++i) {
-        ASSERT_EQ(scores[0].data[i], scores[1].data[i]) << "score " << i << " | " << what;
-      }
+      ASSERT_NO_FATAL_FAILURE(ExpectBitIdentical(scores[1], scores[0], what));
     }
   }
 }
@@ -745,12 +750,8 @@ TEST(CudaScorerTest, FusedCopyStagesScoreAlike) {
             first = std::move(scores);
             continue;
           }
-          ASSERT_EQ(scores.rows, first.rows);
-          ASSERT_EQ(scores.cols, first.cols);
-          for (int64_t i = 0; i < scores.rows * scores.cols; ++i) {
-            ASSERT_EQ(scores.data[i], first.data[i])
-                << "score " << i << ", " << stages << " stages | " << what;
-          }
+          ASSERT_NO_FATAL_FAILURE(
+              ExpectBitIdentical(scores, first, absl::StrCat(stages, " stages | ", what)));
         }
       }
     }
