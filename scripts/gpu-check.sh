@@ -20,8 +20,9 @@
 # BASELINE=0 to skip the PyTorch baseline, DETECTOR_BENCH=0 to skip the detector timing,
 # SERVE_BENCH=0 to skip the serving benchmark, SERVE_BENCH_ONLY=1 to run only the build and the
 # serving benchmark (e.g. a second call on a still-warm machine), SERVE_BENCH_BEFORE_S (420: skipped
-# when the script has run longer), SERVE_IMAGES (1000000), SERVE_CUDA_KERNELS (gemm; fused for
-# scanserve --cuda-kernels fused), EXTRA_CMAKE_ARGS.
+# when the script has run longer), SERVE_IMAGES (1000000), SERVE_CUDA_KERNELS (scanserve
+# --cuda-kernels: auto, the faster of the two per batch shape; gemm or fused to pin one),
+# EXTRA_CMAKE_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -135,10 +136,10 @@ serve_bench() {
   fi
   # Built only now, so that it never delays the CUDA tests and the scoring table.
   run_step "BUILD scanserve scanctl" 240 cmake --build "$BUILD_DIR" -j "$JOBS" --target scanserve scanctl || return 0
-  run_step "SERVE BENCH scanserve cuda (${SERVE_CUDA_KERNELS:-gemm}), ${SERVE_IMAGES:-1000000} images, through gRPC" 240 \
+  run_step "SERVE BENCH scanserve cuda (${SERVE_CUDA_KERNELS:-auto}), ${SERVE_IMAGES:-1000000} images, through gRPC" 240 \
     env BUILD_DIR="$BUILD_DIR" BACKEND=cuda IMAGES="${SERVE_IMAGES:-1000000}" LEVELS=1,16,64,128 DURATION=4 \
     WARMUP=2 START_TIMEOUT=150 \
-    EXTRA_SERVER_ARGS="--batch-workers 2 --cuda-kernels ${SERVE_CUDA_KERNELS:-gemm}" \
+    EXTRA_SERVER_ARGS="--batch-workers 2 --cuda-kernels ${SERVE_CUDA_KERNELS:-auto}" \
     bash scripts/serve-bench.sh || true
 }
 if [ "${SERVE_BENCH_ONLY:-0}" = "1" ]; then
@@ -182,8 +183,10 @@ run_step "BENCH cuda 100k images, fp32 + bf16 + fp8, cuBLAS (two streams, one) a
 if [ "$BENCH_1M" = "1" ]; then
   # fused-s2: the fused pass with one k step in flight (two copy stages) against the default (up
   # to four): what the deeper copy pipeline buys at batch 1, where the pass only reads the store.
+  # auto: the scorer's own choice per batch size after timing both (--cuda-kernels auto): its
+  # rows should match the faster of gemm and fused.
   run_step "BENCH cuda 1M images, bf16" 240 \
-    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --kernels=gemm,gemm-serial,fused,fused-s2 \
+    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --kernels=gemm,fused,fused-s2,auto \
     --product_mb=256,32 --queries=64 \
     --reps=3 || true
 fi

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "engine/common/file_read.h"
 #include "engine/common/status_macros.h"
+#include "engine/scoring/cuda_pass_kernels.h"
 #include "engine/scoring/storage_type.h"
 
 namespace scanserve {
@@ -177,20 +178,22 @@ const std::vector<Flag>& Flags() {
          c->storage_given = true;
          return absl::OkStatus();
        }},
-      {"cuda-kernels", "gemm|fused",
+      {"cuda-kernels", "gemm|fused|auto",
        "the CUDA backend's scoring pass: gemm (cuBLAS products, then the fused SCAN epilogue "
-       "kernel) or fused (one kernel: products on the tensor cores in shared memory, scored there; "
-       "bf16 or fp8 storage). Scores are the same to rounding; "
+       "kernel), fused (one kernel: products on the tensor cores in shared memory, scored there; "
+       "bf16 or fp8 storage) or auto (times both on the first passes of each batch shape, then "
+       "runs the faster and re-checks now and then). Scores are the same to rounding; "
        "scanserve_scorer_passes_total{kernel} says which ran",
        [](const ServerConfig& c) {
-         return std::string(c.engine.scorer_tuning.cuda_fused_products ? "fused" : "gemm");
+         return std::string(CudaPassKernelsName(c.engine.scorer_tuning.cuda_pass_kernels));
        },
        [](const std::string& v, ServerConfig* c) {
-         if (v != "gemm" && v != "fused") {
+         absl::StatusOr<CudaPassKernels> kernels = ParseCudaPassKernels(v);
+         if (!kernels.ok()) {
            return absl::InvalidArgumentError(
-               absl::StrCat("--cuda-kernels: expected gemm or fused, got '", v, "'"));
+               absl::StrCat("--cuda-kernels: ", kernels.status().message()));
          }
-         c->engine.scorer_tuning.cuda_fused_products = v == "fused";
+         c->engine.scorer_tuning.cuda_pass_kernels = *kernels;
          return absl::OkStatus();
        }},
       {"encoder-device", "auto|cpu|cuda|cuda:N",
@@ -505,11 +508,14 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
   if (!result.config.storage_given && result.config.engine.backend == ScorerBackend::kCuda) {
     result.config.engine.storage = StorageType::kBFloat16;
   }
-  if (result.config.engine.scorer_tuning.cuda_fused_products) {
+  const CudaPassKernels kernels = result.config.engine.scorer_tuning.cuda_pass_kernels;
+  if (kernels != CudaPassKernels::kGemm) {
     if (result.config.engine.backend != ScorerBackend::kCuda) {
-      return absl::InvalidArgumentError("--cuda-kernels fused needs --backend cuda");
+      return absl::InvalidArgumentError(
+          absl::StrCat("--cuda-kernels ", CudaPassKernelsName(kernels), " needs --backend cuda"));
     }
-    if (result.config.engine.storage == StorageType::kFloat32) {
+    // auto with fp32 storage is allowed: it simply always takes the GEMM path.
+    if (kernels == CudaPassKernels::kFused && result.config.engine.storage == StorageType::kFloat32) {
       return absl::InvalidArgumentError(
           "--cuda-kernels fused needs --storage bf16 or fp8 (fp32 is scored with cuBLAS SGEMM)");
     }

@@ -24,8 +24,9 @@
 //    form, cosine, pooling) without writing anything but the score. With bf16/fp8 storage the fp32
 //    queries are split into two bf16 parts (hi + lo) by default, so the products are those of the
 //    rounded items with the unrounded queries (as CpuScorer's), to ~2^-16 relative.
-//    CudaScorerOptions::fused_products replaces the GEMM + epilogue with one kernel that computes
-//    the products on the tensor cores into shared memory and scores them there.
+//    CudaScorerOptions::pass_kernels = kFused replaces the GEMM + epilogue with one kernel that
+//    computes the products on the tensor cores into shared memory and scores them there; kAuto
+//    times both on the live passes and runs the faster, per bucket of query rows.
 //  - Search selects the top k on the device (k <= kMaxDeviceTopK; larger k falls back to
 //    ScoreAll + TopKPerRow); only k results per query come back to the host.
 //  - Threading. Device work of concurrent const calls is serialised on the scorer's stream.
@@ -40,6 +41,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/common/matrix.h"
+#include "engine/scoring/pass_kernel_chooser.h"
 #include "engine/scoring/scorer.h"
 
 namespace scanserve {
@@ -71,9 +73,11 @@ struct CudaScorerOptions {
   // products stay in shared memory and are scored there, so no product matrix goes through
   // device memory; fp8 codes are widened to bf16 as they are staged. bf16/fp8
   // storage, dim % 32 == 0, stored items and queries of at most 128 rows; otherwise (or when the
-  // epilogue's scratch does not fit beside the tile) the pass takes the GEMM path. Off by default
-  // until measured against it on a GPU (scan_bench --kernels=gemm,fused).
-  bool fused_products = false;
+  // epilogue's scratch does not fit beside the tile) the pass takes the GEMM path. kFused asks for
+  // it; kAuto runs whichever of the two has been faster for passes of that many query rows
+  // (PassKernelChooser: both are timed first, then the faster runs, the other re-probed now and
+  // then). kGemm by default until the fused kernel is checked on a GPU (scripts/gpu-check.sh).
+  CudaPassKernels pass_kernels = CudaPassKernels::kGemm;
   // Fused pass: blocks resident per SM, 1 or 2. With 2, one block's epilogue (CUDA cores) overlaps
   // the other's products (tensor cores); each block then has shared memory for fewer epilogue
   // warps. The pass falls back to 1 when 2 would leave fewer than two epilogue warps.
@@ -135,10 +139,12 @@ class CudaScorer final : public Scorer {
     int stages = 0;
   };
   FusedLaunch fused_launch() const;
-  // Switch CudaScorerOptions::fused_products, pipelined_epilogue, max_product_bytes (>= 1) and
+  // With pass_kernels = kAuto: what the timing has chosen, per bucket of query rows so far.
+  std::vector<PassKernelChooser::Bucket> pass_kernel_choices() const;
+  // Switch CudaScorerOptions::pass_kernels, pipelined_epilogue, max_product_bytes (>= 1),
   // fused_blocks_per_sm (1 or 2) and fused_max_stages (2 to 4) for later passes: benchmarks
   // compare them on one loaded store.
-  void set_fused_products(bool on);
+  void set_pass_kernels(CudaPassKernels kernels);
   void set_fused_blocks_per_sm(int blocks);
   void set_fused_max_stages(int stages);
   void set_pipelined_epilogue(bool on);

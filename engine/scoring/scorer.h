@@ -27,6 +27,7 @@
 #include "absl/types/span.h"
 #include "engine/common/matrix.h"
 #include "engine/scoring/attention_params.h"
+#include "engine/scoring/cuda_pass_kernels.h"
 #include "engine/scoring/storage_type.h"
 
 namespace scanserve {
@@ -133,9 +134,7 @@ absl::Status ValidateScorerConfig(const ScorerConfig& config);
 
 // Tuning that one backend reads and the others ignore (it never changes what a score means).
 struct ScorerTuning {
-  // CUDA: the fused single-kernel pass (CudaScorerOptions::fused_products) instead of cuBLAS
-  // products + the epilogue kernel.
-  bool cuda_fused_products = false;
+  CudaPassKernels cuda_pass_kernels = CudaPassKernels::kGemm;
 };
 
 // The one place that knows which backends were compiled in.

@@ -32,7 +32,7 @@ absl::StatusOr<std::unique_ptr<Scorer>> MakeScorer(ScorerBackend backend,
 #ifdef SCANSERVE_WITH_CUDA
     {
       CudaScorerOptions options;
-      options.fused_products = tuning.cuda_fused_products;
+      options.pass_kernels = tuning.cuda_pass_kernels;
       SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<CudaScorer> s, CudaScorer::Create(config, options));
       return std::unique_ptr<Scorer>(std::move(s));
     }

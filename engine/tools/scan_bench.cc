@@ -26,13 +26,15 @@
 // so that 1M images need no 147 GB of host data; the scoring cost does not depend on the values.
 //   scan_bench --backend=cuda [--images=100000,1000000] [--storage=bf16] [--batch=1,2,...,64]
 //              [--queries=64] [--reps=3] [--pool=4096] [--query_precision=bf16x2|bf16]
-//              [--kernels=gemm,gemm-serial,fused,fused-1,fused-s2] [--product_mb=256,32 (gemm: product
+//              [--kernels=gemm,gemm-serial,fused,fused-1,fused-s2,auto] [--product_mb=256,32 (gemm: product
 //              chunk budgets to compare)]
 // Kernels: gemm = cuBLAS products + the epilogue kernel, the epilogues on a second stream
 // (CudaScorerOptions::pipelined_epilogue); gemm-serial = the same on one stream; fused = one
 // kernel over the whole store (fused_products), two blocks per SM where they fit; fused-1 = the
 // same, one block per SM with more epilogue warps (fused_blocks_per_sm); fused-s2 = fused with two
-// copy stages only (fused_max_stages 2: one k step in flight instead of up to three).
+// copy stages only (fused_max_stages 2: one k step in flight instead of up to three); auto = the
+// scorer times gemm and fused on each batch size's first passes (untimed warm-up passes here) and
+// runs the faster: the row says which it picked ("auto->fused").
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
@@ -101,7 +103,7 @@ struct Flags {
                "--batch=1,4,16 --storage=fp32,bf16,fp8 --threads=N --words_min=N --words_max=N "
                "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
                "--parallelism=per_thread,shared --block_rows=N "
-               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,gemm-serial,fused,fused-1,fused-s2 "
+               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,gemm-serial,fused,fused-1,fused-s2,auto "
                "--product_mb=256,32\n",
                why.c_str());
   std::exit(2);
@@ -150,8 +152,8 @@ Flags ParseFlags(int argc, char** argv) {
       f.kernels.clear();
       for (absl::string_view b : absl::StrSplit(v, ',')) {
         if (b != "gemm" && b != "gemm-serial" && b != "fused" && b != "fused-1" &&
-            b != "fused-s2") {
-          Usage("--kernels: gemm, gemm-serial, fused, fused-1 and/or fused-s2");
+            b != "fused-s2" && b != "auto") {
+          Usage("--kernels: gemm, gemm-serial, fused, fused-1, fused-s2 and/or auto");
         }
         f.kernels.emplace_back(b);
       }
@@ -433,7 +435,7 @@ int RunCuda(const Flags& f) {
       // (kernel, product chunk MB; 0 = the scorer's default) in table order.
       std::vector<std::pair<std::string, int64_t>> variants;
       for (const std::string& kernel : f.kernels) {
-        if (!absl::StartsWith(kernel, "fused") && !f.product_mb.empty()) {
+        if ((kernel == "gemm" || kernel == "gemm-serial") && !f.product_mb.empty()) {
           for (int64_t mb : f.product_mb) variants.emplace_back(kernel, mb);
         } else {
           variants.emplace_back(kernel, 0);
@@ -442,7 +444,10 @@ int RunCuda(const Flags& f) {
       const int64_t default_product_bytes = scorer->options().max_product_bytes;
       for (const auto& [kernel, product_mb] : variants) {
         const bool fused = absl::StartsWith(kernel, "fused");
-        scorer->set_fused_products(fused);
+        const bool chosen = kernel == "auto";
+        scorer->set_pass_kernels(fused    ? CudaPassKernels::kFused
+                                 : chosen ? CudaPassKernels::kAuto
+                                          : CudaPassKernels::kGemm);
         scorer->set_fused_blocks_per_sm(kernel == "fused-1" ? 1 : 2);
         scorer->set_fused_max_stages(kernel == "fused-s2" ? 2 : 4);
         scorer->set_pipelined_epilogue(kernel != "gemm-serial");
@@ -454,6 +459,16 @@ int RunCuda(const Flags& f) {
         }
         for (int64_t batch0 : f.batches) {
           const int64_t batch = std::min(batch0, f.queries);
+          if (chosen) {
+            // Let the chooser time both kernels at this batch size before the measured rounds.
+            const int explore = 2 * (1 + PassKernelChooserOptions{}.timed_passes);
+            for (int i = 0; i < explore; ++i) {
+              Check(scorer->Search(absl::MakeConstSpan(caption_views).first(batch), kTopK)
+                        .status(),
+                    "cuda Search (auto warm-up)");
+            }
+          }
+          const CudaScorer::PassCounts batch_before = scorer->pass_counts();
           std::vector<double> pass_ms, round_ms;
           for (int round = 0; round < f.reps; ++round) {
             const double r0 = NowMs();
@@ -475,6 +490,15 @@ int RunCuda(const Flags& f) {
           // A fused pass says how many blocks shared an SM, their epilogue warps and the k steps
           // staged at once: "fused 2x4 s3".
           const CudaScorer::FusedLaunch launch = scorer->fused_launch();
+          // auto: the kernel of (nearly) every measured pass; re-probes of the other are rare.
+          std::string auto_label;
+          if (chosen) {
+            const int64_t by_fused = now.fused - batch_before.fused;
+            const int64_t by_gemm = now.gemm - batch_before.gemm;
+            auto_label = by_fused >= 9 * by_gemm   ? " auto->fused"
+                         : by_gemm >= 9 * by_fused ? " auto->gemm"
+                                                   : " auto mixed";
+          }
           r.config = absl::StrCat("cuda ", storage, " ",
                                   storage == "fp32" ? "q-fp32"
                                                     : (f.query_precision == "bf16" ? "q-bf16" : "q-bf16x2"),
@@ -483,7 +507,7 @@ int RunCuda(const Flags& f) {
                                                                     " s", launch.stages)
                                                      : std::string(" fused->gemm"))
                                   : kernel == "gemm-serial" ? std::string(" serial")
-                                                            : std::string(),
+                                                            : auto_label,
                                   product_mb > 0 ? absl::StrCat(" ", product_mb, "MB") : "");
           r.images = n;
           r.batch = batch;
@@ -508,11 +532,11 @@ int RunCuda(const Flags& f) {
     }
   }
 
-  // "cuda bf16 q-bf16x2 fused->gemm" and "cuda bf16 q-bf16x2 256MB" are the longest names.
-  std::printf("\n| %-30s | %8s | %5s | %9s | %9s | %9s | %9s | %8s | %6s | %10s | %7s | %9s |\n",
+  // "cuda bf16 q-bf16x2 auto->fused 256MB" is the longest name.
+  std::printf("\n| %-36s | %8s | %5s | %9s | %9s | %9s | %9s | %8s | %6s | %10s | %7s | %9s |\n",
               "config", "images", "batch", "p50 ms", "p99 ms", "ms/query", "queries/s", "TFLOP/s",
               "TB/s", "floor ms", "% floor", "vs ref");
-  std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(32, '-').c_str(),
+  std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(38, '-').c_str(),
               std::string(10, '-').c_str(), std::string(7, '-').c_str(),
               std::string(11, '-').c_str(), std::string(11, '-').c_str(),
               std::string(11, '-').c_str(), std::string(11, '-').c_str(),
@@ -522,7 +546,7 @@ int RunCuda(const Flags& f) {
   for (const CudaRow& r : table) {
     const std::string vs =
         r.ref_ms > 0 ? absl::StrCat(absl::SixDigits(r.ref_ms / r.ms_per_query), "x") : "-";
-    std::printf("| %-30s | %8" PRId64 " | %5" PRId64
+    std::printf("| %-36s | %8" PRId64 " | %5" PRId64
                 " | %9.2f | %9.2f | %9.3f | %9.1f | %8.1f | %6.2f | %10.2f | %6.1f%% | %9s |\n",
                 r.config.c_str(), r.images, r.batch, r.p50, r.p99, r.ms_per_query, r.qps,
                 r.tflops, r.tbps, r.floor_ms, 100.0 * r.floor_ms / r.p50, vs.c_str());

@@ -48,19 +48,20 @@ class CudaScorerFaultTest : public ::testing::TestWithParam<ItemKind> {
   void TearDown() override { scanserve_emu::ClearFaults(); }
 
   // A CUDA scorer with small slabs (so that adds open slabs and compactions move rows) and its
-  // CPU twin, both holding items 0..n-1: fp32 on the GEMM path, or fp8 on the fused pass.
-  void Fill(int n, bool fused_fp8 = false) {
-    const StorageType storage = fused_fp8 ? StorageType::kFp8E4M3 : StorageType::kFloat32;
-    max_rel_err_ = fused_fp8 ? kFp8MaxRelErr : kFp32MaxRelErr;
+  // CPU twin, both holding items 0..n-1, fp32 or fp8, and three fresh queries.
+  void Fill(int n, bool fp8 = false, CudaPassKernels kernels = CudaPassKernels::kGemm) {
+    const StorageType storage = fp8 ? StorageType::kFp8E4M3 : StorageType::kFloat32;
+    max_rel_err_ = fp8 ? kFp8MaxRelErr : kFp32MaxRelErr;
     CudaScorerOptions options;
     options.slab_rows = 40;
-    options.fused_products = fused_fp8;
+    options.pass_kernels = kernels;
     auto cuda = CudaScorer::Create(MakeConfig(data_, storage), options);
     ASSERT_TRUE(cuda.ok()) << cuda.status();
     cuda_ = std::move(cuda).value();
     auto cpu = CpuScorer::Create(MakeConfig(data_, storage));
     ASSERT_TRUE(cpu.ok()) << cpu.status();
     cpu_ = std::move(cpu).value();
+    queries_.clear();
     for (int j = 0; j < 3; ++j) queries_.push_back(gen_.Item(gen_.Uniform(1, 12)));
     std::vector<int64_t> keys;
     std::vector<FloatMatrix> items;
@@ -194,11 +195,71 @@ TEST_P(CudaScorerFaultTest, FailedPassChangesNothing) {
   FailEveryPassCall();
 }
 TEST_P(CudaScorerFaultTest, FailedFusedPassChangesNothing) {
-  Fill(30, /*fused_fp8=*/true);
+  Fill(30, /*fp8=*/true, CudaPassKernels::kFused);
   ASSERT_NE(cuda_, nullptr);
   FailEveryPassCall();
   EXPECT_GT(cuda_->pass_counts().fused, 0);
   EXPECT_EQ(cuda_->pass_counts().gemm, 0);
+}
+
+// --cuda-kernels auto: a kernel that fails costs one request. The chooser stops choosing it for
+// passes of that shape and the scorer goes on, correctly, with the other; a failure outside the
+// kernels (the queries' upload, the top k) is held against neither.
+TEST_P(CudaScorerFaultTest, AutoKernelsStopChoosingAFailedKernel) {
+  constexpr int kGemm = static_cast<int>(PassKernel::kGemm);
+  constexpr int kFused = static_cast<int>(PassKernel::kFused);
+  // The chooser tries the GEMM path first (an untimed pass), then the fused kernel: fail each
+  // launch of that second pass in turn.
+  int fused_marked = 0;
+  for (int nth = 1; nth <= kMaxCalls; ++nth) {
+    Fill(30, /*fp8=*/true, CudaPassKernels::kAuto);
+    ASSERT_NE(cuda_, nullptr);
+    ASSERT_TRUE(cuda_->Search(Views(queries_), 4).ok());
+    ASSERT_EQ(cuda_->pass_counts().gemm, 1);
+    const std::string when = FaultAt(FaultPoint::kLaunch, nth);
+    const int fired = scanserve_emu::FaultsFired();
+    scanserve_emu::InjectFault(FaultPoint::kLaunch, nth);
+    auto top = cuda_->Search(Views(queries_), 4);
+    scanserve_emu::ClearFaults();
+    if (scanserve_emu::FaultsFired() == fired) {
+      ASSERT_TRUE(top.ok()) << when << ": " << top.status();
+      break;
+    }
+    EXPECT_FALSE(top.ok()) << when;
+    // The launches before the choice (the queries' norms and bf16 parts) fail the pass before a
+    // kernel is chosen.
+    EXPECT_EQ(cuda_->pass_counts().gemm, 1) << when;
+    EXPECT_LE(cuda_->pass_counts().fused, 1) << when;
+    std::vector<PassKernelChooser::Bucket> buckets = cuda_->pass_kernel_choices();
+    ASSERT_EQ(buckets.size(), 1u) << when;
+    EXPECT_FALSE(buckets[0].failed[kGemm]) << when;
+    const bool fused_failed = buckets[0].failed[kFused];
+    if (fused_failed) EXPECT_EQ(cuda_->pass_counts().fused, 1) << when;
+    fused_marked += fused_failed;
+    for (int i = 0; i < 5; ++i) ExpectSameAsCpu(when);
+    // Ten passes later: no fused pass after the fused kernel failed; both kernels otherwise.
+    const CudaScorer::PassCounts counts = cuda_->pass_counts();
+    if (fused_failed) {
+      EXPECT_EQ(counts.fused, 1) << when;
+      EXPECT_EQ(counts.gemm, 11) << when;
+    } else {
+      EXPECT_GT(counts.fused, 1) << when;
+      EXPECT_GT(counts.gemm, 1) << when;
+    }
+  }
+  EXPECT_EQ(fused_marked, 1) << "the fused kernel's one launch, and only it, marks it failed";
+
+  // The GEMM path's cuBLAS call fails in the first pass: fused passes only from then on.
+  Fill(30, /*fp8=*/true, CudaPassKernels::kAuto);
+  ASSERT_NE(cuda_, nullptr);
+  scanserve_emu::InjectFault(FaultPoint::kGemm, 1);
+  EXPECT_FALSE(cuda_->Search(Views(queries_), 4).ok());
+  scanserve_emu::ClearFaults();
+  ASSERT_EQ(cuda_->pass_kernel_choices().size(), 1u);
+  EXPECT_TRUE(cuda_->pass_kernel_choices()[0].failed[kGemm]);
+  for (int i = 0; i < 5; ++i) ExpectSameAsCpu("after the GEMM path failed");
+  EXPECT_EQ(cuda_->pass_counts().gemm, 1);
+  EXPECT_EQ(cuda_->pass_counts().fused, 10);
 }
 
 void CudaScorerFaultTest::FailEveryPassCall() {

@@ -10,7 +10,8 @@ there is neither.
 Both servers load the same tiny random model and receive the same images and captions; the CUDA
 one stores fp32, so the two must agree to rounding. Checked:
   * --cuda-kernels fused on bf16 against the CPU on bf16: the same hits and scores, and every
-    pass on the fused kernel (scanserve_scorer_passes_total{kernel});
+    pass on the fused kernel (scanserve_scorer_passes_total{kernel}); --cuda-kernels auto: the
+    same, with passes on both kernels (it times both before it chooses);
   * text -> image and image -> text (stored id and raw features) give the same hits and scores,
     with and without a collection filter (the filtered search is answered from the device's top
     list: scanserve_engine_ranked_queries_total{path="top_lists"} grows);
@@ -166,10 +167,11 @@ class CudaBackendTest(unittest.TestCase):
         self.assertEqual(stats.images, N_IMAGES - 4)  # 5 deleted, 1 of them re-added
         self.assert_same(self.search_all(cpu_stub), self.search_all(cuda2_stub), "after a restart")
 
-    def test_fused_kernel_server_answers_as_the_cpu_server(self):
+    def test_fused_and_auto_kernels_answer_as_the_cpu_server(self):
         """--cuda-kernels fused on bf16 storage against the CPU server on bf16: the same rounded
         items, the queries exact to ~2^-16 (bf16 hi + lo), so the same hits and scores to 1e-4;
-        every pass took the fused kernel (scanserve_scorer_passes_total)."""
+        every pass took the fused kernel (scanserve_scorer_passes_total). --cuda-kernels auto:
+        the same answers, from passes on both kernels."""
         cpu = h.ServerProcess(self.tmp, "cpu", [self.model], os.path.join(self.tmp, "data_cpu"),
                               extra=["--storage", "bf16"])
         cpu_stub = self.start(cpu.start())
@@ -184,6 +186,17 @@ class CudaBackendTest(unittest.TestCase):
         self.assertEqual(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="gemm"), 0)
         # The CPU server has no scorer passes by kernel.
         self.assertEqual(h.metric_value(h.parse_metrics(cpu.scrape()), "scanserve_scorer_passes_total"), 0)
+
+        # --cuda-kernels auto: each pass on one of the two, both timed first; the same answers.
+        auto = cuda_server(self.tmp, "cuda_auto", self.model, os.path.join(self.tmp, "data_cuda_auto"),
+                           extra=["--storage", "bf16", "--cuda-kernels", "auto"])
+        auto_stub = self.start(auto)
+        self.fill(auto_stub)
+        for round_ in range(3):
+            self.assert_same(self.search_all(cpu_stub), self.search_all(auto_stub), "auto, round %d" % round_)
+        samples = h.parse_metrics(auto.scrape())
+        self.assertGreater(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="fused"), 0)
+        self.assertGreater(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="gemm"), 0)
 
     def health(self, server):
         """(exit code, output) of `scanctl health` against the server."""

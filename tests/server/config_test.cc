@@ -205,11 +205,12 @@ TEST(ConfigTest, EncoderDevice) {
   }
 }
 
-// The CUDA backend's pass: gemm by default; fused only with --backend cuda and bf16/fp8 storage.
+// The CUDA backend's pass: gemm by default; fused only with --backend cuda and bf16/fp8 storage;
+// auto with --backend cuda and any storage (with fp32 it always takes the GEMM path).
 TEST(ConfigTest, CudaKernels) {
   absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m", "--backend", "cuda"});
   ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_FALSE(parsed->config.engine.scorer_tuning.cuda_fused_products);
+  EXPECT_EQ(parsed->config.engine.scorer_tuning.cuda_pass_kernels, CudaPassKernels::kGemm);
   EXPECT_NE(DescribeConfig(parsed->config).find("cuda-kernels = gemm"), std::string::npos);
 
   for (const std::vector<std::string>& storage :
@@ -218,21 +219,29 @@ TEST(ConfigTest, CudaKernels) {
     args.insert(args.end(), storage.begin(), storage.end());
     parsed = ParseArgs(args);
     ASSERT_TRUE(parsed.ok()) << parsed.status();
-    EXPECT_TRUE(parsed->config.engine.scorer_tuning.cuda_fused_products);
+    EXPECT_EQ(parsed->config.engine.scorer_tuning.cuda_pass_kernels, CudaPassKernels::kFused);
     EXPECT_NE(DescribeConfig(parsed->config).find("cuda-kernels = fused"), std::string::npos);
+  }
+  for (const char* storage : {"fp32", "bf16", "fp8"}) {
+    parsed = ParseArgs(
+        {"--model", "m", "--backend", "cuda", "--storage", storage, "--cuda-kernels", "auto"});
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(parsed->config.engine.scorer_tuning.cuda_pass_kernels, CudaPassKernels::kAuto);
+    EXPECT_NE(DescribeConfig(parsed->config).find("cuda-kernels = auto"), std::string::npos);
   }
   const std::string file = WriteTemp("kernels.conf", "model = /m\nbackend = cuda\ncuda-kernels = fused\n");
   parsed = ParseArgs({"--config", file});
   ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_TRUE(parsed->config.engine.scorer_tuning.cuda_fused_products);
+  EXPECT_EQ(parsed->config.engine.scorer_tuning.cuda_pass_kernels, CudaPassKernels::kFused);
   parsed = ParseArgs({"--config", file, "--cuda-kernels", "gemm"});
   ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_FALSE(parsed->config.engine.scorer_tuning.cuda_fused_products);
+  EXPECT_EQ(parsed->config.engine.scorer_tuning.cuda_pass_kernels, CudaPassKernels::kGemm);
 
   const std::vector<std::vector<std::string>> bad = {
       {"--model", "m", "--backend", "cuda", "--cuda-kernels", "cublas"},
       {"--model", "m", "--backend", "cuda", "--cuda-kernels", ""},
       {"--model", "m", "--cuda-kernels", "fused"},  // the cpu backend
+      {"--model", "m", "--cuda-kernels", "auto"},
       {"--model", "m", "--backend", "cuda", "--storage", "fp32", "--cuda-kernels", "fused"}};
   for (const std::vector<std::string>& args : bad) {
     parsed = ParseArgs(args);

@@ -5,9 +5,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <utility>
 
 #include "absl/container/flat_hash_map.h"
@@ -255,6 +257,15 @@ struct CudaScorer::Impl {
   mutable bool col_keys_dirty = true;
   mutable PassCounts passes;  // guarded by pass_mu
   mutable FusedLaunch fused_launch;  // guarded by pass_mu
+  // pass_kernels = kAuto: the kernel choices, and the pass in flight that the chooser picked
+  // (guarded by pass_mu).
+  mutable PassKernelChooser chooser;
+  struct TimedPass {
+    PassKernel kernel = PassKernel::kGemm;
+    int64_t query_rows = 0;
+    int64_t stored_rows = 0;
+  };
+  mutable std::optional<TimedPass> timed_pass;
   // Set when a device copy failed midway through a compaction: the slabs and the key map may no
   // longer agree, so every later call fails with it rather than score a half-moved store.
   absl::Status broken;  // guarded by pass_mu
@@ -293,6 +304,24 @@ struct CudaScorer::Impl {
   std::vector<cudaEvent_t*> Events() {
     return {&upload_done[0], &upload_done[1],   &product_ready[0], &product_ready[1],
             &product_free[0], &product_free[1], &epilogues_done};
+  }
+
+  int64_t StoredRows() const {
+    int64_t rows = 0;
+    for (const auto& s : slabs) rows += s->used_rows;
+    return rows;
+  }
+  // The end of a ScoreAll or Search pass that began at `start`: its time (or its failure) goes
+  // to the chooser when the chooser picked its kernel.
+  void FinishTimedPass(const absl::Status& status,
+                       std::chrono::steady_clock::time_point start) const {
+    if (!timed_pass) return;
+    if (status.ok()) {
+      const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
+      chooser.Record(timed_pass->query_rows, timed_pass->stored_rows, timed_pass->kernel,
+                     seconds.count());
+    }
+    timed_pass.reset();
   }
 
   int32_t MaxStoredRows() const {
@@ -559,6 +588,8 @@ struct CudaScorer::Impl {
   absl::Status ScoreChunks(ck::EpilogueParams p, const ck::EpiloguePlan& plan,
                            const void* q_operand, int64_t ncols, int64_t chunk_rows,
                            bool pipelined) const;
+  // RunPass's last step: the scoring kernels' status, passed on.
+  absl::Status Scored(absl::Status status) const;
   // The fused pass of RunPass: one launch over every slab's row tiles.
   absl::Status ScoreTiles(const ck::EpilogueParams& p, ck::FusedParams f,
                           const ck::FusedPlan& plan) const;
@@ -627,12 +658,19 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   std::vector<ck::QueryGroupDev> groups;
   ck::FusedPlan fused_plan;
   bool fused = false;
-  if (options.fused_products) {
+  timed_pass.reset();
+  if (options.pass_kernels != CudaPassKernels::kGemm) {
     SCANSERVE_CUDA_RETURN_IF_ERROR(
         ck::PlanFused(device, d, max_s_rows, max_q_rows, stored_is_context, bf16_gemm,
                       options.fused_blocks_per_sm, options.fused_max_stages, &fused_plan),
         "plan the fused pass");
     fused = fused_plan.eligible;
+    if (fused && options.pass_kernels == CudaPassKernels::kAuto) {
+      const int64_t stored_rows = StoredRows();
+      const PassKernel kernel = chooser.Choose(q_rows, stored_rows);
+      fused = kernel == PassKernel::kFused;
+      timed_pass = TimedPass{kernel, q_rows, stored_rows};
+    }
   }
   ++(fused ? passes.fused : passes.gemm);
   if (fused) {
@@ -675,7 +713,7 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
     f.split = split_queries;
     f.groups = q_groups.as<ck::QueryGroupDev>();
     f.num_groups = static_cast<int>(groups.size());
-    return ScoreTiles(p, f, fused_plan);
+    return Scored(ScoreTiles(p, f, fused_plan));
   }
 
   // The GEMM path: per-chunk products, of at most max_product_bytes (at least one item).
@@ -710,7 +748,18 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   if (plan.global_scratch_bytes > 0) {
     SCANSERVE_RETURN_IF_ERROR(epi_scratch.Reserve(plan.global_scratch_bytes, "epilogue scratch"));
   }
-  return ScoreChunks(p, plan, q_operand, ncols, chunk_rows, pipelined);
+  return Scored(ScoreChunks(p, plan, q_operand, ncols, chunk_rows, pipelined));
+}
+
+absl::Status CudaScorer::Impl::Scored(absl::Status status) const {
+  // The kernels themselves failed (a launch the device refused, a fault): the chooser stops
+  // choosing this kernel for such passes. Failures before this point (memory for the queries,
+  // the scores) would fail either kernel and are not held against one.
+  if (!status.ok() && timed_pass) {
+    chooser.RecordFailure(timed_pass->query_rows, timed_pass->kernel);
+    timed_pass.reset();
+  }
+  return status;
 }
 
 absl::Status CudaScorer::Impl::ScoreTiles(const ck::EpilogueParams& p, ck::FusedParams f,
@@ -941,10 +990,14 @@ CudaScorer::PassCounts CudaScorer::pass_counts() const {
   return impl_->passes;
 }
 
-void CudaScorer::set_fused_products(bool on) {
+void CudaScorer::set_pass_kernels(CudaPassKernels kernels) {
   std::lock_guard<std::mutex> lock(impl_->pass_mu);
-  impl_->options.fused_products = on;
-  options_.fused_products = on;
+  impl_->options.pass_kernels = kernels;
+  options_.pass_kernels = kernels;
+}
+
+std::vector<PassKernelChooser::Bucket> CudaScorer::pass_kernel_choices() const {
+  return impl_->chooser.Buckets();
 }
 
 void CudaScorer::set_fused_blocks_per_sm(int blocks) {
@@ -1186,13 +1239,18 @@ absl::Status CudaScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
   std::lock_guard<std::mutex> lock(m.pass_mu);
   if (!m.broken.ok()) return m.broken;
   DeviceGuard guard(m.device);
-  SCANSERVE_RETURN_IF_ERROR(m.RunPass(queries));
-  SCANSERVE_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(scores->data.data(), m.scores.get(), scores->data.size() * sizeof(float),
-                      cudaMemcpyDeviceToHost, m.stream),
-      "download scores");
-  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "ScoreAll");
-  return absl::OkStatus();
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status status = [&]() -> absl::Status {
+    SCANSERVE_RETURN_IF_ERROR(m.RunPass(queries));
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(scores->data.data(), m.scores.get(), scores->data.size() * sizeof(float),
+                        cudaMemcpyDeviceToHost, m.stream),
+        "download scores");
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "ScoreAll");
+    return absl::OkStatus();
+  }();
+  m.FinishTimedPass(status, start);
+  return status;
 }
 
 absl::StatusOr<std::vector<std::vector<ScoredKey>>> CudaScorer::SearchImpl(
@@ -1210,33 +1268,39 @@ absl::StatusOr<std::vector<std::vector<ScoredKey>>> CudaScorer::SearchImpl(
     SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "upload column keys");
     m.col_keys_dirty = false;
   }
-  SCANSERVE_RETURN_IF_ERROR(m.RunPass(queries));
-  const int64_t tile = ck::kTopKTile;
-  int64_t tiles = (n + tile - 1) / tile;
-  const size_t cand_bytes = static_cast<size_t>(nq) * tiles * k * sizeof(ck::TopKCand);
-  SCANSERVE_RETURN_IF_ERROR(m.topk_a.Reserve(cand_bytes, "top-k candidates"));
-  SCANSERVE_RETURN_IF_ERROR(m.topk_b.Reserve(cand_bytes, "top-k candidates"));
-  SCANSERVE_CUDA_RETURN_IF_ERROR(
-      ck::TopKFromScores(m.scores.as<float>(), n, n, m.col_keys.as<int64_t>(), nq, k,
-                         m.topk_a.as<ck::TopKCand>(), m.stream),
-      "top-k");
-  const DeviceBuffer* cur = &m.topk_a;
-  const DeviceBuffer* other = &m.topk_b;
-  while (tiles > 1) {
-    const int64_t cands = tiles * k;
-    SCANSERVE_CUDA_RETURN_IF_ERROR(
-        ck::TopKFromCandidates(cur->as<ck::TopKCand>(), cands, nq, k, other->as<ck::TopKCand>(),
-                               m.stream),
-        "top-k merge");
-    std::swap(cur, other);
-    tiles = (cands + tile - 1) / tile;
-  }
   std::vector<ck::TopKCand> best(static_cast<size_t>(nq) * k);
-  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(best.data(), cur->get(),
-                                                 best.size() * sizeof(ck::TopKCand),
-                                                 cudaMemcpyDeviceToHost, m.stream),
-                                 "download top-k");
-  SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "Search");
+  const auto start = std::chrono::steady_clock::now();
+  const absl::Status status = [&]() -> absl::Status {
+    SCANSERVE_RETURN_IF_ERROR(m.RunPass(queries));
+    const int64_t tile = ck::kTopKTile;
+    int64_t tiles = (n + tile - 1) / tile;
+    const size_t cand_bytes = static_cast<size_t>(nq) * tiles * k * sizeof(ck::TopKCand);
+    SCANSERVE_RETURN_IF_ERROR(m.topk_a.Reserve(cand_bytes, "top-k candidates"));
+    SCANSERVE_RETURN_IF_ERROR(m.topk_b.Reserve(cand_bytes, "top-k candidates"));
+    SCANSERVE_CUDA_RETURN_IF_ERROR(
+        ck::TopKFromScores(m.scores.as<float>(), n, n, m.col_keys.as<int64_t>(), nq, k,
+                           m.topk_a.as<ck::TopKCand>(), m.stream),
+        "top-k");
+    const DeviceBuffer* cur = &m.topk_a;
+    const DeviceBuffer* other = &m.topk_b;
+    while (tiles > 1) {
+      const int64_t cands = tiles * k;
+      SCANSERVE_CUDA_RETURN_IF_ERROR(
+          ck::TopKFromCandidates(cur->as<ck::TopKCand>(), cands, nq, k, other->as<ck::TopKCand>(),
+                                 m.stream),
+          "top-k merge");
+      std::swap(cur, other);
+      tiles = (cands + tile - 1) / tile;
+    }
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(best.data(), cur->get(),
+                                                   best.size() * sizeof(ck::TopKCand),
+                                                   cudaMemcpyDeviceToHost, m.stream),
+                                   "download top-k");
+    SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "Search");
+    return absl::OkStatus();
+  }();
+  m.FinishTimedPass(status, start);
+  SCANSERVE_RETURN_IF_ERROR(status);
   std::vector<std::vector<ScoredKey>> out(nq);
   const int64_t take = std::min<int64_t>(k, n);
   for (int j = 0; j < nq; ++j) {

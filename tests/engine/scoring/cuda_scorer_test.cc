@@ -63,7 +63,8 @@ struct CudaCompareOptions {
                         " cpu_storage=", StorageTypeName(cpu_storage),
                         " query_precision=",
                         cuda.query_precision == CudaQueryPrecision::kBf16Split ? "bf16x2" : "bf16",
-                        " slab_rows=", cuda.slab_rows, " fused=", cuda.fused_products,
+                        " slab_rows=", cuda.slab_rows,
+                        " kernels=", CudaPassKernelsName(cuda.pass_kernels),
                         " max_product_bytes=", cuda.max_product_bytes,
                         " upload_bytes=", cuda.upload_bytes);
   }
@@ -393,7 +394,7 @@ TEST(CudaScorerTest, LabelledTop10OrderMatchesFp32) {
         for (bool fused : {false, true}) {
           data.storage = storage;
           CudaScorerOptions o;
-          o.fused_products = fused;
+          o.pass_kernels = fused ? CudaPassKernels::kFused : CudaPassKernels::kGemm;
           auto cuda = MakeCuda(MakeConfig(data, storage), o);
           ASSERT_NE(cuda, nullptr);
           ASSERT_TRUE(cuda->Add(set.keys, Views(set.stored)).ok());
@@ -452,7 +453,7 @@ TEST(CudaScorerTest, FusedProductsMatchCpu) {
         o.data.max_words = 30;
         o.data.dim = 64;
         o.cpu_storage = storage;
-        o.cuda.fused_products = true;
+        o.cuda.pass_kernels = CudaPassKernels::kFused;
         o.expect_fused = true;
         o.max_rel_err = kCudaBf16SplitMaxRelErr;
         CompareWithCpu(o);
@@ -468,7 +469,7 @@ TEST(CudaScorerTest, FusedProductsMatchCpu) {
     o.data.max_regions = 60;
     o.data.dim = 96;
     o.cpu_storage = storage;
-    o.cuda.fused_products = true;
+    o.cuda.pass_kernels = CudaPassKernels::kFused;
     o.cuda.query_precision = CudaQueryPrecision::kBf16;
     o.cuda.slab_rows = 700;
     o.expect_fused = true;
@@ -486,7 +487,7 @@ TEST(CudaScorerTest, FusedProductsMatchCpu) {
     o.data.min_regions = o.data.min_words = 100;
     o.data.max_regions = o.data.max_words = 128;
     o.cpu_storage = StorageType::kBFloat16;
-    o.cuda.fused_products = true;
+    o.cuda.pass_kernels = CudaPassKernels::kFused;
     o.expect_fused = true;
     o.max_rel_err = kCudaBf16SplitMaxRelErr;
     CompareWithCpu(o);
@@ -515,7 +516,7 @@ TEST(CudaScorerTest, FusedProductsMatchCpu) {
     o.data.max_words = c.max_words;
     const TestData t = MakeTestData(o.data);
     CudaScorerOptions fused;
-    fused.fused_products = true;
+    fused.pass_kernels = CudaPassKernels::kFused;
     auto cuda = MakeCuda(MakeConfig(o.data, c.storage), fused);
     ASSERT_NE(cuda, nullptr);
     ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
@@ -572,7 +573,8 @@ TEST_P(CudaScorerStorageTest, AddRemoveUpsert) {
   data.num_stored = 0;
   CudaScorerOptions small;
   small.slab_rows = 120;  // several slabs, so compaction and slab removal are exercised
-  small.fused_products = GetParam().second;
+  small.pass_kernels =
+      GetParam().second ? CudaPassKernels::kFused : CudaPassKernels::kGemm;
   auto cuda = MakeCuda(MakeConfig(data, storage), small);
   auto cpu = MakeCpu(MakeConfig(data, storage));
   ASSERT_TRUE(cuda && cpu);
@@ -613,7 +615,7 @@ TEST_P(CudaScorerStorageTest, AddRemoveUpsert) {
   FloatMatrix ok_item = gen.Item(3);
   EXPECT_FALSE(cuda->Add({50, 51}, {ItemView(ok_item), ItemView(nullptr, 2)}).ok());
   EXPECT_EQ(cuda->keys(), (std::vector<int64_t>{42, 43}));
-  if (small.fused_products) {
+  if (small.pass_kernels == CudaPassKernels::kFused) {
     EXPECT_GT(cuda->pass_counts().fused, 0);
     EXPECT_EQ(cuda->pass_counts().gemm, 0);
   }
@@ -637,7 +639,7 @@ TEST(CudaScorerTest, FusedPassWithFewEpilogueWarps) {
   CompareOptions data;
   data.storage = StorageType::kBFloat16;
   CudaScorerOptions fused;
-  fused.fused_products = true;
+  fused.pass_kernels = CudaPassKernels::kFused;
   auto cuda = MakeCuda(MakeConfig(data, StorageType::kBFloat16), fused);
   auto cpu = MakeCpu(MakeConfig(data, StorageType::kBFloat16));
   ASSERT_TRUE(cuda && cpu);
@@ -686,7 +688,7 @@ TEST(CudaScorerTest, FusedBlocksPerSmScoreAlike) {
       CudaScorer::FusedLaunch launch[2];
       for (int blocks : {1, 2}) {
         CudaScorerOptions o;
-        o.fused_products = true;
+        o.pass_kernels = CudaPassKernels::kFused;
         o.fused_blocks_per_sm = blocks;
         auto cuda = MakeCuda(MakeConfig(data, StorageType::kBFloat16), o);
         ASSERT_NE(cuda, nullptr);
@@ -736,7 +738,7 @@ TEST(CudaScorerTest, FusedCopyStagesScoreAlike) {
         FloatMatrix first;
         for (int stages : {2, 3, 4}) {
           CudaScorerOptions o;
-          o.fused_products = true;
+          o.pass_kernels = CudaPassKernels::kFused;
           o.fused_blocks_per_sm = 1;  // a whole SM's shared memory: room for four stages
           o.fused_max_stages = stages;
           auto cuda = MakeCuda(MakeConfig(data, storage), o);
@@ -755,6 +757,113 @@ TEST(CudaScorerTest, FusedCopyStagesScoreAlike) {
         }
       }
     }
+  }
+}
+
+// kAuto routes each pass to one of the two kernels, so every pass's scores are, bit for bit, the
+// GEMM path's or the fused kernel's. Both are timed for each bucket of query rows (a lone query,
+// a batch), then the faster runs; shapes the fused kernel cannot take and fp32 storage always take
+// the GEMM path, untimed.
+TEST(CudaScorerTest, AutoKernelsTimeBothAndScoreAsEither) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  constexpr int kGemm = static_cast<int>(PassKernel::kGemm);
+  constexpr int kFused = static_cast<int>(PassKernel::kFused);
+  for (StorageType storage : {StorageType::kBFloat16, StorageType::kFp8E4M3}) {
+    CompareOptions data;
+    data.storage = storage;
+    data.num_stored = 40;
+    data.num_queries = 10;
+    data.max_regions = 36;
+    data.min_words = 5;  // a lone query (<= 20 rows) and the batch (>= 50) in different buckets
+    data.max_words = 20;
+    data.dim = 64;
+    const TestData t = MakeTestData(data);
+    const std::string what = data.ToString();
+    const std::vector<ItemView> batch = Views(t.queries);
+    const std::vector<ItemView> lone = {batch[0]};
+    // What each kernel gives, from scorers fixed to it.
+    FloatMatrix want[2][2];  // [kernel][lone, batch]
+    for (CudaPassKernels kernels : {CudaPassKernels::kGemm, CudaPassKernels::kFused}) {
+      CudaScorerOptions o;
+      o.pass_kernels = kernels;
+      auto cuda = MakeCuda(MakeConfig(data, storage), o);
+      ASSERT_NE(cuda, nullptr);
+      ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+      const int k = kernels == CudaPassKernels::kFused ? kFused : kGemm;
+      ASSERT_TRUE(cuda->ScoreAll(lone, &want[k][0]).ok());
+      ASSERT_TRUE(cuda->ScoreAll(batch, &want[k][1]).ok());
+    }
+    CudaScorerOptions o;
+    o.pass_kernels = CudaPassKernels::kAuto;
+    auto cuda = MakeCuda(MakeConfig(data, storage), o);
+    ASSERT_NE(cuda, nullptr);
+    ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+    constexpr int kPasses = 12;  // per bucket: 8 to time both kernels, then the chosen one
+    int64_t fused_before = 0;
+    for (int shape = 0; shape < 2; ++shape) {
+      for (int pass = 0; pass < kPasses; ++pass) {
+        FloatMatrix scores;
+        ASSERT_TRUE(cuda->ScoreAll(shape == 0 ? lone : batch, &scores).ok()) << what;
+        const bool by_fused = cuda->pass_counts().fused > fused_before;
+        fused_before = cuda->pass_counts().fused;
+        ASSERT_NO_FATAL_FAILURE(ExpectBitIdentical(
+            scores, want[by_fused ? kFused : kGemm][shape],
+            absl::StrCat(by_fused ? "fused" : "gemm", " pass ", pass, " shape ", shape, " | ",
+                         what)));
+      }
+    }
+    // Search goes through the chooser too, and agrees with its own scores.
+    auto top = cuda->Search(batch, 5);
+    ASSERT_TRUE(top.ok()) << top.status();
+    EXPECT_EQ(top->size(), batch.size());
+    const std::vector<PassKernelChooser::Bucket> buckets = cuda->pass_kernel_choices();
+    ASSERT_EQ(buckets.size(), 2u) << what;
+    int64_t lone_rows = batch[0].rows, batch_rows = 0;
+    for (const ItemView& q : batch) batch_rows += q.rows;
+    EXPECT_LE(buckets[0].min_query_rows, lone_rows);
+    EXPECT_GE(buckets[0].max_query_rows, lone_rows);
+    EXPECT_LE(buckets[1].min_query_rows, batch_rows);
+    EXPECT_GE(buckets[1].max_query_rows, batch_rows);
+    int64_t stored_rows = 0;
+    for (const auto& item : t.stored) stored_rows += item.rows;
+    // The chooser's accounts are the kernels that ran: its times belong to the right kernel.
+    EXPECT_EQ(buckets[0].passes[kFused] + buckets[1].passes[kFused], cuda->pass_counts().fused);
+    EXPECT_EQ(buckets[0].passes[kGemm] + buckets[1].passes[kGemm], cuda->pass_counts().gemm);
+    for (const PassKernelChooser::Bucket& b : buckets) {
+      EXPECT_TRUE(b.settled) << what;
+      EXPECT_EQ(b.stored_rows, stored_rows);
+      EXPECT_GE(b.passes[kGemm], 4) << what;  // one untimed, three timed
+      EXPECT_GE(b.passes[kFused], 4) << what;
+      EXPECT_GT(b.median_seconds[kGemm], 0) << what;
+      EXPECT_GT(b.median_seconds[kFused], 0) << what;
+      const int chosen = static_cast<int>(b.choice);
+      // Chosen as the faster; kept unless the other became more than 5% faster.
+      EXPECT_LE(0.95 * b.median_seconds[chosen], b.median_seconds[1 - chosen]) << what;
+      EXPECT_FALSE(b.failed[kGemm] || b.failed[kFused]) << what;
+    }
+  }
+  // fp32 storage, and a bf16 query longer than the fused kernel's 128 rows: the GEMM path only,
+  // and the chooser is not asked.
+  for (StorageType storage : {StorageType::kFloat32, StorageType::kBFloat16}) {
+    CompareOptions data;
+    data.storage = storage;
+    data.num_stored = 10;
+    data.num_queries = 2;
+    data.dim = 64;
+    if (storage == StorageType::kBFloat16) data.min_words = data.max_words = 129;
+    const TestData t = MakeTestData(data);
+    CudaScorerOptions o;
+    o.pass_kernels = CudaPassKernels::kAuto;
+    auto cuda = MakeCuda(MakeConfig(data, storage), o);
+    ASSERT_NE(cuda, nullptr);
+    ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+    for (int pass = 0; pass < 3; ++pass) {
+      FloatMatrix scores;
+      ASSERT_TRUE(cuda->ScoreAll(Views(t.queries), &scores).ok());
+    }
+    EXPECT_EQ(cuda->pass_counts().gemm, 3) << data.ToString();
+    EXPECT_EQ(cuda->pass_counts().fused, 0) << data.ToString();
+    EXPECT_TRUE(cuda->pass_kernel_choices().empty()) << data.ToString();
   }
 }
 
