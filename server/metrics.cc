@@ -1,5 +1,6 @@
 #include "server/metrics.h"
 
+#include "absl/strings/str_cat.h"
 #include "server/grpc_status.h"
 
 namespace scanserve {
@@ -123,6 +124,18 @@ ServerMetrics::ServerMetrics(const std::string& version)
                        .Name("scanserve_scorer_passes_total")
                        .Help("Scoring passes of the CUDA backend, by kernel: fused or gemm.")
                        .Register(r);
+  scorer_kernel_chosen_ =
+      &prometheus::BuildGauge()
+           .Name("scanserve_scorer_kernel_chosen")
+           .Help("--cuda-kernels auto: 1 for the kernel the CUDA backend runs for passes of "
+                 "query_rows stacked query rows, 0 for the other, by direction.")
+           .Register(r);
+  scorer_kernel_pass_seconds_ =
+      &prometheus::BuildGauge()
+           .Name("scanserve_scorer_kernel_pass_seconds")
+           .Help("--cuda-kernels auto: median pass time of each kernel, as timed to choose "
+                 "between them, by direction and query rows.")
+           .Register(r);
   engine_score_seconds_ = &prometheus::BuildCounter()
                               .Name("scanserve_engine_score_seconds_total")
                               .Help("Search time spent scoring the stored items (SCAN) and "
@@ -304,6 +317,20 @@ prometheus::Gauge& ServerMetrics::feature_bytes(const std::string& device) {
   return feature_bytes_->Add({{"device", device}});
 }
 
+prometheus::Gauge& ServerMetrics::scorer_kernel_chosen(SearchDirection direction,
+                                                      const std::string& query_rows,
+                                                      const std::string& kernel) {
+  return scorer_kernel_chosen_->Add(
+      {{"direction", DirectionLabel(direction)}, {"query_rows", query_rows}, {"kernel", kernel}});
+}
+
+prometheus::Gauge& ServerMetrics::scorer_kernel_pass_seconds(SearchDirection direction,
+                                                            const std::string& query_rows,
+                                                            const std::string& kernel) {
+  return scorer_kernel_pass_seconds_->Add(
+      {{"direction", DirectionLabel(direction)}, {"query_rows", query_rows}, {"kernel", kernel}});
+}
+
 prometheus::Gauge& ServerMetrics::device_memory_free(const std::string& device) {
   return device_memory_free_->Add({{"device", device}});
 }
@@ -320,6 +347,22 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
   if (stats.device_memory_total_bytes >= 0) {
     device_memory_free(device).Set(static_cast<double>(stats.device_memory_free_bytes));
     device_memory_total(device).Set(static_cast<double>(stats.device_memory_total_bytes));
+  }
+  for (SearchDirection d : {SearchDirection::kTextToImage, SearchDirection::kImageToText}) {
+    const std::vector<Scorer::KernelChoice>& choices =
+        d == SearchDirection::kTextToImage ? stats.text_to_image_kernels
+                                           : stats.image_to_text_kernels;
+    for (const Scorer::KernelChoice& c : choices) {
+      const std::string rows = c.min_query_rows == c.max_query_rows
+                                   ? absl::StrCat(c.max_query_rows)
+                                   : absl::StrCat(c.min_query_rows, "-", c.max_query_rows);
+      for (const char* kernel : {"gemm", "fused"}) {
+        scorer_kernel_chosen(d, rows, kernel).Set(c.kernel == kernel ? 1 : 0);
+      }
+      for (const auto& [kernel, seconds] : c.median_seconds) {
+        scorer_kernel_pass_seconds(d, rows, kernel).Set(seconds);
+      }
+    }
   }
   feature_bytes_limit_->Set(static_cast<double>(stats.feature_bytes_limit));
   feature_bytes_committed_->Set(static_cast<double>(stats.feature_bytes_committed));

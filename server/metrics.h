@@ -135,6 +135,15 @@ class ServerMetrics {
   // ran them, fused or gemm (with --cuda-kernels fused, a growing gemm count means queries or
   // items the fused pass cannot take). Absent on the CPU backend.
   prometheus::Counter& scorer_passes(const std::string& kernel);
+  // scanserve_scorer_kernel_chosen{direction, query_rows, kernel}: with --cuda-kernels auto, 1
+  // for the kernel the CUDA backend runs for passes of that many stacked query rows ("9-16"), 0
+  // for the other (both 0 while it still times them); scanserve_scorer_kernel_pass_seconds: the
+  // median pass time of each kernel it chose by. Absent otherwise.
+  prometheus::Gauge& scorer_kernel_chosen(SearchDirection direction, const std::string& query_rows,
+                                          const std::string& kernel);
+  prometheus::Gauge& scorer_kernel_pass_seconds(SearchDirection direction,
+                                                const std::string& query_rows,
+                                                const std::string& kernel);
   // Sets the gauges above from a Stats() snapshot, and advances the cumulative counters (store,
   // search phases, ranked queries) by how much the engine's values grew since the previous call (they never go
   // down). Thread-safe.
@@ -158,6 +167,8 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* engine_score_seconds_;
   prometheus::Family<prometheus::Counter>* engine_ranked_queries_;
   prometheus::Family<prometheus::Counter>* scorer_passes_;
+  prometheus::Family<prometheus::Gauge>* scorer_kernel_chosen_;
+  prometheus::Family<prometheus::Gauge>* scorer_kernel_pass_seconds_;
   prometheus::Family<prometheus::Histogram>* engine_upsert_seconds_;
   prometheus::Family<prometheus::Counter>* ingest_items_;
 

@@ -1247,6 +1247,8 @@ EngineStats ScanRetrievalEngine::Stats() const {
           }
         }
       }
+      stats.text_to_image_kernels = models_.front().images->KernelChoices();
+      stats.image_to_text_kernels = models_.front().captions->KernelChoices();
       // Every scorer of one engine shares the device: the first one that knows says.
       if (const auto device = models_.front().images->DeviceMemoryInfo(); device.has_value()) {
         stats.device_memory_free_bytes = device->free_bytes;

@@ -171,6 +171,11 @@ struct EngineStats {
   int64_t device_memory_total_bytes = -1;
   // Scoring passes so far per kernel, over every scorer (CUDA: "fused", "gemm"); empty on the CPU.
   std::map<std::string, int64_t> scorer_passes;
+  // CUDA with --cuda-kernels auto: the kernel each direction's scorer runs per range of query
+  // rows, and the times it chose by (the first model's: an ensemble's models see the same
+  // shapes); empty otherwise.
+  std::vector<Scorer::KernelChoice> text_to_image_kernels;
+  std::vector<Scorer::KernelChoice> image_to_text_kernels;
   std::vector<std::string> model_summaries;
   std::string backend;            // "cpu", "cuda:0", ...
   std::string encoder_device;     // where the encoders run: "cpu", "cuda:0", ...

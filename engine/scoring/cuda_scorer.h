@@ -116,6 +116,7 @@ class CudaScorer final : public Scorer {
   int64_t DeviceSearchMaxK() const override { return kMaxDeviceTopK; }
   absl::Status Health() const override;
   std::vector<std::pair<std::string, int64_t>> KernelPasses() const override;
+  std::vector<KernelChoice> KernelChoices() const override;  // from pass_kernel_choices()
 
   const CudaScorerOptions& options() const { return options_; }
   // "NVIDIA H200 (sm_90, 139.8 GiB)" and the like.

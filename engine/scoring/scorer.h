@@ -92,6 +92,17 @@ class Scorer {
   // {"gemm", m} (which path its passes took; the fused one falls back to the GEMM path for shapes
   // it cannot take). Empty where a backend has one kind of pass.
   virtual std::vector<std::pair<std::string, int64_t>> KernelPasses() const { return {}; }
+  // What a backend that picks its kernel per pass by timing them (the CUDA backend with
+  // --cuda-kernels auto) has picked, per range of stacked query rows, for operators. Empty where
+  // a backend does not choose.
+  struct KernelChoice {
+    int64_t min_query_rows = 0;
+    int64_t max_query_rows = 0;
+    std::string kernel;  // the one it runs; empty while it is still timing both
+    // Median wall time of a pass per kernel timed so far, seconds.
+    std::vector<std::pair<std::string, double>> median_seconds;
+  };
+  virtual std::vector<KernelChoice> KernelChoices() const { return {}; }
 
   // Scores every query against every stored item: (*scores) becomes queries.size() x size().
   absl::Status ScoreAll(absl::Span<const ItemView> queries, FloatMatrix* scores) const;

@@ -197,6 +197,18 @@ class CudaBackendTest(unittest.TestCase):
         samples = h.parse_metrics(auto.scrape())
         self.assertGreater(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="fused"), 0)
         self.assertGreater(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="gemm"), 0)
+        # What it chose, per direction and query rows: one kernel per decided range, and the
+        # median times it chose by.
+        chosen = [(labels, v) for name, labels, v in samples if name == "scanserve_scorer_kernel_chosen"]
+        decided = {(l["direction"], l["query_rows"]) for l, v in chosen if v == 1}
+        self.assertTrue(decided, chosen)
+        for direction, rows in decided:
+            self.assertEqual(sum(v for l, v in chosen
+                                 if (l["direction"], l["query_rows"]) == (direction, rows)), 1)
+            self.assertGreater(h.metric_value(samples, "scanserve_scorer_kernel_pass_seconds",
+                                              direction=direction, query_rows=rows, kernel="fused"), 0)
+            self.assertGreater(h.metric_value(samples, "scanserve_scorer_kernel_pass_seconds",
+                                              direction=direction, query_rows=rows, kernel="gemm"), 0)
 
     def health(self, server):
         """(exit code, output) of `scanctl health` against the server."""

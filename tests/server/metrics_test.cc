@@ -95,6 +95,50 @@ TEST(ServerMetricsTest, ScorerPassesByKernel) {
   EXPECT_DOUBLE_EQ(metrics.scorer_passes("gemm").Value(), 1);
 }
 
+// --cuda-kernels auto: the chosen kernel per direction and query rows is 1, the other 0 (both 0
+// while it still times them), beside the median times it chose by; absent without choices.
+TEST(ServerMetricsTest, ScorerKernelChoices) {
+  ServerMetrics metrics("test");
+  EngineStats stats;
+  metrics.UpdateFromStats(stats);
+  for (const auto& f : metrics.registry()->Collect()) {
+    if (f.name == "scanserve_scorer_kernel_chosen" ||
+        f.name == "scanserve_scorer_kernel_pass_seconds") {
+      EXPECT_TRUE(f.metric.empty()) << f.name;
+    }
+  }
+  Scorer::KernelChoice lone;
+  lone.min_query_rows = 9;
+  lone.max_query_rows = 16;
+  lone.kernel = "fused";
+  lone.median_seconds = {{"gemm", 0.030}, {"fused", 0.021}};
+  Scorer::KernelChoice timing;  // still timing both: one kernel timed so far
+  timing.min_query_rows = timing.max_query_rows = 1;
+  timing.median_seconds = {{"gemm", 0.025}};
+  Scorer::KernelChoice batch;
+  batch.min_query_rows = 513;
+  batch.max_query_rows = 1024;
+  batch.kernel = "gemm";
+  stats.text_to_image_kernels = {lone, timing};
+  stats.image_to_text_kernels = {batch};
+  metrics.UpdateFromStats(stats);
+  const SearchDirection t2i = SearchDirection::kTextToImage, i2t = SearchDirection::kImageToText;
+  EXPECT_EQ(metrics.scorer_kernel_chosen(t2i, "9-16", "fused").Value(), 1);
+  EXPECT_EQ(metrics.scorer_kernel_chosen(t2i, "9-16", "gemm").Value(), 0);
+  EXPECT_DOUBLE_EQ(metrics.scorer_kernel_pass_seconds(t2i, "9-16", "gemm").Value(), 0.030);
+  EXPECT_DOUBLE_EQ(metrics.scorer_kernel_pass_seconds(t2i, "9-16", "fused").Value(), 0.021);
+  EXPECT_EQ(metrics.scorer_kernel_chosen(t2i, "1", "fused").Value(), 0);
+  EXPECT_EQ(metrics.scorer_kernel_chosen(t2i, "1", "gemm").Value(), 0);
+  EXPECT_DOUBLE_EQ(metrics.scorer_kernel_pass_seconds(t2i, "1", "gemm").Value(), 0.025);
+  EXPECT_EQ(metrics.scorer_kernel_chosen(i2t, "513-1024", "gemm").Value(), 1);
+  EXPECT_EQ(metrics.scorer_kernel_chosen(i2t, "513-1024", "fused").Value(), 0);
+  // The choice turns: the gauges follow.
+  stats.image_to_text_kernels[0].kernel = "fused";
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.scorer_kernel_chosen(i2t, "513-1024", "gemm").Value(), 0);
+  EXPECT_EQ(metrics.scorer_kernel_chosen(i2t, "513-1024", "fused").Value(), 1);
+}
+
 TEST(ServerMetricsTest, FeatureMemoryLimitAndCommittedAreGauges) {
   ServerMetrics metrics("test");
   EngineStats stats;

@@ -1000,6 +1000,23 @@ std::vector<PassKernelChooser::Bucket> CudaScorer::pass_kernel_choices() const {
   return impl_->chooser.Buckets();
 }
 
+std::vector<Scorer::KernelChoice> CudaScorer::KernelChoices() const {
+  std::vector<KernelChoice> out;
+  for (const PassKernelChooser::Bucket& b : pass_kernel_choices()) {
+    KernelChoice c;
+    c.min_query_rows = b.min_query_rows;
+    c.max_query_rows = b.max_query_rows;
+    // A kernel that failed leaves the other chosen before both were timed.
+    if (b.settled || b.failed[0] || b.failed[1]) c.kernel = PassKernelName(b.choice);
+    for (PassKernel k : {PassKernel::kGemm, PassKernel::kFused}) {
+      const double seconds = b.median_seconds[static_cast<int>(k)];
+      if (seconds > 0) c.median_seconds.emplace_back(PassKernelName(k), seconds);
+    }
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
 void CudaScorer::set_fused_blocks_per_sm(int blocks) {
   std::lock_guard<std::mutex> lock(impl_->pass_mu);
   impl_->options.fused_blocks_per_sm = std::clamp(blocks, 1, 2);

@@ -841,6 +841,19 @@ TEST(CudaScorerTest, AutoKernelsTimeBothAndScoreAsEither) {
       EXPECT_LE(0.95 * b.median_seconds[chosen], b.median_seconds[1 - chosen]) << what;
       EXPECT_FALSE(b.failed[kGemm] || b.failed[kFused]) << what;
     }
+    // What operators see (Scorer::KernelChoices, the server's scorer_kernel_* gauges).
+    const std::vector<Scorer::KernelChoice> choices = cuda->KernelChoices();
+    ASSERT_EQ(choices.size(), buckets.size());
+    for (size_t i = 0; i < choices.size(); ++i) {
+      EXPECT_EQ(choices[i].min_query_rows, buckets[i].min_query_rows);
+      EXPECT_EQ(choices[i].max_query_rows, buckets[i].max_query_rows);
+      EXPECT_EQ(choices[i].kernel, PassKernelName(buckets[i].choice));
+      ASSERT_EQ(choices[i].median_seconds.size(), 2u);
+      EXPECT_EQ(choices[i].median_seconds[0].first, "gemm");
+      EXPECT_EQ(choices[i].median_seconds[0].second, buckets[i].median_seconds[kGemm]);
+      EXPECT_EQ(choices[i].median_seconds[1].first, "fused");
+      EXPECT_EQ(choices[i].median_seconds[1].second, buckets[i].median_seconds[kFused]);
+    }
   }
   // fp32 storage, and a bf16 query longer than the fused kernel's 128 rows: the GEMM path only,
   // and the chooser is not asked.
@@ -864,6 +877,7 @@ TEST(CudaScorerTest, AutoKernelsTimeBothAndScoreAsEither) {
     EXPECT_EQ(cuda->pass_counts().gemm, 3) << data.ToString();
     EXPECT_EQ(cuda->pass_counts().fused, 0) << data.ToString();
     EXPECT_TRUE(cuda->pass_kernel_choices().empty()) << data.ToString();
+    EXPECT_TRUE(cuda->KernelChoices().empty()) << data.ToString();
   }
 }
 
