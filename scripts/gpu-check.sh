@@ -7,11 +7,12 @@
 #
 # Steps, each timed and under `timeout`: environment, configure (CUDA on, sm_90; the server too when
 # .debs has gRPC, without OpenCV; engine-only if that configure fails), build scoring_tests +
-# detector_tests + model_tests + scan_bench + scan_extract, run the CUDA tests, the
-# scan_bench CUDA table (100k fp32+bf16+fp8 with the cuBLAS and the fused kernels, 1M bf16; the
-# cuBLAS path with 256 MB and with L2-sized 32 MB product chunks), a
-# same-run reference-style PyTorch baseline, 1M fp8 on the fused pass (when time is left,
-# FP8_1M_BEFORE_S, 330), the detector timing, the engine's CUDA test
+# detector_tests + model_tests + scan_bench + scan_extract, run the CUDA tests, the detector
+# timing, the same-run reference-style PyTorch baseline (tools/reference_scan_baseline.py, 100k
+# fp32 and bf16: the tables' "vs ref"), the scan_bench CUDA table (100k fp32+bf16+fp8 with the
+# cuBLAS and the fused kernels, 1M bf16 with both and --cuda-kernels auto; the cuBLAS path with
+# 256 MB and with L2-sized 32 MB product chunks), 1M fp8 on the fused pass (when time is left,
+# FP8_1M_BEFORE_S, 330), the engine's CUDA test
 # (retrieval_tests), and last, when the server built and
 # time is left, scanserve + scanctl and the end-to-end serving benchmark through gRPC
 # (scripts/serve-bench.sh: 1M synthetic images, lone query and concurrent clients). A failing test step does not stop the later steps; the
@@ -176,10 +177,23 @@ if [ "${DETECTOR_BENCH:-1}" = "1" ]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
+# Same-run baseline first: the published code's t2i scoring in PyTorch (one caption per call, as
+# its evaluation does), clipped_l2norm, LogSumExp, λ1 = 9, λ2 = 6, on 100k random images, fp32
+# and bf16. Its REF_MS lines become scan_bench's --ref_ms, so the tables' "vs ref" column is a
+# same-run ratio (1M rows keep performance.md's number, marked *).
+REF_FLAG=""
+if [ "$BASELINE" = "1" ]; then
+  run_step "BASELINE reference-style PyTorch, 100k images" 150 bash -o pipefail -c \
+    "python3 tools/reference_scan_baseline.py --images 100000 --dtypes fp32,bf16 --device cuda | tee /tmp/scanserve-ref.txt" || true
+  REF_FLAG=$(awk '/^REF_MS /{printf "%s%s:%s=%s", sep, $2, $3, $4; sep=","}' /tmp/scanserve-ref.txt 2>/dev/null || true)
+  if [ -n "$REF_FLAG" ]; then REF_FLAG="--ref_ms=$REF_FLAG"; fi
+  echo "scan_bench baseline flag: ${REF_FLAG:-none, the tables quote performance.md}"
+fi
+
 BENCH="$BUILD_DIR/engine/scan_bench"
 run_step "BENCH cuda 100k images, fp32 + bf16 + fp8, cuBLAS (two streams, one) and fused kernels" 300 \
   "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16,fp8 --kernels=gemm,gemm-serial,fused,fused-1 \
-  --product_mb=256,32 --queries=64 --reps=3 || true
+  --product_mb=256,32 --queries=64 --reps=3 ${REF_FLAG:+"$REF_FLAG"} || true
 if [ "$BENCH_1M" = "1" ]; then
   # fused-s2: the fused pass with one k step in flight (two copy stages) against the default (up
   # to four): what the deeper copy pipeline buys at batch 1, where the pass only reads the store.
@@ -191,47 +205,6 @@ if [ "$BENCH_1M" = "1" ]; then
     --reps=3 || true
 fi
 
-# ---------------------------------------------------------------------------------------------
-# Same-run baseline: the published code's t2i scoring in PyTorch (one caption per call, as its
-# evaluation does), clipped_l2norm, LogSumExp, λ1 = 9, λ2 = 6, on 100k random images.
-if [ "$BASELINE" = "1" ]; then
-  run_step "BASELINE reference-style PyTorch, 100k images" 150 python3 - <<'PY' || true
-import time, torch, torch.nn.functional as F
-torch.manual_seed(0)
-dev = "cuda"
-def l2norm(x, dim, eps=1e-8):
-    return x / (x.pow(2).sum(dim=dim, keepdim=True).sqrt() + eps)
-def func_attention(query, context, smooth):
-    b, ql, sl = context.size(0), query.size(1), context.size(1)
-    attn = torch.bmm(context, query.transpose(1, 2))           # (b, k, n)
-    attn = l2norm(F.leaky_relu(attn, 0.1), 2)                 # over the query axis
-    attn = attn.transpose(1, 2).contiguous().view(b * ql, sl)
-    attn = F.softmax(attn * smooth, dim=1).view(b, ql, sl)    # over the context axis
-    return torch.bmm(attn, context)                           # (b, n, d)
-def t2i(images, cap):
-    n = images.size(0)
-    cap_e = cap.unsqueeze(0).repeat(n, 1, 1)
-    wc = func_attention(cap_e, images, 9.0)
-    s = F.cosine_similarity(cap_e, wc, dim=2)
-    return s.mul_(6.0).exp_().sum(dim=1, keepdim=True).log_() / 6.0
-for dtype in (torch.float32, torch.bfloat16):
-    ims = l2norm(torch.rand(100000, 36, 1024, device=dev) * 2 - 1, 2).to(dtype)
-    caps = [l2norm(torch.rand(int(torch.randint(12, 20, ())), 1024, device=dev) * 2 - 1, 1).to(dtype)
-            for _ in range(12)]
-    with torch.no_grad():
-        for c in caps[:2]: t2i(ims, c)
-        torch.cuda.synchronize()
-        times = []
-        for c in caps[2:]:
-            t0 = time.perf_counter(); t2i(ims, c); torch.cuda.synchronize()
-            times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    print(f"reference-style PyTorch {torch.__version__}, 100k images, {str(dtype)[6:]}: "
-          f"median {times[len(times)//2]:.1f} ms/query over {len(times)} captions")
-    del ims
-    torch.cuda.empty_cache()
-PY
-fi
 # fp8 on the fused pass reads half of bf16's bytes (the codes are widened as they are staged):
 # the likeliest lone-query winner at 1M, when time is left for another 1M load.
 if [ "$BENCH_1M" = "1" ] && [ "$(elapsed)" -lt "${FP8_1M_BEFORE_S:-330}" ]; then

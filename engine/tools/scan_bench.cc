@@ -21,12 +21,14 @@
 // (default 1,2,4,8,16,32,64), Search(k=10) passes over --queries (default 64) captions; p50/p99
 // latency per pass, queries/s, achieved TB/s and TFLOP/s against the H200 floors of
 // performance.md (4.3 TB/s, 790 TFLOP/s bf16), and the ratio to the reference-style PyTorch
-// numbers quoted there (a different run: scripts/gpu-check.sh measures the same-run baseline).
+// numbers quoted there (a different run, marked *), or with --ref_ms=IMAGES:STORAGE=MS,... the
+// same-run baseline that scripts/gpu-check.sh measures first (tools/reference_scan_baseline.py).
 // Stored images are --pool distinct random images (default 4096) repeated under distinct keys,
 // so that 1M images need no 147 GB of host data; the scoring cost does not depend on the values.
 //   scan_bench --backend=cuda [--images=100000,1000000] [--storage=bf16] [--batch=1,2,...,64]
 //              [--queries=64] [--reps=3] [--pool=4096] [--query_precision=bf16x2|bf16]
-//              [--kernels=gemm,gemm-serial,fused,fused-1,fused-s2,auto] [--product_mb=256,32 (gemm: product
+//              [--kernels=gemm,gemm-serial,fused,fused-1,fused-s2,auto] [--ref_ms=100000:bf16=25.3,...]
+//              [--product_mb=256,32 (gemm: product
 //              chunk budgets to compare)]
 // Kernels: gemm = cuBLAS products + the epilogue kernel, the epilogues on a second stream
 // (CudaScorerOptions::pipelined_epilogue); gemm-serial = the same on one stream; fused = one
@@ -86,6 +88,8 @@ struct Flags {
   // A chunk small enough to stay in L2 (H200: 50 MB) saves writing and re-reading the products
   // through HBM, for more launches.
   std::vector<int64_t> product_mb;
+  // cuda: the reference-style baseline measured in this run, ms per query by (images, storage).
+  std::map<std::pair<int64_t, std::string>, double> ref_ms;
   int threads = 0;
   int64_t words_min = 12;
   int64_t words_max = 19;
@@ -104,7 +108,7 @@ struct Flags {
                "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
                "--parallelism=per_thread,shared --block_rows=N "
                "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,gemm-serial,fused,fused-1,fused-s2,auto "
-               "--product_mb=256,32\n",
+               "--product_mb=256,32 --ref_ms=IMAGES:STORAGE=MS,...\n",
                why.c_str());
   std::exit(2);
 }
@@ -156,6 +160,18 @@ Flags ParseFlags(int argc, char** argv) {
           Usage("--kernels: gemm, gemm-serial, fused, fused-1, fused-s2 and/or auto");
         }
         f.kernels.emplace_back(b);
+      }
+    } else if (name == "ref_ms") {
+      for (absl::string_view entry : absl::StrSplit(v, ',')) {
+        // IMAGES:STORAGE=MS
+        const std::vector<std::string> kv = absl::StrSplit(entry, '=');
+        const std::vector<std::string> key =
+            kv.empty() ? std::vector<std::string>{} : absl::StrSplit(kv[0], ':');
+        double ms = 0;
+        if (kv.size() != 2 || key.size() != 2 || !absl::SimpleAtod(kv[1], &ms) || ms <= 0) {
+          Usage(absl::StrCat("--ref_ms: expected IMAGES:STORAGE=MS entries, got '", entry, "'"));
+        }
+        f.ref_ms[{ParseInt(name, key[0]), key[1]}] = ms;
       }
     } else if (name == "product_mb") {
       f.product_mb.clear();
@@ -214,6 +230,9 @@ Flags ParseFlags(int argc, char** argv) {
     Usage("--images: one value for the cpu backend");
   }
   if (f.backend != "cuda" && !f.product_mb.empty()) Usage("--product_mb: cuda backend only");
+  if (f.backend != "cuda" && !f.ref_ms.empty()) {
+    Usage("--ref_ms: cuda backend only (the cpu table measures its baseline itself)");
+  }
 
   if (f.pool < 1) Usage("--pool must be >= 1");
   for (int64_t n : f.image_counts) {
@@ -358,7 +377,7 @@ int RunCuda(const Flags& f) {
   std::printf("  data generated in %.0f ms\n", NowMs() - t_gen);
 
   // The reference-style PyTorch baseline of performance.md (H200, PyTorch 2.11, one caption per
-  // call), ms per query: a different run, so only indicative.
+  // call), ms per query: a different run, so only indicative, where --ref_ms has no same-run one.
   auto spec_ref_ms = [](int64_t images, const std::string& storage) -> double {
     if (images == 100000) return storage == "fp32" ? 34.0 : 26.0;
     if (images == 1000000 && storage == "bf16") return 257.0;
@@ -370,6 +389,7 @@ int RunCuda(const Flags& f) {
     int64_t images = 0, batch = 0;
     double p50 = 0, p99 = 0, ms_per_query = 0, qps = 0, tflops = 0, tbps = 0, floor_ms = 0;
     double ref_ms = 0;
+    bool ref_same_run = false;
   };
   std::vector<CudaRow> table;
   std::vector<int64_t> counts = f.image_counts;
@@ -522,7 +542,12 @@ int RunCuda(const Flags& f) {
           const double floor_s = std::max(bytes / kPeakBytesPerS,
                                           batch * gram_flop_per_query / kPeakBf16FlopPerS);
           r.floor_ms = floor_s * 1e3;
-          r.ref_ms = spec_ref_ms(n, storage);
+          if (const auto it = f.ref_ms.find({n, storage}); it != f.ref_ms.end()) {
+            r.ref_ms = it->second;
+            r.ref_same_run = true;
+          } else {
+            r.ref_ms = spec_ref_ms(n, storage);
+          }
           table.push_back(r);
           std::printf("    %s batch %" PRId64 ": p50 %.2f ms/pass, %.1f queries/s\n",
                       r.config.c_str(), batch, r.p50, r.qps);
@@ -545,7 +570,9 @@ int RunCuda(const Flags& f) {
               std::string(11, '-').c_str());
   for (const CudaRow& r : table) {
     const std::string vs =
-        r.ref_ms > 0 ? absl::StrCat(absl::SixDigits(r.ref_ms / r.ms_per_query), "x") : "-";
+        r.ref_ms > 0 ? absl::StrCat(absl::SixDigits(r.ref_ms / r.ms_per_query), "x",
+                                    r.ref_same_run ? "" : "*")
+                     : "-";
     std::printf("| %-36s | %8" PRId64 " | %5" PRId64
                 " | %9.2f | %9.2f | %9.3f | %9.1f | %8.1f | %6.2f | %10.2f | %6.1f%% | %9s |\n",
                 r.config.c_str(), r.images, r.batch, r.p50, r.p99, r.ms_per_query, r.qps,
@@ -556,9 +583,14 @@ int RunCuda(const Flags& f) {
       "queries/s: median round over %" PRId64 " captions.\nTFLOP/s: Gram-form FLOPs 2kn(d+k) per "
       "pair (bf16x2 queries run twice the GEMM FLOPs). TB/s: stored bytes read per pass.\nfloor: "
       "max(stored bytes / 4.3 TB/s, batch x FLOPs / 790 TFLOP/s); %% floor = floor / p50.\nvs ref: "
-      "performance.md's reference-style PyTorch per-query time on an H200 (100k fp32 34 ms, 100k "
-      "bf16 26 ms, 1M bf16 257 ms; a different run) / ms/query.\n",
+      "the reference-style PyTorch per-query time / ms/query: measured in this run "
+      "(--ref_ms, tools/reference_scan_baseline.py), or, marked *, performance.md's H200 numbers "
+      "(100k fp32 34 ms, 100k bf16 26 ms, 1M bf16 257 ms; a different run).\n",
       kTopK, f.queries);
+  for (const auto& [key, ms] : f.ref_ms) {
+    std::printf("same-run reference-style baseline: %" PRId64 " images, %s: %.1f ms/query\n",
+                key.first, key.second.c_str(), ms);
+  }
   for (const char* narrow : {"bf16", "fp8"}) {
     if (!top_lists.count("fp32") || !top_lists.count(narrow)) continue;
     const auto& a = top_lists["fp32"];

@@ -321,6 +321,25 @@ class ReferenceSelfCheck(unittest.TestCase):
                             np.testing.assert_allclose(sr.gram_similarity(regions, words, cfg, 3), pair,
                                                        rtol=1e-10, atol=1e-11)
 
+    def test_timing_baseline_scores_as_the_oracle(self):
+        """tools/reference_scan_baseline.py (the GPU table's same-run "vs ref" baseline) computes
+        the released t2i scores: clipped_l2norm, λ1 = 9, LogSumExp λ2 = 6, in chunks of images."""
+        spec = importlib.util.spec_from_file_location(
+            "reference_scan_baseline", os.path.join(SOURCE_DIR, "tools", "reference_scan_baseline.py"))
+        baseline = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(baseline)
+        g = torch.Generator().manual_seed(5)
+        images = baseline.l2norm(torch.rand(7, 36, 64, generator=g, dtype=torch.float64) * 2 - 1, 2)
+        cfg = dict(cross_attn="t2i", raw_feature_norm="clipped_l2norm", agg_func="LogSumExp",
+                   lambda_softmax=9.0, lambda_lse=6.0)
+        for n_words in (1, 15):
+            caption = baseline.l2norm(torch.rand(n_words, 64, generator=g, dtype=torch.float64) * 2 - 1, 1)
+            want = [sr.pair_score(images[i], caption, cfg) for i in range(7)]
+            for chunk in (3, 7):
+                got = baseline.t2i(images, caption, chunk)
+                self.assertEqual(tuple(got.shape), (7, 1))
+                np.testing.assert_allclose(got[:, 0].numpy(), want, rtol=1e-12, atol=1e-12)
+
     def test_scores_are_per_pair(self):
         """A pair's score does not depend on which other images and captions are scored with it."""
         rng = np.random.default_rng(4)
