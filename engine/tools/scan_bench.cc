@@ -480,12 +480,21 @@ int RunCuda(const Flags& f) {
         for (int64_t batch0 : f.batches) {
           const int64_t batch = std::min(batch0, f.queries);
           if (chosen) {
-            // Let the chooser time both kernels at this batch size before the measured rounds.
-            const int explore = 2 * (1 + PassKernelChooserOptions{}.timed_passes);
-            for (int i = 0; i < explore; ++i) {
-              Check(scorer->Search(absl::MakeConstSpan(caption_views).first(batch), kTopK)
-                        .status(),
-                    "cuda Search (auto warm-up)");
+            // Untimed rounds of the same passes first, until the chooser has timed both kernels
+            // in every bucket of query rows they reach (captions of 12-19 rows fall in two).
+            const int max_rounds = 2 * (1 + PassKernelChooserOptions{}.timed_passes);
+            for (int round = 0; round < max_rounds; ++round) {
+              for (int64_t j = 0; j < f.queries; j += batch) {
+                const int64_t cnt = std::min(batch, f.queries - j);
+                Check(scorer->Search(absl::MakeConstSpan(caption_views).subspan(j, cnt), kTopK)
+                          .status(),
+                      "cuda Search (auto warm-up)");
+              }
+              bool decided = true;
+              for (const PassKernelChooser::Bucket& b : scorer->pass_kernel_choices()) {
+                decided = decided && (b.settled || b.failed[0] || b.failed[1]);
+              }
+              if (decided) break;
             }
           }
           const CudaScorer::PassCounts batch_before = scorer->pass_counts();
