@@ -102,6 +102,7 @@ void PassKernelChooser::Record(int64_t query_rows, int64_t stored_rows, PassKern
   auto& times = s.seconds_per_row[k];
   times.push_back(seconds / static_cast<double>(stored_rows));
   while (static_cast<int>(times.size()) > options_.timed_passes) times.pop_front();
+  if (s.failed[0] || s.failed[1]) return;  // the kernel that did not fail stays chosen
   const int full = options_.timed_passes;
   if (static_cast<int>(s.seconds_per_row[0].size()) < full ||
       static_cast<int>(s.seconds_per_row[1].size()) < full) {

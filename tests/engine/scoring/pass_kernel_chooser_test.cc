@@ -168,6 +168,15 @@ TEST(PassKernelChooserTest, StopsChoosingAKernelThatFailed) {
     EXPECT_EQ(chooser.Choose(100, 1000), PassKernel::kGemm);
     EXPECT_FALSE(chooser.Buckets()[1].failed[static_cast<int>(failing)]);
   }
+  // The chosen, faster kernel fails later: the slower one runs from then on, and stays the
+  // reported choice however its times compare with the failed kernel's.
+  PassKernelChooser chooser({/*timed_passes=*/2, /*reprobe_every=*/3, 0.05});
+  RunPasses(chooser, 10, 12, 1000, Times(2e-3, 1e-3));
+  ASSERT_EQ(chooser.Buckets()[0].choice, PassKernel::kFused);
+  chooser.RecordFailure(12, PassKernel::kFused);
+  const std::vector<PassKernel> ran = RunPasses(chooser, 10, 12, 1000, Times(2e-3, 1e-3));
+  EXPECT_EQ(Count(ran, PassKernel::kGemm), 10);
+  EXPECT_EQ(chooser.Buckets()[0].choice, PassKernel::kGemm);
 }
 
 }  // namespace
