@@ -82,11 +82,13 @@ struct CudaScorerOptions {
   // the other's products (tensor cores); each block then has shared memory for fewer epilogue
   // warps. The pass falls back to 1 when 2 would leave fewer than two epilogue warps.
   int fused_blocks_per_sm = 2;
-  // Fused pass: at most this many k steps of the operands staged at once, 2 to 4 (as many as the
-  // block's shared memory holds): the copies of the next stages - 1 steps are in flight while one
-  // is multiplied. More hide more memory latency when few query rows leave the pass bound by
-  // reading the store (batch 1); 2 is the classic double buffer.
-  int fused_max_stages = 4;
+  // Fused pass: at most this many k steps of the operands staged at once, 2 to 8 (as many as the
+  // block's shared memory holds: a stage's query slices are only as tall as the pass's tallest
+  // query group, so a lone caption gets 8 where full groups get 3): the copies of the next
+  // stages - 1 steps are in flight while one is multiplied. More hide more memory latency when
+  // few query rows leave the pass bound by reading the store (batch 1); 2 is the classic double
+  // buffer.
+  int fused_max_stages = 8;
   // Host rows reach the device through two pinned staging buffers of this many bytes each, one
   // filling while the other's copy runs (at least one row per step).
   int64_t upload_bytes = int64_t{64} << 20;
@@ -143,7 +145,7 @@ class CudaScorer final : public Scorer {
   // With pass_kernels = kAuto: what the timing has chosen, per bucket of query rows so far.
   std::vector<PassKernelChooser::Bucket> pass_kernel_choices() const;
   // Switch CudaScorerOptions::pass_kernels, pipelined_epilogue, max_product_bytes (>= 1),
-  // fused_blocks_per_sm (1 or 2) and fused_max_stages (2 to 4) for later passes: benchmarks
+  // fused_blocks_per_sm (1 or 2) and fused_max_stages (2 to 8) for later passes: benchmarks
   // compare them on one loaded store.
   void set_pass_kernels(CudaPassKernels kernels);
   void set_fused_blocks_per_sm(int blocks);

@@ -32,9 +32,9 @@
 //              chunk budgets to compare)]
 // Kernels: gemm = cuBLAS products + the epilogue kernel, the epilogues on a second stream
 // (CudaScorerOptions::pipelined_epilogue); gemm-serial = the same on one stream; fused = one
-// kernel over the whole store (fused_products), two blocks per SM where they fit; fused-1 = the
+// kernel over the whole store (pass_kernels kFused), two blocks per SM where they fit; fused-1 = the
 // same, one block per SM with more epilogue warps (fused_blocks_per_sm); fused-s2 = fused with two
-// copy stages only (fused_max_stages 2: one k step in flight instead of up to three); auto = the
+// copy stages only (fused_max_stages 2: one k step in flight instead of up to seven); auto = the
 // scorer times gemm and fused on each batch size's first passes (untimed warm-up passes here) and
 // runs the faster: the row says which it picked ("auto->fused").
 #include <algorithm>
@@ -469,7 +469,8 @@ int RunCuda(const Flags& f) {
                                  : chosen ? CudaPassKernels::kAuto
                                           : CudaPassKernels::kGemm);
         scorer->set_fused_blocks_per_sm(kernel == "fused-1" ? 1 : 2);
-        scorer->set_fused_max_stages(kernel == "fused-s2" ? 2 : 4);
+        scorer->set_fused_max_stages(kernel == "fused-s2" ? 2
+                                                          : CudaScorerOptions{}.fused_max_stages);
         scorer->set_pipelined_epilogue(kernel != "gemm-serial");
         scorer->set_max_product_bytes(product_mb > 0 ? (product_mb << 20) : default_product_bytes);
         const CudaScorer::PassCounts before = scorer->pass_counts();
@@ -517,7 +518,7 @@ int RunCuda(const Flags& f) {
           const CudaScorer::PassCounts now = scorer->pass_counts();
           const bool all_fused = now.gemm == before.gemm && now.fused > before.fused;
           // A fused pass says how many blocks shared an SM, their epilogue warps and the k steps
-          // staged at once: "fused 2x4 s3".
+          // staged at once: "fused 2x4 s8".
           const CudaScorer::FusedLaunch launch = scorer->fused_launch();
           // auto: the kernel of (nearly) every measured pass; re-probes of the other are rare.
           std::string auto_label;

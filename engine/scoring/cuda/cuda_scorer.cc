@@ -660,9 +660,22 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   bool fused = false;
   timed_pass.reset();
   if (options.pass_kernels != CudaPassKernels::kGemm) {
+    int32_t max_group_rows = 0;
+    for (int j = 0; j < nq; ++j) {
+      if (groups.empty() || groups.back().rows + q_meta[j].rows > ck::kFusedMaxGroupRows) {
+        ck::QueryGroupDev g;
+        g.row_begin = q_meta[j].row_begin;
+        g.first_query = j;
+        groups.push_back(g);
+      }
+      groups.back().rows += q_meta[j].rows;
+      groups.back().num_queries += 1;
+      max_group_rows = std::max(max_group_rows, groups.back().rows);
+    }
     SCANSERVE_CUDA_RETURN_IF_ERROR(
-        ck::PlanFused(device, d, max_s_rows, max_q_rows, stored_is_context, bf16_gemm,
-                      options.fused_blocks_per_sm, options.fused_max_stages, &fused_plan),
+        ck::PlanFused(device, d, max_s_rows, max_q_rows, max_group_rows, split_queries,
+                      stored_is_context, bf16_gemm, options.fused_blocks_per_sm,
+                      options.fused_max_stages, &fused_plan),
         "plan the fused pass");
     fused = fused_plan.eligible;
     if (fused && options.pass_kernels == CudaPassKernels::kAuto) {
@@ -676,16 +689,6 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
   if (fused) {
     fused_launch = FusedLaunch{fused_plan.blocks_per_sm, fused_plan.epilogue_warps,
                                static_cast<int64_t>(fused_plan.shared_bytes), fused_plan.stages};
-    for (int j = 0; j < nq; ++j) {
-      if (groups.empty() || groups.back().rows + q_meta[j].rows > ck::kFusedMaxGroupRows) {
-        ck::QueryGroupDev g;
-        g.row_begin = q_meta[j].row_begin;
-        g.first_query = j;
-        groups.push_back(g);
-      }
-      groups.back().rows += q_meta[j].rows;
-      groups.back().num_queries += 1;
-    }
     SCANSERVE_RETURN_IF_ERROR(q_groups.Upload(groups, stream, "query groups"));
   }
 
@@ -919,9 +922,9 @@ absl::StatusOr<std::unique_ptr<CudaScorer>> CudaScorer::Create(const ScorerConfi
     return absl::InvalidArgumentError(absl::StrCat(
         "CudaScorerOptions: fused_blocks_per_sm must be 1 or 2, got ", options.fused_blocks_per_sm));
   }
-  if (options.fused_max_stages < 2 || options.fused_max_stages > 4) {
+  if (options.fused_max_stages < 2 || options.fused_max_stages > 8) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "CudaScorerOptions: fused_max_stages must be 2 to 4, got ", options.fused_max_stages));
+        "CudaScorerOptions: fused_max_stages must be 2 to 8, got ", options.fused_max_stages));
   }
   if (config.dim > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError(
@@ -1025,7 +1028,7 @@ void CudaScorer::set_fused_blocks_per_sm(int blocks) {
 
 void CudaScorer::set_fused_max_stages(int stages) {
   std::lock_guard<std::mutex> lock(impl_->pass_mu);
-  impl_->options.fused_max_stages = std::clamp(stages, 2, 4);
+  impl_->options.fused_max_stages = std::clamp(stages, 2, 8);
   options_.fused_max_stages = impl_->options.fused_max_stages;
 }
 

@@ -410,24 +410,39 @@ constexpr int kFusedOperandVecs = kFusedTileRows * kFusedVecsPerRow;
 constexpr int kFusedThreads = kFusedWarps * kWarp;
 constexpr int kFusedVecsPerThread = 3 * kFusedOperandVecs / kFusedThreads;  // stored, hi, lo
 constexpr size_t kFusedProductBytes = size_t{kFusedTileRows} * kFusedProductLd * sizeof(float);
-// One k step of one bf16 operand; of the fp8 codes of the stored rows (no padding: 8-byte reads).
+// One k step of the stored rows: bf16 (padded rows), or fp8 codes (no padding: 8-byte reads).
 constexpr size_t kFusedSliceBytes = size_t{kFusedTileRows} * kFusedStageLd * 2;
 constexpr size_t kFusedCodeSliceBytes = size_t{kFusedTileRows} * kFusedTileK;
-// A pipeline stage: the step's stored slice (bf16, or fp8 codes), hi slice, lo slice. fp8 adds
-// one bf16 slice, shared by the stages, that the codes are widened into before the multiplies.
-constexpr size_t kFusedBf16StageBytes = 3 * kFusedSliceBytes;
-constexpr size_t kFusedFp8StageBytes = kFusedCodeSliceBytes + 2 * kFusedSliceBytes;
-constexpr size_t FusedStagingBytes(int stages) {
-  return std::max(stages * kFusedBf16StageBytes, kFusedSliceBytes + stages * kFusedFp8StageBytes);
+// One k step of a query operand (hi or lo) for groups of up to `rows` rows (a multiple of 16).
+__host__ __device__ constexpr size_t FusedQuerySliceBytes(int rows) {
+  return size_t(rows) * kFusedStageLd * 2;
+}
+// A pipeline stage: the step's stored slice, then one query slice per query operand (hi, and lo
+// when split), each only as tall as the pass's tallest group: a lone caption's 16-32 rows leave
+// room for several times the stages of full 128-row groups, hence more of the store in flight at
+// batch 1, where the pass is bound by reading it. fp8 adds one bf16 slice, shared by the stages,
+// that the codes are widened into before the multiplies.
+__host__ __device__ constexpr size_t FusedStageBytes(bool fp8, int query_operands, int query_rows) {
+  return (fp8 ? kFusedCodeSliceBytes : kFusedSliceBytes) +
+         size_t(query_operands) * FusedQuerySliceBytes(query_rows);
+}
+// Shared memory for `stages` stages, for either stored type (one plan serves both kernels).
+constexpr size_t FusedStagingBytes(int stages, int query_operands, int query_rows) {
+  return std::max(stages * FusedStageBytes(false, query_operands, query_rows),
+                  kFusedSliceBytes + stages * FusedStageBytes(true, query_operands, query_rows));
 }
 constexpr int kFusedMinStages = 2;
-constexpr int kFusedMaxStages = 4;
+constexpr int kFusedMaxStages = 8;  // cp.async.wait_group takes at most 8
 static_assert(kFusedMaxGroupRows == kFusedTileRows, "the staging treats both operands alike");
 static_assert(kFusedWarps == 8, "the warps tile the 128 x 128 block as 4 x 2 of 32 x 64");
 static_assert(kFusedOperandVecs % kFusedThreads == 0, "whole operands per register slot");
-static_assert(FusedStagingBytes(kFusedMinStages) <= kFusedProductBytes,
+static_assert(FusedStagingBytes(kFusedMinStages, 2, kFusedMaxGroupRows) <= kFusedProductBytes,
               "the fewest stages fit where the product tile goes");
-static_assert(kFusedSliceBytes % 16 == 0 && kFusedCodeSliceBytes % 16 == 0, "16-byte copies");
+// Slices start 256-bit aligned for WMMA loads (and 16-byte copies): a query slice of any multiple
+// of 16 rows, and the stored slices.
+static_assert(kFusedSliceBytes % 32 == 0 && kFusedCodeSliceBytes % 32 == 0 &&
+                  FusedQuerySliceBytes(16) % 32 == 0,
+              "aligned slices");
 
 struct alignas(16) Vec16 {
   uint32_t w[4];
@@ -459,7 +474,7 @@ __device__ __forceinline__ int CodeSlotBytes(const StageSlot& t) {
 template <bool kFp8Stored>
 __global__ void __launch_bounds__(kFusedThreads, 2)
     FusedScoreKernel(EpilogueParams p, FusedParams f, int64_t first_tile, int epilogue_warps,
-                     int64_t warp_floats, int stages) {
+                     int64_t warp_floats, int stages, int query_slice_rows) {
   extern __shared__ __align__(128) float fused_shared[];
   const int lane = threadIdx.x % kWarp;
   const int warp = threadIdx.x / kWarp;
@@ -479,7 +494,6 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   const RowsView stored_rows = f.slabs[lo_slab].stored;
   // Staging: [fp8: the widened slice] then the stages; after the k loop, the product tile and the
   // epilogue scratch.
-  constexpr size_t kStageBytes = kFp8Stored ? kFusedFp8StageBytes : kFusedBf16StageBytes;
   constexpr size_t kStoredSliceBytes = kFp8Stored ? kFusedCodeSliceBytes : kFusedSliceBytes;
   auto* widened = reinterpret_cast<__nv_bfloat16*>(fused_shared);
   char* ring = reinterpret_cast<char*>(fused_shared) + (kFp8Stored ? kFusedSliceBytes : 0);
@@ -488,6 +502,9 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   const __nv_bfloat16* hi = f.queries + g.row_begin * f.dim;
   const __nv_bfloat16* lo = f.queries + (f.lo_row_offset + g.row_begin) * f.dim;
   const int operands = f.split ? 3 : 2;
+  // Query slices of query_slice_rows rows (>= every group's rows: the plan's).
+  const size_t query_slice_bytes = FusedQuerySliceBytes(query_slice_rows);
+  const size_t stage_bytes = FusedStageBytes(kFp8Stored, operands - 1, query_slice_rows);
   // Fragments cover whole 16-row blocks: no multiplies past them.
   const int rows_p = (tile.rows + 15) / 16 * 16, cols_p = (g.rows + 15) / 16 * 16;
 
@@ -505,7 +522,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
   auto issue = [&](int step) {
     if (step < steps) {
       const int64_t k0 = int64_t{step} * kFusedTileK;
-      char* stage = ring + static_cast<size_t>(step % stages) * kStageBytes;
+      char* stage = ring + static_cast<size_t>(step % stages) * stage_bytes;
 #pragma unroll
       for (int n = 0; n < kFusedVecsPerThread; ++n) {
         const StageSlot t = StageSlotOf(n);
@@ -521,7 +538,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
         } else if (t.which > 0 && t.which < operands && t.row < g.rows) {
           const __nv_bfloat16* base = t.which == 1 ? hi : lo;
           __pipeline_memcpy_async(
-              stage + kStoredSliceBytes + (t.which - 1) * kFusedSliceBytes + Bf16SlotBytes(t),
+              stage + kStoredSliceBytes + (t.which - 1) * query_slice_bytes + Bf16SlotBytes(t),
               base + int64_t{t.row} * f.dim + k0 + t.vec * 8, 16);
         }
       }
@@ -558,7 +575,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
     __pipeline_wait_prior(stages - 2);  // this thread's copies of this step have landed
     __syncthreads();  // everyone's have, and everyone is done with the stage refilled next
     issue(step + stages - 1);
-    const char* stage = ring + static_cast<size_t>(step % stages) * kStageBytes;
+    const char* stage = ring + static_cast<size_t>(step % stages) * stage_bytes;
     const __nv_bfloat16* a_slice = reinterpret_cast<const __nv_bfloat16*>(stage);
     if (kFp8Stored) {
       widen(stage);
@@ -578,7 +595,7 @@ __global__ void __launch_bounds__(kFusedThreads, 2)
           for (int part = 1; part < operands; ++part) {
             wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb;
             wmma::load_matrix_sync(
-                fb, b_slices + ((part - 1) * kFusedTileRows + col0 + 16 * j) * kFusedStageLd + kk,
+                fb, b_slices + ((part - 1) * query_slice_rows + col0 + 16 * j) * kFusedStageLd + kk,
                 kFusedStageLd);
             wmma::mma_sync(acc[i][j], fa, fb, acc[i][j]);
           }
@@ -779,13 +796,17 @@ cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, flo
 }
 
 cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
-                      bool stored_is_context, bool bf16_operands, int blocks_per_sm,
-                      int max_stages, FusedPlan* plan) {
+                      int max_group_rows, bool split, bool stored_is_context, bool bf16_operands,
+                      int blocks_per_sm, int max_stages, FusedPlan* plan) {
   *plan = FusedPlan{};
   if (!bf16_operands || dim % kFusedTileK != 0 || max_stored_rows > kFusedTileRows ||
-      max_query_rows > kFusedMaxGroupRows) {
+      max_query_rows > kFusedMaxGroupRows || max_group_rows > kFusedMaxGroupRows ||
+      max_group_rows < max_query_rows) {
     return cudaSuccess;  // not eligible
   }
+  // Query slices as tall as the tallest group, in whole 16-row fragments.
+  const int query_rows = std::max(16, (max_group_rows + 15) / 16 * 16);
+  const int query_operands = split ? 2 : 1;
   int optin = 0, per_sm = 0, reserved = 0;
   cudaError_t err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
   if (err == cudaSuccess) {
@@ -816,11 +837,12 @@ cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_quer
     // As many copy stages as the block's share holds (the staging is free again by the time the
     // products and the scratch need the space).
     int stages = std::clamp(max_stages, kFusedMinStages, kFusedMaxStages);
-    while (stages > kFusedMinStages && static_cast<int64_t>(FusedStagingBytes(stages)) > budget) {
+    while (stages > kFusedMinStages &&
+           static_cast<int64_t>(FusedStagingBytes(stages, query_operands, query_rows)) > budget) {
       --stages;
     }
     const size_t shared = std::max(kFusedProductBytes + static_cast<size_t>(warps * warp_bytes),
-                                   FusedStagingBytes(stages));
+                                   FusedStagingBytes(stages, query_operands, query_rows));
     // What the device really fits (registers too), for the plan to report.
     int resident = 0;
     err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, FusedScoreKernel<false>,
@@ -829,6 +851,7 @@ cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_quer
     if (resident < blocks && blocks > 1) continue;
     plan->epilogue_warps = warps;
     plan->stages = stages;
+    plan->query_slice_rows = query_rows;
     plan->shared_bytes = shared;
     plan->blocks_per_sm = resident;
     plan->eligible = resident >= 1;
@@ -840,7 +863,8 @@ cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_quer
 cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
                        const FusedPlan& plan, int64_t num_tiles, cudaStream_t stream) {
   if (fused.num_groups < 1 || fused.num_slabs < 1 || plan.stages < kFusedMinStages ||
-      plan.stages > kFusedMaxStages) {
+      plan.stages > kFusedMaxStages || plan.query_slice_rows < 16 ||
+      plan.query_slice_rows % 16 != 0 || plan.query_slice_rows > kFusedMaxGroupRows) {
     return cudaErrorInvalidValue;
   }
   const int64_t tiles_per_launch = std::max<int64_t>(1, kMaxGridX / fused.num_groups);
@@ -849,10 +873,12 @@ cudaError_t FusedScore(const EpilogueParams& params, const FusedParams& fused,
     const dim3 grid(static_cast<unsigned>(tiles * fused.num_groups));
     if (fused.stored_type == ElemType::kFp8E4M3) {
       FusedScoreKernel<true><<<grid, kFusedThreads, plan.shared_bytes, stream>>>(
-          params, fused, first, plan.epilogue_warps, plan.warp_floats, plan.stages);
+          params, fused, first, plan.epilogue_warps, plan.warp_floats, plan.stages,
+          plan.query_slice_rows);
     } else {
       FusedScoreKernel<false><<<grid, kFusedThreads, plan.shared_bytes, stream>>>(
-          params, fused, first, plan.epilogue_warps, plan.warp_floats, plan.stages);
+          params, fused, first, plan.epilogue_warps, plan.warp_floats, plan.stages,
+          plan.query_slice_rows);
     }
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;

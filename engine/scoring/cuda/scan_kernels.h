@@ -102,12 +102,13 @@ cudaError_t PlanEpilogue(int device, int max_context, int max_attending, Epilogu
 cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, float* global_scratch,
                      cudaStream_t stream);
 
-// The fused pass (CudaScorerOptions::fused_products): a block per (query group, row tile), a
+// The fused pass (CudaScorerOptions::pass_kernels kFused): a block per (query group, row tile), a
 // tiled GEMM on the tensor cores (bf16 WMMA, fp32 accumulation; both operands staged in shared
 // memory, k in steps of kFusedTileK) whose product tile stays in shared memory, then the same
 // per-pair epilogue as Epilogue, reading it there. fp8 stored rows are read as codes and widened
 // to bf16 in the staging (no widened copy in device memory). The operands reach shared memory by
-// asynchronous copies, several k steps ahead (FusedPlan::stages). Needs bf16 operands (bf16 or
+// asynchronous copies, several k steps ahead (FusedPlan::stages); every group's rows must be at
+// most FusedPlan::query_slice_rows. Needs bf16 operands (bf16 or
 // fp8 storage, bf16 queries), dim % kFusedTileK == 0, stored items and queries of at most
 // kFusedTileRows rows, and the epilogue's scratch for at least one warp beside the product tile.
 constexpr int kFusedTileRows = 128;      // stored rows per row tile (whole items)
@@ -158,13 +159,17 @@ struct FusedPlan {
   size_t shared_bytes = 0;
   int blocks_per_sm = 0;  // resident blocks per SM at shared_bytes (the occupancy API's answer)
   int stages = 0;         // k steps staged at once: stages - 1 in flight while one is multiplied
+  int query_slice_rows = 0;  // staged rows per query operand: the tallest group's, to 16
 };
 // Sizes the epilogue scratch so that blocks_per_sm blocks (1 or 2) fit an SM, with at least two
 // epilogue warps each; otherwise one block per SM with as many warps as fit. Then as many copy
-// stages (2 .. max_stages, at most 4) as that share of the SM holds.
+// stages (2 .. max_stages, at most 8) as that share of the SM holds: a stage holds the stored
+// slice and query slices as tall as the tallest group (max_group_rows; hi, and lo when split),
+// so short query groups (a lone caption) get more stages in flight than full ones.
+// max_query_rows (the tallest query) sizes the epilogue's scratch.
 cudaError_t PlanFused(int device, int64_t dim, int max_stored_rows, int max_query_rows,
-                      bool stored_is_context, bool bf16_operands, int blocks_per_sm,
-                      int max_stages, FusedPlan* plan);
+                      int max_group_rows, bool split, bool stored_is_context, bool bf16_operands,
+                      int blocks_per_sm, int max_stages, FusedPlan* plan);
 // params as for Epilogue, less what is per slab or per chunk (items, stored norms and Grams,
 // col0, item_begin, chunk_row0, product, ld_product, lo_offset, num_items: unused). A block per
 // (tile, group), the groups of one tile consecutive; one launch for up to 2^31 - 1 blocks.

@@ -155,6 +155,22 @@ void ExpectBitIdentical(const FloatMatrix& got, const FloatMatrix& want, const s
   }
 }
 
+// The fused plan's copy stages on an H200 (sm_90: 228 KB of shared memory per SM, at most 227 KB
+// per block, 1 KB reserved per block), with split queries: a stage is the stored slice (128 rows
+// of 40 bf16) and the hi and lo slices, as tall as the tallest query group (whole queries of at
+// most 128 rows together) rounded to 16 rows; as many as the block's share holds, 8 at most.
+int Sm90FusedStages(const std::vector<FloatMatrix>& queries, int blocks_per_sm) {
+  int64_t tallest = 0, group = 0;
+  for (const FloatMatrix& q : queries) {
+    if (group > 0 && group + q.rows > 128) group = 0;
+    group += q.rows;
+    tallest = std::max(tallest, group);
+  }
+  const int64_t stage = 128 * 40 * 2 + 2 * ((tallest + 15) / 16 * 16) * 40 * 2;
+  const int64_t share = std::min<int64_t>(232448, 233472 / blocks_per_sm - 1024);
+  return static_cast<int>(std::min<int64_t>(8, share / stage));
+}
+
 std::vector<AttentionParams> AllAttentionModes() {
   std::vector<AttentionParams> out;
   for (CrossAttention ca : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
@@ -699,8 +715,8 @@ TEST(CudaScorerTest, FusedBlocksPerSmScoreAlike) {
         if (blocks == 2 && absl::StrContains(cuda->DeviceDescription(), "sm_90")) {
           EXPECT_EQ(cuda->fused_launch().blocks_per_sm, shape.two_on_sm90 ? 2 : 1)
               << cuda->DeviceDescription() << " | " << data.ToString();
-          // Copy stages of 30 KB: three in half an SM's 228 KB, four in a whole one.
-          EXPECT_EQ(cuda->fused_launch().stages, shape.two_on_sm90 ? 3 : 4)
+          EXPECT_EQ(cuda->fused_launch().stages,
+                    Sm90FusedStages(t.queries, cuda->fused_launch().blocks_per_sm))
               << cuda->DeviceDescription() << " | " << data.ToString();
         }
       }
@@ -718,8 +734,9 @@ TEST(CudaScorerTest, FusedBlocksPerSmScoreAlike) {
   }
 }
 
-// The copy pipeline's depth changes when the operands land, never the scores: 2, 3 and 4 stages
-// give bit-identical scores, with more k steps than stages (dim 256: 8 steps) and fewer (dim 32).
+// The copy pipeline's depth changes when the operands land, never the scores: 2, 3, 5 and 8
+// stages give bit-identical scores, with as many k steps as the most stages (dim 256: 8 steps)
+// and fewer (dim 32: 1).
 TEST(CudaScorerTest, FusedCopyStagesScoreAlike) {
   SCANSERVE_SKIP_WITHOUT_CUDA();
   for (StorageType storage : {StorageType::kBFloat16, StorageType::kFp8E4M3}) {
@@ -730,16 +747,17 @@ TEST(CudaScorerTest, FusedCopyStagesScoreAlike) {
         data.storage = storage;
         data.num_stored = 30;
         data.num_queries = 6;
-        data.max_regions = 36;
-        data.max_words = 30;
+        // Six queries of at most 18 rows: one group of at most 108, so 8 stages fit a whole SM.
+        data.max_regions = 18;
+        data.max_words = 18;
         data.dim = dim;
         const TestData t = MakeTestData(data);
         const std::string what = data.ToString();
         FloatMatrix first;
-        for (int stages : {2, 3, 4}) {
+        for (int stages : {2, 3, 5, 8}) {
           CudaScorerOptions o;
           o.pass_kernels = CudaPassKernels::kFused;
-          o.fused_blocks_per_sm = 1;  // a whole SM's shared memory: room for four stages
+          o.fused_blocks_per_sm = 1;  // a whole SM's shared memory
           o.fused_max_stages = stages;
           auto cuda = MakeCuda(MakeConfig(data, storage), o);
           ASSERT_NE(cuda, nullptr);
@@ -881,6 +899,47 @@ TEST(CudaScorerTest, AutoKernelsTimeBothAndScoreAsEither) {
   }
 }
 
+// A stage's query slices are as tall as the pass's tallest query group: on an H200 at two blocks
+// per SM, a lone caption gets the most stages (8 of 12.8 KB in half an SM), full groups of 128
+// split rows 3 (30 KB each), unsplit 5 (20 KB); the scores do not depend on it.
+TEST(CudaScorerTest, FusedStagesFollowTheTallestQueryGroup) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  struct Case {
+    int queries;
+    CudaQueryPrecision precision;
+    int stages;
+  };
+  for (const Case& c : {Case{1, CudaQueryPrecision::kBf16Split, 8},
+                        Case{8, CudaQueryPrecision::kBf16Split, 3},
+                        Case{8, CudaQueryPrecision::kBf16, 5}}) {
+    CompareOptions data;
+    data.storage = StorageType::kBFloat16;
+    data.num_stored = 30;
+    data.num_queries = c.queries;
+    data.min_regions = data.max_regions = 36;
+    data.min_words = data.max_words = 16;
+    data.dim = 64;
+    CudaCompareOptions o;
+    o.data = data;
+    o.cpu_storage = StorageType::kBFloat16;
+    o.cuda.pass_kernels = CudaPassKernels::kFused;
+    o.cuda.query_precision = c.precision;
+    o.expect_fused = true;
+    o.max_rel_err = c.precision == CudaQueryPrecision::kBf16 ? kCudaBf16MaxRelErr
+                                                             : kCudaBf16SplitMaxRelErr;
+    CompareWithCpu(o);
+    auto cuda = MakeCuda(MakeConfig(data, data.storage), o.cuda);
+    ASSERT_NE(cuda, nullptr);
+    const TestData t = MakeTestData(data);
+    ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+    FloatMatrix scores;
+    ASSERT_TRUE(cuda->ScoreAll(Views(t.queries), &scores).ok());
+    if (!absl::StrContains(cuda->DeviceDescription(), "sm_90")) continue;
+    EXPECT_EQ(cuda->fused_launch().blocks_per_sm, 2) << data.ToString();
+    EXPECT_EQ(cuda->fused_launch().stages, c.stages) << data.ToString();
+  }
+}
+
 // Identical items under different keys: every score ties, so Search must order by key.
 TEST(CudaScorerTest, SearchTiesBySmallerKey) {
   SCANSERVE_SKIP_WITHOUT_CUDA();
@@ -936,7 +995,7 @@ TEST(CudaScorerTest, RejectsBadOptions) {
     EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
               absl::StatusCode::kInvalidArgument);
   }
-  for (int stages : {1, 5}) {
+  for (int stages : {1, 9}) {
     o = CudaScorerOptions{};
     o.fused_max_stages = stages;
     EXPECT_EQ(CudaScorer::Create(ScorerConfig{}, o).status().code(),
