@@ -63,6 +63,8 @@ class PassKernelChooser {
     std::array<double, 2> median_seconds{};
     std::array<int64_t, 2> passes{};  // passes run with each kernel in this bucket
     std::array<bool, 2> failed{};     // kernels that failed a pass here (no longer chosen)
+    // `choice` stands: both kernels timed, or one failed (leaving the other).
+    bool decided() const { return settled || failed[0] || failed[1]; }
   };
   // The buckets passes have reached so far, smallest query rows first.
   std::vector<Bucket> Buckets() const;

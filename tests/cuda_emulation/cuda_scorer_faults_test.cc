@@ -37,6 +37,18 @@ std::string FaultAt(FaultPoint point, int nth) {
   return std::string("fault at ") + scanserve_emu::FaultPointName(point) + " #" + std::to_string(nth);
 }
 
+// op() with the nth call at `point` from now on failing; *fired says whether it did (false: op
+// makes fewer such calls).
+template <typename Op>
+auto WithFault(FaultPoint point, int nth, bool* fired, Op op) {
+  const int before = scanserve_emu::FaultsFired();
+  scanserve_emu::InjectFault(point, nth);
+  auto result = op();
+  scanserve_emu::ClearFaults();
+  *fired = scanserve_emu::FaultsFired() != before;
+  return result;
+}
+
 class CudaScorerFaultTest : public ::testing::TestWithParam<ItemKind> {
  protected:
   void SetUp() override {
@@ -132,11 +144,10 @@ TEST_P(CudaScorerFaultTest, FailedAddChangesNothingOrBreaksInCompaction) {
       std::vector<FloatMatrix> items;
       for (size_t i = 0; i < keys.size(); ++i) items.push_back(gen_.Item(gen_.Uniform(1, 12)));
       const std::string when = FaultAt(point, nth);
-      const int fired = scanserve_emu::FaultsFired();
-      scanserve_emu::InjectFault(point, nth);
-      const absl::Status st = cuda_->Add(keys, Views(items));
-      scanserve_emu::ClearFaults();
-      if (scanserve_emu::FaultsFired() == fired) {  // the Add makes fewer such calls: done
+      bool fired = false;
+      const absl::Status st =
+          WithFault(point, nth, &fired, [&] { return cuda_->Add(keys, Views(items)); });
+      if (!fired) {  // the Add makes fewer such calls: done
         ASSERT_TRUE(st.ok()) << when << ": " << st;
         ASSERT_TRUE(cpu_->Add(keys, Views(items)).ok());
         ExpectSameAsCpu(when + " (not reached)");
@@ -166,11 +177,10 @@ TEST_P(CudaScorerFaultTest, FailedRemoveChangesNothingOrBreaks) {
       ASSERT_NE(cuda_, nullptr);
       const std::vector<int64_t> gone = {0, 3, 12, 13, 29};
       const std::string when = FaultAt(point, nth);
-      const int fired = scanserve_emu::FaultsFired();
-      scanserve_emu::InjectFault(point, nth);
-      const absl::Status st = cuda_->Remove(gone);
-      scanserve_emu::ClearFaults();
-      if (scanserve_emu::FaultsFired() == fired) {
+      bool fired = false;
+      const absl::Status st =
+          WithFault(point, nth, &fired, [&] { return cuda_->Remove(gone); });
+      if (!fired) {
         ASSERT_TRUE(st.ok()) << when << ": " << st;
         ASSERT_TRUE(cpu_->Remove(gone).ok());
         ExpectSameAsCpu(when + " (not reached)");
@@ -217,11 +227,10 @@ TEST_P(CudaScorerFaultTest, AutoKernelsStopChoosingAFailedKernel) {
     ASSERT_TRUE(cuda_->Search(Views(queries_), 4).ok());
     ASSERT_EQ(cuda_->pass_counts().gemm, 1);
     const std::string when = FaultAt(FaultPoint::kLaunch, nth);
-    const int fired = scanserve_emu::FaultsFired();
-    scanserve_emu::InjectFault(FaultPoint::kLaunch, nth);
-    auto top = cuda_->Search(Views(queries_), 4);
-    scanserve_emu::ClearFaults();
-    if (scanserve_emu::FaultsFired() == fired) {
+    bool fired = false;
+    auto top = WithFault(FaultPoint::kLaunch, nth, &fired,
+                         [&] { return cuda_->Search(Views(queries_), 4); });
+    if (!fired) {
       ASSERT_TRUE(top.ok()) << when << ": " << top.status();
       break;
     }
@@ -252,9 +261,11 @@ TEST_P(CudaScorerFaultTest, AutoKernelsStopChoosingAFailedKernel) {
   // The GEMM path's cuBLAS call fails in the first pass: fused passes only from then on.
   Fill(30, /*fp8=*/true, CudaPassKernels::kAuto);
   ASSERT_NE(cuda_, nullptr);
-  scanserve_emu::InjectFault(FaultPoint::kGemm, 1);
-  EXPECT_FALSE(cuda_->Search(Views(queries_), 4).ok());
-  scanserve_emu::ClearFaults();
+  bool fired = false;
+  EXPECT_FALSE(
+      WithFault(FaultPoint::kGemm, 1, &fired, [&] { return cuda_->Search(Views(queries_), 4); })
+          .ok());
+  ASSERT_TRUE(fired);
   ASSERT_EQ(cuda_->pass_kernel_choices().size(), 1u);
   EXPECT_TRUE(cuda_->pass_kernel_choices()[0].failed[kGemm]);
   for (int i = 0; i < 5; ++i) ExpectSameAsCpu("after the GEMM path failed");
@@ -266,11 +277,10 @@ void CudaScorerFaultTest::FailEveryPassCall() {
   for (FaultPoint point : kAllPoints) {
     for (int nth = 1; nth <= kMaxCalls; ++nth) {
       const std::string when = FaultAt(point, nth);
-      const int fired = scanserve_emu::FaultsFired();
-      scanserve_emu::InjectFault(point, nth);
-      auto top = cuda_->Search(Views(queries_), 4);
-      scanserve_emu::ClearFaults();
-      if (scanserve_emu::FaultsFired() == fired) {
+      bool fired = false;
+      auto top =
+          WithFault(point, nth, &fired, [&] { return cuda_->Search(Views(queries_), 4); });
+      if (!fired) {
         ASSERT_TRUE(top.ok()) << when << ": " << top.status();
         break;
       }
@@ -286,11 +296,11 @@ TEST_P(CudaScorerFaultTest, FailedCreateIsAStatus) {
   for (FaultPoint point : kAllPoints) {
     for (int nth = 1; nth <= kMaxCalls; ++nth) {
       const std::string when = FaultAt(point, nth);
-      const int fired = scanserve_emu::FaultsFired();
-      scanserve_emu::InjectFault(point, nth);
-      auto created = CudaScorer::Create(MakeConfig(data_, StorageType::kBFloat16));
-      scanserve_emu::ClearFaults();
-      if (scanserve_emu::FaultsFired() == fired) {
+      bool fired = false;
+      auto created =
+          WithFault(point, nth, &fired,
+                    [&] { return CudaScorer::Create(MakeConfig(data_, StorageType::kBFloat16)); });
+      if (!fired) {
         ASSERT_TRUE(created.ok()) << when << ": " << created.status();
         break;
       }

@@ -260,12 +260,12 @@ struct CudaScorer::Impl {
   // pass_kernels = kAuto: the kernel choices, and the pass in flight that the chooser picked
   // (guarded by pass_mu).
   mutable PassKernelChooser chooser;
-  struct TimedPass {
+  struct ChosenPass {
     PassKernel kernel = PassKernel::kGemm;
     int64_t query_rows = 0;
     int64_t stored_rows = 0;
   };
-  mutable std::optional<TimedPass> timed_pass;
+  mutable std::optional<ChosenPass> timed_pass;
   // Set when a device copy failed midway through a compaction: the slabs and the key map may no
   // longer agree, so every later call fails with it rather than score a half-moved store.
   absl::Status broken;  // guarded by pass_mu
@@ -311,17 +311,19 @@ struct CudaScorer::Impl {
     for (const auto& s : slabs) rows += s->used_rows;
     return rows;
   }
-  // The end of a ScoreAll or Search pass that began at `start`: its time (or its failure) goes
-  // to the chooser when the chooser picked its kernel.
-  void FinishTimedPass(const absl::Status& status,
-                       std::chrono::steady_clock::time_point start) const {
-    if (!timed_pass) return;
-    if (status.ok()) {
+  // A ScoreAll or Search pass, queries in to results on the host: when the chooser picked its
+  // kernel, a successful pass's wall time goes to it.
+  template <typename Pass>
+  absl::Status TimedPass(Pass pass) const {
+    const auto start = std::chrono::steady_clock::now();
+    const absl::Status status = pass();
+    if (timed_pass && status.ok()) {
       const std::chrono::duration<double> seconds = std::chrono::steady_clock::now() - start;
       chooser.Record(timed_pass->query_rows, timed_pass->stored_rows, timed_pass->kernel,
                      seconds.count());
     }
     timed_pass.reset();
+    return status;
   }
 
   int32_t MaxStoredRows() const {
@@ -682,7 +684,7 @@ absl::Status CudaScorer::Impl::RunPass(absl::Span<const ItemView> queries) const
       const int64_t stored_rows = StoredRows();
       const PassKernel kernel = chooser.Choose(q_rows, stored_rows);
       fused = kernel == PassKernel::kFused;
-      timed_pass = TimedPass{kernel, q_rows, stored_rows};
+      timed_pass = ChosenPass{kernel, q_rows, stored_rows};
     }
   }
   ++(fused ? passes.fused : passes.gemm);
@@ -922,9 +924,11 @@ absl::StatusOr<std::unique_ptr<CudaScorer>> CudaScorer::Create(const ScorerConfi
     return absl::InvalidArgumentError(absl::StrCat(
         "CudaScorerOptions: fused_blocks_per_sm must be 1 or 2, got ", options.fused_blocks_per_sm));
   }
-  if (options.fused_max_stages < 2 || options.fused_max_stages > 8) {
+  if (options.fused_max_stages < ck::kFusedMinStages ||
+      options.fused_max_stages > ck::kFusedMaxStages) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "CudaScorerOptions: fused_max_stages must be 2 to 8, got ", options.fused_max_stages));
+        "CudaScorerOptions: fused_max_stages must be ", ck::kFusedMinStages, " to ",
+        ck::kFusedMaxStages, ", got ", options.fused_max_stages));
   }
   if (config.dim > (int64_t{1} << 30)) {
     return absl::InvalidArgumentError(
@@ -1009,8 +1013,7 @@ std::vector<Scorer::KernelChoice> CudaScorer::KernelChoices() const {
     KernelChoice c;
     c.min_query_rows = b.min_query_rows;
     c.max_query_rows = b.max_query_rows;
-    // A kernel that failed leaves the other chosen before both were timed.
-    if (b.settled || b.failed[0] || b.failed[1]) c.kernel = PassKernelName(b.choice);
+    if (b.decided()) c.kernel = PassKernelName(b.choice);
     for (PassKernel k : {PassKernel::kGemm, PassKernel::kFused}) {
       const double seconds = b.median_seconds[static_cast<int>(k)];
       if (seconds > 0) c.median_seconds.emplace_back(PassKernelName(k), seconds);
@@ -1028,7 +1031,7 @@ void CudaScorer::set_fused_blocks_per_sm(int blocks) {
 
 void CudaScorer::set_fused_max_stages(int stages) {
   std::lock_guard<std::mutex> lock(impl_->pass_mu);
-  impl_->options.fused_max_stages = std::clamp(stages, 2, 8);
+  impl_->options.fused_max_stages = std::clamp(stages, ck::kFusedMinStages, ck::kFusedMaxStages);
   options_.fused_max_stages = impl_->options.fused_max_stages;
 }
 
@@ -1259,8 +1262,7 @@ absl::Status CudaScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
   std::lock_guard<std::mutex> lock(m.pass_mu);
   if (!m.broken.ok()) return m.broken;
   DeviceGuard guard(m.device);
-  const auto start = std::chrono::steady_clock::now();
-  const absl::Status status = [&]() -> absl::Status {
+  return m.TimedPass([&]() -> absl::Status {
     SCANSERVE_RETURN_IF_ERROR(m.RunPass(queries));
     SCANSERVE_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(scores->data.data(), m.scores.get(), scores->data.size() * sizeof(float),
@@ -1268,9 +1270,7 @@ absl::Status CudaScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
         "download scores");
     SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "ScoreAll");
     return absl::OkStatus();
-  }();
-  m.FinishTimedPass(status, start);
-  return status;
+  });
 }
 
 absl::StatusOr<std::vector<std::vector<ScoredKey>>> CudaScorer::SearchImpl(
@@ -1289,8 +1289,7 @@ absl::StatusOr<std::vector<std::vector<ScoredKey>>> CudaScorer::SearchImpl(
     m.col_keys_dirty = false;
   }
   std::vector<ck::TopKCand> best(static_cast<size_t>(nq) * k);
-  const auto start = std::chrono::steady_clock::now();
-  const absl::Status status = [&]() -> absl::Status {
+  SCANSERVE_RETURN_IF_ERROR(m.TimedPass([&]() -> absl::Status {
     SCANSERVE_RETURN_IF_ERROR(m.RunPass(queries));
     const int64_t tile = ck::kTopKTile;
     int64_t tiles = (n + tile - 1) / tile;
@@ -1318,9 +1317,7 @@ absl::StatusOr<std::vector<std::vector<ScoredKey>>> CudaScorer::SearchImpl(
                                    "download top-k");
     SCANSERVE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(m.stream), "Search");
     return absl::OkStatus();
-  }();
-  m.FinishTimedPass(status, start);
-  SCANSERVE_RETURN_IF_ERROR(status);
+  }));
   std::vector<std::vector<ScoredKey>> out(nq);
   const int64_t take = std::min<int64_t>(k, n);
   for (int j = 0; j < nq; ++j) {

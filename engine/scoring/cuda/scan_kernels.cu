@@ -431,8 +431,6 @@ constexpr size_t FusedStagingBytes(int stages, int query_operands, int query_row
   return std::max(stages * FusedStageBytes(false, query_operands, query_rows),
                   kFusedSliceBytes + stages * FusedStageBytes(true, query_operands, query_rows));
 }
-constexpr int kFusedMinStages = 2;
-constexpr int kFusedMaxStages = 8;  // cp.async.wait_group takes at most 8
 static_assert(kFusedMaxGroupRows == kFusedTileRows, "the staging treats both operands alike");
 static_assert(kFusedWarps == 8, "the warps tile the 128 x 128 block as 4 x 2 of 32 x 64");
 static_assert(kFusedOperandVecs % kFusedThreads == 0, "whole operands per register slot");

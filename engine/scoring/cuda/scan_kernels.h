@@ -114,6 +114,10 @@ cudaError_t Epilogue(const EpilogueParams& params, const EpiloguePlan& plan, flo
 constexpr int kFusedTileRows = 128;      // stored rows per row tile (whole items)
 constexpr int kFusedMaxGroupRows = 128;  // stacked query rows per group (hi part; whole queries)
 constexpr int kFusedTileK = 32;
+// k steps staged at once (FusedPlan::stages): a double buffer at least; cp.async.wait_group
+// counts at most 8.
+constexpr int kFusedMinStages = 2;
+constexpr int kFusedMaxStages = 8;
 // A row tile: consecutive whole items of one slab, at most kFusedTileRows rows in all (or one
 // item). Cached per slab beside its item metadata.
 struct RowTileDev {
