@@ -410,6 +410,7 @@ int Stats(Connection& connection, const std::vector<std::string>& argv, bool jso
   table.AddRow({"backend", response.backend()});
   table.AddRow({"encoder device", response.encoder_device()});
   table.AddRow({"storage", response.storage()});
+  table.AddRow({"query precision", response.query_precision()});
   table.AddRow({"detector", response.detector_loaded()
                                  ? (response.detector().empty() ? std::string("loaded") : response.detector())
                                  : std::string("none")});

@@ -10,7 +10,8 @@
 # detector_tests + model_tests + scan_bench + scan_extract, run the CUDA tests, the detector
 # timing, the same-run reference-style PyTorch baseline (tools/reference_scan_baseline.py, 100k
 # fp32 and bf16: the tables' "vs ref"), the scan_bench CUDA table (100k fp32+bf16+fp8 with the
-# cuBLAS and the fused kernels, 1M bf16 with both and --cuda-kernels auto; the cuBLAS path with
+# cuBLAS and the fused kernels and the fused one with queries rounded to bf16, 1M bf16 with both
+# and --cuda-kernels auto, split and rounded queries; the cuBLAS path with
 # 256 MB and with L2-sized 32 MB product chunks), 1M fp8 on the fused pass (when time is left,
 # FP8_1M_BEFORE_S, 330), the engine's CUDA test
 # (retrieval_tests), and last, when the server built and
@@ -23,6 +24,8 @@
 # serving benchmark (e.g. a second call on a still-warm machine), SERVE_BENCH_BEFORE_S (420: skipped
 # when the script has run longer), SERVE_IMAGES (1000000), SERVE_CUDA_KERNELS (scanserve
 # --cuda-kernels: auto, the faster of the two per batch shape; gemm or fused to pin one),
+# SERVE_QUERY_PRECISIONS (scanserve --cuda-query-precision, one run each: bf16x2, or with
+# SERVE_BENCH_ONLY=1 bf16x2,bf16),
 # EXTRA_CMAKE_ARGS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +33,7 @@ cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build-gpu}"
 JOBS="${JOBS:-$(nproc)}"
 BENCH_1M="${BENCH_1M:-1}"
+SERVE_QUERY_PRECISIONS="${SERVE_QUERY_PRECISIONS:-bf16x2}"
 BASELINE="${BASELINE:-1}"
 T_START=$(date +%s)
 declare -a SUMMARY=()
@@ -137,13 +141,19 @@ serve_bench() {
   fi
   # Built only now, so that it never delays the CUDA tests and the scoring table.
   run_step "BUILD scanserve scanctl" 240 cmake --build "$BUILD_DIR" -j "$JOBS" --target scanserve scanctl || return 0
-  run_step "SERVE BENCH scanserve cuda (${SERVE_CUDA_KERNELS:-auto}), ${SERVE_IMAGES:-1000000} images, through gRPC" 240 \
-    env BUILD_DIR="$BUILD_DIR" BACKEND=cuda IMAGES="${SERVE_IMAGES:-1000000}" LEVELS=1,16,64,128 DURATION=4 \
-    WARMUP=2 START_TIMEOUT=150 \
-    EXTRA_SERVER_ARGS="--batch-workers 2 --cuda-kernels ${SERVE_CUDA_KERNELS:-auto}" \
-    bash scripts/serve-bench.sh || true
+  local precision
+  for precision in ${SERVE_QUERY_PRECISIONS//,/ }; do
+    run_step "SERVE BENCH scanserve cuda (${SERVE_CUDA_KERNELS:-auto}, queries $precision), ${SERVE_IMAGES:-1000000} images, through gRPC" 240 \
+      env BUILD_DIR="$BUILD_DIR" BACKEND=cuda IMAGES="${SERVE_IMAGES:-1000000}" LEVELS=1,16,64,128 DURATION=4 \
+      WARMUP=2 START_TIMEOUT=150 \
+      EXTRA_SERVER_ARGS="--batch-workers 2 --cuda-kernels ${SERVE_CUDA_KERNELS:-auto} --cuda-query-precision $precision" \
+      bash scripts/serve-bench.sh || true
+  done
 }
 if [ "${SERVE_BENCH_ONLY:-0}" = "1" ]; then
+  # On a warm machine: the default (split) queries and the opt-in rounded ones, whose batched
+  # passes do half the tensor-core work.
+  SERVE_QUERY_PRECISIONS="${SERVE_QUERY_PRECISIONS:-bf16x2,bf16}"
   SERVE_BENCH_BEFORE_S=100000 serve_bench
   exit "$FAILED"
 fi
@@ -192,15 +202,16 @@ fi
 
 BENCH="$BUILD_DIR/engine/scan_bench"
 run_step "BENCH cuda 100k images, fp32 + bf16 + fp8, cuBLAS (two streams, one) and fused kernels" 300 \
-  "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16,fp8 --kernels=gemm,gemm-serial,fused,fused-1 \
+  "$BENCH" --backend=cuda --images=100000 --storage=fp32,bf16,fp8 --kernels=gemm,gemm-serial,fused,fused-1,fused:q-bf16 \
   --product_mb=256,32 --queries=64 --reps=3 ${REF_FLAG:+"$REF_FLAG"} || true
 if [ "$BENCH_1M" = "1" ]; then
   # fused-s2: the fused pass with one k step in flight (two copy stages) against the default (up
   # to four): what the deeper copy pipeline buys at batch 1, where the pass only reads the store.
   # auto: the scorer's own choice per batch size after timing both (--cuda-kernels auto): its
-  # rows should match the faster of gemm and fused.
+  # rows should match the faster of gemm and fused. auto:q-bf16: the same with the queries rounded
+  # to bf16 (--cuda-query-precision bf16): half the tensor-core work of a batched pass.
   run_step "BENCH cuda 1M images, bf16" 240 \
-    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --kernels=gemm,fused,fused-s2,auto \
+    "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --kernels=gemm,fused,fused-s2,auto,auto:q-bf16 \
     --product_mb=256,32 --queries=64 \
     --reps=3 || true
 fi

@@ -13,6 +13,7 @@
 #include "engine/common/file_read.h"
 #include "engine/common/status_macros.h"
 #include "engine/scoring/cuda_pass_kernels.h"
+#include "engine/scoring/cuda_query_precision.h"
 #include "engine/scoring/storage_type.h"
 
 namespace scanserve {
@@ -194,6 +195,23 @@ const std::vector<Flag>& Flags() {
                absl::StrCat("--cuda-kernels: ", kernels.status().message()));
          }
          c->engine.scorer_tuning.cuda_pass_kernels = *kernels;
+         return absl::OkStatus();
+       }},
+      {"cuda-query-precision", "bf16x2|bf16",
+       "how the CUDA backend's queries meet bf16/fp8 stored features on the tensor cores: bf16x2 "
+       "(each query as two bf16 parts: products exact to ~2^-16, the scores of the rounded "
+       "items) or bf16 (queries rounded too: half the tensor-core work of a batched pass, "
+       "~2^-9 more relative error per product; opt-in, its ranking agreement is in the README)",
+       [](const ServerConfig& c) {
+         return std::string(CudaQueryPrecisionName(c.engine.scorer_tuning.cuda_query_precision));
+       },
+       [](const std::string& v, ServerConfig* c) {
+         absl::StatusOr<CudaQueryPrecision> precision = ParseCudaQueryPrecision(v);
+         if (!precision.ok()) {
+           return absl::InvalidArgumentError(
+               absl::StrCat("--cuda-query-precision: ", precision.status().message()));
+         }
+         c->engine.scorer_tuning.cuda_query_precision = *precision;
          return absl::OkStatus();
        }},
       {"encoder-device", "auto|cpu|cuda|cuda:N",
@@ -518,6 +536,14 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
     if (kernels == CudaPassKernels::kFused && result.config.engine.storage == StorageType::kFloat32) {
       return absl::InvalidArgumentError(
           "--cuda-kernels fused needs --storage bf16 or fp8 (fp32 is scored with cuBLAS SGEMM)");
+    }
+  }
+  if (result.config.engine.scorer_tuning.cuda_query_precision != CudaQueryPrecision::kBf16Split) {
+    if (result.config.engine.backend != ScorerBackend::kCuda ||
+        result.config.engine.storage == StorageType::kFloat32) {
+      return absl::InvalidArgumentError(
+          "--cuda-query-precision bf16 needs --backend cuda with --storage bf16 or fp8 (fp32 "
+          "storage is scored in fp32, the CPU backends keep fp32 queries)");
     }
   }
   DetectorOptions& detector = result.config.detector;

@@ -95,7 +95,7 @@ void LogEngine(const RetrievalEngine& engine, const ServerConfig& config) {
                                                                         : std::string()));
   }
   Log(LogLevel::kInfo, absl::StrCat("engine: backend ", stats.backend, ", encoders on ", stats.encoder_device,
-                                    ", storage ", stats.storage, ", ",
+                                    ", storage ", stats.storage, ", queries ", stats.query_precision, ", ",
                                     stats.images, " images and ", stats.captions, " captions loaded from ",
                                     config.engine.data_dir, " (", stats.feature_bytes, " feature bytes, ",
                                     stats.store_disk_bytes, " bytes on disk)"));

@@ -1230,6 +1230,10 @@ EngineStats ScanRetrievalEngine::Stats() const {
   stats.backend = BackendName(options_.backend);
   stats.encoder_device = models_.front().model->device().ToString();
   stats.storage = StorageTypeName(options_.storage);
+  stats.query_precision =
+      options_.backend == ScorerBackend::kCuda && options_.storage != StorageType::kFloat32
+          ? CudaQueryPrecisionName(options_.scorer_tuning.cuda_query_precision)
+          : "fp32";
   stats.feature_bytes_limit = feature_bytes_limit_;
   {
     std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);

@@ -49,7 +49,7 @@ struct RetrievalEngineOptions {
   // that cannot be used is FAILED_PRECONDITION.
   std::optional<EncoderDevice> encoder_device;
   StorageType storage = StorageType::kFloat32;
-  ScorerTuning scorer_tuning;              // backend-specific; never changes a score's meaning
+  ScorerTuning scorer_tuning;              // backend-specific (see ScorerTuning)
   int num_threads = 0;                     // 0 = all cores
   int64_t max_images = 1'000'000;          // capacity: beyond these, ingest is RESOURCE_EXHAUSTED
   int64_t max_captions = 5'000'000;
@@ -180,6 +180,9 @@ struct EngineStats {
   std::string backend;            // "cpu", "cuda:0", ...
   std::string encoder_device;     // where the encoders run: "cpu", "cuda:0", ...
   std::string storage;            // "fp32", "bf16" or "fp8"
+  // How queries meet the stored features: "fp32" (CPU backends, fp32 storage), or on the CUDA
+  // backend with bf16/fp8 storage "bf16x2" (split, the default) or "bf16" (rounded).
+  std::string query_precision;
   int64_t store_disk_bytes = 0;
   int64_t store_wal_bytes = 0;        // live write-ahead log
   int64_t store_synced_writes = 0;    // durable (fsync'd) write batches since start

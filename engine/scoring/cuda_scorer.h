@@ -41,20 +41,11 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/common/matrix.h"
+#include "engine/scoring/cuda_query_precision.h"
 #include "engine/scoring/pass_kernel_chooser.h"
 #include "engine/scoring/scorer.h"
 
 namespace scanserve {
-
-// How the fp32 queries meet bf16 stored features in the GEMM (fp32 storage ignores this).
-enum class CudaQueryPrecision {
-  // q = hi + lo, both bf16, two stacked GEMM operands: the products are exact to ~2^-16 relative,
-  // i.e. the scores of the rounded items (CpuScorer's bf16 semantics). Twice the tensor-core work
-  // per query; the stored features are still read once per pass.
-  kBf16Split,
-  // q rounded to bf16: half the tensor-core work; the queries' rounding adds ~2^-9 relative error.
-  kBf16,
-};
 
 struct CudaScorerOptions {
   int device = 0;  // CUDA device ordinal
@@ -144,10 +135,12 @@ class CudaScorer final : public Scorer {
   FusedLaunch fused_launch() const;
   // With pass_kernels = kAuto: what the timing has chosen, per bucket of query rows so far.
   std::vector<PassKernelChooser::Bucket> pass_kernel_choices() const;
-  // Switch CudaScorerOptions::pass_kernels, pipelined_epilogue, max_product_bytes (>= 1),
-  // fused_blocks_per_sm (1 or 2) and fused_max_stages (2 to 8) for later passes: benchmarks
-  // compare them on one loaded store.
+  // Switch CudaScorerOptions::pass_kernels, query_precision, pipelined_epilogue,
+  // max_product_bytes (>= 1), fused_blocks_per_sm (1 or 2) and fused_max_stages (2 to 8) for
+  // later passes: benchmarks compare them on one loaded store. A new query precision also
+  // restarts kAuto's timing (the work per pass changed).
   void set_pass_kernels(CudaPassKernels kernels);
+  void set_query_precision(CudaQueryPrecision precision);
   void set_fused_blocks_per_sm(int blocks);
   void set_fused_max_stages(int stages);
   void set_pipelined_epilogue(bool on);

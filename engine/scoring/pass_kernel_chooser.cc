@@ -127,6 +127,11 @@ void PassKernelChooser::RecordFailure(int64_t query_rows, PassKernel kernel) {
   s.choice = Other(kernel);
 }
 
+void PassKernelChooser::Reset() {
+  std::lock_guard<std::mutex> lock(mu_);
+  buckets_.clear();
+}
+
 std::vector<PassKernelChooser::Bucket> PassKernelChooser::Buckets() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<Bucket> out;

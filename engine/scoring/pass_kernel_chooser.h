@@ -51,6 +51,9 @@ class PassKernelChooser {
   void Record(int64_t query_rows, int64_t stored_rows, PassKernel kernel, double seconds);
   // A pass that Choose gave `kernel` failed.
   void RecordFailure(int64_t query_rows, PassKernel kernel);
+  // Forgets every bucket: the passes timed so far no longer describe the next ones (the queries'
+  // precision changed, and with it the work per pass). Failures are forgotten too.
+  void Reset();
 
   struct Bucket {
     int64_t min_query_rows = 0;

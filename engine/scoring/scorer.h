@@ -28,6 +28,7 @@
 #include "engine/common/matrix.h"
 #include "engine/scoring/attention_params.h"
 #include "engine/scoring/cuda_pass_kernels.h"
+#include "engine/scoring/cuda_query_precision.h"
 #include "engine/scoring/storage_type.h"
 
 namespace scanserve {
@@ -143,9 +144,11 @@ std::vector<std::vector<ScoredKey>> TopKPerRow(const FloatMatrix& scores,
 // pooling, lambda_lse is finite and > 0. Every backend's factory checks it.
 absl::Status ValidateScorerConfig(const ScorerConfig& config);
 
-// Tuning that one backend reads and the others ignore (it never changes what a score means).
+// Tuning that one backend reads and the others ignore. The pass kernels never change what a score
+// means; unsplit bf16 queries round the query side too (~2^-9 relative on the products).
 struct ScorerTuning {
   CudaPassKernels cuda_pass_kernels = CudaPassKernels::kGemm;
+  CudaQueryPrecision cuda_query_precision = CudaQueryPrecision::kBf16Split;
 };
 
 // The one place that knows which backends were compiled in.

@@ -33,6 +33,7 @@ absl::StatusOr<std::unique_ptr<Scorer>> MakeScorer(ScorerBackend backend,
     {
       CudaScorerOptions options;
       options.pass_kernels = tuning.cuda_pass_kernels;
+      options.query_precision = tuning.cuda_query_precision;
       SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<CudaScorer> s, CudaScorer::Create(config, options));
       return std::unique_ptr<Scorer>(std::move(s));
     }

@@ -27,7 +27,8 @@
 // so that 1M images need no 147 GB of host data; the scoring cost does not depend on the values.
 //   scan_bench --backend=cuda [--images=100000,1000000] [--storage=bf16] [--batch=1,2,...,64]
 //              [--queries=64] [--reps=3] [--pool=4096] [--query_precision=bf16x2|bf16]
-//              [--kernels=gemm,gemm-serial,fused,fused-1,fused-s2,auto] [--ref_ms=100000:bf16=25.3,...]
+//              [--kernels=gemm,gemm-serial,fused,fused-1,fused-s2,auto[:q-bf16|:q-bf16x2]]
+//              [--ref_ms=100000:bf16=25.3,...]
 //              [--product_mb=256,32 (gemm: product
 //              chunk budgets to compare)]
 // Kernels: gemm = cuBLAS products + the epilogue kernel, the epilogues on a second stream
@@ -36,7 +37,10 @@
 // same, one block per SM with more epilogue warps (fused_blocks_per_sm); fused-s2 = fused with two
 // copy stages only (fused_max_stages 2: one k step in flight instead of up to seven); auto = the
 // scorer times gemm and fused on each batch size's first passes (untimed warm-up passes here) and
-// runs the faster: the row says which it picked ("auto->fused").
+// runs the faster: the row says which it picked ("auto->fused"). A kernel named with ":q-bf16" or
+// ":q-bf16x2" runs with that query precision instead of --query_precision's, on the same loaded
+// store (CudaScorer::set_query_precision), e.g. --kernels=gemm,auto,auto:q-bf16; each precision's
+// mean top-10 overlap with fp32 storage is printed when fp32 is among --storage.
 #include <algorithm>
 #include <chrono>
 #include <cinttypes>
@@ -83,7 +87,9 @@ struct Flags {
   int64_t queries = 32;
   std::vector<int64_t> batches = {1, 4, 16, 32};
   std::vector<std::string> storages = {"fp32", "bf16"};
-  std::vector<std::string> kernels = {"gemm"};  // cuda: gemm (cuBLAS + epilogue), fused, ...
+  // cuda: gemm (cuBLAS + epilogue), fused, ...; each with its query precision ("bf16x2" or
+  // "bf16": --query_precision's unless the name says ":q-bf16" or ":q-bf16x2").
+  std::vector<std::pair<std::string, std::string>> kernels = {{"gemm", ""}};
   // cuda, gemm kernels: product chunk budgets (MB) to compare; empty = CudaScorerOptions' default.
   // A chunk small enough to stay in L2 (H200: 50 MB) saves writing and re-reading the products
   // through HBM, for more launches.
@@ -154,12 +160,21 @@ Flags ParseFlags(int argc, char** argv) {
       for (absl::string_view b : absl::StrSplit(v, ',')) f.batches.push_back(ParseInt(name, std::string(b)));
     } else if (name == "kernels") {
       f.kernels.clear();
-      for (absl::string_view b : absl::StrSplit(v, ',')) {
+      for (absl::string_view entry : absl::StrSplit(v, ',')) {
+        const std::vector<std::string> parts = absl::StrSplit(entry, ':');
+        const std::string& b = parts[0];
         if (b != "gemm" && b != "gemm-serial" && b != "fused" && b != "fused-1" &&
             b != "fused-s2" && b != "auto") {
           Usage("--kernels: gemm, gemm-serial, fused, fused-1, fused-s2 and/or auto");
         }
-        f.kernels.emplace_back(b);
+        std::string precision;  // "": --query_precision's
+        if (parts.size() == 2 && (parts[1] == "q-bf16" || parts[1] == "q-bf16x2")) {
+          precision = parts[1].substr(2);
+        } else if (parts.size() != 1) {
+          Usage(absl::StrCat("--kernels: KERNEL or KERNEL:q-bf16 or KERNEL:q-bf16x2, got '", entry,
+                             "'"));
+        }
+        f.kernels.emplace_back(b, precision);
       }
     } else if (name == "ref_ms") {
       for (absl::string_view entry : absl::StrSplit(v, ',')) {
@@ -224,6 +239,9 @@ Flags ParseFlags(int argc, char** argv) {
     if (!f.given.count("storage")) f.storages = {"bf16"};
     if (f.query_precision != "bf16x2" && f.query_precision != "bf16") {
       Usage("--query_precision: bf16x2 or bf16");
+    }
+    for (auto& [kernel, precision] : f.kernels) {
+      if (precision.empty()) precision = f.query_precision;
     }
     f.images = *std::max_element(f.image_counts.begin(), f.image_counts.end());
   } else if (f.image_counts.size() > 1) {
@@ -371,7 +389,7 @@ int RunCuda(const Flags& f) {
               "Search k=%d\n", kTopK);
   std::printf("  %" PRId64 " distinct random images (repeated under distinct keys) x %" PRId64
               " regions x d=%" PRId64 ", %" PRId64 " captions of %" PRId64 "..%" PRId64
-              " words (mean %.2f), query precision %s\n",
+              " words (mean %.2f), query precision %s unless a kernel names one\n",
               pool, f.regions, f.dim, f.queries, f.words_min, f.words_max, words_avg,
               f.query_precision.c_str());
   std::printf("  data generated in %.0f ms\n", NowMs() - t_gen);
@@ -394,8 +412,14 @@ int RunCuda(const Flags& f) {
   std::vector<CudaRow> table;
   std::vector<int64_t> counts = f.image_counts;
   std::sort(counts.begin(), counts.end());
-  // Top-10 lists per storage at the smallest store, for the bf16/fp8-vs-fp32 agreement.
+  // Top-10 lists at the smallest store per storage and query precision ("fp32", "bf16 q-bf16x2",
+  // ...), for the agreement of the narrow ones with fp32.
   std::map<std::string, std::vector<std::vector<ScoredKey>>> top_lists;
+  const bool compare_with_fp32 =
+      std::find(f.storages.begin(), f.storages.end(), "fp32") != f.storages.end();
+  auto precision_label = [](const std::string& storage, const std::string& precision) {
+    return storage == "fp32" ? std::string("q-fp32") : absl::StrCat("q-", precision);
+  };
 
   for (const std::string& storage : f.storages) {
     for (int64_t n : counts) {
@@ -405,8 +429,7 @@ int RunCuda(const Flags& f) {
       config.attention = attention;
       config.storage = *ParseStorageType(storage);
       CudaScorerOptions options;
-      options.query_precision = f.query_precision == "bf16" ? CudaQueryPrecision::kBf16
-                                                            : CudaQueryPrecision::kBf16Split;
+      options.query_precision = *ParseCudaQueryPrecision(f.query_precision);
       auto created = CudaScorer::Create(config, options);
       if (!created.ok()) {
         std::printf("  cuda %s, %" PRId64 " images: skipped: %s\n", storage.c_str(), n,
@@ -442,27 +465,33 @@ int RunCuda(const Flags& f) {
                            kTopK)
                 .status(),
             "cuda Search (warm-up)");
-      if (n == counts.front()) {
-        std::vector<std::vector<ScoredKey>>& lists = top_lists[storage];
-        for (int64_t j = 0; j < f.queries; ++j) {
-          auto one = scorer->Search({caption_views[j]}, kTopK);
-          Check(one.status(), "cuda Search");
-          lists.push_back((*one)[0]);
-        }
-      }
       const double gram_flop_per_query =
           n * (2.0 * k * words_avg * f.dim + 2.0 * words_avg * k * k);
-      // (kernel, product chunk MB; 0 = the scorer's default) in table order.
-      std::vector<std::pair<std::string, int64_t>> variants;
-      for (const std::string& kernel : f.kernels) {
+      // (kernel, query precision, product chunk MB; 0 = the scorer's default) in table order.
+      struct Variant {
+        std::string kernel, precision;
+        int64_t product_mb = 0;
+      };
+      std::vector<Variant> variants;
+      for (const auto& [kernel, precision] : f.kernels) {
+        // fp32 storage has one query precision (fp32): the first of each kernel only.
+        if (storage == "fp32" &&
+            std::any_of(variants.begin(), variants.end(),
+                        [&kernel = kernel](const Variant& v) { return v.kernel == kernel; })) {
+          continue;
+        }
         if ((kernel == "gemm" || kernel == "gemm-serial") && !f.product_mb.empty()) {
-          for (int64_t mb : f.product_mb) variants.emplace_back(kernel, mb);
+          for (int64_t mb : f.product_mb) variants.push_back({kernel, precision, mb});
         } else {
-          variants.emplace_back(kernel, 0);
+          variants.push_back({kernel, precision, 0});
         }
       }
       const int64_t default_product_bytes = scorer->options().max_product_bytes;
-      for (const auto& [kernel, product_mb] : variants) {
+      for (const Variant& variant : variants) {
+        const std::string& kernel = variant.kernel;
+        const int64_t product_mb = variant.product_mb;
+        scorer->set_query_precision(*ParseCudaQueryPrecision(variant.precision));
+        const std::string query_label = precision_label(storage, variant.precision);
         const bool fused = absl::StartsWith(kernel, "fused");
         const bool chosen = kernel == "auto";
         scorer->set_pass_kernels(fused    ? CudaPassKernels::kFused
@@ -473,6 +502,16 @@ int RunCuda(const Flags& f) {
                                                           : CudaScorerOptions{}.fused_max_stages);
         scorer->set_pipelined_epilogue(kernel != "gemm-serial");
         scorer->set_max_product_bytes(product_mb > 0 ? (product_mb << 20) : default_product_bytes);
+        const std::string lists_key =
+            storage == "fp32" ? storage : absl::StrCat(storage, " ", query_label);
+        if (n == counts.front() && compare_with_fp32 && !top_lists.count(lists_key)) {
+          std::vector<std::vector<ScoredKey>>& lists = top_lists[lists_key];
+          for (int64_t j = 0; j < f.queries; ++j) {
+            auto one = scorer->Search({caption_views[j]}, kTopK);
+            Check(one.status(), "cuda Search");
+            lists.push_back((*one)[0]);
+          }
+        }
         const CudaScorer::PassCounts before = scorer->pass_counts();
         if (fused) {  // warm-up of the fused path
           Check(scorer->Search(absl::MakeConstSpan(caption_views).first(1), kTopK).status(),
@@ -528,9 +567,7 @@ int RunCuda(const Flags& f) {
                          : by_gemm >= 9 * by_fused ? " auto->gemm"
                                                    : " auto mixed";
           }
-          r.config = absl::StrCat("cuda ", storage, " ",
-                                  storage == "fp32" ? "q-fp32"
-                                                    : (f.query_precision == "bf16" ? "q-bf16" : "q-bf16x2"),
+          r.config = absl::StrCat("cuda ", storage, " ", query_label,
                                   fused ? (all_fused ? absl::StrCat(" fused ", launch.blocks_per_sm,
                                                                     "x", launch.epilogue_warps,
                                                                     " s", launch.stages)
@@ -600,12 +637,15 @@ int RunCuda(const Flags& f) {
     std::printf("same-run reference-style baseline: %" PRId64 " images, %s: %.1f ms/query\n",
                 key.first, key.second.c_str(), ms);
   }
-  for (const char* narrow : {"bf16", "fp8"}) {
-    if (!top_lists.count("fp32") || !top_lists.count(narrow)) continue;
+  for (const auto& [narrow, lists] : top_lists) {
+    if (narrow == "fp32" || !top_lists.count("fp32")) continue;
     const auto& a = top_lists["fp32"];
     std::printf("cuda %s vs fp32 storage, %" PRId64 " images, %zu captions: mean top-10 overlap "
-                "%.3f (images repeat every %" PRId64 " keys, so ties are common)\n",
-                narrow, counts.front(), a.size(), MeanTopOverlap(a, top_lists[narrow]), pool);
+                "%.3f%s\n",
+                narrow.c_str(), counts.front(), a.size(), MeanTopOverlap(a, lists),
+                pool < counts.front()
+                    ? absl::StrCat(" (images repeat every ", pool, " keys, so ties are common)").c_str()
+                    : "");
   }
   return 0;
 #endif

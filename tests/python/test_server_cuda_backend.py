@@ -12,6 +12,8 @@ one stores fp32, so the two must agree to rounding. Checked:
   * --cuda-kernels fused on bf16 against the CPU on bf16: the same hits and scores, and every
     pass on the fused kernel (scanserve_scorer_passes_total{kernel}); --cuda-kernels auto: the
     same, with passes on both kernels (it times both before it chooses);
+  * --cuda-query-precision bf16 (rounded queries) against the CPU on bf16: the same hits, scores
+    within bf16's tolerance but not within the split queries' (the rounding is on);
   * text -> image and image -> text (stored id and raw features) give the same hits and scores,
     with and without a collection filter (the filtered search is answered from the device's top
     list: scanserve_engine_ranked_queries_total{path="top_lists"} grows);
@@ -48,6 +50,9 @@ h.require_grpc()
 import grpc  # noqa: E402
 
 SCORE_TOL = 1e-4
+# Queries rounded to bf16 (~2^-9 relative) as well as the items: bf16 storage's tolerance against
+# exact scoring (tests/engine/scoring/scoring_test_util.h, kBf16MaxRelErr; scores here are < 1).
+BF16_QUERY_TOL = 3e-3
 N_IMAGES = 60
 N_CAPTIONS = 40
 
@@ -209,6 +214,39 @@ class CudaBackendTest(unittest.TestCase):
                                               direction=direction, query_rows=rows, kernel="fused"), 0)
             self.assertGreater(h.metric_value(samples, "scanserve_scorer_kernel_pass_seconds",
                                               direction=direction, query_rows=rows, kernel="gemm"), 0)
+
+    def test_rounded_queries_rank_as_the_cpu_server_to_bf16_tolerance(self):
+        """--cuda-query-precision bf16 (queries rounded to bf16 too, half the tensor work) on bf16
+        storage against the CPU server on bf16: the same hits, scores within bf16's tolerance
+        (3e-3), and different from the CPU's by more than the split queries' ~1e-6 (so the
+        rounding is really on); GetStats says which queries each server runs. With
+        --cuda-kernels auto, so that both kernels score rounded queries."""
+        cpu = h.ServerProcess(self.tmp, "cpu", [self.model], os.path.join(self.tmp, "data_cpu"),
+                              extra=["--storage", "bf16"])
+        cpu_stub = self.start(cpu.start())
+        rounded = cuda_server(self.tmp, "cuda_q_bf16", self.model, os.path.join(self.tmp, "data_cuda"),
+                              extra=["--storage", "bf16", "--cuda-query-precision", "bf16",
+                                     "--cuda-kernels", "auto"])
+        rounded_stub = self.start(rounded)
+        get_stats = lambda stub: stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
+        self.assertEqual(get_stats(cpu_stub).query_precision, "fp32")
+        self.assertEqual(get_stats(rounded_stub).query_precision, "bf16")
+        self.fill(cpu_stub)
+        self.fill(rounded_stub)
+        want = self.search_all(cpu_stub)
+        largest = 0.0
+        for round_ in range(3):
+            got = self.search_all(rounded_stub)
+            self.assert_same(want, got, "queries rounded to bf16, round %d" % round_, tol=BF16_QUERY_TOL)
+            for name in want:
+                for w, g in zip(want[name], got[name]):
+                    scores = dict(w)
+                    largest = max([largest] + [abs(gs - scores[gid]) for gid, gs in g if gid in scores])
+        print("rounded queries: largest |score - CPU bf16 score| %.3g" % largest)
+        self.assertGreater(largest, 2e-5, "the queries are not rounded")
+        samples = h.parse_metrics(rounded.scrape())
+        self.assertGreater(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="fused"), 0)
+        self.assertGreater(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="gemm"), 0)
 
     def health(self, server):
         """(exit code, output) of `scanctl health` against the server."""

@@ -251,6 +251,43 @@ TEST(ConfigTest, CudaKernels) {
   }
 }
 
+TEST(ConfigTest, CudaQueryPrecision) {
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m", "--backend", "cuda"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.engine.scorer_tuning.cuda_query_precision, CudaQueryPrecision::kBf16Split);
+  EXPECT_NE(DescribeConfig(parsed->config).find("cuda-query-precision = bf16x2"), std::string::npos);
+
+  for (const std::vector<std::string>& storage :
+       {std::vector<std::string>{}, {"--storage", "bf16"}, {"--storage", "fp8"}}) {
+    std::vector<std::string> args = {"--model", "m", "--backend", "cuda", "--cuda-query-precision", "bf16"};
+    args.insert(args.end(), storage.begin(), storage.end());
+    parsed = ParseArgs(args);
+    ASSERT_TRUE(parsed.ok()) << parsed.status();
+    EXPECT_EQ(parsed->config.engine.scorer_tuning.cuda_query_precision, CudaQueryPrecision::kBf16);
+    EXPECT_NE(DescribeConfig(parsed->config).find("cuda-query-precision = bf16\n"), std::string::npos)
+        << DescribeConfig(parsed->config);
+  }
+  // The default spelled out is accepted anywhere.
+  parsed = ParseArgs({"--model", "m", "--cuda-query-precision", "bf16x2"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  const std::string file = WriteTemp("queries.conf", "model = /m\nbackend = cuda\ncuda-query-precision = bf16\n");
+  parsed = ParseArgs({"--config", file});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.engine.scorer_tuning.cuda_query_precision, CudaQueryPrecision::kBf16);
+
+  const std::vector<std::vector<std::string>> bad = {
+      {"--model", "m", "--backend", "cuda", "--cuda-query-precision", "fp16"},
+      {"--model", "m", "--backend", "cuda", "--cuda-query-precision", ""},
+      {"--model", "m", "--cuda-query-precision", "bf16"},  // the cpu backend keeps fp32 queries
+      {"--model", "m", "--backend", "cuda", "--storage", "fp32", "--cuda-query-precision", "bf16"}};
+  for (const std::vector<std::string>& args : bad) {
+    parsed = ParseArgs(args);
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << args.back();
+    EXPECT_NE(parsed.status().message().find("--cuda-query-precision"), absl::string_view::npos)
+        << parsed.status();
+  }
+}
+
 TEST(ConfigTest, TokenFile) {
   const std::string file = WriteTemp("token", "  s3cret \n");
   absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m", "--auth-token-file", file});

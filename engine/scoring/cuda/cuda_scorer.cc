@@ -1003,6 +1003,15 @@ void CudaScorer::set_pass_kernels(CudaPassKernels kernels) {
   options_.pass_kernels = kernels;
 }
 
+void CudaScorer::set_query_precision(CudaQueryPrecision precision) {
+  std::lock_guard<std::mutex> lock(impl_->pass_mu);
+  if (impl_->options.query_precision == precision) return;
+  impl_->options.query_precision = precision;
+  impl_->split_queries = precision == CudaQueryPrecision::kBf16Split;
+  options_.query_precision = precision;
+  impl_->chooser.Reset();
+}
+
 std::vector<PassKernelChooser::Bucket> CudaScorer::pass_kernel_choices() const {
   return impl_->chooser.Buckets();
 }

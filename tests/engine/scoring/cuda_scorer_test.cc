@@ -414,25 +414,33 @@ TEST(CudaScorerTest, LabelledTop10OrderMatchesFp32) {
           auto cuda = MakeCuda(MakeConfig(data, storage), o);
           ASSERT_NE(cuda, nullptr);
           ASSERT_TRUE(cuda->Add(set.keys, Views(set.stored)).ok());
-          auto top = cuda->Search(Views(set.queries), kLabelledRanks);
-          ASSERT_TRUE(top.ok()) << top.status();
-          EXPECT_EQ(cuda->pass_counts().fused, fused ? 1 : 0);
-          const std::string name = absl::StrCat(what, ", cuda ", StorageTypeName(storage),
-                                                fused ? " fused" : " gemm");
-          double overlap = 0;
-          for (size_t j = 0; j < set.queries.size(); ++j) {
-            std::vector<int64_t> got;
-            for (const ScoredKey& h : (*top)[j]) got.push_back(h.key);
-            EXPECT_EQ(got, set.want[j]) << name << ", query " << j;
-            for (int64_t key : got) {
-              overlap += std::count(set.want[j].begin(), set.want[j].end(), key);
+          // bf16 storage also with the queries rounded (--cuda-query-precision bf16).
+          std::vector<CudaQueryPrecision> precisions = {CudaQueryPrecision::kBf16Split};
+          if (storage == StorageType::kBFloat16) precisions.push_back(CudaQueryPrecision::kBf16);
+          for (size_t p = 0; p < precisions.size(); ++p) {
+            cuda->set_query_precision(precisions[p]);
+            auto top = cuda->Search(Views(set.queries), kLabelledRanks);
+            ASSERT_TRUE(top.ok()) << top.status();
+            EXPECT_EQ(cuda->pass_counts().fused, fused ? static_cast<int64_t>(p + 1) : 0);
+            const std::string config =
+                absl::StrCat(StorageTypeName(storage), " q-", CudaQueryPrecisionName(precisions[p]),
+                             fused ? " fused" : " gemm");
+            const std::string name = absl::StrCat(what, ", cuda ", config);
+            double overlap = 0;
+            for (size_t j = 0; j < set.queries.size(); ++j) {
+              std::vector<int64_t> got;
+              for (const ScoredKey& h : (*top)[j]) got.push_back(h.key);
+              EXPECT_EQ(got, set.want[j]) << name << ", query " << j;
+              for (int64_t key : got) {
+                overlap += std::count(set.want[j].begin(), set.want[j].end(), key);
+              }
             }
+            overlap /= static_cast<double>(set.queries.size() * kLabelledRanks);
+            std::printf("[labelled top-10] %s: mean overlap with fp32 %.3f\n", name.c_str(), overlap);
+            std::string property = absl::StrCat("labelled_top10_overlap_", config);
+            std::replace(property.begin(), property.end(), ' ', '_');
+            ::testing::Test::RecordProperty(property, absl::StrCat(overlap));
           }
-          overlap /= static_cast<double>(set.queries.size() * kLabelledRanks);
-          std::printf("[labelled top-10] %s: mean overlap with fp32 %.3f\n", name.c_str(), overlap);
-          ::testing::Test::RecordProperty(
-              absl::StrCat("labelled_top10_overlap_", StorageTypeName(storage), fused ? "_fused" : "_gemm"),
-              absl::StrCat(overlap));
         }
       }
     }
@@ -782,6 +790,68 @@ TEST(CudaScorerTest, FusedCopyStagesScoreAlike) {
 // GEMM path's or the fused kernel's. Both are timed for each bucket of query rows (a lone query,
 // a batch), then the faster runs; shapes the fused kernel cannot take and fp32 storage always take
 // the GEMM path, untimed.
+// set_query_precision on a loaded store (what scan_bench compares): each pass bit for bit that of
+// a scorer created with the precision, on both kernels; a change restarts kAuto's timing.
+TEST(CudaScorerTest, QueryPrecisionSwitchesOnALoadedStore) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  CompareOptions data;
+  data.storage = StorageType::kBFloat16;
+  data.num_stored = 30;
+  data.num_queries = 4;
+  data.dim = 64;
+  const TestData t = MakeTestData(data);
+  const std::vector<ItemView> queries = Views(t.queries);
+  for (CudaPassKernels kernels : {CudaPassKernels::kGemm, CudaPassKernels::kFused}) {
+    FloatMatrix want[2];  // [split, rounded], from scorers created with it
+    for (CudaQueryPrecision precision : {CudaQueryPrecision::kBf16Split, CudaQueryPrecision::kBf16}) {
+      CudaScorerOptions o;
+      o.pass_kernels = kernels;
+      o.query_precision = precision;
+      auto cuda = MakeCuda(MakeConfig(data, data.storage), o);
+      ASSERT_NE(cuda, nullptr);
+      ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+      ASSERT_TRUE(cuda->ScoreAll(queries, &want[precision == CudaQueryPrecision::kBf16]).ok());
+    }
+    double largest = 0;  // the two precisions differ (else this test would prove nothing)
+    for (size_t i = 0; i < want[0].data.size(); ++i) {
+      largest = std::max<double>(largest, std::abs(want[0].data[i] - want[1].data[i]));
+    }
+    EXPECT_GT(largest, 1e-6) << CudaPassKernelsName(kernels);
+
+    CudaScorerOptions o;
+    o.pass_kernels = kernels;
+    auto cuda = MakeCuda(MakeConfig(data, data.storage), o);
+    ASSERT_NE(cuda, nullptr);
+    ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+    for (CudaQueryPrecision precision : {CudaQueryPrecision::kBf16, CudaQueryPrecision::kBf16Split,
+                                         CudaQueryPrecision::kBf16}) {
+      cuda->set_query_precision(precision);
+      EXPECT_EQ(cuda->options().query_precision, precision);
+      FloatMatrix scores;
+      ASSERT_TRUE(cuda->ScoreAll(queries, &scores).ok());
+      ASSERT_NO_FATAL_FAILURE(ExpectBitIdentical(
+          scores, want[precision == CudaQueryPrecision::kBf16],
+          absl::StrCat(CudaPassKernelsName(kernels), " ", CudaQueryPrecisionName(precision))));
+    }
+  }
+  // kAuto: the buckets timed with one precision are dropped when it changes, kept otherwise.
+  CudaScorerOptions o;
+  o.pass_kernels = CudaPassKernels::kAuto;
+  auto cuda = MakeCuda(MakeConfig(data, data.storage), o);
+  ASSERT_NE(cuda, nullptr);
+  ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+  FloatMatrix scores;
+  ASSERT_TRUE(cuda->ScoreAll(queries, &scores).ok());
+  ASSERT_EQ(cuda->pass_kernel_choices().size(), 1u);
+  cuda->set_query_precision(CudaQueryPrecision::kBf16Split);  // unchanged
+  EXPECT_EQ(cuda->pass_kernel_choices().size(), 1u);
+  cuda->set_query_precision(CudaQueryPrecision::kBf16);
+  EXPECT_TRUE(cuda->pass_kernel_choices().empty());
+  ASSERT_TRUE(cuda->ScoreAll(queries, &scores).ok());
+  ASSERT_EQ(cuda->pass_kernel_choices().size(), 1u);
+  EXPECT_EQ(cuda->pass_kernel_choices()[0].passes[0] + cuda->pass_kernel_choices()[0].passes[1], 1);
+}
+
 TEST(CudaScorerTest, AutoKernelsTimeBothAndScoreAsEither) {
   SCANSERVE_SKIP_WITHOUT_CUDA();
   constexpr int kGemm = static_cast<int>(PassKernel::kGemm);

@@ -65,6 +65,20 @@ TEST(PassKernelChooserTest, TimesBothKernelsThenRunsTheFaster) {
   }
 }
 
+TEST(PassKernelChooserTest, ResetForgetsTimesAndFailures) {
+  PassKernelChooser chooser({/*timed_passes=*/3, /*reprobe_every=*/1000, 0.05});
+  RunPasses(chooser, 20, 12, 36000, Times(2e-3, 1e-3));  // fused chosen
+  chooser.RecordFailure(100, PassKernel::kGemm);         // another bucket: gemm failed there
+  ASSERT_EQ(chooser.Buckets().size(), 2u);
+  chooser.Reset();
+  EXPECT_TRUE(chooser.Buckets().empty());
+  // Explores afresh, the GEMM path first, and now finds the GEMM path faster.
+  const std::vector<PassKernel> ran = RunPasses(chooser, 20, 12, 36000, Times(1e-3, 2e-3));
+  EXPECT_EQ(ran[0], PassKernel::kGemm);
+  EXPECT_EQ(Count(ran, PassKernel::kFused, 8), 0);
+  EXPECT_EQ(chooser.Choose(100, 36000), PassKernel::kGemm);  // its failure is forgotten
+}
+
 TEST(PassKernelChooserTest, ChoosesPerBucketOfQueryRows) {
   PassKernelChooser chooser;
   // A lone caption: fused faster. A batch of 64 captions: the GEMM path faster.
