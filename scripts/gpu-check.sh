@@ -125,6 +125,10 @@ fi
 
 run_step "BUILD scoring_tests detector_tests model_tests scan_bench scan_extract" 360 \
   cmake --build "$BUILD_DIR" -j "$JOBS" --target scoring_tests detector_tests model_tests scan_bench scan_extract || exit 1
+# Which CUDA runtime and cuBLAS the binaries load: the CUDA scorer links the toolkit's cuBLAS, and
+# LibTorch's CUDA needs one too (a single libcublas.so.13 is loaded for both), which a symbol
+# error at start-up would point at.
+ldd "$BUILD_DIR"/tests/scoring_tests | grep -E 'cublas|cudart|libtorch_cuda' || true
 
 # The end-to-end serving benchmark: scanserve on the GPU with 1M synthetic images, scanctl bench at
 # concurrency 1 (a lone query; goal <= 25 ms p50) and with concurrent clients (goal >= 300 queries/s).
