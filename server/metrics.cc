@@ -124,6 +124,12 @@ ServerMetrics::ServerMetrics(const std::string& version)
                        .Name("scanserve_scorer_passes_total")
                        .Help("Scoring passes of the CUDA backend, by kernel: fused or gemm.")
                        .Register(r);
+  scorer_info_ = &prometheus::BuildGauge()
+                      .Name("scanserve_scorer_info")
+                      .Help("Always 1; the labels say how stored features are scored: the backend "
+                            "(cpu, cuda:N), the storage precision and the queries' precision "
+                            "(fp32, or on CUDA bf16x2 / bf16: --cuda-query-precision).")
+                      .Register(r);
   scorer_kernel_chosen_ =
       &prometheus::BuildGauge()
            .Name("scanserve_scorer_kernel_chosen")
@@ -344,6 +350,11 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
   captions_stored_->Set(static_cast<double>(stats.captions));
   const std::string device = stats.backend.empty() ? "unknown" : stats.backend;
   feature_bytes(device).Set(static_cast<double>(stats.feature_bytes));
+  if (!stats.storage.empty()) {  // fixed at start: one series
+    scorer_info_
+        ->Add({{"backend", device}, {"storage", stats.storage}, {"query_precision", stats.query_precision}})
+        .Set(1);
+  }
   if (stats.device_memory_total_bytes >= 0) {
     device_memory_free(device).Set(static_cast<double>(stats.device_memory_free_bytes));
     device_memory_total(device).Set(static_cast<double>(stats.device_memory_total_bytes));

@@ -169,6 +169,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* scorer_passes_;
   prometheus::Family<prometheus::Gauge>* scorer_kernel_chosen_;
   prometheus::Family<prometheus::Gauge>* scorer_kernel_pass_seconds_;
+  prometheus::Family<prometheus::Gauge>* scorer_info_;
   prometheus::Family<prometheus::Histogram>* engine_upsert_seconds_;
   prometheus::Family<prometheus::Counter>* ingest_items_;
 

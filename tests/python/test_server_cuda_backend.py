@@ -245,6 +245,9 @@ class CudaBackendTest(unittest.TestCase):
         print("rounded queries: largest |score - CPU bf16 score| %.3g" % largest)
         self.assertGreater(largest, 2e-5, "the queries are not rounded")
         samples = h.parse_metrics(rounded.scrape())
+        self.assertEqual(h.metric_value(samples, "scanserve_scorer_info", storage="bf16", query_precision="bf16"), 1)
+        self.assertEqual(h.metric_value(h.parse_metrics(cpu.scrape()), "scanserve_scorer_info",
+                                        backend="cpu", storage="bf16", query_precision="fp32"), 1)
         self.assertGreater(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="fused"), 0)
         self.assertGreater(h.metric_value(samples, "scanserve_scorer_passes_total", kernel="gemm"), 0)
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -97,6 +98,29 @@ TEST(ServerMetricsTest, ScorerPassesByKernel) {
 
 // --cuda-kernels auto: the chosen kernel per direction and query rows is 1, the other 0 (both 0
 // while it still times them), beside the median times it chose by; absent without choices.
+TEST(ServerMetricsTest, ScorerInfo) {
+  ServerMetrics metrics("test");
+  EngineStats stats;
+  stats.backend = "cuda:0";
+  stats.storage = "bf16";
+  stats.query_precision = "bf16";
+  metrics.UpdateFromStats(stats);
+  metrics.UpdateFromStats(stats);
+  int series = 0;
+  for (const auto& f : metrics.registry()->Collect()) {
+    if (f.name != "scanserve_scorer_info") continue;
+    for (const auto& m : f.metric) {
+      ++series;
+      std::map<std::string, std::string> labels;
+      for (const auto& l : m.label) labels[l.name] = l.value;
+      EXPECT_EQ(labels, (std::map<std::string, std::string>{
+                            {"backend", "cuda:0"}, {"storage", "bf16"}, {"query_precision", "bf16"}}));
+      EXPECT_EQ(m.gauge.value, 1);
+    }
+  }
+  EXPECT_EQ(series, 1);
+}
+
 TEST(ServerMetricsTest, ScorerKernelChoices) {
   ServerMetrics metrics("test");
   EngineStats stats;
