@@ -214,7 +214,7 @@ if [ "$BENCH_1M" = "1" ]; then
   # auto: the scorer's own choice per batch size after timing both (--cuda-kernels auto): its
   # rows should match the faster of gemm and fused. auto:q-bf16: the same with the queries rounded
   # to bf16 (--cuda-query-precision bf16): half the tensor-core work of a batched pass.
-  run_step "BENCH cuda 1M images, bf16" 240 \
+  run_step "BENCH cuda 1M images, bf16" 300 \
     "$BENCH" --backend=cuda --images=1000000 --storage=bf16 --kernels=gemm,fused,fused-s2,auto,auto:q-bf16 \
     --product_mb=256,32 --queries=64 \
     --reps=3 || true
