@@ -410,6 +410,16 @@ int RunCuda(const Flags& f) {
     bool ref_same_run = false;
   };
   std::vector<CudaRow> table;
+  auto print_row = [](const CudaRow& r, const char* indent) {
+    const std::string vs =
+        r.ref_ms > 0 ? absl::StrCat(absl::SixDigits(r.ref_ms / r.ms_per_query), "x",
+                                    r.ref_same_run ? "" : "*")
+                     : "-";
+    std::printf("%s| %-36s | %8" PRId64 " | %5" PRId64
+                " | %9.2f | %9.2f | %9.3f | %9.1f | %8.1f | %6.2f | %10.2f | %6.1f%% | %9s |\n",
+                indent, r.config.c_str(), r.images, r.batch, r.p50, r.p99, r.ms_per_query, r.qps,
+                r.tflops, r.tbps, r.floor_ms, 100.0 * r.floor_ms / r.p50, vs.c_str());
+  };
   std::vector<int64_t> counts = f.image_counts;
   std::sort(counts.begin(), counts.end());
   // Top-10 lists at the smallest store per storage and query precision ("fp32", "bf16 q-bf16x2",
@@ -595,8 +605,8 @@ int RunCuda(const Flags& f) {
             r.ref_ms = spec_ref_ms(n, storage);
           }
           table.push_back(r);
-          std::printf("    %s batch %" PRId64 ": p50 %.2f ms/pass, %.1f queries/s\n",
-                      r.config.c_str(), batch, r.p50, r.qps);
+          // Each row as soon as it is measured, so that a run cut short keeps what it measured.
+          print_row(r, "  ");
           std::fflush(stdout);
         }
       }
@@ -614,16 +624,7 @@ int RunCuda(const Flags& f) {
               std::string(10, '-').c_str(), std::string(8, '-').c_str(),
               std::string(12, '-').c_str(), std::string(9, '-').c_str(),
               std::string(11, '-').c_str());
-  for (const CudaRow& r : table) {
-    const std::string vs =
-        r.ref_ms > 0 ? absl::StrCat(absl::SixDigits(r.ref_ms / r.ms_per_query), "x",
-                                    r.ref_same_run ? "" : "*")
-                     : "-";
-    std::printf("| %-36s | %8" PRId64 " | %5" PRId64
-                " | %9.2f | %9.2f | %9.3f | %9.1f | %8.1f | %6.2f | %10.2f | %6.1f%% | %9s |\n",
-                r.config.c_str(), r.images, r.batch, r.p50, r.p99, r.ms_per_query, r.qps,
-                r.tflops, r.tbps, r.floor_ms, 100.0 * r.floor_ms / r.p50, vs.c_str());
-  }
+  for (const CudaRow& r : table) print_row(r, "");
   std::printf(
       "\np50/p99 ms: latency of one Search(k=%d) pass of `batch` captions (all rounds). ms/query, "
       "queries/s: median round over %" PRId64 " captions.\nTFLOP/s: Gram-form FLOPs 2kn(d+k) per "
