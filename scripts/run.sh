@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The main job on a fresh Debian 12 machine (as root or with sudo): install, build, train (or reuse)
-# the demo model on the synthetic benchmark, start scanserve on a local data directory (CPU), import
+# the demo model on the synthetic benchmark, start scanserve on a local data directory (scoring on
+# the GPU where the build has the CUDA backend and the machine a GPU, else on the CPU), import
 # the 1,000-image test split through scanctl, and run example searches both ways, marking each
 # query's ground truth with '*'.
 #
 # Usage: scripts/run.sh [--keep-serving]
 #   --keep-serving  leave scanserve running in the foreground after the examples (Ctrl-C stops it)
 # Environment: BUILD_DIR [build], DATA_DIR [data/synthetic], MODEL_DIR [data/models/scan-synthetic],
-#   SERVE_DIR [data/scanserve-demo], LISTEN [127.0.0.1:50051], METRICS_LISTEN [127.0.0.1:9464], THREADS [2]
+#   SERVE_DIR [data/scanserve-demo], LISTEN [127.0.0.1:50051], METRICS_LISTEN [127.0.0.1:9464], THREADS [2],
+#   BACKEND [auto: cuda with a CUDA build and a GPU, else cpu; or cpu, cuda]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +17,7 @@ KEEP_SERVING=0
 for arg in "$@"; do
   case "$arg" in
     --keep-serving) KEEP_SERVING=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown argument '$arg'" >&2; exit 2 ;;
   esac
 done
@@ -39,17 +41,49 @@ bash scripts/train-demo.sh
 SCANSERVE="$BUILD_DIR/server/scanserve"
 SCANCTL=("$BUILD_DIR/client/scanctl" --server "$LISTEN")
 
-echo "== serving: $SCANSERVE --model $MODEL_DIR --data-dir $SERVE_DIR --listen $LISTEN --metrics-listen $METRICS_LISTEN"
-"$SCANSERVE" --model "$MODEL_DIR" --data-dir "$SERVE_DIR" --listen "$LISTEN" \
-  --metrics-listen "$METRICS_LISTEN" --threads "$THREADS" &
-server_pid=$!
-stop_server() { kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true; }
+# The scorer's backend: the GPU where this build has the CUDA backend and the machine a GPU.
+BACKEND=${BACKEND:-auto}
+CHOSEN=0
+if [ "$BACKEND" = auto ]; then
+  CHOSEN=1
+  BACKEND=cpu
+  if grep -q '^SCANSERVE_WITH_CUDA:BOOL=ON' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null &&
+     command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    BACKEND=cuda
+  fi
+fi
+
+server_pid=""
+stop_server() {
+  [ -n "$server_pid" ] || return 0
+  kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
 trap stop_server EXIT
-for _ in $(seq 1 120); do
-  "${SCANCTL[@]}" health >/dev/null 2>&1 && break
-  kill -0 "$server_pid" 2>/dev/null || { echo "run.sh: scanserve exited during start-up" >&2; exit 1; }
-  sleep 1
-done
+# start_server BACKEND: returns non-zero if scanserve exits during start-up.
+start_server() {
+  echo "== serving: $SCANSERVE --model $MODEL_DIR --data-dir $SERVE_DIR --listen $LISTEN --metrics-listen $METRICS_LISTEN --backend $1"
+  "$SCANSERVE" --model "$MODEL_DIR" --data-dir "$SERVE_DIR" --listen "$LISTEN" \
+    --metrics-listen "$METRICS_LISTEN" --threads "$THREADS" --backend "$1" &
+  server_pid=$!
+  for _ in $(seq 1 120); do
+    "${SCANCTL[@]}" health >/dev/null 2>&1 && return 0
+    if ! kill -0 "$server_pid" 2>/dev/null; then
+      wait "$server_pid" 2>/dev/null || true
+      server_pid=""
+      echo "run.sh: scanserve --backend $1 exited during start-up" >&2
+      return 1
+    fi
+    sleep 1
+  done
+  return 0
+}
+if ! start_server "$BACKEND"; then
+  # A GPU this build cannot use (driver, device busy): the CPU serves the demo all the same.
+  [ "$CHOSEN" = 1 ] && [ "$BACKEND" = cuda ] || exit 1
+  echo "run.sh: falling back to the CPU backend" >&2
+  start_server cpu || exit 1
+fi
 "${SCANCTL[@]}" health
 
 echo "== import the test split (resumable; items already stored are skipped)"
