@@ -33,7 +33,6 @@ cd "$(dirname "$0")/.."
 BUILD_DIR="${BUILD_DIR:-build-gpu}"
 JOBS="${JOBS:-$(nproc)}"
 BENCH_1M="${BENCH_1M:-1}"
-SERVE_QUERY_PRECISIONS="${SERVE_QUERY_PRECISIONS:-bf16x2}"
 BASELINE="${BASELINE:-1}"
 T_START=$(date +%s)
 declare -a SUMMARY=()
@@ -146,7 +145,8 @@ serve_bench() {
   # Built only now, so that it never delays the CUDA tests and the scoring table.
   run_step "BUILD scanserve scanctl" 240 cmake --build "$BUILD_DIR" -j "$JOBS" --target scanserve scanctl || return 0
   local precision
-  for precision in ${SERVE_QUERY_PRECISIONS//,/ }; do
+  local precisions="${SERVE_QUERY_PRECISIONS:-bf16x2}"
+  for precision in ${precisions//,/ }; do
     run_step "SERVE BENCH scanserve cuda (${SERVE_CUDA_KERNELS:-auto}, queries $precision), ${SERVE_IMAGES:-1000000} images, through gRPC" 240 \
       env BUILD_DIR="$BUILD_DIR" BACKEND=cuda IMAGES="${SERVE_IMAGES:-1000000}" LEVELS=1,16,64,128 DURATION=4 \
       WARMUP=2 START_TIMEOUT=150 \
