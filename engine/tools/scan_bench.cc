@@ -168,7 +168,8 @@ Flags ParseFlags(int argc, char** argv) {
           Usage("--kernels: gemm, gemm-serial, fused, fused-1, fused-s2 and/or auto");
         }
         std::string precision;  // "": --query_precision's
-        if (parts.size() == 2 && (parts[1] == "q-bf16" || parts[1] == "q-bf16x2")) {
+        if (parts.size() == 2 && absl::StartsWith(parts[1], "q-") &&
+            ParseCudaQueryPrecision(parts[1].substr(2)).ok()) {
           precision = parts[1].substr(2);
         } else if (parts.size() != 1) {
           Usage(absl::StrCat("--kernels: KERNEL or KERNEL:q-bf16 or KERNEL:q-bf16x2, got '", entry,
@@ -237,7 +238,7 @@ Flags ParseFlags(int argc, char** argv) {
     if (!f.given.count("batch")) f.batches = {1, 2, 4, 8, 16, 32, 64};
     if (!f.given.count("queries")) f.queries = 64;
     if (!f.given.count("storage")) f.storages = {"bf16"};
-    if (f.query_precision != "bf16x2" && f.query_precision != "bf16") {
+    if (!ParseCudaQueryPrecision(f.query_precision).ok()) {
       Usage("--query_precision: bf16x2 or bf16");
     }
     for (auto& [kernel, precision] : f.kernels) {
