@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <string>
 
+#include "engine/common/openblas_core.h"
 #include "server/config.h"
 #include "server/run_server.h"
 
@@ -10,6 +11,7 @@
 #endif
 
 int main(int argc, char** argv) {
+  scanserve::ReexecWithBetterOpenBlasCore(argv);
   scanserve::InstallTerminationHandlers();
   absl::StatusOr<scanserve::CommandLine> command_line = scanserve::ParseCommandLine(argc, argv);
   if (!command_line.ok()) {

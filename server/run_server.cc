@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/common/openblas_core.h"
 #include "engine/detector/region_detector.h"
 #include "server/log.h"
 #include "server/server.h"
@@ -99,6 +100,8 @@ void LogEngine(const RetrievalEngine& engine, const ServerConfig& config) {
                                     stats.images, " images and ", stats.captions, " captions loaded from ",
                                     config.engine.data_dir, " (", stats.feature_bytes, " feature bytes, ",
                                     stats.store_disk_bytes, " bytes on disk)"));
+  const std::string blas = OpenBlasCoreNote();
+  if (!blas.empty()) Log(LogLevel::kInfo, absl::StrCat("engine: ", blas));
 }
 
 void LogDetector(const RegionDetector& detector, const ServerConfig& config) {

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <new>
+#include <optional>
 #include <utility>
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -17,6 +18,7 @@
 #include "engine/common/status_macros.h"
 #include "engine/common/vector_growth.h"
 #include "engine/scoring/gemm.h"
+#include "engine/scoring/streaming_gemm.h"
 
 namespace scanserve {
 namespace {
@@ -363,6 +365,11 @@ absl::StatusOr<std::unique_ptr<CpuScorer>> CpuScorer::Create(const ScorerConfig&
         "CpuScorerOptions: block_rows, min_block_rows and query_block_rows must be >= 1, got ",
         options.block_rows, ", ", options.min_block_rows, " and ", options.query_block_rows));
   }
+  if (options.streaming_max_query_rows < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CpuScorerOptions: streaming_max_query_rows must be >= 0, got ",
+        options.streaming_max_query_rows));
+  }
   if (!(options.compact_dead_fraction >= 0.0 && options.compact_dead_fraction <= 1.0)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "CpuScorerOptions: compact_dead_fraction must be in [0, 1], got ",
@@ -665,6 +672,22 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
     }
   }
 
+  // Groups with few rows stream the stored rows (streaming_gemm.h); their queries are packed once.
+  std::vector<std::optional<StreamingGemmQueries>> streamed(groups.size());
+  const StreamingGemmIsa isa = BestStreamingGemmIsa();
+  const StreamedRowType streamed_type = config().storage == StorageType::kBFloat16
+                                            ? StreamedRowType::kBFloat16
+                                            : StreamedRowType::kFloat32;  // fp8: widened first
+  if (per_thread && isa != StreamingGemmIsa::kNone && d % kStreamingGemmDimMultiple == 0) {
+    for (size_t g = 0; g < groups.size(); ++g) {
+      if (groups[g].rows > options_.streaming_max_query_rows) continue;
+      absl::StatusOr<StreamingGemmQueries> packed = StreamingGemmQueries::Pack(
+          isa, streamed_type, q_values.data() + groups[g].row_begin * d, groups[g].rows, d, d);
+      if (!packed.ok()) return packed.status();
+      streamed[g] = std::move(packed).value();
+    }
+  }
+
   // The block's rows as fp32: the arena itself, or (bf16, fp8) widened into `ts` by rows [b, e).
   auto block_values = [&](int64_t block_id, ThreadScratch& ts) -> const float* {
     const Block& block = blocks[block_id];
@@ -726,21 +749,32 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
       for (int64_t u = u0; u < u1 && !failed.load(std::memory_order_relaxed); ++u) {
         const int64_t block_id = u / num_groups;
         const Block& block = blocks[block_id];
+        const std::optional<StreamingGemmQueries>& stream = streamed[u % num_groups];
         const QueryGroup& group = groups[u % num_groups];
         const int64_t rows = block.row_end - block.row_begin;
-        if (arena_.narrowed() && ts.widened_block != block_id) {
+        const bool bf16_stream = stream && stream->row_type() == StreamedRowType::kBFloat16;
+        if (arena_.narrowed() && !bf16_stream && ts.widened_block != block_id) {
           widen_rows(block_id, ts, 0, rows);
           ts.widened_block = block_id;
         }
-        const absl::Status st =
-            GemmNT(rows, group.rows, d, block_values(block_id, ts), d,
-                   q_values.data() + group.row_begin * d, d, ts.product.get(), group.rows,
-                   GemmThreading::kCaller);
+        absl::Status st;
+        if (bf16_stream) {
+          st = StreamingGemmNT(*stream, rows, arena_.BFloat16Rows(block.row_begin), d,
+                               ts.product.get(), group.rows);
+        } else if (stream) {
+          st = StreamingGemmNT(*stream, rows, block_values(block_id, ts), d, ts.product.get(),
+                               group.rows);
+        } else {
+          st = GemmNT(rows, group.rows, d, block_values(block_id, ts), d,
+                      q_values.data() + group.row_begin * d, d, ts.product.get(), group.rows,
+                      GemmThreading::kCaller);
+        }
         if (!st.ok()) {
           errors[t] = st;
           failed = true;
           return;
         }
+        (stream ? streamed_products_ : blas_products_).fetch_add(1, std::memory_order_relaxed);
         score_pairs(block, group, ts.product.get(), 0,
                     static_cast<int64_t>(block.slots.size()) * group.count, ts.pair);
       }
@@ -764,6 +798,7 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
       SCANSERVE_RETURN_IF_ERROR(GemmNT(rows, group.rows, d, block_values(block_id, ts0), d,
                                        q_values.data() + group.row_begin * d, d,
                                        ts0.product.get(), group.rows, GemmThreading::kLibrary));
+      blas_products_.fetch_add(1, std::memory_order_relaxed);
       const int64_t pairs = static_cast<int64_t>(block.slots.size()) * group.count;
       pool_->ParallelFor(pairs, 8, [&](int64_t begin, int64_t end, int t) {
         score_pairs(block, group, ts0.product.get(), begin, end, scratch[t].pair);

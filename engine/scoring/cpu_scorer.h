@@ -17,6 +17,7 @@
 //    sets its process-wide thread count (SetComputeThreads) when num_threads > 0.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -57,6 +58,10 @@ struct CpuScorerOptions {
   // Query rows per GEMM (whole queries): bounds the block's product matrix to
   // block_rows x query_block_rows floats.
   int64_t query_block_rows = 1024;
+  // Query groups of at most this many rows take the streaming kernels (streaming_gemm.h: the
+  // stored rows read once, bf16 ones widened as they are loaded) instead of GemmNT, on
+  // kPerThreadUnits with dim % 32 == 0 where the CPU has AVX2 + FMA. 0: always GemmNT.
+  int64_t streaming_max_query_rows = 64;
   // Compact the arena when tombstoned rows exceed this fraction of all rows.
   double compact_dead_fraction = 0.25;
 };
@@ -74,6 +79,17 @@ class CpuScorer final : public Scorer {
   int64_t memory_bytes() const override;
 
   const CpuScorerOptions& options() const { return options_; }
+
+  // Region-word products computed so far, by kernel: GemmNT (BLAS) calls and streaming kernel
+  // calls (one per (block, query group) unit).
+  struct PassCounts {
+    int64_t blas = 0;
+    int64_t streamed = 0;
+  };
+  PassCounts pass_counts() const {
+    return {blas_products_.load(std::memory_order_relaxed),
+            streamed_products_.load(std::memory_order_relaxed)};
+  }
 
  protected:
   absl::Status AddImpl(absl::Span<const int64_t> keys, absl::Span<const ItemView> items) override;
@@ -123,6 +139,8 @@ class CpuScorer final : public Scorer {
   absl::flat_hash_map<int64_t, int64_t> slot_of_key_;  // live keys only
   std::vector<int64_t> live_slots_;                    // column j of ScoreAll = live_slots_[j]
   std::vector<int64_t> column_of_slot_;                // -1 for tombstones
+  mutable std::atomic<int64_t> blas_products_{0};
+  mutable std::atomic<int64_t> streamed_products_{0};
 
   // Buffers of finished ScoreAll calls, reused by later ones so that a call neither pages in nor
   // zeroes fresh multi-MB buffers; as many sets as calls ever ran at once.

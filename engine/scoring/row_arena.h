@@ -28,6 +28,8 @@ class RowArena {
   void Widen(int64_t row, int64_t rows, float* dst) const;
   // fp32 storage only: the rows themselves.
   const float* Float32Rows(int64_t row) const { return f32_.data() + row * dim_; }
+  // bf16 storage only: the rows themselves.
+  const uint16_t* BFloat16Rows(int64_t row) const { return bf16_.data() + row * dim_; }
   // Copies rows [src_row, src_row + rows) of `from` (same storage and dim) to rows from dst_row.
   void CopyRows(const RowArena& from, int64_t src_row, int64_t rows, int64_t dst_row);
   int64_t memory_bytes() const;

@@ -66,6 +66,7 @@
 #include "engine/common/thread_pool.h"
 #include "engine/scoring/cpu_scorer.h"
 #include "engine/scoring/gemm.h"
+#include "engine/scoring/streaming_gemm.h"
 #include "engine/scoring/reference_scorer.h"
 #include "engine/scoring/scorer.h"
 #ifdef SCANSERVE_WITH_CUDA
@@ -103,6 +104,8 @@ struct Flags {
   int64_t ref_queries = 3;
   int64_t block_rows = CpuScorerOptions().block_rows;
   std::vector<std::string> modes = {"per_thread"};  // CpuParallelism: per_thread, shared
+  // CpuScorerOptions::streaming_max_query_rows values, one scorer each (0: GemmNT only).
+  std::vector<int64_t> streaming_rows = {CpuScorerOptions().streaming_max_query_rows};
   std::vector<int64_t> ref_blas_threads = {0, 1};    // 0 = --threads
   uint64_t seed = 1;
 };
@@ -112,7 +115,7 @@ struct Flags {
                "scan_bench: %s\nflags: --images=N --regions=N --dim=N --queries=N "
                "--batch=1,4,16 --storage=fp32,bf16,fp8 --threads=N --words_min=N --words_max=N "
                "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
-               "--parallelism=per_thread,shared --block_rows=N "
+               "--parallelism=per_thread,shared --block_rows=N --streaming_rows=0,64 "
                "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,gemm-serial,fused,fused-1,fused-s2,auto "
                "--product_mb=256,32 --ref_ms=IMAGES:STORAGE=MS,...\n",
                why.c_str());
@@ -220,6 +223,11 @@ Flags ParseFlags(int argc, char** argv) {
       for (absl::string_view m : absl::StrSplit(v, ',')) f.modes.emplace_back(m);
     } else if (name == "block_rows") {
       f.block_rows = ParseInt(name, v);
+    } else if (name == "streaming_rows") {
+      f.streaming_rows.clear();
+      for (absl::string_view r : absl::StrSplit(v, ',')) {
+        f.streaming_rows.push_back(ParseInt(name, std::string(r)));
+      }
     } else if (name == "seed") {
       f.seed = static_cast<uint64_t>(ParseInt(name, v));
     } else {
@@ -393,6 +401,8 @@ int RunCuda(const Flags& f) {
               " words (mean %.2f), query precision %s unless a kernel names one\n",
               pool, f.regions, f.dim, f.queries, f.words_min, f.words_max, words_avg,
               f.query_precision.c_str());
+  std::printf("  streaming kernels (--streaming_rows): %s\n",
+              std::string(StreamingGemmIsaName(BestStreamingGemmIsa())).c_str());
   std::printf("  data generated in %.0f ms\n", NowMs() - t_gen);
 
   // The reference-style PyTorch baseline of performance.md (H200, PyTorch 2.11, one caption per
@@ -715,15 +725,21 @@ int Main(int argc, char** argv) {
   std::vector<Row> rows;
   for (const std::string& storage : f.storages) {
     for (const std::string& mode : f.modes) {
+     for (int64_t streaming_rows : f.streaming_rows) {
       ScorerConfig c = config;
       c.storage = *ParseStorageType(storage);
       CpuScorerOptions options;
       options.block_rows = f.block_rows;
       options.parallelism =
           mode == "shared" ? CpuParallelism::kSharedGemm : CpuParallelism::kPerThreadUnits;
+      options.streaming_max_query_rows = streaming_rows;
       auto scorer = CpuScorer::Create(c, options);
       Check(scorer.status(), "CpuScorer::Create");
-      const std::string label = absl::StrCat("cpu gram-form ", storage, " ", mode);
+      std::string label = absl::StrCat("cpu gram-form ", storage, " ", mode);
+      if (f.streaming_rows.size() > 1) {
+        absl::StrAppend(&label, streaming_rows > 0 ? absl::StrCat(" stream<=", streaming_rows)
+                                                   : std::string(" blas"));
+      }
       const double t_add = NowMs();
       Check((*scorer)->Add(keys, image_views), "Add");
       const double add_ms = NowMs() - t_add;
@@ -741,6 +757,7 @@ int Main(int argc, char** argv) {
       }
       scorers.push_back(std::move(scorer).value());
       scorer_storage.push_back(storage);
+     }
     }
   }
   std::unique_ptr<Scorer> ref;
@@ -857,4 +874,9 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace scanserve
 
-int main(int argc, char** argv) { return scanserve::Main(argc, argv); }
+#include "engine/common/openblas_core.h"  // beside main(), the only line here that uses it
+
+int main(int argc, char** argv) {
+  scanserve::ReexecWithBetterOpenBlasCore(argv);
+  return scanserve::Main(argc, argv);
+}

@@ -19,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/common/npy.h"
+#include "engine/common/openblas_core.h"
 #include "engine/common/status_macros.h"
 #include "engine/eval/precomp_split.h"
 #include "engine/eval/retrieval_metrics.h"
@@ -347,6 +348,7 @@ int Run(const EvalFlags& flags) {
 }  // namespace scanserve
 
 int main(int argc, char** argv) {
+  scanserve::ReexecWithBetterOpenBlasCore(argv);
   absl::StatusOr<scanserve::EvalFlags> flags = scanserve::ParseFlags(argc, argv);
   if (!flags.ok()) {
     std::fprintf(stderr, "scan_eval: %s\nRun scan_eval --help for usage.\n",

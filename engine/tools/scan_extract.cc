@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/file_read.h"
 #include "engine/common/npy.h"
+#include "engine/common/openblas_core.h"
 #include "engine/detector/region_detector.h"
 #include "engine/detector/region_drift.h"
 #include "engine/io/bottom_up_tsv_writer.h"
@@ -381,6 +382,7 @@ int Run(const Args& args) {
 }  // namespace scanserve
 
 int main(int argc, char** argv) {
+  scanserve::ReexecWithBetterOpenBlasCore(argv);
   using namespace scanserve;
   Args args;
   for (int i = 1; i < argc; ++i) {

@@ -17,6 +17,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/npy.h"
+#include "engine/common/openblas_core.h"
 #include "engine/common/status_macros.h"
 #include "engine/eval/precomp_split.h"
 #include "engine/eval/similarity.h"
@@ -316,6 +317,7 @@ int Run(const ScoreFlags& flags) {
 }  // namespace scanserve
 
 int main(int argc, char** argv) {
+  scanserve::ReexecWithBetterOpenBlasCore(argv);
   absl::StatusOr<scanserve::ScoreFlags> flags = scanserve::ParseFlags(argc, argv);
   if (!flags.ok()) {
     std::fprintf(stderr, "scan_score: %s\nRun scan_score --help for usage.\n",

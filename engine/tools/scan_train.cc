@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/common/npy.h"
+#include "engine/common/openblas_core.h"
 #include "engine/common/safetensors.h"
 #include "engine/common/status_macros.h"
 #include "engine/train/scan_trainer.h"
@@ -377,6 +378,8 @@ int Run(Flags& flags) {
 }  // namespace scanserve
 
 int main(int argc, char** argv) {
+  scanserve::ReexecWithBetterOpenBlasCore(argv);
+
   // Training allocates the same large intermediates (tens of MB) every iteration. glibc serves
   // blocks that large with mmap and unmaps them on free, so each one page-faults afresh, which costs
   // more than the arithmetic on them; keep them in the heap and reuse them instead.

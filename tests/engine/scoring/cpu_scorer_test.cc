@@ -7,6 +7,7 @@
 #include <tuple>
 #include <vector>
 
+#include "engine/scoring/streaming_gemm.h"
 #include "gtest/gtest.h"
 #include "scoring_test_util.h"
 
@@ -98,6 +99,85 @@ TEST(CpuScorerShapes, RealisticI2tQueryIsContext) {
   o.attention.lambda_lse = 5.0f;
   o.cpu.block_rows = 500;
   CompareWithReference(o);
+}
+
+// The streaming kernels (streaming_gemm.h) and GemmNT are two ways to the same products: every
+// storage type, both directions, both stored kinds, exact against the oracle on the stored values.
+TEST(CpuScorerShapes, StreamingKernelsScoreAsTheBlasPath) {
+  const bool can_stream = BestStreamingGemmIsa() != StreamingGemmIsa::kNone;
+  if (!can_stream) std::printf("[note] no AVX2 + FMA: only the BLAS path runs here\n");
+  for (StorageType storage :
+       {StorageType::kFloat32, StorageType::kBFloat16, StorageType::kFp8E4M3}) {
+    for (CrossAttention cross : {CrossAttention::kTextToImage, CrossAttention::kImageToText}) {
+      for (ItemKind kind : {ItemKind::kImage, ItemKind::kCaption}) {
+        CompareOptions o = Realistic();
+        o.dim = 96;  // a multiple of 32 that is not one of 64: tails of the widest steps
+        o.attention.cross_attn = cross;
+        o.stored_kind = kind;
+        o.num_stored = 25;
+        o.num_queries = 5;
+        o.cpu.block_rows = 150;
+        o.storage = storage;
+        SCOPED_TRACE(o.ToString());
+        TestData t = MakeTestData(o);
+        std::vector<FloatMatrix> rounded;
+        for (const FloatMatrix& m : t.stored) rounded.push_back(testing_util::RoundedTo(storage, m));
+        CpuScorerOptions streaming = o.cpu, blas = o.cpu;
+        streaming.streaming_max_query_rows = 1 << 20;
+        blas.streaming_max_query_rows = 0;
+        auto s_stream = CpuScorer::Create(MakeConfig(o, storage), streaming);
+        auto s_blas = CpuScorer::Create(MakeConfig(o, storage), blas);
+        auto ref = ReferenceScorer::Create(MakeConfig(o, StorageType::kFloat32));
+        ASSERT_TRUE(s_stream.ok() && s_blas.ok() && ref.ok());
+        ASSERT_TRUE((*s_stream)->Add(t.keys, Views(t.stored)).ok());
+        ASSERT_TRUE((*s_blas)->Add(t.keys, Views(t.stored)).ok());
+        ASSERT_TRUE((*ref)->Add(t.keys, Views(rounded)).ok());
+        FloatMatrix a, b, r;
+        ASSERT_TRUE((*s_stream)->ScoreAll(Views(t.queries), &a).ok());
+        ASSERT_TRUE((*s_blas)->ScoreAll(Views(t.queries), &b).ok());
+        ASSERT_TRUE((*ref)->ScoreAll(Views(t.queries), &r).ok());
+        std::string worst;
+        EXPECT_LE(MaxRelErr(a, (*s_stream)->keys(), r, (*ref)->keys(), &worst), kFp32MaxRelErr)
+            << "streamed: " << worst;
+        EXPECT_LE(MaxRelErr(b, (*s_blas)->keys(), r, (*ref)->keys(), &worst), kFp32MaxRelErr)
+            << "blas: " << worst;
+        EXPECT_EQ((*s_stream)->pass_counts().streamed > 0, can_stream);
+        EXPECT_EQ((*s_stream)->pass_counts().blas > 0, !can_stream);
+        EXPECT_EQ((*s_blas)->pass_counts().streamed, 0);
+        EXPECT_GT((*s_blas)->pass_counts().blas, 0);
+      }
+    }
+  }
+}
+
+// By default a lone caption streams and a batch of captions taller than 64 rows takes GemmNT;
+// dimensions the kernels do not take (not a multiple of 32) always take GemmNT.
+TEST(CpuScorerShapes, StreamingKernelsTakeShortQueryGroups) {
+  if (BestStreamingGemmIsa() == StreamingGemmIsa::kNone) GTEST_SKIP() << "no AVX2 + FMA";
+  for (int64_t dim : {64, 48}) {
+    CompareOptions o = Realistic();
+    o.dim = dim;
+    o.num_stored = 10;
+    o.num_queries = 8;  // 8 captions of 12..19 words: 96..152 rows
+    TestData t = MakeTestData(o);
+    auto cpu = CpuScorer::Create(MakeConfig(o, StorageType::kBFloat16), o.cpu);
+    ASSERT_TRUE(cpu.ok());
+    ASSERT_TRUE((*cpu)->Add(t.keys, Views(t.stored)).ok());
+    FloatMatrix scores;
+    const std::vector<ItemView> queries = Views(t.queries);
+    ASSERT_TRUE((*cpu)->ScoreAll(absl::MakeConstSpan(queries).subspan(0, 1), &scores).ok());
+    EXPECT_EQ((*cpu)->pass_counts().streamed > 0, dim % 32 == 0) << dim;
+    const int64_t streamed = (*cpu)->pass_counts().streamed;
+    const int64_t blas = (*cpu)->pass_counts().blas;
+    ASSERT_TRUE((*cpu)->ScoreAll(Views(t.queries), &scores).ok());
+    EXPECT_EQ((*cpu)->pass_counts().streamed, streamed) << dim;
+    EXPECT_GT((*cpu)->pass_counts().blas, blas) << dim;
+  }
+  CpuScorerOptions bad;
+  bad.streaming_max_query_rows = -1;
+  ScorerConfig config;
+  config.dim = 64;
+  EXPECT_EQ(CpuScorer::Create(config, bad).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(CpuScorerShapes, SharedGemmParallelism) {
