@@ -15,6 +15,7 @@ namespace internal = streaming_gemm_internal;
 
 bool CpuRuns(StreamingGemmIsa isa) {
 #if defined(__x86_64__)
+  __builtin_cpu_init();  // harmless when libgcc's constructor has run, needed before it
   switch (isa) {
     case StreamingGemmIsa::kNone:
       return false;
