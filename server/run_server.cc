@@ -14,6 +14,8 @@
 #include "absl/strings/str_join.h"
 #include "engine/common/openblas_core.h"
 #include "engine/detector/region_detector.h"
+#include "engine/scoring/cpu_scorer.h"
+#include "engine/scoring/streaming_gemm.h"
 #include "server/log.h"
 #include "server/server.h"
 
@@ -102,6 +104,16 @@ void LogEngine(const RetrievalEngine& engine, const ServerConfig& config) {
                                     stats.store_disk_bytes, " bytes on disk)"));
   const std::string blas = OpenBlasCoreNote();
   if (!blas.empty()) Log(LogLevel::kInfo, absl::StrCat("engine: ", blas));
+  if (stats.backend == "cpu") {
+    const StreamingGemmIsa isa = BestStreamingGemmIsa();
+    Log(LogLevel::kInfo,
+        isa == StreamingGemmIsa::kNone
+            ? std::string("engine: CPU region-word products on the BLAS (no AVX2 + FMA for the "
+                          "streaming kernels)")
+            : absl::StrCat("engine: CPU region-word products: streaming ", StreamingGemmIsaName(isa),
+                           " kernels for query groups of up to ",
+                           CpuScorerOptions().streaming_max_query_rows, " rows, the BLAS beyond"));
+  }
 }
 
 void LogDetector(const RegionDetector& detector, const ServerConfig& config) {
