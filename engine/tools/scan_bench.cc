@@ -9,12 +9,14 @@
 // so that every row samples the same machine load, once per --ref_blas_threads setting (0 = the
 // BLAS library on --threads threads; 1 = single-threaded BLAS, which suits its thousands of small
 // products better); ratios are taken against the fastest of them. Model: t2i, clipped_l2norm, LogSumExp,
-// λ1 = 9, λ2 = 6 (the released Flickr30K/COCO t2i settings).
+// λ1 = 9, λ2 = 6 (the released Flickr30K/COCO t2i settings). --streaming_rows=0,64 makes one scorer
+// per value of CpuScorerOptions::streaming_max_query_rows (0: every product on the BLAS), and the
+// lines after the table say how many products each scorer streamed.
 //
 //   scan_bench [--images=10000] [--regions=36] [--dim=1024] [--queries=32] [--batch=1,4,16,32]
 //              [--storage=fp32,bf16,fp8] [--threads=0] [--words_min=12] [--words_max=19] [--reps=3]
 //              [--ref_queries=3] [--ref_blas_threads=0,1] [--parallelism=per_thread,shared]
-//              [--block_rows=1024] [--seed=1]
+//              [--block_rows=1024] [--streaming_rows=64] [--seed=1]
 //
 // --backend=cuda runs the GPU table instead (CudaScorer through MakeScorer; needs a CUDA build and
 // a device): for each of --images (default 100000,1000000) stored images and each --batch
@@ -341,7 +343,7 @@ void PrintRow(const Row& r, int64_t images, double ref_wall, double ref_cpu) {
   auto ratio = [](double ref, double x) {
     return ref > 0 ? absl::StrCat(absl::SixDigits(ref / x), "x") : std::string("-");
   };
-  std::printf("| %-32s | %6" PRId64 " | %5" PRId64 " | %9.1f | %9.1f | %9.2f | %7.1f | %6.2f | %8s | %8s |\n",
+  std::printf("| %-40s | %6" PRId64 " | %5" PRId64 " | %9.1f | %9.1f | %9.2f | %7.1f | %6.2f | %8s | %8s |\n",
               r.config.c_str(), images, r.batch, wall, cpu, 1000.0 / wall,
               r.flop_per_query / (wall * 1e6), r.bytes_per_pass / r.batch / (wall * 1e6),
               ratio(ref_wall, wall).c_str(), ratio(ref_cpu, cpu).c_str());
@@ -817,10 +819,10 @@ int Main(int argc, char** argv) {
     ref_wall = ref_wall == 0 ? Median(r.wall_ms) : std::min(ref_wall, Median(r.wall_ms));
     ref_cpu = ref_cpu == 0 ? Median(r.cpu_ms) : std::min(ref_cpu, Median(r.cpu_ms));
   }
-  std::printf("\n| %-32s | %6s | %5s | %9s | %9s | %9s | %7s | %6s | %8s | %8s |\n", "config",
+  std::printf("\n| %-40s | %6s | %5s | %9s | %9s | %9s | %7s | %6s | %8s | %8s |\n", "config",
               "images", "batch", "ms/query", "cpu-ms/q", "queries/s", "GFLOP/s", "GB/s", "vs ref",
               "cpu vs ref");
-  std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(34, '-').c_str(),
+  std::printf("|%s|%s|%s|%s|%s|%s|%s|%s|%s|%s|\n", std::string(42, '-').c_str(),
               std::string(8, '-').c_str(), std::string(7, '-').c_str(),
               std::string(11, '-').c_str(), std::string(11, '-').c_str(),
               std::string(11, '-').c_str(), std::string(9, '-').c_str(),
@@ -835,6 +837,18 @@ int Main(int argc, char** argv) {
       "per query, which shared cores do not inflate.\nGFLOP/s: the form each path computes, Gram "
       "2kn(d+k), reference 4knd per pair. GB/s: stored bytes read per query.\n",
       f.reps, f.ref_queries);
+
+  // Which kernel took each CPU scorer's region-word products (CpuScorerOptions::
+  // streaming_max_query_rows, --streaming_rows).
+  std::set<const Scorer*> counted;
+  for (const Row& r : rows) {
+    const auto* cpu = dynamic_cast<const CpuScorer*>(r.scorer);
+    if (cpu == nullptr || !counted.insert(cpu).second) continue;
+    const CpuScorer::PassCounts counts = cpu->pass_counts();
+    std::printf("%s: %" PRId64 " (block, query group) products streamed, %" PRId64
+                " on the BLAS, over all its batches\n",
+                r.config.c_str(), counts.streamed, counts.blas);
+  }
 
   // Agreement: cpu fp32 against the reference on its captions, bf16 and fp8 against fp32 on all.
   std::map<std::string, FloatMatrix> all_scores;
