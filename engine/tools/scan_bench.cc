@@ -65,6 +65,7 @@
 #include "absl/strings/str_split.h"
 #include "engine/common/matrix.h"
 #include "engine/common/split_mix64.h"
+#include "engine/common/openblas_core.h"
 #include "engine/common/thread_pool.h"
 #include "engine/scoring/cpu_scorer.h"
 #include "engine/scoring/gemm.h"
@@ -403,8 +404,6 @@ int RunCuda(const Flags& f) {
               " words (mean %.2f), query precision %s unless a kernel names one\n",
               pool, f.regions, f.dim, f.queries, f.words_min, f.words_max, words_avg,
               f.query_precision.c_str());
-  std::printf("  streaming kernels (--streaming_rows): %s\n",
-              std::string(StreamingGemmIsaName(BestStreamingGemmIsa())).c_str());
   std::printf("  data generated in %.0f ms\n", NowMs() - t_gen);
 
   // The reference-style PyTorch baseline of performance.md (H200, PyTorch 2.11, one caption per
@@ -707,6 +706,8 @@ int Main(int argc, char** argv) {
               " captions of %" PRId64 "..%" PRId64 " words (mean %.2f), %d threads\n  %s\n",
               f.images, f.regions, f.dim, f.queries, f.words_min, f.words_max, words_avg, threads,
               BlasDescription());
+  std::printf("  streaming kernels (--streaming_rows): %s\n",
+              std::string(StreamingGemmIsaName(BestStreamingGemmIsa())).c_str());
   std::printf("  data generated in %.0f ms\n", NowMs() - t_gen);
 
   // Gram-form FLOPs per query (scan-model.md "Cheaper exact forms"): S = V Eᵀ (2 k n d) plus the
@@ -721,45 +722,45 @@ int Main(int argc, char** argv) {
   config.attention = attention;
   config.num_threads = threads;
 
-  // Scorers: one CpuScorer per (storage, parallelism), then the reference.
+  // Scorers: one CpuScorer per (storage, parallelism, streaming rows), then the reference.
   std::vector<std::unique_ptr<Scorer>> scorers;
   std::vector<std::string> scorer_storage;
   std::vector<Row> rows;
   for (const std::string& storage : f.storages) {
     for (const std::string& mode : f.modes) {
-     for (int64_t streaming_rows : f.streaming_rows) {
-      ScorerConfig c = config;
-      c.storage = *ParseStorageType(storage);
-      CpuScorerOptions options;
-      options.block_rows = f.block_rows;
-      options.parallelism =
-          mode == "shared" ? CpuParallelism::kSharedGemm : CpuParallelism::kPerThreadUnits;
-      options.streaming_max_query_rows = streaming_rows;
-      auto scorer = CpuScorer::Create(c, options);
-      Check(scorer.status(), "CpuScorer::Create");
-      std::string label = absl::StrCat("cpu gram-form ", storage, " ", mode);
-      if (f.streaming_rows.size() > 1) {
-        absl::StrAppend(&label, streaming_rows > 0 ? absl::StrCat(" stream<=", streaming_rows)
-                                                   : std::string(" blas"));
+      for (int64_t streaming_rows : f.streaming_rows) {
+        ScorerConfig c = config;
+        c.storage = *ParseStorageType(storage);
+        CpuScorerOptions options;
+        options.block_rows = f.block_rows;
+        options.parallelism =
+            mode == "shared" ? CpuParallelism::kSharedGemm : CpuParallelism::kPerThreadUnits;
+        options.streaming_max_query_rows = streaming_rows;
+        auto scorer = CpuScorer::Create(c, options);
+        Check(scorer.status(), "CpuScorer::Create");
+        std::string label = absl::StrCat("cpu gram-form ", storage, " ", mode);
+        if (f.streaming_rows.size() > 1) {
+          absl::StrAppend(&label, streaming_rows > 0 ? absl::StrCat(" stream<=", streaming_rows)
+                                                     : std::string(" blas"));
+        }
+        const double t_add = NowMs();
+        Check((*scorer)->Add(keys, image_views), "Add");
+        const double add_ms = NowMs() - t_add;
+        const double bytes = static_cast<double>((*scorer)->memory_bytes());
+        std::printf("  %s: stored in %.0f ms (%.0f images/s), %.1f MB (features + Gram)\n",
+                    label.c_str(), add_ms, 1000.0 * f.images / add_ms, bytes / 1e6);
+        for (int64_t batch : f.batches) {
+          Row r;
+          r.config = label;
+          r.scorer = scorer->get();
+          r.batch = std::min(batch, f.queries);
+          r.flop_per_query = gram_flop;
+          r.bytes_per_pass = bytes;
+          rows.push_back(r);
+        }
+        scorers.push_back(std::move(scorer).value());
+        scorer_storage.push_back(storage);
       }
-      const double t_add = NowMs();
-      Check((*scorer)->Add(keys, image_views), "Add");
-      const double add_ms = NowMs() - t_add;
-      const double bytes = static_cast<double>((*scorer)->memory_bytes());
-      std::printf("  %s: stored in %.0f ms (%.0f images/s), %.1f MB (features + Gram)\n",
-                  label.c_str(), add_ms, 1000.0 * f.images / add_ms, bytes / 1e6);
-      for (int64_t batch : f.batches) {
-        Row r;
-        r.config = label;
-        r.scorer = scorer->get();
-        r.batch = std::min(batch, f.queries);
-        r.flop_per_query = gram_flop;
-        r.bytes_per_pass = bytes;
-        rows.push_back(r);
-      }
-      scorers.push_back(std::move(scorer).value());
-      scorer_storage.push_back(storage);
-     }
     }
   }
   std::unique_ptr<Scorer> ref;
@@ -887,8 +888,6 @@ int Main(int argc, char** argv) {
 
 }  // namespace
 }  // namespace scanserve
-
-#include "engine/common/openblas_core.h"  // beside main(), the only line here that uses it
 
 int main(int argc, char** argv) {
   scanserve::ReexecWithBetterOpenBlasCore(argv);
