@@ -12,10 +12,11 @@
 
 namespace scanserve {
 
-// The vector instructions that OpenBLAS's modern x86-64 kernels need (usable: the OS saves their
-// registers). All false on other architectures.
+// The vector instructions that OpenBLAS's modern x86-64 kernels (and the scorer's streaming GEMM)
+// need (usable: the OS saves their registers). All false on other architectures.
 struct CpuVectorFeatures {
   bool avx2_fma = false;  // AVX2 and FMA: the Haswell kernels
+  bool avx512f = false;   // AVX-512 F: the streaming GEMM's AVX-512 kernels
   bool avx512 = false;    // AVX-512 F, BW, DQ, VL and CD: the SkylakeX kernels
 };
 

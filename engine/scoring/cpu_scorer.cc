@@ -608,6 +608,11 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
   std::vector<ThreadScratch>& scratch = scratch_set->threads;
   int64_t max_group_rows = 0;
   int64_t max_block_rows = 0;
+  // Groups with few rows stream the stored rows (streaming_gemm.h); their queries are packed once.
+  std::vector<std::optional<StreamingGemmQueries>> streamed;
+  const StreamedRowType streamed_type = config().storage == StorageType::kBFloat16
+                                            ? StreamedRowType::kBFloat16
+                                            : StreamedRowType::kFloat32;  // fp8: widened first
   try {
     q_values.resize(q_row.back() * d);
     q_norms.resize(q_row.back());
@@ -648,6 +653,23 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
       max_block_rows = std::max(max_block_rows, blocks.back().row_end - blocks.back().row_begin);
     }
 
+    streamed.resize(groups.size());
+    const StreamingGemmIsa isa = BestStreamingGemmIsa();
+    if (per_thread && isa != StreamingGemmIsa::kNone && d % kStreamingGemmDimMultiple == 0) {
+      for (size_t g = 0; g < groups.size(); ++g) {
+        if (groups[g].rows > options_.streaming_max_query_rows) continue;
+        absl::StatusOr<StreamingGemmQueries> packed = StreamingGemmQueries::Pack(
+            isa, streamed_type, q_values.data() + groups[g].row_begin * d, groups[g].rows, d, d);
+        if (!packed.ok()) return packed.status();
+        streamed[g] = std::move(packed).value();
+      }
+    }
+    // Streamed bf16 rows are widened as the kernel loads them: no widening buffer then.
+    const bool widens = arena_.narrowed() &&
+                        !std::all_of(streamed.begin(), streamed.end(), [](const auto& q) {
+                          return q && q->row_type() == StreamedRowType::kBFloat16;
+                        });
+
     const int64_t nc_max = stored_is_context_ ? max_rows_ : max_query_rows;
     const int64_t nq_max = stored_is_context_ ? max_query_rows : max_rows_;
     for (int t = 0; t < threads; ++t) {
@@ -655,7 +677,7 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
       ts.widened_block = -1;
       ts.pair.Reserve(nc_max, nq_max);
       if (per_thread || t == 0) {
-        if (arena_.narrowed()) ts.Widened(max_block_rows * d);
+        if (widens) ts.Widened(max_block_rows * d);
         ts.Product(max_block_rows * max_group_rows);
       }
     }
@@ -669,22 +691,6 @@ absl::Status CpuScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
       const float* x = q_values.data() + q_row[j] * d;
       SCANSERVE_RETURN_IF_ERROR(GemmNT(queries[j].rows, queries[j].rows, d, x, d, x, d,
                                        q_grams.data() + q_gram[j], queries[j].rows));
-    }
-  }
-
-  // Groups with few rows stream the stored rows (streaming_gemm.h); their queries are packed once.
-  std::vector<std::optional<StreamingGemmQueries>> streamed(groups.size());
-  const StreamingGemmIsa isa = BestStreamingGemmIsa();
-  const StreamedRowType streamed_type = config().storage == StorageType::kBFloat16
-                                            ? StreamedRowType::kBFloat16
-                                            : StreamedRowType::kFloat32;  // fp8: widened first
-  if (per_thread && isa != StreamingGemmIsa::kNone && d % kStreamingGemmDimMultiple == 0) {
-    for (size_t g = 0; g < groups.size(); ++g) {
-      if (groups[g].rows > options_.streaming_max_query_rows) continue;
-      absl::StatusOr<StreamingGemmQueries> packed = StreamingGemmQueries::Pack(
-          isa, streamed_type, q_values.data() + groups[g].row_begin * d, groups[g].rows, d, d);
-      if (!packed.ok()) return packed.status();
-      streamed[g] = std::move(packed).value();
     }
   }
 

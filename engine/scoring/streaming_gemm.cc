@@ -4,6 +4,8 @@
 #include <new>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/openblas_core.h"
+#include "engine/common/status_macros.h"
 #include "engine/scoring/streaming_gemm_kernels.h"
 
 namespace scanserve {
@@ -14,17 +16,15 @@ namespace internal = streaming_gemm_internal;
 #endif
 
 bool CpuRuns(StreamingGemmIsa isa) {
-#if defined(__x86_64__)
-  __builtin_cpu_init();  // harmless when libgcc's constructor has run, needed before it
+  const CpuVectorFeatures cpu = DetectCpuVectorFeatures();
   switch (isa) {
     case StreamingGemmIsa::kNone:
       return false;
     case StreamingGemmIsa::kAvx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+      return cpu.avx2_fma;
     case StreamingGemmIsa::kAvx512:
-      return __builtin_cpu_supports("avx512f");
+      return cpu.avx2_fma && cpu.avx512f;  // the file is compiled with -mavx2 -mfma too
   }
-#endif
   return false;
 }
 
@@ -42,6 +42,22 @@ absl::Status CheckShape(const StreamingGemmQueries& q, StreamedRowType type, int
                                                    " ldc=", ldc, " for ", q.rows(), " x ",
                                                    q.dim(), " queries"));
   }
+  return absl::OkStatus();
+}
+
+// Both StreamingGemmNT overloads: `a` holds rows of `type`.
+template <typename T>
+absl::Status RunKernel(const StreamingGemmQueries& queries, StreamedRowType type, int64_t m,
+                       const T* a, int64_t lda, float* c, int64_t ldc) {
+  SCANSERVE_RETURN_IF_ERROR(CheckShape(queries, type, m, lda, ldc));
+  if (m == 0 || queries.rows() == 0) return absl::OkStatus();
+#if defined(__x86_64__)  // elsewhere no queries can be packed
+  if (queries.isa() == StreamingGemmIsa::kAvx512) {
+    internal::GemmAvx512(m, queries.rows(), queries.dim(), a, lda, queries.data(), c, ldc);
+  } else {
+    internal::GemmAvx2(m, queries.rows(), queries.dim(), a, lda, queries.data(), c, ldc);
+  }
+#endif
   return absl::OkStatus();
 }
 
@@ -114,36 +130,12 @@ absl::StatusOr<StreamingGemmQueries> StreamingGemmQueries::Pack(StreamingGemmIsa
 
 absl::Status StreamingGemmNT(const StreamingGemmQueries& queries, int64_t m, const float* a,
                              int64_t lda, float* c, int64_t ldc) {
-  if (absl::Status st = CheckShape(queries, StreamedRowType::kFloat32, m, lda, ldc); !st.ok()) {
-    return st;
-  }
-  if (m == 0 || queries.rows() == 0) return absl::OkStatus();
-#if defined(__x86_64__)  // elsewhere no queries can be packed
-  if (queries.isa() == StreamingGemmIsa::kAvx512) {
-    internal::GemmAvx512Float32(m, queries.rows(), queries.dim(), a, lda, queries.data(), c, ldc);
-  } else {
-    internal::GemmAvx2Float32(m, queries.rows(), queries.dim(), a, lda, queries.data(), c, ldc);
-  }
-#endif
-  return absl::OkStatus();
+  return RunKernel(queries, StreamedRowType::kFloat32, m, a, lda, c, ldc);
 }
 
 absl::Status StreamingGemmNT(const StreamingGemmQueries& queries, int64_t m, const uint16_t* a_bf16,
                              int64_t lda, float* c, int64_t ldc) {
-  if (absl::Status st = CheckShape(queries, StreamedRowType::kBFloat16, m, lda, ldc); !st.ok()) {
-    return st;
-  }
-  if (m == 0 || queries.rows() == 0) return absl::OkStatus();
-#if defined(__x86_64__)
-  if (queries.isa() == StreamingGemmIsa::kAvx512) {
-    internal::GemmAvx512BFloat16(m, queries.rows(), queries.dim(), a_bf16, lda, queries.data(), c,
-                                 ldc);
-  } else {
-    internal::GemmAvx2BFloat16(m, queries.rows(), queries.dim(), a_bf16, lda, queries.data(), c,
-                               ldc);
-  }
-#endif
-  return absl::OkStatus();
+  return RunKernel(queries, StreamedRowType::kBFloat16, m, a_bf16, lda, c, ldc);
 }
 
 }  // namespace scanserve

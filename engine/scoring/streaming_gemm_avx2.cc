@@ -34,14 +34,14 @@ struct V256 {
 }  // namespace
 
 // fp32: 3 x 4 accumulators + 3 stored vectors + 1 query vector of the 16 registers.
-void GemmAvx2Float32(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                     float* c, int64_t ldc) {
+void GemmAvx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+              float* c, int64_t ldc) {
   Gemm<V256, 3, 4>(m, n, k, a, lda, b, c, ldc);
 }
 
 // bf16: 2 x 4 accumulators + 2 x (even, odd) + 2 query vectors.
-void GemmAvx2BFloat16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda,
-                      const float* b, float* c, int64_t ldc) {
+void GemmAvx2(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda, const float* b,
+              float* c, int64_t ldc) {
   Gemm<V256, 2, 4>(m, n, k, a, lda, b, c, ldc);
 }
 

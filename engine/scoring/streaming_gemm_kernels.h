@@ -3,8 +3,9 @@
 // intrinsics: an inline function from a shared header compiled there could be the copy the linker
 // keeps for the whole program, and then run on a CPU without the ISA.
 //
-// All compute C (m x n, row stride ldc) = A (m x k, row stride lda) · Bᵀ, where `b` holds the n
-// query rows packed by PackStreamingQueries (row stride k) and k is a multiple of 32.
+// Each computes C (m x n, row stride ldc) = A (m x k, row stride lda) · Bᵀ, where `b` holds the n
+// query rows packed by StreamingGemmQueries::Pack (row stride k) and k is a multiple of 32; one
+// overload per stored row type.
 #pragma once
 
 #include <cstdint>
@@ -12,14 +13,14 @@
 namespace scanserve {
 namespace streaming_gemm_internal {
 
-void GemmAvx2Float32(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
-                     float* c, int64_t ldc);
-void GemmAvx2BFloat16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda,
-                      const float* b, float* c, int64_t ldc);
-void GemmAvx512Float32(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                       const float* b, float* c, int64_t ldc);
-void GemmAvx512BFloat16(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda,
-                        const float* b, float* c, int64_t ldc);
+void GemmAvx2(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+              float* c, int64_t ldc);
+void GemmAvx2(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda, const float* b,
+              float* c, int64_t ldc);
+void GemmAvx512(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                float* c, int64_t ldc);
+void GemmAvx512(int64_t m, int64_t n, int64_t k, const uint16_t* a, int64_t lda, const float* b,
+                float* c, int64_t ldc);
 
 }  // namespace streaming_gemm_internal
 }  // namespace scanserve

@@ -4,9 +4,9 @@
 // streaming_gemm_kernels.h.
 //
 // V provides: type `Reg`, kLanes, Zero(), Load(const float*), Fma(a, b, acc) = a * b + acc,
-// Prefetch(const void*) (into L1),
-// Sum(Reg) -> float, and LoadPairs(const uint16_t*, Reg* even, Reg* odd), which reads 2 * kLanes
-// bf16 values and widens the even-indexed ones into `even` and the odd-indexed ones into `odd`.
+// Prefetch(const void*) (into L1), Sum(Reg) -> float, and LoadPairs(const uint16_t*, Reg* even,
+// Reg* odd), which reads 2 * kLanes bf16 values and widens the even-indexed ones into `even` and
+// the odd-indexed ones into `odd`.
 #pragma once
 
 #include <cstdint>
@@ -19,33 +19,17 @@ struct Cols {
   static constexpr int kValue = N;
 };
 
-// A tile: MR stored rows x NR query rows. Each accumulator holds kLanes partial sums of one
-// product, summed at the end. Per kLanes k: MR + NR loads for MR * NR FMAs; after the first
-// column tile the panel's stored rows come from L1.
-template <typename V, int MR, int NR, bool kPrefetch>
-inline void TileFloat32(int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
-                        float* c, int64_t ldc, const float* next) {
-  typename V::Reg acc[MR][NR];
+template <typename V, int MR, int NR>
+inline void ZeroAll(typename V::Reg (&acc)[MR][NR]) {
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) acc[i][j] = V::Zero();
   }
-  for (int64_t kk = 0; kk < k; kk += V::kLanes) {
-    typename V::Reg av[MR];
-#pragma GCC unroll 8
-    for (int i = 0; i < MR; ++i) av[i] = V::Load(a + i * lda + kk);
-    if constexpr (kPrefetch) {
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) V::Prefetch(next + i * lda + kk);
-    }
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) {
-      const typename V::Reg bv = V::Load(b + j * ldb + kk);
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) acc[i][j] = V::Fma(av[i], bv, acc[i][j]);
-    }
-  }
+}
+
+template <typename V, int MR, int NR>
+inline void StoreSums(typename V::Reg (&acc)[MR][NR], float* c, int64_t ldc) {
 #pragma GCC unroll 8
   for (int i = 0; i < MR; ++i) {
 #pragma GCC unroll 8
@@ -53,29 +37,54 @@ inline void TileFloat32(int64_t k, const float* a, int64_t lda, const float* b, 
   }
 }
 
-// bf16 stored rows, 2 * kLanes k per step, widened as loaded (exactly). The query rows were
-// packed even-then-odd per 2 * kLanes values to match (PackStreamingQueries).
-template <typename V, int MR, int NR, bool kPrefetch>
-inline void TileBFloat16(int64_t k, const uint16_t* a, int64_t lda, const float* b, int64_t ldb,
-                         float* c, int64_t ldc, const uint16_t* next) {
-  typename V::Reg acc[MR][NR];
+// The first tile of a panel also prefetches the rows of a later panel, `next`.
+template <typename V, int MR, bool kPrefetch, typename T>
+inline void PrefetchRows(const T* next, int64_t lda, int64_t kk) {
+  if constexpr (kPrefetch) {
 #pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) acc[i][j] = V::Zero();
+    for (int i = 0; i < MR; ++i) V::Prefetch(next + i * lda + kk);
   }
+}
+
+// A tile: MR stored rows x NR query rows (b: NR packed rows of k values). Each accumulator holds
+// kLanes partial sums of one product, summed at the end. Per kLanes k: MR + NR loads for MR * NR
+// FMAs; after the first column tile the panel's stored rows come from L1.
+template <typename V, int MR, int NR, bool kPrefetch>
+inline void Tile(int64_t k, const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
+                 const float* next) {
+  typename V::Reg acc[MR][NR];
+  ZeroAll<V>(acc);
+  for (int64_t kk = 0; kk < k; kk += V::kLanes) {
+    typename V::Reg av[MR];
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i) av[i] = V::Load(a + i * lda + kk);
+    PrefetchRows<V, MR, kPrefetch>(next, lda, kk);
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const typename V::Reg bv = V::Load(b + j * k + kk);
+#pragma GCC unroll 8
+      for (int i = 0; i < MR; ++i) acc[i][j] = V::Fma(av[i], bv, acc[i][j]);
+    }
+  }
+  StoreSums<V>(acc, c, ldc);
+}
+
+// bf16 stored rows, 2 * kLanes k per step, widened as loaded (exactly). The query rows were
+// packed even-then-odd per 2 * kLanes values to match (StreamingGemmQueries::Pack).
+template <typename V, int MR, int NR, bool kPrefetch>
+inline void Tile(int64_t k, const uint16_t* a, int64_t lda, const float* b, float* c,
+                 int64_t ldc, const uint16_t* next) {
+  typename V::Reg acc[MR][NR];
+  ZeroAll<V>(acc);
   for (int64_t kk = 0; kk < k; kk += 2 * V::kLanes) {
     typename V::Reg even[MR], odd[MR];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) V::LoadPairs(a + i * lda + kk, &even[i], &odd[i]);
-    if constexpr (kPrefetch) {
-#pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) V::Prefetch(next + i * lda + kk);
-    }
+    PrefetchRows<V, MR, kPrefetch>(next, lda, kk);
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
-      const typename V::Reg be = V::Load(b + j * ldb + kk);
-      const typename V::Reg bo = V::Load(b + j * ldb + kk + V::kLanes);
+      const typename V::Reg be = V::Load(b + j * k + kk);
+      const typename V::Reg bo = V::Load(b + j * k + kk + V::kLanes);
 #pragma GCC unroll 8
       for (int i = 0; i < MR; ++i) {
         acc[i][j] = V::Fma(even[i], be, acc[i][j]);
@@ -83,22 +92,7 @@ inline void TileBFloat16(int64_t k, const uint16_t* a, int64_t lda, const float*
       }
     }
   }
-#pragma GCC unroll 8
-  for (int i = 0; i < MR; ++i) {
-#pragma GCC unroll 8
-    for (int j = 0; j < NR; ++j) c[i * ldc + j] = V::Sum(acc[i][j]);
-  }
-}
-
-template <typename V, int MR, int NR, bool kPrefetch>
-inline void Tile(int64_t k, const float* a, int64_t lda, const float* b, float* c, int64_t ldc,
-                 const float* next) {
-  TileFloat32<V, MR, NR, kPrefetch>(k, a, lda, b, k, c, ldc, next);
-}
-template <typename V, int MR, int NR, bool kPrefetch>
-inline void Tile(int64_t k, const uint16_t* a, int64_t lda, const float* b, float* c,
-                 int64_t ldc, const uint16_t* next) {
-  TileBFloat16<V, MR, NR, kPrefetch>(k, a, lda, b, k, c, ldc, next);
+  StoreSums<V>(acc, c, ldc);
 }
 
 // One panel of MR stored rows against all n query rows, NR at a time. The first tile reads the

@@ -64,6 +64,7 @@ TEST(DetectCpuVectorFeaturesTest, AgreesWithTheKernel) {
   auto has = [&](const char* flag) { return flags.count(flag) > 0; };
   const CpuVectorFeatures cpu = DetectCpuVectorFeatures();
   EXPECT_EQ(cpu.avx2_fma, has("avx2") && has("fma"));
+  EXPECT_EQ(cpu.avx512f, has("avx512f"));
   EXPECT_EQ(cpu.avx512, cpu.avx2_fma && has("avx512f") && has("avx512bw") && has("avx512dq") &&
                             has("avx512vl") && has("avx512cd"));
 }
