@@ -25,6 +25,7 @@
 #include "engine/eval/retrieval_metrics.h"
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"
+#include "engine/scoring/gemm.h"
 #include "engine/scoring/scorer.h"
 #include "nlohmann/json.hpp"
 
@@ -53,7 +54,8 @@ Options:
                       (needs exactly 5 x 1000 images)
   --fold-images N     images per fold for --fold5 (default: 1000)
   --save-sims FILE    write the full n_images x n_captions float32 similarity matrix (.npy)
-  --json              print one JSON object with every metric as the last stdout line
+  --json              print one JSON object with every metric (and the threads used) as the last
+                      stdout line
   --backend NAME      scorer backend: cpu (default), reference, cuda (CUDA builds only)
   --storage NAME      stored-item precision: fp32 (default), bf16 or fp8
   --threads N         CPU threads for the encoders and the scorer (default: 0 = all cores)
@@ -211,7 +213,7 @@ absl::Status CheckBackend(const EvalFlags& flags) {
   ScorerConfig probe;
   probe.dim = 1;
   probe.storage = flags.storage;
-  probe.num_threads = 1;
+  probe.num_threads = flags.threads;  // a CPU scorer applies it process-wide
   return MakeScorer(flags.backend, probe).status();
 }
 
@@ -256,6 +258,9 @@ int Run(const EvalFlags& flags) {
       return Fail(status);
     }
   }
+  // LibTorch's and the BLAS's threads, process-wide, before anything (the backend probe included)
+  // can set them otherwise.
+  SetComputeThreads(flags.threads);
   if (absl::Status status = CheckBackend(flags); !status.ok()) return Fail(status);
 
   std::vector<std::unique_ptr<ScanModel>> models;
@@ -337,7 +342,8 @@ int Run(const EvalFlags& flags) {
     json = MetricsJson(*metrics);
   }
   if (flags.json) {
-    nlohmann::ordered_json out = {{"n_images", sims->rows}, {"n_captions", sims->cols}};
+    nlohmann::ordered_json out = {
+        {"n_images", sims->rows}, {"n_captions", sims->cols}, {"threads", ComputeThreads()}};
     out.update(json);
     std::printf("%s\n", out.dump().c_str());
   }

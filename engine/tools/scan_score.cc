@@ -22,6 +22,7 @@
 #include "engine/eval/precomp_split.h"
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"
+#include "engine/scoring/gemm.h"
 #include "engine/scoring/scorer.h"
 
 namespace scanserve {
@@ -250,12 +251,13 @@ int Run(const ScoreFlags& flags) {
   if (absl::Status status = CheckOutputDirectory(flags.out, "--out"); !status.ok()) {
     return Fail(status);
   }
+  SetComputeThreads(flags.threads);  // as scan_eval: before the probe below can set them otherwise
   {
     // Fails fast, before the models load, when the backend is not built in.
     ScorerConfig probe;
     probe.dim = 1;
     probe.storage = flags.storage;
-    probe.num_threads = 1;
+    probe.num_threads = flags.threads;  // a CPU scorer applies it process-wide
     if (absl::Status status = MakeScorer(flags.backend, probe).status(); !status.ok()) {
       return Fail(status);
     }

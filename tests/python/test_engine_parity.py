@@ -796,6 +796,9 @@ class EvalParityTest(EngineTestBase):
         self.assertEqual(got["n_images"], n_images)
         self.assertEqual(got["n_captions"], 5 * n_images)
         self.assertNotIn("folds", got, "folds only with --fold5")
+        # Without --threads every core, for the encoders' products too (a backend probe on one
+        # thread once left the whole run's BLAS on one).
+        self.assertEqual(got["threads"], os.cpu_count(), "scan_eval's threads without --threads")
         sims = np.load(sims_path)
         self.check_sims(sims, want_sims, FP32_TOL, "%s --save-sims" % label)
         # The protocol on the engine's own matrix: exact.
