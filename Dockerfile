@@ -24,7 +24,8 @@ RUN apt-get update -qq \
  && useradd --system --create-home --uid 10001 scanserve \
  && mkdir -p /data && chown scanserve /data
 COPY --from=build /build/server/scanserve /build/client/scanctl /build/engine/scan_eval \
-                  /build/engine/scan_score /build/engine/scan_bench /build/engine/scan_train \
+                  /build/engine/scan_score /build/engine/scan_bench /build/engine/scan_bench_encoder \
+                  /build/engine/scan_train \
                   /build/engine/scan_tokenize /build/engine/scan_extract /usr/local/bin/
 COPY tools/ /opt/scanserve/tools/
 USER scanserve

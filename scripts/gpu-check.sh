@@ -7,7 +7,8 @@
 #
 # Steps, each timed and under `timeout`: environment, configure (CUDA on, sm_90; the server too when
 # .debs has gRPC, without OpenCV; engine-only if that configure fails), build scoring_tests +
-# detector_tests + model_tests + scan_bench + scan_extract, run the CUDA tests, the detector
+# detector_tests + model_tests + scan_bench + scan_bench_encoder + scan_extract, run the CUDA
+# tests, the BiGRU text encoder's time per call on the GPU (scan_bench_encoder), the detector
 # timing, the same-run reference-style PyTorch baseline (tools/reference_scan_baseline.py, 100k
 # fp32 and bf16: the tables' "vs ref"), the scan_bench CUDA table (100k fp32+bf16+fp8 with the
 # cuBLAS and the fused kernels and the fused one with queries rounded to bf16, 1M bf16 with both
@@ -122,8 +123,9 @@ if ! run_step "CONFIGURE (server $SERVER)" 240 "${configure[@]}" -DSCANSERVE_BUI
   run_step "CONFIGURE (engine only)" 240 "${configure[@]}" -DSCANSERVE_BUILD_SERVER=OFF || exit 1
 fi
 
-run_step "BUILD scoring_tests detector_tests model_tests scan_bench scan_extract" 360 \
-  cmake --build "$BUILD_DIR" -j "$JOBS" --target scoring_tests detector_tests model_tests scan_bench scan_extract || exit 1
+run_step "BUILD scoring_tests detector_tests model_tests scan_bench scan_bench_encoder scan_extract" 360 \
+  cmake --build "$BUILD_DIR" -j "$JOBS" --target scoring_tests detector_tests model_tests scan_bench \
+  scan_bench_encoder scan_extract || exit 1
 # Which CUDA runtime and cuBLAS the binaries load: the CUDA scorer links the toolkit's cuBLAS, and
 # LibTorch's CUDA needs one too (a single libcublas.so.13 is loaded for both), which a symbol
 # error at start-up would point at.
@@ -173,6 +175,11 @@ run_step "TEST detector (CUDA ops)" 180 \
   "$BUILD_DIR"/tests/detector_tests --gtest_color=no --gtest_filter='*Cuda*:*cuda*' || true
 run_step "TEST model (CUDA encoders vs CPU)" 120 \
   "$BUILD_DIR"/tests/model_tests --gtest_color=no --gtest_filter='*Cuda*' || true
+# The BiGRU text encoder on the GPU, per call (a lone query's encoding is part of its 25 ms).
+run_step "BENCH text encoder on cuda (random model at the released sizes)" 90 bash -c "
+  python3 tools/make_random_scan_model.py /tmp/scanserve-random-model >/dev/null &&
+  '$BUILD_DIR/engine/scan_bench_encoder' --model=/tmp/scanserve-random-model --device=cuda \
+    --batch=1,16,64 --queries=64 --reps=3" || true
 # The CPU scoring tests too (quick), so that the CUDA build did not disturb them.
 run_step "TEST scoring (all other scoring tests)" 240 \
   "$BUILD_DIR"/tests/scoring_tests --gtest_color=no --gtest_brief=1 \

@@ -9,11 +9,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/safetensors.h"
 #include "engine/common/status_macros.h"
+#include "engine/model/openmp_threads.h"
 
 namespace scanserve {
 namespace {
@@ -90,10 +92,15 @@ ScanModel::~ScanModel() = default;
 
 absl::StatusOr<std::unique_ptr<ScanModel>> ScanModel::Load(const std::string& model_dir,
                                                            const ModelLoadOptions& options) {
+  if (options.cpu_openmp_threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("cpu_openmp_threads must be >= 0, got ",
+                                                   options.cpu_openmp_threads));
+  }
   SCANSERVE_ASSIGN_OR_RETURN(const torch::Device device, ResolveDevice(options.device));
   std::unique_ptr<ScanModel> model(new ScanModel());
   model->model_dir_ = model_dir;
   model->device_ = options.device;
+  model->cpu_openmp_threads_ = options.cpu_openmp_threads;
   SCANSERVE_ASSIGN_OR_RETURN(model->config_, ModelConfig::FromFile(model_dir + "/config.json"));
   const ModelConfig& c = model->config_;
   SCANSERVE_ASSIGN_OR_RETURN(Vocabulary vocab, Vocabulary::FromFile(model_dir + "/vocab.json"));
@@ -196,6 +203,10 @@ absl::StatusOr<std::vector<FloatMatrix>> ScanModel::EncodeCaptions(
     }
     max_len = std::max<int64_t>(max_len, static_cast<int64_t>(ids[i].size()));
   }
+  // On the CPU the small elementwise ops run on this thread alone (by default) and the products on
+  // the BLAS's threads: OpenMP threads beside those would contend for the cores (openmp_threads.h).
+  std::optional<ScopedOpenMpThreads> caller_only;
+  if (!device_.is_cuda() && cpu_openmp_threads_ > 0) caller_only.emplace(cpu_openmp_threads_);
   return CatchTorch("encoding captions", [&]() -> absl::StatusOr<std::vector<FloatMatrix>> {
     torch::NoGradGuard no_grad;
     const int64_t batch = static_cast<int64_t>(ids.size());
@@ -244,6 +255,8 @@ absl::StatusOr<FloatMatrix> ScanModel::EncodeRegions(const FloatMatrix& features
                                                      "non-finite value (NaN or infinity)"));
     }
   }
+  std::optional<ScopedOpenMpThreads> caller_only;  // as for captions
+  if (!device_.is_cuda() && cpu_openmp_threads_ > 0) caller_only.emplace(cpu_openmp_threads_);
   return CatchTorch("encoding regions", [&]() -> absl::StatusOr<FloatMatrix> {
     torch::NoGradGuard no_grad;
     torch::Tensor x = torch::from_blob(const_cast<float*>(features.data.data()),

@@ -21,6 +21,10 @@ namespace scanserve {
 
 struct ModelLoadOptions {
   int num_threads = 0;  // intra-op (CPU) threads for the encoders; 0 = all cores
+  // OpenMP threads for LibTorch's elementwise CPU ops while an encoder runs, on the calling thread
+  // (openmp_threads.h); the products keep the BLAS's threads. 1: the caller alone, which is much
+  // faster where the two pools share a few cores; 0: LibTorch's intra-op setting.
+  int cpu_openmp_threads = 1;
   // Where the weights live and the encoders run. CUDA turns off TF32 for cuDNN process-wide, so
   // that the GRU keeps fp32 precision (equal to the CPU path up to float rounding).
   EncoderDevice device;
@@ -63,6 +67,7 @@ class ScanModel {
 
   std::string model_dir_;
   EncoderDevice device_;
+  int cpu_openmp_threads_ = 1;
   ModelConfig config_;
   std::unique_ptr<Vocabulary> vocabulary_;
   std::unique_ptr<Weights> weights_;

@@ -53,6 +53,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -70,6 +71,7 @@
 #include "engine/scoring/cpu_scorer.h"
 #include "engine/scoring/gemm.h"
 #include "engine/scoring/streaming_gemm.h"
+#include "engine/tools/bench_util.h"
 #include "engine/scoring/reference_scorer.h"
 #include "engine/scoring/scorer.h"
 #ifdef SCANSERVE_WITH_CUDA
@@ -126,9 +128,9 @@ struct Flags {
 }
 
 int64_t ParseInt(const std::string& name, const std::string& v) {
-  int64_t x;
-  if (!absl::SimpleAtoi(v, &x)) Usage(absl::StrCat("--", name, ": not an integer: '", v, "'"));
-  return x;
+  const std::optional<int64_t> x = bench::ParseInt64(v);
+  if (!x) Usage(absl::StrCat("--", name, ": not an integer: '", v, "'"));
+  return *x;
 }
 
 Flags ParseFlags(int argc, char** argv) {
@@ -287,11 +289,8 @@ Flags ParseFlags(int argc, char** argv) {
 }
 
 
-double NowMs() {
-  return std::chrono::duration<double, std::milli>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+using bench::NowMs;
+using bench::Percentile;
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -352,12 +351,6 @@ void PrintRow(const Row& r, int64_t images, double ref_wall, double ref_cpu) {
 
 // ---------------------------------------------------------------------------------------------
 // --backend=cuda
-
-[[maybe_unused]] double Percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  const size_t i = static_cast<size_t>(std::ceil(p / 100.0 * v.size()));
-  return v[std::min(v.size() - 1, i == 0 ? 0 : i - 1)];
-}
 
 int RunCuda(const Flags& f) {
 #ifndef SCANSERVE_WITH_CUDA
