@@ -71,9 +71,9 @@
 #include "engine/scoring/cpu_scorer.h"
 #include "engine/scoring/gemm.h"
 #include "engine/scoring/streaming_gemm.h"
-#include "engine/tools/bench_util.h"
 #include "engine/scoring/reference_scorer.h"
 #include "engine/scoring/scorer.h"
+#include "engine/tools/bench_util.h"
 #ifdef SCANSERVE_WITH_CUDA
 #include "engine/scoring/cuda_scorer.h"
 #endif
