@@ -1,7 +1,7 @@
 // The streaming GEMM's tiles, written once for any vector width. Included only by the per-ISA
 // kernel files, each with its own vector type `V` from an anonymous namespace, so every
-// instantiation is local to its file and compiled for its ISA. No standard headers: see
-// streaming_gemm_kernels.h.
+// instantiation is local to its file and compiled for its ISA. No standard headers beyond
+// <cstdint>'s types, which bring no inline functions: see streaming_gemm_kernels.h.
 //
 // V provides: type `Reg`, kLanes, Zero(), Load(const float*), Fma(a, b, acc) = a * b + acc,
 // Prefetch(const void*) (into L1), Sum(Reg) -> float, and LoadPairs(const uint16_t*, Reg* even,

@@ -44,7 +44,6 @@
 // store (CudaScorer::set_query_precision), e.g. --kernels=gemm,auto,auto:q-bf16; each precision's
 // mean top-10 overlap with fp32 storage is printed when fp32 is among --storage.
 #include <algorithm>
-#include <chrono>
 #include <cinttypes>
 #include <cmath>
 #include <cstdint>
