@@ -62,6 +62,11 @@ Commands:
       an image file (JPEG/PNG/WebP) sent as bytes, whose regions, boxes and labels the server's
       detector extracts (needs --detector-dir on the server)
   delete (--image ID | --caption ID)...
+  get (--image ID | --caption ID)...
+      stored items as they were sent: collection, metadata, caption text; an image's region count,
+      boxes and labels (not its features). Exit 3 when an id is unknown
+  list images|captions [--collection C] [--page-size N] [--limit N]
+      stored ids in byte order, one per line, every page (or the first --limit ids)
   stats
       counts, models, memory, version
   health [--service NAME]
@@ -386,6 +391,96 @@ int Delete(Connection& connection, const std::vector<std::string>& argv, bool js
   return exit_code;
 }
 
+int Get(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"image", "caption"}, {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (!args->positionals().empty()) return UsageError("get takes --image ID and --caption ID flags only");
+  v1::GetItemsRequest request;
+  for (const std::string& id : args->Values("image")) request.add_image_ids(id);
+  for (const std::string& id : args->Values("caption")) request.add_caption_ids(id);
+  if (request.image_ids_size() + request.caption_ids_size() == 0) {
+    return UsageError("get needs at least one --image ID or --caption ID");
+  }
+  v1::GetItemsResponse response;
+  const grpc::Status status = connection.scan().GetItems(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("GetItems", status);
+  if (json) PrintJson(response);
+  Table table({"kind", "id", "result", "collection", "content", "metadata"});
+  int exit_code = kExitOk;
+  for (const v1::StoredImage& image : response.images()) {
+    exit_code = CombineItemExitCodes(exit_code, ItemExitCode(image.status().code()));
+    if (image.status().code() != 0) {
+      table.AddRow({"image", image.status().id(), StatusCodeName(image.status().code()), "", image.status().message(), ""});
+      continue;
+    }
+    std::string content = absl::StrCat(image.num_regions(), " regions");
+    if (image.image().boxes_size() > 0) absl::StrAppend(&content, ", boxes");
+    if (image.image().labels_size() > 0) {
+      const int shown = std::min(image.image().labels_size(), 3);
+      absl::StrAppend(&content, ", labels ");
+      for (int i = 0; i < shown; ++i) absl::StrAppend(&content, i > 0 ? "/" : "", image.image().labels(i));
+      if (shown < image.image().labels_size()) absl::StrAppend(&content, "/...");
+    }
+    if (image.synthetic()) absl::StrAppend(&content, " (synthetic, not stored)");
+    table.AddRow({"image", image.image().id(), "OK", image.image().collection(), content,
+                  FormatMetadata(image.image().metadata())});
+  }
+  for (const v1::StoredCaption& caption : response.captions()) {
+    exit_code = CombineItemExitCodes(exit_code, ItemExitCode(caption.status().code()));
+    if (caption.status().code() != 0) {
+      table.AddRow({"caption", caption.status().id(), StatusCodeName(caption.status().code()), "",
+                    caption.status().message(), ""});
+      continue;
+    }
+    table.AddRow({"caption", caption.caption().id(), "OK", caption.caption().collection(),
+                  caption.synthetic() ? caption.caption().text() + " (synthetic, not stored)" : caption.caption().text(),
+                  FormatMetadata(caption.caption().metadata())});
+  }
+  if (!json) table.Print(exit_code == kExitOk ? stdout : stderr);
+  return exit_code;
+}
+
+int List(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"collection", "page-size", "limit"}, {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (args->positionals().size() != 1 ||
+      (args->positionals()[0] != "images" && args->positionals()[0] != "captions")) {
+    return UsageError("usage: list images|captions [--collection C] [--page-size N] [--limit N]");
+  }
+  absl::StatusOr<std::optional<int64_t>> page_size = args->Int("page-size", 1, 10000);
+  if (!page_size.ok()) return UsageError(std::string(page_size.status().message()));
+  absl::StatusOr<std::optional<int64_t>> limit = args->Int("limit", 1, int64_t{1} << 40);
+  if (!limit.ok()) return UsageError(std::string(limit.status().message()));
+  v1::ListItemsRequest request;
+  request.set_kind(args->positionals()[0] == "images" ? v1::ITEM_KIND_IMAGE : v1::ITEM_KIND_CAPTION);
+  request.set_collection(args->Value("collection").value_or(""));
+  // --json: one document, every listed id and the server's token for the rest (empty at the end).
+  // With --limit, the last page asks for just what is left, so that its token resumes exactly there.
+  v1::ListItemsResponse all;
+  int64_t listed = 0;
+  while (true) {
+    int64_t want = page_size->value_or(0);  // 0: the server's default (1000)
+    if (limit->has_value()) want = std::min(want == 0 ? 1000 : want, **limit - listed);
+    request.set_page_size(static_cast<int32_t>(want));
+    v1::ListItemsResponse page;
+    const grpc::Status status = connection.scan().ListItems(connection.NewContext().get(), request, &page);
+    if (!status.ok()) return RpcFailed("ListItems", status);
+    for (const std::string& id : page.ids()) {
+      if (json) {
+        all.add_ids(id);
+      } else {
+        std::printf("%s\n", id.c_str());
+      }
+    }
+    listed += page.ids_size();
+    all.set_next_page_token(page.next_page_token());
+    if (page.next_page_token().empty() || (limit->has_value() && listed >= **limit)) break;
+    request.set_page_token(page.next_page_token());
+  }
+  if (json) PrintJson(all);
+  return kExitOk;
+}
+
 int Stats(Connection& connection, const std::vector<std::string>& argv, bool json) {
   if (!argv.empty()) return UsageError("stats takes no arguments");
   v1::GetStatsResponse response;
@@ -691,8 +786,9 @@ int Main(int argc, char** argv) {
   using Command = int (*)(Connection&, const std::vector<std::string>&, bool);
   const std::map<std::string, Command> commands = {
       {"search-images", SearchImages}, {"search-captions", SearchCaptions}, {"upsert-caption", UpsertCaption},
-      {"upsert-image", UpsertImage},   {"delete", Delete},                  {"stats", Stats},
-      {"health", Health},              {"import", Import}};
+      {"upsert-image", UpsertImage},   {"delete", Delete},                  {"get", Get},
+      {"list", List},                  {"stats", Stats},                    {"health", Health},
+      {"import", Import}};
   const auto it = commands.find(command);
   if (it == commands.end()) return UsageError(absl::StrCat("unknown command '", command, "'"));
   absl::StatusOr<std::unique_ptr<Connection>> connection = Connection::Create(connection_options);

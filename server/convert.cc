@@ -273,6 +273,31 @@ CaptionItem CaptionItemFromProto(const v1::Caption& caption) {
   return item;
 }
 
+absl::StatusOr<ItemKind> ItemKindFromProto(const v1::ListItemsRequest& request) {
+  switch (request.kind()) {
+    case v1::ITEM_KIND_IMAGE:
+      return ItemKind::kImage;
+    case v1::ITEM_KIND_CAPTION:
+      return ItemKind::kCaption;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("kind must be ITEM_KIND_IMAGE or ITEM_KIND_CAPTION, got ", request.kind()));
+  }
+}
+
+absl::StatusOr<ListParams> ListParamsFromProto(const v1::ListItemsRequest& request) {
+  if (request.page_size() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size must be >= 0, got ", request.page_size()));
+  }
+  ListParams params;
+  params.collection = request.collection();
+  params.page_size = request.page_size() == 0
+                         ? kDefaultListPageSize
+                         : std::min<int64_t>(request.page_size(), RetrievalLimits::kMaxListPageSize);
+  params.page_token = request.page_token();
+  return params;
+}
+
 void ImageHitsToProto(const std::vector<ImageHit>& hits, v1::ImageHits* out) {
   out->mutable_hits()->Reserve(static_cast<int>(hits.size()));
   for (const ImageHit& hit : hits) {
@@ -312,6 +337,36 @@ void ItemStatusToProto(const std::string& id, const absl::Status& status, v1::It
 
 void ItemResultToProto(const ItemResult& result, v1::ItemStatus* out) {
   ItemStatusToProto(result.id, result.status, out);
+}
+
+void StoredImageToProto(const StoredImageInfo& info, v1::StoredImage* out) {
+  ItemStatusToProto(info.item.id, info.status, out->mutable_status());
+  v1::Image* image = out->mutable_image();
+  image->set_id(info.item.id);
+  if (!info.status.ok()) return;
+  image->set_collection(info.item.collection);
+  MetadataToProto(info.item.metadata, image->mutable_metadata());
+  for (const Box& box : info.item.boxes) BoxToProto(box, image->add_boxes());
+  for (const std::string& label : info.item.labels) image->add_labels(label);
+  out->set_num_regions(static_cast<int32_t>(info.num_regions));
+  out->set_synthetic(info.synthetic);
+}
+
+void StoredCaptionToProto(const StoredCaptionInfo& info, v1::StoredCaption* out) {
+  ItemStatusToProto(info.item.id, info.status, out->mutable_status());
+  v1::Caption* caption = out->mutable_caption();
+  caption->set_id(info.item.id);
+  if (!info.status.ok()) return;
+  caption->set_collection(info.item.collection);
+  MetadataToProto(info.item.metadata, caption->mutable_metadata());
+  caption->set_text(info.item.text);
+  out->set_synthetic(info.synthetic);
+}
+
+void ItemPageToProto(const ItemPage& page, v1::ListItemsResponse* out) {
+  out->mutable_ids()->Reserve(static_cast<int>(page.ids.size()));
+  for (const std::string& id : page.ids) out->add_ids(id);
+  out->set_next_page_token(page.next_page_token);
 }
 
 void StatsToProto(const EngineStats& stats, const std::vector<std::string>& model_dirs,

@@ -71,12 +71,21 @@ absl::Status CheckImageForDetection(const v1::Image& image);
 absl::StatusOr<ImageItem> ImageItemFromDetection(const v1::Image& image, absl::StatusOr<DetectedRegions> regions);
 CaptionItem CaptionItemFromProto(const v1::Caption& caption);
 
+// ListItems: the kind, and a page size 0 -> kDefaultListPageSize, above the largest -> the largest.
+// INVALID_ARGUMENT for an unspecified kind or a negative page size.
+inline constexpr int kDefaultListPageSize = 1000;
+absl::StatusOr<ItemKind> ItemKindFromProto(const v1::ListItemsRequest& request);
+absl::StatusOr<ListParams> ListParamsFromProto(const v1::ListItemsRequest& request);
+
 // ---- engine -> responses ----
 
 void ImageHitsToProto(const std::vector<ImageHit>& hits, v1::ImageHits* out);
 void CaptionHitsToProto(const std::vector<CaptionHit>& hits, v1::CaptionHits* out);
 void ItemStatusToProto(const std::string& id, const absl::Status& status, v1::ItemStatus* out);
 void ItemResultToProto(const ItemResult& result, v1::ItemStatus* out);
+void StoredImageToProto(const StoredImageInfo& info, v1::StoredImage* out);
+void StoredCaptionToProto(const StoredCaptionInfo& info, v1::StoredCaption* out);
+void ItemPageToProto(const ItemPage& page, v1::ListItemsResponse* out);
 
 // `model_dirs` name the loaded models in order (the engine reports one summary per model);
 // `detector` describes the loaded detector (nullptr: none).

@@ -189,6 +189,43 @@ grpc::Status ScanServiceImpl::Ingest(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+grpc::Status ScanServiceImpl::GetItems(grpc::ServerContext* context, const v1::GetItemsRequest* request,
+                                       v1::GetItemsResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  const size_t num_ids = static_cast<size_t>(request->image_ids_size() + request->caption_ids_size());
+  if (num_ids > RetrievalLimits::kMaxGetIds) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        absl::StrCat("at most ", RetrievalLimits::kMaxGetIds, " ids per GetItems, got ", num_ids)));
+  }
+  if (request->image_ids_size() > 0) {
+    const std::vector<std::string> ids(request->image_ids().begin(), request->image_ids().end());
+    absl::StatusOr<std::vector<StoredImageInfo>> images = engine_->GetImages(ids);
+    if (!images.ok()) return ToGrpcStatus(images.status());
+    for (const StoredImageInfo& image : *images) StoredImageToProto(image, response->add_images());
+  }
+  if (request->caption_ids_size() > 0) {
+    const std::vector<std::string> ids(request->caption_ids().begin(), request->caption_ids().end());
+    absl::StatusOr<std::vector<StoredCaptionInfo>> captions = engine_->GetCaptions(ids);
+    if (!captions.ok()) return ToGrpcStatus(captions.status());
+    for (const StoredCaptionInfo& caption : *captions) StoredCaptionToProto(caption, response->add_captions());
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status ScanServiceImpl::ListItems(grpc::ServerContext* context, const v1::ListItemsRequest* request,
+                                        v1::ListItemsResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  absl::StatusOr<ItemKind> kind = ItemKindFromProto(*request);
+  if (!kind.ok()) return ToGrpcStatus(kind.status());
+  absl::StatusOr<ListParams> params = ListParamsFromProto(*request);
+  if (!params.ok()) return ToGrpcStatus(params.status());
+  absl::StatusOr<ItemPage> page =
+      *kind == ItemKind::kImage ? engine_->ListImages(*params) : engine_->ListCaptions(*params);
+  if (!page.ok()) return ToGrpcStatus(page.status());
+  ItemPageToProto(*page, response);
+  return grpc::Status::OK;
+}
+
 grpc::Status ScanServiceImpl::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                                        v1::GetStatsResponse* response) {
   if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);

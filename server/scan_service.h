@@ -46,6 +46,10 @@ class ScanServiceImpl final : public v1::ScanService::Service {
                       v1::DeleteResponse* response) override;
   grpc::Status Ingest(grpc::ServerContext* context,
                       grpc::ServerReaderWriter<v1::IngestResponse, v1::IngestRequest>* stream) override;
+  grpc::Status GetItems(grpc::ServerContext* context, const v1::GetItemsRequest* request,
+                        v1::GetItemsResponse* response) override;
+  grpc::Status ListItems(grpc::ServerContext* context, const v1::ListItemsRequest* request,
+                         v1::ListItemsResponse* response) override;
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::GetStatsResponse* response) override;
 

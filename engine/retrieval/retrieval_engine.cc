@@ -19,6 +19,7 @@
 #include "engine/retrieval/retrieval_engine.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -29,6 +30,7 @@
 #include <shared_mutex>
 #include <utility>
 
+#include "absl/container/btree_map.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
@@ -72,7 +74,7 @@ struct CatalogEntry {
 
 // The stored items of one kind.
 struct Catalog {
-  absl::flat_hash_map<std::string, int64_t> key_of_id;
+  absl::btree_map<std::string, int64_t> key_of_id;  // ordered: List pages through it
   absl::flat_hash_map<int64_t, CatalogEntry> entries;
   int64_t feature_bytes = 0;
   int64_t synthetic = 0;  // synthetic entries
@@ -207,6 +209,12 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   std::vector<ItemResult> UpsertCaptions(std::vector<CaptionItem> items) override;
   std::vector<ItemResult> DeleteImages(absl::Span<const std::string> ids) override;
   std::vector<ItemResult> DeleteCaptions(absl::Span<const std::string> ids) override;
+  absl::StatusOr<std::vector<StoredImageInfo>> GetImages(
+      absl::Span<const std::string> ids) const override;
+  absl::StatusOr<std::vector<StoredCaptionInfo>> GetCaptions(
+      absl::Span<const std::string> ids) const override;
+  absl::StatusOr<ItemPage> ListImages(const ListParams& params) const override;
+  absl::StatusOr<ItemPage> ListCaptions(const ListParams& params) const override;
   absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(
       const std::vector<std::string>& queries, const SearchParams& params) const override;
   absl::StatusOr<std::vector<std::vector<CaptionHit>>> SearchCaptions(
@@ -245,6 +253,9 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   template <typename Record>
   absl::Status Publish(const std::vector<Record>& records, ItemKind kind);
   std::vector<ItemResult> Delete(absl::Span<const std::string> ids, ItemKind kind);
+  template <typename Info>
+  absl::StatusOr<std::vector<Info>> Get(absl::Span<const std::string> ids, ItemKind kind) const;
+  absl::StatusOr<ItemPage> List(const ListParams& params, ItemKind kind) const;
 
   absl::Status ValidateParams(const SearchParams& params, size_t num_queries) const;
   // Model-averaged scores of queries (per model: one view per query) against the `side` scorers,
@@ -865,6 +876,153 @@ std::vector<ItemResult> ScanRetrievalEngine::DeleteImages(absl::Span<const std::
 
 std::vector<ItemResult> ScanRetrievalEngine::DeleteCaptions(absl::Span<const std::string> ids) {
   return Delete(ids, ItemKind::kCaption);
+}
+
+// ---- Reading back -----------------------------------------------------------------------------
+
+constexpr size_t kGetChunk = 64;  // records read from the store at once (each decodes its embeddings)
+
+absl::StatusOr<std::vector<std::optional<StoredImage>>> ReadRecords(
+    const FeatureStore& store, absl::Span<const std::string> ids, const StoredImageInfo*) {
+  return store.GetImages(ids);
+}
+absl::StatusOr<std::vector<std::optional<StoredCaption>>> ReadRecords(
+    const FeatureStore& store, absl::Span<const std::string> ids, const StoredCaptionInfo*) {
+  return store.GetCaptions(ids);
+}
+
+void FillInfo(StoredImage& record, StoredImageInfo* info) {
+  info->item.collection = std::move(record.collection);
+  info->item.metadata = std::move(record.metadata);
+  info->num_regions = record.num_regions;
+  for (const std::array<float, 4>& b : record.boxes) {
+    info->item.boxes.push_back(Box{b[0], b[1], b[2], b[3]});
+  }
+  info->item.labels = std::move(record.labels);
+}
+void FillInfo(StoredCaption& record, StoredCaptionInfo* info) {
+  info->item.collection = std::move(record.collection);
+  info->item.metadata = std::move(record.metadata);
+  info->item.text = std::move(record.text);
+}
+
+// Synthetic items live in the catalog only.
+void FillSynthetic(const CatalogEntry& entry, StoredImageInfo* info) {
+  info->item.collection = entry.collection;
+  info->item.metadata = entry.metadata;
+  info->num_regions = kSyntheticImageRegions;
+  info->synthetic = true;
+}
+void FillSynthetic(const CatalogEntry& entry, StoredCaptionInfo* info) {
+  info->item.collection = entry.collection;
+  info->item.metadata = entry.metadata;
+  info->item.text = entry.text;
+  info->synthetic = true;
+}
+
+// From the store, whose records are what was acknowledged; ids it lacks may be synthetic.
+template <typename Info>
+absl::StatusOr<std::vector<Info>> ScanRetrievalEngine::Get(absl::Span<const std::string> ids,
+                                                           ItemKind kind) const {
+  const char* kind_name = kind == ItemKind::kImage ? "image" : "caption";
+  if (ids.size() > RetrievalLimits::kMaxGetIds) {
+    return absl::InvalidArgumentError(absl::StrCat("at most ", RetrievalLimits::kMaxGetIds, " ",
+                                                   kind_name, " ids per call, got ", ids.size()));
+  }
+  {
+    std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
+    if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  }
+  std::vector<Info> out(ids.size());
+  std::vector<std::string> wanted;
+  std::vector<size_t> index;  // out's index of each wanted id
+  for (size_t i = 0; i < ids.size(); ++i) {
+    out[i].item.id = ids[i];
+    out[i].status = ValidateId(ids[i]);
+    if (!out[i].status.ok()) continue;
+    wanted.push_back(ids[i]);
+    index.push_back(i);
+  }
+  std::vector<size_t> absent;
+  for (size_t begin = 0; begin < wanted.size(); begin += kGetChunk) {
+    const absl::Span<const std::string> chunk =
+        absl::MakeConstSpan(wanted).subspan(begin, kGetChunk);
+    SCANSERVE_ASSIGN_OR_RETURN(auto records,
+                               ReadRecords(*store_, chunk, static_cast<const Info*>(nullptr)));
+    for (size_t j = 0; j < chunk.size(); ++j) {
+      if (records[j].has_value()) {
+        FillInfo(*records[j], &out[index[begin + j]]);
+      } else {
+        absent.push_back(index[begin + j]);
+      }
+    }
+  }
+  if (absent.empty()) return out;
+  std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
+  const Catalog& items = catalog(kind);
+  for (size_t i : absent) {
+    auto it = items.key_of_id.find(ids[i]);
+    if (it != items.key_of_id.end() && items.Get(it->second).synthetic()) {
+      FillSynthetic(items.Get(it->second), &out[i]);
+    } else {
+      out[i].status =
+          absl::NotFoundError(absl::StrCat("no stored ", kind_name, " ", QuoteId(ids[i])));
+    }
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<StoredImageInfo>> ScanRetrievalEngine::GetImages(
+    absl::Span<const std::string> ids) const {
+  return Get<StoredImageInfo>(ids, ItemKind::kImage);
+}
+
+absl::StatusOr<std::vector<StoredCaptionInfo>> ScanRetrievalEngine::GetCaptions(
+    absl::Span<const std::string> ids) const {
+  return Get<StoredCaptionInfo>(ids, ItemKind::kCaption);
+}
+
+// From the catalog: what searches see. The page token is the page's last id, so that a page
+// resumes after it whatever was written in between.
+absl::StatusOr<ItemPage> ScanRetrievalEngine::List(const ListParams& params, ItemKind kind) const {
+  if (params.page_size < 1 || params.page_size > RetrievalLimits::kMaxListPageSize) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size must be in 1..",
+                                                   RetrievalLimits::kMaxListPageSize, ", got ",
+                                                   params.page_size));
+  }
+  if (params.collection.size() > RetrievalLimits::kMaxCollectionBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("the collection is ", params.collection.size(),
+                                                   " bytes; at most ",
+                                                   RetrievalLimits::kMaxCollectionBytes));
+  }
+  if (params.page_token.size() > RetrievalLimits::kMaxIdBytes) {
+    return absl::InvalidArgumentError("page_token is not one this server gave");
+  }
+  std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
+  if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  const Catalog& items = catalog(kind);
+  ItemPage page;
+  auto it = params.page_token.empty() ? items.key_of_id.begin()
+                                      : items.key_of_id.upper_bound(params.page_token);
+  for (; it != items.key_of_id.end(); ++it) {
+    if (!params.collection.empty() && items.Get(it->second).collection != params.collection) {
+      continue;
+    }
+    if (static_cast<int64_t>(page.ids.size()) == params.page_size) {
+      page.next_page_token = page.ids.back();  // one more matches: there is a next page
+      break;
+    }
+    page.ids.push_back(it->first);
+  }
+  return page;
+}
+
+absl::StatusOr<ItemPage> ScanRetrievalEngine::ListImages(const ListParams& params) const {
+  return List(params, ItemKind::kImage);
+}
+
+absl::StatusOr<ItemPage> ScanRetrievalEngine::ListCaptions(const ListParams& params) const {
+  return List(params, ItemKind::kCaption);
 }
 
 // ---- Searching --------------------------------------------------------------------------------

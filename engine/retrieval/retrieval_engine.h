@@ -38,6 +38,9 @@ struct RetrievalLimits {
   static constexpr size_t kMaxMetadataValueBytes = 4096;
   static constexpr size_t kMaxCaptionBytes = 64 * 1024;  // also at most Scorer::kMaxRows tokens
   static constexpr size_t kMaxLabelBytes = 256;
+  // Reading back: ids per GetImages/GetCaptions call, ids per ListImages/ListCaptions page.
+  static constexpr size_t kMaxGetIds = 1000;
+  static constexpr int64_t kMaxListPageSize = 10000;
 };
 
 struct RetrievalEngineOptions {
@@ -141,6 +144,33 @@ struct ItemResult {
   absl::Status status;
 };
 
+// One item as GetImages / GetCaptions read it back: what the caller sent with it, less the region
+// features (the store keeps each model's embeddings of them, not the input).
+struct StoredImageInfo {
+  absl::Status status;      // OK; NOT_FOUND for an unknown id; INVALID_ARGUMENT for a malformed one
+  ImageItem item;           // id, collection, metadata, boxes, labels; region_features empty
+  int64_t num_regions = 0;
+  bool synthetic = false;   // added at start (RetrievalEngineOptions::synthetic_images), not stored
+};
+
+struct StoredCaptionInfo {
+  absl::Status status;
+  CaptionItem item;         // id, collection, metadata, text
+  bool synthetic = false;
+};
+
+// A page of stored ids (ListImages / ListCaptions), in byte order.
+struct ListParams {
+  std::string collection;    // empty: every collection
+  int64_t page_size = 1000;  // 1..RetrievalLimits::kMaxListPageSize
+  std::string page_token;    // empty: from the first id; else a previous page's next_page_token
+};
+
+struct ItemPage {
+  std::vector<std::string> ids;
+  std::string next_page_token;  // empty: this is the last page
+};
+
 // Where one direction's search time went, summed over every search since the engine started.
 struct SearchPhaseSeconds {
   double encode = 0;  // queries to embeddings (tokenising + BiGRU; region FC, stored-image reads)
@@ -211,6 +241,20 @@ class RetrievalEngine {
   // Deletes durably; unknown ids come back NOT_FOUND per item.
   virtual std::vector<ItemResult> DeleteImages(absl::Span<const std::string> ids) = 0;
   virtual std::vector<ItemResult> DeleteCaptions(absl::Span<const std::string> ids) = 0;
+
+  // Reading back, from the store (synthetic items from memory): results[i] belongs to ids[i], an
+  // unknown or malformed id failing alone. The call fails for more than kMaxGetIds ids
+  // (INVALID_ARGUMENT), a closed engine (FAILED_PRECONDITION) or an unreadable store (its error,
+  // DATA_LOSS for a corrupt record).
+  virtual absl::StatusOr<std::vector<StoredImageInfo>> GetImages(
+      absl::Span<const std::string> ids) const = 0;
+  virtual absl::StatusOr<std::vector<StoredCaptionInfo>> GetCaptions(
+      absl::Span<const std::string> ids) const = 0;
+  // The ids searches would see now, in byte order, after params.page_token, of params.collection
+  // when set. Each page is consistent by itself; items upserted or deleted between pages show or
+  // vanish by their place in that order. A bad page size, collection or token is INVALID_ARGUMENT.
+  virtual absl::StatusOr<ItemPage> ListImages(const ListParams& params) const = 0;
+  virtual absl::StatusOr<ItemPage> ListCaptions(const ListParams& params) const = 0;
 
   // Text->image: every caption query scored in one pass over the stored images. Empty queries,
   // top_k outside 1..max_top_k are INVALID_ARGUMENT; results[i] belongs to queries[i].

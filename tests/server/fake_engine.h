@@ -80,6 +80,50 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     return results;
   }
 
+  absl::StatusOr<std::vector<StoredImageInfo>> GetImages(absl::Span<const std::string> ids) const override {
+    if (ids.size() > RetrievalLimits::kMaxGetIds) return absl::InvalidArgumentError("too many ids");
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<StoredImageInfo> out(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      out[i].item.id = ids[i];
+      const auto it = images_.find(ids[i]);
+      if (it == images_.end()) {
+        out[i].status = absl::NotFoundError(absl::StrCat("no image '", ids[i], "'"));
+        continue;
+      }
+      out[i].item = it->second;
+      out[i].item.region_features = FloatMatrix();
+      out[i].num_regions = it->second.region_features.rows;
+    }
+    return out;
+  }
+
+  absl::StatusOr<std::vector<StoredCaptionInfo>> GetCaptions(absl::Span<const std::string> ids) const override {
+    if (ids.size() > RetrievalLimits::kMaxGetIds) return absl::InvalidArgumentError("too many ids");
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<StoredCaptionInfo> out(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      out[i].item.id = ids[i];
+      const auto it = captions_.find(ids[i]);
+      if (it == captions_.end()) {
+        out[i].status = absl::NotFoundError(absl::StrCat("no caption '", ids[i], "'"));
+        continue;
+      }
+      out[i].item = it->second;
+    }
+    return out;
+  }
+
+  absl::StatusOr<ItemPage> ListImages(const ListParams& params) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return Page(images_, params);
+  }
+
+  absl::StatusOr<ItemPage> ListCaptions(const ListParams& params) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return Page(captions_, params);
+  }
+
   absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(const std::vector<std::string>& queries,
                                                                   const SearchParams& params) const override {
     ++search_images_calls;
@@ -187,6 +231,23 @@ class FakeRetrievalEngine final : public RetrievalEngine {
   int64_t max_images = 1000;
 
  private:
+  template <typename Item>
+  static absl::StatusOr<ItemPage> Page(const std::map<std::string, Item>& items, const ListParams& params) {
+    if (params.page_size < 1 || params.page_size > RetrievalLimits::kMaxListPageSize) {
+      return absl::InvalidArgumentError("page_size out of range");
+    }
+    ItemPage page;
+    for (auto it = items.upper_bound(params.page_token); it != items.end(); ++it) {
+      if (!params.collection.empty() && it->second.collection != params.collection) continue;
+      if (static_cast<int64_t>(page.ids.size()) == params.page_size) {
+        page.next_page_token = page.ids.back();
+        break;
+      }
+      page.ids.push_back(it->first);
+    }
+    return page;
+  }
+
   static bool Matches(const std::string& collection, const Metadata& metadata, const SearchFilter& filter) {
     if (!filter.collection.empty() && filter.collection != collection) return false;
     for (const auto& [key, value] : filter.metadata) {

@@ -174,6 +174,96 @@ TEST_F(ServerTest, UpsertSearchDeleteStats) {
   EXPECT_EQ(stats.models(0).summary(), "fake model");
 }
 
+TEST_F(ServerTest, GetItemsAndListItemsReadBackWhatWasStored) {
+  Start();
+  v1::UpsertImagesRequest upsert;
+  v1::Image* image = upsert.add_images();
+  *image = MakeImage("boxed", 0.3f, "a");
+  (*image->mutable_metadata())["k"] = "v";
+  for (int r = 0; r < 2; ++r) {
+    v1::Box* box = image->add_boxes();
+    box->set_x1(r);
+    box->set_y1(1);
+    box->set_x2(r + 5.5f);
+    box->set_y2(9);
+    image->add_labels("label " + std::to_string(r));
+  }
+  v1::UpsertImagesResponse upserted;
+  ASSERT_TRUE(stub_->UpsertImages(Context().get(), upsert, &upserted).ok());
+  ASSERT_EQ(upserted.results(0).code(), 0) << upserted.results(0).message();
+  UpsertThreeImages();
+  v1::UpsertCaptionsRequest captions;
+  v1::Caption* caption = captions.add_captions();
+  caption->set_id("c1");
+  caption->set_text("a dog runs");
+  caption->set_collection("a");
+  v1::UpsertCaptionsResponse caption_response;
+  ASSERT_TRUE(stub_->UpsertCaptions(Context().get(), captions, &caption_response).ok());
+
+  v1::GetItemsRequest get;
+  get.add_image_ids("boxed");
+  get.add_image_ids("never");
+  get.add_caption_ids("c1");
+  v1::GetItemsResponse got;
+  ASSERT_TRUE(stub_->GetItems(Context().get(), get, &got).ok());
+  ASSERT_EQ(got.images_size(), 2);
+  EXPECT_EQ(got.images(0).status().code(), 0) << got.images(0).status().message();
+  EXPECT_EQ(got.images(0).image().id(), "boxed");
+  EXPECT_EQ(got.images(0).image().collection(), "a");
+  EXPECT_EQ(got.images(0).image().metadata().at("k"), "v");
+  EXPECT_EQ(got.images(0).num_regions(), 2);
+  ASSERT_EQ(got.images(0).image().boxes_size(), 2);
+  EXPECT_EQ(got.images(0).image().boxes(1).x2(), 6.5f);
+  EXPECT_EQ(got.images(0).image().labels(1), "label 1");
+  EXPECT_FALSE(got.images(0).image().has_region_features()) << "features are not read back";
+  EXPECT_EQ(got.images(1).status().code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
+  EXPECT_EQ(got.images(1).status().id(), "never");
+  ASSERT_EQ(got.captions_size(), 1);
+  EXPECT_EQ(got.captions(0).caption().text(), "a dog runs");
+  EXPECT_EQ(got.captions(0).caption().collection(), "a");
+
+  v1::GetItemsRequest too_many;
+  for (int i = 0; i <= 1000; ++i) too_many.add_caption_ids("c1");
+  EXPECT_EQ(stub_->GetItems(Context().get(), too_many, &got).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  // Pages of two, following the tokens: every id once, in byte order.
+  v1::ListItemsRequest list;
+  list.set_kind(v1::ITEM_KIND_IMAGE);
+  list.set_page_size(2);
+  std::vector<std::string> ids;
+  for (int pages = 0; pages < 10; ++pages) {
+    v1::ListItemsResponse page;
+    ASSERT_TRUE(stub_->ListItems(Context().get(), list, &page).ok());
+    ids.insert(ids.end(), page.ids().begin(), page.ids().end());
+    if (page.next_page_token().empty()) break;
+    list.set_page_token(page.next_page_token());
+  }
+  EXPECT_EQ(ids, (std::vector<std::string>{"boxed", "high", "low", "mid"}));
+  v1::ListItemsRequest in_a;
+  in_a.set_kind(v1::ITEM_KIND_IMAGE);
+  in_a.set_collection("a");
+  v1::ListItemsResponse page;
+  ASSERT_TRUE(stub_->ListItems(Context().get(), in_a, &page).ok());  // page_size 0: the default
+  EXPECT_EQ(std::vector<std::string>(page.ids().begin(), page.ids().end()),
+            (std::vector<std::string>{"boxed", "low", "mid"}));
+  EXPECT_TRUE(page.next_page_token().empty());
+  in_a.set_kind(v1::ITEM_KIND_CAPTION);
+  ASSERT_TRUE(stub_->ListItems(Context().get(), in_a, &page).ok());
+  EXPECT_EQ(std::vector<std::string>(page.ids().begin(), page.ids().end()), std::vector<std::string>{"c1"});
+
+  v1::ListItemsRequest no_kind;
+  EXPECT_EQ(stub_->ListItems(Context().get(), no_kind, &page).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::ListItemsRequest negative;
+  negative.set_kind(v1::ITEM_KIND_CAPTION);
+  negative.set_page_size(-1);
+  EXPECT_EQ(stub_->ListItems(Context().get(), negative, &page).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::ListItemsRequest huge;
+  huge.set_kind(v1::ITEM_KIND_IMAGE);
+  huge.set_page_size(1 << 30);  // served as the largest page
+  ASSERT_TRUE(stub_->ListItems(Context().get(), huge, &page).ok());
+  EXPECT_EQ(page.ids_size(), 4);
+}
+
 TEST_F(ServerTest, BadInputsGetTheirCodesAndTheServerKeepsServing) {
   Start();
   UpsertThreeImages();
@@ -258,6 +348,15 @@ TEST_F(ServerTest, BearerTokenAuth) {
   v1::GetStatsResponse stats;
   EXPECT_EQ(stub_->GetStats(Context().get(), v1::GetStatsRequest(), &stats).error_code(),
             grpc::StatusCode::UNAUTHENTICATED);
+  v1::GetItemsRequest get;
+  get.add_image_ids("x");
+  v1::GetItemsResponse got;
+  EXPECT_EQ(stub_->GetItems(Context().get(), get, &got).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  v1::ListItemsRequest list;
+  list.set_kind(v1::ITEM_KIND_IMAGE);
+  v1::ListItemsResponse page;
+  EXPECT_EQ(stub_->ListItems(Context().get(), list, &page).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(stub_->ListItems(Context("s3cret").get(), list, &page).ok());
   EXPECT_EQ(Health(""), grpc::health::v1::HealthCheckResponse::SERVING) << "health needs no token";
 }
 

@@ -422,6 +422,153 @@ TEST_F(RetrievalEngineTest, UpsertReplacesAndDeleteRemoves) {
   for (const CaptionHit& hit : (*hits)[0]) EXPECT_NE(hit.id, "cap0");
 }
 
+void ExpectSameImage(const StoredImageInfo& got, const ImageItem& sent) {
+  ASSERT_TRUE(got.status.ok()) << sent.id << ": " << got.status;
+  EXPECT_EQ(got.item.id, sent.id);
+  EXPECT_EQ(got.item.collection, sent.collection);
+  EXPECT_EQ(got.item.metadata, sent.metadata);
+  EXPECT_EQ(got.num_regions, sent.region_features.rows);
+  ASSERT_EQ(got.item.boxes.size(), sent.boxes.size());
+  for (size_t r = 0; r < sent.boxes.size(); ++r) {
+    EXPECT_EQ(got.item.boxes[r].x1, sent.boxes[r].x1);
+    EXPECT_EQ(got.item.boxes[r].y2, sent.boxes[r].y2);
+  }
+  EXPECT_EQ(got.item.labels, sent.labels);
+  EXPECT_TRUE(got.item.region_features.data.empty()) << "features are not read back";
+  EXPECT_FALSE(got.synthetic);
+}
+
+TEST_F(RetrievalEngineTest, GetReadsBackWhatWasSentAcrossARestart) {
+  const RetrievalEngineOptions options = Options(/*ensemble=*/true);
+  std::vector<ImageItem> images = SomeImages(5);
+  images[1].boxes.clear();  // stored without boxes and labels
+  images[1].labels.clear();
+  const std::vector<CaptionItem> captions = SomeCaptions();
+  for (int restart = 0; restart < 2; ++restart) {
+    auto engine = Make(options);
+    ASSERT_NE(engine, nullptr);
+    if (restart == 0) {
+      ExpectAllOk(engine->UpsertImages(images));
+      ExpectAllOk(engine->UpsertCaptions(captions));
+    }
+    const std::vector<std::string> ids = {"img3", "nope", "img1", "", "img3"};
+    auto got = engine->GetImages(ids);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->size(), ids.size());
+    ExpectSameImage((*got)[0], images[3]);
+    EXPECT_EQ((*got)[1].status.code(), absl::StatusCode::kNotFound) << (*got)[1].status;
+    EXPECT_EQ((*got)[1].item.id, "nope");
+    ExpectSameImage((*got)[2], images[1]);
+    EXPECT_EQ((*got)[3].status.code(), absl::StatusCode::kInvalidArgument);
+    ExpectSameImage((*got)[4], images[3]);
+
+    auto caps = engine->GetCaptions(std::vector<std::string>{"cap2", "img0"});
+    ASSERT_TRUE(caps.ok()) << caps.status();
+    ASSERT_TRUE((*caps)[0].status.ok()) << (*caps)[0].status;
+    EXPECT_EQ((*caps)[0].item.text, captions[2].text);
+    EXPECT_EQ((*caps)[0].item.collection, captions[2].collection);
+    EXPECT_EQ((*caps)[0].item.metadata, captions[2].metadata);
+    EXPECT_EQ((*caps)[1].status.code(), absl::StatusCode::kNotFound) << "an image id is no caption";
+  }
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  // A replaced item reads back as the new one; a deleted one is NOT_FOUND.
+  ImageItem replaced = RandomImage("img3", 2, 77);
+  replaced.collection = "new";
+  ExpectAllOk(engine->UpsertImages({replaced}));
+  ExpectAllOk(engine->DeleteImages(std::vector<std::string>{"img4"}));
+  auto got = engine->GetImages(std::vector<std::string>{"img3", "img4"});
+  ASSERT_TRUE(got.ok()) << got.status();
+  ExpectSameImage((*got)[0], replaced);
+  EXPECT_EQ((*got)[1].status.code(), absl::StatusCode::kNotFound);
+
+  const std::vector<std::string> too_many(RetrievalLimits::kMaxGetIds + 1, "img0");
+  EXPECT_EQ(engine->GetImages(too_many).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine->GetCaptions(too_many).status().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(engine->Close().ok());
+  EXPECT_EQ(engine->GetImages(std::vector<std::string>{"img0"}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(engine->ListImages({}).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+// Every id of `kind` by pages of `page_size`, following the tokens; fails the test on an error.
+std::vector<std::string> ListAll(const RetrievalEngine& engine, ItemKind kind, int64_t page_size,
+                                 const std::string& collection = "") {
+  std::vector<std::string> all;
+  ListParams params;
+  params.page_size = page_size;
+  params.collection = collection;
+  for (int pages = 0; pages < 1000; ++pages) {
+    auto page = kind == ItemKind::kImage ? engine.ListImages(params) : engine.ListCaptions(params);
+    EXPECT_TRUE(page.ok()) << page.status();
+    if (!page.ok()) break;
+    EXPECT_LE(static_cast<int64_t>(page->ids.size()), page_size);
+    all.insert(all.end(), page->ids.begin(), page->ids.end());
+    if (page->next_page_token.empty()) break;
+    EXPECT_EQ(static_cast<int64_t>(page->ids.size()), page_size) << "only full pages have a next";
+    params.page_token = page->next_page_token;
+  }
+  return all;
+}
+
+TEST_F(RetrievalEngineTest, ListPagesThroughIdsInOrderAndByCollection) {
+  RetrievalEngineOptions options = Options();
+  options.synthetic_captions = 3;
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  EXPECT_TRUE(ListAll(*engine, ItemKind::kImage, 10).empty());
+  std::vector<ImageItem> images = SomeImages(13);
+  ExpectAllOk(engine->UpsertImages(images));
+  std::vector<std::string> expected, even;
+  for (const ImageItem& image : images) {
+    expected.push_back(image.id);
+    if (image.collection == "even") even.push_back(image.id);
+  }
+  std::sort(expected.begin(), expected.end());  // byte order: img0, img1, img10, ...
+  std::sort(even.begin(), even.end());
+  for (int64_t page_size : {1, 4, 13, 100}) {
+    EXPECT_EQ(ListAll(*engine, ItemKind::kImage, page_size), expected) << page_size;
+    EXPECT_EQ(ListAll(*engine, ItemKind::kImage, page_size, "even"), even) << page_size;
+  }
+  EXPECT_TRUE(ListAll(*engine, ItemKind::kImage, 5, "nothing here").empty());
+  // Captions list separately, synthetic ones included (searches see them).
+  ExpectAllOk(engine->UpsertCaptions(SomeCaptions()));
+  const std::vector<std::string> captions = ListAll(*engine, ItemKind::kCaption, 4);
+  EXPECT_EQ(captions.size(), kCaptions.size() + 3);
+  EXPECT_TRUE(std::is_sorted(captions.begin(), captions.end()));
+  EXPECT_EQ(captions.back(), "synthetic/2");
+
+  // Writes between pages: the next page resumes after the last id given, so an item deleted
+  // behind the cursor is not missed twice and one inserted ahead of it shows.
+  ListParams params;
+  params.page_size = 5;
+  auto first = engine->ListImages(params);
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->ids.size(), 5u);
+  ExpectAllOk(engine->DeleteImages(std::vector<std::string>{first->ids[1]}));
+  ExpectAllOk(engine->UpsertImages({RandomImage("img99", 2, 5)}));
+  params.page_token = first->next_page_token;
+  params.page_size = 100;
+  auto rest = engine->ListImages(params);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  std::vector<std::string> listed = first->ids;
+  listed.insert(listed.end(), rest->ids.begin(), rest->ids.end());
+  std::vector<std::string> want = expected;
+  want.push_back("img99");
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(listed, want);
+  EXPECT_TRUE(rest->next_page_token.empty());
+
+  for (int64_t bad : {int64_t{0}, int64_t{-1}, RetrievalLimits::kMaxListPageSize + 1}) {
+    ListParams p;
+    p.page_size = bad;
+    EXPECT_EQ(engine->ListImages(p).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+  ListParams long_token;
+  long_token.page_token = std::string(RetrievalLimits::kMaxIdBytes + 1, 'x');
+  EXPECT_EQ(engine->ListCaptions(long_token).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // Every search result of `engine` for a fixed set of queries, for comparisons across restarts.
 struct Snapshot {
   std::vector<std::vector<ImageHit>> images;
@@ -715,6 +862,20 @@ TEST_F(RetrievalEngineTest, SyntheticItemsAreSearchableButNeverStored) {
     EXPECT_NEAR(hit.score, expected_i2t[i], kScoreTol) << hit.id;
     EXPECT_EQ(hit.collection, kSyntheticCollection);
   }
+
+  // Read back from memory, said to be synthetic; the stored synthetic/2 from the store.
+  auto got = engine->GetImages(std::vector<std::string>{"synthetic/7", "synthetic/2"});
+  ASSERT_TRUE(got.ok()) << got.status();
+  ASSERT_TRUE((*got)[0].status.ok()) << (*got)[0].status;
+  EXPECT_TRUE((*got)[0].synthetic);
+  EXPECT_EQ((*got)[0].item.collection, kSyntheticCollection);
+  EXPECT_EQ((*got)[0].num_regions, kSyntheticImageRegions);
+  ASSERT_TRUE((*got)[1].status.ok()) << (*got)[1].status;
+  EXPECT_FALSE((*got)[1].synthetic);
+  EXPECT_EQ((*got)[1].num_regions, 4);
+  auto got_caption = engine->GetCaptions(std::vector<std::string>{"synthetic/0"});
+  ASSERT_TRUE(got_caption.ok()) << got_caption.status();
+  EXPECT_TRUE((*got_caption)[0].synthetic);
 
   // Deletable and replaceable like stored items; the store never held them.
   ExpectAllOk(engine->DeleteImages(std::vector<std::string>{"synthetic/5"}));
