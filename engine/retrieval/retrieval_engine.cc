@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <iterator>
 #include <limits>
 #include <mutex>
 #include <numeric>
@@ -1004,7 +1005,11 @@ absl::StatusOr<ItemPage> ScanRetrievalEngine::List(const ListParams& params, Ite
   ItemPage page;
   auto it = params.page_token.empty() ? items.key_of_id.begin()
                                       : items.key_of_id.upper_bound(params.page_token);
-  for (; it != items.key_of_id.end(); ++it) {
+  for (int64_t scanned = 0; it != items.key_of_id.end(); ++it, ++scanned) {
+    if (scanned == RetrievalLimits::kMaxListScan) {
+      page.next_page_token = std::prev(it)->first;  // the next page resumes after the last looked at
+      break;
+    }
     if (!params.collection.empty() && items.Get(it->second).collection != params.collection) {
       continue;
     }

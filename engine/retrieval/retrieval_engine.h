@@ -41,6 +41,9 @@ struct RetrievalLimits {
   // Reading back: ids per GetImages/GetCaptions call, ids per ListImages/ListCaptions page.
   static constexpr size_t kMaxGetIds = 1000;
   static constexpr int64_t kMaxListPageSize = 10000;
+  // Ids one ListImages/ListCaptions call looks at, so that a collection filter matching few of
+  // many items cannot hold the engine's lock for long: past it the page ends early, with a token.
+  static constexpr int64_t kMaxListScan = 100000;
 };
 
 struct RetrievalEngineOptions {
@@ -252,7 +255,9 @@ class RetrievalEngine {
       absl::Span<const std::string> ids) const = 0;
   // The ids searches would see now, in byte order, after params.page_token, of params.collection
   // when set. Each page is consistent by itself; items upserted or deleted between pages show or
-  // vanish by their place in that order. A bad page size, collection or token is INVALID_ARGUMENT.
+  // vanish by their place in that order. A page may hold fewer ids than asked (even none) and still
+  // have a next one, when the collection filter skipped kMaxListScan ids. A bad page size,
+  // collection or token is INVALID_ARGUMENT.
   virtual absl::StatusOr<ItemPage> ListImages(const ListParams& params) const = 0;
   virtual absl::StatusOr<ItemPage> ListCaptions(const ListParams& params) const = 0;
 
