@@ -433,7 +433,7 @@ int Get(Connection& connection, const std::vector<std::string>& argv, bool json)
       continue;
     }
     table.AddRow({"caption", caption.caption().id(), "OK", caption.caption().collection(),
-                  caption.synthetic() ? caption.caption().text() + " (synthetic, not stored)" : caption.caption().text(),
+                  caption.synthetic() ? std::string("(synthetic, not stored)") : caption.caption().text(),
                   FormatMetadata(caption.caption().metadata())});
   }
   if (!json) table.Print(exit_code == kExitOk ? stdout : stderr);
