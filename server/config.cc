@@ -408,6 +408,29 @@ const std::vector<Flag>& Flags() {
          c->server.auth_token = *std::move(token);
          return absl::OkStatus();
        }},
+      {"slow-call-log-ms", "MILLISECONDS",
+       "log a line for each call at least this slow (calls failing with INTERNAL, UNKNOWN, DATA_LOSS, "
+       "RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED or UNIMPLEMENTED always get one); 0 = no slow-call lines",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.call_log.slow_call_seconds * 1e3); },
+       [](const std::string& v, ServerConfig* c) {
+         double ms = 0;
+         if (!absl::SimpleAtod(v, &ms) || !(ms >= 0) || ms > 3.6e6) {
+           return absl::InvalidArgumentError(absl::StrCat("--slow-call-log-ms: expected 0..3600000, got '", v, "'"));
+         }
+         c->server.call_log.slow_call_seconds = ms / 1e3;
+         return absl::OkStatus();
+       }},
+      {"call-log-lines-per-s", "N",
+       "most call log lines per second (bursts as large); beyond, lines are counted and the count logged with the next",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.call_log.max_lines_per_second); },
+       [](const std::string& v, ServerConfig* c) {
+         double n = 0;
+         if (!absl::SimpleAtod(v, &n) || !(n >= 0.01) || n > 1e6) {
+           return absl::InvalidArgumentError(absl::StrCat("--call-log-lines-per-s: expected 0.01..1000000, got '", v, "'"));
+         }
+         c->server.call_log.max_lines_per_second = n;
+         return absl::OkStatus();
+       }},
       {"shutdown-grace-s", "SECONDS", "on SIGTERM/SIGINT, how long in-flight calls may finish",
        [](const ServerConfig& c) { return absl::StrCat(c.shutdown_grace_s); },
        [](const std::string& v, ServerConfig* c) {

@@ -18,6 +18,7 @@
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
+#include "server/call_log_interceptor.h"
 #include "server/metrics_interceptor.h"
 #include "server/scan_service.h"
 
@@ -57,6 +58,7 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
         "client certificates (mutual TLS) need the server's own certificate and key");
   }
   if (absl::Status status = ValidateDetectorPoolOptions(options.detection); !status.ok()) return status;
+  if (absl::Status status = ValidateCallLogOptions(options.call_log); !status.ok()) return status;
   return ValidateDynamicBatcherOptions(options.batching);
 }
 
@@ -111,6 +113,7 @@ Server::Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine,
       engine_(std::move(engine)),
       detector_(std::move(detector)),
       metrics_(std::make_unique<ServerMetrics>(options_.version)),
+      call_log_(std::make_unique<CallLog>(options_.call_log)),
       auth_(std::make_unique<Authenticator>(options_.auth_token)),
       image_searcher_(std::make_unique<EngineImageSearcher>(engine_.get())),
       caption_searcher_(std::make_unique<EngineCaptionSearcher>(engine_.get())) {}
@@ -151,6 +154,7 @@ absl::Status Server::Start() {
   builder.SetResourceQuota(quota);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<MetricsInterceptorFactory>(metrics_.get()));
+  interceptors.push_back(std::make_unique<CallLogInterceptorFactory>(call_log_.get()));
   auto call_tracker = std::make_unique<CallTracker>();
   call_tracker_ = call_tracker.get();
   interceptors.push_back(std::move(call_tracker));

@@ -21,6 +21,7 @@
 #include "engine/detector/region_detector.h"
 #include "engine/retrieval/retrieval_engine.h"
 #include "server/batching/dynamic_batcher.h"
+#include "server/call_log.h"
 #include "server/detection/detector_pool.h"
 
 namespace scanserve {
@@ -58,6 +59,8 @@ struct ServerOptions {
   // How often the engine's Health() is checked once serving; a failure turns health NOT_SERVING
   // for good (a broken GPU scorer does not heal: restart to reload the store).
   int health_poll_ms = 1000;
+  // Which finished calls get a log line on stderr (server failures, overload, slow calls).
+  CallLogOptions call_log;
 };
 
 // INVALID_ARGUMENT naming the first field out of range.
@@ -110,6 +113,7 @@ class Server {
   std::unique_ptr<RetrievalEngine> engine_;
   std::unique_ptr<RegionDetector> detector_;  // null: no detector
   std::unique_ptr<ServerMetrics> metrics_;
+  std::unique_ptr<CallLog> call_log_;
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<EngineImageSearcher> image_searcher_;
   std::unique_ptr<EngineCaptionSearcher> caption_searcher_;

@@ -123,6 +123,27 @@ TEST(ConfigTest, BadValuesNameTheirFlagOrLine) {
   EXPECT_NE(parsed.status().message().find(":2:"), absl::string_view::npos) << parsed.status();
 }
 
+TEST(ConfigTest, CallLogSettings) {
+  auto defaults = ParseArgs({"--model", "m"});
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_DOUBLE_EQ(defaults->config.server.call_log.slow_call_seconds, 1.0);
+  EXPECT_DOUBLE_EQ(defaults->config.server.call_log.max_lines_per_second, 10.0);
+  auto set = ParseArgs({"--model", "m", "--slow-call-log-ms", "250", "--call-log-lines-per-s", "0.5"});
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_DOUBLE_EQ(set->config.server.call_log.slow_call_seconds, 0.25);
+  EXPECT_DOUBLE_EQ(set->config.server.call_log.max_lines_per_second, 0.5);
+  auto off = ParseArgs({"--model", "m", "--slow-call-log-ms", "0"});
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->config.server.call_log.slow_call_seconds, 0.0);
+  for (const char* bad : {"-1", "soon", "nan"}) {
+    auto parsed = ParseArgs({"--model", "m", "--slow-call-log-ms", bad});
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(parsed.status().message().find("--slow-call-log-ms"), absl::string_view::npos) << parsed.status();
+  }
+  EXPECT_EQ(ParseArgs({"--model", "m", "--call-log-lines-per-s", "0"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ConfigTest, DetectorSettings) {
   const std::string file = WriteTemp("detector.conf",
                                      "model = /m\n"

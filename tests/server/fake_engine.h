@@ -128,6 +128,10 @@ class FakeRetrievalEngine final : public RetrievalEngine {
                                                                   const SearchParams& params) const override {
     ++search_images_calls;
     if (search_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(search_delay_ms.load()));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!search_error_.ok()) return search_error_;
+    }
     if (queries.empty()) return absl::InvalidArgumentError("no queries");
     if (params.top_k < 1 || params.top_k > kMaxTopK) {
       return absl::InvalidArgumentError(absl::StrCat("top_k must be in 1..", kMaxTopK, ", got ", params.top_k));
@@ -214,6 +218,11 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     std::lock_guard<std::mutex> lock(mu_);
     return health_;
   }
+  // Every SearchImages fails with this (OK: searches work).
+  void set_search_error(absl::Status error) {
+    std::lock_guard<std::mutex> lock(mu_);
+    search_error_ = std::move(error);
+  }
   void set_health(absl::Status health) {
     std::lock_guard<std::mutex> lock(mu_);
     health_ = std::move(health);
@@ -257,8 +266,9 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     return true;
   }
 
-  mutable std::mutex mu_;  // guards images_, captions_, health_
+  mutable std::mutex mu_;  // guards images_, captions_, health_, search_error_
   absl::Status health_;
+  absl::Status search_error_;
   std::map<std::string, ImageItem> images_;
   std::map<std::string, CaptionItem> captions_;
 };

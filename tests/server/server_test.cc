@@ -264,6 +264,28 @@ TEST_F(ServerTest, GetItemsAndListItemsReadBackWhatWasStored) {
   EXPECT_EQ(page.ids_size(), 4);
 }
 
+TEST_F(ServerTest, FailedAndSlowCallsAreLoggedClientMistakesAreNot) {
+  ServerOptions options;
+  options.call_log.slow_call_seconds = 0.2;
+  Start(options);
+  UpsertThreeImages();
+  v1::SearchImagesResponse response;
+  ::testing::internal::CaptureStderr();
+  engine_->set_search_error(absl::InternalError("the scorer lost its device"));
+  EXPECT_EQ(Search({"a dog"}, 1, &response).error_code(), grpc::StatusCode::INTERNAL);
+  engine_->set_search_error(absl::OkStatus());
+  EXPECT_EQ(Search({""}, 1, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  engine_->search_delay_ms = 300;
+  EXPECT_TRUE(Search({"a slow dog"}, 1, &response).ok());
+  engine_->search_delay_ms = 0;
+  const std::string log = ::testing::internal::GetCapturedStderr();
+  EXPECT_NE(log.find("E "), std::string::npos) << log;
+  EXPECT_NE(log.find("call /scanserve.v1.ScanService/SearchImages INTERNAL in "), std::string::npos) << log;
+  EXPECT_NE(log.find("the scorer lost its device"), std::string::npos) << log;
+  EXPECT_NE(log.find("(slow) from ipv"), std::string::npos) << log;
+  EXPECT_EQ(log.find("INVALID_ARGUMENT"), std::string::npos) << "a client's mistake: " << log;
+}
+
 TEST_F(ServerTest, BadInputsGetTheirCodesAndTheServerKeepsServing) {
   Start();
   UpsertThreeImages();

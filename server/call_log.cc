@@ -1,0 +1,101 @@
+#include "server/call_log.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace scanserve {
+namespace {
+
+constexpr size_t kMaxMessageBytes = 512;  // of the status message, in one line
+
+double SteadySeconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// The level a call ending with `code` is logged at, if any (slowness aside).
+std::optional<LogLevel> LevelOf(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown:
+    case absl::StatusCode::kDataLoss:
+      return LogLevel::kError;
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kUnimplemented:
+      return LogLevel::kWarning;
+    default:
+      return std::nullopt;
+  }
+}
+
+// Printable and on one line: control bytes become '?', long messages are cut.
+std::string OneLine(absl::string_view text) {
+  std::string out(text.substr(0, kMaxMessageBytes));
+  for (char& c : out) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  }
+  if (text.size() > kMaxMessageBytes) out += "...";
+  return out;
+}
+
+}  // namespace
+
+absl::Status ValidateCallLogOptions(const CallLogOptions& options) {
+  if (!std::isfinite(options.slow_call_seconds) || options.slow_call_seconds < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("slow_call_seconds must be >= 0, got ", options.slow_call_seconds));
+  }
+  if (!std::isfinite(options.max_lines_per_second) || options.max_lines_per_second <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_lines_per_second must be > 0, got ", options.max_lines_per_second));
+  }
+  return absl::OkStatus();
+}
+
+CallLog::CallLog(CallLogOptions options, std::function<double()> now_seconds)
+    : options_(options),
+      now_seconds_(now_seconds ? std::move(now_seconds) : SteadySeconds),
+      tokens_(options.max_lines_per_second),
+      last_refill_(now_seconds_()) {}
+
+std::optional<CallLogLine> CallLog::Record(absl::string_view method, absl::string_view peer,
+                                           absl::StatusCode code, absl::string_view message,
+                                           double seconds) {
+  std::optional<LogLevel> level = LevelOf(code);
+  const bool slow = options_.slow_call_seconds > 0 && seconds >= options_.slow_call_seconds;
+  if (!level.has_value() && !slow) return std::nullopt;
+  if (!level.has_value()) level = LogLevel::kWarning;
+
+  int64_t suppressed = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const double now = now_seconds_();
+    tokens_ = std::min(options_.max_lines_per_second,
+                       tokens_ + (now - last_refill_) * options_.max_lines_per_second);
+    last_refill_ = now;
+    if (tokens_ < 1) {
+      ++suppressed_;
+      ++suppressed_total_;
+      return std::nullopt;
+    }
+    tokens_ -= 1;
+    suppressed = std::exchange(suppressed_, 0);
+  }
+  std::string text = absl::StrCat("call ", method, " ", absl::StatusCodeToString(code), " in ", absl::SixDigits(seconds * 1e3), " ms", slow ? " (slow)" : "",
+                                  " from ", peer.empty() ? "?" : peer);
+  if (!message.empty()) absl::StrAppend(&text, ": ", OneLine(message));
+  if (suppressed > 0) absl::StrAppend(&text, " [", suppressed, " call log lines suppressed before this]");
+  return CallLogLine{*level, std::move(text)};
+}
+
+int64_t CallLog::suppressed_total() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return suppressed_total_;
+}
+
+}  // namespace scanserve

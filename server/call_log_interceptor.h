@@ -1,0 +1,20 @@
+// A gRPC server interceptor that gives every finished call (ScanService, health, reflection) to a
+// CallLog (call_log.h) and writes the line it returns, if any.
+#pragma once
+
+#include <grpcpp/support/server_interceptor.h>
+
+namespace scanserve {
+
+class CallLog;
+
+class CallLogInterceptorFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit CallLogInterceptorFactory(CallLog* log) : log_(log) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override;
+
+ private:
+  CallLog* log_;  // not owned; outlives the server
+};
+
+}  // namespace scanserve
