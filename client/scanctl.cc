@@ -67,6 +67,9 @@ Commands:
       boxes and labels (not its features). Exit 3 when an id is unknown
   list images|captions [--collection C] [--page-size N] [--limit N]
       stored ids in byte order, one per line, every page (or the first --limit ids)
+  snapshot [NAME]
+      a restorable copy of the store, in NAME (default snapshot-YYYYMMDDTHHMMSSZ) under the server's
+      --snapshot-dir; restore by starting scanserve with --data-dir set to the printed directory
   stats
       counts, models, memory, version
   health [--service NAME]
@@ -481,6 +484,29 @@ int List(Connection& connection, const std::vector<std::string>& argv, bool json
   return kExitOk;
 }
 
+int Snapshot(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{}, {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (args->positionals().size() > 1) return UsageError("usage: snapshot [NAME]");
+  v1::CreateSnapshotRequest request;
+  if (!args->positionals().empty()) request.set_name(args->positionals()[0]);
+  v1::CreateSnapshotResponse response;
+  const grpc::Status status = connection.scan().CreateSnapshot(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("CreateSnapshot", status);
+  if (json) {
+    PrintJson(response);
+    return kExitOk;
+  }
+  Table table({"field", "value"});
+  table.AddRow({"name", response.name()});
+  table.AddRow({"data dir", response.data_dir()});
+  table.AddRow({"images", absl::StrCat(response.images())});
+  table.AddRow({"captions", absl::StrCat(response.captions())});
+  table.AddRow({"writers waited", absl::StrCat(absl::SixDigits(response.seconds() * 1e3), " ms")});
+  table.Print(stdout);
+  return kExitOk;
+}
+
 int Stats(Connection& connection, const std::vector<std::string>& argv, bool json) {
   if (!argv.empty()) return UsageError("stats takes no arguments");
   v1::GetStatsResponse response;
@@ -787,8 +813,8 @@ int Main(int argc, char** argv) {
   const std::map<std::string, Command> commands = {
       {"search-images", SearchImages}, {"search-captions", SearchCaptions}, {"upsert-caption", UpsertCaption},
       {"upsert-image", UpsertImage},   {"delete", Delete},                  {"get", Get},
-      {"list", List},                  {"stats", Stats},                    {"health", Health},
-      {"import", Import}};
+      {"list", List},                  {"snapshot", Snapshot},              {"stats", Stats},
+      {"health", Health},              {"import", Import}};
   const auto it = commands.find(command);
   if (it == commands.end()) return UsageError(absl::StrCat("unknown command '", command, "'"));
   absl::StatusOr<std::unique_ptr<Connection>> connection = Connection::Create(connection_options);

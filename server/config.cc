@@ -408,6 +408,14 @@ const std::vector<Flag>& Flags() {
          c->server.auth_token = *std::move(token);
          return absl::OkStatus();
        }},
+      {"snapshot-dir", "DIR",
+       "where CreateSnapshot (scanctl snapshot) writes restorable copies of the store, one directory each; "
+       "on the data directory's file system they are hard links, taken in milliseconds. Empty: snapshots are refused",
+       [](const ServerConfig& c) { return c.server.snapshot_dir; },
+       [](const std::string& v, ServerConfig* c) {
+         c->server.snapshot_dir = v;
+         return absl::OkStatus();
+       }},
       {"slow-call-log-ms", "MILLISECONDS",
        "log a line for each call at least this slow (calls failing with INTERNAL, UNKNOWN, DATA_LOSS, "
        "RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED or UNIMPLEMENTED always get one); 0 = no slow-call lines",

@@ -4,8 +4,11 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <ctime>
+#include <filesystem>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 
 namespace scanserve {
@@ -285,6 +288,33 @@ absl::StatusOr<ItemKind> ItemKindFromProto(const v1::ListItemsRequest& request) 
   }
 }
 
+absl::StatusOr<std::string> SnapshotNameFromProto(const v1::CreateSnapshotRequest& request,
+                                                  std::chrono::system_clock::time_point now) {
+  if (request.name().empty()) {
+    const std::time_t seconds = std::chrono::system_clock::to_time_t(now);
+    std::tm utc{};
+    gmtime_r(&seconds, &utc);
+    char name[40];
+    std::strftime(name, sizeof(name), "snapshot-%Y%m%dT%H%M%SZ", &utc);
+    return std::string(name);
+  }
+  const std::string& name = request.name();
+  const bool allowed = std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+  });
+  if (name.size() > 128 || !allowed || name[0] == '.') {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a snapshot name is 1..128 bytes of letters, digits, '.', '_' and '-', not starting with '.'; got ",
+        name.size() > 64 ? absl::StrCat(name.size(), " bytes") : absl::StrCat("'", absl::CHexEscape(name), "'")));
+  }
+  return name;
+}
+
+std::string SnapshotDataDir(const std::string& snapshot_dir, const std::string& name) {
+  return (std::filesystem::path(snapshot_dir) / name).string();
+}
+
 absl::StatusOr<ListParams> ListParamsFromProto(const v1::ListItemsRequest& request) {
   if (request.page_size() < 0) {
     return absl::InvalidArgumentError(absl::StrCat("page_size must be >= 0, got ", request.page_size()));
@@ -361,6 +391,14 @@ void StoredCaptionToProto(const StoredCaptionInfo& info, v1::StoredCaption* out)
   MetadataToProto(info.item.metadata, caption->mutable_metadata());
   caption->set_text(info.item.text);
   out->set_synthetic(info.synthetic);
+}
+
+void SnapshotToProto(const std::string& name, const SnapshotInfo& snapshot, v1::CreateSnapshotResponse* out) {
+  out->set_name(name);
+  out->set_data_dir(snapshot.data_dir);
+  out->set_images(snapshot.images);
+  out->set_captions(snapshot.captions);
+  out->set_seconds(snapshot.seconds);
 }
 
 void ItemPageToProto(const ItemPage& page, v1::ListItemsResponse* out) {

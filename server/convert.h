@@ -3,6 +3,7 @@
 // absl::Status with the offending values in the message.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -77,6 +78,13 @@ inline constexpr int kDefaultListPageSize = 1000;
 absl::StatusOr<ItemKind> ItemKindFromProto(const v1::ListItemsRequest& request);
 absl::StatusOr<ListParams> ListParamsFromProto(const v1::ListItemsRequest& request);
 
+// CreateSnapshot: the request's name, or "snapshot-YYYYMMDDTHHMMSSZ" at `now` (UTC) when empty.
+// INVALID_ARGUMENT unless 1..128 bytes of [A-Za-z0-9._-] not starting with '.'.
+absl::StatusOr<std::string> SnapshotNameFromProto(const v1::CreateSnapshotRequest& request,
+                                                  std::chrono::system_clock::time_point now);
+// Where snapshot `name` goes under --snapshot-dir.
+std::string SnapshotDataDir(const std::string& snapshot_dir, const std::string& name);
+
 // ---- engine -> responses ----
 
 void ImageHitsToProto(const std::vector<ImageHit>& hits, v1::ImageHits* out);
@@ -86,6 +94,7 @@ void ItemResultToProto(const ItemResult& result, v1::ItemStatus* out);
 void StoredImageToProto(const StoredImageInfo& info, v1::StoredImage* out);
 void StoredCaptionToProto(const StoredCaptionInfo& info, v1::StoredCaption* out);
 void ItemPageToProto(const ItemPage& page, v1::ListItemsResponse* out);
+void SnapshotToProto(const std::string& name, const SnapshotInfo& snapshot, v1::CreateSnapshotResponse* out);
 
 // `model_dirs` name the loaded models in order (the engine reports one summary per model);
 // `detector` describes the loaded detector (nullptr: none).

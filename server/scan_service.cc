@@ -226,6 +226,22 @@ grpc::Status ScanServiceImpl::ListItems(grpc::ServerContext* context, const v1::
   return grpc::Status::OK;
 }
 
+grpc::Status ScanServiceImpl::CreateSnapshot(grpc::ServerContext* context,
+                                             const v1::CreateSnapshotRequest* request,
+                                             v1::CreateSnapshotResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  if (options_.snapshot_dir.empty()) {
+    return ToGrpcStatus(absl::FailedPreconditionError(
+        "this server takes no snapshots: start it with --snapshot-dir DIR"));
+  }
+  absl::StatusOr<std::string> name = SnapshotNameFromProto(*request, std::chrono::system_clock::now());
+  if (!name.ok()) return ToGrpcStatus(name.status());
+  absl::StatusOr<SnapshotInfo> snapshot = engine_->CreateSnapshot(SnapshotDataDir(options_.snapshot_dir, *name));
+  if (!snapshot.ok()) return ToGrpcStatus(snapshot.status());
+  SnapshotToProto(*name, *snapshot, response);
+  return grpc::Status::OK;
+}
+
 grpc::Status ScanServiceImpl::GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                                        v1::GetStatsResponse* response) {
   if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);

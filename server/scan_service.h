@@ -24,6 +24,8 @@ struct ScanServiceOptions {
   // Reported by GetStats.
   std::vector<std::string> model_dirs;
   std::string version;
+  // CreateSnapshot's parent directory; empty: FAILED_PRECONDITION.
+  std::string snapshot_dir;
 };
 
 class ScanServiceImpl final : public v1::ScanService::Service {
@@ -50,6 +52,8 @@ class ScanServiceImpl final : public v1::ScanService::Service {
                         v1::GetItemsResponse* response) override;
   grpc::Status ListItems(grpc::ServerContext* context, const v1::ListItemsRequest* request,
                          v1::ListItemsResponse* response) override;
+  grpc::Status CreateSnapshot(grpc::ServerContext* context, const v1::CreateSnapshotRequest* request,
+                              v1::CreateSnapshotResponse* response) override;
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::GetStatsResponse* response) override;
 

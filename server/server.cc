@@ -100,6 +100,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
   service_options.ingest_batch_size = server->options_.ingest_batch_size;
   service_options.model_dirs = server->options_.model_dirs;
   service_options.version = server->options_.version;
+  service_options.snapshot_dir = server->options_.snapshot_dir;
   server->service_ = std::make_unique<ScanServiceImpl>(server->engine_.get(), server->image_batcher_.get(),
                                                        server->caption_batcher_.get(),
                                                        server->detector_pool_.get(), server->auth_.get(),

@@ -56,6 +56,7 @@ constexpr char kMetaEngineFormat[] = "engine_format";
 constexpr char kMetaFingerprint[] = "models_fingerprint";
 constexpr char kMetaModels[] = "models_description";
 constexpr char kEngineFormat[] = "1";
+constexpr char kStoreSubdir[] = "store";  // the feature store's directory inside data_dir
 constexpr size_t kLoadChunk = 256;      // records per Scorer::Add while loading
 constexpr size_t kCommitItems = 1024;   // items per durable write batch of an upsert
 constexpr int64_t kCommitRows = 16384;  // region / word rows per batch: ~64 MB of fp32 per model
@@ -216,6 +217,7 @@ class ScanRetrievalEngine final : public RetrievalEngine {
       absl::Span<const std::string> ids) const override;
   absl::StatusOr<ItemPage> ListImages(const ListParams& params) const override;
   absl::StatusOr<ItemPage> ListCaptions(const ListParams& params) const override;
+  absl::StatusOr<SnapshotInfo> CreateSnapshot(const std::string& data_dir) override;
   absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(
       const std::vector<std::string>& queries, const SearchParams& params) const override;
   absl::StatusOr<std::vector<std::vector<CaptionHit>>> SearchCaptions(
@@ -1030,6 +1032,41 @@ absl::StatusOr<ItemPage> ScanRetrievalEngine::ListCaptions(const ListParams& par
   return List(params, ItemKind::kCaption);
 }
 
+// ---- Snapshots --------------------------------------------------------------------------------
+
+absl::StatusOr<SnapshotInfo> ScanRetrievalEngine::CreateSnapshot(const std::string& data_dir) {
+  namespace fs = std::filesystem;
+  const auto start = std::chrono::steady_clock::now();
+  std::lock_guard<std::mutex> writer(writer_mu_);
+  if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  std::error_code error;
+  const fs::path dir(data_dir);
+  if (data_dir.empty()) return absl::InvalidArgumentError("the snapshot directory is empty");
+  if (fs::exists(dir, error)) {
+    return absl::AlreadyExistsError(absl::StrCat("snapshot directory ", data_dir, " already exists"));
+  }
+  const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
+  if (!fs::is_directory(parent, error)) {
+    return absl::NotFoundError(
+        absl::StrCat("the snapshot directory's parent ", parent.string(), " does not exist"));
+  }
+  if (!fs::create_directory(dir, error)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "cannot create the snapshot directory ", data_dir, ": ", error.message()));
+  }
+  const absl::Status written = store_->Checkpoint((dir / kStoreSubdir).string());
+  if (!written.ok()) {
+    fs::remove_all(dir, error);  // no half snapshot left behind
+    return written;
+  }
+  SnapshotInfo info;
+  info.data_dir = data_dir;
+  info.images = images_.size() - images_.synthetic;
+  info.captions = captions_.size() - captions_.synthetic;
+  info.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return info;
+}
+
 // ---- Searching --------------------------------------------------------------------------------
 
 absl::Status ScanRetrievalEngine::ValidateParams(const SearchParams& params,
@@ -1482,7 +1519,7 @@ absl::StatusOr<std::unique_ptr<RetrievalEngine>> RetrievalEngine::Create(
   SCANSERVE_RETURN_IF_ERROR(ValidateOptions(options));
   if (options.data_dir.empty())
     return absl::InvalidArgumentError("RetrievalEngineOptions: data_dir is empty");
-  const std::string path = (std::filesystem::path(options.data_dir) / "store").string();
+  const std::string path = (std::filesystem::path(options.data_dir) / kStoreSubdir).string();
   SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<RocksDbFeatureStore> store,
                              RocksDbFeatureStore::Open(path));
   return CreateWithStore(options, std::move(store));

@@ -174,6 +174,14 @@ struct ItemPage {
   std::string next_page_token;  // empty: this is the last page
 };
 
+// What CreateSnapshot wrote.
+struct SnapshotInfo {
+  std::string data_dir;
+  int64_t images = 0;  // stored items in it (synthetic ones are never stored)
+  int64_t captions = 0;
+  double seconds = 0;  // how long writers waited for it
+};
+
 // Where one direction's search time went, summed over every search since the engine started.
 struct SearchPhaseSeconds {
   double encode = 0;  // queries to embeddings (tokenising + BiGRU; region FC, stored-image reads)
@@ -268,6 +276,13 @@ class RetrievalEngine {
   // Image->text over the stored captions. An unknown stored_id is NOT_FOUND.
   virtual absl::StatusOr<std::vector<std::vector<CaptionHit>>> SearchCaptions(
       const std::vector<ImageQuery>& queries, const SearchParams& params) const = 0;
+
+  // A restorable copy of the store as it is now: `data_dir`, which must not exist (ALREADY_EXISTS)
+  // and whose parent must (NOT_FOUND), becomes a data directory that Create opens with the same
+  // models (scanserve --data-dir). Writers wait while it is taken (milliseconds when it is on the
+  // store's file system: the files are hard-linked); searches do not. FAILED_PRECONDITION for a
+  // closed engine or a store without files (InMemoryFeatureStore).
+  virtual absl::StatusOr<SnapshotInfo> CreateSnapshot(const std::string& data_dir) = 0;
 
   virtual EngineStats Stats() const = 0;
   // OK while every part can answer; else why not (a scorer that broke, a closed engine). The

@@ -89,6 +89,11 @@ class FeatureStore {
 
   virtual FeatureStoreStats Stats() const = 0;
 
+  // A consistent copy of everything stored now (acked writes, meta entries), in `dir`, which must
+  // not exist (ALREADY_EXISTS) and whose parent must (NOT_FOUND); the same implementation opens it.
+  // FAILED_PRECONDITION where the implementation has no files (InMemoryFeatureStore).
+  virtual absl::Status Checkpoint(const std::string& dir) const = 0;
+
   // Flushes and closes; idempotent.
   virtual absl::Status Close() = 0;
 

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
 #include "engine/store/record_codec.h"
 
@@ -159,6 +160,11 @@ absl::Status InMemoryFeatureStore::PutRawCaptionRecordForTesting(const std::stri
   SCANSERVE_RETURN_IF_ERROR(CheckOpen());
   captions_[id] = std::move(value);
   return absl::OkStatus();
+}
+
+absl::Status InMemoryFeatureStore::Checkpoint(const std::string& dir) const {
+  return absl::FailedPreconditionError(
+      absl::StrCat("an in-memory feature store has no files to snapshot into ", dir));
 }
 
 }  // namespace scanserve

@@ -30,6 +30,7 @@ class InMemoryFeatureStore final : public FeatureStore {
   absl::StatusOr<std::optional<std::string>> GetMeta(const std::string& key) const override;
   absl::Status SetMeta(const std::string& key, const std::string& value) override;
   FeatureStoreStats Stats() const override;
+  absl::Status Checkpoint(const std::string& dir) const override;
   absl::Status Close() override;
 
   // Stores raw bytes as the value of an image / caption id (to test corrupt records).

@@ -17,6 +17,7 @@
 #include <rocksdb/status.h>
 #include <rocksdb/table.h>
 #include <rocksdb/transaction_log.h>
+#include <rocksdb/utilities/checkpoint.h>
 #include <rocksdb/write_batch.h>
 
 #include "absl/strings/escaping.h"
@@ -343,6 +344,27 @@ FeatureStoreStats RocksDbFeatureStore::Stats() const {
   }
   stats.disk_bytes += stats.wal_bytes;
   return stats;
+}
+
+absl::Status RocksDbFeatureStore::Checkpoint(const std::string& dir) const {
+  std::error_code error;
+  const std::filesystem::path target(dir);
+  if (std::filesystem::exists(target, error)) {
+    return absl::AlreadyExistsError(absl::StrCat("snapshot directory ", dir, " already exists"));
+  }
+  const std::filesystem::path parent = target.has_parent_path() ? target.parent_path() : ".";
+  if (!std::filesystem::is_directory(parent, error)) {
+    return absl::NotFoundError(absl::StrCat("snapshot parent directory ", parent.string(),
+                                            " does not exist"));
+  }
+  std::shared_lock<std::shared_mutex> lock(impl_->mu);
+  SCANSERVE_RETURN_IF_ERROR(impl_->CheckOpen());
+  rocksdb::Checkpoint* raw = nullptr;
+  SCANSERVE_RETURN_IF_ERROR(FromRocksDb(rocksdb::Checkpoint::Create(impl_->db.get(), &raw),
+                                        "starting a checkpoint of the feature store"));
+  const std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
+  return FromRocksDb(checkpoint->CreateCheckpoint(dir),
+                     absl::StrCat("checkpointing the feature store into ", dir));
 }
 
 absl::Status RocksDbFeatureStore::Close() {

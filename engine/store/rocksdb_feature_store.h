@@ -50,6 +50,9 @@ class RocksDbFeatureStore final : public FeatureStore {
   absl::StatusOr<std::optional<std::string>> GetMeta(const std::string& key) const override;
   absl::Status SetMeta(const std::string& key, const std::string& value) override;
   FeatureStoreStats Stats() const override;
+  // RocksDB's checkpoint: hard links to the table and blob files where `dir` is on the same file
+  // system (cheap), copies elsewhere, plus the live log; memtables are flushed first.
+  absl::Status Checkpoint(const std::string& dir) const override;
   absl::Status Close() override;
 
   const std::string& path() const { return path_; }

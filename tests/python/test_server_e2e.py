@@ -944,6 +944,53 @@ class SyntheticBenchTest(E2EBase):
             self.assertEqual(server.stop(), 0, server.log_tail())
 
 
+class SnapshotTest(E2EBase):
+    """scanctl snapshot on a server with --snapshot-dir; a second server restored from it answers as
+    the first did when it was taken."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.setUpShared()
+        cls.snapshots = os.path.join(cls.s.tmp, "snapshots")
+        os.makedirs(cls.snapshots, exist_ok=True)
+        cls.start_class_server("snap", [cls.s.model_a], os.path.join(cls.s.tmp, "data_snap"),
+                               extra=["--snapshot-dir", cls.snapshots])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stop_class_server()
+
+    def test_restored_server_answers_as_the_original_did(self):
+        self.upsert_all()
+        query = ["--json", "search-images", self.s.captions[0], "--top-k", "5"]
+        before = json.loads(self.scanctl(query, expect=0).stdout)
+        r = self.scanctl(["--json", "snapshot", "s1"], expect=0)
+        snap = json.loads(r.stdout)
+        self.assertEqual(snap["data_dir"], os.path.join(self.snapshots, "s1"))
+        self.assertEqual(int(snap["images"]), len(self.s.images))
+        self.assertEqual(int(snap["captions"]), len(self.s.captions))
+        self.scanctl(["snapshot", "s1"], expect=1)  # ALREADY_EXISTS
+        self.scanctl(["snapshot", "../escape"], expect=1)  # INVALID_ARGUMENT
+        self.scanctl(["delete", "--image", "img0"], expect=0)
+
+        restored = ServerProcess(self.s.tmp, "restored", [self.s.model_a], snap["data_dir"])
+        restored.start()
+        try:
+            wait_listening(restored)
+            argv = [SCANCTL, "--server", "127.0.0.1:%d" % restored.port]
+            run = lambda args: subprocess.run(argv + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                              universal_newlines=True, timeout=120)
+            r = run(query)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(json.loads(r.stdout), before)
+            self.assertEqual(run(["get", "--image", "img0"]).returncode, 0, "deleted after the snapshot")
+            self.assertEqual(restored.stop(), 0, restored.log_tail())
+        finally:
+            if restored.alive():
+                restored.kill()
+        self.scanctl(["get", "--image", "img0"], expect=3)
+
+
 class DurabilityTest(E2EBase):
     """Acknowledged writes survive kill -9; deletes too."""
 

@@ -200,6 +200,20 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     return results;
   }
 
+  // Records the directory; the same one twice is ALREADY_EXISTS.
+  absl::StatusOr<SnapshotInfo> CreateSnapshot(const std::string& data_dir) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (std::find(snapshots.begin(), snapshots.end(), data_dir) != snapshots.end()) {
+      return absl::AlreadyExistsError(absl::StrCat(data_dir, " exists"));
+    }
+    snapshots.push_back(data_dir);
+    SnapshotInfo info;
+    info.data_dir = data_dir;
+    info.images = static_cast<int64_t>(images_.size());
+    info.captions = static_cast<int64_t>(captions_.size());
+    return info;
+  }
+
   EngineStats Stats() const override {
     std::lock_guard<std::mutex> lock(mu_);
     EngineStats stats;
@@ -238,6 +252,7 @@ class FakeRetrievalEngine final : public RetrievalEngine {
   std::atomic<int> search_delay_ms{0};
   std::atomic<bool> closed{false};
   int64_t max_images = 1000;
+  std::vector<std::string> snapshots;  // CreateSnapshot's directories, guarded by mu_
 
  private:
   template <typename Item>

@@ -286,6 +286,41 @@ TEST_F(ServerTest, FailedAndSlowCallsAreLoggedClientMistakesAreNot) {
   EXPECT_EQ(log.find("INVALID_ARGUMENT"), std::string::npos) << "a client's mistake: " << log;
 }
 
+TEST_F(ServerTest, SnapshotsGoUnderTheSnapshotDirWithCheckedNames) {
+  Start();  // no --snapshot-dir
+  v1::CreateSnapshotRequest request;
+  v1::CreateSnapshotResponse response;
+  EXPECT_EQ(stub_->CreateSnapshot(Context().get(), request, &response).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  server_->Stop(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server_.reset();
+
+  ServerOptions options;
+  options.snapshot_dir = "/backups/scan";
+  Start(options);
+  UpsertThreeImages();
+  request.set_name("nightly-1.v2_x");
+  ASSERT_TRUE(stub_->CreateSnapshot(Context().get(), request, &response).ok());
+  EXPECT_EQ(response.name(), "nightly-1.v2_x");
+  EXPECT_EQ(response.data_dir(), "/backups/scan/nightly-1.v2_x");
+  EXPECT_EQ(response.images(), 3);
+  EXPECT_EQ(stub_->CreateSnapshot(Context().get(), request, &response).error_code(),
+            grpc::StatusCode::ALREADY_EXISTS);
+  const std::vector<std::string> bad_names = {"../etc", "a/b", ".hidden", "sp ace", std::string(129, 'x'),
+                                              std::string("nul\0", 4)};
+  for (const std::string& bad : bad_names) {
+    request.set_name(bad);
+    EXPECT_EQ(stub_->CreateSnapshot(Context().get(), request, &response).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT)
+        << bad;
+  }
+  request.clear_name();
+  ASSERT_TRUE(stub_->CreateSnapshot(Context().get(), request, &response).ok());
+  EXPECT_EQ(response.name().rfind("snapshot-20", 0), 0u) << response.name();
+  EXPECT_EQ(response.name().size(), std::string("snapshot-YYYYMMDDTHHMMSSZ").size()) << response.name();
+  EXPECT_EQ(engine_->snapshots.back(), "/backups/scan/" + response.name());
+}
+
 TEST_F(ServerTest, BadInputsGetTheirCodesAndTheServerKeepsServing) {
   Start();
   UpsertThreeImages();

@@ -681,6 +681,60 @@ TEST_F(RetrievalEngineTest, RestartReloadsEverythingWithIdenticalResults) {
   EXPECT_EQ(engine->Stats().images, 9);
 }
 
+// A snapshot is the store as it was: an engine opened on it answers exactly as the live one did
+// then, while the live one moves on; synthetic items are not in it.
+TEST_F(RetrievalEngineTest, SnapshotRestoresTheStoreAsItWas) {
+  RetrievalEngineOptions options = Options(/*ensemble=*/true);
+  options.synthetic_captions = 4;
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  ExpectAllOk(engine->UpsertImages(SomeImages(6)));
+  ExpectAllOk(engine->UpsertCaptions(SomeCaptions()));
+  const Snapshot then = TakeSnapshot(*engine);
+  const std::string dir = (base_ / "snap1").string();
+  auto info = engine->CreateSnapshot(dir);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->data_dir, dir);
+  EXPECT_EQ(info->images, 6);
+  EXPECT_EQ(info->captions, static_cast<int64_t>(kCaptions.size())) << "synthetic captions are not stored";
+  EXPECT_GE(info->seconds, 0.0);
+  EXPECT_EQ(engine->CreateSnapshot(dir).status().code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(engine->CreateSnapshot((base_ / "no" / "parent").string()).status().code(),
+            absl::StatusCode::kNotFound);
+  // The live engine moves on.
+  ExpectAllOk(engine->DeleteImages(std::vector<std::string>{"img1"}));
+  ExpectAllOk(engine->UpsertImages({RandomImage("img9", 3, 9)}));
+
+  RetrievalEngineOptions restored_options = options;
+  restored_options.data_dir = dir;
+  restored_options.synthetic_captions = 0;
+  auto restored = Make(restored_options);
+  ASSERT_NE(restored, nullptr);
+  EXPECT_EQ(restored->Stats().images, 6);
+  EXPECT_EQ(restored->Stats().captions, static_cast<int64_t>(kCaptions.size()));
+  // The live one had 4 synthetic captions then; compare against them removed.
+  Snapshot expected = then;
+  for (auto& hits : expected.captions) {
+    hits.erase(std::remove_if(hits.begin(), hits.end(),
+                              [](const CaptionHit& h) { return h.collection == kSyntheticCollection; }),
+               hits.end());
+  }
+  ExpectSameSnapshot(TakeSnapshot(*restored), expected);
+  auto got = restored->GetImages(std::vector<std::string>{"img1", "img9"});
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_TRUE((*got)[0].status.ok()) << "deleted after the snapshot";
+  EXPECT_EQ((*got)[1].status.code(), absl::StatusCode::kNotFound) << "added after the snapshot";
+
+  ASSERT_TRUE(engine->Close().ok());
+  EXPECT_EQ(engine->CreateSnapshot((base_ / "snap2").string()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  auto in_memory = RetrievalEngine::CreateWithStore(options, std::make_unique<InMemoryFeatureStore>());
+  ASSERT_TRUE(in_memory.ok()) << in_memory.status();
+  EXPECT_EQ((*in_memory)->CreateSnapshot((base_ / "snap3").string()).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+  EXPECT_FALSE(fs::exists(base_ / "snap3")) << "no half snapshot left behind";
+}
+
 TEST_F(RetrievalEngineTest, StoreBuiltWithOtherModelsIsFailedPrecondition) {
   {
     auto engine = Make(Options());

@@ -347,6 +347,49 @@ TEST_F(RocksDbFeatureStoreTest, ReopenAfterCloseKeepsEverythingAndNoDeletedItem)
   EXPECT_EQ((*store)->GetMeta("fingerprint")->value_or(""), "models-v1");
 }
 
+// A checkpoint holds what was acked when it was taken, opens as a store of its own, and later
+// writes to either store do not reach the other.
+TEST_F(RocksDbFeatureStoreTest, CheckpointIsAConsistentIndependentCopy) {
+  std::vector<StoredImage> images;
+  for (int i = 0; i < 12; ++i) images.push_back(MakeImage("img" + std::to_string(i), 36, i));  // blob-sized
+  auto store = RocksDbFeatureStore::Open((dir_ / "live").string());
+  ASSERT_TRUE(store.ok()) << store.status();
+  ASSERT_TRUE((*store)->PutImages(images).ok());
+  ASSERT_TRUE((*store)->PutCaptions({MakeCaption("c", 5, 1)}).ok());
+  ASSERT_TRUE((*store)->SetMeta("fingerprint", "models-v1").ok());
+  ASSERT_TRUE((*store)->DeleteImages(std::vector<std::string>{"img3"}).ok());
+  const std::string snapshot = (dir_ / "snap").string();
+  ASSERT_TRUE((*store)->Checkpoint(snapshot).ok());
+  EXPECT_EQ((*store)->Checkpoint(snapshot).code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ((*store)->Checkpoint((dir_ / "no" / "such" / "parent").string()).code(),
+            absl::StatusCode::kNotFound);
+  // Written after the checkpoint: only in the live store.
+  ASSERT_TRUE((*store)->PutImages({MakeImage("later", 2, 50)}).ok());
+  ASSERT_TRUE((*store)->DeleteImages(std::vector<std::string>{"img0"}).ok());
+
+  auto copy = RocksDbFeatureStore::Open(snapshot, {.create_if_missing = false});
+  ASSERT_TRUE(copy.ok()) << copy.status();
+  int count = 0;
+  ASSERT_TRUE((*copy)
+                  ->ScanImages([&](StoredImage& image) {
+                    EXPECT_NE(image.id, "img3");
+                    EXPECT_NE(image.id, "later");
+                    ExpectSameImage(image, images[static_cast<size_t>(std::stoi(image.id.substr(3)))]);
+                    ++count;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(count, 11) << "img0 is still in the snapshot";
+  EXPECT_TRUE((*copy)->GetCaption("c").ok());
+  EXPECT_EQ((*copy)->GetMeta("fingerprint")->value_or(""), "models-v1");
+  ASSERT_TRUE((*copy)->PutImages({MakeImage("only-in-copy", 2, 51)}).ok());
+  EXPECT_EQ((*store)->GetImage("only-in-copy").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_TRUE((*store)->GetImage("later").ok());
+  ASSERT_TRUE((*store)->Close().ok());
+  EXPECT_EQ((*store)->Checkpoint((dir_ / "after-close").string()).code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 TEST_F(RocksDbFeatureStoreTest, MissingStoreWithoutCreateIsNotFound) {
   auto store = RocksDbFeatureStore::Open(dir_.string(), {.create_if_missing = false});
   EXPECT_EQ(store.status().code(), absl::StatusCode::kNotFound) << store.status();
