@@ -3,6 +3,7 @@
 // Locking (two locks, always taken in this order):
 //  - writer_mu_ serialises writers (upserts, deletes, Close) from capacity check to publish, so
 //    capacity accounting and the store never race. Encoding happens before it, in parallel.
+//    CreateSnapshot holds it too, so that a snapshot falls between two writes.
 //  - state_mu_ (a writer-preferring shared mutex) guards what searches read: the scorers' contents
 //  and the catalogs.
 //    Searches hold it shared for scoring and filling hits; writers take it exclusively only to
