@@ -181,6 +181,11 @@ ServerMetrics::ServerMetrics(const std::string& version)
                           .Help("Images sent to the region detector, by result code.")
                           .Register(r);
 
+  snapshot_last_success_ = &prometheus::BuildGauge()
+                                .Name("scanserve_snapshot_last_success_timestamp_seconds")
+                                .Help("Unix time of the last successful CreateSnapshot (0: none since start).")
+                                .Register(r)
+                                .Add({});
   images_stored_ = &prometheus::BuildGauge()
                         .Name("scanserve_images_stored")
                         .Help("Images stored and searchable.")

@@ -95,6 +95,10 @@ class ServerMetrics {
   // "DeadlineExceeded", "Cancelled", "Unavailable" at shutdown, ...).
   prometheus::Counter& detector_images(absl::StatusCode code);
 
+  // scanserve_snapshot_last_success_timestamp_seconds: when the last CreateSnapshot succeeded (Unix
+  // time; 0: none since start). Alert on time() minus it for a missed backup.
+  prometheus::Gauge& snapshot_last_success() { return *snapshot_last_success_; }
+
   // ---- store state (refreshed from RetrievalEngine::Stats() at each scrape) ----
 
   // scanserve_images_stored / scanserve_captions_stored: items searchable now.
@@ -179,6 +183,7 @@ class ServerMetrics {
   prometheus::Histogram* detector_queue_wait_seconds_;
   prometheus::Family<prometheus::Counter>* detector_images_;
 
+  prometheus::Gauge* snapshot_last_success_;
   prometheus::Gauge* images_stored_;
   prometheus::Gauge* captions_stored_;
   prometheus::Family<prometheus::Gauge>* feature_bytes_;

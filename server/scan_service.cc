@@ -238,6 +238,8 @@ grpc::Status ScanServiceImpl::CreateSnapshot(grpc::ServerContext* context,
   if (!name.ok()) return ToGrpcStatus(name.status());
   absl::StatusOr<SnapshotInfo> snapshot = engine_->CreateSnapshot(SnapshotDataDir(options_.snapshot_dir, *name));
   if (!snapshot.ok()) return ToGrpcStatus(snapshot.status());
+  metrics_->snapshot_last_success().Set(
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
   SnapshotToProto(*name, *snapshot, response);
   return grpc::Status::OK;
 }

@@ -292,6 +292,7 @@ TEST_F(ServerTest, SnapshotsGoUnderTheSnapshotDirWithCheckedNames) {
   v1::CreateSnapshotResponse response;
   EXPECT_EQ(stub_->CreateSnapshot(Context().get(), request, &response).error_code(),
             grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(server_->metrics().snapshot_last_success().Value(), 0.0);
   server_->Stop(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server_.reset();
 
@@ -319,6 +320,8 @@ TEST_F(ServerTest, SnapshotsGoUnderTheSnapshotDirWithCheckedNames) {
   EXPECT_EQ(response.name().rfind("snapshot-20", 0), 0u) << response.name();
   EXPECT_EQ(response.name().size(), std::string("snapshot-YYYYMMDDTHHMMSSZ").size()) << response.name();
   EXPECT_EQ(engine_->snapshots.back(), "/backups/scan/" + response.name());
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  EXPECT_NEAR(server_->metrics().snapshot_last_success().Value(), now, 60.0);
 }
 
 TEST_F(ServerTest, BadInputsGetTheirCodesAndTheServerKeepsServing) {
