@@ -62,6 +62,9 @@ Commands:
       an image file (JPEG/PNG/WebP) sent as bytes, whose regions, boxes and labels the server's
       detector extracts (needs --detector-dir on the server)
   delete (--image ID | --caption ID)...
+  update (--image ID | --caption ID)... [--collection C] [--meta KEY=VALUE]... [--remove-meta KEY]...
+      changes stored items' collection and metadata (the same change for each id) without sending
+      their content again; scores do not change
   get (--image ID | --caption ID)...
       stored items as they were sent: collection, metadata, caption text; an image's region count,
       boxes and labels (not its features). Exit 3 when an id is unknown
@@ -287,6 +290,19 @@ int ReportItems(const char* kind, const google::protobuf::RepeatedPtrField<v1::I
   return exit_code;
 }
 
+// A response with per-item image_results and caption_results (Delete, UpdateItems): JSON, or a
+// table on stdout (on stderr when an item failed); the exit code of the worst item.
+template <typename Response>
+int ReportImageAndCaptionResults(const Response& response, bool json) {
+  if (json) PrintJson(response);
+  Table table({"kind", "id", "result", "message"});
+  const int images = ReportItems("image", response.image_results(), json, &table);
+  const int captions = ReportItems("caption", response.caption_results(), json, &table);
+  const int exit_code = CombineItemExitCodes(images, captions);
+  if (!json) table.Print(exit_code == kExitOk ? stdout : stderr);
+  return exit_code;
+}
+
 int UpsertCaption(Connection& connection, const std::vector<std::string>& argv, bool json) {
   absl::StatusOr<ParsedArgs> args = Parse(argv, {{"collection", "meta"}, {}});
   if (!args.ok()) return UsageError(std::string(args.status().message()));
@@ -385,13 +401,43 @@ int Delete(Connection& connection, const std::vector<std::string>& argv, bool js
   v1::DeleteResponse response;
   const grpc::Status status = connection.scan().Delete(connection.NewContext().get(), request, &response);
   if (!status.ok()) return RpcFailed("Delete", status);
-  if (json) PrintJson(response);
-  Table table({"kind", "id", "result", "message"});
-  const int images = ReportItems("image", response.image_results(), json, &table);
-  const int captions = ReportItems("caption", response.caption_results(), json, &table);
-  const int exit_code = CombineItemExitCodes(images, captions);
-  if (!json) table.Print(exit_code == kExitOk ? stdout : stderr);
-  return exit_code;
+  return ReportImageAndCaptionResults(response, json);
+}
+
+int Update(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"image", "caption", "collection", "meta", "remove-meta"}, {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (!args->positionals().empty()) return UsageError("update takes flags only");
+  absl::StatusOr<std::map<std::string, std::string>> meta = args->KeyValues("meta");
+  if (!meta.ok()) return UsageError(std::string(meta.status().message()));
+  v1::ItemUpdate change;
+  if (std::optional<std::string> collection = args->Value("collection")) {
+    change.set_set_collection(true);
+    change.set_collection(*collection);
+  }
+  for (const auto& [key, value] : *meta) (*change.mutable_set_metadata())[key] = value;
+  for (const std::string& key : args->Values("remove-meta")) change.add_remove_metadata(key);
+  if (!change.set_collection() && change.set_metadata().empty() && change.remove_metadata().empty()) {
+    return UsageError("update needs --collection, --meta or --remove-meta");
+  }
+  v1::UpdateItemsRequest request;
+  for (const std::string& id : args->Values("image")) {
+    v1::ItemUpdate* update = request.add_images();
+    *update = change;
+    update->set_id(id);
+  }
+  for (const std::string& id : args->Values("caption")) {
+    v1::ItemUpdate* update = request.add_captions();
+    *update = change;
+    update->set_id(id);
+  }
+  if (request.images_size() + request.captions_size() == 0) {
+    return UsageError("update needs at least one --image ID or --caption ID");
+  }
+  v1::UpdateItemsResponse response;
+  const grpc::Status status = connection.scan().UpdateItems(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("UpdateItems", status);
+  return ReportImageAndCaptionResults(response, json);
 }
 
 int Get(Connection& connection, const std::vector<std::string>& argv, bool json) {
@@ -812,9 +858,9 @@ int Main(int argc, char** argv) {
   using Command = int (*)(Connection&, const std::vector<std::string>&, bool);
   const std::map<std::string, Command> commands = {
       {"search-images", SearchImages}, {"search-captions", SearchCaptions}, {"upsert-caption", UpsertCaption},
-      {"upsert-image", UpsertImage},   {"delete", Delete},                  {"get", Get},
-      {"list", List},                  {"snapshot", Snapshot},              {"stats", Stats},
-      {"health", Health},              {"import", Import}};
+      {"upsert-image", UpsertImage},   {"update", Update},                  {"delete", Delete},
+      {"get", Get},                    {"list", List},                      {"snapshot", Snapshot},
+      {"stats", Stats},                {"health", Health},                  {"import", Import}};
   const auto it = commands.find(command);
   if (it == commands.end()) return UsageError(absl::StrCat("unknown command '", command, "'"));
   absl::StatusOr<std::unique_ptr<Connection>> connection = Connection::Create(connection_options);

@@ -276,6 +276,15 @@ CaptionItem CaptionItemFromProto(const v1::Caption& caption) {
   return item;
 }
 
+ItemUpdate ItemUpdateFromProto(const v1::ItemUpdate& update) {
+  ItemUpdate out;
+  out.id = update.id();
+  if (update.set_collection()) out.collection = update.collection();
+  out.set_metadata = Metadata(update.set_metadata().begin(), update.set_metadata().end());
+  out.remove_metadata.assign(update.remove_metadata().begin(), update.remove_metadata().end());
+  return out;
+}
+
 absl::StatusOr<ItemKind> ItemKindFromProto(const v1::ListItemsRequest& request) {
   switch (request.kind()) {
     case v1::ITEM_KIND_IMAGE:

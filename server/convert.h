@@ -71,6 +71,7 @@ absl::Status CheckImageForDetection(const v1::Image& image);
 // detection is that image's error (code kept, message prefixed with the id).
 absl::StatusOr<ImageItem> ImageItemFromDetection(const v1::Image& image, absl::StatusOr<DetectedRegions> regions);
 CaptionItem CaptionItemFromProto(const v1::Caption& caption);
+ItemUpdate ItemUpdateFromProto(const v1::ItemUpdate& update);
 
 // ListItems: the kind, and a page size 0 -> kDefaultListPageSize, above the largest -> the largest.
 // INVALID_ARGUMENT for an unspecified kind or a negative page size.

@@ -135,6 +135,26 @@ grpc::Status ScanServiceImpl::Delete(grpc::ServerContext* context, const v1::Del
   return grpc::Status::OK;
 }
 
+grpc::Status ScanServiceImpl::UpdateItems(grpc::ServerContext* context, const v1::UpdateItemsRequest* request,
+                                          v1::UpdateItemsResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  if (request->images_size() > 0) {
+    std::vector<ItemUpdate> updates;
+    for (const v1::ItemUpdate& update : request->images()) updates.push_back(ItemUpdateFromProto(update));
+    for (const ItemResult& result : engine_->UpdateImages(updates)) {
+      ItemResultToProto(result, response->add_image_results());
+    }
+  }
+  if (request->captions_size() > 0) {
+    std::vector<ItemUpdate> updates;
+    for (const v1::ItemUpdate& update : request->captions()) updates.push_back(ItemUpdateFromProto(update));
+    for (const ItemResult& result : engine_->UpdateCaptions(updates)) {
+      ItemResultToProto(result, response->add_caption_results());
+    }
+  }
+  return grpc::Status::OK;
+}
+
 grpc::Status ScanServiceImpl::Ingest(grpc::ServerContext* context,
                                      grpc::ServerReaderWriter<v1::IngestResponse, v1::IngestRequest>* stream) {
   if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);

@@ -46,6 +46,8 @@ class ScanServiceImpl final : public v1::ScanService::Service {
                               v1::UpsertCaptionsResponse* response) override;
   grpc::Status Delete(grpc::ServerContext* context, const v1::DeleteRequest* request,
                       v1::DeleteResponse* response) override;
+  grpc::Status UpdateItems(grpc::ServerContext* context, const v1::UpdateItemsRequest* request,
+                           v1::UpdateItemsResponse* response) override;
   grpc::Status Ingest(grpc::ServerContext* context,
                       grpc::ServerReaderWriter<v1::IngestResponse, v1::IngestRequest>* stream) override;
   grpc::Status GetItems(grpc::ServerContext* context, const v1::GetItemsRequest* request,

@@ -30,6 +30,7 @@
 #include <mutex>
 #include <numeric>
 #include <shared_mutex>
+#include <type_traits>
 #include <utility>
 
 #include "absl/container/btree_map.h"
@@ -212,6 +213,8 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   std::vector<ItemResult> UpsertCaptions(std::vector<CaptionItem> items) override;
   std::vector<ItemResult> DeleteImages(absl::Span<const std::string> ids) override;
   std::vector<ItemResult> DeleteCaptions(absl::Span<const std::string> ids) override;
+  std::vector<ItemResult> UpdateImages(const std::vector<ItemUpdate>& updates) override;
+  std::vector<ItemResult> UpdateCaptions(const std::vector<ItemUpdate>& updates) override;
   absl::StatusOr<std::vector<StoredImageInfo>> GetImages(
       absl::Span<const std::string> ids) const override;
   absl::StatusOr<std::vector<StoredCaptionInfo>> GetCaptions(
@@ -257,6 +260,8 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   template <typename Record>
   absl::Status Publish(const std::vector<Record>& records, ItemKind kind);
   std::vector<ItemResult> Delete(absl::Span<const std::string> ids, ItemKind kind);
+  template <typename Record>
+  std::vector<ItemResult> Update(const std::vector<ItemUpdate>& updates, ItemKind kind);
   template <typename Info>
   absl::StatusOr<std::vector<Info>> Get(absl::Span<const std::string> ids, ItemKind kind) const;
   absl::StatusOr<ItemPage> List(const ListParams& params, ItemKind kind) const;
@@ -887,13 +892,17 @@ std::vector<ItemResult> ScanRetrievalEngine::DeleteCaptions(absl::Span<const std
 constexpr size_t kGetChunk = 64;  // records read from the store at once (each decodes its embeddings)
 
 absl::StatusOr<std::vector<std::optional<StoredImage>>> ReadRecords(
-    const FeatureStore& store, absl::Span<const std::string> ids, const StoredImageInfo*) {
+    const FeatureStore& store, absl::Span<const std::string> ids, const StoredImage*) {
   return store.GetImages(ids);
 }
 absl::StatusOr<std::vector<std::optional<StoredCaption>>> ReadRecords(
-    const FeatureStore& store, absl::Span<const std::string> ids, const StoredCaptionInfo*) {
+    const FeatureStore& store, absl::Span<const std::string> ids, const StoredCaption*) {
   return store.GetCaptions(ids);
 }
+
+// The store record behind each Info type.
+template <typename Info>
+using RecordOf = std::conditional_t<std::is_same_v<Info, StoredImageInfo>, StoredImage, StoredCaption>;
 
 void FillInfo(StoredImage& record, StoredImageInfo* info) {
   info->item.collection = std::move(record.collection);
@@ -951,8 +960,8 @@ absl::StatusOr<std::vector<Info>> ScanRetrievalEngine::Get(absl::Span<const std:
   for (size_t begin = 0; begin < wanted.size(); begin += kGetChunk) {
     const absl::Span<const std::string> chunk =
         absl::MakeConstSpan(wanted).subspan(begin, kGetChunk);
-    SCANSERVE_ASSIGN_OR_RETURN(auto records,
-                               ReadRecords(*store_, chunk, static_cast<const Info*>(nullptr)));
+    SCANSERVE_ASSIGN_OR_RETURN(
+        auto records, ReadRecords(*store_, chunk, static_cast<const RecordOf<Info>*>(nullptr)));
     for (size_t j = 0; j < chunk.size(); ++j) {
       if (records[j].has_value()) {
         FillInfo(*records[j], &out[index[begin + j]]);
@@ -1031,6 +1040,108 @@ absl::StatusOr<ItemPage> ScanRetrievalEngine::ListImages(const ListParams& param
 
 absl::StatusOr<ItemPage> ScanRetrievalEngine::ListCaptions(const ListParams& params) const {
   return List(params, ItemKind::kCaption);
+}
+
+// ---- Updating collections and metadata ---------------------------------------------------------
+
+// The record as `update` leaves it; INVALID_ARGUMENT beyond the limits.
+template <typename Record>
+absl::Status ApplyUpdate(const ItemUpdate& update, Record* record) {
+  if (update.collection.has_value()) record->collection = *update.collection;
+  for (const std::string& key : update.remove_metadata) record->metadata.erase(key);
+  for (const auto& [key, value] : update.set_metadata) record->metadata[key] = value;
+  return ValidateCollectionAndMetadata(record->collection, record->metadata);
+}
+
+// Read, change and write back whole records (one fsync per chunk), then the catalog: the scorers
+// hold nothing that changes.
+template <typename Record>
+std::vector<ItemResult> ScanRetrievalEngine::Update(const std::vector<ItemUpdate>& updates,
+                                                    ItemKind kind) {
+  const char* kind_name = kind == ItemKind::kImage ? "image" : "caption";
+  std::vector<ItemResult> results(updates.size());
+  std::vector<size_t> valid;
+  absl::flat_hash_set<std::string> seen;
+  for (size_t i = 0; i < updates.size(); ++i) {
+    const ItemUpdate& update = updates[i];
+    results[i].id = update.id;
+    absl::Status status = ValidateId(update.id);
+    if (status.ok() && !seen.insert(update.id).second) {
+      status = absl::InvalidArgumentError("the id appears more than once in this request");
+    }
+    for (const std::string& key : update.remove_metadata) {
+      if (status.ok() && update.set_metadata.count(key) > 0) {
+        status = absl::InvalidArgumentError(
+            absl::StrCat("metadata key ", QuoteId(key), " is both set and removed"));
+      }
+    }
+    if (status.ok()) {
+      valid.push_back(i);
+    } else {
+      results[i].status = status;
+    }
+  }
+  std::lock_guard<std::mutex> writer(writer_mu_);
+  if (const absl::Status refused = Refusal(); !refused.ok()) {
+    for (size_t i : valid) results[i].status = refused;
+    return results;
+  }
+  Catalog& items = catalog(kind);
+  for (size_t begin = 0; begin < valid.size(); begin += kGetChunk) {
+    const size_t end = std::min(valid.size(), begin + kGetChunk);
+    std::vector<std::string> ids;
+    for (size_t j = begin; j < end; ++j) ids.push_back(updates[valid[j]].id);
+    absl::StatusOr<std::vector<std::optional<Record>>> read =
+        ReadRecords(*store_, ids, static_cast<const Record*>(nullptr));
+    if (!read.ok()) {
+      for (size_t j = begin; j < end; ++j) results[valid[j]].status = read.status();
+      continue;
+    }
+    std::vector<Record> changed;
+    std::vector<size_t> changed_index;
+    for (size_t j = begin; j < end; ++j) {
+      const size_t i = valid[j];
+      std::optional<Record>& record = (*read)[j - begin];
+      if (!record.has_value()) {
+        auto it = items.key_of_id.find(updates[i].id);
+        results[i].status =
+            it != items.key_of_id.end() && items.Get(it->second).synthetic()
+                ? absl::FailedPreconditionError(absl::StrCat(
+                      "synthetic ", kind_name, " ", QuoteId(updates[i].id),
+                      " is not stored and cannot be updated"))
+                : absl::NotFoundError(absl::StrCat("no stored ", kind_name, " ", QuoteId(updates[i].id)));
+        continue;
+      }
+      results[i].status = ApplyUpdate(updates[i], &*record);
+      if (!results[i].status.ok()) continue;
+      changed.push_back(*std::move(record));
+      changed_index.push_back(i);
+    }
+    if (changed.empty()) continue;
+    const absl::Status written = PutRecords(*store_, changed);
+    if (!written.ok()) {
+      for (size_t i : changed_index) results[i].status = written;
+      continue;
+    }
+    std::unique_lock<WriterPreferringSharedMutex> state(state_mu_);
+    for (Record& record : changed) {
+      // Every stored id is in the catalog (the store and the catalog change together).
+      auto it = items.key_of_id.find(record.id);
+      SCANSERVE_CHECK(it != items.key_of_id.end());
+      CatalogEntry& entry = items.entries.find(it->second)->second;
+      entry.collection = std::move(record.collection);
+      entry.metadata = std::move(record.metadata);
+    }
+  }
+  return results;
+}
+
+std::vector<ItemResult> ScanRetrievalEngine::UpdateImages(const std::vector<ItemUpdate>& updates) {
+  return Update<StoredImage>(updates, ItemKind::kImage);
+}
+
+std::vector<ItemResult> ScanRetrievalEngine::UpdateCaptions(const std::vector<ItemUpdate>& updates) {
+  return Update<StoredCaption>(updates, ItemKind::kCaption);
 }
 
 // ---- Snapshots --------------------------------------------------------------------------------

@@ -147,6 +147,15 @@ struct ItemResult {
   absl::Status status;
 };
 
+// A change to a stored item's collection and metadata (UpdateImages / UpdateCaptions): its content
+// stays as it is, so nothing is detected or encoded again.
+struct ItemUpdate {
+  std::string id;
+  std::optional<std::string> collection;  // unset: unchanged
+  Metadata set_metadata;                  // keys added or replaced
+  std::vector<std::string> remove_metadata;  // keys removed (absent ones are fine)
+};
+
 // One item as GetImages / GetCaptions read it back: what the caller sent with it, less the region
 // features (the store keeps each model's embeddings of them, not the input).
 struct StoredImageInfo {
@@ -252,6 +261,13 @@ class RetrievalEngine {
   // Deletes durably; unknown ids come back NOT_FOUND per item.
   virtual std::vector<ItemResult> DeleteImages(absl::Span<const std::string> ids) = 0;
   virtual std::vector<ItemResult> DeleteCaptions(absl::Span<const std::string> ids) = 0;
+
+  // Collection and metadata changes, durable like upserts, seen by the next search's filters; the
+  // scores do not change. Per item: NOT_FOUND for an unknown id, FAILED_PRECONDITION for a
+  // synthetic one (never stored), INVALID_ARGUMENT for a malformed or repeated id, a key both set
+  // and removed, or a result beyond RetrievalLimits.
+  virtual std::vector<ItemResult> UpdateImages(const std::vector<ItemUpdate>& updates) = 0;
+  virtual std::vector<ItemResult> UpdateCaptions(const std::vector<ItemUpdate>& updates) = 0;
 
   // Reading back, from the store (synthetic items from memory): results[i] belongs to ids[i], an
   // unknown or malformed id failing alone. The call fails for more than kMaxGetIds ids

@@ -597,6 +597,18 @@ class ServerTest(E2EBase):
         self.assertEqual(got["captions"][0]["caption"]["text"], "a man riding a bike")
         r = self.scanctl(["get", "--caption", "cli/cap"], expect=0)
         self.assertIn("a man riding a bike", r.stdout)
+        # Metadata changes without the features again; filters see them, the store keeps them.
+        self.scanctl(["update", "--image", "cli/img", "--collection", "cli2", "--meta", "tag=t1",
+                      "--remove-meta", "source"], expect=0)
+        self.scanctl(["update", "--image", "nope", "--meta", "a=b"], expect=3)
+        self.scanctl(["update", "--image", "cli/img"], expect=2)
+        got = json.loads(self.scanctl(["--json", "get", "--image", "cli/img"], expect=0).stdout)
+        self.assertEqual(got["images"][0]["image"]["collection"], "cli2")
+        self.assertEqual(got["images"][0]["image"]["metadata"], {"tag": "t1"})
+        r = self.scanctl(["--json", "search-images", self.s.captions[0], "--collection", "cli2"], expect=0)
+        self.assertEqual([h["id"] for h in json.loads(r.stdout)["results"][0]["hits"]], ["cli/img"])
+        self.scanctl(["update", "--image", "cli/img", "--collection", "cli", "--meta", "source=cli",
+                      "--remove-meta", "tag"], expect=0)
         r = self.scanctl(["list", "images", "--collection", "cli"], expect=0)
         self.assertEqual(r.stdout.split(), ["cli/img"])
         # Every page followed: each stored id once, in byte order (earlier tests stored others too).

@@ -80,6 +80,16 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     return results;
   }
 
+  std::vector<ItemResult> UpdateImages(const std::vector<ItemUpdate>& updates) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return Apply(updates, &images_);
+  }
+
+  std::vector<ItemResult> UpdateCaptions(const std::vector<ItemUpdate>& updates) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    return Apply(updates, &captions_);
+  }
+
   absl::StatusOr<std::vector<StoredImageInfo>> GetImages(absl::Span<const std::string> ids) const override {
     if (ids.size() > RetrievalLimits::kMaxGetIds) return absl::InvalidArgumentError("too many ids");
     std::lock_guard<std::mutex> lock(mu_);
@@ -255,6 +265,23 @@ class FakeRetrievalEngine final : public RetrievalEngine {
   std::vector<std::string> snapshots;  // CreateSnapshot's directories, guarded by mu_
 
  private:
+  template <typename Item>
+  static std::vector<ItemResult> Apply(const std::vector<ItemUpdate>& updates, std::map<std::string, Item>* items) {
+    std::vector<ItemResult> results;
+    for (const ItemUpdate& update : updates) {
+      const auto it = items->find(update.id);
+      if (it == items->end()) {
+        results.push_back({update.id, absl::NotFoundError(absl::StrCat("no item '", update.id, "'"))});
+        continue;
+      }
+      if (update.collection.has_value()) it->second.collection = *update.collection;
+      for (const std::string& key : update.remove_metadata) it->second.metadata.erase(key);
+      for (const auto& [key, value] : update.set_metadata) it->second.metadata[key] = value;
+      results.push_back({update.id, absl::OkStatus()});
+    }
+    return results;
+  }
+
   template <typename Item>
   static absl::StatusOr<ItemPage> Page(const std::map<std::string, Item>& items, const ListParams& params) {
     if (params.page_size < 1 || params.page_size > RetrievalLimits::kMaxListPageSize) {

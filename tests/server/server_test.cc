@@ -286,6 +286,49 @@ TEST_F(ServerTest, FailedAndSlowCallsAreLoggedClientMistakesAreNot) {
   EXPECT_EQ(log.find("INVALID_ARGUMENT"), std::string::npos) << "a client's mistake: " << log;
 }
 
+TEST_F(ServerTest, UpdateItemsChangesCollectionAndMetadataThroughGrpc) {
+  Start();
+  UpsertThreeImages();  // low and mid in "a", high in "b"
+  v1::UpdateItemsRequest request;
+  v1::ItemUpdate* move = request.add_images();
+  move->set_id("low");
+  move->set_set_collection(true);
+  move->set_collection("b");
+  (*move->mutable_set_metadata())["tag"] = "x";
+  v1::ItemUpdate* tag_only = request.add_images();  // set_collection false: the collection stays
+  tag_only->set_id("mid");
+  tag_only->set_collection("ignored");
+  (*tag_only->mutable_set_metadata())["tag"] = "y";
+  request.add_images()->set_id("never");
+  v1::UpdateItemsResponse response;
+  ASSERT_TRUE(stub_->UpdateItems(Context().get(), request, &response).ok());
+  ASSERT_EQ(response.image_results_size(), 3);
+  EXPECT_EQ(response.image_results(0).code(), 0) << response.image_results(0).message();
+  EXPECT_EQ(response.image_results(1).code(), 0);
+  EXPECT_EQ(response.image_results(2).code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
+  EXPECT_EQ(response.image_results(2).id(), "never");
+
+  v1::GetItemsRequest get;
+  get.add_image_ids("low");
+  get.add_image_ids("mid");
+  v1::GetItemsResponse got;
+  ASSERT_TRUE(stub_->GetItems(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.images(0).image().collection(), "b");
+  EXPECT_EQ(got.images(0).image().metadata().at("tag"), "x");
+  EXPECT_EQ(got.images(1).image().collection(), "a") << "without set_collection it is left as it was";
+  EXPECT_EQ(got.images(1).image().metadata().at("tag"), "y");
+
+  v1::ItemUpdate* clear = request.mutable_images(0);
+  clear->set_collection("");  // set_collection still true: out of any collection
+  clear->clear_set_metadata();
+  clear->add_remove_metadata("tag");
+  request.mutable_images()->DeleteSubrange(1, 2);
+  ASSERT_TRUE(stub_->UpdateItems(Context().get(), request, &response).ok());
+  ASSERT_TRUE(stub_->GetItems(Context().get(), get, &got).ok());
+  EXPECT_EQ(got.images(0).image().collection(), "");
+  EXPECT_TRUE(got.images(0).image().metadata().empty());
+}
+
 TEST_F(ServerTest, SnapshotsGoUnderTheSnapshotDirWithCheckedNames) {
   Start();  // no --snapshot-dir
   v1::CreateSnapshotRequest request;

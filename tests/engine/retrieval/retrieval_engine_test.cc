@@ -681,6 +681,93 @@ TEST_F(RetrievalEngineTest, RestartReloadsEverythingWithIdenticalResults) {
   EXPECT_EQ(engine->Stats().images, 9);
 }
 
+// Collection and metadata changes: filters see them at once, a restart keeps them, scores and the
+// rest of the item do not change, and bad updates fail alone.
+TEST_F(RetrievalEngineTest, UpdatesChangeCollectionsAndMetadataOnly) {
+  RetrievalEngineOptions options = Options();
+  options.synthetic_images = 2;
+  std::vector<ImageItem> images = SomeImages(4);  // even/odd collections, metadata mod3
+  Snapshot before;
+  {
+    auto engine = Make(options);
+    ASSERT_NE(engine, nullptr);
+    ExpectAllOk(engine->UpsertImages(images));
+    ExpectAllOk(engine->UpsertCaptions(SomeCaptions()));
+    before = TakeSnapshot(*engine);
+
+    std::vector<ItemUpdate> updates(6);
+    updates[0].id = "img1";
+    updates[0].collection = "even";                      // odd -> even
+    updates[0].set_metadata = {{"tag", "beach"}};
+    updates[0].remove_metadata = {"mod3", "absent-key"};
+    updates[1].id = "nope";
+    updates[2].id = "img2";
+    updates[2].set_metadata = {{"mod3", "x"}};
+    updates[2].remove_metadata = {"mod3"};               // both set and removed
+    updates[3].id = "img1";                              // repeated
+    updates[4].id = "synthetic/0";
+    updates[4].collection = "x";
+    updates[5].id = "img3";
+    for (int k = 0; k < static_cast<int>(RetrievalLimits::kMaxMetadataEntries); ++k) {
+      updates[5].set_metadata["k" + std::to_string(k)] = "v";  // one more than the limit with mod3
+    }
+    const std::vector<ItemResult> results = engine->UpdateImages(updates);
+    ASSERT_EQ(results.size(), updates.size());
+    EXPECT_TRUE(results[0].status.ok()) << results[0].status;
+    EXPECT_EQ(results[1].status.code(), absl::StatusCode::kNotFound);
+    EXPECT_EQ(results[2].status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(results[3].status.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(results[4].status.code(), absl::StatusCode::kFailedPrecondition) << results[4].status;
+    EXPECT_EQ(results[5].status.code(), absl::StatusCode::kInvalidArgument) << results[5].status;
+
+    // The filters see it at once.
+    SearchParams params;
+    params.top_k = 10;
+    params.filter.collection = "even";
+    auto hits = engine->SearchImages({kCaptions[0]}, params);
+    ASSERT_TRUE(hits.ok()) << hits.status();
+    std::vector<std::string> ids;
+    for (const ImageHit& hit : (*hits)[0]) ids.push_back(hit.id);
+    std::sort(ids.begin(), ids.end());
+    EXPECT_EQ(ids, (std::vector<std::string>{"img0", "img1", "img2"}));
+    params.filter = {};
+    params.filter.metadata = {{"tag", "beach"}};
+    hits = engine->SearchImages({kCaptions[0]}, params);
+    ASSERT_TRUE(hits.ok());
+    ASSERT_EQ((*hits)[0].size(), 1u);
+    EXPECT_EQ((*hits)[0][0].id, "img1");
+    EXPECT_EQ((*hits)[0][0].metadata, (Metadata{{"tag", "beach"}}));
+    std::vector<ItemUpdate> caption_update(1);
+    caption_update[0].id = "cap1";
+    caption_update[0].collection = "";
+    EXPECT_TRUE(engine->UpdateCaptions(caption_update)[0].status.ok());
+  }
+  // After a restart (the same synthetic images again): the same, and everything else as before.
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  auto got = engine->GetImages(std::vector<std::string>{"img1", "img3"});
+  ASSERT_TRUE(got.ok()) << got.status();
+  images[1].collection = "even";
+  images[1].metadata = {{"tag", "beach"}};
+  ExpectSameImage((*got)[0], images[1]);
+  ExpectSameImage((*got)[1], images[3]);  // its failed update changed nothing
+  auto caption = engine->GetCaptions(std::vector<std::string>{"cap1"});
+  ASSERT_TRUE(caption.ok());
+  EXPECT_EQ((*caption)[0].item.collection, "");
+  EXPECT_EQ((*caption)[0].item.text, kCaptions[1]);
+  Snapshot after = TakeSnapshot(*engine);
+  // Scores and order are those of before; only img1's hit metadata changed.
+  for (auto& hits : before.images) {
+    for (ImageHit& hit : hits) {
+      if (hit.id == "img1") {
+        hit.collection = "even";
+        hit.metadata = {{"tag", "beach"}};
+      }
+    }
+  }
+  ExpectSameSnapshot(after, before);
+}
+
 // A snapshot is the store as it was: an engine opened on it answers exactly as the live one did
 // then, while the live one moves on; synthetic items are not in it.
 TEST_F(RetrievalEngineTest, SnapshotRestoresTheStoreAsItWas) {
