@@ -409,8 +409,9 @@ const std::vector<Flag>& Flags() {
          return absl::OkStatus();
        }},
       {"snapshot-dir", "DIR",
-       "where CreateSnapshot (scanctl snapshot) writes restorable copies of the store, one directory each; "
-       "on the data directory's file system they are hard links, taken in milliseconds. Empty: snapshots are refused",
+       "where CreateSnapshot (scanctl snapshot) writes restorable copies of the store, one directory each "
+       "(created at start if absent); on the data directory's file system they are hard links, taken in "
+       "milliseconds. Empty: snapshots are refused",
        [](const ServerConfig& c) { return c.server.snapshot_dir; },
        [](const std::string& v, ServerConfig* c) {
          c->server.snapshot_dir = v;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <filesystem>
 #include <thread>
 #include <utility>
 
@@ -80,6 +81,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
       absl::StatusOr<std::string> ca = ReadFile(tls.client_ca_file, "TLS client CA");
       if (!ca.ok()) return ca.status();
       server->tls_client_ca_pem_ = *std::move(ca);
+    }
+  }
+  if (!server->options_.snapshot_dir.empty()) {
+    // Like the data directory: created at start, so that the first snapshot does not fail on it.
+    std::error_code error;
+    std::filesystem::create_directories(server->options_.snapshot_dir, error);
+    if (error || !std::filesystem::is_directory(server->options_.snapshot_dir)) {
+      return absl::FailedPreconditionError(absl::StrCat("cannot create the snapshot directory ",
+                                                        server->options_.snapshot_dir, ": ", error.message()));
     }
   }
   absl::StatusOr<std::unique_ptr<TextToImageBatcher>> image_batcher = TextToImageBatcher::Create(

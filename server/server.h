@@ -61,7 +61,8 @@ struct ServerOptions {
   int health_poll_ms = 1000;
   // Which finished calls get a log line on stderr (server failures, overload, slow calls).
   CallLogOptions call_log;
-  // CreateSnapshot writes snapshots into new directories here; empty: snapshots are refused.
+  // CreateSnapshot writes snapshots into new directories here (created by Create if absent);
+  // empty: snapshots are refused.
   std::string snapshot_dir;
 };
 

@@ -963,8 +963,7 @@ class SnapshotTest(E2EBase):
     @classmethod
     def setUpClass(cls):
         cls.s = cls.setUpShared()
-        cls.snapshots = os.path.join(cls.s.tmp, "snapshots")
-        os.makedirs(cls.snapshots, exist_ok=True)
+        cls.snapshots = os.path.join(cls.s.tmp, "snapshots", "scan")  # the server creates it
         cls.start_class_server("snap", [cls.s.model_a], os.path.join(cls.s.tmp, "data_snap"),
                                extra=["--snapshot-dir", cls.snapshots])
 

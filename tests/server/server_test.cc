@@ -5,9 +5,12 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 #include <future>
 #include <string>
 #include <thread>
+
+#include <unistd.h>
 
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
@@ -340,13 +343,17 @@ TEST_F(ServerTest, SnapshotsGoUnderTheSnapshotDirWithCheckedNames) {
   server_.reset();
 
   ServerOptions options;
-  options.snapshot_dir = "/backups/scan";
+  const std::filesystem::path base = std::filesystem::temp_directory_path() /
+                                     ("server_test_snapshots_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(base);
+  options.snapshot_dir = (base / "scan").string();  // created by Create, parents too
   Start(options);
+  EXPECT_TRUE(std::filesystem::is_directory(options.snapshot_dir));
   UpsertThreeImages();
   request.set_name("nightly-1.v2_x");
   ASSERT_TRUE(stub_->CreateSnapshot(Context().get(), request, &response).ok());
   EXPECT_EQ(response.name(), "nightly-1.v2_x");
-  EXPECT_EQ(response.data_dir(), "/backups/scan/nightly-1.v2_x");
+  EXPECT_EQ(response.data_dir(), options.snapshot_dir + "/nightly-1.v2_x");
   EXPECT_EQ(response.images(), 3);
   EXPECT_EQ(stub_->CreateSnapshot(Context().get(), request, &response).error_code(),
             grpc::StatusCode::ALREADY_EXISTS);
@@ -362,9 +369,10 @@ TEST_F(ServerTest, SnapshotsGoUnderTheSnapshotDirWithCheckedNames) {
   ASSERT_TRUE(stub_->CreateSnapshot(Context().get(), request, &response).ok());
   EXPECT_EQ(response.name().rfind("snapshot-20", 0), 0u) << response.name();
   EXPECT_EQ(response.name().size(), std::string("snapshot-YYYYMMDDTHHMMSSZ").size()) << response.name();
-  EXPECT_EQ(engine_->snapshots.back(), "/backups/scan/" + response.name());
+  EXPECT_EQ(engine_->snapshots.back(), options.snapshot_dir + "/" + response.name());
   const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
   EXPECT_NEAR(server_->metrics().snapshot_last_success().Value(), now, 60.0);
+  std::filesystem::remove_all(base);
 }
 
 TEST_F(ServerTest, BadInputsGetTheirCodesAndTheServerKeepsServing) {
