@@ -65,9 +65,10 @@ CallLog::CallLog(CallLogOptions options, std::function<double()> now_seconds)
 
 std::optional<CallLogLine> CallLog::Record(absl::string_view method, absl::string_view peer,
                                            absl::StatusCode code, absl::string_view message,
-                                           double seconds) {
+                                           double seconds, bool streaming) {
   std::optional<LogLevel> level = LevelOf(code);
-  const bool slow = options_.slow_call_seconds > 0 && seconds >= options_.slow_call_seconds;
+  const bool slow =
+      !streaming && options_.slow_call_seconds > 0 && seconds >= options_.slow_call_seconds;
   if (!level.has_value() && !slow) return std::nullopt;
   if (!level.has_value()) level = LogLevel::kWarning;
 

@@ -1,7 +1,7 @@
 // CallLog: a log line for the calls an operator needs to see one by one. Metrics count every call
 // by code; this says which call failed and why: the server's own failures (INTERNAL, UNKNOWN,
 // DATA_LOSS) as errors; overload and unavailability (RESOURCE_EXHAUSTED, UNAVAILABLE,
-// DEADLINE_EXCEEDED, UNIMPLEMENTED) and calls slower than a threshold as warnings. A client's own
+// DEADLINE_EXCEEDED, UNIMPLEMENTED) and unary calls slower than a threshold as warnings. A client's own
 // mistakes (INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED, ...) are not logged: the client has the
 // message. Lines carry the method, code, duration, peer and status message, never request content,
 // and are rate-limited so that a failing dependency cannot flood stderr: suppressed lines are
@@ -39,10 +39,11 @@ class CallLog {
   explicit CallLog(CallLogOptions options, std::function<double()> now_seconds = nullptr);
 
   // The line for a finished call, or nullopt when it is not logged (or suppressed). Thread-safe.
-  // `method` is the gRPC path ("/scanserve.v1.ScanService/SearchImages").
+  // `method` is the gRPC path ("/scanserve.v1.ScanService/SearchImages"). A streaming call (Ingest,
+  // health Watch) lasts as long as its client streams, so it is never logged for being slow.
   std::optional<CallLogLine> Record(absl::string_view method, absl::string_view peer,
                                     absl::StatusCode code, absl::string_view message,
-                                    double seconds);
+                                    double seconds, bool streaming = false);
 
   // Lines suppressed by the rate limit since start.
   int64_t suppressed_total() const;

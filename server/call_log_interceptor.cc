@@ -22,9 +22,11 @@ class CallLogInterceptor final : public grpc::experimental::Interceptor {
       const grpc::Status status = methods->GetSendStatus();
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
       const std::string peer = info_->server_context() != nullptr ? info_->server_context()->peer() : "";
+      const bool streaming = info_->type() != grpc::experimental::ServerRpcInfo::Type::UNARY;
       const std::optional<CallLogLine> line =
           log_->Record(info_->method() != nullptr ? info_->method() : "?", peer,
-                       static_cast<absl::StatusCode>(status.error_code()), status.error_message(), seconds);
+                       static_cast<absl::StatusCode>(status.error_code()), status.error_message(), seconds,
+                       streaming);
       if (line.has_value()) Log(line->level, line->text);
     }
     methods->Proceed();

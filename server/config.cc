@@ -418,7 +418,7 @@ const std::vector<Flag>& Flags() {
          return absl::OkStatus();
        }},
       {"slow-call-log-ms", "MILLISECONDS",
-       "log a line for each call at least this slow (calls failing with INTERNAL, UNKNOWN, DATA_LOSS, "
+       "log a line for each unary call at least this slow (calls failing with INTERNAL, UNKNOWN, DATA_LOSS, "
        "RESOURCE_EXHAUSTED, UNAVAILABLE, DEADLINE_EXCEEDED or UNIMPLEMENTED always get one); 0 = no slow-call lines",
        [](const ServerConfig& c) { return absl::StrCat(c.server.call_log.slow_call_seconds * 1e3); },
        [](const std::string& v, ServerConfig* c) {

@@ -47,6 +47,14 @@ TEST(CallLogTest, SlowCallsAreWarningsUnlessTheThresholdIsZero) {
   // A slow client mistake is logged for its slowness.
   EXPECT_TRUE(log.Record(kMethod, "p", absl::StatusCode::kNotFound, "", 2.0).has_value());
 
+  // A stream lasts as long as its client streams: only its failures count.
+  EXPECT_FALSE(log.Record("/scanserve.v1.ScanService/Ingest", "p", absl::StatusCode::kOk, "", 60.0,
+                          /*streaming=*/true)
+                   .has_value());
+  EXPECT_TRUE(log.Record("/scanserve.v1.ScanService/Ingest", "p", absl::StatusCode::kInternal, "", 60.0,
+                         /*streaming=*/true)
+                  .has_value());
+
   CallLog never(CallLogOptions{.slow_call_seconds = 0});
   EXPECT_FALSE(never.Record(kMethod, "p", absl::StatusCode::kOk, "", 1e6).has_value());
   EXPECT_TRUE(never.Record(kMethod, "p", absl::StatusCode::kInternal, "", 0).has_value());
