@@ -37,6 +37,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/new_directory.h"
 #include "engine/common/status_macros.h"
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"
@@ -76,6 +77,12 @@ struct CatalogEntry {
   bool synthetic() const { return synthetic_index >= 0; }
 };
 
+const char* KindName(ItemKind kind) { return kind == ItemKind::kImage ? "image" : "caption"; }
+
+absl::Status NotStoredError(ItemKind kind, const std::string& id) {
+  return absl::NotFoundError(absl::StrCat("no stored ", KindName(kind), " ", QuoteId(id)));
+}
+
 // The stored items of one kind.
 struct Catalog {
   absl::btree_map<std::string, int64_t> key_of_id;  // ordered: List pages through it
@@ -89,6 +96,13 @@ struct Catalog {
     auto it = entries.find(key);
     SCANSERVE_CHECK(it != entries.end());
     return it->second;
+  }
+  // The entry of `id` when it is a synthetic item (in the catalog only, never stored); else null.
+  const CatalogEntry* FindSynthetic(const std::string& id) const {
+    auto it = key_of_id.find(id);
+    if (it == key_of_id.end()) return nullptr;
+    const CatalogEntry& entry = Get(it->second);
+    return entry.synthetic() ? &entry : nullptr;
   }
   void Insert(int64_t key, CatalogEntry entry) {
     feature_bytes += entry.feature_bytes;
@@ -642,7 +656,7 @@ absl::Status ScanRetrievalEngine::Publish(const std::vector<Record>& records, It
 template <typename Record>
 void ScanRetrievalEngine::Commit(std::vector<Record> records, const std::vector<size_t>& index,
                                  ItemKind kind, std::vector<ItemResult>* results) {
-  const char* kind_name = kind == ItemKind::kImage ? "image" : "caption";
+  const char* kind_name = KindName(kind);
   std::lock_guard<std::mutex> writer(writer_mu_);
   if (const absl::Status refused = Refusal(); !refused.ok()) {
     for (size_t i : index) (*results)[i].status = refused;
@@ -836,7 +850,6 @@ std::vector<ItemResult> ScanRetrievalEngine::UpsertCaptions(std::vector<CaptionI
 
 std::vector<ItemResult> ScanRetrievalEngine::Delete(absl::Span<const std::string> ids,
                                                     ItemKind kind) {
-  const char* kind_name = kind == ItemKind::kImage ? "image" : "caption";
   std::vector<ItemResult> results(ids.size());
   for (size_t i = 0; i < ids.size(); ++i) results[i].id = ids[i];
   std::lock_guard<std::mutex> writer(writer_mu_);
@@ -852,8 +865,7 @@ std::vector<ItemResult> ScanRetrievalEngine::Delete(absl::Span<const std::string
   for (size_t i = 0; i < ids.size(); ++i) {
     auto it = items.key_of_id.find(ids[i]);
     if (it == items.key_of_id.end()) {
-      results[i].status =
-          absl::NotFoundError(absl::StrCat("no stored ", kind_name, " ", QuoteId(ids[i])));
+      results[i].status = NotStoredError(kind, ids[i]);
       continue;
     }
     index.push_back(i);  // a repeated id reports like its first occurrence
@@ -937,7 +949,7 @@ void FillSynthetic(const CatalogEntry& entry, StoredCaptionInfo* info) {
 template <typename Info>
 absl::StatusOr<std::vector<Info>> ScanRetrievalEngine::Get(absl::Span<const std::string> ids,
                                                            ItemKind kind) const {
-  const char* kind_name = kind == ItemKind::kImage ? "image" : "caption";
+  const char* kind_name = KindName(kind);
   if (ids.size() > RetrievalLimits::kMaxGetIds) {
     return absl::InvalidArgumentError(absl::StrCat("at most ", RetrievalLimits::kMaxGetIds, " ",
                                                    kind_name, " ids per call, got ", ids.size()));
@@ -974,12 +986,10 @@ absl::StatusOr<std::vector<Info>> ScanRetrievalEngine::Get(absl::Span<const std:
   std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
   const Catalog& items = catalog(kind);
   for (size_t i : absent) {
-    auto it = items.key_of_id.find(ids[i]);
-    if (it != items.key_of_id.end() && items.Get(it->second).synthetic()) {
-      FillSynthetic(items.Get(it->second), &out[i]);
+    if (const CatalogEntry* entry = items.FindSynthetic(ids[i])) {
+      FillSynthetic(*entry, &out[i]);
     } else {
-      out[i].status =
-          absl::NotFoundError(absl::StrCat("no stored ", kind_name, " ", QuoteId(ids[i])));
+      out[i].status = NotStoredError(kind, ids[i]);
     }
   }
   return out;
@@ -1058,7 +1068,7 @@ absl::Status ApplyUpdate(const ItemUpdate& update, Record* record) {
 template <typename Record>
 std::vector<ItemResult> ScanRetrievalEngine::Update(const std::vector<ItemUpdate>& updates,
                                                     ItemKind kind) {
-  const char* kind_name = kind == ItemKind::kImage ? "image" : "caption";
+  const char* kind_name = KindName(kind);
   std::vector<ItemResult> results(updates.size());
   std::vector<size_t> valid;
   absl::flat_hash_set<std::string> seen;
@@ -1103,13 +1113,12 @@ std::vector<ItemResult> ScanRetrievalEngine::Update(const std::vector<ItemUpdate
       const size_t i = valid[j];
       std::optional<Record>& record = (*read)[j - begin];
       if (!record.has_value()) {
-        auto it = items.key_of_id.find(updates[i].id);
         results[i].status =
-            it != items.key_of_id.end() && items.Get(it->second).synthetic()
-                ? absl::FailedPreconditionError(absl::StrCat(
-                      "synthetic ", kind_name, " ", QuoteId(updates[i].id),
-                      " is not stored and cannot be updated"))
-                : absl::NotFoundError(absl::StrCat("no stored ", kind_name, " ", QuoteId(updates[i].id)));
+            items.FindSynthetic(updates[i].id) != nullptr
+                ? absl::FailedPreconditionError(absl::StrCat("synthetic ", kind_name, " ",
+                                                             QuoteId(updates[i].id),
+                                                             " is not stored and cannot be updated"))
+                : NotStoredError(kind, updates[i].id);
         continue;
       }
       results[i].status = ApplyUpdate(updates[i], &*record);
@@ -1151,17 +1160,10 @@ absl::StatusOr<SnapshotInfo> ScanRetrievalEngine::CreateSnapshot(const std::stri
   const auto start = std::chrono::steady_clock::now();
   std::lock_guard<std::mutex> writer(writer_mu_);
   if (closed_) return absl::FailedPreconditionError("the engine is closed");
+  if (data_dir.empty()) return absl::InvalidArgumentError("the snapshot directory is empty");
+  SCANSERVE_RETURN_IF_ERROR(CheckNewDirectory(data_dir, "snapshot directory"));
   std::error_code error;
   const fs::path dir(data_dir);
-  if (data_dir.empty()) return absl::InvalidArgumentError("the snapshot directory is empty");
-  if (fs::exists(dir, error)) {
-    return absl::AlreadyExistsError(absl::StrCat("snapshot directory ", data_dir, " already exists"));
-  }
-  const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
-  if (!fs::is_directory(parent, error)) {
-    return absl::NotFoundError(
-        absl::StrCat("the snapshot directory's parent ", parent.string(), " does not exist"));
-  }
   if (!fs::create_directory(dir, error)) {
     return absl::FailedPreconditionError(absl::StrCat(
         "cannot create the snapshot directory ", data_dir, ": ", error.message()));

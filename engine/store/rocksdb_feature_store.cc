@@ -23,6 +23,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "engine/common/new_directory.h"
 #include "engine/common/status_macros.h"
 #include "engine/store/record_codec.h"
 
@@ -347,16 +348,7 @@ FeatureStoreStats RocksDbFeatureStore::Stats() const {
 }
 
 absl::Status RocksDbFeatureStore::Checkpoint(const std::string& dir) const {
-  std::error_code error;
-  const std::filesystem::path target(dir);
-  if (std::filesystem::exists(target, error)) {
-    return absl::AlreadyExistsError(absl::StrCat("snapshot directory ", dir, " already exists"));
-  }
-  const std::filesystem::path parent = target.has_parent_path() ? target.parent_path() : ".";
-  if (!std::filesystem::is_directory(parent, error)) {
-    return absl::NotFoundError(absl::StrCat("snapshot parent directory ", parent.string(),
-                                            " does not exist"));
-  }
+  SCANSERVE_RETURN_IF_ERROR(CheckNewDirectory(dir, "checkpoint directory"));
   std::shared_lock<std::shared_mutex> lock(impl_->mu);
   SCANSERVE_RETURN_IF_ERROR(impl_->CheckOpen());
   rocksdb::Checkpoint* raw = nullptr;
