@@ -388,18 +388,29 @@ int UpsertImage(Connection& connection, const std::vector<std::string>& argv, bo
   return SendUpsertImage(connection, request, json);
 }
 
-int Delete(Connection& connection, const std::vector<std::string>& argv, bool json) {
+// `COMMAND (--image ID | --caption ID)...` as a request with image_ids and caption_ids (Delete,
+// GetItems); the usage error's message otherwise.
+template <typename Request>
+absl::StatusOr<Request> IdsRequestFromArgs(const std::vector<std::string>& argv, const std::string& command) {
   absl::StatusOr<ParsedArgs> args = Parse(argv, {{"image", "caption"}, {}});
-  if (!args.ok()) return UsageError(std::string(args.status().message()));
-  if (!args->positionals().empty()) return UsageError("delete takes --image ID and --caption ID flags only");
-  v1::DeleteRequest request;
+  if (!args.ok()) return args.status();
+  if (!args->positionals().empty()) {
+    return absl::InvalidArgumentError(command + " takes --image ID and --caption ID flags only");
+  }
+  Request request;
   for (const std::string& id : args->Values("image")) request.add_image_ids(id);
   for (const std::string& id : args->Values("caption")) request.add_caption_ids(id);
   if (request.image_ids_size() + request.caption_ids_size() == 0) {
-    return UsageError("delete needs at least one --image ID or --caption ID");
+    return absl::InvalidArgumentError(command + " needs at least one --image ID or --caption ID");
   }
+  return request;
+}
+
+int Delete(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<v1::DeleteRequest> request = IdsRequestFromArgs<v1::DeleteRequest>(argv, "delete");
+  if (!request.ok()) return UsageError(std::string(request.status().message()));
   v1::DeleteResponse response;
-  const grpc::Status status = connection.scan().Delete(connection.NewContext().get(), request, &response);
+  const grpc::Status status = connection.scan().Delete(connection.NewContext().get(), *request, &response);
   if (!status.ok()) return RpcFailed("Delete", status);
   return ReportImageAndCaptionResults(response, json);
 }
@@ -441,17 +452,10 @@ int Update(Connection& connection, const std::vector<std::string>& argv, bool js
 }
 
 int Get(Connection& connection, const std::vector<std::string>& argv, bool json) {
-  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"image", "caption"}, {}});
-  if (!args.ok()) return UsageError(std::string(args.status().message()));
-  if (!args->positionals().empty()) return UsageError("get takes --image ID and --caption ID flags only");
-  v1::GetItemsRequest request;
-  for (const std::string& id : args->Values("image")) request.add_image_ids(id);
-  for (const std::string& id : args->Values("caption")) request.add_caption_ids(id);
-  if (request.image_ids_size() + request.caption_ids_size() == 0) {
-    return UsageError("get needs at least one --image ID or --caption ID");
-  }
+  absl::StatusOr<v1::GetItemsRequest> request = IdsRequestFromArgs<v1::GetItemsRequest>(argv, "get");
+  if (!request.ok()) return UsageError(std::string(request.status().message()));
   v1::GetItemsResponse response;
-  const grpc::Status status = connection.scan().GetItems(connection.NewContext().get(), request, &response);
+  const grpc::Status status = connection.scan().GetItems(connection.NewContext().get(), *request, &response);
   if (!status.ok()) return RpcFailed("GetItems", status);
   if (json) PrintJson(response);
   Table table({"kind", "id", "result", "collection", "content", "metadata"});
