@@ -1013,11 +1013,7 @@ absl::StatusOr<ItemPage> ScanRetrievalEngine::List(const ListParams& params, Ite
                                                    RetrievalLimits::kMaxListPageSize, ", got ",
                                                    params.page_size));
   }
-  if (params.collection.size() > RetrievalLimits::kMaxCollectionBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("the collection is ", params.collection.size(),
-                                                   " bytes; at most ",
-                                                   RetrievalLimits::kMaxCollectionBytes));
-  }
+  SCANSERVE_RETURN_IF_ERROR(ValidateCollectionAndMetadata(params.collection, {}));
   if (params.page_token.size() > RetrievalLimits::kMaxIdBytes) {
     return absl::InvalidArgumentError("page_token is not one this server gave");
   }

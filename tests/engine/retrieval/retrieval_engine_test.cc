@@ -566,6 +566,9 @@ TEST_F(RetrievalEngineTest, ListPagesThroughIdsInOrderAndByCollection) {
   ListParams long_token;
   long_token.page_token = std::string(RetrievalLimits::kMaxIdBytes + 1, 'x');
   EXPECT_EQ(engine->ListCaptions(long_token).status().code(), absl::StatusCode::kInvalidArgument);
+  ListParams long_collection;
+  long_collection.collection = std::string(RetrievalLimits::kMaxCollectionBytes + 1, 'c');
+  EXPECT_EQ(engine->ListImages(long_collection).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 // A filter that matches little of a large catalog: pages end after kMaxListScan ids looked at,
