@@ -4,9 +4,12 @@
 // A general BLAS packs both operands of C = A · Bᵀ before multiplying. With few query rows (a lone
 // caption is ~16) the stored block A is the whole cost, and packing it reads and writes it once
 // more; with bf16 storage the scorer also widens it to fp32 first. These kernels read each stored
-// row once, from wherever it lies, and meet it with every query row while it is in L1: the pass
-// then moves the store's bytes once (half of them with bf16). GemmNT (gemm.h) stays the general
-// product, and the faster one when many queries share a pass.
+// row once from memory and meet it with every query row while it is in L1: the pass then moves
+// the store's bytes once (half of them with bf16). Two forms (StreamingGemmForm): dot products
+// along k, reading the stored rows in place, and outer products of broadcast stored values and
+// query vectors (AVX-512), which copy a small block of stored rows into L1 at a time and read the
+// query rows 6x less often. GemmNT (gemm.h) stays the general product, and the faster one when
+// many queries share a pass.
 #pragma once
 
 #include <cstdint>
@@ -29,18 +32,38 @@ absl::string_view StreamingGemmIsaName(StreamingGemmIsa isa);
 // How the stored rows are held.
 enum class StreamedRowType { kFloat32, kBFloat16 };
 
+// How a kernel lays a pass's products out in registers: dot products along k
+// (streaming_gemm_dot_tiles.h), or outer products of stored values and query vectors
+// (streaming_gemm_outer_tiles.h, AVX-512 only).
+enum class StreamingGemmForm { kDot, kOuter };
+
+// "dot", "outer".
+absl::string_view StreamingGemmFormName(StreamingGemmForm form);
+
+// The faster form for n query rows over `rows`-typed stored rows on `isa` (as measured on a
+// 2-core AVX-512 Xeon): outer for fp32 rows, and for bf16 rows from 32 query rows; dot
+// otherwise, and always on AVX2.
+StreamingGemmForm ChooseStreamingGemmForm(StreamingGemmIsa isa, StreamedRowType rows, int64_t n);
+
 // The query rows (B) of one pass, packed once in the order one kernel reads them.
 class StreamingGemmQueries {
  public:
-  // Copies n rows of k floats (row stride ldb >= k). INVALID_ARGUMENT unless k is a positive
-  // multiple of kStreamingGemmDimMultiple and n >= 0; FAILED_PRECONDITION when `isa` is kNone or
-  // this CPU cannot run it.
+  // Copies n rows of k floats (row stride ldb >= k), for ChooseStreamingGemmForm's form.
+  // INVALID_ARGUMENT unless k is a positive multiple of kStreamingGemmDimMultiple and n >= 0;
+  // FAILED_PRECONDITION when `isa` is kNone or this CPU cannot run it.
   static absl::StatusOr<StreamingGemmQueries> Pack(StreamingGemmIsa isa, StreamedRowType rows,
                                                    const float* b, int64_t n, int64_t k,
                                                    int64_t ldb);
+  // The same for a given form; FAILED_PRECONDITION for the outer form off AVX-512.
+  static absl::StatusOr<StreamingGemmQueries> Pack(StreamingGemmIsa isa, StreamedRowType rows,
+                                                   StreamingGemmForm form, const float* b,
+                                                   int64_t n, int64_t k, int64_t ldb);
 
   StreamingGemmIsa isa() const { return isa_; }
   StreamedRowType row_type() const { return row_type_; }
+  StreamingGemmForm form() const { return form_; }
+  // The outer form's last rows taken as dot products (streaming_gemm_kernels.h); 0 otherwise.
+  int64_t remainder_rows() const { return remainder_rows_; }
   int64_t rows() const { return rows_; }
   int64_t dim() const { return dim_; }
   const float* data() const { return packed_.data(); }
@@ -50,9 +73,11 @@ class StreamingGemmQueries {
 
   StreamingGemmIsa isa_ = StreamingGemmIsa::kNone;
   StreamedRowType row_type_ = StreamedRowType::kFloat32;
+  StreamingGemmForm form_ = StreamingGemmForm::kDot;
+  int64_t remainder_rows_ = 0;
   int64_t rows_ = 0;
   int64_t dim_ = 0;
-  std::vector<float> packed_;  // rows x dim, each row in the kernel's k order
+  std::vector<float> packed_;  // in the form's layout (streaming_gemm_kernels.h)
 };
 
 // The dimensions the kernels take: whole steps of the widest kernel's bf16 loads.

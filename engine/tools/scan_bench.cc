@@ -698,8 +698,19 @@ int Main(int argc, char** argv) {
               " captions of %" PRId64 "..%" PRId64 " words (mean %.2f), %d threads\n  %s\n",
               f.images, f.regions, f.dim, f.queries, f.words_min, f.words_max, words_avg, threads,
               BlasDescription());
-  std::printf("  streaming kernels (--streaming_rows): %s\n",
-              std::string(StreamingGemmIsaName(BestStreamingGemmIsa())).c_str());
+  {
+    const StreamingGemmIsa isa = BestStreamingGemmIsa();
+    auto form = [&](StreamedRowType type, int64_t n) {
+      return std::string(StreamingGemmFormName(ChooseStreamingGemmForm(isa, type, n)));
+    };
+    std::printf("  streaming kernels (--streaming_rows): %s; form for 16 | 64 query rows: fp32 "
+                "%s | %s, bf16 %s | %s\n",
+                std::string(StreamingGemmIsaName(isa)).c_str(),
+                form(StreamedRowType::kFloat32, 16).c_str(),
+                form(StreamedRowType::kFloat32, 64).c_str(),
+                form(StreamedRowType::kBFloat16, 16).c_str(),
+                form(StreamedRowType::kBFloat16, 64).c_str());
+  }
   std::printf("  data generated in %.0f ms\n", NowMs() - t_gen);
 
   // Gram-form FLOPs per query (scan-model.md "Cheaper exact forms"): S = V Eᵀ (2 k n d) plus the

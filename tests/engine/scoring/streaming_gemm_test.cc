@@ -1,12 +1,15 @@
 // The streaming GEMM against a double-precision product and against GemmNT (the BLAS), on random
-// data: every kernel this CPU runs, fp32 and bf16 stored rows, tile remainders in both directions.
+// data: every kernel this CPU runs in both forms (dot, outer), fp32 and bf16 stored rows, tile and
+// block remainders in every direction.
 #include "engine/scoring/streaming_gemm.h"
 
 #include <algorithm>
 #include <cmath>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "engine/common/bfloat16.h"
 #include "engine/scoring/gemm.h"
 #include "gtest/gtest.h"
@@ -22,6 +25,11 @@ std::vector<StreamingGemmIsa> IsasThisCpuRuns() {
   }
   if (best == StreamingGemmIsa::kAvx512) out.push_back(StreamingGemmIsa::kAvx512);
   return out;
+}
+
+std::vector<StreamingGemmForm> FormsOf(StreamingGemmIsa isa) {
+  if (isa == StreamingGemmIsa::kAvx512) return {StreamingGemmForm::kDot, StreamingGemmForm::kOuter};
+  return {StreamingGemmForm::kDot};
 }
 
 struct Problem {
@@ -71,22 +79,30 @@ TEST(StreamingGemmTest, MatchesExactProductsForEveryTileShape) {
   if (isas.empty()) GTEST_SKIP() << "this CPU has neither AVX2 + FMA nor AVX-512";
   uint32_t seed = 1;
   for (StreamingGemmIsa isa : isas) {
-    for (int64_t k : {32, 64, 96, 1024}) {
-      for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 11, 13, 50}) {
-        for (int64_t n : {1, 2, 3, 4, 5, 7, 8, 9, 16, 19}) {
+    // k: within one packed block (128), a block and a part, many blocks. m: panels of 24, 12,
+    // 8 and 6 rows and what is left of them. n: one to five column panels, whole or partial,
+    // and 1 to 4 rows past whole vectors (the outer form's dot-product remainder).
+    for (int64_t k : {32, 64, 96, 160, 1024}) {
+      for (int64_t m : {1, 2, 3, 5, 6, 7, 11, 13, 25, 50}) {
+        for (int64_t n : {1, 2, 3, 7, 8, 9, 16, 19, 20, 33, 36, 50, 52, 64, 70}) {
           if (k == 1024 && m > 13 && n > 9) continue;  // the large case once per ISA below
           const Problem p = MakeProblem(m, n, k, seed++);
-          for (StreamedRowType type : {StreamedRowType::kFloat32, StreamedRowType::kBFloat16}) {
-            absl::StatusOr<StreamingGemmQueries> q =
-                StreamingGemmQueries::Pack(isa, type, p.b.data(), n, k, p.ldb);
-            ASSERT_TRUE(q.ok()) << q.status();
-            std::vector<float> c(m * p.ldc, -7.0f);
-            const absl::Status st =
-                type == StreamedRowType::kFloat32
-                    ? StreamingGemmNT(*q, m, p.a.data(), p.lda, c.data(), p.ldc)
-                    : StreamingGemmNT(*q, m, p.a16.data(), p.lda, c.data(), p.ldc);
-            ASSERT_TRUE(st.ok()) << st;
-            ExpectMatchesExact(p, c, type == StreamedRowType::kFloat32 ? "fp32" : "bf16");
+          for (StreamingGemmForm form : FormsOf(isa)) {
+            for (StreamedRowType type : {StreamedRowType::kFloat32, StreamedRowType::kBFloat16}) {
+              absl::StatusOr<StreamingGemmQueries> q =
+                  StreamingGemmQueries::Pack(isa, type, form, p.b.data(), n, k, p.ldb);
+              ASSERT_TRUE(q.ok()) << q.status();
+              std::vector<float> c(m * p.ldc, -7.0f);
+              const absl::Status st =
+                  type == StreamedRowType::kFloat32
+                      ? StreamingGemmNT(*q, m, p.a.data(), p.lda, c.data(), p.ldc)
+                      : StreamingGemmNT(*q, m, p.a16.data(), p.lda, c.data(), p.ldc);
+              ASSERT_TRUE(st.ok()) << st;
+              const std::string what =
+                  absl::StrCat(StreamingGemmIsaName(isa), " ", StreamingGemmFormName(form), " ",
+                               type == StreamedRowType::kFloat32 ? "fp32" : "bf16");
+              ExpectMatchesExact(p, c, what.c_str());
+            }
           }
         }
       }
@@ -99,11 +115,12 @@ TEST(StreamingGemmTest, AgreesWithGemmNTOnAScoringBlock) {
   const std::vector<StreamingGemmIsa> isas = IsasThisCpuRuns();
   if (isas.empty()) GTEST_SKIP() << "this CPU has neither AVX2 + FMA nor AVX-512";
   for (StreamingGemmIsa isa : isas) {
-    for (int64_t n : {16, 61}) {
+    for (int64_t n : {16, 40, 61}) {
       const Problem p = MakeProblem(1021, n, 1024, 99 + static_cast<uint32_t>(n));
       std::vector<float> blas(p.m * p.ldc, -7.0f);
       ASSERT_TRUE(GemmNT(p.m, n, p.k, p.a.data(), p.lda, p.b.data(), p.ldb, blas.data(), p.ldc).ok());
       for (StreamedRowType type : {StreamedRowType::kFloat32, StreamedRowType::kBFloat16}) {
+        // The form the scorer would choose for this pass.
         absl::StatusOr<StreamingGemmQueries> q =
             StreamingGemmQueries::Pack(isa, type, p.b.data(), n, p.k, p.ldb);
         ASSERT_TRUE(q.ok()) << q.status();
@@ -124,10 +141,26 @@ TEST(StreamingGemmTest, AgreesWithGemmNTOnAScoringBlock) {
             worst = std::max(worst, std::abs(c[i * p.ldc + j] - blas[i * p.ldc + j]) / scale);
           }
         }
-        EXPECT_LT(worst, 4e-6) << StreamingGemmIsaName(isa) << " n=" << n;
+        EXPECT_LT(worst, 4e-6) << StreamingGemmIsaName(isa) << " "
+                               << StreamingGemmFormName(q->form()) << " n=" << n;
       }
     }
   }
+}
+
+TEST(StreamingGemmTest, ChoosesTheOuterFormOnAvx512ForFp32RowsAndWideBf16Passes) {
+  for (int64_t n : {1, 16, 64}) {
+    EXPECT_EQ(ChooseStreamingGemmForm(StreamingGemmIsa::kAvx512, StreamedRowType::kFloat32, n),
+              StreamingGemmForm::kOuter);
+    EXPECT_EQ(ChooseStreamingGemmForm(StreamingGemmIsa::kAvx2, StreamedRowType::kFloat32, n),
+              StreamingGemmForm::kDot);
+    EXPECT_EQ(ChooseStreamingGemmForm(StreamingGemmIsa::kAvx2, StreamedRowType::kBFloat16, n),
+              StreamingGemmForm::kDot);
+  }
+  EXPECT_EQ(ChooseStreamingGemmForm(StreamingGemmIsa::kAvx512, StreamedRowType::kBFloat16, 19),
+            StreamingGemmForm::kDot);
+  EXPECT_EQ(ChooseStreamingGemmForm(StreamingGemmIsa::kAvx512, StreamedRowType::kBFloat16, 32),
+            StreamingGemmForm::kOuter);
 }
 
 TEST(StreamingGemmTest, RefusesWhatItCannotRun) {
@@ -145,6 +178,13 @@ TEST(StreamingGemmTest, RefusesWhatItCannotRun) {
                   .code(),
               absl::StatusCode::kInvalidArgument)
         << k;
+  }
+  if (best == StreamingGemmIsa::kAvx512) {  // AVX2 kernels exist wherever AVX-512 ones do
+    EXPECT_EQ(StreamingGemmQueries::Pack(StreamingGemmIsa::kAvx2, StreamedRowType::kFloat32,
+                                         StreamingGemmForm::kOuter, b.data(), 4, 64, 64)
+                  .status()
+                  .code(),
+              absl::StatusCode::kFailedPrecondition);
   }
   absl::StatusOr<StreamingGemmQueries> q =
       StreamingGemmQueries::Pack(best, StreamedRowType::kBFloat16, b.data(), 4, 64, 64);

@@ -1,4 +1,10 @@
-// The streaming GEMM's tiles, written once for any vector width. Included only by the per-ISA
+// The streaming GEMM's dot-product form, written once for any vector width: register tiles of MR
+// stored rows x NR query rows, each accumulator holding kLanes partial sums of one (stored, query)
+// product along k, summed at the end. Per kLanes k: MR + NR loads for MR * NR FMAs, and the query
+// rows are read again for every MR stored rows. It reads the stored rows in place (no copy), and
+// widens bf16 rows 2 * kLanes values per load for all NR query rows: the form the kernels use
+// for bf16 rows and few query rows, and wherever the outer-product form
+// (streaming_gemm_outer_tiles.h) does not run. Included only by the per-ISA
 // kernel files, each with its own vector type `V` from an anonymous namespace, so every
 // instantiation is local to its file and compiled for its ISA. No standard headers beyond
 // <cstdint>'s types, which bring no inline functions: see streaming_gemm_kernels.h.
@@ -13,6 +19,7 @@
 
 namespace scanserve {
 namespace streaming_gemm_internal {
+namespace dot {
 
 template <int N>
 struct Cols {
@@ -145,5 +152,6 @@ inline void Gemm(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
   }
 }
 
+}  // namespace dot
 }  // namespace streaming_gemm_internal
 }  // namespace scanserve
