@@ -75,8 +75,8 @@ inline void PackRows(const PackJob<T>& job, int64_t r0, int64_t r1) {
 
 // acc (MR x NV vectors, in `tile`, row stride ldt) += the packed panel's kc values times the
 // query block bt (kc rows of w = NV * kLanes values, k-major); `first` starts from zero.
-// Between chunks of kLanes k it packs the next block (`next`, may be empty): those loads, from
-// L2 or memory, then overlap the FMAs instead of stalling them.
+// After each chunk of kLanes k it packs a share of the next block's rows (`next`, may be empty):
+// those loads, from L2 or memory, then overlap the FMAs instead of stalling them.
 template <typename V, int MR, int NV, typename T>
 inline void MicroTile(int64_t kc, const float* buf, const float* bt, float* tile, int64_t ldt,
                       bool first, const PackJob<T>& next) {
@@ -89,7 +89,6 @@ inline void MicroTile(int64_t kc, const float* buf, const float* bt, float* tile
       acc[i][j] = first ? V::Zero() : V::Load(tile + i * ldt + j * V::kLanes);
     }
   }
-  // After each chunk of kLanes k, a share of the next block's rows.
   const int64_t chunks = kc / V::kLanes;
   const int64_t rows_per_chunk = (MR + chunks - 1) / chunks;
   for (int64_t chunk = 0; chunk < chunks; ++chunk) {
