@@ -1,8 +1,8 @@
 #include "engine/scoring/streaming_gemm.h"
 
 #include <algorithm>
+#include <memory>
 #include <new>
-#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/openblas_core.h"
@@ -56,14 +56,13 @@ absl::Status RunKernel(const StreamingGemmQueries& queries, StreamedRowType type
   const int64_t n = queries.rows(), k = queries.dim();
   const float* b = queries.data();
   if (queries.form() == StreamingGemmForm::kOuter) {  // AVX-512 only (Pack)
-    std::vector<float> scratch;
-    try {
-      scratch.resize(internal::KernelScratchFloats(n));
-    } catch (const std::bad_alloc&) {
+    // Uninitialised: the kernel writes every value it reads, and this runs once per scoring unit.
+    std::unique_ptr<float[]> scratch(new (std::nothrow) float[internal::KernelScratchFloats(n)]);
+    if (scratch == nullptr) {
       return absl::ResourceExhaustedError("StreamingGemmNT: out of memory for its scratch");
     }
     internal::GemmOuterAvx512(m, n, k, a, lda, b, queries.remainder_rows(), c, ldc,
-                              scratch.data());
+                              scratch.get());
   } else if (queries.isa() == StreamingGemmIsa::kAvx512) {
     internal::GemmDotAvx512(m, n, k, a, lda, b, c, ldc);
   } else {
@@ -143,17 +142,17 @@ absl::StatusOr<StreamingGemmQueries> StreamingGemmQueries::Pack(StreamingGemmIsa
   q.rows_ = n;
   q.dim_ = k;
   const int64_t lanes = Lanes(isa);
-  int64_t padded_n = n;
+  int64_t packed_rows = n;  // with the outer form's zero columns
 #if defined(__x86_64__)
   if (form == StreamingGemmForm::kOuter) {
     // A few rows past whole vectors go to the kernel's dot-product remainder (one FMA per row
     // and vector of k instead of a whole, mostly empty, vector per k).
     if (n >= lanes && n % lanes <= internal::kMaxRemainderRows) q.remainder_rows_ = n % lanes;
-    padded_n = (n - q.remainder_rows_ + lanes - 1) / lanes * lanes + q.remainder_rows_;
+    packed_rows = (n - q.remainder_rows_ + lanes - 1) / lanes * lanes + q.remainder_rows_;
   }
 #endif
   try {
-    q.packed_.assign(padded_n * k, 0.0f);
+    q.packed_.assign(packed_rows * k, 0.0f);
   } catch (const std::bad_alloc&) {
     return absl::ResourceExhaustedError(
         absl::StrCat("StreamingGemmQueries: out of memory packing ", n, " x ", k));
@@ -163,7 +162,7 @@ absl::StatusOr<StreamingGemmQueries> StreamingGemmQueries::Pack(StreamingGemmIsa
     // Column panels of up to kPanelVectorsAvx512 vectors, each k-major: one k of a panel is the
     // vectors the kernel multiplies by one broadcast stored value. Columns past n stay zero.
     const int64_t outer_rows = n - q.remainder_rows_;
-    const int64_t outer_width = padded_n - q.remainder_rows_;
+    const int64_t outer_width = packed_rows - q.remainder_rows_;
     float* panel = q.packed_.data();
     for (int64_t col = 0; col < outer_width;) {
       const int64_t width =

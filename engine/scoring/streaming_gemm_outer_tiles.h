@@ -30,6 +30,8 @@ namespace scanserve {
 namespace streaming_gemm_internal {
 namespace outer {
 
+inline constexpr int64_t Min(int64_t x, int64_t y) { return x < y ? x : y; }
+
 // A stored panel's k block to copy into an L1 buffer: rows [0, rows) of `a` (row stride lda),
 // values [0, kc), as fp32 at row stride kBlockK; the buffer's rows past `rows` become zero.
 // Packing a row also prefetches that row of the block after (`after`, `after_rows` rows of
@@ -53,7 +55,7 @@ template <typename V>
 inline typename V::Reg LoadStored(const uint16_t* p) { return V::Widen(p); }
 
 // Rows [r0, r1) of the job's panel, each whole: consecutive lines of one row at a time.
-template <typename V, int MR, typename T>
+template <typename V, typename T>
 inline void PackRows(const PackJob<T>& job, int64_t r0, int64_t r1) {
   for (int64_t i = r0; i < r1; ++i) {
     float* dst = job.buf + i * kBlockK;
@@ -105,7 +107,7 @@ inline void MicroTile(int64_t kc, const float* buf, const float* bt, float* tile
     }
     if (next.a != nullptr) {
       const int64_t r0 = chunk * rows_per_chunk;
-      PackRows<V, MR>(next, r0 < MR ? r0 : MR, r0 + rows_per_chunk < MR ? r0 + rows_per_chunk : MR);
+      PackRows<V>(next, Min(r0, MR), Min(r0 + rows_per_chunk, MR));
     }
   }
 #pragma GCC unroll 32
@@ -187,37 +189,41 @@ inline void GemmPanels(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda,
   float* bufs[2] = {scratch, scratch + MR * kBlockK};  // the block computed, the one packed
   float* tile = scratch + 2 * MR * kBlockK;
   float* rtile = tile + MR * padded_n;
-  // The job that packs block (i0, kb) into buf, and prefetches the block after it.
-  auto job = [&](int64_t i0, int64_t kb, float* buf) {
+  // Blocks in the order computed: a panel's k blocks, then the next panel's.
+  struct Block {
+    int64_t i0, kb;
+    Block After(int64_t k) const {
+      return kb + kBlockK < k ? Block{i0, kb + kBlockK} : Block{i0 + MR, 0};
+    }
+  };
+  // The job that packs block b into buf, and prefetches the block after it.
+  auto job = [&](Block b, float* buf) {
     PackJob<T> j;
-    if (i0 >= m) return j;
-    j.a = a + i0 * lda + kb;
+    if (b.i0 >= m) return j;
+    j.a = a + b.i0 * lda + b.kb;
     j.lda = lda;
-    j.rows = m - i0 < MR ? m - i0 : MR;
-    j.kc = k - kb < kBlockK ? k - kb : kBlockK;
+    j.rows = Min(m - b.i0, MR);
+    j.kc = Min(k - b.kb, kBlockK);
     j.buf = buf;
-    const int64_t ai = kb + kBlockK < k ? i0 : i0 + MR;
-    const int64_t ak = kb + kBlockK < k ? kb + kBlockK : 0;
-    if (ai < m) {
-      j.after = a + ai * lda + ak;
-      j.after_rows = m - ai < MR ? m - ai : MR;
-      j.after_kc = k - ak < kBlockK ? k - ak : kBlockK;
+    const Block after = b.After(k);
+    if (after.i0 < m) {
+      j.after = a + after.i0 * lda + after.kb;
+      j.after_rows = Min(m - after.i0, MR);
+      j.after_kc = Min(k - after.kb, kBlockK);
     }
     return j;
   };
-  PackRows<V, MR>(job(0, 0, bufs[0]), 0, MR);
+  PackRows<V>(job(Block{0, 0}, bufs[0]), 0, MR);
   int cur = 0;
   for (int64_t i0 = 0; i0 < m; i0 += MR) {
-    const int64_t rows = m - i0 < MR ? m - i0 : MR;
+    const int64_t rows = Min(m - i0, MR);
     for (int64_t kb = 0; kb < k; kb += kBlockK) {
-      const int64_t kc = k - kb < kBlockK ? k - kb : kBlockK;
-      const PackJob<T> next = kb + kBlockK < k ? job(i0, kb + kBlockK, bufs[1 - cur])
-                                               : job(i0 + MR, 0, bufs[1 - cur]);
+      const int64_t kc = Min(k - kb, kBlockK);
+      const PackJob<T> next = job(Block{i0, kb}.After(k), bufs[1 - cur]);
       const PackJob<T> none;
       const float* panel = bt;
       for (int64_t col = 0; col < padded_n;) {
-        const int64_t left = (padded_n - col) / V::kLanes;
-        const int nv = left < NV ? static_cast<int>(left) : NV;
+        const int nv = static_cast<int>(Min((padded_n - col) / V::kLanes, NV));
         const float* block = panel + kb * nv * V::kLanes;
         const PackJob<T>& pack = col == 0 ? next : none;  // packed once, by the first panel
         MicroTileOf<V, MR, NV>(nv, kc, bufs[cur], block, tile + col, padded_n, kb == 0, pack);
