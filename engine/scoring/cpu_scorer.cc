@@ -195,6 +195,31 @@ void NormaliseRows(const AttentionParams& p, int64_t nc, int64_t nq, int64_t ld,
   }
 }
 
+// Rows [c0, c0 + R) of the quadratic form's upper triangle: Σ_c e_c (G_cc e_c / 2 +
+// Σ_{c' > c} G_cc' e_c'), e's rows kLanes apart.
+template <int R>
+inline V8 QuadFormRows(int64_t nc, int64_t c0, const float* gram, const float* e) {
+  V8 t[R];
+  // The triangle inside the R rows.
+#pragma GCC unroll 8
+  for (int i = 0; i < R; ++i) {
+    const float* g = gram + (c0 + i) * nc;
+    t[i] = Mul(Set1(0.5f * g[c0 + i]), Load(e + (c0 + i) * kLanes));
+#pragma GCC unroll 8
+    for (int j = i + 1; j < R; ++j) t[i] = Fma(Set1(g[c0 + j]), Load(e + (c0 + j) * kLanes), t[i]);
+  }
+  // The columns past them, one load of e's row shared by the R sums.
+  for (int64_t c2 = c0 + R; c2 < nc; ++c2) {
+    const V8 ec2 = Load(e + c2 * kLanes);
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) t[i] = Fma(Set1(gram[(c0 + i) * nc + c2]), ec2, t[i]);
+  }
+  V8 quad = Mul(Load(e + c0 * kLanes), t[0]);
+#pragma GCC unroll 8
+  for (int i = 1; i < R; ++i) quad = Fma(Load(e + (c0 + i) * kLanes), t[i], quad);
+  return quad;
+}
+
 // Steps 2-4 for the lanes q0..q0+7: w = softmax over the context axis of a[:, q],
 // <y_q, att_q> = Σ_c w_c m[c, q], |att_q|² = wᵀ G w, r_q = cosine with the clamp.
 void AttendChunk(int64_t nc, int64_t ld, int64_t q0, const float* m, const float* a,
@@ -210,14 +235,13 @@ void AttendChunk(int64_t nc, int64_t ld, int64_t q0, const float* m, const float
     dot = Fma(ex, Load(m + c * ld + q0), dot);
   }
   // eᵀ G e over the upper triangle: Σ_c e_c (G_cc e_c / 2 + Σ_{c' > c} G_cc' e_c'), doubled.
+  // Rows are taken 8 (then 4, then 1) at a time: their sums are independent FMA chains, where
+  // one row's sum alone would wait on each FMA's latency.
   V8 quad = Zero();
-  for (int64_t c = 0; c < nc; ++c) {
-    const float* g = gram + c * nc;
-    const V8 ec = Load(e + c * kLanes);
-    V8 t = Mul(Set1(0.5f * g[c]), ec);
-    for (int64_t c2 = c + 1; c2 < nc; ++c2) t = Fma(Set1(g[c2]), Load(e + c2 * kLanes), t);
-    quad = Fma(ec, t, quad);
-  }
+  int64_t c = 0;
+  for (; c + 8 <= nc; c += 8) quad = Add(quad, QuadFormRows<8>(nc, c, gram, e));
+  for (; c + 4 <= nc; c += 4) quad = Add(quad, QuadFormRows<4>(nc, c, gram, e));
+  for (; c < nc; ++c) quad = Add(quad, QuadFormRows<1>(nc, c, gram, e));
   // w = e / sum, so <y, att> = dot / sum and |att|² = 2 quad / sum².
   const V8 inv = Div(Set1(1.0f), sum);
   const V8 num = Mul(dot, inv);
