@@ -170,7 +170,17 @@ struct BlockRun {
 };
 
 thread_local BlockRun* g_run = nullptr;
-thread_local std::vector<Stack> g_stacks;  // reused launch after launch
+// A host thread's fiber stacks, reused launch after launch and unmapped when the thread exits:
+// servers launch from threads that come and go (gRPC's), and each stack is two mappings, so
+// leaked ones would reach the kernel's map limit (vm.max_map_count) after a few dozen threads.
+struct StackPool {
+  std::vector<Stack> stacks;
+  ~StackPool() {
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    for (const Stack& s : stacks) munmap(s.base, s.size + page);
+  }
+};
+thread_local StackPool g_stacks;
 
 [[noreturn]] void Fail(const std::string& what) {
   const BlockRun* run = g_run;
@@ -532,10 +542,10 @@ void RunGridNow(const LaunchConfig& config, const std::function<void()>& thread_
   run.config = &config;
   run.body = &thread_body;
   run.fibers.resize(static_cast<size_t>(threads));
-  while (g_stacks.size() < run.fibers.size()) g_stacks.push_back(NewStack());
+  while (g_stacks.stacks.size() < run.fibers.size()) g_stacks.stacks.push_back(NewStack());
   for (int t = 0; t < threads; ++t) {
     Fiber& f = run.fibers[static_cast<size_t>(t)];
-    f.stack = g_stacks[static_cast<size_t>(t)];
+    f.stack = g_stacks.stacks[static_cast<size_t>(t)];
     f.linear = t;
     f.thread_idx = uint3{t % config.block.x, (t / config.block.x) % config.block.y,
                          t / (config.block.x * config.block.y)};
