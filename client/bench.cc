@@ -95,13 +95,17 @@ absl::StatusOr<std::vector<BenchLevel>> RunBench(const ConnectionOptions& connec
   ConnectionOptions own = connection_options;
   own.dedicated_connection = true;
   const int max_clients = *std::max_element(options.concurrency.begin(), options.concurrency.end());
-  // Made once and reused by every level (a level of N clients uses the first N), so that only the
-  // first level's warm-up pays for connecting.
+  // Made once and reused by every level (a level of N clients uses the first N), and connected
+  // before any level starts: no measured call pays for connecting, and a connection attempt that
+  // fails once is retried rather than failing a client's calls until gRPC's backoff ends.
   std::vector<std::unique_ptr<Connection>> connections;
   for (int i = 0; i < max_clients; ++i) {
     absl::StatusOr<std::unique_ptr<Connection>> made = Connection::Create(own);
     if (!made.ok()) return made.status();
     connections.push_back(*std::move(made));
+  }
+  for (std::unique_ptr<Connection>& connection : connections) {
+    if (absl::Status connected = connection->WaitConnected(own.timeout_s); !connected.ok()) return connected;
   }
   const size_t num_queries = options.captions.empty() ? options.image_ids.size() : options.captions.size();
   const auto seconds = [](double s) { return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s)); };

@@ -42,6 +42,16 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Create(const ConnectionO
   return connection;
 }
 
+absl::Status Connection::WaitConnected(double timeout_s) {
+  const gpr_timespec deadline =
+      timeout_s > 0 ? gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+                                   gpr_time_from_millis(static_cast<int64_t>(timeout_s * 1000), GPR_TIMESPAN))
+                    : gpr_inf_future(GPR_CLOCK_MONOTONIC);
+  if (channel_->WaitForConnected(deadline)) return absl::OkStatus();
+  return absl::UnavailableError(
+      absl::StrCat("no connection to ", options_.server, " within ", timeout_s, " s"));
+}
+
 std::unique_ptr<grpc::ClientContext> Connection::NewContext(bool with_deadline) const {
   auto context = std::make_unique<grpc::ClientContext>();
   if (!options_.token.empty()) context->AddMetadata("authorization", "Bearer " + options_.token);

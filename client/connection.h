@@ -34,6 +34,11 @@ class Connection {
   // Reads the CA, certificate and key files; INVALID_ARGUMENT / NOT_FOUND when it cannot.
   static absl::StatusOr<std::unique_ptr<Connection>> Create(const ConnectionOptions& options);
 
+  // Connects now, retrying with gRPC's backoff until the channel is ready or `timeout_s` has
+  // passed (0 = no limit): UNAVAILABLE then. Calls made before fail fast while a first connection
+  // attempt fails, which a load generator would count as the server's errors.
+  absl::Status WaitConnected(double timeout_s);
+
   // A context for one call: the token, and the deadline unless `with_deadline` is false (streams).
   std::unique_ptr<grpc::ClientContext> NewContext(bool with_deadline = true) const;
 

@@ -97,10 +97,11 @@ Commands:
         [--duration SECONDS] [--requests N] [--warmup SECONDS] [--queries-per-call Q] [--top-k K]
         [--collection C] [--where KEY=VALUE]...
       closed-loop load test through gRPC: per concurrency level (default 1), that many clients
-      (one connection each) search back to back, cycling through the captions (text -> image; a
-      file has one per line) or stored image ids (image -> text); after --warmup (default 1 s) it
-      measures --duration (default 10 s) or --requests calls, and prints calls, errors, queries/s
-      and p50/p90/p99/max latency per level. Exit 1 when any measured call failed
+      (one connection each, all connected first: exit 4 when one cannot be within --timeout)
+      search back to back, cycling through the captions (text -> image; a file has one per line)
+      or stored image ids (image -> text); after --warmup (default 1 s) it measures --duration
+      (default 10 s) or --requests calls, and prints calls, errors, queries/s and p50/p90/p99/max
+      latency per level. Exit 1 when any measured call failed
 
 Exit codes: 0 ok, 1 server/RPC error, 2 usage error (or unreadable input), 3 not found,
             4 server unavailable or not serving.
@@ -786,7 +787,10 @@ int Bench(const ConnectionOptions& connection_options, const std::vector<std::st
     return UsageError(std::string(status.message()));
   }
   absl::StatusOr<std::vector<BenchLevel>> levels = RunBench(connection_options, options);
-  if (!levels.ok()) return Fail(kExitUsage, std::string(levels.status().message()));
+  if (!levels.ok()) {
+    const bool unavailable = absl::IsUnavailable(levels.status());
+    return Fail(unavailable ? kExitUnavailable : kExitUsage, absl::StrCat("bench: ", levels.status().message()));
+  }
   return ReportBench(options, *levels, json);
 }
 

@@ -938,6 +938,14 @@ class SyntheticBenchTest(E2EBase):
         self.assertIn("NOT_FOUND", r.stderr)
         self.scanctl(["bench", "--captions", caps, "--image-id", "img1"], expect=2)
         self.scanctl(["bench", "a dog", "--concurrency", "0"], expect=2)
+
+        # Every client connects before the first level: nothing listening is UNAVAILABLE (exit 4)
+        # once --timeout has passed, not failed calls.
+        r = subprocess.run([SCANCTL, "--server", "127.0.0.1:%d" % free_port(), "--timeout", "1", "bench", "a dog",
+                            "--requests", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 4, r.stderr)
+        self.assertIn("no connection to", r.stderr)
         self.scanctl(["bench", "a dog", "--duration", "1", "--requests", "3"], expect=2)
         self.assert_still_serving("the bench runs")
 
