@@ -559,8 +559,10 @@ class ServerFuzzTest(unittest.TestCase):
         self.server.wait_listening()
 
     def stub(self):
+        """A stub on a channel of its own, connected: every call is then a call, not a connect."""
         channel = grpc.insecure_channel("127.0.0.1:%d" % self.server.port, options=h.CHANNEL_OPTIONS)
         self.channels.append(channel)
+        grpc.channel_ready_future(channel).result(timeout=h.START_TIMEOUT_S)
         return self.pb_grpc.ScanServiceStub(channel)
 
     def fuzzer(self, seed, **kw):
