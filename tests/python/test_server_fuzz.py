@@ -97,6 +97,15 @@ class Model(object):
     def of(self, is_caption):
         return self.captions if is_caption else self.images
 
+    def put_image(self, img):
+        """An acknowledged upsert of `img` (a scanserve.v1.Image)."""
+        self.images[img.id] = dict(collection=img.collection, metadata=dict(img.metadata),
+                                   num_regions=img.region_features.num_regions)
+
+    def put_caption(self, cap):
+        """An acknowledged upsert of `cap` (a scanserve.v1.Caption)."""
+        self.captions[cap.id] = dict(collection=cap.collection, metadata=dict(cap.metadata), text=cap.text)
+
 
 class Fuzzer(object):
     """Random calls from one client thread, checked against `model` (the items this client owns: ids
@@ -229,18 +238,23 @@ class Fuzzer(object):
 
     # ---- calling and checking ---------------------------------------------------------------
 
-    def call(self, method, request, what):
-        """(response or None, code); fails the test on a code bad input must never get."""
+    def call(self, method, request):
+        """(response or None, code) of a unary call, checked by `outcome`."""
         try:
-            response = getattr(self.stub, method)(request, timeout=h.RPC_TIMEOUT_S)
-            code = C.OK
+            return getattr(self.stub, method)(request, timeout=h.RPC_TIMEOUT_S), self.outcome(method, None)
         except grpc.RpcError as e:
-            response, code = None, e.code()
-            self.t.assertIn(code, CALL_CODES, "%s: %s %s\n%s" % (what, code, e.details(), self.server.log_tail()))
-            self.t.assertTrue(e.details(), "%s: %s without a message" % (what, code))
-        self.t.assertTrue(self.server.alive(), "%s: the server died\n%s" % (what, self.server.log_tail()))
+            return None, self.outcome(method, e)
+
+    def outcome(self, method, error):
+        """The call's code (OK when `error` is None); fails the test on a code bad input must never
+        get, an error without a message, or a dead server."""
+        code = C.OK if error is None else error.code()
+        if error is not None:
+            self.t.assertIn(code, CALL_CODES, "%s: %s %s\n%s" % (method, code, error.details(), self.server.log_tail()))
+            self.t.assertTrue(error.details(), "%s: %s without a message" % (method, code))
+        self.t.assertTrue(self.server.alive(), "%s: the server died\n%s" % (method, self.server.log_tail()))
         self.codes[(method, code.name)] = self.codes.get((method, code.name), 0) + 1
-        return response, code
+        return code
 
     def check_item(self, status, what):
         self.t.assertIn(status.code, ITEM_CODES, "%s: item %r: %d %s" % (what, status.id, status.code, status.message))
@@ -292,28 +306,26 @@ class Fuzzer(object):
                 num_regions=1, dim=MAX_MESSAGE_BYTES // 4 + 16, values=b"\0" * (MAX_MESSAGE_BYTES + 64)))
             images.append(big)
         request = self.pb.UpsertImagesRequest(images=images)
-        response, code = self.call("UpsertImages", request, "UpsertImages")
+        response, code = self.call("UpsertImages", request)
         if code != C.OK:
             return
         self.t.assertEqual(len(response.results), len(images))
         for img, st in zip(images, response.results):
             self.t.assertEqual(st.id, img.id)
             if self.check_item(st, "UpsertImages"):
-                self.model.images[img.id] = dict(collection=img.collection, metadata=dict(img.metadata),
-                                                 num_regions=img.region_features.num_regions)
+                self.model.put_image(img)
 
     def fuzz_upsert_captions(self):
         captions = [self.rand_caption() for _ in range(self.count() if self.chance(0.3) else 1)]
         request = self.pb.UpsertCaptionsRequest(captions=captions)
-        response, code = self.call("UpsertCaptions", request, "UpsertCaptions")
+        response, code = self.call("UpsertCaptions", request)
         if code != C.OK:
             return
         self.t.assertEqual(len(response.results), len(captions))
         for cap, st in zip(captions, response.results):
             self.t.assertEqual(st.id, cap.id)
             if self.check_item(st, "UpsertCaptions"):
-                self.model.captions[cap.id] = dict(collection=cap.collection, metadata=dict(cap.metadata),
-                                                   text=cap.text)
+                self.model.put_caption(cap)
 
     def fuzz_ingest(self):
         items = []
@@ -326,12 +338,9 @@ class Fuzzer(object):
                 items.append(self.pb.IngestRequest(caption=self.rand_caption()))
         try:
             responses = list(self.stub.Ingest(iter(items), timeout=h.RPC_TIMEOUT_S))
-            code = C.OK
+            code = self.outcome("Ingest", None)
         except grpc.RpcError as e:
-            responses, code = [], e.code()
-            self.t.assertIn(code, CALL_CODES, "Ingest: %s %s\n%s" % (code, e.details(), self.server.log_tail()))
-        self.t.assertTrue(self.server.alive(), "Ingest: the server died\n%s" % self.server.log_tail())
-        self.codes[("Ingest", code.name)] = self.codes.get(("Ingest", code.name), 0) + 1
+            responses, code = [], self.outcome("Ingest", e)
         # One result per item, in order, up to where a call-level error stopped the stream.
         self.t.assertLessEqual(len(responses), len(items))
         if code == C.OK:
@@ -346,17 +355,14 @@ class Fuzzer(object):
             self.t.assertEqual(resp.result.id, getattr(req, which).id)
             if self.check_item(resp.result, "Ingest"):
                 if which == "caption":
-                    c = req.caption
-                    self.model.captions[c.id] = dict(collection=c.collection, metadata=dict(c.metadata), text=c.text)
+                    self.model.put_caption(req.caption)
                 else:
-                    i = req.image
-                    self.model.images[i.id] = dict(collection=i.collection, metadata=dict(i.metadata),
-                                                   num_regions=i.region_features.num_regions)
+                    self.model.put_image(req.image)
 
     def fuzz_delete(self):
         request = self.pb.DeleteRequest(image_ids=[self.rand_id("i") for _ in range(self.count() // 2)],
                                         caption_ids=[self.rand_id("c") for _ in range(self.count() // 2)])
-        response, code = self.call("Delete", request, "Delete")
+        response, code = self.call("Delete", request)
         if code != C.OK:
             return
         for ids, results, items in ((request.image_ids, response.image_results, self.model.images),
@@ -369,8 +375,8 @@ class Fuzzer(object):
                 elif st.code == C.NOT_FOUND.value[0]:
                     self.t.assertNotIn(i, items, "Delete: a stored id was NOT_FOUND")
 
-    def rand_update(self, prefix):
-        u = self.pb.ItemUpdate(id=self.rand_id(prefix))
+    def rand_update(self, kind):
+        u = self.pb.ItemUpdate(id=self.rand_id(kind))
         if self.chance(0.5):
             u.set_collection = True
             u.collection = self.rand_collection()
@@ -382,7 +388,7 @@ class Fuzzer(object):
     def fuzz_update_items(self):
         request = self.pb.UpdateItemsRequest(images=[self.rand_update("i") for _ in range(self.count() // 2)],
                                              captions=[self.rand_update("c") for _ in range(self.count() // 2)])
-        response, code = self.call("UpdateItems", request, "UpdateItems")
+        response, code = self.call("UpdateItems", request)
         if code != C.OK:
             return
         for updates, results, items in ((request.images, response.image_results, self.model.images),
@@ -405,7 +411,7 @@ class Fuzzer(object):
         request = self.pb.SearchImagesRequest(queries=[self.rand_text() for _ in range(n)], top_k=self.rand_top_k(),
                                               explain=self.chance(0.2))
         self.rand_filter(request)
-        response, code = self.call("SearchImages", request, "SearchImages")
+        response, code = self.call("SearchImages", request)
         if code == C.OK:
             self.t.assertEqual(len(response.results), n)
             for r in response.results:
@@ -425,7 +431,7 @@ class Fuzzer(object):
                 queries.append(self.pb.ImageQuery())  # no source
         request = self.pb.SearchCaptionsRequest(queries=queries, top_k=self.rand_top_k())
         self.rand_filter(request)
-        response, code = self.call("SearchCaptions", request, "SearchCaptions")
+        response, code = self.call("SearchCaptions", request)
         if code == C.OK:
             self.t.assertEqual(len(response.results), len(queries))
             for q in queries:
@@ -437,7 +443,7 @@ class Fuzzer(object):
     def fuzz_get_items(self):
         request = self.pb.GetItemsRequest(image_ids=[self.rand_id("i") for _ in range(self.count())],
                                           caption_ids=[self.rand_id("c") for _ in range(self.count())])
-        response, code = self.call("GetItems", request, "GetItems")
+        response, code = self.call("GetItems", request)
         if code != C.OK:
             return
         self.t.assertEqual(len(response.images), len(request.image_ids))
@@ -472,7 +478,7 @@ class Fuzzer(object):
         request = self.pb.ListItemsRequest(kind=self.mix([1, 2], [0, 7, -1]), collection=self.rand_collection(),
                                            page_size=self.pick([0, 1, 3, 10, 10001, -1, 2 ** 31 - 1]),
                                            page_token=token)
-        response, code = self.call("ListItems", request, "ListItems")
+        response, code = self.call("ListItems", request)
         if code != C.OK:
             return
         self.t.assertIn(request.kind, (1, 2), "ListItems: OK for kind %d" % request.kind)
@@ -490,12 +496,12 @@ class Fuzzer(object):
 
     def fuzz_snapshot(self):
         name = self.pick(["", "snap-%d" % int(self.rng.integers(3)), ".hidden", "a/b", "x" * 129, "caf\u00e9"])
-        response, code = self.call("CreateSnapshot", self.pb.CreateSnapshotRequest(name=name), "CreateSnapshot")
+        response, code = self.call("CreateSnapshot", self.pb.CreateSnapshotRequest(name=name))
         if code == C.OK and self.exact:
             self.t.assertEqual((response.images, response.captions), (len(self.model.images), len(self.model.captions)))
 
     def fuzz_get_stats(self):
-        response, code = self.call("GetStats", self.pb.GetStatsRequest(), "GetStats")
+        response, code = self.call("GetStats", self.pb.GetStatsRequest())
         self.t.assertEqual(code, C.OK)
         if self.exact:
             self.t.assertEqual((response.images, response.captions),
