@@ -2,7 +2,8 @@
 
     SCANSERVE_BUILD_DIR=build /usr/bin/python3 tests/python/test_server_fuzz.py
 
-A tiny random SCAN model, the CPU backend, a 1 MiB message limit and a snapshot directory. Seeded
+A tiny random SCAN model, the CPU backend, a 1 MiB message limit, a snapshot directory and two
+batch workers (two merged searches in the engine at once, as the GPU serving benchmark runs). Seeded
 (SCANSERVE_FUZZ_SEED, default 7) so that a failure replays. Calls are drawn from every RPC of
 scanserve.v1, each field from its valid values and now and then from hostile ones (unknown, empty and
 overlong ids, empty and overlong texts, NaN/inf features and boxes, wrong dimensions and byte lengths,
@@ -560,7 +561,9 @@ class ServerFuzzTest(unittest.TestCase):
         self.server = h.ServerProcess(
             self.tmp, "scanserve-%d" % self.starts, [self.model_dir], self.data_dir,
             extra=["--max-message-bytes", str(MAX_MESSAGE_BYTES),
-                   "--snapshot-dir", os.path.join(self.tmp, "snapshots")] + BACKEND_ARGS,
+                   "--snapshot-dir", os.path.join(self.tmp, "snapshots"),
+                   # Two batches at once in the engine, as the GPU serving benchmark runs it.
+                   "--batch-workers", "2"] + BACKEND_ARGS,
             binary=SERVER).start()
         self.server.wait_listening()
 

@@ -95,6 +95,7 @@ struct Options {
   int max_batch_queries = 64;
   int64_t delay_us = 200'000;  // long, so that concurrent submissions surely meet
   int max_queue_size = 64;
+  int num_workers = 1;
 };
 
 std::unique_ptr<TextToImageBatcher> MakeBatcher(const FakeSearcher& searcher, const Options& o,
@@ -103,6 +104,7 @@ std::unique_ptr<TextToImageBatcher> MakeBatcher(const FakeSearcher& searcher, co
   options.max_batch_queries = o.max_batch_queries;
   options.max_queue_delay_us = o.delay_us;
   options.max_queue_size = o.max_queue_size;
+  options.num_workers = o.num_workers;
   absl::StatusOr<std::unique_ptr<TextToImageBatcher>> batcher =
       TextToImageBatcher::Create(options, &searcher, metrics);
   EXPECT_TRUE(batcher.ok()) << batcher.status();
@@ -249,16 +251,48 @@ TEST(DynamicBatcherTest, AFullQueueIsResourceExhausted) {
 }
 
 TEST(DynamicBatcherTest, StopAnswersEverythingQueuedThenRefusesNewRequests) {
-  FakeSearcher searcher;
-  auto batcher = MakeBatcher(searcher, {64, /*delay_us=*/10'000'000, 64});
-  std::vector<std::future<TextToImageBatcher::Result>> queued;
-  for (int i = 0; i < 5; ++i) queued.push_back(SearchAsync(batcher.get(), {absl::StrCat("q", i)}, Params(1, absl::StrCat("c", i))));
-  std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  const auto start = Clock::now();
-  batcher->Stop();  // must not wait out the 10 s delay
-  EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
-  for (auto& r : queued) EXPECT_TRUE(r.get().ok());
-  EXPECT_EQ(batcher->Search({"after"}, Params(1), kNoDeadline).status().code(), absl::StatusCode::kUnavailable);
+  for (const int workers : {1, 2}) {
+    SCOPED_TRACE(absl::StrCat(workers, " worker(s)"));
+    FakeSearcher searcher;
+    auto batcher = MakeBatcher(searcher, {64, /*delay_us=*/10'000'000, 64, workers});
+    std::vector<std::future<TextToImageBatcher::Result>> queued;
+    for (int i = 0; i < 5; ++i) queued.push_back(SearchAsync(batcher.get(), {absl::StrCat("q", i)}, Params(1, absl::StrCat("c", i))));
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    const auto start = Clock::now();
+    batcher->Stop();  // must not wait out the 10 s delay
+    EXPECT_LT(Clock::now() - start, std::chrono::seconds(5));
+    for (auto& r : queued) EXPECT_TRUE(r.get().ok());
+    EXPECT_EQ(searcher.calls().size(), 5u) << "each request scored once";
+    EXPECT_EQ(batcher->Search({"after"}, Params(1), kNoDeadline).status().code(), absl::StatusCode::kUnavailable);
+  }
+}
+
+// With several workers a second batch runs while the first is still on the engine (the GPU
+// serving setup: one batch encodes while another is scored).
+TEST(DynamicBatcherTest, EachWorkerRunsItsOwnBatchAtOnce) {
+  for (const int workers : {1, 2}) {
+    SCOPED_TRACE(absl::StrCat(workers, " worker(s)"));
+    FakeSearcher searcher;
+    auto batcher = MakeBatcher(searcher, {64, /*delay_us=*/0, 64, workers});
+    searcher.Block();
+    auto first = SearchAsync(batcher.get(), {"first"}, Params(2));
+    searcher.WaitForCalls(1);
+    auto second = SearchAsync(batcher.get(), {"second"}, Params(3));
+    if (workers == 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      EXPECT_EQ(searcher.calls().size(), 1u) << "one worker runs one batch at a time";
+    } else {
+      searcher.WaitForCalls(2);
+      EXPECT_EQ(searcher.calls().size(), 2u) << "the idle worker takes the next batch";
+    }
+    searcher.Unblock();
+    const auto r1 = first.get(), r2 = second.get();
+    ASSERT_TRUE(r1.ok() && r2.ok());
+    EXPECT_EQ((*r1)[0].size(), 2u);
+    EXPECT_EQ((*r1)[0][0].id, "first/img0");
+    EXPECT_EQ((*r2)[0].size(), 3u);
+    EXPECT_EQ((*r2)[0][2].id, "second/img2");
+  }
 }
 
 TEST(DynamicBatcherTest, OptionsAreValidated) {
@@ -272,23 +306,32 @@ TEST(DynamicBatcherTest, OptionsAreValidated) {
   options = DynamicBatcherOptions();
   options.max_queue_delay_us = -1;
   EXPECT_EQ(TextToImageBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  options = DynamicBatcherOptions();
+  options.num_workers = 0;
+  EXPECT_EQ(TextToImageBatcher::Create(options, &searcher, nullptr).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(DynamicBatcherTest, ManyConcurrentClientsAllGetTheirOwnAnswers) {
-  FakeSearcher searcher;
-  auto batcher = MakeBatcher(searcher, {8, /*delay_us=*/500, 256});
-  std::vector<std::future<TextToImageBatcher::Result>> results;
-  for (int i = 0; i < 100; ++i) {
-    results.push_back(SearchAsync(batcher.get(), {absl::StrCat("q", i)}, Params(1 + i % 5)));
+  for (const int workers : {1, 4}) {
+    SCOPED_TRACE(absl::StrCat(workers, " worker(s)"));
+    FakeSearcher searcher;
+    auto batcher = MakeBatcher(searcher, {8, /*delay_us=*/500, 256, workers});
+    std::vector<std::future<TextToImageBatcher::Result>> results;
+    for (int i = 0; i < 100; ++i) {
+      results.push_back(SearchAsync(batcher.get(), {absl::StrCat("q", i)}, Params(1 + i % 5)));
+    }
+    for (int i = 0; i < 100; ++i) {
+      auto r = results[i].get();
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_EQ(r->size(), 1u);
+      ASSERT_EQ((*r)[0].size(), static_cast<size_t>(1 + i % 5));
+      EXPECT_EQ((*r)[0][0].id, absl::StrCat("q", i, "/img0"));
+    }
+    size_t scored = 0;
+    for (const auto& call : searcher.calls()) scored += call.queries.size();
+    EXPECT_EQ(scored, 100u) << "each query scored exactly once";
+    EXPECT_LT(searcher.calls().size(), 100u) << "some requests were merged";
   }
-  for (int i = 0; i < 100; ++i) {
-    auto r = results[i].get();
-    ASSERT_TRUE(r.ok()) << r.status();
-    ASSERT_EQ(r->size(), 1u);
-    ASSERT_EQ((*r)[0].size(), static_cast<size_t>(1 + i % 5));
-    EXPECT_EQ((*r)[0][0].id, absl::StrCat("q", i, "/img0"));
-  }
-  EXPECT_LT(searcher.calls().size(), 100u) << "some requests were merged";
 }
 
 // ---- image->text (SearchCaptions) ----
