@@ -2,11 +2,13 @@
 // tolerances first, one driver fed an options struct, the configuration printed on failure.
 // Every test skips when no CUDA device can be used (CI builds the backend without a GPU).
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -967,6 +969,115 @@ TEST(CudaScorerTest, AutoKernelsTimeBothAndScoreAsEither) {
     EXPECT_TRUE(cuda->pass_kernel_choices().empty()) << data.ToString();
     EXPECT_TRUE(cuda->KernelChoices().empty()) << data.ToString();
   }
+}
+
+// Readers at once (the server's batch workers, its metrics thread): with kAuto every pass is
+// still bit for bit the GEMM path's or the fused kernel's for its queries, and the chooser's
+// timings, Search and the operators' getters stay consistent while passes run.
+TEST(CudaScorerTest, ConcurrentReadersScoreAsAlone) {
+  SCANSERVE_SKIP_WITHOUT_CUDA();
+  CompareOptions data;
+  data.storage = StorageType::kBFloat16;
+  data.num_stored = 30;
+  data.num_queries = 6;
+  data.max_regions = 36;
+  data.min_words = 5;
+  data.max_words = 20;
+  data.dim = 64;
+  const TestData t = MakeTestData(data);
+  const std::string what = data.ToString();
+  constexpr int kReaders = 3;
+  constexpr int kPassesPerReader = 8;
+  constexpr int kTopK = 5;
+  // Reader r scores query r alone and the whole batch, in turns.
+  const std::vector<ItemView> batch = Views(t.queries);
+  std::vector<std::vector<ItemView>> shapes;
+  for (int r = 0; r < kReaders; ++r) shapes.push_back({batch[r]});
+  shapes.push_back(batch);
+  std::vector<FloatMatrix> want[2];  // [gemm, fused][shape]
+  for (int kernel = 0; kernel < 2; ++kernel) {
+    CudaScorerOptions o;
+    o.pass_kernels = kernel == 0 ? CudaPassKernels::kGemm : CudaPassKernels::kFused;
+    auto alone = MakeCuda(MakeConfig(data, data.storage), o);
+    ASSERT_NE(alone, nullptr);
+    ASSERT_TRUE(alone->Add(t.keys, Views(t.stored)).ok());
+    want[kernel].resize(shapes.size());
+    for (size_t shape = 0; shape < shapes.size(); ++shape) {
+      ASSERT_TRUE(alone->ScoreAll(shapes[shape], &want[kernel][shape]).ok()) << what;
+    }
+  }
+  auto same = [](const FloatMatrix& a, const FloatMatrix& b) {
+    return a.rows == b.rows && a.cols == b.cols &&
+           std::equal(a.data.begin(), a.data.end(), b.data.begin());
+  };
+
+  CudaScorerOptions o;
+  o.pass_kernels = CudaPassKernels::kAuto;
+  auto cuda = MakeCuda(MakeConfig(data, data.storage), o);
+  ASSERT_NE(cuda, nullptr);
+  ASSERT_TRUE(cuda->Add(t.keys, Views(t.stored)).ok());
+  const std::vector<int64_t> keys = cuda->keys();
+  std::atomic<int> mismatches{0}, errors{0}, readers_left{kReaders};
+  std::vector<std::thread> threads;
+  for (int r = 0; r < kReaders; ++r) {
+    threads.emplace_back([&, r] {
+      for (int pass = 0; pass < kPassesPerReader; ++pass) {
+        const size_t shape = pass % 2 == 0 ? r : shapes.size() - 1;
+        FloatMatrix scores;
+        if (!cuda->ScoreAll(shapes[shape], &scores).ok()) {
+          ++errors;
+          continue;
+        }
+        if (!same(scores, want[0][shape]) && !same(scores, want[1][shape])) ++mismatches;
+        auto top = cuda->Search(shapes[shape], kTopK);
+        if (!top.ok() || top->size() != shapes[shape].size()) {
+          ++errors;
+          continue;
+        }
+        // The device's top-k is that of one kernel's scores.
+        bool as_either = false;
+        for (int kernel = 0; kernel < 2 && !as_either; ++kernel) {
+          const auto expected = TopKPerRow(want[kernel][shape], keys, kTopK);
+          bool equal = true;
+          for (size_t j = 0; j < expected.size() && equal; ++j) {
+            equal = (*top)[j].size() == expected[j].size();
+            for (size_t k = 0; k < expected[j].size() && equal; ++k) {
+              equal = (*top)[j][k].key == expected[j][k].key && (*top)[j][k].score == expected[j][k].score;
+            }
+          }
+          as_either = equal;
+        }
+        if (!as_either) ++mismatches;
+      }
+      --readers_left;
+    });
+  }
+  int64_t polls = 0;
+  threads.emplace_back([&] {
+    while (readers_left.load() > 0) {
+      if (cuda->size() != data.num_stored || cuda->keys() != keys || cuda->memory_bytes() <= 0 ||
+          !cuda->Health().ok() || !cuda->DeviceMemoryInfo().has_value()) {
+        ++errors;
+      }
+      (void)cuda->KernelPasses();
+      (void)cuda->KernelChoices();
+      ++polls;
+    }
+  });
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(errors.load(), 0) << what;
+  EXPECT_EQ(mismatches.load(), 0) << what;
+  EXPECT_GT(polls, 0);
+  // Every pass was counted once, and the chooser's accounts are the passes that ran.
+  const CudaScorer::PassCounts passes = cuda->pass_counts();
+  EXPECT_EQ(passes.gemm + passes.fused, 2 * kReaders * kPassesPerReader) << what;
+  int64_t chosen_gemm = 0, chosen_fused = 0;
+  for (const PassKernelChooser::Bucket& b : cuda->pass_kernel_choices()) {
+    chosen_gemm += b.passes[static_cast<int>(PassKernel::kGemm)];
+    chosen_fused += b.passes[static_cast<int>(PassKernel::kFused)];
+  }
+  EXPECT_EQ(chosen_gemm, passes.gemm) << what;
+  EXPECT_EQ(chosen_fused, passes.fused) << what;
 }
 
 // A stage's query slices are as tall as the pass's tallest query group: on an H200 at two blocks
