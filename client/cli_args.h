@@ -3,6 +3,7 @@
 // usage error. `--name VALUE` and `--name=VALUE` are both accepted; `--` ends the flags.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <set>

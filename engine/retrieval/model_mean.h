@@ -5,6 +5,8 @@
 // search's bounds rely on that.
 #pragma once
 
+#include <cstddef>
+
 #include "absl/types/span.h"
 
 namespace scanserve {

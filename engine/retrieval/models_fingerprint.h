@@ -3,6 +3,7 @@
 // refuses to serve a store under other ones.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 

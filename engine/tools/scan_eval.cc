@@ -27,14 +27,12 @@
 #include "engine/model/scan_model.h"
 #include "engine/scoring/gemm.h"
 #include "engine/scoring/scorer.h"
+#include "engine/tools/tool_exit.h"
 #include "nlohmann/json.hpp"
 
 namespace scanserve {
 namespace {
 
-constexpr int kExitOk = 0;
-constexpr int kExitInternal = 1;
-constexpr int kExitBadInput = 2;
 
 constexpr char kUsage[] = R"(Usage: scan_eval --model DIR [--model DIR2 ...] --data-dir DIR [options]
 
@@ -163,26 +161,7 @@ absl::StatusOr<EvalFlags> ParseFlags(int argc, char** argv) {
   return flags;
 }
 
-// Caller errors (files, shapes, arguments) exit 2; anything else is ours and exits 1.
-int ExitCodeFor(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kPermissionDenied:
-    case absl::StatusCode::kUnimplemented:
-      return kExitBadInput;
-    default:
-      return kExitInternal;
-  }
-}
-
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "scan_eval: %s\n", status.ToString().c_str());
-  return ExitCodeFor(status);
-}
+int Fail(const absl::Status& status) { return FailTool("scan_eval", status); }
 
 std::string RecallLine(const RecallMetrics& m, const char* separator) {
   return absl::StrFormat("%.1f%s%.1f%s%.1f%s%.1f%s%.1f", m.r1, separator, m.r5, separator, m.r10,

@@ -24,13 +24,11 @@
 #include "engine/model/scan_model.h"
 #include "engine/scoring/gemm.h"
 #include "engine/scoring/scorer.h"
+#include "engine/tools/tool_exit.h"
 
 namespace scanserve {
 namespace {
 
-constexpr int kExitOk = 0;
-constexpr int kExitInternal = 1;
-constexpr int kExitBadInput = 2;
 
 constexpr char kUsage[] = R"(Usage: scan_score --model DIR [--model DIR2 ...] --regions R.npy --region-counts C.npy
                   --captions CAPS.txt --out SIMS.npy [options]
@@ -168,26 +166,7 @@ absl::StatusOr<ScoreFlags> ParseFlags(int argc, char** argv) {
   return flags;
 }
 
-// Caller errors (files, shapes, arguments) exit 2; anything else is ours and exits 1.
-int ExitCodeFor(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kPermissionDenied:
-    case absl::StatusCode::kUnimplemented:
-      return kExitBadInput;
-    default:
-      return kExitInternal;
-  }
-}
-
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "scan_score: %s\n", status.ToString().c_str());
-  return ExitCodeFor(status);
-}
+int Fail(const absl::Status& status) { return FailTool("scan_score", status); }
 
 // Images as views into the stacked region matrix, after checking the counts against it.
 absl::StatusOr<std::vector<RegionFeaturesView>> SplitRegions(const FloatMatrix& regions,

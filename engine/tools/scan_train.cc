@@ -24,15 +24,13 @@
 #include "engine/common/openblas_core.h"
 #include "engine/common/safetensors.h"
 #include "engine/common/status_macros.h"
+#include "engine/tools/tool_exit.h"
 #include "engine/train/scan_trainer.h"
 #include "nlohmann/json.hpp"
 
 namespace scanserve {
 namespace {
 
-constexpr int kExitOk = 0;
-constexpr int kExitInternal = 1;
-constexpr int kExitBadInput = 2;
 constexpr int kExitInterrupted = 130;
 
 constexpr char kUsage[] = R"(Usage: scan_train --data-dir DIR --out MODEL_DIR [options]
@@ -290,25 +288,7 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   return flags;
 }
 
-int ExitCodeFor(const absl::Status& status) {
-  switch (status.code()) {
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kNotFound:
-    case absl::StatusCode::kDataLoss:
-    case absl::StatusCode::kOutOfRange:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kPermissionDenied:
-    case absl::StatusCode::kUnimplemented:
-      return kExitBadInput;
-    default:
-      return kExitInternal;
-  }
-}
-
-int Fail(const absl::Status& status) {
-  std::fprintf(stderr, "scan_train: %s\n", status.ToString().c_str());
-  return ExitCodeFor(status);
-}
+int Fail(const absl::Status& status) { return FailTool("scan_train", status); }
 
 int DumpGradients(const Flags& flags) {
   GradientCheckOptions options;
