@@ -12,7 +12,8 @@
 # Environment: BUILD_DIR [build], BACKEND [cpu], STORAGE [the server's default for the backend],
 # IMAGES [10000], LEVELS [1,4,16,64], DURATION [5] and WARMUP [2] seconds per level, THREADS [0 = all],
 # MAX_BATCH [64], START_TIMEOUT [600] seconds, PYTHON [python3], WORK_DIR [/tmp/scanserve-serve-bench],
-# EXTRA_SERVER_ARGS.
+# EXTRA_SERVER_ARGS, SCANSERVE and SCANCTL [the binaries under BUILD_DIR; ctest points SCANSERVE at
+# the emulated CUDA build's server].
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +28,8 @@ MAX_BATCH="${MAX_BATCH:-64}"
 START_TIMEOUT="${START_TIMEOUT:-600}"
 PYTHON="${PYTHON:-python3}"
 WORK_DIR="${WORK_DIR:-/tmp/scanserve-serve-bench}"
-SCANSERVE="$BUILD_DIR/server/scanserve"
-SCANCTL="$BUILD_DIR/client/scanctl"
+SCANSERVE="${SCANSERVE:-$BUILD_DIR/server/scanserve}"
+SCANCTL="${SCANCTL:-$BUILD_DIR/client/scanctl}"
 for binary in "$SCANSERVE" "$SCANCTL"; do
   [ -x "$binary" ] || { echo "serve-bench: $binary not built (build the server targets first)" >&2; exit 2; }
 done
