@@ -235,6 +235,16 @@ ServerMetrics::ServerMetrics(const std::string& version)
                               .Help("Durable (fsync'd) write batches of the store since start.")
                               .Register(r)
                               .Add({});
+  store_failed_writes_ = &prometheus::BuildCounter()
+                              .Name("scanserve_store_failed_writes_total")
+                              .Help("Store write batches that failed since start (a full disk, an I/O "
+                                    "error); their items were refused.")
+                              .Register(r)
+                              .Add({});
+  store_disk_free_bytes_ = &prometheus::BuildGauge()
+                                .Name("scanserve_store_disk_free_bytes")
+                                .Help("Free space on the durable store's file system, bytes.")
+                                .Register(r);
   store_sync_seconds_ = &prometheus::BuildCounter()
                              .Name("scanserve_store_sync_seconds_total")
                              .Help("Time spent in durable (fsync'd) store writes since start, seconds.")
@@ -350,6 +360,8 @@ prometheus::Gauge& ServerMetrics::device_memory_total(const std::string& device)
   return device_memory_total_->Add({{"device", device}});
 }
 
+prometheus::Gauge& ServerMetrics::store_disk_free_bytes() { return store_disk_free_bytes_->Add({}); }
+
 void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
   images_stored_->Set(static_cast<double>(stats.images));
   captions_stored_->Set(static_cast<double>(stats.captions));
@@ -384,10 +396,14 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
   feature_bytes_committed_->Set(static_cast<double>(stats.feature_bytes_committed));
   store_disk_bytes_->Set(static_cast<double>(stats.store_disk_bytes));
   store_wal_bytes_->Set(static_cast<double>(stats.store_wal_bytes));
+  if (stats.store_disk_free_bytes >= 0) {
+    store_disk_free_bytes().Set(static_cast<double>(stats.store_disk_free_bytes));
+  }
   // The engine's values are cumulative; counters only move forward, by the growth since last time.
   std::lock_guard<std::mutex> lock(stats_mu_);
   AdvanceCounter(*store_synced_writes_, stats.store_synced_writes, &seen_synced_writes_);
   AdvanceCounter(*store_sync_seconds_, stats.store_sync_seconds, &seen_sync_seconds_);
+  AdvanceCounter(*store_failed_writes_, stats.store_failed_writes, &seen_failed_writes_);
   for (SearchDirection d : {SearchDirection::kTextToImage, SearchDirection::kImageToText}) {
     const int i = d == SearchDirection::kTextToImage ? 0 : 1;
     const SearchPhaseSeconds& phases = i == 0 ? stats.text_to_image : stats.image_to_text;

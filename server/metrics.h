@@ -124,6 +124,11 @@ class ServerMetrics {
   prometheus::Counter& store_synced_writes() { return *store_synced_writes_; }
   // scanserve_store_sync_seconds_total: time spent in those durable writes, seconds.
   prometheus::Counter& store_sync_seconds() { return *store_sync_seconds_; }
+  // scanserve_store_failed_writes_total: store write batches that failed (a full disk, an I/O
+  // error): the items of each were refused, nothing was acknowledged.
+  prometheus::Counter& store_failed_writes() { return *store_failed_writes_; }
+  // scanserve_store_disk_free_bytes: free space on the store's file system (absent when unknown).
+  prometheus::Gauge& store_disk_free_bytes();
   // scanserve_engine_encode_seconds_total{direction} / scanserve_engine_score_seconds_total
   // {direction}: the two phases of the engine's searches, summed (encode: queries to embeddings;
   // score: SCAN scoring of every stored item + top-k), seconds. rate(score) / rate(encode) says
@@ -194,11 +199,14 @@ class ServerMetrics {
   prometheus::Gauge* store_disk_bytes_;
   prometheus::Gauge* store_wal_bytes_;
   prometheus::Counter* store_synced_writes_;
+  prometheus::Counter* store_failed_writes_;
+  prometheus::Family<prometheus::Gauge>* store_disk_free_bytes_;
   prometheus::Counter* store_sync_seconds_;
 
   // Cumulative engine values already added to the store counters.
   std::mutex stats_mu_;
   int64_t seen_synced_writes_ = 0;
+  int64_t seen_failed_writes_ = 0;
   double seen_sync_seconds_ = 0;
   SearchPhaseSeconds seen_phases_[2];  // [text_to_image, image_to_text]
   RankingCounts seen_ranked_[2];

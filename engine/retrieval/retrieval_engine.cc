@@ -1575,6 +1575,8 @@ EngineStats ScanRetrievalEngine::Stats() const {
   stats.store_wal_bytes = store.wal_bytes;
   stats.store_synced_writes = store.synced_writes;
   stats.store_sync_seconds = store.sync_write_seconds;
+  stats.store_failed_writes = store.failed_writes;
+  stats.store_disk_free_bytes = store.disk_free_bytes;
   const auto seconds = [this](Direction d, Phase p) {
     return 1e-9 * static_cast<double>(phase_ns_[d][p].load(std::memory_order_relaxed));
   };

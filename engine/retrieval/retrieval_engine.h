@@ -237,6 +237,8 @@ struct EngineStats {
   int64_t store_wal_bytes = 0;        // live write-ahead log
   int64_t store_synced_writes = 0;    // durable (fsync'd) write batches since start
   double store_sync_seconds = 0;      // total time spent in them
+  int64_t store_failed_writes = 0;    // write batches the store failed since start (full disk, I/O)
+  int64_t store_disk_free_bytes = -1;  // free on the store's file system; -1 unknown
   SearchPhaseSeconds text_to_image;   // SearchImages
   SearchPhaseSeconds image_to_text;   // SearchCaptions
   RankingCounts text_to_image_ranking;

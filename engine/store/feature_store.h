@@ -58,6 +58,8 @@ struct FeatureStoreStats {
   int64_t wal_bytes = 0;          // live write-ahead log files
   int64_t synced_writes = 0;      // durable write batches since open
   double sync_write_seconds = 0;  // time spent in them (the fsync dominates)
+  int64_t failed_writes = 0;      // write batches that failed since open (a full disk, I/O errors)
+  int64_t disk_free_bytes = -1;   // free to the store on its file system; -1 when not on disk
 };
 
 class FeatureStore {

@@ -92,6 +92,7 @@ struct RocksDbFeatureStore::Impl {
 
   std::atomic<int64_t> synced_writes{0};
   std::atomic<int64_t> sync_write_nanos{0};
+  std::atomic<int64_t> failed_writes{0};
 
   absl::Status CheckOpen() const {
     if (db == nullptr) return absl::FailedPreconditionError("the RocksDB feature store is closed");
@@ -104,6 +105,7 @@ struct RocksDbFeatureStore::Impl {
     write_options.sync = true;
     const auto start = std::chrono::steady_clock::now();
     const rocksdb::Status s = db->Write(write_options, batch);
+    if (!s.ok()) ++failed_writes;
     sync_write_nanos += std::chrono::duration_cast<std::chrono::nanoseconds>(
                             std::chrono::steady_clock::now() - start)
                             .count();
@@ -328,6 +330,10 @@ FeatureStoreStats RocksDbFeatureStore::Stats() const {
   FeatureStoreStats stats;
   stats.synced_writes = impl_->synced_writes.load();
   stats.sync_write_seconds = static_cast<double>(impl_->sync_write_nanos.load()) * 1e-9;
+  stats.failed_writes = impl_->failed_writes.load();
+  std::error_code error;
+  const std::filesystem::space_info space = std::filesystem::space(path_, error);
+  if (!error) stats.disk_free_bytes = static_cast<int64_t>(space.available);
   std::shared_lock<std::shared_mutex> lock(impl_->mu);
   if (impl_->db == nullptr) return stats;
   for (rocksdb::ColumnFamilyHandle* family : impl_->handles) {

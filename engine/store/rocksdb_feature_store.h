@@ -8,6 +8,11 @@
 // log is fsync'd before the call returns; a batch of N items costs one fsync. An acked write
 // survives kill -9 and power loss; an acked delete never comes back.
 //
+// A full disk fails writes with RESOURCE_EXHAUSTED while reads go on. RocksDB then refuses writes
+// until it has recovered by itself, which it does (within seconds) once its write buffer (64 MB)
+// fits in the free space again: no reopen is needed. Stats() counts the failed writes and reports
+// the free space.
+//
 // RocksDB headers stay inside rocksdb_feature_store.cc; its statuses are converted to absl ones
 // there, by one function (NotFound -> NOT_FOUND, Corruption -> DATA_LOSS, no space ->
 // RESOURCE_EXHAUSTED, other I/O errors and a busy lock -> UNAVAILABLE, ...).

@@ -328,6 +328,12 @@ TEST_F(RocksDbFeatureStoreTest, ReopenAfterCloseKeepsEverythingAndNoDeletedItem)
     const FeatureStoreStats stats = (*store)->Stats();
     EXPECT_EQ(stats.synced_writes, 4);
     EXPECT_GT(stats.disk_bytes, 0);
+    EXPECT_EQ(stats.failed_writes, 0);
+    // The free space of the store's file system, which other processes move meanwhile
+    // (test_server_disk_full.py fills one).
+    EXPECT_GT(stats.disk_free_bytes, 0);
+    EXPECT_NEAR(static_cast<double>(stats.disk_free_bytes),
+                static_cast<double>(fs::space(dir_).available), 256.0 * (1 << 20));
     ASSERT_TRUE((*store)->Close().ok());
   }
   auto store = RocksDbFeatureStore::Open(dir_.string(), {.create_if_missing = false});

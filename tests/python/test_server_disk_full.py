@@ -1,0 +1,189 @@
+"""The real `scanserve` binary on a store whose disk fills up, then gets space back.
+
+    SCANSERVE_BUILD_DIR=build /usr/bin/python3 tests/python/test_server_disk_full.py
+
+The data directory is a 4 MB tmpfs (mounting needs root: skipped, exit 77, where it cannot). Images are
+upserted one per call until the disk is full. Then:
+  * the item that did not fit is RESOURCE_EXHAUSTED, saying "No space left"; so are later writes
+    (an upsert, a delete) while the disk stays full, and the deleted item stays served;
+  * the server stays up and healthy, and searches go on over everything acknowledged;
+  * /metrics counts the failed writes (scanserve_store_failed_writes_total) and shows the free space
+    (scanserve_store_disk_free_bytes), which the ScanserveStoreWritesFailing and ScanserveStoreDiskLow
+    alerts of deploy/alerts.yml watch;
+  * once the file system grows (as when an operator frees space), writes succeed again within a
+    minute, without a restart: RocksDB recovers by itself once its 64 MB write buffer fits;
+  * after kill -9 and a restart on the same directory, the store holds exactly what was
+    acknowledged: every acked upsert, no refused one, the acked delete gone.
+"""
+
+import os
+import subprocess
+import sys
+import time
+import unittest
+import urllib.request
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import scanserve_harness as h  # noqa: E402
+
+h.skip_if_server_disabled()
+h.require_grpc()
+import grpc  # noqa: E402
+
+RESOURCE_EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+FULL_SIZE = "4m"
+GROWN_SIZE = "256m"  # more than RocksDB's 64 MB write buffer free: it can flush and resume
+MAX_FILL_CALLS = 5000
+RECOVERY_TIMEOUT_S = 60
+
+
+def mount_tmpfs(path, size):
+    """True when a tmpfs of `size` is mounted at `path` (root only)."""
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%s" % size, "tmpfs", path],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def skip_unless_mountable():
+    """Exit 77 (skip) where this process cannot mount a tmpfs (not root, or no mount namespace)."""
+    probe = h.make_tmp("scan_mount_probe_")
+    mounted = mount_tmpfs(probe, "1m")
+    if mounted:
+        subprocess.run(["umount", probe])
+    h.remove_tmp(probe)
+    if not mounted:
+        print("skipped: mounting a tmpfs needs root (this test fills a real file system)")
+        sys.exit(77)
+
+
+skip_unless_mountable()
+
+
+class DiskFullTest(unittest.TestCase):
+
+    def setUp(self):
+        h.require_executable(h.SERVER, "the scanserve server")
+        self.tmp = h.make_tmp("scan_disk_full_")
+        self.addCleanup(h.remove_tmp, self.tmp)
+        self.mount = os.path.join(self.tmp, "disk")
+        os.makedirs(self.mount)
+        self.assertTrue(mount_tmpfs(self.mount, FULL_SIZE), "mounting a %s tmpfs at %s failed" % (FULL_SIZE, self.mount))
+        self.addCleanup(subprocess.run, ["umount", self.mount])
+        self.server = None
+        self.channel = None
+        self.addCleanup(self.stop_server)
+        self.pb, self.pb_grpc = h.generate_stubs(os.path.join(self.tmp, "stubs"))
+        self.model_dir = h.make_model(self.tmp, seed=5)
+        self.data_dir = os.path.join(self.mount, "data")
+        self.rng = np.random.default_rng(11)
+        self.start_server()
+
+    def stop_server(self):
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.server is not None:
+            self.server.kill()
+            self.server = None
+
+    def start_server(self):
+        self.stop_server()
+        self.server = h.ServerProcess(self.tmp, "scanserve-%d" % time.monotonic_ns(), [self.model_dir],
+                                      self.data_dir).start()
+        self.server.wait_listening()
+        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.server.port, options=h.CHANNEL_OPTIONS)
+        grpc.channel_ready_future(self.channel).result(timeout=h.START_TIMEOUT_S)
+        self.stub = self.pb_grpc.ScanServiceStub(self.channel)
+
+    def upsert_image(self, image_id):
+        """The per-item status of one image upserted alone."""
+        x = h.sc.random_region_features(self.rng, 36, h.IMG_DIM)
+        request = self.pb.UpsertImagesRequest(images=[
+            self.pb.Image(id=image_id, region_features=h.features_msg(self.pb, x))])
+        return self.stub.UpsertImages(request, timeout=h.RPC_TIMEOUT_S).results[0]
+
+    def metrics(self):
+        return h.parse_metrics(self.server.scrape())
+
+    def stored_image_ids(self):
+        ids, token = [], ""
+        while True:
+            page = self.stub.ListItems(self.pb.ListItemsRequest(kind=1, page_size=1000, page_token=token),
+                                       timeout=h.RPC_TIMEOUT_S)
+            ids += page.ids
+            token = page.next_page_token
+            if not token:
+                return ids
+
+    def test_writes_fail_cleanly_while_full_and_resume_when_space_returns(self):
+        # Fill the disk.
+        acked, refused = [], None
+        for i in range(MAX_FILL_CALLS):
+            result = self.upsert_image("img%05d" % i)
+            if result.code == 0:
+                acked.append(result.id)
+                continue
+            refused = result
+            break
+        self.assertIsNotNone(refused, "a %s disk never filled in %d upserts" % (FULL_SIZE, MAX_FILL_CALLS))
+        self.assertGreater(len(acked), 10)
+        self.assertEqual(refused.code, RESOURCE_EXHAUSTED, refused.message)
+        self.assertIn("No space left", refused.message)
+
+        # While full: writes are refused cleanly, reads and searches go on.
+        again = self.upsert_image("while-full")
+        self.assertEqual(again.code, RESOURCE_EXHAUSTED, again.message)
+        deleted = acked[0]
+        response = self.stub.Delete(self.pb.DeleteRequest(image_ids=[deleted]), timeout=h.RPC_TIMEOUT_S)
+        self.assertEqual(response.image_results[0].code, RESOURCE_EXHAUSTED, response.image_results[0].message)
+        self.assertTrue(self.server.alive(), self.server.log_tail())
+        health = urllib.request.urlopen("http://127.0.0.1:%d/healthz" % self.server.metrics_port, timeout=10)
+        self.assertEqual(health.status, 200)
+        hits = self.stub.SearchImages(self.pb.SearchImagesRequest(queries=h.random_captions(self.rng, 1), top_k=5),
+                                      timeout=h.RPC_TIMEOUT_S).results[0].hits
+        self.assertEqual(len(hits), 5)
+        self.assertTrue(all(hit.id in set(acked) for hit in hits))
+        got = self.stub.GetItems(self.pb.GetItemsRequest(image_ids=[deleted]), timeout=h.RPC_TIMEOUT_S)
+        self.assertEqual(got.images[0].status.code, 0, "the refused delete left %s served" % deleted)
+        samples = self.metrics()
+        self.assertGreaterEqual(h.metric_value(samples, "scanserve_store_failed_writes_total"), 3)
+        self.assertLess(h.metric_value(samples, "scanserve_store_disk_free_bytes"), 1 << 20)
+        self.assertGreaterEqual(h.metric_value(samples, "scanserve_ingest_items_total", kind="image",
+                                               code="ResourceExhausted"), 2)
+
+        # Space comes back: writes resume without a restart.
+        subprocess.check_call(["mount", "-o", "remount,size=%s" % GROWN_SIZE, self.mount])
+        deadline, attempt, resumed = time.time() + RECOVERY_TIMEOUT_S, 0, None
+        while time.time() < deadline:
+            result = self.upsert_image("after%03d" % attempt)
+            attempt += 1
+            if result.code == 0:
+                resumed = result.id
+                break
+            self.assertEqual(result.code, RESOURCE_EXHAUSTED, result.message)
+            time.sleep(0.5)
+        self.assertIsNotNone(resumed, "writes did not resume within %d s of the disk growing:\n%s"
+                             % (RECOVERY_TIMEOUT_S, self.server.log_tail()))
+        acked.append(resumed)
+        more = self.upsert_image("after-resume")
+        self.assertEqual(more.code, 0, more.message)
+        acked.append(more.id)
+        response = self.stub.Delete(self.pb.DeleteRequest(image_ids=[deleted]), timeout=h.RPC_TIMEOUT_S)
+        self.assertEqual(response.image_results[0].code, 0, response.image_results[0].message)
+        acked.remove(deleted)
+        self.assertGreater(h.metric_value(self.metrics(), "scanserve_store_disk_free_bytes"), 64 << 20)
+
+        # kill -9 and restart: exactly what was acknowledged.
+        self.server.proc.kill()
+        self.server.proc.wait()
+        self.start_server()
+        self.assertEqual(sorted(self.stored_image_ids()), sorted(acked))
+        stats = self.stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
+        self.assertEqual(stats.images, len(acked))
+
+
+if __name__ == "__main__":
+    unittest.main()
