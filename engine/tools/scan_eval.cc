@@ -33,7 +33,6 @@
 namespace scanserve {
 namespace {
 
-
 constexpr char kUsage[] = R"(Usage: scan_eval --model DIR [--model DIR2 ...] --data-dir DIR [options]
 
 Evaluates SCAN image-text retrieval on a precomputed split, as the reference evalrank does:

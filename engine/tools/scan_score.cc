@@ -29,7 +29,6 @@
 namespace scanserve {
 namespace {
 
-
 constexpr char kUsage[] = R"(Usage: scan_score --model DIR [--model DIR2 ...] --regions R.npy --region-counts C.npy
                   --captions CAPS.txt --out SIMS.npy [options]
 
