@@ -579,6 +579,9 @@ int Stats(Connection& connection, const std::vector<std::string>& argv, bool jso
   table.AddRow({"feature limit", absl::StrCat(FormatBytes(response.feature_bytes_committed()), " of ",
                                               FormatBytes(response.feature_bytes_limit()), " committed")});
   table.AddRow({"store on disk", FormatBytes(response.store_disk_bytes())});
+  if (response.store_disk_free_bytes() >= 0) {
+    table.AddRow({"disk free", FormatBytes(response.store_disk_free_bytes())});
+  }
   table.AddRow({"backend", response.backend()});
   table.AddRow({"encoder device", response.encoder_device()});
   table.AddRow({"storage", response.storage()});

@@ -8,8 +8,8 @@ upserted one per call until the disk is full. Then:
     (an upsert, a delete) while the disk stays full, and the deleted item stays served;
   * the server stays up and healthy, and searches go on over everything acknowledged;
   * /metrics counts the failed writes (scanserve_store_failed_writes_total) and shows the free space
-    (scanserve_store_disk_free_bytes), which the ScanserveStoreWritesFailing and ScanserveStoreDiskLow
-    alerts of deploy/alerts.yml watch;
+    (scanserve_store_disk_free_bytes, also in GetStats), which the ScanserveStoreWritesFailing and
+    ScanserveStoreDiskLow alerts of deploy/alerts.yml watch;
   * once the file system grows (as when an operator frees space), writes succeed again within a
     minute, without a restart: RocksDB recovers by itself once its 64 MB write buffer fits;
   * after kill -9 and a restart on the same directory, the store holds exactly what was
@@ -148,6 +148,9 @@ class DiskFullTest(unittest.TestCase):
         self.assertTrue(all(hit.id in set(acked) for hit in hits))
         got = self.stub.GetItems(self.pb.GetItemsRequest(image_ids=[deleted]), timeout=h.RPC_TIMEOUT_S)
         self.assertEqual(got.images[0].status.code, 0, "the refused delete left %s served" % deleted)
+        stats = self.stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
+        self.assertEqual(stats.images, len(acked))
+        self.assertLess(stats.store_disk_free_bytes, 1 << 20)
         samples = self.metrics()
         self.assertGreaterEqual(h.metric_value(samples, "scanserve_store_failed_writes_total"), 3)
         self.assertLess(h.metric_value(samples, "scanserve_store_disk_free_bytes"), 1 << 20)

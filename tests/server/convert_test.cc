@@ -160,6 +160,7 @@ TEST(ConvertTest, Responses) {
   stats.feature_bytes_committed = 12345;
   stats.synthetic_images = 7;
   stats.synthetic_captions = 3;
+  stats.store_disk_free_bytes = 5'000'000'000;
   v1::GetStatsResponse response;
   StatsToProto(stats, {"/m1"}, "1.2.3", nullptr, &response);
   EXPECT_EQ(response.images(), 2);
@@ -168,6 +169,7 @@ TEST(ConvertTest, Responses) {
   EXPECT_EQ(response.feature_bytes_committed(), 12345);
   EXPECT_EQ(response.synthetic_images(), 7);
   EXPECT_EQ(response.synthetic_captions(), 3);
+  EXPECT_EQ(response.store_disk_free_bytes(), 5'000'000'000);
   ASSERT_EQ(response.models_size(), 1);
   EXPECT_EQ(response.models(0).model_dir(), "/m1");
   EXPECT_EQ(response.models(0).summary(), "t2i");

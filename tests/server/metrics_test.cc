@@ -176,5 +176,27 @@ TEST(ServerMetricsTest, FeatureMemoryLimitAndCommittedAreGauges) {
   EXPECT_EQ(metrics.feature_bytes_committed().Value(), 100);
 }
 
+// The store's write failures only move forward (the engine's count is cumulative); its disk's free
+// space is a gauge, absent until the engine knows it.
+TEST(ServerMetricsTest, StoreFailedWritesAndDiskFreeSpace) {
+  ServerMetrics metrics("test");
+  EngineStats stats;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.store_failed_writes().Value(), 0);
+  for (const auto& f : metrics.registry()->Collect()) {
+    if (f.name == "scanserve_store_disk_free_bytes") EXPECT_TRUE(f.metric.empty());
+  }
+  stats.store_failed_writes = 3;
+  stats.store_disk_free_bytes = 4096;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.store_failed_writes().Value(), 3);
+  EXPECT_EQ(metrics.store_disk_free_bytes().Value(), 4096);
+  stats.store_failed_writes = 5;
+  stats.store_disk_free_bytes = 1 << 30;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.store_failed_writes().Value(), 5);
+  EXPECT_EQ(metrics.store_disk_free_bytes().Value(), 1 << 30);
+}
+
 }  // namespace
 }  // namespace scanserve
