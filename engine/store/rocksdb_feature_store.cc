@@ -74,6 +74,31 @@ absl::Status FromRocksDb(const rocksdb::Status& s, absl::string_view context) {
 
 std::string Quoted(absl::string_view id) { return absl::StrCat("'", absl::CEscape(id), "'"); }
 
+// Opening replays the write-ahead log into new table and blob files, and when the disk fills
+// meanwhile Debian's RocksDB aborts on an assertion instead of failing. So the space is checked
+// first: the log's size, and a margin for the manifest, options and info log files.
+constexpr int64_t kOpenMarginBytes = int64_t{1} << 20;
+
+absl::Status CheckSpaceToOpen(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::space_info space = fs::space(path, ec);
+  if (ec) return absl::OkStatus();  // cannot tell: RocksDB will say
+  int64_t wal_bytes = 0;
+  for (const fs::directory_entry& entry : fs::directory_iterator(path, ec)) {
+    std::error_code size_error;
+    const uintmax_t size = entry.file_size(size_error);
+    if (!size_error && entry.path().extension() == ".log") wal_bytes += static_cast<int64_t>(size);
+  }
+  const int64_t needed = wal_bytes + kOpenMarginBytes;
+  const int64_t available = static_cast<int64_t>(space.available);
+  if (available >= needed) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "opening the feature store in ", path, " needs about ", needed >> 10,
+      " KiB free on its file system (its write-ahead log of ", wal_bytes >> 10,
+      " KiB is replayed into new files), and ", available >> 10, " KiB are free: free some space"));
+}
+
 rocksdb::Slice ToSlice(const std::string& s) { return rocksdb::Slice(s.data(), s.size()); }
 
 }  // namespace
@@ -224,6 +249,8 @@ absl::StatusOr<std::unique_ptr<RocksDbFeatureStore>> RocksDbFeatureStore::Open(
           absl::StrCat("cannot create the feature store directory ", path, ": ", ec.message()));
     }
   }
+
+  SCANSERVE_RETURN_IF_ERROR(CheckSpaceToOpen(path));
 
   rocksdb::DBOptions db_options;
   db_options.create_if_missing = options.create_if_missing;

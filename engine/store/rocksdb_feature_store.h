@@ -11,7 +11,8 @@
 // A full disk fails writes with RESOURCE_EXHAUSTED while reads go on. RocksDB then refuses writes
 // until it has recovered by itself, which it does (within seconds) once its write buffer (64 MB)
 // fits in the free space again: no reopen is needed. Stats() counts the failed writes and reports
-// the free space.
+// the free space. Open() refuses with RESOURCE_EXHAUSTED, before RocksDB runs, when the free space
+// cannot hold the write-ahead log it replays (plus 1 MB).
 //
 // RocksDB headers stay inside rocksdb_feature_store.cc; its statuses are converted to absl ones
 // there, by one function (NotFound -> NOT_FOUND, Corruption -> DATA_LOSS, no space ->

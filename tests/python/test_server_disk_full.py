@@ -14,6 +14,8 @@ upserted one per call until the disk is full. Then:
     minute, without a restart: RocksDB recovers by itself once its 64 MB write buffer fits;
   * after kill -9 and a restart on the same directory, the store holds exactly what was
     acknowledged: every acked upsert, no refused one, the acked delete gone.
+And a server restarted on a full disk (its write-ahead log to replay, no room for it) exits with a
+message saying so, where RocksDB alone would abort on an assertion; it starts once space is back.
 """
 
 import os
@@ -186,6 +188,44 @@ class DiskFullTest(unittest.TestCase):
         self.assertEqual(sorted(self.stored_image_ids()), sorted(acked))
         stats = self.stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
         self.assertEqual(stats.images, len(acked))
+
+    def fill_disk(self):
+        """Writes a file until the tmpfs is full; returns its path."""
+        filler = os.path.join(self.mount, "filler")
+        with open(filler, "wb") as f:
+            try:
+                while True:
+                    f.write(b"\0" * (64 << 10))
+                    f.flush()
+            except OSError:
+                pass
+        return filler
+
+    def test_a_restart_on_a_full_disk_is_refused_clearly_and_succeeds_once_space_is_back(self):
+        acked = []
+        for i in range(5):
+            result = self.upsert_image("kept%d" % i)
+            self.assertEqual(result.code, 0, result.message)
+            acked.append(result.id)
+        # kill -9: the items are only in the write-ahead log, which the next start replays.
+        self.server.proc.kill()
+        self.server.proc.wait()
+        self.stop_server()
+        filler = self.fill_disk()
+
+        refused = h.ServerProcess(self.tmp, "scanserve-full", [self.model_dir], self.data_dir).start()
+        try:
+            code = refused.proc.wait(timeout=h.START_TIMEOUT_S)
+        finally:
+            refused.kill()
+        log = refused.log_tail(20000)
+        self.assertEqual(code, 1, "a clean refusal, not a crash (RocksDB asserts when it runs out):\n" + log)
+        self.assertIn("RESOURCE_EXHAUSTED", log)
+        self.assertIn("free some space", log)
+
+        os.remove(filler)
+        self.start_server()
+        self.assertEqual(sorted(self.stored_image_ids()), sorted(acked))
 
 
 if __name__ == "__main__":
