@@ -83,7 +83,8 @@ absl::Status CheckSpaceToOpen(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const fs::space_info space = fs::space(path, ec);
-  if (ec) return absl::OkStatus();  // cannot tell: RocksDB will say
+  // Cannot tell (some FUSE file systems report no capacity at all): RocksDB will say.
+  if (ec || space.capacity == 0) return absl::OkStatus();
   int64_t wal_bytes = 0;
   for (const fs::directory_entry& entry : fs::directory_iterator(path, ec)) {
     std::error_code size_error;
