@@ -788,10 +788,6 @@ TEST(CudaScorerTest, FusedCopyStagesScoreAlike) {
   }
 }
 
-// kAuto routes each pass to one of the two kernels, so every pass's scores are, bit for bit, the
-// GEMM path's or the fused kernel's. Both are timed for each bucket of query rows (a lone query,
-// a batch), then the faster runs; shapes the fused kernel cannot take and fp32 storage always take
-// the GEMM path, untimed.
 // set_query_precision on a loaded store (what scan_bench compares): each pass bit for bit that of
 // a scorer created with the precision, on both kernels; a change restarts kAuto's timing.
 TEST(CudaScorerTest, QueryPrecisionSwitchesOnALoadedStore) {
@@ -854,6 +850,10 @@ TEST(CudaScorerTest, QueryPrecisionSwitchesOnALoadedStore) {
   EXPECT_EQ(cuda->pass_kernel_choices()[0].passes[0] + cuda->pass_kernel_choices()[0].passes[1], 1);
 }
 
+// kAuto routes each pass to one of the two kernels, so every pass's scores are, bit for bit, the
+// GEMM path's or the fused kernel's. Both are timed for each bucket of query rows (a lone query,
+// a batch), then the faster runs; shapes the fused kernel cannot take and fp32 storage always take
+// the GEMM path, untimed.
 TEST(CudaScorerTest, AutoKernelsTimeBothAndScoreAsEither) {
   SCANSERVE_SKIP_WITHOUT_CUDA();
   constexpr int kGemm = static_cast<int>(PassKernel::kGemm);
