@@ -5,13 +5,14 @@
 The data directory is a 4 MB tmpfs (mounting needs root: skipped, exit 77, where it cannot). Images are
 upserted one per call until the disk is full. Then:
   * the item that did not fit is RESOURCE_EXHAUSTED, saying "No space left"; so are later writes
-    (an upsert, a delete) while the disk stays full, and the deleted item stays served;
+    (an upsert, a delete) and a snapshot while the disk stays full; the deleted item stays served,
+    and no half snapshot is left behind;
   * the server stays up and healthy, and searches go on over everything acknowledged;
   * /metrics counts the failed writes (scanserve_store_failed_writes_total) and shows the free space
     (scanserve_store_disk_free_bytes, also in GetStats), which the ScanserveStoreWritesFailing and
     ScanserveStoreDiskLow alerts of deploy/alerts.yml watch;
-  * once the file system grows (as when an operator frees space), writes succeed again within a
-    minute, without a restart: RocksDB recovers by itself once its 64 MB write buffer fits;
+  * once the file system grows (as when an operator frees space), writes and snapshots succeed again
+    within a minute, without a restart: RocksDB recovers by itself once its 64 MB write buffer fits;
   * after kill -9 and a restart on the same directory, the store holds exactly what was
     acknowledged: every acked upsert, no refused one, the acked delete gone.
 And a server restarted on a full disk (its write-ahead log to replay, no room for it) exits with a
@@ -80,6 +81,7 @@ class DiskFullTest(unittest.TestCase):
         self.pb, self.pb_grpc = h.generate_stubs(os.path.join(self.tmp, "stubs"))
         self.model_dir = h.make_model(self.tmp, seed=5)
         self.data_dir = os.path.join(self.mount, "data")
+        self.snapshot_dir = os.path.join(self.mount, "snapshots")  # hard links: the same file system
         self.rng = np.random.default_rng(11)
         self.start_server()
 
@@ -94,7 +96,7 @@ class DiskFullTest(unittest.TestCase):
     def start_server(self):
         self.stop_server()
         self.server = h.ServerProcess(self.tmp, "scanserve-%d" % time.monotonic_ns(), [self.model_dir],
-                                      self.data_dir).start()
+                                      self.data_dir, extra=["--snapshot-dir", self.snapshot_dir]).start()
         self.server.wait_listening()
         self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.server.port, options=h.CHANNEL_OPTIONS)
         grpc.channel_ready_future(self.channel).result(timeout=h.START_TIMEOUT_S)
@@ -148,6 +150,10 @@ class DiskFullTest(unittest.TestCase):
                                       timeout=h.RPC_TIMEOUT_S).results[0].hits
         self.assertEqual(len(hits), 5)
         self.assertTrue(all(hit.id in set(acked) for hit in hits))
+        with self.assertRaises(grpc.RpcError) as snapshot:
+            self.stub.CreateSnapshot(self.pb.CreateSnapshotRequest(), timeout=h.RPC_TIMEOUT_S)
+        self.assertEqual(snapshot.exception.code(), grpc.StatusCode.RESOURCE_EXHAUSTED, snapshot.exception.details())
+        self.assertEqual(os.listdir(self.snapshot_dir), [], "no half snapshot left behind")
         got = self.stub.GetItems(self.pb.GetItemsRequest(image_ids=[deleted]), timeout=h.RPC_TIMEOUT_S)
         self.assertEqual(got.images[0].status.code, 0, "the refused delete left %s served" % deleted)
         stats = self.stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
@@ -180,6 +186,9 @@ class DiskFullTest(unittest.TestCase):
         self.assertEqual(response.image_results[0].code, 0, response.image_results[0].message)
         acked.remove(deleted)
         self.assertGreater(h.metric_value(self.metrics(), "scanserve_store_disk_free_bytes"), 64 << 20)
+        snapshot = self.stub.CreateSnapshot(self.pb.CreateSnapshotRequest(name="after-resume"),
+                                            timeout=h.RPC_TIMEOUT_S)
+        self.assertEqual(snapshot.images, len(acked))
 
         # kill -9 and restart: exactly what was acknowledged.
         self.server.proc.kill()
