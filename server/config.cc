@@ -408,6 +408,20 @@ const std::vector<Flag>& Flags() {
          c->server.auth_token = *std::move(token);
          return absl::OkStatus();
        }},
+      {"max-connection-age-s", "SECONDS",
+       "close connections older than this (GOAWAY; clients reconnect, e.g. spreading again over the "
+       "replicas behind a Kubernetes Service); 0 = never",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.max_connection_age_s); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("max-connection-age-s", v, 0, 30 * 24 * 3600, &c->server.max_connection_age_s);
+       }},
+      {"max-connection-age-grace-s", "SECONDS",
+       "after --max-connection-age-s, how long calls in flight on the old connection may finish",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.max_connection_age_grace_s); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("max-connection-age-grace-s", v, 0, 24 * 3600,
+                         &c->server.max_connection_age_grace_s);
+       }},
       {"snapshot-dir", "DIR",
        "where CreateSnapshot (scanctl snapshot) writes restorable copies of the store, one directory each "
        "(created at start if absent); on the data directory's file system they are hard links, taken in "

@@ -47,6 +47,11 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("health_poll_ms must be >= 1, got ", options.health_poll_ms));
   }
+  if (options.max_connection_age_s < 0 || options.max_connection_age_grace_s < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_connection_age_s and max_connection_age_grace_s must be >= 0, got ",
+        options.max_connection_age_s, " and ", options.max_connection_age_grace_s));
+  }
   if (options.ingest_batch_size < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("ingest_batch_size must be >= 1, got ", options.ingest_batch_size));
@@ -154,6 +159,11 @@ absl::Status Server::Start() {
   builder.AddListeningPort(options_.listen_address, credentials, &port_);
   // gRPC sets SO_REUSEPORT by default: a second server on the same port would silently share it.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  if (options_.max_connection_age_s > 0) {
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, options_.max_connection_age_s * 1000);
+    builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                               options_.max_connection_age_grace_s * 1000);
+  }
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));
   // Every queued search or detection holds a sync-server thread while it waits, so the pool must

@@ -50,6 +50,12 @@ struct ServerOptions {
   // hundreds of typical photos; Ingest sends one image per message.
   int64_t max_message_bytes = 64LL << 20;
   int ingest_batch_size = 64;  // most consecutive Ingest items per engine upsert
+  // Connections older than this (seconds; 0 = never) are told to go away (GOAWAY): their clients
+  // reconnect, and behind an L4 load balancer (a Kubernetes Service) spread over the replicas
+  // again instead of staying on the ones that were up first. Calls in flight then get
+  // max_connection_age_grace_s more to finish.
+  int max_connection_age_s = 0;
+  int max_connection_age_grace_s = 30;
   TlsOptions tls;
   std::string auth_token;  // non-empty: ScanService calls need "authorization: Bearer <token>"
   DynamicBatcherOptions batching;

@@ -123,6 +123,19 @@ TEST(ConfigTest, BadValuesNameTheirFlagOrLine) {
   EXPECT_NE(parsed.status().message().find(":2:"), absl::string_view::npos) << parsed.status();
 }
 
+TEST(ConfigTest, ConnectionAge) {
+  auto defaults = ParseArgs({"--model", "m"});
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_EQ(defaults->config.server.max_connection_age_s, 0) << "off unless asked for";
+  auto aged = ParseArgs({"--model", "m", "--max-connection-age-s", "300", "--max-connection-age-grace-s=5"});
+  ASSERT_TRUE(aged.ok()) << aged.status();
+  EXPECT_EQ(aged->config.server.max_connection_age_s, 300);
+  EXPECT_EQ(aged->config.server.max_connection_age_grace_s, 5);
+  const absl::Status negative = ParseArgs({"--model", "m", "--max-connection-age-s", "-1"}).status();
+  EXPECT_EQ(negative.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(negative.message().find("--max-connection-age-s"), absl::string_view::npos) << negative;
+}
+
 TEST(ConfigTest, CallLogSettings) {
   auto defaults = ParseArgs({"--model", "m"});
   ASSERT_TRUE(defaults.ok()) << defaults.status();
@@ -328,7 +341,8 @@ TEST(ConfigTest, HelpListsEveryFlag) {
                            "--tls-client-ca", "--auth-token", "--auth-token-file", "--detector-dir", "--detector-device",
                            "--detector-precision", "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
                            "--detector-max-boxes", "--max-image-bytes", "--synthetic-images",
-                           "--synthetic-captions", "--help"}) {
+                           "--synthetic-captions", "--max-connection-age-s", "--max-connection-age-grace-s",
+                           "--help"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
   }
 }
