@@ -66,8 +66,11 @@ class ConnectionAgeTest(unittest.TestCase):
             end = time.time() + WINDOW_S
             while time.time() < end:
                 try:
+                    # wait_for_ready: a call issued while the channel reconnects waits for the new
+                    # connection (as a client behind a balancer would) instead of failing fast on a
+                    # refused connect; a call the GOAWAY cut short would still fail.
                     hits = stub.SearchImages(self.pb.SearchImagesRequest(queries=h.random_captions(rng, 1)),
-                                             timeout=h.RPC_TIMEOUT_S).results[0].hits
+                                             timeout=h.RPC_TIMEOUT_S, wait_for_ready=True).results[0].hits
                     if [hit.id for hit in hits] != ["one"]:
                         failures.append("hits %s" % [hit.id for hit in hits])
                 except grpc.RpcError as e:
