@@ -422,6 +422,21 @@ const std::vector<Flag>& Flags() {
          return ParseInt("max-connection-age-grace-s", v, 0, 24 * 3600,
                          &c->server.max_connection_age_grace_s);
        }},
+      {"keepalive-s", "SECONDS",
+       "ping connections idle this long (drops dead clients, keeps NAT and load-balancer state); "
+       "0 = gRPC's default (2 h)",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.keepalive_s); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("keepalive-s", v, 0, 24 * 3600, &c->server.keepalive_s);
+       }},
+      {"min-client-ping-interval-s", "SECONDS",
+       "let clients send keepalive pings this often, also on idle connections; 0 = gRPC's policy "
+       "(one per 5 min, none while idle: more closes the connection with too_many_pings)",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.min_client_ping_interval_s); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("min-client-ping-interval-s", v, 0, 24 * 3600,
+                         &c->server.min_client_ping_interval_s);
+       }},
       {"snapshot-dir", "DIR",
        "where CreateSnapshot (scanctl snapshot) writes restorable copies of the store, one directory each "
        "(created at start if absent); on the data directory's file system they are hard links, taken in "

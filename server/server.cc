@@ -47,6 +47,11 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("health_poll_ms must be >= 1, got ", options.health_poll_ms));
   }
+  if (options.keepalive_s < 0 || options.min_client_ping_interval_s < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "keepalive_s and min_client_ping_interval_s must be >= 0, got ", options.keepalive_s,
+        " and ", options.min_client_ping_interval_s));
+  }
   if (options.max_connection_age_s < 0 || options.max_connection_age_grace_s < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "max_connection_age_s and max_connection_age_grace_s must be >= 0, got ",
@@ -163,6 +168,22 @@ absl::Status Server::Start() {
     builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS, options_.max_connection_age_s * 1000);
     builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
                                options_.max_connection_age_grace_s * 1000);
+  }
+  // gRPC's keepalive pings go only to connections with calls in flight unless permitted without,
+  // at most two between data frames unless unlimited, and one per 5 minutes without data: idle
+  // connections are the point here. The same permission lets clients ping idle connections.
+  if (options_.keepalive_s > 0 || options_.min_client_ping_interval_s > 0) {
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  }
+  if (options_.keepalive_s > 0) {
+    builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, options_.keepalive_s * 1000);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_SENT_PING_INTERVAL_WITHOUT_DATA_MS,
+                               options_.keepalive_s * 1000);
+  }
+  if (options_.min_client_ping_interval_s > 0) {
+    builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
+                               options_.min_client_ping_interval_s * 1000);
   }
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));

@@ -56,6 +56,13 @@ struct ServerOptions {
   // max_connection_age_grace_s more to finish.
   int max_connection_age_s = 0;
   int max_connection_age_grace_s = 30;
+  // Keepalive (seconds; 0 = gRPC's defaults). keepalive_s: the server pings connections idle this
+  // long, to drop dead peers and keep NAT and load-balancer state alive (gRPC: 2 h).
+  // min_client_ping_interval_s: clients may ping this often, also without calls in flight (gRPC
+  // allows one ping per 5 min, none on an idle connection, and closes the connection with
+  // "too_many_pings" otherwise), so that clients can keep their own connections alive.
+  int keepalive_s = 0;
+  int min_client_ping_interval_s = 0;
   TlsOptions tls;
   std::string auth_token;  // non-empty: ScanService calls need "authorization: Bearer <token>"
   DynamicBatcherOptions batching;

@@ -123,7 +123,7 @@ TEST(ConfigTest, BadValuesNameTheirFlagOrLine) {
   EXPECT_NE(parsed.status().message().find(":2:"), absl::string_view::npos) << parsed.status();
 }
 
-TEST(ConfigTest, ConnectionAge) {
+TEST(ConfigTest, ConnectionAgeAndKeepalive) {
   auto defaults = ParseArgs({"--model", "m"});
   ASSERT_TRUE(defaults.ok());
   EXPECT_EQ(defaults->config.server.max_connection_age_s, 0) << "off unless asked for";
@@ -131,6 +131,12 @@ TEST(ConfigTest, ConnectionAge) {
   ASSERT_TRUE(aged.ok()) << aged.status();
   EXPECT_EQ(aged->config.server.max_connection_age_s, 300);
   EXPECT_EQ(aged->config.server.max_connection_age_grace_s, 5);
+  auto keepalive = ParseArgs({"--model", "m", "--keepalive-s", "60", "--min-client-ping-interval-s", "10"});
+  ASSERT_TRUE(keepalive.ok()) << keepalive.status();
+  EXPECT_EQ(keepalive->config.server.keepalive_s, 60);
+  EXPECT_EQ(keepalive->config.server.min_client_ping_interval_s, 10);
+  EXPECT_EQ(defaults->config.server.keepalive_s, 0);
+  EXPECT_EQ(defaults->config.server.min_client_ping_interval_s, 0);
   const absl::Status negative = ParseArgs({"--model", "m", "--max-connection-age-s", "-1"}).status();
   EXPECT_EQ(negative.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(negative.message().find("--max-connection-age-s"), absl::string_view::npos) << negative;
@@ -342,7 +348,7 @@ TEST(ConfigTest, HelpListsEveryFlag) {
                            "--detector-precision", "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
                            "--detector-max-boxes", "--max-image-bytes", "--synthetic-images",
                            "--synthetic-captions", "--max-connection-age-s", "--max-connection-age-grace-s",
-                           "--help"}) {
+                           "--keepalive-s", "--min-client-ping-interval-s", "--help"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
   }
 }

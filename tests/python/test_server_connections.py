@@ -1,0 +1,230 @@
+"""scanserve's connection management, with a real server and Python client.
+
+    SCANSERVE_BUILD_DIR=build /usr/bin/python3 tests/python/test_server_connections.py
+
+--max-connection-age-s: behind an L4 load balancer (a Kubernetes Service) a gRPC client keeps its
+first connection, and so its first replica, for good. With the flag the server sends GOAWAY to
+connections older than that, and clients reconnect (through the balancer). Searching every 100 ms
+for 5 s, every call succeeds, and with a 1 s age the channel's connection is replaced at least twice
+(it leaves READY and comes back); without the flag it stays on its first connection.
+
+--min-client-ping-interval-s: clients that keep their idle connections alive with keepalive pings
+(through NATs and balancers that drop idle ones) are closed by gRPC's default policy with
+"too_many_pings". A client pinging every 1.5 s on an idle connection keeps it for 5 s with the flag
+at 1 s; one pinging every second loses it without the flag.
+
+--keepalive-s: the server pings idle connections (to drop dead clients and keep NAT state). Through
+a counting proxy, an idle connection receives PING frames within 5 s with the flag at 1 s, and
+nothing without it.
+"""
+
+import os
+import socket
+import sys
+import threading
+import time
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import scanserve_harness as h  # noqa: E402
+
+h.skip_if_server_disabled()
+h.require_grpc()
+import grpc  # noqa: E402
+
+WINDOW_S = 5.0
+CALL_EVERY_S = 0.1
+
+
+class ConnectionsTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        h.require_executable(h.SERVER, "the scanserve server")
+        cls.tmp = h.make_tmp("scan_connections_")
+        cls.pb, cls.pb_grpc = h.generate_stubs(os.path.join(cls.tmp, "stubs"))
+        cls.model_dir = h.make_model(cls.tmp, seed=4)
+
+    @classmethod
+    def tearDownClass(cls):
+        h.remove_tmp(cls.tmp)
+
+    def search_for_a_while(self, extra, name):
+        """(calls that failed, times the channel's connection went from READY to something else)."""
+        server = h.ServerProcess(self.tmp, name, [self.model_dir], os.path.join(self.tmp, name), extra=extra).start()
+        channel = None
+        try:
+            server.wait_listening()
+            channel = grpc.insecure_channel("127.0.0.1:%d" % server.port, options=h.CHANNEL_OPTIONS)
+            states, lock = [], threading.Lock()
+
+            def record(state):
+                with lock:
+                    states.append(state)
+
+            channel.subscribe(record, try_to_connect=True)
+            grpc.channel_ready_future(channel).result(timeout=h.START_TIMEOUT_S)
+            stub = self.pb_grpc.ScanServiceStub(channel)
+            rng = np.random.default_rng(3)
+            x = h.sc.random_region_features(rng, 5, h.IMG_DIM)
+            stub.UpsertImages(self.pb.UpsertImagesRequest(images=[
+                self.pb.Image(id="one", region_features=h.features_msg(self.pb, x))]), timeout=h.RPC_TIMEOUT_S)
+            failures = []
+            end = time.time() + WINDOW_S
+            while time.time() < end:
+                try:
+                    # wait_for_ready: a call issued while the channel reconnects waits for the new
+                    # connection (as a client behind a balancer would) instead of failing fast on a
+                    # refused connect; a call the GOAWAY cut short would still fail.
+                    hits = stub.SearchImages(self.pb.SearchImagesRequest(queries=h.random_captions(rng, 1)),
+                                             timeout=h.RPC_TIMEOUT_S, wait_for_ready=True).results[0].hits
+                    if [hit.id for hit in hits] != ["one"]:
+                        failures.append("hits %s" % [hit.id for hit in hits])
+                except grpc.RpcError as e:
+                    failures.append("%s: %s" % (e.code(), e.details()))
+                time.sleep(CALL_EVERY_S)
+            channel.unsubscribe(record)
+            with lock:
+                left_ready = sum(1 for a, b in zip(states, states[1:])
+                                 if a == grpc.ChannelConnectivity.READY and b != grpc.ChannelConnectivity.READY)
+            return failures, left_ready
+        finally:
+            if channel is not None:
+                channel.close()
+            server.kill()
+
+    def test_old_connections_are_replaced_without_failing_calls(self):
+        failures, replaced = self.search_for_a_while(
+            ["--max-connection-age-s", "1", "--max-connection-age-grace-s", "1"], "aged")
+        self.assertEqual(failures, [])
+        self.assertGreaterEqual(replaced, 2, "a 1 s connection age over %.0f s" % WINDOW_S)
+
+    def test_without_the_flag_the_first_connection_stays(self):
+        failures, replaced = self.search_for_a_while([], "unaged")
+        self.assertEqual(failures, [])
+        self.assertEqual(replaced, 0)
+
+    def idle_with_keepalive_pings(self, extra, name, ping_ms):
+        """Times a client pinging every ping_ms lost its idle connection over 5 s; a call then works."""
+        server = h.ServerProcess(self.tmp, name, [self.model_dir], os.path.join(self.tmp, name), extra=extra).start()
+        channel = None
+        try:
+            server.wait_listening()
+            options = h.CHANNEL_OPTIONS + [("grpc.keepalive_time_ms", ping_ms), ("grpc.keepalive_timeout_ms", 5000),
+                                           ("grpc.keepalive_permit_without_calls", 1),
+                                           ("grpc.http2.max_pings_without_data", 0)]
+            channel = grpc.insecure_channel("127.0.0.1:%d" % server.port, options=options)
+            states, lock = [], threading.Lock()
+
+            def record(state):
+                with lock:
+                    states.append(state)
+
+            channel.subscribe(record, try_to_connect=True)
+            grpc.channel_ready_future(channel).result(timeout=h.START_TIMEOUT_S)
+            stub = self.pb_grpc.ScanServiceStub(channel)
+            stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
+            time.sleep(WINDOW_S)  # idle: only the pings
+            with lock:
+                lost = sum(1 for a, b in zip(states, states[1:])
+                           if a == grpc.ChannelConnectivity.READY and b != grpc.ChannelConnectivity.READY)
+            stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S, wait_for_ready=True)
+            channel.unsubscribe(record)
+            return lost
+        finally:
+            if channel is not None:
+                channel.close()
+            server.kill()
+
+    def test_clients_may_keep_idle_connections_alive_with_pings(self):
+        # Every 1.5 s against a 1 s minimum: a margin for timers.
+        self.assertEqual(self.idle_with_keepalive_pings(["--min-client-ping-interval-s", "1"], "pinged", 1500), 0)
+
+    def test_without_the_flag_frequent_pings_lose_the_connection(self):
+        self.assertGreaterEqual(self.idle_with_keepalive_pings([], "too-many-pings", 1000), 1,
+                                "gRPC's default ping policy should have closed the connection")
+
+    def server_bytes_while_idle(self, extra, name):
+        """Bytes the server sends a connected client during 5 idle seconds (through a counting proxy)."""
+        server = h.ServerProcess(self.tmp, name, [self.model_dir], os.path.join(self.tmp, name), extra=extra).start()
+        proxy, channel = None, None
+        try:
+            server.wait_listening()
+            proxy = CountingProxy(server.port)
+            channel = grpc.insecure_channel("127.0.0.1:%d" % proxy.port, options=h.CHANNEL_OPTIONS)
+            stub = self.pb_grpc.ScanServiceStub(channel)
+            stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S, wait_for_ready=True)
+            time.sleep(0.5)  # the call's last frames
+            before = proxy.downstream_bytes()
+            time.sleep(5)
+            return proxy.downstream_bytes() - before
+        finally:
+            if channel is not None:
+                channel.close()
+            if proxy is not None:
+                proxy.close()
+            server.kill()
+
+    def test_the_server_pings_idle_connections(self):
+        # An HTTP/2 PING frame is 17 bytes; the first goes out after a second of idleness.
+        self.assertGreaterEqual(self.server_bytes_while_idle(["--keepalive-s", "1"], "keepalive"), 17)
+        self.assertEqual(self.server_bytes_while_idle([], "no-keepalive"), 0)
+
+
+class CountingProxy(object):
+    """A loopback TCP proxy for one connection at a time, counting the bytes the server sends."""
+
+    def __init__(self, upstream_port):
+        self.upstream_port = upstream_port
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(4)
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.downstream = 0
+        self.sockets = []
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            with self.lock:
+                self.sockets += [client, upstream]
+            threading.Thread(target=self.pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self.pump, args=(upstream, client, True), daemon=True).start()
+
+    def pump(self, source, sink, count):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if count:
+                    with self.lock:
+                        self.downstream += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+
+    def downstream_bytes(self):
+        with self.lock:
+            return self.downstream
+
+    def close(self):
+        self.listener.close()
+        with self.lock:
+            for sock in self.sockets:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
+if __name__ == "__main__":
+    unittest.main()
