@@ -18,6 +18,7 @@ a counting proxy, an idle connection receives PING frames within 5 s with the fl
 nothing without it.
 """
 
+import contextlib
 import os
 import socket
 import sys
@@ -51,22 +52,32 @@ class ConnectionsTest(unittest.TestCase):
     def tearDownClass(cls):
         h.remove_tmp(cls.tmp)
 
-    def search_for_a_while(self, extra, name):
-        """(calls that failed, times the channel's connection went from READY to something else)."""
+    @contextlib.contextmanager
+    def connected(self, extra, name, channel_options=(), via_proxy=False):
+        """(stub, connectivity, proxy) of a channel to a fresh server started with `extra`."""
         server = h.ServerProcess(self.tmp, name, [self.model_dir], os.path.join(self.tmp, name), extra=extra).start()
-        channel = None
+        proxy, channel = None, None
         try:
             server.wait_listening()
-            channel = grpc.insecure_channel("127.0.0.1:%d" % server.port, options=h.CHANNEL_OPTIONS)
-            states, lock = [], threading.Lock()
-
-            def record(state):
-                with lock:
-                    states.append(state)
-
-            channel.subscribe(record, try_to_connect=True)
+            port = server.port
+            if via_proxy:
+                proxy = CountingProxy(server.port)
+                port = proxy.port
+            channel = grpc.insecure_channel("127.0.0.1:%d" % port, options=h.CHANNEL_OPTIONS + list(channel_options))
+            connectivity = Connectivity(channel)
             grpc.channel_ready_future(channel).result(timeout=h.START_TIMEOUT_S)
-            stub = self.pb_grpc.ScanServiceStub(channel)
+            yield self.pb_grpc.ScanServiceStub(channel), connectivity, proxy
+            connectivity.close()
+        finally:
+            if channel is not None:
+                channel.close()
+            if proxy is not None:
+                proxy.close()
+            server.kill()
+
+    def search_for_a_while(self, extra, name):
+        """(calls that failed, times the channel's connection was lost)."""
+        with self.connected(extra, name) as (stub, connectivity, _):
             rng = np.random.default_rng(3)
             x = h.sc.random_region_features(rng, 5, h.IMG_DIM)
             stub.UpsertImages(self.pb.UpsertImagesRequest(images=[
@@ -85,15 +96,7 @@ class ConnectionsTest(unittest.TestCase):
                 except grpc.RpcError as e:
                     failures.append("%s: %s" % (e.code(), e.details()))
                 time.sleep(CALL_EVERY_S)
-            channel.unsubscribe(record)
-            with lock:
-                left_ready = sum(1 for a, b in zip(states, states[1:])
-                                 if a == grpc.ChannelConnectivity.READY and b != grpc.ChannelConnectivity.READY)
-            return failures, left_ready
-        finally:
-            if channel is not None:
-                channel.close()
-            server.kill()
+            return failures, connectivity.lost()
 
     def test_old_connections_are_replaced_without_failing_calls(self):
         failures, replaced = self.search_for_a_while(
@@ -108,35 +111,14 @@ class ConnectionsTest(unittest.TestCase):
 
     def idle_with_keepalive_pings(self, extra, name, ping_ms):
         """Times a client pinging every ping_ms lost its idle connection over 5 s; a call then works."""
-        server = h.ServerProcess(self.tmp, name, [self.model_dir], os.path.join(self.tmp, name), extra=extra).start()
-        channel = None
-        try:
-            server.wait_listening()
-            options = h.CHANNEL_OPTIONS + [("grpc.keepalive_time_ms", ping_ms), ("grpc.keepalive_timeout_ms", 5000),
-                                           ("grpc.keepalive_permit_without_calls", 1),
-                                           ("grpc.http2.max_pings_without_data", 0)]
-            channel = grpc.insecure_channel("127.0.0.1:%d" % server.port, options=options)
-            states, lock = [], threading.Lock()
-
-            def record(state):
-                with lock:
-                    states.append(state)
-
-            channel.subscribe(record, try_to_connect=True)
-            grpc.channel_ready_future(channel).result(timeout=h.START_TIMEOUT_S)
-            stub = self.pb_grpc.ScanServiceStub(channel)
+        pings = [("grpc.keepalive_time_ms", ping_ms), ("grpc.keepalive_timeout_ms", 5000),
+                 ("grpc.keepalive_permit_without_calls", 1), ("grpc.http2.max_pings_without_data", 0)]
+        with self.connected(extra, name, channel_options=pings) as (stub, connectivity, _):
             stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
             time.sleep(WINDOW_S)  # idle: only the pings
-            with lock:
-                lost = sum(1 for a, b in zip(states, states[1:])
-                           if a == grpc.ChannelConnectivity.READY and b != grpc.ChannelConnectivity.READY)
+            lost = connectivity.lost()
             stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S, wait_for_ready=True)
-            channel.unsubscribe(record)
             return lost
-        finally:
-            if channel is not None:
-                channel.close()
-            server.kill()
 
     def test_clients_may_keep_idle_connections_alive_with_pings(self):
         # Every 1.5 s against a 1 s minimum: a margin for timers.
@@ -148,29 +130,40 @@ class ConnectionsTest(unittest.TestCase):
 
     def server_bytes_while_idle(self, extra, name):
         """Bytes the server sends a connected client during 5 idle seconds (through a counting proxy)."""
-        server = h.ServerProcess(self.tmp, name, [self.model_dir], os.path.join(self.tmp, name), extra=extra).start()
-        proxy, channel = None, None
-        try:
-            server.wait_listening()
-            proxy = CountingProxy(server.port)
-            channel = grpc.insecure_channel("127.0.0.1:%d" % proxy.port, options=h.CHANNEL_OPTIONS)
-            stub = self.pb_grpc.ScanServiceStub(channel)
+        with self.connected(extra, name, via_proxy=True) as (stub, _, proxy):
             stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S, wait_for_ready=True)
             time.sleep(0.5)  # the call's last frames
             before = proxy.downstream_bytes()
-            time.sleep(5)
+            time.sleep(WINDOW_S)
             return proxy.downstream_bytes() - before
-        finally:
-            if channel is not None:
-                channel.close()
-            if proxy is not None:
-                proxy.close()
-            server.kill()
 
     def test_the_server_pings_idle_connections(self):
         # An HTTP/2 PING frame is 17 bytes; the first goes out after a second of idleness.
         self.assertGreaterEqual(self.server_bytes_while_idle(["--keepalive-s", "1"], "keepalive"), 17)
         self.assertEqual(self.server_bytes_while_idle([], "no-keepalive"), 0)
+
+
+class Connectivity(object):
+    """The states a channel goes through, from subscription on."""
+
+    def __init__(self, channel):
+        self.channel = channel
+        self.lock = threading.Lock()
+        self.states = []
+        channel.subscribe(self.record, try_to_connect=True)
+
+    def record(self, state):
+        with self.lock:
+            self.states.append(state)
+
+    def lost(self):
+        """How often the channel left READY (a connection closed or replaced)."""
+        with self.lock:
+            return sum(1 for a, b in zip(self.states, self.states[1:])
+                       if a == grpc.ChannelConnectivity.READY and b != grpc.ChannelConnectivity.READY)
+
+    def close(self):
+        self.channel.unsubscribe(self.record)
 
 
 class CountingProxy(object):
