@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <utility>
 #include <vector>
@@ -79,12 +80,20 @@ std::string Quoted(absl::string_view id) { return absl::StrCat("'", absl::CEscap
 // first: the log's size, and a margin for the manifest, options and info log files.
 constexpr int64_t kOpenMarginBytes = int64_t{1} << 20;
 
+// Bytes free to the store on the file system holding `path`; none when it cannot tell (an error,
+// or a file system reporting no capacity at all, as some FUSE ones do).
+std::optional<int64_t> FreeBytes(const std::string& path) {
+  std::error_code ec;
+  const std::filesystem::space_info space = std::filesystem::space(path, ec);
+  if (ec || space.capacity == 0) return std::nullopt;
+  return static_cast<int64_t>(space.available);
+}
+
 absl::Status CheckSpaceToOpen(const std::string& path) {
   namespace fs = std::filesystem;
+  const std::optional<int64_t> available = FreeBytes(path);
+  if (!available.has_value()) return absl::OkStatus();  // RocksDB will say
   std::error_code ec;
-  const fs::space_info space = fs::space(path, ec);
-  // Cannot tell (some FUSE file systems report no capacity at all): RocksDB will say.
-  if (ec || space.capacity == 0) return absl::OkStatus();
   int64_t wal_bytes = 0;
   for (const fs::directory_entry& entry : fs::directory_iterator(path, ec)) {
     std::error_code size_error;
@@ -92,12 +101,11 @@ absl::Status CheckSpaceToOpen(const std::string& path) {
     if (!size_error && entry.path().extension() == ".log") wal_bytes += static_cast<int64_t>(size);
   }
   const int64_t needed = wal_bytes + kOpenMarginBytes;
-  const int64_t available = static_cast<int64_t>(space.available);
-  if (available >= needed) return absl::OkStatus();
+  if (*available >= needed) return absl::OkStatus();
   return absl::ResourceExhaustedError(absl::StrCat(
       "opening the feature store in ", path, " needs about ", needed >> 10,
       " KiB free on its file system (its write-ahead log of ", wal_bytes >> 10,
-      " KiB is replayed into new files), and ", available >> 10, " KiB are free: free some space"));
+      " KiB is replayed into new files), and ", *available >> 10, " KiB are free: free some space"));
 }
 
 rocksdb::Slice ToSlice(const std::string& s) { return rocksdb::Slice(s.data(), s.size()); }
@@ -359,9 +367,7 @@ FeatureStoreStats RocksDbFeatureStore::Stats() const {
   stats.synced_writes = impl_->synced_writes.load();
   stats.sync_write_seconds = static_cast<double>(impl_->sync_write_nanos.load()) * 1e-9;
   stats.failed_writes = impl_->failed_writes.load();
-  std::error_code error;
-  const std::filesystem::space_info space = std::filesystem::space(path_, error);
-  if (!error) stats.disk_free_bytes = static_cast<int64_t>(space.available);
+  stats.disk_free_bytes = FreeBytes(path_).value_or(-1);
   std::shared_lock<std::shared_mutex> lock(impl_->mu);
   if (impl_->db == nullptr) return stats;
   for (rocksdb::ColumnFamilyHandle* family : impl_->handles) {
