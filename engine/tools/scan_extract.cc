@@ -25,15 +25,15 @@
 #include "engine/detector/region_detector.h"
 #include "engine/detector/region_drift.h"
 #include "engine/io/bottom_up_tsv_writer.h"
+#include "engine/tools/tool_exit.h"
 
 namespace scanserve {
 namespace {
 
 namespace fs = std::filesystem;
 
-constexpr int kExitOk = 0;
+// Beside tool_exit.h's 0 and 2: an image (or the detector) failed, the others were written.
 constexpr int kExitFailed = 1;
-constexpr int kExitBadInput = 2;
 
 constexpr char kUsage[] = R"(Usage: scan_extract --detector DIR --out FILE.tsv [options] IMAGE_OR_FOLDER...
        scan_extract --detector DIR --benchmark N [--device cuda] [--precision P]
