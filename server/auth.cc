@@ -1,9 +1,11 @@
 #include "server/auth.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 
 namespace scanserve {
 namespace {
@@ -22,7 +24,43 @@ bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
 
 constexpr absl::string_view kBearer = "bearer ";
 
+std::vector<std::string> WithoutEmpty(std::vector<std::string> tokens) {
+  tokens.erase(std::remove(tokens.begin(), tokens.end(), std::string()), tokens.end());
+  return tokens;
+}
+
 }  // namespace
+
+absl::StatusOr<std::vector<std::string>> ParseTokenFile(absl::string_view contents) {
+  std::vector<std::string> tokens;
+  for (absl::string_view line : absl::StrSplit(contents, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    if (line.empty() || line.front() == '#') continue;
+    tokens.emplace_back(line);
+  }
+  if (tokens.empty()) {
+    return absl::InvalidArgumentError("no token in it (one per line; blank and '#' lines are skipped)");
+  }
+  return tokens;
+}
+
+Authenticator::Authenticator(std::vector<std::string> tokens)
+    : enabled_(!WithoutEmpty(tokens).empty()),
+      tokens_(std::make_shared<const std::vector<std::string>>(WithoutEmpty(std::move(tokens)))) {}
+
+Authenticator::Authenticator(std::string token) : Authenticator(std::vector<std::string>{std::move(token)}) {}
+
+void Authenticator::SetTokens(std::vector<std::string> tokens) {
+  auto next = std::make_shared<const std::vector<std::string>>(WithoutEmpty(std::move(tokens)));
+  if (enabled_ && next->empty()) return;  // never open the door: keep the previous tokens
+  std::lock_guard<std::mutex> lock(mu_);
+  tokens_ = std::move(next);
+}
+
+std::shared_ptr<const std::vector<std::string>> Authenticator::tokens() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return tokens_;
+}
 
 absl::Status Authenticator::Check(const grpc::ServerContext& context) const {
   if (!enabled()) return absl::OkStatus();
@@ -43,7 +81,10 @@ absl::Status Authenticator::CheckAuthorization(bool present, absl::string_view a
     return absl::UnauthenticatedError("the authorization metadata must be 'Bearer <token>'");
   }
   const absl::string_view token = absl::StripAsciiWhitespace(authorization.substr(kBearer.size()));
-  if (!ConstantTimeEquals(token, token_)) return absl::PermissionDeniedError("invalid token");
+  // Every accepted token is compared, so the time taken does not say which one matched.
+  bool accepted = false;
+  for (const std::string& candidate : *tokens()) accepted |= ConstantTimeEquals(token, candidate);
+  if (!accepted) return absl::PermissionDeniedError("invalid token");
   return absl::OkStatus();
 }
 
