@@ -10,8 +10,6 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "engine/common/file_read.h"
-#include "engine/common/status_macros.h"
 #include "engine/scoring/cuda_pass_kernels.h"
 #include "engine/scoring/cuda_query_precision.h"
 #include "engine/scoring/storage_type.h"
@@ -63,13 +61,6 @@ absl::Status ParseBytes(const std::string& key, const std::string& value, int64_
   }
   *out = v * scale;
   return absl::OkStatus();
-}
-
-absl::StatusOr<std::string> ReadTokenFile(const std::string& path) {
-  SCANSERVE_ASSIGN_OR_RETURN(const std::string contents, ReadWholeFile(path, "--auth-token-file"));
-  std::string token(absl::StripAsciiWhitespace(contents));
-  if (token.empty()) return absl::InvalidArgumentError(absl::StrCat("--auth-token-file: ", path, " is empty"));
-  return token;
 }
 
 const char* BackendName(ScorerBackend backend) {
@@ -400,13 +391,22 @@ const std::vector<Flag>& Flags() {
          c->server.auth_token = v;
          return absl::OkStatus();
        }},
-      {"auth-token-file", "FILE", "read the bearer token from FILE (surrounding whitespace removed)",
-       [](const ServerConfig&) { return std::string(); },
+      {"auth-token-file", "FILE",
+       "accept the bearer tokens in FILE, one per line (blank and '#' lines skipped; several at once "
+       "let clients move to a new one); re-read every --credential-reload-s",
+       [](const ServerConfig& c) { return c.server.auth_token_file; },
        [](const std::string& v, ServerConfig* c) {
-         absl::StatusOr<std::string> token = ReadTokenFile(v);
-         if (!token.ok()) return token.status();
-         c->server.auth_token = *std::move(token);
+         c->server.auth_token_file = v;
          return absl::OkStatus();
+       }},
+      {"credential-reload-s", "SECONDS",
+       "read the TLS files and the token file again this often: a change that passes the checks (a key "
+       "that matches its certificate, at least one token) is served without a restart, one that fails "
+       "them is logged and the previous credentials stay; 0 = only at start and on SIGHUP (which "
+       "also reads them at once otherwise)",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.credential_reload_s); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseInt("credential-reload-s", v, 0, 24 * 3600, &c->server.credential_reload_s);
        }},
       {"max-connection-age-s", "SECONDS",
        "close connections older than this (GOAWAY; clients reconnect, e.g. spreading again over the "
@@ -575,6 +575,9 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
   if (result.config.engine.model_dirs.size() > 2) {
     return absl::InvalidArgumentError(absl::StrCat("at most two models (an ensemble), got ",
                                                    result.config.engine.model_dirs.size()));
+  }
+  if (!result.config.server.auth_token.empty() && !result.config.server.auth_token_file.empty()) {
+    return absl::InvalidArgumentError("--auth-token and --auth-token-file exclude each other");
   }
   if (result.config.server.tls.cert_file.empty() != result.config.server.tls.key_file.empty()) {
     return absl::InvalidArgumentError("--tls-cert and --tls-key go together");

@@ -186,6 +186,24 @@ ServerMetrics::ServerMetrics(const std::string& version)
                                 .Help("Unix time of the last successful CreateSnapshot (0: none since start).")
                                 .Register(r)
                                 .Add({});
+  credential_reloads_ = &prometheus::BuildCounter()
+                            .Name("scanserve_credential_reloads_total")
+                            .Help("Changed credential files (TLS identity, client CAs, bearer tokens) now served.")
+                            .Register(r);
+  credential_reload_errors_ = &prometheus::BuildCounter()
+                                  .Name("scanserve_credential_reload_errors_total")
+                                  .Help("Credential file changes that could not be served; the previous "
+                                        "credentials stayed.")
+                                  .Register(r);
+  credential_files_served_ = &prometheus::BuildGauge()
+                                 .Name("scanserve_credential_files_served")
+                                 .Help("1 when the credential files as they are now are served, 0 while they "
+                                       "hold a change that could not be.")
+                                 .Register(r);
+  tls_certificate_expiry_ = &prometheus::BuildGauge()
+                                .Name("scanserve_tls_certificate_expiry_timestamp_seconds")
+                                .Help("When the served TLS certificate expires, Unix time.")
+                                .Register(r);
   images_stored_ = &prometheus::BuildGauge()
                         .Name("scanserve_images_stored")
                         .Help("Images stored and searchable.")
@@ -359,6 +377,20 @@ prometheus::Gauge& ServerMetrics::device_memory_free(const std::string& device) 
 prometheus::Gauge& ServerMetrics::device_memory_total(const std::string& device) {
   return device_memory_total_->Add({{"device", device}});
 }
+
+prometheus::Counter& ServerMetrics::credential_reloads(const std::string& credential) {
+  return credential_reloads_->Add({{"credential", credential}});
+}
+
+prometheus::Counter& ServerMetrics::credential_reload_errors(const std::string& credential) {
+  return credential_reload_errors_->Add({{"credential", credential}});
+}
+
+prometheus::Gauge& ServerMetrics::credential_files_served(const std::string& credential) {
+  return credential_files_served_->Add({{"credential", credential}});
+}
+
+prometheus::Gauge& ServerMetrics::tls_certificate_expiry() { return tls_certificate_expiry_->Add({}); }
 
 prometheus::Gauge& ServerMetrics::store_disk_free_bytes() { return store_disk_free_bytes_->Add({}); }
 

@@ -99,6 +99,22 @@ class ServerMetrics {
   // time; 0: none since start). Alert on time() minus it for a missed backup.
   prometheus::Gauge& snapshot_last_success() { return *snapshot_last_success_; }
 
+  // ---- credentials (credential_reloader.h; label credential: tls_identity, tls_client_ca,
+  // auth_tokens) ----
+
+  // scanserve_credential_reloads_total{credential}: changed credential files now served.
+  prometheus::Counter& credential_reloads(const std::string& credential);
+  // scanserve_credential_reload_errors_total{credential}: changes that could not be served (a
+  // key that does not match its certificate, an unparsable or missing file, no token); the
+  // previous credentials stayed.
+  prometheus::Counter& credential_reload_errors(const std::string& credential);
+  // scanserve_credential_files_served{credential}: 1 when the files as they are now are what is
+  // served, 0 while they hold a change that could not be (alert on it: the next restart fails).
+  prometheus::Gauge& credential_files_served(const std::string& credential);
+  // scanserve_tls_certificate_expiry_timestamp_seconds: when the served certificate expires, Unix
+  // time (absent without TLS). Alert on it minus time() running low.
+  prometheus::Gauge& tls_certificate_expiry();
+
   // ---- store state (refreshed from RetrievalEngine::Stats() at each scrape) ----
 
   // scanserve_images_stored / scanserve_captions_stored: items searchable now.
@@ -189,6 +205,10 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>* detector_images_;
 
   prometheus::Gauge* snapshot_last_success_;
+  prometheus::Family<prometheus::Counter>* credential_reloads_;
+  prometheus::Family<prometheus::Counter>* credential_reload_errors_;
+  prometheus::Family<prometheus::Gauge>* credential_files_served_;
+  prometheus::Family<prometheus::Gauge>* tls_certificate_expiry_;
   prometheus::Gauge* images_stored_;
   prometheus::Gauge* captions_stored_;
   prometheus::Family<prometheus::Gauge>* feature_bytes_;

@@ -13,13 +13,13 @@
 #include <grpcpp/security/server_credentials.h>
 
 #include "absl/strings/str_cat.h"
-#include "engine/common/file_read.h"
 #include "server/auth.h"
 #include "server/call_tracker.h"
 #include "server/log.h"
 #include "server/metrics.h"
 #include "server/metrics_http.h"
 #include "server/call_log_interceptor.h"
+#include "server/credential_reloader.h"
 #include "server/metrics_interceptor.h"
 #include "server/scan_service.h"
 
@@ -27,13 +27,6 @@ namespace scanserve {
 namespace {
 
 constexpr char kServiceName[] = "scanserve.v1.ScanService";
-
-absl::StatusOr<std::string> ReadFile(const std::string& path, const char* what) {
-  absl::StatusOr<std::string> contents = ReadWholeFile(path, what);
-  if (!contents.ok()) return contents.status();
-  if (contents->empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": ", path, " is empty"));
-  return contents;
-}
 
 }  // namespace
 
@@ -61,6 +54,13 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(
         absl::StrCat("ingest_batch_size must be >= 1, got ", options.ingest_batch_size));
   }
+  if (!options.auth_token.empty() && !options.auth_token_file.empty()) {
+    return absl::InvalidArgumentError("a bearer token and a token file exclude each other: set one");
+  }
+  if (options.credential_reload_s < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("credential_reload_s must be >= 0, got ", options.credential_reload_s));
+  }
   if (options.tls.cert_file.empty() != options.tls.key_file.empty()) {
     return absl::InvalidArgumentError("TLS needs both a certificate and a key file");
   }
@@ -79,20 +79,18 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Create(ServerOptions options,
   if (engine == nullptr) return absl::InvalidArgumentError("Server::Create needs an engine");
   if (absl::Status status = ValidateServerOptions(options); !status.ok()) return status;
   std::unique_ptr<Server> server(new Server(std::move(options), std::move(engine), std::move(detector)));
-  const TlsOptions& tls = server->options_.tls;
-  if (!tls.cert_file.empty()) {
-    absl::StatusOr<std::string> cert = ReadFile(tls.cert_file, "TLS certificate");
-    if (!cert.ok()) return cert.status();
-    absl::StatusOr<std::string> key = ReadFile(tls.key_file, "TLS key");
-    if (!key.ok()) return key.status();
-    server->tls_cert_pem_ = *std::move(cert);
-    server->tls_key_pem_ = *std::move(key);
-    if (!tls.client_ca_file.empty()) {
-      absl::StatusOr<std::string> ca = ReadFile(tls.client_ca_file, "TLS client CA");
-      if (!ca.ok()) return ca.status();
-      server->tls_client_ca_pem_ = *std::move(ca);
-    }
-  }
+  CredentialFiles credential_files;
+  credential_files.tls_cert_file = server->options_.tls.cert_file;
+  credential_files.tls_key_file = server->options_.tls.key_file;
+  credential_files.tls_client_ca_file = server->options_.tls.client_ca_file;
+  credential_files.auth_token_file = server->options_.auth_token_file;
+  absl::StatusOr<std::unique_ptr<CredentialReloader>> credentials =
+      CredentialReloader::Create(std::move(credential_files), server->metrics_.get());
+  if (!credentials.ok()) return credentials.status();
+  server->credentials_ = *std::move(credentials);
+  server->auth_ = std::make_unique<Authenticator>(
+      server->options_.auth_token_file.empty() ? std::vector<std::string>{server->options_.auth_token}
+                                               : server->credentials_->initial_tokens());
   if (!server->options_.snapshot_dir.empty()) {
     // Like the data directory: created at start, so that the first snapshot does not fail on it.
     std::error_code error;
@@ -135,7 +133,6 @@ Server::Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine,
       detector_(std::move(detector)),
       metrics_(std::make_unique<ServerMetrics>(options_.version)),
       call_log_(std::make_unique<CallLog>(options_.call_log)),
-      auth_(std::make_unique<Authenticator>(options_.auth_token)),
       image_searcher_(std::make_unique<EngineImageSearcher>(engine_.get())),
       caption_searcher_(std::make_unique<EngineCaptionSearcher>(engine_.get())) {}
 
@@ -152,15 +149,7 @@ absl::Status Server::Start() {
 
   grpc::ServerBuilder builder;
   std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
-  if (!tls_cert_pem_.empty()) {
-    grpc::SslServerCredentialsOptions ssl;
-    ssl.pem_key_cert_pairs.push_back({tls_key_pem_, tls_cert_pem_});
-    if (!tls_client_ca_pem_.empty()) {
-      ssl.pem_root_certs = tls_client_ca_pem_;
-      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
-    }
-    credentials = grpc::SslServerCredentials(ssl);
-  }
+  if (credentials_->tls() != nullptr) credentials = credentials_->tls()->ServerCredentials();
   builder.AddListeningPort(options_.listen_address, credentials, &port_);
   // gRPC sets SO_REUSEPORT by default: a second server on the same port would silently share it.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
@@ -209,6 +198,7 @@ absl::Status Server::Start() {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options_.listen_address,
                                                " (address in use, or not a local address?)"));
   }
+  credentials_->Start(options_.credential_reload_s, auth_.get());
   // The default health service starts out SERVING for "": not yet.
   grpc::HealthCheckServiceInterface* health = grpc_server_->GetHealthCheckService();
   health->SetServingStatus("", false);
@@ -230,6 +220,8 @@ absl::Status Server::Start() {
   health_watch_ = std::thread([this] { WatchEngineHealth(); });
   return absl::OkStatus();
 }
+
+int Server::ReloadCredentials() { return credentials_->ReloadChanged(auth_.get()); }
 
 void Server::WatchEngineHealth() {
   std::unique_lock<std::mutex> lock(health_mu_);
@@ -270,6 +262,7 @@ void Server::Stop(std::chrono::system_clock::time_point deadline) {
   }
   health_cv_.notify_all();
   if (health_watch_.joinable()) health_watch_.join();
+  if (credentials_ != nullptr) credentials_->Stop();
   if (grpc_server_ != nullptr) grpc_server_->GetHealthCheckService()->Shutdown();
   if (image_batcher_ != nullptr) image_batcher_->Stop();
   if (caption_batcher_ != nullptr) caption_batcher_->Stop();

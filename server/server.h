@@ -28,6 +28,7 @@ namespace scanserve {
 
 class Authenticator;
 class CallTracker;
+class CredentialReloader;
 class MetricsHttpServer;
 class ScanServiceImpl;
 class ServerMetrics;
@@ -65,6 +66,13 @@ struct ServerOptions {
   int min_client_ping_interval_s = 0;
   TlsOptions tls;
   std::string auth_token;  // non-empty: ScanService calls need "authorization: Bearer <token>"
+  // Non-empty: the accepted tokens are this file's lines (auth.h: ParseTokenFile); not with
+  // auth_token.
+  std::string auth_token_file;
+  // How often the TLS files and the token file are read again (seconds; 0 = only at start, and
+  // on SIGHUP through ReloadCredentials): what changed and passes the checks is served from then
+  // on, without a restart (credential_reloader.h).
+  int credential_reload_s = 60;
   DynamicBatcherOptions batching;
   DetectorPoolOptions detection;  // used when Create() is given a detector
   std::vector<std::string> model_dirs;  // reported by GetStats (the engine was built from them)
@@ -84,7 +92,7 @@ absl::Status ValidateServerOptions(const ServerOptions& options);
 
 class Server {
  public:
-  // Validates the options, reads the TLS files and builds the service, batcher, detector pool and
+  // Validates the options, reads and checks the TLS and token files, and builds the service, batcher, detector pool and
   // metrics around `engine` (non-null, already loaded) and `detector` (already loaded; null = none:
   // image bytes are then FAILED_PRECONDITION). Nothing listens until Start().
   static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options,
@@ -107,6 +115,10 @@ class Server {
   // engine. Idempotent.
   void Stop(std::chrono::system_clock::time_point deadline);
 
+  // Reads the TLS and token files again now, as the reload thread does every credential_reload_s
+  // (run_server.cc calls it on SIGHUP): returns how many credentials were replaced.
+  int ReloadCredentials();
+
   // Bound ports after Start() (useful with port 0); 0 when not listening.
   int port() const { return port_; }
   int metrics_port() const;
@@ -121,15 +133,12 @@ class Server {
   void WatchEngineHealth();
 
   const ServerOptions options_;
-  std::string tls_cert_pem_;  // read by Create()
-  std::string tls_key_pem_;
-  std::string tls_client_ca_pem_;  // empty: clients are not asked for certificates
-
   // Destroyed in reverse order: the gRPC server goes before what its handlers use.
   std::unique_ptr<RetrievalEngine> engine_;
   std::unique_ptr<RegionDetector> detector_;  // null: no detector
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<CallLog> call_log_;
+  std::unique_ptr<CredentialReloader> credentials_;  // TLS key material and token files
   std::unique_ptr<Authenticator> auth_;
   std::unique_ptr<EngineImageSearcher> image_searcher_;
   std::unique_ptr<EngineCaptionSearcher> caption_searcher_;

@@ -9,7 +9,6 @@
 
 #include <gtest/gtest.h>
 
-#include "server/auth.h"
 
 namespace scanserve {
 namespace {
@@ -328,11 +327,28 @@ TEST(ConfigTest, CudaQueryPrecision) {
   }
 }
 
-TEST(ConfigTest, TokenFile) {
-  const std::string file = WriteTemp("token", "  s3cret \n");
-  absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m", "--auth-token-file", file});
+TEST(ConfigTest, TokenFileAndReloadInterval) {
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m"});
   ASSERT_TRUE(parsed.ok()) << parsed.status();
-  EXPECT_EQ(parsed->config.server.auth_token, "s3cret");
+  EXPECT_EQ(parsed->config.server.credential_reload_s, 60);
+  // The file is read by the server (Server::Create), which re-reads it while serving.
+  parsed = ParseArgs({"--model", "m", "--auth-token-file", "/etc/scanserve/tokens", "--credential-reload-s", "5"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.server.auth_token_file, "/etc/scanserve/tokens");
+  EXPECT_TRUE(parsed->config.server.auth_token.empty());
+  EXPECT_EQ(parsed->config.server.credential_reload_s, 5);
+  parsed = ParseArgs({"--model", "m", "--credential-reload-s", "0"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.server.credential_reload_s, 0);
+
+  parsed = ParseArgs({"--model", "m", "--auth-token", "s3cret", "--auth-token-file", "/etc/scanserve/tokens"});
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(parsed.status().message().find("exclude"), absl::string_view::npos) << parsed.status();
+  parsed = ParseArgs({"--model", "m", "--credential-reload-s", "-1"});
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+
+  parsed = ParseArgs({"--model", "m", "--auth-token", "s3cret"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
   EXPECT_EQ(DescribeConfig(parsed->config).find("s3cret"), std::string::npos) << "the log never shows the token";
 }
 
@@ -348,22 +364,9 @@ TEST(ConfigTest, HelpListsEveryFlag) {
                            "--detector-precision", "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
                            "--detector-max-boxes", "--max-image-bytes", "--synthetic-images",
                            "--synthetic-captions", "--max-connection-age-s", "--max-connection-age-grace-s",
-                           "--keepalive-s", "--min-client-ping-interval-s", "--help"}) {
+                           "--keepalive-s", "--min-client-ping-interval-s", "--credential-reload-s", "--help"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
   }
-}
-
-TEST(AuthenticatorTest, BearerTokens) {
-  const Authenticator off("");
-  EXPECT_TRUE(off.CheckAuthorization(false, "").ok());
-  const Authenticator auth("s3cret");
-  EXPECT_EQ(auth.CheckAuthorization(false, "").code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(auth.CheckAuthorization(true, "Basic abc").code(), absl::StatusCode::kUnauthenticated);
-  EXPECT_EQ(auth.CheckAuthorization(true, "Bearer wrong").code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(auth.CheckAuthorization(true, "Bearer s3cre").code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_EQ(auth.CheckAuthorization(true, "Bearer s3cret!").code(), absl::StatusCode::kPermissionDenied);
-  EXPECT_TRUE(auth.CheckAuthorization(true, "Bearer s3cret").ok());
-  EXPECT_TRUE(auth.CheckAuthorization(true, "bearer s3cret").ok());
 }
 
 TEST(ConfigTest, TheShippedExampleConfigParses) {
