@@ -4,6 +4,7 @@
 #include <chrono>
 #include <csignal>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <cstdlib>
 #include <thread>
@@ -22,7 +23,9 @@
 namespace scanserve {
 namespace {
 
-const char* SignalName(int signal) { return signal == SIGINT ? "SIGINT" : "SIGTERM"; }
+const char* SignalName(int signal) {
+  return signal == SIGINT ? "SIGINT" : signal == SIGHUP ? "SIGHUP" : "SIGTERM";
+}
 
 // The self-pipe: the handler only write()s the signal number (async-signal-safe); the watcher thread
 // reads it. Handlers rather than a blocked mask + sigwait, because libraries start threads before
@@ -36,18 +39,29 @@ extern "C" void OnTerminationSignal(int signal) {
   errno = saved_errno;
 }
 
-// Receives SIGTERM/SIGINT through the pipe on its own thread. Before the server serves, a signal
-// exits at once: loading can take minutes and there is nothing to drain (the store is crash-safe).
-// Once serving, the first signal wakes Wait(); a second one exits at once.
+// Receives SIGTERM/SIGINT/SIGHUP through the pipe on its own thread. Before the server serves,
+// SIGTERM or SIGINT exits at once: loading can take minutes and there is nothing to drain (the
+// store is crash-safe). Once serving, the first one wakes Wait(); a second one exits at once.
+// SIGHUP reads the credential files again (as `systemctl reload` or a certificate tool's hook
+// would send it); before serving it is ignored.
 class SignalWatcher {
  public:
   SignalWatcher() {
     std::thread([this] { Loop(); }).detach();  // blocked in read() for the life of the process
   }
 
-  void set_serving() {
+  // `on_hangup` runs on the watcher's thread for each SIGHUP from now on.
+  void set_serving(std::function<void()> on_hangup) {
     std::lock_guard<std::mutex> lock(mu_);
     serving_ = true;
+    on_hangup_ = std::move(on_hangup);
+  }
+
+  // No more SIGHUP hooks: waits for one running, so that what it uses can go.
+  void clear_hangup() {
+    std::lock_guard<std::mutex> hold(hangup_mu_);
+    std::lock_guard<std::mutex> lock(mu_);
+    on_hangup_ = nullptr;
   }
 
   // Blocks until a signal arrives while serving; returns it.
@@ -65,6 +79,16 @@ class SignalWatcher {
       if (n < 0 && errno == EINTR) continue;
       if (n != 1) return;  // the pipe is gone: nothing more to watch
       const int signal = byte;
+      if (signal == SIGHUP) {
+        std::lock_guard<std::mutex> hold(hangup_mu_);
+        std::function<void()> on_hangup;
+        {
+          std::lock_guard<std::mutex> lock(mu_);
+          on_hangup = on_hangup_;
+        }
+        if (on_hangup) on_hangup();
+        continue;
+      }
       std::lock_guard<std::mutex> lock(mu_);
       if (!serving_) {
         Log(LogLevel::kWarning, absl::StrCat("received ", SignalName(signal), " during start-up: exiting"));
@@ -79,9 +103,11 @@ class SignalWatcher {
     }
   }
 
-  std::mutex mu_;  // guards serving_, signal_
+  std::mutex hangup_mu_;  // held while a SIGHUP hook runs
+  std::mutex mu_;  // guards serving_, on_hangup_, signal_
   std::condition_variable received_;
   bool serving_ = false;
+  std::function<void()> on_hangup_;
   int signal_ = 0;  // the first signal received while serving
 };
 
@@ -139,6 +165,7 @@ void InstallTerminationHandlers() {
   action.sa_flags = SA_RESTART;  // other threads' system calls carry on
   sigaction(SIGTERM, &action, nullptr);
   sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGHUP, &action, nullptr);  // its default would end the process
 }
 
 int RunServer(const ServerConfig& config) {
@@ -195,17 +222,27 @@ int RunServer(const ServerConfig& config) {
     (*server)->Stop(std::chrono::system_clock::now());
     return 1;
   }
+  const ServerOptions& options = config.server;
+  const bool token_auth = !options.auth_token.empty() || !options.auth_token_file.empty();
+  const bool reloaded =
+      options.credential_reload_s > 0 && (!options.tls.cert_file.empty() || !options.auth_token_file.empty());
   Log(LogLevel::kInfo,
-      absl::StrCat("serving scanserve.v1.ScanService on ", config.server.listen_address, " (port ",
-                   (*server)->port(), config.server.tls.cert_file.empty() ? ", plaintext" : ", TLS",
-                   config.server.auth_token.empty() ? "" : ", bearer-token auth", ")",
+      absl::StrCat("serving scanserve.v1.ScanService on ", options.listen_address, " (port ", (*server)->port(),
+                   options.tls.cert_file.empty() ? ", plaintext" : ", TLS", token_auth ? ", bearer-token auth" : "",
+                   reloaded ? absl::StrCat(", credential files read every ", options.credential_reload_s, " s") : "",
+                   ")",
                    config.server.metrics_address.empty()
                        ? std::string("; metrics off")
                        : absl::StrCat("; metrics on http://", config.server.metrics_address, "/metrics (port ",
                                       (*server)->metrics_port(), ")")));
 
-  signals.set_serving();
+  Server* serving = server->get();
+  signals.set_serving([serving] {
+    const int replaced = serving->ReloadCredentials();
+    Log(LogLevel::kInfo, absl::StrCat("received SIGHUP: credential files read again, ", replaced, " replaced"));
+  });
   const int signal = signals.Wait();
+  signals.clear_hangup();
   Log(LogLevel::kInfo, absl::StrCat("received ", SignalName(signal), "; shutting down (grace ",
                                     config.shutdown_grace_s, " s)"));
   (*server)->Stop(DeadlineAfter(config.shutdown_grace_s));

@@ -725,10 +725,9 @@ class SecureEnsembleTest(E2EBase):
                 raise AssertionError("openssl failed: %s" % r.stderr)
         else:
             print("openssl not found: SecureEnsembleTest runs without TLS", file=sys.stderr)
-        token_file = os.path.join(tmp, "token")
-        with open(token_file, "w") as f:
-            f.write(cls.TOKEN + "\n")
-        extra = ["--auth-token-file", token_file, "--max-message-bytes", "1M"]
+        cls.token_file = os.path.join(tmp, "token")
+        cls.write_tokens(cls.TOKEN)
+        extra = ["--auth-token-file", cls.token_file, "--credential-reload-s", "1", "--max-message-bytes", "1M"]
         if cls.tls:
             extra += ["--tls-cert", cls.cert, "--tls-key", cls.key]
         def tls_channel():
@@ -746,6 +745,42 @@ class SecureEnsembleTest(E2EBase):
 
     def call_kwargs(self):
         return {"metadata": [("authorization", "Bearer " + self.TOKEN)]}
+
+    @classmethod
+    def write_tokens(cls, *tokens):
+        with open(cls.token_file + ".tmp", "w") as f:
+            f.write("".join(t + "\n" for t in tokens))
+        os.replace(cls.token_file + ".tmp", cls.token_file)
+
+    def stats_code(self, token):
+        try:
+            self.stub.GetStats(self.s.pb.GetStatsRequest(), timeout=10,
+                               metadata=[("authorization", "Bearer " + token)])
+            return grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            return e.code()
+
+    def wait_for_code(self, token, code):
+        deadline = time.time() + 15
+        while self.stats_code(token) != code and time.time() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(self.stats_code(token), code, "token %s" % token)
+
+    def test_token_rotation_without_a_restart(self):
+        """The token file is read again every --credential-reload-s: tokens rotate without a restart."""
+        try:
+            self.write_tokens(self.TOKEN, "rotated-token")
+            self.wait_for_code("rotated-token", grpc.StatusCode.OK)
+            self.assertEqual(self.stats_code(self.TOKEN), grpc.StatusCode.OK, "both during the rotation")
+            self.write_tokens("rotated-token")
+            self.wait_for_code(self.TOKEN, grpc.StatusCode.PERMISSION_DENIED)
+            self.write_tokens()  # emptied: refused, the tokens in service stay
+            time.sleep(2.5)
+            self.assertEqual(self.stats_code("rotated-token"), grpc.StatusCode.OK)
+            self.assertIn("auth_tokens changed but cannot be served", self.server.log_tail(20000))
+        finally:
+            self.write_tokens(self.TOKEN)
+            self.wait_for_code(self.TOKEN, grpc.StatusCode.OK)
 
     def test_auth_codes(self):
         pb = self.s.pb
@@ -822,9 +857,12 @@ class MutualTlsTest(E2EBase):
         cls.rogue_cert, cls.rogue_key = p("rogue.pem"), p("rogue.key")
         openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", cls.rogue_key, "-out", cls.rogue_cert,
                 "-days", "1", "-subj", "/CN=rogue")
+        # The server's client-CA file, a copy it re-reads on SIGHUP only (--credential-reload-s 0).
+        cls.client_cas = p("client-cas.pem")
+        shutil.copyfile(cls.ca, cls.client_cas)
         cls.start_class_server("mtls", [cls.s.model_a], os.path.join(cls.s.tmp, "data_mtls"),
                                extra=["--tls-cert", cls.server_cert, "--tls-key", cls.server_key,
-                                      "--tls-client-ca", cls.ca],
+                                      "--tls-client-ca", cls.client_cas, "--credential-reload-s", "0"],
                                channel=lambda: cls.open_channel(cls.client_cert, cls.client_key))
 
     @classmethod
@@ -856,6 +894,44 @@ class MutualTlsTest(E2EBase):
             finally:
                 channel.close()
         self.assert_still_serving("refused handshakes")
+
+    def rogue_code(self):
+        channel = self.open_channel(self.rogue_cert, self.rogue_key)
+        try:
+            self.s.pb_grpc.ScanServiceStub(channel).GetStats(self.s.pb.GetStatsRequest(), timeout=10)
+            return grpc.StatusCode.OK
+        except grpc.RpcError as e:
+            return e.code()
+        finally:
+            channel.close()
+
+    def set_client_cas(self, *paths):
+        text = "".join(open(path).read() for path in paths)
+        with open(self.client_cas + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(self.client_cas + ".tmp", self.client_cas)
+
+    def wait_for_rogue(self, code):
+        deadline = time.time() + 10  # gRPC's watcher takes the new CAs within a second
+        while self.rogue_code() != code and time.time() < deadline:
+            time.sleep(0.2)
+        self.assertEqual(self.rogue_code(), code)
+
+    def test_sighup_reads_rotated_client_cas(self):
+        """With --credential-reload-s 0 the files are read at start and on SIGHUP only."""
+        try:
+            self.set_client_cas(self.ca, self.rogue_cert)  # the rogue certificate is its own CA
+            time.sleep(2.5)
+            self.assertEqual(self.rogue_code(), grpc.StatusCode.UNAVAILABLE, "not read again without SIGHUP")
+            self.server.proc.send_signal(signal.SIGHUP)
+            self.wait_for_rogue(grpc.StatusCode.OK)
+            self.rpc_ok(self.stub.GetStats, self.s.pb.GetStatsRequest(), "the CA-signed client still gets through")
+            self.assertIn("received SIGHUP: credential files read again, 1 replaced", self.server.log_tail(20000))
+        finally:
+            self.set_client_cas(self.ca)
+            self.server.proc.send_signal(signal.SIGHUP)
+            self.wait_for_rogue(grpc.StatusCode.UNAVAILABLE)
+        self.assert_still_serving("SIGHUP")
 
     def test_scanctl_with_a_client_certificate(self):
         base = [SCANCTL, "--server", "localhost:%d" % self.server.port, "--tls-ca", self.ca]
