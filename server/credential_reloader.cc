@@ -1,6 +1,7 @@
 #include "server/credential_reloader.h"
 
 #include <chrono>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -136,17 +137,25 @@ int CredentialReloader::ReloadChanged(Authenticator* auth) {
   return replaced;
 }
 
-bool CredentialReloader::ReloadIdentity() {
-  absl::StatusOr<std::vector<std::string>> read =
-      ReadSettled({&files_.tls_key_file, &files_.tls_cert_file}, {"TLS key", "TLS certificate"});
-  if (absl::IsUnavailable(read.status())) return false;
+std::optional<std::vector<std::string>> CredentialReloader::ReadIfChanged(Watched* watched, const char* credential,
+                                                                          const std::vector<const std::string*>& paths,
+                                                                          const std::vector<const char*>& whats) {
+  absl::StatusOr<std::vector<std::string>> read = ReadSettled(paths, whats);
+  if (absl::IsUnavailable(read.status())) return std::nullopt;  // being rewritten: next round
   std::string seen = Fingerprint(read);
-  if (seen == identity_.seen) return false;
-  identity_.seen = std::move(seen);
+  if (seen == watched->seen) return std::nullopt;
+  watched->seen = std::move(seen);
   if (!read.ok()) {
-    Refused(kIdentity, std::string(read.status().message()));
-    return false;
+    Refused(credential, std::string(read.status().message()));
+    return std::nullopt;
   }
+  return *std::move(read);
+}
+
+bool CredentialReloader::ReloadIdentity() {
+  std::optional<std::vector<std::string>> read = ReadIfChanged(
+      &identity_, kIdentity, {&files_.tls_key_file, &files_.tls_cert_file}, {"TLS key", "TLS certificate"});
+  if (!read.has_value()) return false;
   absl::StatusOr<CertificateSummary> summary = CheckIdentityFiles(files_, (*read)[0], (*read)[1]);
   if (!summary.ok()) {
     Refused(kIdentity, std::string(summary.status().message()));
@@ -162,15 +171,9 @@ bool CredentialReloader::ReloadIdentity() {
 }
 
 bool CredentialReloader::ReloadClientCa() {
-  absl::StatusOr<std::vector<std::string>> read = ReadSettled({&files_.tls_client_ca_file}, {"TLS client CA"});
-  if (absl::IsUnavailable(read.status())) return false;
-  std::string seen = Fingerprint(read);
-  if (seen == client_ca_.seen) return false;
-  client_ca_.seen = std::move(seen);
-  if (!read.ok()) {
-    Refused(kClientCa, std::string(read.status().message()));
-    return false;
-  }
+  std::optional<std::vector<std::string>> read =
+      ReadIfChanged(&client_ca_, kClientCa, {&files_.tls_client_ca_file}, {"TLS client CA"});
+  if (!read.has_value()) return false;
   absl::StatusOr<int> count = CheckCaCertificates((*read)[0]);
   if (!count.ok()) {
     Refused(kClientCa, absl::StrCat(count.status().message(), " (", files_.tls_client_ca_file, ")"));
@@ -185,15 +188,9 @@ bool CredentialReloader::ReloadClientCa() {
 }
 
 bool CredentialReloader::ReloadTokens(Authenticator* auth) {
-  absl::StatusOr<std::vector<std::string>> read = ReadSettled({&files_.auth_token_file}, {"--auth-token-file"});
-  if (absl::IsUnavailable(read.status())) return false;
-  std::string seen = Fingerprint(read);
-  if (seen == tokens_.seen) return false;
-  tokens_.seen = std::move(seen);
-  if (!read.ok()) {
-    Refused(kTokens, std::string(read.status().message()));
-    return false;
-  }
+  std::optional<std::vector<std::string>> read =
+      ReadIfChanged(&tokens_, kTokens, {&files_.auth_token_file}, {"--auth-token-file"});
+  if (!read.has_value()) return false;
   absl::StatusOr<std::vector<std::string>> tokens = ParseTokenFile((*read)[0]);
   if (!tokens.ok()) {
     Refused(kTokens, absl::StrCat(files_.auth_token_file, ": ", tokens.status().message()));

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -61,6 +62,11 @@ class CredentialReloader {
 
   CredentialReloader(CredentialFiles files, ServerMetrics* metrics) : files_(std::move(files)), metrics_(metrics) {}
 
+  // The files' contents when they differ from what the last round read and could be read (a
+  // read error is Refused here); nullopt otherwise.
+  std::optional<std::vector<std::string>> ReadIfChanged(Watched* watched, const char* credential,
+                                                        const std::vector<const std::string*>& paths,
+                                                        const std::vector<const char*>& whats);
   // Each returns whether it replaced what is served.
   bool ReloadIdentity();
   bool ReloadClientCa();

@@ -8,16 +8,15 @@
 #include <chrono>
 #include <ctime>
 #include <filesystem>
-#include <fstream>
 #include <string>
 #include <thread>
 
 #include <gtest/gtest.h>
 
 #include "absl/strings/match.h"
-#include "absl/strings/str_cat.h"
 #include "engine/common/file_read.h"
 #include "server/metrics.h"
+#include "tests/server/scratch_directory.h"
 #include "tests/server/test_certificates.h"
 
 namespace scanserve {
@@ -28,21 +27,13 @@ using testing_tls::TestCa;
 class CredentialFilesTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           absl::StrCat("credentials-", ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
     files_.tls_cert_file = Path("cert.pem");
     files_.tls_key_file = Path("key.pem");
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
 
-  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
-  void Write(const std::string& path, const std::string& contents) const {
-    // As kubelet and most tools do: a new file renamed over the old one.
-    const std::string temporary = path + ".tmp";
-    std::ofstream(temporary) << contents;
-    std::filesystem::rename(temporary, path);
+  std::string Path(const std::string& name) const { return scratch_.Path(name); }
+  static void Write(const std::string& path, const std::string& contents) {
+    testing_files::ScratchDirectory::Write(path, contents);
   }
   void WriteIdentity(const TestCa::Issued& identity) const {
     Write(files_.tls_key_file, identity.key_pem);
@@ -50,7 +41,7 @@ class CredentialFilesTest : public ::testing::Test {
   }
   static std::string Served(const TlsKeyMaterial& tls) { return ReadWholeFile(tls.identity_path()).value_or(""); }
 
-  std::filesystem::path dir_;
+  testing_files::ScratchDirectory scratch_{"credentials"};
   CredentialFiles files_;
   ServerMetrics metrics_{"test"};
   const TestCa ca_{"Test CA"};

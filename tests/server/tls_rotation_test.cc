@@ -2,8 +2,6 @@
 // real TLS handshakes on loopback (fake engine): new connections get the new credentials within
 // seconds, connections already open keep working, and a half-done rotation changes nothing.
 #include <chrono>
-#include <filesystem>
-#include <fstream>
 #include <functional>
 #include <string>
 #include <thread>
@@ -16,6 +14,7 @@
 #include "server/metrics.h"
 #include "server/server.h"
 #include "tests/server/fake_engine.h"
+#include "tests/server/scratch_directory.h"
 #include "tests/server/test_certificates.h"
 
 namespace scanserve {
@@ -26,10 +25,6 @@ using testing_tls::TestCa;
 class TlsRotationTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           absl::StrCat("tls-rotation-", ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
     options_.listen_address = "127.0.0.1:0";
     options_.metrics_address = "";
     options_.tls.cert_file = Path("cert.pem");
@@ -39,15 +34,11 @@ class TlsRotationTest : public ::testing::Test {
 
   void TearDown() override {
     if (server_ != nullptr) server_->Stop(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    std::filesystem::remove_all(dir_);
   }
 
-  std::string Path(const std::string& name) const { return (dir_ / name).string(); }
-
-  void Write(const std::string& path, const std::string& contents) const {
-    const std::string temporary = path + ".tmp";
-    std::ofstream(temporary) << contents;
-    std::filesystem::rename(temporary, path);
+  std::string Path(const std::string& name) const { return scratch_.Path(name); }
+  static void Write(const std::string& path, const std::string& contents) {
+    testing_files::ScratchDirectory::Write(path, contents);
   }
 
   void WriteIdentity(const TestCa::Issued& identity) const {
@@ -96,7 +87,7 @@ class TlsRotationTest : public ::testing::Test {
     return done();
   }
 
-  std::filesystem::path dir_;
+  testing_files::ScratchDirectory scratch_{"tls-rotation"};
   ServerOptions options_;
   std::unique_ptr<Server> server_;
   const TestCa old_ca_{"Old CA"};
