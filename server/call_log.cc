@@ -91,7 +91,13 @@ std::optional<CallLogLine> CallLog::Record(absl::string_view method, absl::strin
                                   " from ", peer.empty() ? "?" : peer);
   if (!message.empty()) absl::StrAppend(&text, ": ", OneLine(message));
   if (suppressed > 0) absl::StrAppend(&text, " [", suppressed, " call log lines suppressed before this]");
-  return CallLogLine{*level, std::move(text)};
+  std::vector<LogField> fields = {LogField::Text("grpc.method", std::string(method)),
+                                  LogField::Text("grpc.code", absl::StatusCodeToString(code)),
+                                  LogField::Number("grpc.time_ms", seconds * 1e3), LogField::Bool("grpc.slow", slow),
+                                  LogField::Text("peer.address", std::string(peer))};
+  if (!message.empty()) fields.push_back(LogField::Text("error", OneLine(message)));
+  if (suppressed > 0) fields.push_back(LogField::Number("suppressed", static_cast<double>(suppressed)));
+  return CallLogLine{*level, std::move(text), std::move(fields)};
 }
 
 int64_t CallLog::suppressed_total() const {

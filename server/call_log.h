@@ -13,6 +13,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -31,6 +32,10 @@ absl::Status ValidateCallLogOptions(const CallLogOptions& options);
 struct CallLogLine {
   LogLevel level;
   std::string text;
+  // The same as fields for JSON logs, named as go-grpc-middleware's logging names them:
+  // grpc.method, grpc.code, grpc.time_ms, grpc.slow, peer.address, error (the status message, when
+  // any), suppressed (lines suppressed before this one, when any).
+  std::vector<LogField> fields;
 };
 
 class CallLog {

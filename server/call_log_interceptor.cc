@@ -27,7 +27,7 @@ class CallLogInterceptor final : public grpc::experimental::Interceptor {
           log_->Record(info_->method() != nullptr ? info_->method() : "?", peer,
                        static_cast<absl::StatusCode>(status.error_code()), status.error_message(), seconds,
                        streaming);
-      if (line.has_value()) Log(line->level, line->text);
+      if (line.has_value()) Log(line->level, line->text, line->fields);
     }
     methods->Proceed();
   }

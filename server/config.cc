@@ -479,6 +479,16 @@ const std::vector<Flag>& Flags() {
          c->shutdown_grace_s = s;
          return absl::OkStatus();
        }},
+      {"log-format", "text|json",
+       "stderr lines: text, or one JSON object each (time, level, msg; the call log's method, code, "
+       "time, peer as fields; gRPC's own lines too) for log collectors",
+       [](const ServerConfig& c) { return std::string(c.log_format == LogFormat::kJson ? "json" : "text"); },
+       [](const std::string& v, ServerConfig* c) {
+         absl::StatusOr<LogFormat> format = ParseLogFormat(v);
+         if (!format.ok()) return absl::InvalidArgumentError(absl::StrCat("--log-format: ", format.status().message()));
+         c->log_format = *format;
+         return absl::OkStatus();
+       }},
   };
   return *flags;
 }

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "engine/detector/region_detector.h"
 #include "engine/retrieval/retrieval_engine.h"
+#include "server/log.h"
 #include "server/server.h"
 
 namespace scanserve {
@@ -26,6 +27,7 @@ struct ServerConfig {
   std::string config_file;         // where the file settings came from, if any
   bool storage_given = false;      // --storage (or the file's) was set; else it follows the backend
   double shutdown_grace_s = 10.0;  // Stop()'s deadline after SIGTERM/SIGINT
+  LogFormat log_format = LogFormat::kText;  // stderr lines: text, or one JSON object each
 };
 
 struct CommandLine {

@@ -862,7 +862,8 @@ class MutualTlsTest(E2EBase):
         shutil.copyfile(cls.ca, cls.client_cas)
         cls.start_class_server("mtls", [cls.s.model_a], os.path.join(cls.s.tmp, "data_mtls"),
                                extra=["--tls-cert", cls.server_cert, "--tls-key", cls.server_key,
-                                      "--tls-client-ca", cls.client_cas, "--credential-reload-s", "0"],
+                                      "--tls-client-ca", cls.client_cas, "--credential-reload-s", "0",
+                                      "--log-format", "json"],
                                channel=lambda: cls.open_channel(cls.client_cert, cls.client_key))
 
     @classmethod
@@ -906,7 +907,10 @@ class MutualTlsTest(E2EBase):
             channel.close()
 
     def set_client_cas(self, *paths):
-        text = "".join(open(path).read() for path in paths)
+        text = ""
+        for path in paths:
+            with open(path) as f:
+                text += f.read()
         with open(self.client_cas + ".tmp", "w") as f:
             f.write(text)
         os.replace(self.client_cas + ".tmp", self.client_cas)
@@ -932,6 +936,31 @@ class MutualTlsTest(E2EBase):
             self.server.proc.send_signal(signal.SIGHUP)
             self.wait_for_rogue(grpc.StatusCode.UNAVAILABLE)
         self.assert_still_serving("SIGHUP")
+
+    def test_json_log_lines(self):
+        """--log-format json: every stderr line is one JSON object, gRPC's own (failed handshakes) too."""
+        self.assertEqual(self.rogue_code(), grpc.StatusCode.UNAVAILABLE)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            with open(self.server.log_path, "rb") as f:
+                lines = f.read().decode("utf-8").splitlines()
+            records = []
+            for line in lines:
+                try:
+                    records.append(json.loads(line))
+                except ValueError:
+                    self.fail("not a JSON line: %r" % line)
+            if any(r.get("source") == "grpc" for r in records):
+                break
+            time.sleep(0.2)
+        for r in records:
+            self.assertEqual(set(r) >= {"time", "level", "msg"}, True, r)
+            self.assertIn(r["level"], ("info", "warning", "error"))
+        self.assertTrue(any(r["msg"].startswith("serving scanserve.v1.ScanService") for r in records))
+        grpc_lines = [r for r in records if r.get("source") == "grpc"]
+        self.assertTrue(grpc_lines, "the refused handshake's gRPC line")
+        self.assertTrue(all(isinstance(r["line"], int) and r["file"] for r in grpc_lines), grpc_lines[:1])
+        self.assertTrue(any("andshake" in r["msg"] for r in grpc_lines), grpc_lines[:3])
 
     def test_scanctl_with_a_client_certificate(self):
         base = [SCANCTL, "--server", "localhost:%d" % self.server.port, "--tls-ca", self.ca]

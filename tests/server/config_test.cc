@@ -352,6 +352,19 @@ TEST(ConfigTest, TokenFileAndReloadInterval) {
   EXPECT_EQ(DescribeConfig(parsed->config).find("s3cret"), std::string::npos) << "the log never shows the token";
 }
 
+TEST(ConfigTest, LogFormat) {
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.log_format, LogFormat::kText);
+  parsed = ParseArgs({"--model", "m", "--log-format", "json"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->config.log_format, LogFormat::kJson);
+  EXPECT_NE(DescribeConfig(parsed->config).find("log-format = json"), std::string::npos) << DescribeConfig(parsed->config);
+  parsed = ParseArgs({"--model", "m", "--log-format", "logfmt"});
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(parsed.status().message().find("--log-format"), absl::string_view::npos) << parsed.status();
+}
+
 TEST(ConfigTest, HelpListsEveryFlag) {
   absl::StatusOr<CommandLine> parsed = ParseArgs({"--help"});
   ASSERT_TRUE(parsed.ok());
@@ -364,7 +377,7 @@ TEST(ConfigTest, HelpListsEveryFlag) {
                            "--detector-precision", "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
                            "--detector-max-boxes", "--max-image-bytes", "--synthetic-images",
                            "--synthetic-captions", "--max-connection-age-s", "--max-connection-age-grace-s",
-                           "--keepalive-s", "--min-client-ping-interval-s", "--credential-reload-s", "--help"}) {
+                           "--keepalive-s", "--min-client-ping-interval-s", "--credential-reload-s", "--log-format", "--help"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
   }
 }
