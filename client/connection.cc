@@ -1,14 +1,39 @@
 #include "client/connection.h"
 
 #include <chrono>
+#include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "engine/common/file_read.h"
 
 namespace scanserve {
 namespace cli {
 
+absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path) {
+  absl::StatusOr<std::string> contents = ReadWholeFile(path, "--token-file");
+  if (!contents.ok()) return contents.status();
+  std::vector<std::string> tokens;
+  for (absl::string_view line : absl::StrSplit(*contents, '\n')) {
+    line = absl::StripAsciiWhitespace(line);
+    if (!line.empty() && line.front() != '#') tokens.emplace_back(line);
+  }
+  if (tokens.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--token-file: ", path, " holds ", tokens.size(),
+                                                   " tokens (lines other than blank and '#' ones); scanctl sends one"));
+  }
+  return tokens.front();
+}
+
 absl::StatusOr<std::unique_ptr<Connection>> Connection::Create(const ConnectionOptions& options) {
+  // gRPC aborts the process on a metadata value it cannot send (a newline, a control byte).
+  for (const char c : options.token) {
+    if (c < 0x20 || c > 0x7E) {
+      return absl::InvalidArgumentError(
+          "the bearer token (--token, --token-file, $SCANCTL_TOKEN) may hold printable ASCII only");
+    }
+  }
   std::unique_ptr<Connection> connection(new Connection(options));
   std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
   if (options.tls_cert.empty() != options.tls_key.empty()) {

@@ -29,6 +29,11 @@ struct ConnectionOptions {
   bool dedicated_connection = false;
 };
 
+// The bearer token in a token file: the one line left once blank lines and '#' comments are
+// skipped (the server's --auth-token-file format). A file with none, or with several (the
+// server's file during a rotation: give the client its own), is INVALID_ARGUMENT.
+absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path);
+
 class Connection {
  public:
   // Reads the CA, certificate and key files; INVALID_ARGUMENT / NOT_FOUND when it cannot.

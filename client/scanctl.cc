@@ -37,7 +37,7 @@ Talks to a scanserve server (scanserve.v1.ScanService over gRPC).
 Global flags (accepted anywhere on the line):
   --server HOST:PORT    server address [$SCANCTL_SERVER, else 127.0.0.1:50051]
   --token TOKEN         bearer token for a server started with --auth-token [$SCANCTL_TOKEN]
-  --token-file FILE     read the token from FILE
+  --token-file FILE     read the token from FILE (its one line besides blank and '#' ones)
   --tls                 connect with TLS, trusting the system's CA certificates
   --tls-ca FILE         connect with TLS, trusting the CA certificates in FILE (PEM)
   --tls-cert FILE       this client's certificate chain (PEM), for a server started with
@@ -840,9 +840,9 @@ int Main(int argc, char** argv) {
       } else if (arg == "--token") {
         connection_options.token = value;
       } else if (arg == "--token-file") {
-        absl::StatusOr<std::string> contents = ReadWholeFile(value, "--token-file");
-        if (!contents.ok()) return Fail(kExitUsage, std::string(contents.status().message()));
-        connection_options.token = std::string(absl::StripAsciiWhitespace(*contents));
+        absl::StatusOr<std::string> token = ReadBearerTokenFile(value);
+        if (!token.ok()) return Fail(kExitUsage, std::string(token.status().message()));
+        connection_options.token = *std::move(token);
       } else if (arg == "--tls-ca") {
         connection_options.tls_ca = value;
       } else if (arg == "--tls-cert") {

@@ -818,6 +818,24 @@ class SecureEnsembleTest(E2EBase):
         r = subprocess.run([SCANCTL] + base + ["health"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                            universal_newlines=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)
+        # --token-file: the server's format (blank and '#' lines skipped), holding exactly one token.
+        client_tokens = os.path.join(self.s.tmp, "client-token")
+        with open(client_tokens, "w") as f:
+            f.write("# issued to the e2e client\n\n  %s  \n" % self.TOKEN)
+        r = subprocess.run([SCANCTL] + base + ["--token-file", client_tokens, "stats", "--json"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(client_tokens, "a") as f:
+            f.write("another-token\n")
+        r = subprocess.run([SCANCTL] + base + ["--token-file", client_tokens, "stats"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 2, "two tokens: a usage error")
+        self.assertIn("holds 2 tokens", r.stderr)
+        # A token gRPC cannot send as metadata (it aborts on one): a usage error too.
+        r = subprocess.run([SCANCTL] + base + ["--token", "two\nlines", "stats"], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("printable ASCII only", r.stderr)
 
 
 def openssl(*args):
