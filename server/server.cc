@@ -22,6 +22,7 @@
 #include "server/credential_reloader.h"
 #include "server/metrics_interceptor.h"
 #include "server/scan_service.h"
+#include "server/unparsable_request_interceptor.h"
 
 namespace scanserve {
 namespace {
@@ -184,6 +185,7 @@ absl::Status Server::Start() {
                       (detector_pool_ != nullptr ? options_.detection.max_queue_images : 0) + 64);
   builder.SetResourceQuota(quota);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
+  interceptors.push_back(std::make_unique<UnparsableRequestInterceptorFactory>());  // first: the others see its code
   interceptors.push_back(std::make_unique<MetricsInterceptorFactory>(metrics_.get()));
   interceptors.push_back(std::make_unique<CallLogInterceptorFactory>(call_log_.get()));
   auto call_tracker = std::make_unique<CallTracker>();

@@ -528,6 +528,21 @@ class ServerTest(E2EBase):
                                                               caption_ids=["never-stored"]), "Delete")
         self.assertEqual([r.code for r in resp.image_results], [0, grpc.StatusCode.NOT_FOUND.value[0]])
         self.assertEqual([r.code for r in resp.caption_results], [grpc.StatusCode.NOT_FOUND.value[0]])
+
+        # Requests gRPC cannot parse (other clients than Python's can send them): INVALID_ARGUMENT, as
+        # a client's mistake, not gRPC's bare INTERNAL, which would count as a server error.
+        md = self.call_kwargs().get("metadata", [])
+        for method, raw, what in (
+                ("SearchImages", b"\x0a\x03a\xffb", "a query that is not UTF-8"),
+                ("UpsertCaptions", b"\x0a\x08\x0a\x02\xff\xfe\x22\x02hi", "a caption id that is not UTF-8"),
+                ("GetItems", b"\xff\xff\xff", "bytes that are not a protobuf message"),
+                ("Delete", b"\x0a\x05ab", "a field cut short")):
+            call = self.channel.unary_unary("/scanserve.v1.ScanService/" + method)
+            with self.assertRaises(grpc.RpcError, msg=what) as ctx:
+                call(raw, timeout=10, metadata=md)
+            self.assertEqual(ctx.exception.code(), INVALID, what)
+            self.assertIn("request cannot be parsed", ctx.exception.details(), what)
+            self.assertNotIn(method + " INTERNAL", self.server.log_tail(20000), "no server-error log line")
         self.assert_still_serving("the bad inputs")
 
     def test_07_stats_and_metrics(self):
