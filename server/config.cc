@@ -364,6 +364,19 @@ const std::vector<Flag>& Flags() {
        [](const std::string& v, ServerConfig* c) {
          return ParseBytes("max-image-bytes", v, 1024, 1LL << 30, &c->server.detection.max_image_bytes);
        }},
+      {"compressed-requests", "refuse|accept",
+       "accept gzip/deflate-compressed requests? gRPC inflates one in full before checking "
+       "--max-message-bytes (a few MB of gzip can take gigabytes), so refused (UNIMPLEMENTED) unless the "
+       "clients are trusted",
+       [](const ServerConfig& c) { return std::string(c.server.accept_compressed_requests ? "accept" : "refuse"); },
+       [](const std::string& v, ServerConfig* c) {
+         if (v != "refuse" && v != "accept") {
+           return absl::InvalidArgumentError(
+               absl::StrCat("--compressed-requests: expected refuse or accept, got '", v, "'"));
+         }
+         c->server.accept_compressed_requests = v == "accept";
+         return absl::OkStatus();
+       }},
       {"tls-cert", "FILE", "PEM certificate chain: serve gRPC over TLS (with --tls-key)",
        [](const ServerConfig& c) { return c.server.tls.cert_file; },
        [](const std::string& v, ServerConfig* c) {

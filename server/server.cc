@@ -6,6 +6,7 @@
 #include <thread>
 #include <utility>
 
+#include <grpc/compression.h>
 #include <grpc/grpc.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -174,6 +175,9 @@ absl::Status Server::Start() {
   if (options_.min_client_ping_interval_s > 0) {
     builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
                                options_.min_client_ping_interval_s * 1000);
+  }
+  if (!options_.accept_compressed_requests) {
+    builder.AddChannelArgument(GRPC_COMPRESSION_CHANNEL_ENABLED_ALGORITHMS_BITSET, 1 << GRPC_COMPRESS_NONE);
   }
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(options_.max_message_bytes));

@@ -64,6 +64,11 @@ struct ServerOptions {
   // "too_many_pings" otherwise), so that clients can keep their own connections alive.
   int keepalive_s = 0;
   int min_client_ping_interval_s = 0;
+  // Whether clients may send compressed (gzip, deflate) requests. gRPC 1.51 inflates a compressed
+  // message in full before it checks max_message_bytes: a 200 KB gzip request of zeros costs the
+  // server 200 MB, a few MB of it gigabytes. Refused (UNIMPLEMENTED, "Compression algorithm 'gzip'
+  // is disabled") unless accepted here, for trusted clients.
+  bool accept_compressed_requests = false;
   TlsOptions tls;
   std::string auth_token;  // non-empty: ScanService calls need "authorization: Bearer <token>"
   // Non-empty: the accepted tokens are this file's lines (auth.h: ParseTokenFile); not with

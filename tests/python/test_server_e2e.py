@@ -543,6 +543,22 @@ class ServerTest(E2EBase):
             self.assertEqual(ctx.exception.code(), INVALID, what)
             self.assertIn("request cannot be parsed", ctx.exception.details(), what)
             self.assertNotIn(method + " INTERNAL", self.server.log_tail(20000), "no server-error log line")
+
+        # Compressed requests are refused by default: gRPC would inflate this 100 KB of gzip to 100 MiB
+        # before noticing it is over --max-message-bytes.
+        def peak_rss_kb():
+            with open("/proc/%d/status" % self.server.proc.pid) as f:
+                return int([line for line in f if line.startswith("VmHWM:")][0].split()[1])
+        before = peak_rss_kb()
+        bomb = b"\x0a\x80\x80\x80\x32" + b"a" * (100 << 20)  # queries[0]: 100 MiB
+        for raw, what in ((bomb, "a gzip bomb"), (pb.SearchImagesRequest(queries=["a dog"]).SerializeToString(),
+                                                  "a small compressed request")):
+            with self.assertRaises(grpc.RpcError, msg=what) as ctx:
+                self.channel.unary_unary("/scanserve.v1.ScanService/SearchImages")(
+                    raw, timeout=60, compression=grpc.Compression.Gzip, metadata=md)
+            self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNIMPLEMENTED, what)
+            self.assertIn("is disabled", ctx.exception.details(), what)
+        self.assertLess(peak_rss_kb() - before, 50 << 10, "the bomb was not inflated")
         self.assert_still_serving("the bad inputs")
 
     def test_07_stats_and_metrics(self):
@@ -742,7 +758,8 @@ class SecureEnsembleTest(E2EBase):
             print("openssl not found: SecureEnsembleTest runs without TLS", file=sys.stderr)
         cls.token_file = os.path.join(tmp, "token")
         cls.write_tokens(cls.TOKEN)
-        extra = ["--auth-token-file", cls.token_file, "--credential-reload-s", "1", "--max-message-bytes", "1M"]
+        extra = ["--auth-token-file", cls.token_file, "--credential-reload-s", "1", "--max-message-bytes", "1M",
+                 "--compressed-requests", "accept"]
         if cls.tls:
             extra += ["--tls-cert", cls.cert, "--tls-key", cls.key]
         def tls_channel():
@@ -813,6 +830,11 @@ class SecureEnsembleTest(E2EBase):
         self.assertEqual(status.status, h.HealthCheckResponse.SERVING, "health needs no token")
         self.expect_code(grpc.StatusCode.RESOURCE_EXHAUSTED, self.stub.SearchImages,
                          pb.SearchImagesRequest(queries=["a " * (1 << 20)]), "message over --max-message-bytes 1M")
+
+    def test_compressed_requests_when_accepted(self):
+        stats = self.stub.GetStats(self.s.pb.GetStatsRequest(), timeout=10, compression=grpc.Compression.Gzip,
+                                   **self.call_kwargs())
+        self.assertEqual(len(stats.models), 2)
 
     def test_ensemble_scores_match_scan_score(self):
         self.upsert_all()

@@ -365,6 +365,17 @@ TEST(ConfigTest, LogFormat) {
   EXPECT_NE(parsed.status().message().find("--log-format"), absl::string_view::npos) << parsed.status();
 }
 
+TEST(ConfigTest, CompressedRequests) {
+  absl::StatusOr<CommandLine> parsed = ParseArgs({"--model", "m"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_FALSE(parsed->config.server.accept_compressed_requests) << "refused by default";
+  parsed = ParseArgs({"--model", "m", "--compressed-requests", "accept"});
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->config.server.accept_compressed_requests);
+  parsed = ParseArgs({"--model", "m", "--compressed-requests", "gzip"});
+  EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ConfigTest, HelpListsEveryFlag) {
   absl::StatusOr<CommandLine> parsed = ParseArgs({"--help"});
   ASSERT_TRUE(parsed.ok());
@@ -377,7 +388,7 @@ TEST(ConfigTest, HelpListsEveryFlag) {
                            "--detector-precision", "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
                            "--detector-max-boxes", "--max-image-bytes", "--synthetic-images",
                            "--synthetic-captions", "--max-connection-age-s", "--max-connection-age-grace-s",
-                           "--keepalive-s", "--min-client-ping-interval-s", "--credential-reload-s", "--log-format", "--help"}) {
+                           "--keepalive-s", "--min-client-ping-interval-s", "--credential-reload-s", "--log-format", "--compressed-requests", "--help"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
   }
 }
