@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -32,6 +33,17 @@ absl::StatusOr<std::vector<std::string>> ReadSettled(const std::vector<const std
   }
   if (first != second) return absl::UnavailableError("the files are changing");
   return first;
+}
+
+// ReadSettled for the start, where there is no next round: files caught being rewritten are read
+// again a few times before that is an error.
+absl::StatusOr<std::vector<std::string>> ReadAtStart(const std::vector<const std::string*>& paths,
+                                                     const std::vector<const char*>& whats) {
+  for (int attempt = 1;; ++attempt) {
+    absl::StatusOr<std::vector<std::string>> read = ReadSettled(paths, whats);
+    if (!absl::IsUnavailable(read.status()) || attempt == 5) return read;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
 }
 
 // What a round saw, as one string to compare with the previous round's: the contents, or the
@@ -75,13 +87,13 @@ absl::StatusOr<std::unique_ptr<CredentialReloader>> CredentialReloader::Create(C
   const CredentialFiles& f = reloader->files_;
   if (!f.tls_cert_file.empty()) {
     absl::StatusOr<std::vector<std::string>> identity =
-        ReadSettled({&f.tls_key_file, &f.tls_cert_file}, {"TLS key", "TLS certificate"});
+        ReadAtStart({&f.tls_key_file, &f.tls_cert_file}, {"TLS key", "TLS certificate"});
     if (!identity.ok()) return identity.status();
     absl::StatusOr<CertificateSummary> summary = CheckIdentityFiles(f, (*identity)[0], (*identity)[1]);
     if (!summary.ok()) return summary.status();
     std::string client_ca;
     if (!f.tls_client_ca_file.empty()) {
-      absl::StatusOr<std::vector<std::string>> ca = ReadSettled({&f.tls_client_ca_file}, {"TLS client CA"});
+      absl::StatusOr<std::vector<std::string>> ca = ReadAtStart({&f.tls_client_ca_file}, {"TLS client CA"});
       if (!ca.ok()) return ca.status();
       if (absl::StatusOr<int> count = CheckCaCertificates((*ca)[0]); !count.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(count.status().message(), " (", f.tls_client_ca_file, ")"));
@@ -101,7 +113,7 @@ absl::StatusOr<std::unique_ptr<CredentialReloader>> CredentialReloader::Create(C
     }
   }
   if (!f.auth_token_file.empty()) {
-    absl::StatusOr<std::vector<std::string>> read = ReadSettled({&f.auth_token_file}, {"--auth-token-file"});
+    absl::StatusOr<std::vector<std::string>> read = ReadAtStart({&f.auth_token_file}, {"--auth-token-file"});
     if (!read.ok()) return read.status();
     absl::StatusOr<std::vector<std::string>> tokens = ParseTokenFile((*read)[0]);
     if (!tokens.ok()) {
