@@ -3,10 +3,9 @@
 #include <chrono>
 #include <vector>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "engine/common/file_read.h"
+#include "engine/common/token_file.h"
 
 namespace scanserve {
 namespace cli {
@@ -14,11 +13,7 @@ namespace cli {
 absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path) {
   absl::StatusOr<std::string> contents = ReadWholeFile(path, "--token-file");
   if (!contents.ok()) return contents.status();
-  std::vector<std::string> tokens;
-  for (absl::string_view line : absl::StrSplit(*contents, '\n')) {
-    line = absl::StripAsciiWhitespace(line);
-    if (!line.empty() && line.front() != '#') tokens.emplace_back(line);
-  }
+  const std::vector<std::string> tokens = TokenFileTokens(*contents);
   if (tokens.size() != 1) {
     return absl::InvalidArgumentError(absl::StrCat("--token-file: ", path, " holds ", tokens.size(),
                                                    " tokens (lines other than blank and '#' ones); scanctl sends one"));

@@ -5,7 +5,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/strings/str_split.h"
+#include "engine/common/token_file.h"
 
 namespace scanserve {
 namespace {
@@ -32,12 +32,7 @@ std::vector<std::string> WithoutEmpty(std::vector<std::string> tokens) {
 }  // namespace
 
 absl::StatusOr<std::vector<std::string>> ParseTokenFile(absl::string_view contents) {
-  std::vector<std::string> tokens;
-  for (absl::string_view line : absl::StrSplit(contents, '\n')) {
-    line = absl::StripAsciiWhitespace(line);
-    if (line.empty() || line.front() == '#') continue;
-    tokens.emplace_back(line);
-  }
+  std::vector<std::string> tokens = TokenFileTokens(contents);
   if (tokens.empty()) {
     return absl::InvalidArgumentError("no token in it (one per line; blank and '#' lines are skipped)");
   }
@@ -45,8 +40,8 @@ absl::StatusOr<std::vector<std::string>> ParseTokenFile(absl::string_view conten
 }
 
 Authenticator::Authenticator(std::vector<std::string> tokens)
-    : enabled_(!WithoutEmpty(tokens).empty()),
-      tokens_(std::make_shared<const std::vector<std::string>>(WithoutEmpty(std::move(tokens)))) {}
+    : tokens_(std::make_shared<const std::vector<std::string>>(WithoutEmpty(std::move(tokens)))),
+      enabled_(!tokens_->empty()) {}
 
 Authenticator::Authenticator(std::string token) : Authenticator(std::vector<std::string>{std::move(token)}) {}
 

@@ -25,9 +25,8 @@
 
 namespace scanserve {
 
-// The tokens of a token file: one per line, surrounding whitespace removed; blank lines and lines
-// starting with '#' are skipped. INVALID_ARGUMENT when none is left (an empty file must not turn
-// authentication off).
+// The tokens of a token file (engine/common/token_file.h). INVALID_ARGUMENT when there are none
+// (an empty file must not turn authentication off).
 absl::StatusOr<std::vector<std::string>> ParseTokenFile(absl::string_view contents);
 
 class Authenticator {
@@ -51,9 +50,9 @@ class Authenticator {
  private:
   std::shared_ptr<const std::vector<std::string>> tokens() const;
 
-  const bool enabled_;
   mutable std::mutex mu_;
-  std::shared_ptr<const std::vector<std::string>> tokens_;  // guarded by mu_
+  std::shared_ptr<const std::vector<std::string>> tokens_;  // guarded by mu_ (after construction)
+  const bool enabled_;
 };
 
 }  // namespace scanserve

@@ -73,16 +73,27 @@ absl::StatusOr<CertificateSummary> CheckIdentityFiles(const CredentialFiles& fil
   return summary;
 }
 
+absl::StatusOr<int> CheckClientCaFile(const CredentialFiles& files, const std::string& pem) {
+  absl::StatusOr<int> count = CheckCaCertificates(pem);
+  if (!count.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(count.status().message(), " (", files.tls_client_ca_file, ")"));
+  }
+  return count;
+}
+
+absl::StatusOr<std::vector<std::string>> ParseTokenFileOf(const CredentialFiles& files, const std::string& contents) {
+  absl::StatusOr<std::vector<std::string>> tokens = ParseTokenFile(contents);
+  if (!tokens.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--auth-token-file ", files.auth_token_file, ": ", tokens.status().message()));
+  }
+  return tokens;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<CredentialReloader>> CredentialReloader::Create(CredentialFiles files,
                                                                               ServerMetrics* metrics) {
-  if (files.tls_cert_file.empty() != files.tls_key_file.empty()) {
-    return absl::InvalidArgumentError("TLS needs both a certificate and a key file");
-  }
-  if (!files.tls_client_ca_file.empty() && files.tls_cert_file.empty()) {
-    return absl::InvalidArgumentError("client certificates (mutual TLS) need the server's own certificate and key");
-  }
   std::unique_ptr<CredentialReloader> reloader(new CredentialReloader(std::move(files), metrics));
   const CredentialFiles& f = reloader->files_;
   if (!f.tls_cert_file.empty()) {
@@ -95,9 +106,7 @@ absl::StatusOr<std::unique_ptr<CredentialReloader>> CredentialReloader::Create(C
     if (!f.tls_client_ca_file.empty()) {
       absl::StatusOr<std::vector<std::string>> ca = ReadAtStart({&f.tls_client_ca_file}, {"TLS client CA"});
       if (!ca.ok()) return ca.status();
-      if (absl::StatusOr<int> count = CheckCaCertificates((*ca)[0]); !count.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(count.status().message(), " (", f.tls_client_ca_file, ")"));
-      }
+      if (absl::StatusOr<int> count = CheckClientCaFile(f, (*ca)[0]); !count.ok()) return count.status();
       client_ca = (*ca)[0];
       reloader->client_ca_.seen = Fingerprint(ca);
     }
@@ -115,11 +124,8 @@ absl::StatusOr<std::unique_ptr<CredentialReloader>> CredentialReloader::Create(C
   if (!f.auth_token_file.empty()) {
     absl::StatusOr<std::vector<std::string>> read = ReadAtStart({&f.auth_token_file}, {"--auth-token-file"});
     if (!read.ok()) return read.status();
-    absl::StatusOr<std::vector<std::string>> tokens = ParseTokenFile((*read)[0]);
-    if (!tokens.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("--auth-token-file ", f.auth_token_file, ": ",
-                                                     tokens.status().message()));
-    }
+    absl::StatusOr<std::vector<std::string>> tokens = ParseTokenFileOf(f, (*read)[0]);
+    if (!tokens.ok()) return tokens.status();
     reloader->initial_tokens_ = *std::move(tokens);
     reloader->tokens_.seen = Fingerprint(read);
   }
@@ -186,9 +192,9 @@ bool CredentialReloader::ReloadClientCa() {
   std::optional<std::vector<std::string>> read =
       ReadIfChanged(&client_ca_, kClientCa, {&files_.tls_client_ca_file}, {"TLS client CA"});
   if (!read.has_value()) return false;
-  absl::StatusOr<int> count = CheckCaCertificates((*read)[0]);
+  absl::StatusOr<int> count = CheckClientCaFile(files_, (*read)[0]);
   if (!count.ok()) {
-    Refused(kClientCa, absl::StrCat(count.status().message(), " (", files_.tls_client_ca_file, ")"));
+    Refused(kClientCa, std::string(count.status().message()));
     return false;
   }
   if (absl::Status status = tls_->ReplaceClientCa((*read)[0]); !status.ok()) {
@@ -203,9 +209,9 @@ bool CredentialReloader::ReloadTokens(Authenticator* auth) {
   std::optional<std::vector<std::string>> read =
       ReadIfChanged(&tokens_, kTokens, {&files_.auth_token_file}, {"--auth-token-file"});
   if (!read.has_value()) return false;
-  absl::StatusOr<std::vector<std::string>> tokens = ParseTokenFile((*read)[0]);
+  absl::StatusOr<std::vector<std::string>> tokens = ParseTokenFileOf(files_, (*read)[0]);
   if (!tokens.ok()) {
-    Refused(kTokens, absl::StrCat(files_.auth_token_file, ": ", tokens.status().message()));
+    Refused(kTokens, std::string(tokens.status().message()));
     return false;
   }
   const size_t count = tokens->size();

@@ -24,6 +24,8 @@ namespace scanserve {
 
 class ServerMetrics;
 
+// As ValidateServerOptions checks them: the certificate and key both or neither, client CAs only
+// with them.
 struct CredentialFiles {
   std::string tls_cert_file;       // empty: plaintext (then the two below are empty too)
   std::string tls_key_file;

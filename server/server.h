@@ -97,9 +97,10 @@ absl::Status ValidateServerOptions(const ServerOptions& options);
 
 class Server {
  public:
-  // Validates the options, reads and checks the TLS and token files, and builds the service, batcher, detector pool and
-  // metrics around `engine` (non-null, already loaded) and `detector` (already loaded; null = none:
-  // image bytes are then FAILED_PRECONDITION). Nothing listens until Start().
+  // Validates the options, reads and checks the TLS and token files, and builds the service,
+  // batcher, detector pool and metrics around `engine` (non-null, already loaded) and `detector`
+  // (already loaded; null = none: image bytes are then FAILED_PRECONDITION). Nothing listens until
+  // Start().
   static absl::StatusOr<std::unique_ptr<Server>> Create(ServerOptions options,
                                                         std::unique_ptr<RetrievalEngine> engine,
                                                         std::unique_ptr<RegionDetector> detector = nullptr);

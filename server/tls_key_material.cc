@@ -110,8 +110,7 @@ absl::Status TlsKeyMaterial::Replace(int* fd, absl::string_view name, absl::stri
 std::shared_ptr<grpc::ServerCredentials> TlsKeyMaterial::ServerCredentials() {
   std::lock_guard<std::mutex> lock(mu_);
   provider_ = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
-      FdPath(identity_fd_), FdPath(identity_fd_), client_ca_fd_ >= 0 ? FdPath(client_ca_fd_) : "",
-      kWatchIntervalS);
+      identity_path(), identity_path(), client_ca_path(), kWatchIntervalS);
   grpc::experimental::TlsServerCredentialsOptions options(provider_);
   options.watch_identity_key_cert_pairs();
   if (client_ca_fd_ >= 0) {
