@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <ctime>
 
+#include <google/protobuf/stubs/logging.h>
 #include <grpc/support/log.h>
 
 #include "absl/strings/ascii.h"
@@ -104,6 +105,15 @@ void LogFromGrpc(gpr_log_func_args* args) {
        LogField::Number("line", args->line)});
 }
 
+void LogFromProtobuf(google::protobuf::LogLevel severity, const char* file, int line, const std::string& message) {
+  const LogLevel level = severity >= google::protobuf::LOGLEVEL_ERROR     ? LogLevel::kError
+                         : severity == google::protobuf::LOGLEVEL_WARNING ? LogLevel::kWarning
+                                                                          : LogLevel::kInfo;
+  Log(level, absl::StripTrailingAsciiWhitespace(message),
+      {LogField::Text("source", "protobuf"), LogField::Text("file", file != nullptr ? file : ""),
+       LogField::Number("line", line)});
+}
+
 }  // namespace
 
 absl::StatusOr<LogFormat> ParseLogFormat(absl::string_view name) {
@@ -152,8 +162,10 @@ void Log(LogLevel level, absl::string_view message, const std::vector<LogField>&
   WriteLine(FormatLogLine(g_format.load(), level, message, fields, std::chrono::system_clock::now()));
 }
 
-void RouteGrpcLogs() {
-  if (g_format.load() == LogFormat::kJson) gpr_set_log_function(LogFromGrpc);
+void RouteLibraryLogs() {
+  if (g_format.load() != LogFormat::kJson) return;
+  gpr_set_log_function(LogFromGrpc);
+  google::protobuf::SetLogHandler(LogFromProtobuf);
 }
 
 }  // namespace scanserve

@@ -4,8 +4,8 @@
 // Two formats, chosen once at start (--log-format):
 //   text: "I 2026-11-30T19:24:33.630Z scanserve: message"
 //   json: {"time":"2026-11-30T19:24:33.630Z","level":"info","msg":"message",...fields}, one object
-//         per line for log collectors (Loki, Elasticsearch, Cloud Logging), with gRPC's own lines
-//         routed through it too (RouteGrpcLogs) so that every line parses.
+//         per line for log collectors (Loki, Elasticsearch, Cloud Logging), with gRPC's and
+//         protobuf's own lines routed through it too (RouteLibraryLogs) so that every line parses.
 #pragma once
 
 #include <chrono>
@@ -50,8 +50,9 @@ void Log(LogLevel level, absl::string_view message, const std::vector<LogField>&
 std::string FormatLogLine(LogFormat format, LogLevel level, absl::string_view message,
                           const std::vector<LogField>& fields, std::chrono::system_clock::time_point now);
 
-// With the JSON format, routes gRPC's log lines (gpr_log: failed handshakes, transport errors)
-// through Log, with the fields source "grpc", file and line; the text format keeps gRPC's own.
-void RouteGrpcLogs();
+// With the JSON format, routes gRPC's log lines (gpr_log: failed handshakes, transport errors) and
+// protobuf's (a request string that is not UTF-8) through Log, with the fields source ("grpc" or
+// "protobuf"), file and line; the text format keeps the libraries' own lines. Call once at start.
+void RouteLibraryLogs();
 
 }  // namespace scanserve

@@ -170,7 +170,7 @@ void InstallTerminationHandlers() {
 
 int RunServer(const ServerConfig& config) {
   SetLogFormat(config.log_format);
-  RouteGrpcLogs();
+  RouteLibraryLogs();
   // Leaked on purpose: its thread outlives RunServer (it sits in sigwait until the process ends).
   SignalWatcher& signals = *new SignalWatcher();
   Log(LogLevel::kInfo, absl::StrCat("starting scanserve ", config.server.version,

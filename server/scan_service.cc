@@ -1,12 +1,14 @@
 #include "server/scan_service.h"
 
 #include <chrono>
+#include <cstdint>
 #include <exception>
 #include <optional>
 #include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "google/protobuf/descriptor.h"
 #include "server/convert.h"
 #include "server/grpc_status.h"
 #include "server/stream_read_ahead.h"
@@ -55,7 +57,19 @@ ScanServiceImpl::ScanServiceImpl(RetrievalEngine* engine, TextToImageBatcher* im
       detector_pool_(detector_pool),
       auth_(auth),
       metrics_(metrics),
-      options_(std::move(options)) {}
+      options_(std::move(options)) {
+  // The generated service adds its methods in the .proto's order, so the descriptor's index is
+  // gRPC's index. This replaces only the handler: the method stays a bidi stream of the same name.
+  const google::protobuf::MethodDescriptor* ingest =
+      v1::IngestRequest::descriptor()->file()->FindServiceByName("ScanService")->FindMethodByName("Ingest");
+  MarkMethodStreamed(ingest->index(),
+                     new grpc::internal::BidiStreamingHandler<ScanServiceImpl, grpc::ByteBuffer, grpc::ByteBuffer>(
+                         [](ScanServiceImpl* service, grpc::ServerContext* context,
+                            grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
+                           return service->IngestMessages(context, stream);
+                         },
+                         this));
+}
 
 grpc::Status ScanServiceImpl::SearchImages(grpc::ServerContext* context,
                                            const v1::SearchImagesRequest* request,
@@ -155,12 +169,23 @@ grpc::Status ScanServiceImpl::UpdateItems(grpc::ServerContext* context, const v1
   return grpc::Status::OK;
 }
 
-grpc::Status ScanServiceImpl::Ingest(grpc::ServerContext* context,
-                                     grpc::ServerReaderWriter<v1::IngestResponse, v1::IngestRequest>* stream) {
+grpc::Status ScanServiceImpl::IngestMessages(grpc::ServerContext* context,
+                                             grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream) {
   if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
   const size_t batch_size = static_cast<size_t>(options_.ingest_batch_size);
+  // Written by the reader's thread, read after reader.Join().
+  int64_t messages_read = 0;
+  bool unparsable = false;
   StreamReadAhead<v1::IngestRequest> reader(
-      [stream](v1::IngestRequest* request) { return stream->Read(request); }, 2 * batch_size);
+      [stream, &messages_read, &unparsable](v1::IngestRequest* request) {
+        grpc::ByteBuffer message;
+        if (!stream->Read(&message)) return false;
+        ++messages_read;
+        // Stops reading: the items before it are still upserted and acknowledged.
+        unparsable = !grpc::SerializationTraits<v1::IngestRequest>::Deserialize(&message, request).ok();
+        return !unparsable;
+      },
+      2 * batch_size);
   std::vector<v1::IngestRequest> batch;
   std::vector<v1::ItemStatus> results;
   bool writing = true;
@@ -195,8 +220,14 @@ grpc::Status ScanServiceImpl::Ingest(grpc::ServerContext* context,
       v1::IngestResponse response;
       *response.mutable_result() = std::move(results[j]);
       response.set_is_caption(is_caption[j]);
+      grpc::ByteBuffer message;
+      bool own_buffer = false;
+      if (!grpc::SerializationTraits<v1::IngestResponse>::Serialize(response, &message, &own_buffer).ok()) {
+        writing = false;  // only past 2 GB; ends the call below rather than leave a gap in the acks
+        break;
+      }
       // No buffer_hint: a blocking Write with the hint can wait for a flush that never comes.
-      writing = stream->Write(response);
+      writing = stream->Write(message);
     }
   }
   if (!writing) {
@@ -206,6 +237,13 @@ grpc::Status ScanServiceImpl::Ingest(grpc::ServerContext* context,
   }
   reader.Join();
   if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "the ingest stream was cancelled");
+  if (unparsable) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                        absl::StrCat("Ingest message ", messages_read,
+                                     " cannot be parsed (not an IngestRequest, or a string field that is not "
+                                     "UTF-8); the ",
+                                     messages_read - 1, " before it were answered, and nothing after it was read"));
+  }
   return grpc::Status::OK;
 }
 

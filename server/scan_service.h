@@ -48,8 +48,6 @@ class ScanServiceImpl final : public v1::ScanService::Service {
                       v1::DeleteResponse* response) override;
   grpc::Status UpdateItems(grpc::ServerContext* context, const v1::UpdateItemsRequest* request,
                            v1::UpdateItemsResponse* response) override;
-  grpc::Status Ingest(grpc::ServerContext* context,
-                      grpc::ServerReaderWriter<v1::IngestResponse, v1::IngestRequest>* stream) override;
   grpc::Status GetItems(grpc::ServerContext* context, const v1::GetItemsRequest* request,
                         v1::GetItemsResponse* response) override;
   grpc::Status ListItems(grpc::ServerContext* context, const v1::ListItemsRequest* request,
@@ -60,6 +58,13 @@ class ScanServiceImpl final : public v1::ScanService::Service {
                         v1::GetStatsResponse* response) override;
 
  private:
+  // Ingest, over the stream's raw messages (the constructor registers it): each IngestRequest is
+  // parsed here, so that one that does not parse ends the stream with INVALID_ARGUMENT. gRPC's typed
+  // Read() returns false for it, exactly as at the client's end of the stream, and the call would
+  // end OK with the rest of the stream unread and unacknowledged.
+  grpc::Status IngestMessages(grpc::ServerContext* context,
+                              grpc::ServerReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>* stream);
+
   // Converts the images (image bytes through the detector pool, together, under the call's deadline;
   // a failed conversion or detection is that item's result), upserts the rest in one engine call,
   // and appends one status per image, in order, to `results`.

@@ -488,6 +488,29 @@ class ServerTest(E2EBase):
         hits = self.rpc_ok(self.stub.SearchCaptions, req, "SearchCaptions in stream collection").results[0].hits
         self.assertEqual(sorted(h.id for h in hits), ["stream/cap0", "stream/cap1"])
 
+        # A message that does not parse (other clients than Python's can send one) ends the stream with
+        # INVALID_ARGUMENT after the answers to the items before it; nothing after it is read.
+        # gRPC's typed stream would take it for the client's end of the stream and answer OK.
+        raw_items = [pb.IngestRequest(caption=pb.Caption(id="stream/raw0", text="a cat", collection="stream"))
+                     .SerializeToString(),
+                     b"\x12\x05\x0a\x03" + b"a\xffb",  # a caption whose id is not UTF-8
+                     pb.IngestRequest(caption=pb.Caption(id="stream/raw2", text="a bird", collection="stream"))
+                     .SerializeToString()]
+        call = self.channel.stream_stream("/scanserve.v1.ScanService/Ingest",
+                                          response_deserializer=pb.IngestResponse.FromString)
+        answers = call(iter(raw_items), timeout=RPC_TIMEOUT_S, metadata=self.call_kwargs().get("metadata", []))
+        got = []
+        with self.assertRaises(grpc.RpcError) as ctx:
+            for answer in answers:
+                got.append(answer)
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT, ctx.exception.details())
+        self.assertIn("Ingest message 2 cannot be parsed", ctx.exception.details())
+        self.assertEqual([(r.result.id, r.result.code) for r in got], [("stream/raw0", 0)])
+        items = self.rpc_ok(self.stub.GetItems, pb.GetItemsRequest(caption_ids=["stream/raw0", "stream/raw2"]),
+                            "GetItems after the broken stream")
+        self.assertEqual([c.status.code for c in items.captions], [0, grpc.StatusCode.NOT_FOUND.value[0]],
+                         "acked and stored; nothing after it")
+
     def test_06_bad_inputs_get_their_codes(self):
         pb, INVALID = self.s.pb, grpc.StatusCode.INVALID_ARGUMENT
         self.expect_code(INVALID, self.stub.SearchImages, pb.SearchImagesRequest(queries=[""]), "empty query")
@@ -993,8 +1016,12 @@ class MutualTlsTest(E2EBase):
         self.assert_still_serving("SIGHUP")
 
     def test_json_log_lines(self):
-        """--log-format json: every stderr line is one JSON object, gRPC's own (failed handshakes) too."""
+        """--log-format json: every stderr line is one JSON object, gRPC's (failed handshakes) and
+        protobuf's (a request string that is not UTF-8) too."""
         self.assertEqual(self.rogue_code(), grpc.StatusCode.UNAVAILABLE)
+        with self.assertRaises(grpc.RpcError) as ctx:
+            self.channel.unary_unary("/scanserve.v1.ScanService/SearchImages")(b"\x0a\x03" + b"a\xffb", timeout=10)
+        self.assertEqual(ctx.exception.code(), grpc.StatusCode.INVALID_ARGUMENT)
         deadline = time.time() + 10
         while time.time() < deadline:
             with open(self.server.log_path, "rb") as f:
@@ -1005,7 +1032,7 @@ class MutualTlsTest(E2EBase):
                     records.append(json.loads(line))
                 except ValueError:
                     self.fail("not a JSON line: %r" % line)
-            if any(r.get("source") == "grpc" for r in records):
+            if {"grpc", "protobuf"} <= {r.get("source") for r in records}:
                 break
             time.sleep(0.2)
         for r in records:
@@ -1016,6 +1043,8 @@ class MutualTlsTest(E2EBase):
         self.assertTrue(grpc_lines, "the refused handshake's gRPC line")
         self.assertTrue(all(isinstance(r["line"], int) and r["file"] for r in grpc_lines), grpc_lines[:1])
         self.assertTrue(any("andshake" in r["msg"] for r in grpc_lines), grpc_lines[:3])
+        protobuf_lines = [r for r in records if r.get("source") == "protobuf"]
+        self.assertTrue(any("UTF-8" in r["msg"] for r in protobuf_lines), protobuf_lines[:3])
 
     def test_scanctl_with_a_client_certificate(self):
         base = [SCANCTL, "--server", "localhost:%d" % self.server.port, "--tls-ca", self.ca]

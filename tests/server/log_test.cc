@@ -4,9 +4,13 @@
 #include <cmath>
 #include <string>
 
+#include <grpc/grpc.h>
+#include <grpc/support/log.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/str_split.h"
+#include "scanserve/v1/scanserve.pb.h"
 #include "server/call_log.h"
 
 namespace scanserve {
@@ -75,6 +79,38 @@ TEST(LogTest, CallLogLinesHaveTheirFieldsInJson) {
   EXPECT_EQ(parsed["peer.address"], "ipv4:10.0.0.7:5123");
   EXPECT_EQ(parsed["error"], "scorer \"failed\"");
   EXPECT_FALSE(parsed.contains("suppressed"));
+}
+
+TEST(LogTest, JsonCarriesTheLibrariesLinesToo) {
+  // Protobuf logs its own line when a request's string is not UTF-8, and gRPC one when a handshake
+  // fails: in JSON mode both must be JSON lines, or a collector drops or mangles them.
+  grpc_init();  // gpr_log prints nothing before it
+  SetLogFormat(LogFormat::kJson);
+  RouteLibraryLogs();
+  testing::internal::CaptureStderr();
+  v1::SearchImagesRequest request;
+  const bool parsed_bad_utf8 = request.ParseFromString(std::string("\x0a\x03" "a\xff" "b", 5));
+  gpr_log(GPR_ERROR, "handshake \"failed\"");
+  const std::string captured = testing::internal::GetCapturedStderr();
+  SetLogFormat(LogFormat::kText);  // the routes stay, and write text from here on
+  grpc_shutdown();
+  EXPECT_FALSE(parsed_bad_utf8);
+
+  std::vector<std::string> sources;
+  for (absl::string_view line : absl::StrSplit(captured, '\n', absl::SkipEmpty())) {
+    nlohmann::json parsed;
+    ASSERT_NO_THROW(parsed = nlohmann::json::parse(line)) << line;
+    ASSERT_TRUE(parsed.contains("source")) << line;
+    sources.push_back(parsed["source"]);
+    if (parsed["source"] == "protobuf") {
+      EXPECT_EQ(parsed["level"], "error");
+      EXPECT_NE(parsed["msg"].get<std::string>().find("UTF-8"), std::string::npos) << line;
+    } else {
+      EXPECT_EQ(parsed["msg"], "handshake \"failed\"");
+      EXPECT_GT(parsed["line"].get<int>(), 0);
+    }
+  }
+  EXPECT_EQ(sources, (std::vector<std::string>{"protobuf", "grpc"})) << captured;
 }
 
 }  // namespace
