@@ -14,6 +14,7 @@ packages=(
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev prometheus-cpp-dev libcpp-httplib-dev libssl-dev openssl
   prometheus python3-grpcio python3-grpc-tools  # the real Prometheus and a Python client, for tests
+  python3-yaml                               # the Kubernetes manifest's test reads deploy/kubernetes.yaml
 )
 
 missing=()

@@ -492,6 +492,18 @@ const std::vector<Flag>& Flags() {
          c->shutdown_grace_s = s;
          return absl::OkStatus();
        }},
+      {"shutdown-delay-s", "SECONDS",
+       "on SIGTERM/SIGINT, how long health reports NOT_SERVING while calls are still served, before the "
+       "shutdown's grace: load balancers (a Kubernetes Service's endpoints) stop sending new calls first",
+       [](const ServerConfig& c) { return absl::StrCat(c.shutdown_delay_s); },
+       [](const std::string& v, ServerConfig* c) {
+         double s = 0;
+         if (!absl::SimpleAtod(v, &s) || !(s >= 0) || s > 3600) {
+           return absl::InvalidArgumentError(absl::StrCat("--shutdown-delay-s: expected 0..3600, got '", v, "'"));
+         }
+         c->shutdown_delay_s = s;
+         return absl::OkStatus();
+       }},
       {"log-format", "text|json",
        "stderr lines: text, or one JSON object each (time, level, msg; the call log's method, code, "
        "time, peer as fields; gRPC's own lines too) for log collectors",

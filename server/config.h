@@ -27,6 +27,7 @@ struct ServerConfig {
   std::string config_file;         // where the file settings came from, if any
   bool storage_given = false;      // --storage (or the file's) was set; else it follows the backend
   double shutdown_grace_s = 10.0;  // Stop()'s deadline after SIGTERM/SIGINT
+  double shutdown_delay_s = 0.0;   // before it: health NOT_SERVING, calls still served (Drain())
   LogFormat log_format = LogFormat::kText;  // stderr lines: text, or one JSON object each
 };
 

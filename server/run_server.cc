@@ -245,8 +245,16 @@ int RunServer(const ServerConfig& config) {
   });
   const int signal = signals.Wait();
   signals.clear_hangup();
-  Log(LogLevel::kInfo, absl::StrCat("received ", SignalName(signal), "; shutting down (grace ",
-                                    config.shutdown_grace_s, " s)"));
+  if (config.shutdown_delay_s > 0) {
+    Log(LogLevel::kInfo, absl::StrCat("received ", SignalName(signal), "; health NOT_SERVING, calls still served for ",
+                                      config.shutdown_delay_s, " s, then shutting down (grace ",
+                                      config.shutdown_grace_s, " s)"));
+    (*server)->Drain();
+    std::this_thread::sleep_for(std::chrono::duration<double>(config.shutdown_delay_s));
+  } else {
+    Log(LogLevel::kInfo, absl::StrCat("received ", SignalName(signal), "; shutting down (grace ",
+                                      config.shutdown_grace_s, " s)"));
+  }
   (*server)->Stop(DeadlineAfter(config.shutdown_grace_s));
   Log(LogLevel::kInfo, "stopped");
   return 0;

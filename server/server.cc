@@ -229,6 +229,14 @@ absl::Status Server::Start() {
 
 int Server::ReloadCredentials() { return credentials_->ReloadChanged(auth_.get()); }
 
+void Server::Drain() {
+  serving_ = false;
+  grpc::HealthCheckServiceInterface* health = grpc_server_ != nullptr ? grpc_server_->GetHealthCheckService() : nullptr;
+  if (health == nullptr) return;
+  health->SetServingStatus("", false);
+  health->SetServingStatus(kServiceName, false);
+}
+
 void Server::WatchEngineHealth() {
   std::unique_lock<std::mutex> lock(health_mu_);
   while (!health_cv_.wait_for(lock, std::chrono::milliseconds(options_.health_poll_ms),

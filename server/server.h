@@ -113,6 +113,11 @@ class Server {
   // bound; the warm-up's error when it fails. Call once.
   absl::Status Start();
 
+  // The first step of a shutdown behind a load balancer: health NOT_SERVING (grpc.health.v1 and
+  // /healthz) while every call is still served, so that balancers and a Kubernetes Service's
+  // endpoints stop sending new calls before Stop() refuses them. Idempotent; Stop() follows.
+  void Drain();
+
   // Graceful shutdown: health NOT_SERVING, drain the batcher (queued searches are answered), drain
   // the detector pool until the deadline (images still queued then are UNAVAILABLE),
   // grpc::Server::Shutdown(deadline) (no new calls; in-flight calls finish, those still running at

@@ -196,6 +196,14 @@ class ServerProcess(object):
             self.log = None
 
 
+def health_status(channel):
+    """grpc.health.v1 Check("") without generated stubs: 1 = SERVING, 2 = NOT_SERVING."""
+    check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=lambda b: b,
+                                response_deserializer=lambda b: b)
+    response = check(b"", timeout=RPC_TIMEOUT_S)
+    return response[1] if len(response) >= 2 and response[0] == 0x08 else 0
+
+
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 

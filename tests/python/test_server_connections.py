@@ -13,6 +13,11 @@ for 5 s, every call succeeds, and with a 1 s age the channel's connection is rep
 "too_many_pings". A client pinging every 1.5 s on an idle connection keeps it for 5 s with the flag
 at 1 s; one pinging every second loses it without the flag.
 
+--shutdown-delay-s: after SIGTERM a Kubernetes Service keeps sending new calls to a pod for a few
+seconds, until its endpoint is removed everywhere. With the flag at 3 s the server reports
+NOT_SERVING (grpc.health.v1 and /healthz) at once but answers every call, new connections included,
+for those seconds, then shuts down and exits 0; without it calls fail within half a second.
+
 --keepalive-s: the server pings idle connections (to drop dead clients and keep NAT state). Through
 a counting proxy, an idle connection receives PING frames within 5 s with the flag at 1 s, and
 nothing without it.
@@ -20,11 +25,14 @@ nothing without it.
 
 import contextlib
 import os
+import signal
 import socket
 import sys
 import threading
 import time
 import unittest
+import urllib.error
+import urllib.request
 
 import numpy as np
 
@@ -142,6 +150,55 @@ class ConnectionsTest(unittest.TestCase):
         self.assertGreaterEqual(self.server_bytes_while_idle(["--keepalive-s", "1"], "keepalive"), 17)
         self.assertEqual(self.server_bytes_while_idle([], "no-keepalive"), 0)
 
+    def calls_after_sigterm(self, extra, name, window_s):
+        """(failed calls, health status and /healthz code just after SIGTERM, exit code, log) of a
+        server searched every 100 ms by fresh connections for `window_s` after SIGTERM."""
+        server = h.ServerProcess(self.tmp, name, [self.model_dir], os.path.join(self.tmp, name), extra=extra).start()
+        try:
+            server.wait_listening()
+            target = "127.0.0.1:%d" % server.port
+            with grpc.insecure_channel(target, options=h.CHANNEL_OPTIONS) as channel:
+                self.assertEqual(h.health_status(channel), 1)
+                server.proc.send_signal(signal.SIGTERM)
+                time.sleep(0.3)
+                try:
+                    health = h.health_status(channel)
+                except grpc.RpcError as e:
+                    health = e.code()
+            try:
+                healthz = urllib.request.urlopen("http://127.0.0.1:%d/healthz" % server.metrics_port, timeout=5).status
+            except urllib.error.HTTPError as e:
+                healthz = e.code
+            except OSError:
+                healthz = None
+            failures = []
+            end = time.time() + window_s
+            while time.time() < end:
+                # A fresh connection each time, as a balancer's would be.
+                with grpc.insecure_channel(target, options=h.CHANNEL_OPTIONS) as channel:
+                    try:
+                        self.pb_grpc.ScanServiceStub(channel).SearchImages(
+                            self.pb.SearchImagesRequest(queries=["a dog"]), timeout=2)
+                    except grpc.RpcError as e:
+                        failures.append(e.code())
+                time.sleep(CALL_EVERY_S)
+            code = server.proc.wait(timeout=30)
+            return failures, health, healthz, code, server.log_tail(20000)
+        finally:
+            server.kill()
+
+    def test_shutdown_delay_serves_calls_while_health_says_not_serving(self):
+        failures, health, healthz, code, log = self.calls_after_sigterm(["--shutdown-delay-s", "3"], "delayed", 1.4)
+        self.assertEqual(failures, [], log)
+        self.assertEqual((health, healthz), (2, 503), "NOT_SERVING at once")
+        self.assertEqual(code, 0, log)
+        self.assertIn("calls still served for 3 s", log)
+
+    def test_without_a_shutdown_delay_calls_fail_at_once(self):
+        failures, _, _, code, log = self.calls_after_sigterm([], "undelayed", 1.4)
+        self.assertGreater(len(failures), 5, log)
+        self.assertEqual(code, 0, log)
+
 
 class Connectivity(object):
     """The states a channel goes through, from subscription on."""
@@ -164,7 +221,6 @@ class Connectivity(object):
 
     def close(self):
         self.channel.unsubscribe(self.record)
-
 
 class CountingProxy(object):
     """A loopback TCP proxy for one connection at a time, counting the bytes the server sends."""

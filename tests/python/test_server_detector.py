@@ -130,14 +130,6 @@ def huge_png(width=20000, height=20000, rows=16):
             png_chunk(b"IEND", b""))
 
 
-def health_status(channel):
-    """grpc.health.v1 Check("") without generated stubs: 1 = SERVING, 2 = NOT_SERVING."""
-    check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=lambda b: b,
-                                response_deserializer=lambda b: b)
-    response = check(b"", timeout=harness.RPC_TIMEOUT_S)
-    return response[1] if len(response) >= 2 and response[0] == 0x08 else 0
-
-
 class DetectorServerTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -209,7 +201,7 @@ class DetectorServerTest(unittest.TestCase):
     def test_1_ingest_and_search(self):
         pb = self.pb
         self.assertIn("detector: %s" % self.detector, self.server.log_tail(200000), "the server logs its detector")
-        self.assertEqual(health_status(self.channel), 1)
+        self.assertEqual(harness.health_status(self.channel), 1)
         stats = self.stats()
         self.assertTrue(stats.detector_loaded)
         self.assertTrue(stats.detector, "GetStats carries the detector's summary")
@@ -304,7 +296,7 @@ class DetectorServerTest(unittest.TestCase):
 
         # Still serving.
         self.assertTrue(self.server.alive(), self.server.log_tail())
-        self.assertEqual(health_status(self.channel), 1)
+        self.assertEqual(harness.health_status(self.channel), 1)
         self.check_explained(self.search_images("two dogs"), ["photo/0", "photo/1"])
         samples = harness.parse_metrics(self.server.scrape())
         self.assertGreaterEqual(harness.metric_value(samples, "scanserve_detector_images_total", result="InvalidArgument"), 7)

@@ -594,6 +594,25 @@ TEST_F(ServerTest, StopDrainsInFlightSearchesAndClosesTheEngine) {
   EXPECT_FALSE(server_->serving());
 }
 
+TEST_F(ServerTest, DrainReportsNotServingWhileCallsAreStillServed) {
+  Start();
+  UpsertThreeImages();
+  server_->Drain();
+  EXPECT_EQ(Health(""), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_EQ(Health("scanserve.v1.ScanService"), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  EXPECT_NE(HttpGet(server_->metrics_port(), "/healthz").find("503"), std::string::npos);
+  EXPECT_FALSE(server_->serving());
+  // Calls routed here before the balancer saw NOT_SERVING are answered, new connections included.
+  v1::SearchImagesResponse response;
+  ASSERT_TRUE(Search({"after drain"}, 1, &response).ok());
+  EXPECT_EQ(response.results(0).hits(0).id(), "high");
+  auto fresh = v1::ScanService::NewStub(grpc::CreateChannel(absl::StrCat("127.0.0.1:", server_->port()),
+                                                            grpc::InsecureChannelCredentials()));
+  v1::GetStatsResponse stats;
+  EXPECT_TRUE(fresh->GetStats(Context().get(), v1::GetStatsRequest(), &stats).ok());
+  EXPECT_EQ(stats.images(), 3);
+}
+
 TEST_F(ServerTest, APortInUseFailsStart) {
   Start();
   ServerOptions options;
