@@ -1316,6 +1316,12 @@ absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchIm
   const auto encode_start = std::chrono::steady_clock::now();
   std::vector<std::vector<std::vector<int64_t>>> ids(num_models());  // [model][query]
   std::vector<StackedItems> words(num_models());
+  for (size_t q = 0; q < queries.size(); ++q) {
+    if (queries[q].size() > RetrievalLimits::kMaxQueryBytes) {
+      return absl::InvalidArgumentError(absl::StrCat("query ", q, " has ", queries[q].size(), " bytes; at most ",
+                                                     RetrievalLimits::kMaxQueryBytes, " are allowed"));
+    }
+  }
   for (size_t m = 0; m < num_models(); ++m) {
     for (size_t q = 0; q < queries.size(); ++q) {
       absl::StatusOr<std::vector<int64_t>> tokens = models_[m].model->CaptionToIds(queries[q]);

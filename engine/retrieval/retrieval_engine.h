@@ -37,6 +37,9 @@ struct RetrievalLimits {
   static constexpr size_t kMaxMetadataKeyBytes = 256;
   static constexpr size_t kMaxMetadataValueBytes = 4096;
   static constexpr size_t kMaxCaptionBytes = 64 * 1024;  // also at most Scorer::kMaxRows tokens
+  // A text query, checked before it is tokenised: tokenising a 64 MiB one only to find it over
+  // max_query_words took seconds, and held a batch of other searches meanwhile.
+  static constexpr size_t kMaxQueryBytes = kMaxCaptionBytes;
   static constexpr size_t kMaxLabelBytes = 256;
   // Reading back: ids per GetImages/GetCaptions call, ids per ListImages/ListCaptions page.
   static constexpr size_t kMaxGetIds = 1000;

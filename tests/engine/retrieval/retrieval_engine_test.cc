@@ -1304,6 +1304,13 @@ TEST_F(RetrievalEngineTest, BadItemsAreInvalidArgumentAndDoNotStopTheOthers) {
   const absl::Status too_long = engine->SearchImages({long_query}, {}).status();
   EXPECT_EQ(too_long.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(too_long.message().find("tokens"), std::string::npos) << too_long;
+  // A query longer than any caption is refused on its length, before it is tokenised: one word
+  // repeated over 64 MiB would otherwise take seconds to find over max_query_words.
+  const std::string longest(RetrievalLimits::kMaxQueryBytes, 'a');  // one (unknown) word: allowed
+  EXPECT_TRUE(engine->SearchImages({longest}, {}).ok());
+  const absl::Status too_many_bytes = engine->SearchImages({"a dog", longest + "a"}, {}).status();
+  EXPECT_EQ(too_many_bytes.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_many_bytes.message().find("query 1 has 65537 bytes"), std::string::npos) << too_many_bytes;
   ImageQuery unknown;
   unknown.stored_id = "nope";
   EXPECT_EQ(code(engine->SearchCaptions({unknown}, {}).status()), absl::StatusCode::kNotFound);
