@@ -43,6 +43,10 @@ struct RetrievalLimits {
   static constexpr size_t kMaxLabelBytes = 256;
   // Reading back: ids per GetImages/GetCaptions call, ids per ListImages/ListCaptions page.
   static constexpr size_t kMaxGetIds = 1000;
+  // Items per write request of the service (upserts, deletes, updates): one answer per item must
+  // fit a response, and a request holds an RPC thread until all of them are done. More go in more
+  // requests, or through the Ingest stream.
+  static constexpr size_t kMaxWriteItems = 10000;
   static constexpr int64_t kMaxListPageSize = 10000;
   // Ids one ListImages/ListCaptions call looks at, so that a collection filter matching few of
   // many items cannot hold the engine's lock for long: past it the page ends early, with a token.

@@ -418,6 +418,48 @@ TEST_F(ServerTest, BadInputsGetTheirCodesAndTheServerKeepsServing) {
   EXPECT_EQ(Health(""), grpc::health::v1::HealthCheckResponse::SERVING);
 }
 
+TEST_F(ServerTest, WriteRequestsTakeAtMostTenThousandItems) {
+  Start();
+  UpsertThreeImages();
+  const auto captions = [](int n) {
+    v1::UpsertCaptionsRequest request;
+    for (int i = 0; i < n; ++i) {
+      v1::Caption* caption = request.add_captions();
+      caption->set_id(absl::StrCat("c", i));
+      caption->set_text("a dog");
+    }
+    return request;
+  };
+  v1::UpsertCaptionsResponse upserted;
+  const grpc::Status too_many = stub_->UpsertCaptions(Context().get(), captions(10001), &upserted);
+  EXPECT_EQ(too_many.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(too_many.error_message().find("at most 10000 items per UpsertCaptions, got 10001"), std::string::npos)
+      << too_many.error_message();
+  EXPECT_EQ(engine_->caption_upsert_calls.load(), 0) << "refused before any work";
+  ASSERT_TRUE(stub_->UpsertCaptions(Context().get(), captions(10000), &upserted).ok());
+  EXPECT_EQ(upserted.results_size(), 10000);
+
+  // Image and caption ids count together; nothing of a refused request is deleted.
+  v1::DeleteRequest remove;
+  remove.add_image_ids("low");
+  for (int i = 0; i < 10000; ++i) remove.add_caption_ids(absl::StrCat("c", i));
+  v1::DeleteResponse removed;
+  EXPECT_EQ(stub_->Delete(Context().get(), remove, &removed).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::GetStatsResponse stats;
+  ASSERT_TRUE(stub_->GetStats(Context().get(), v1::GetStatsRequest(), &stats).ok());
+  EXPECT_EQ(stats.images(), 3);
+  EXPECT_EQ(stats.captions(), 10000);
+  v1::UpdateItemsRequest update;
+  for (int i = 0; i < 10001; ++i) update.add_captions()->set_id(absl::StrCat("c", i));
+  v1::UpdateItemsResponse updated;
+  EXPECT_EQ(stub_->UpdateItems(Context().get(), update, &updated).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::UpsertImagesRequest images;
+  for (int i = 0; i < 10001; ++i) *images.add_images() = MakeImage(absl::StrCat("i", i), 0.1f);
+  v1::UpsertImagesResponse upserted_images;
+  EXPECT_EQ(stub_->UpsertImages(Context().get(), images, &upserted_images).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(ServerTest, AnEngineThatCanNoLongerServeTurnsHealthNotServing) {
   ServerOptions options;
   options.health_poll_ms = 10;
