@@ -1186,6 +1186,10 @@ absl::Status ScanRetrievalEngine::ValidateParams(const SearchParams& params,
     return absl::InvalidArgumentError(
         absl::StrCat("top_k must be in 1..", options_.max_top_k, ", got ", params.top_k));
   }
+  if (params.explain && params.top_k > RetrievalLimits::kMaxExplainTopK) {
+    return absl::InvalidArgumentError(absl::StrCat("explain covers at most the top ", RetrievalLimits::kMaxExplainTopK,
+                                                   " hits per query, got top_k ", params.top_k));
+  }
   return ValidateCollectionAndMetadata(params.filter.collection, params.filter.metadata);
 }
 
@@ -1388,22 +1392,18 @@ absl::Status ScanRetrievalEngine::Explain(const std::vector<std::string>& querie
                                           const std::vector<std::vector<int64_t>>& ids,
                                           const StackedItems& words,
                                           std::vector<std::vector<ImageHit>>* results) const {
-  // One store read for every distinct hit: the first model's region embeddings, boxes, labels.
-  std::vector<std::string> hit_ids;
-  absl::flat_hash_map<std::string, size_t> slot_of_id;
-  for (const auto& hits : *results) {
-    for (const ImageHit& hit : hits) {
-      if (slot_of_id.emplace(hit.id, hit_ids.size()).second) hit_ids.push_back(hit.id);
-    }
-  }
-  SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> records,
-                             store_->GetImages(hit_ids));
   const ModelConfig& config = models_[0].model->config();
   for (size_t q = 0; q < queries.size(); ++q) {
+    // The hits' stored records (the first model's region embeddings, boxes, labels), one query at
+    // a time: at most kMaxExplainTopK records in memory, whatever the batch.
+    std::vector<std::string> hit_ids;
+    for (const ImageHit& hit : (*results)[q]) hit_ids.push_back(hit.id);
+    SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> records, store_->GetImages(hit_ids));
     const std::vector<std::string> query_words =
         QueryWords(queries[q], ids[q], models_[0].model->vocabulary());
-    for (ImageHit& hit : (*results)[q]) {
-      const std::optional<StoredImage>& record = records[slot_of_id.find(hit.id)->second];
+    for (size_t h = 0; h < (*results)[q].size(); ++h) {
+      ImageHit& hit = (*results)[q][h];
+      const std::optional<StoredImage>& record = records[h];
       if (!record.has_value()) continue;  // deleted while this search ran: nothing to explain
       if (record->embeddings.empty() || record->embeddings[0].cols != config.embed_size ||
           record->embeddings[0].rows != record->num_regions) {

@@ -47,6 +47,9 @@ struct RetrievalLimits {
   // fit a response, and a request holds an RPC thread until all of them are done. More go in more
   // requests, or through the Ingest stream.
   static constexpr size_t kMaxWriteItems = 10000;
+  // Hits per query that explain covers: each one is a stored record read (its region embeddings)
+  // and an attention pass, and 1000 per query for 64 queries read gigabytes.
+  static constexpr int kMaxExplainTopK = 100;
   static constexpr int64_t kMaxListPageSize = 10000;
   // Ids one ListImages/ListCaptions call looks at, so that a collection filter matching few of
   // many items cannot hold the engine's lock for long: past it the page ends early, with a token.
@@ -295,7 +298,8 @@ class RetrievalEngine {
   virtual absl::StatusOr<ItemPage> ListCaptions(const ListParams& params) const = 0;
 
   // Text->image: every caption query scored in one pass over the stored images. Empty queries,
-  // top_k outside 1..max_top_k are INVALID_ARGUMENT; results[i] belongs to queries[i].
+  // top_k outside 1..max_top_k (1..kMaxExplainTopK with explain) are INVALID_ARGUMENT; results[i]
+  // belongs to queries[i].
   virtual absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(
       const std::vector<std::string>& queries, const SearchParams& params) const = 0;
   // Image->text over the stored captions. An unknown stored_id is NOT_FOUND.

@@ -1439,6 +1439,25 @@ TEST_F(RetrievalEngineTest, ExplainGivesEachQueryWordItsBestRegion) {
   auto plain = engine->SearchImages({query}, {.top_k = 4});
   ASSERT_TRUE(plain.ok());
   EXPECT_TRUE((*plain)[0][0].explanation.empty());
+  // Several queries: each one's hits explained against its own words.
+  auto two = engine->SearchImages({"a dog", query}, {.top_k = 4, .filter = {}, .explain = true});
+  ASSERT_TRUE(two.ok()) << two.status();
+  EXPECT_EQ((*two)[0][0].explanation.size(), 4u) << "<start> a dog <end>";
+  ASSERT_EQ((*two)[1].size(), (*results)[0].size());
+  for (size_t h = 0; h < (*two)[1].size(); ++h) {
+    EXPECT_EQ((*two)[1][h].id, (*results)[0][h].id);
+    ASSERT_EQ((*two)[1][h].explanation.size(), expected_words.size());
+    EXPECT_EQ((*two)[1][h].explanation[3].region, (*results)[0][h].explanation[3].region);
+  }
+  // Explain covers at most kMaxExplainTopK hits per query: each is a record read.
+  EXPECT_TRUE(engine->SearchImages({query}, {.top_k = RetrievalLimits::kMaxExplainTopK, .filter = {}, .explain = true})
+                  .ok());
+  const absl::Status too_many =
+      engine->SearchImages({query}, {.top_k = RetrievalLimits::kMaxExplainTopK + 1, .filter = {}, .explain = true})
+          .status();
+  EXPECT_EQ(too_many.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(too_many.message().find("explain covers at most the top 100"), std::string::npos) << too_many;
+  EXPECT_TRUE(engine->SearchImages({query}, {.top_k = 1000}).ok()) << "without explain, max_top_k";
 }
 
 TEST_F(RetrievalEngineTest, ConcurrentSearchesDuringUpsertsStayConsistent) {
