@@ -1,5 +1,6 @@
 #include "server/config.h"
 
+#include <cmath>
 #include <cstdint>
 #include <fstream>
 #include <functional>
@@ -36,6 +37,20 @@ absl::Status ParseInt(const std::string& key, const std::string& value, int min,
   int64_t v = 0;
   if (absl::Status status = ParseInt64(key, value, min, max, &v); !status.ok()) return status;
   *out = static_cast<int>(v);
+  return absl::OkStatus();
+}
+
+absl::Status ParseDouble(const std::string& key, const std::string& value, double min, double max, double* out) {
+  double v = 0;
+  if (!absl::SimpleAtod(value, &v) || !(v >= min) || v > max) {  // !(v >= min): NaN too
+    // Whole bounds as integers: StrCat would write 3.6e+06.
+    const auto bound = [](double x) {
+      return std::trunc(x) == x ? absl::StrCat(static_cast<int64_t>(x)) : absl::StrCat(x);
+    };
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", key, ": expected ", bound(min), "..", bound(max), ", got '", value, "'"));
+  }
+  *out = v;
   return absl::OkStatus();
 }
 
@@ -465,9 +480,7 @@ const std::vector<Flag>& Flags() {
        [](const ServerConfig& c) { return absl::StrCat(c.server.call_log.slow_call_seconds * 1e3); },
        [](const std::string& v, ServerConfig* c) {
          double ms = 0;
-         if (!absl::SimpleAtod(v, &ms) || !(ms >= 0) || ms > 3.6e6) {
-           return absl::InvalidArgumentError(absl::StrCat("--slow-call-log-ms: expected 0..3600000, got '", v, "'"));
-         }
+         if (absl::Status status = ParseDouble("slow-call-log-ms", v, 0, 3.6e6, &ms); !status.ok()) return status;
          c->server.call_log.slow_call_seconds = ms / 1e3;
          return absl::OkStatus();
        }},
@@ -475,35 +488,16 @@ const std::vector<Flag>& Flags() {
        "most call log lines per second (bursts as large); beyond, lines are counted and the count logged with the next",
        [](const ServerConfig& c) { return absl::StrCat(c.server.call_log.max_lines_per_second); },
        [](const std::string& v, ServerConfig* c) {
-         double n = 0;
-         if (!absl::SimpleAtod(v, &n) || !(n >= 0.01) || n > 1e6) {
-           return absl::InvalidArgumentError(absl::StrCat("--call-log-lines-per-s: expected 0.01..1000000, got '", v, "'"));
-         }
-         c->server.call_log.max_lines_per_second = n;
-         return absl::OkStatus();
+         return ParseDouble("call-log-lines-per-s", v, 0.01, 1e6, &c->server.call_log.max_lines_per_second);
        }},
       {"shutdown-grace-s", "SECONDS", "on SIGTERM/SIGINT, how long in-flight calls may finish",
        [](const ServerConfig& c) { return absl::StrCat(c.shutdown_grace_s); },
-       [](const std::string& v, ServerConfig* c) {
-         double s = 0;
-         if (!absl::SimpleAtod(v, &s) || !(s >= 0) || s > 3600) {
-           return absl::InvalidArgumentError(absl::StrCat("--shutdown-grace-s: expected 0..3600, got '", v, "'"));
-         }
-         c->shutdown_grace_s = s;
-         return absl::OkStatus();
-       }},
+       [](const std::string& v, ServerConfig* c) { return ParseDouble("shutdown-grace-s", v, 0, 3600, &c->shutdown_grace_s); }},
       {"shutdown-delay-s", "SECONDS",
        "on SIGTERM/SIGINT, how long health reports NOT_SERVING while calls are still served, before the "
        "shutdown's grace: load balancers (a Kubernetes Service's endpoints) stop sending new calls first",
        [](const ServerConfig& c) { return absl::StrCat(c.shutdown_delay_s); },
-       [](const std::string& v, ServerConfig* c) {
-         double s = 0;
-         if (!absl::SimpleAtod(v, &s) || !(s >= 0) || s > 3600) {
-           return absl::InvalidArgumentError(absl::StrCat("--shutdown-delay-s: expected 0..3600, got '", v, "'"));
-         }
-         c->shutdown_delay_s = s;
-         return absl::OkStatus();
-       }},
+       [](const std::string& v, ServerConfig* c) { return ParseDouble("shutdown-delay-s", v, 0, 3600, &c->shutdown_delay_s); }},
       {"log-format", "text|json",
        "stderr lines: text, or one JSON object each (time, level, msg; the call log's method, code, "
        "time, peer as fields; gRPC's own lines too) for log collectors",

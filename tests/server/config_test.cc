@@ -160,6 +160,25 @@ TEST(ConfigTest, CallLogSettings) {
   }
   EXPECT_EQ(ParseArgs({"--model", "m", "--call-log-lines-per-s", "0"}).status().code(),
             absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(ParseArgs({"--model", "m", "--slow-call-log-ms", "-1"}).status().message().find("expected 0..3600000"),
+            absl::string_view::npos);
+}
+
+TEST(ConfigTest, ShutdownDelayAndGrace) {
+  auto defaults = ParseArgs({"--model", "m"});
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->config.shutdown_delay_s, 0.0) << "no delay unless asked: a plain stop is immediate";
+  EXPECT_EQ(defaults->config.shutdown_grace_s, 10.0);
+  auto set = ParseArgs({"--model", "m", "--shutdown-delay-s", "7.5", "--shutdown-grace-s", "20"});
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->config.shutdown_delay_s, 7.5);
+  EXPECT_EQ(set->config.shutdown_grace_s, 20.0);
+  for (const char* bad : {"-1", "3601", "nan", "later"}) {
+    auto parsed = ParseArgs({"--model", "m", "--shutdown-delay-s", bad});
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << bad;
+    EXPECT_NE(parsed.status().message().find("--shutdown-delay-s: expected 0..3600"), absl::string_view::npos)
+        << parsed.status();
+  }
 }
 
 TEST(ConfigTest, DetectorSettings) {
