@@ -240,6 +240,10 @@ class ScanRetrievalEngine final : public RetrievalEngine {
       const std::vector<std::string>& queries, const SearchParams& params) const override;
   absl::StatusOr<std::vector<std::vector<CaptionHit>>> SearchCaptions(
       const std::vector<ImageQuery>& queries, const SearchParams& params) const override;
+  absl::Status ValidateSearchImages(const std::vector<std::string>& queries,
+                                    const SearchParams& params) const override;
+  absl::Status ValidateSearchCaptions(const std::vector<ImageQuery>& queries,
+                                      const SearchParams& params) const override;
   EngineStats Stats() const override;
   absl::Status Health() const override;
   absl::Status Close() override;
@@ -281,6 +285,12 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   absl::StatusOr<ItemPage> List(const ListParams& params, ItemKind kind) const;
 
   absl::Status ValidateParams(const SearchParams& params, size_t num_queries) const;
+  // INVALID_ARGUMENT for a query with both a stored id and region features, or bad features.
+  absl::Status CheckImageQuery(const ImageQuery& query, size_t q) const;
+  // Each query's token ids per model ([model][query]); INVALID_ARGUMENT for a query over
+  // kMaxQueryBytes, without words, or over max_query_words.
+  absl::StatusOr<std::vector<std::vector<std::vector<int64_t>>>> TokenizeQueries(
+      const std::vector<std::string>& queries) const;
   // Model-averaged scores of queries (per model: one view per query) against the `side` scorers,
   // columns in the order of *keys. Caller holds state_mu_.
   absl::Status ScoreAveraged(const std::vector<std::vector<ItemView>>& queries, ScorerOf side,
@@ -1313,19 +1323,15 @@ std::vector<std::vector<ScoredKey>> ScanRetrievalEngine::TopK(const FloatMatrix&
   return TopKPerRow(kept, kept_keys, params.top_k);
 }
 
-absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchImages(
-    const std::vector<std::string>& queries, const SearchParams& params) const {
-  SCANSERVE_RETURN_IF_ERROR(ValidateParams(params, queries.size()));
-  // Tokenise and encode with every model before taking the lock: it is the slow part.
-  const auto encode_start = std::chrono::steady_clock::now();
-  std::vector<std::vector<std::vector<int64_t>>> ids(num_models());  // [model][query]
-  std::vector<StackedItems> words(num_models());
+absl::StatusOr<std::vector<std::vector<std::vector<int64_t>>>> ScanRetrievalEngine::TokenizeQueries(
+    const std::vector<std::string>& queries) const {
   for (size_t q = 0; q < queries.size(); ++q) {
     if (queries[q].size() > RetrievalLimits::kMaxQueryBytes) {
       return absl::InvalidArgumentError(absl::StrCat("query ", q, " has ", queries[q].size(), " bytes; at most ",
                                                      RetrievalLimits::kMaxQueryBytes, " are allowed"));
     }
   }
+  std::vector<std::vector<std::vector<int64_t>>> ids(num_models());
   for (size_t m = 0; m < num_models(); ++m) {
     for (size_t q = 0; q < queries.size(); ++q) {
       absl::StatusOr<std::vector<int64_t>> tokens = models_[m].model->CaptionToIds(queries[q]);
@@ -1337,6 +1343,25 @@ absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchIm
       }
       ids[m].push_back(*std::move(tokens));
     }
+  }
+  return ids;
+}
+
+absl::Status ScanRetrievalEngine::ValidateSearchImages(const std::vector<std::string>& queries,
+                                                       const SearchParams& params) const {
+  SCANSERVE_RETURN_IF_ERROR(ValidateParams(params, queries.size()));
+  return TokenizeQueries(queries).status();
+}
+
+absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchImages(
+    const std::vector<std::string>& queries, const SearchParams& params) const {
+  SCANSERVE_RETURN_IF_ERROR(ValidateParams(params, queries.size()));
+  // Tokenise and encode with every model before taking the lock: it is the slow part.
+  const auto encode_start = std::chrono::steady_clock::now();
+  SCANSERVE_ASSIGN_OR_RETURN(const std::vector<std::vector<std::vector<int64_t>>> ids,
+                             TokenizeQueries(queries));  // [model][query]
+  std::vector<StackedItems> words(num_models());
+  for (size_t m = 0; m < num_models(); ++m) {
     SCANSERVE_ASSIGN_OR_RETURN(ModelEmbeddings embeddings,
                                EncodeAll(*models_[m].model, {}, ids[m], encode_options_));
     words[m] = std::move(embeddings.captions);
@@ -1433,6 +1458,30 @@ absl::Status ScanRetrievalEngine::Explain(const std::vector<std::string>& querie
   return absl::OkStatus();
 }
 
+absl::Status ScanRetrievalEngine::ValidateSearchCaptions(const std::vector<ImageQuery>& queries,
+                                                         const SearchParams& params) const {
+  SCANSERVE_RETURN_IF_ERROR(ValidateParams(params, queries.size()));
+  for (size_t q = 0; q < queries.size(); ++q) SCANSERVE_RETURN_IF_ERROR(CheckImageQuery(queries[q], q));
+  std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
+  for (size_t q = 0; q < queries.size(); ++q) {
+    const std::string& id = queries[q].stored_id;
+    if (!id.empty() && !images_.key_of_id.contains(id)) {
+      return absl::NotFoundError(absl::StrCat("query ", q, ": no stored image ", QuoteId(id)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ScanRetrievalEngine::CheckImageQuery(const ImageQuery& query, size_t q) const {
+  if (query.stored_id.empty()) {
+    return Prefixed(ValidateRegionFeatures(query.region_features, img_dim_), absl::StrCat("query ", q, ": "));
+  }
+  if (query.region_features.rows != 0 || !query.region_features.data.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("query ", q, ": give a stored image id or region features, not both"));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::SearchCaptions(
     const std::vector<ImageQuery>& queries, const SearchParams& params) const {
   SCANSERVE_RETURN_IF_ERROR(ValidateParams(params, queries.size()));
@@ -1444,17 +1493,12 @@ absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::Search
   std::vector<size_t> stored_index;
   for (size_t q = 0; q < queries.size(); ++q) {
     const ImageQuery& query = queries[q];
+    SCANSERVE_RETURN_IF_ERROR(CheckImageQuery(query, q));
     if (!query.stored_id.empty()) {
-      if (query.region_features.rows != 0 || !query.region_features.data.empty()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("query ", q, ": give a stored image id or region features, not both"));
-      }
       stored_ids.push_back(query.stored_id);
       stored_index.push_back(q);
       continue;
     }
-    SCANSERVE_RETURN_IF_ERROR(Prefixed(ValidateRegionFeatures(query.region_features, img_dim_),
-                                       absl::StrCat("query ", q, ": ")));
     raw.push_back(&query.region_features);
     raw_index.push_back(q);
   }

@@ -306,6 +306,20 @@ class RetrievalEngine {
   virtual absl::StatusOr<std::vector<std::vector<CaptionHit>>> SearchCaptions(
       const std::vector<ImageQuery>& queries, const SearchParams& params) const = 0;
 
+  // The errors SearchImages / SearchCaptions would answer for these queries and params because of
+  // the request itself (INVALID_ARGUMENT, an unknown stored_id's NOT_FOUND), found without encoding
+  // or scoring. The dynamic batcher checks each request alone before merging it with others: a
+  // merged call that fails makes every request of its group run alone, so one bad request among
+  // many would otherwise cost a pass over the store per request. OK when nothing is checked.
+  virtual absl::Status ValidateSearchImages(const std::vector<std::string>& queries,
+                                            const SearchParams& params) const {
+    return absl::OkStatus();
+  }
+  virtual absl::Status ValidateSearchCaptions(const std::vector<ImageQuery>& queries,
+                                              const SearchParams& params) const {
+    return absl::OkStatus();
+  }
+
   // A restorable copy of the store as it is now: `data_dir`, which must not exist (ALREADY_EXISTS)
   // and whose parent must (NOT_FOUND), becomes a data directory that Create opens with the same
   // models (scanserve --data-dir). Writers wait while it is taken (milliseconds when it is on the

@@ -86,6 +86,8 @@ typename DynamicBatcher<Query, Hit>::Result DynamicBatcher<Query, Hit>::Search(
     std::vector<Query> queries, SearchParams params, Clock::time_point deadline,
     std::function<bool()> is_cancelled) {
   constexpr SearchDirection kDirection = DirectionOf<Query>();
+  // A client's mistake, counted by the gRPC metrics as its code: not a batcher rejection.
+  if (absl::Status invalid = searcher_->Validate(queries, params); !invalid.ok()) return invalid;
   auto request = std::make_unique<Request>();
   request->queries = std::move(queries);
   request->params = std::move(params);

@@ -11,8 +11,9 @@
 //  - its own top_k / filter / explain: only requests with equal filter and explain are merged; the
 //    merged call runs with the largest top_k of the group and each request gets its own prefix (the
 //    engine's top-k is deterministic, ties to the smaller key, so a prefix of the top-K is the top-k);
-//  - its own errors: when a merged call fails, each request of the group is re-run alone, so a bad
-//    query only fails its own request.
+//  - its own errors: each request is validated alone before it is queued (BatchSearcher::Validate),
+//    so that a bad one is answered at once and never joins a group; and should a merged call still
+//    fail, each request of the group is re-run alone, so a bad query only fails its own request.
 // The queue is bounded (max_queue_size requests): a full queue answers RESOURCE_EXHAUSTED at once.
 // Stop() refuses new requests (UNAVAILABLE), runs everything queued, then joins the workers.
 //
@@ -48,6 +49,11 @@ class BatchSearcher {
   virtual ~BatchSearcher() = default;
   virtual absl::StatusOr<std::vector<std::vector<Hit>>> Search(const std::vector<Query>& queries,
                                                               const SearchParams& params) const = 0;
+  // The errors Search would answer because of these queries and params alone, found cheaply
+  // (RetrievalEngine::ValidateSearchImages / ValidateSearchCaptions); OK when nothing is checked.
+  virtual absl::Status Validate(const std::vector<Query>& queries, const SearchParams& params) const {
+    return absl::OkStatus();
+  }
 };
 using TextToImageSearcher = BatchSearcher<std::string, ImageHit>;
 using ImageToTextSearcher = BatchSearcher<ImageQuery, CaptionHit>;
@@ -60,6 +66,9 @@ class EngineImageSearcher final : public TextToImageSearcher {
                                                            const SearchParams& params) const override {
     return engine_->SearchImages(queries, params);
   }
+  absl::Status Validate(const std::vector<std::string>& queries, const SearchParams& params) const override {
+    return engine_->ValidateSearchImages(queries, params);
+  }
 
  private:
   const RetrievalEngine* engine_;
@@ -71,6 +80,9 @@ class EngineCaptionSearcher final : public ImageToTextSearcher {
   absl::StatusOr<std::vector<std::vector<CaptionHit>>> Search(const std::vector<ImageQuery>& queries,
                                                              const SearchParams& params) const override {
     return engine_->SearchCaptions(queries, params);
+  }
+  absl::Status Validate(const std::vector<ImageQuery>& queries, const SearchParams& params) const override {
+    return engine_->ValidateSearchCaptions(queries, params);
   }
 
  private:
@@ -110,7 +122,8 @@ class DynamicBatcher {
   DynamicBatcher(const DynamicBatcher&) = delete;
   DynamicBatcher& operator=(const DynamicBatcher&) = delete;
 
-  // Queues the request and blocks until it is answered: results[i] for queries[i], or its error.
+  // Validates the request (on the calling thread; its error is the answer), queues it and blocks
+  // until it is answered: results[i] for queries[i], or its error.
   // `deadline` = Clock::time_point::max() for none. `is_cancelled`, if set, is polled (from a worker
   // thread) before the request is scored.
   Result Search(std::vector<Query> queries, SearchParams params, Clock::time_point deadline,

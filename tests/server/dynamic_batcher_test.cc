@@ -62,6 +62,14 @@ class FakeSearcher final : public TextToImageSearcher {
     return results;
   }
 
+  // "invalid" is caught by validation; "bad" only by Search, as an engine error found late.
+  absl::Status Validate(const std::vector<std::string>& queries, const SearchParams& params) const override {
+    for (const std::string& query : queries) {
+      if (query == "invalid") return absl::InvalidArgumentError("invalid query");
+    }
+    return absl::OkStatus();
+  }
+
   std::vector<Call> calls() const {
     std::lock_guard<std::mutex> lock(mu_);
     return calls_;
@@ -195,6 +203,23 @@ TEST(DynamicBatcherTest, ABadRequestFailsAloneWhenItsBatchFails) {
   EXPECT_EQ((*rg)[0].size(), 2u);
   EXPECT_EQ(rb.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(rk.status().code(), absl::StatusCode::kInvalidArgument) << "top_k -1 is never merged away";
+}
+
+TEST(DynamicBatcherTest, ARequestThatFailsValidationNeverJoinsABatch) {
+  // Otherwise its group's merged call fails and every request of the group runs alone: one bad
+  // request per batch would cost a pass over the store per request.
+  FakeSearcher searcher;
+  auto batcher = MakeBatcher(searcher, {});
+  auto first = SearchAsync(batcher.get(), {"first"}, Params(2));
+  auto invalid = SearchAsync(batcher.get(), {"fine", "invalid"}, Params(2));
+  auto second = SearchAsync(batcher.get(), {"second"}, Params(2));
+  const auto rf = first.get(), ri = invalid.get(), rs = second.get();
+  ASSERT_TRUE(rf.ok() && rs.ok());
+  EXPECT_EQ(ri.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ri.status().message(), "invalid query");
+  const auto calls = searcher.calls();
+  ASSERT_EQ(calls.size(), 1u) << "the two valid requests in one call, not re-run alone";
+  EXPECT_EQ(calls[0].queries, (std::vector<std::string>{"first", "second"}));
 }
 
 TEST(DynamicBatcherTest, ExpiredRequestsAreAnsweredDeadlineExceededWithoutScoring) {

@@ -1326,6 +1326,56 @@ TEST_F(RetrievalEngineTest, BadItemsAreInvalidArgumentAndDoNotStopTheOthers) {
   EXPECT_EQ(code(engine->SearchCaptions({empty}, {}).status()), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(RetrievalEngineTest, ValidationFindsWhatSearchWouldRefuseWithoutScoring) {
+  // The batcher validates each request alone before merging: every refusal a request causes by
+  // itself must be found, and a valid request must pass.
+  RetrievalEngineOptions options = Options();
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  ExpectAllOk(engine->UpsertImages(SomeImages(3)));
+  std::string too_many_words;
+  for (int i = 0; i < options.max_query_words; ++i) too_many_words += "dog ";
+  const std::vector<std::pair<std::vector<std::string>, SearchParams>> text_cases = {
+      {{"a dog"}, {.top_k = 0}},
+      {{"a dog"}, {.top_k = options.max_top_k + 1}},
+      {{"a dog"}, {.top_k = RetrievalLimits::kMaxExplainTopK + 1, .filter = {}, .explain = true}},
+      {{"a dog", ""}, {}},
+      {{"a dog", "   "}, {}},
+      {{}, {}},
+      {{too_many_words}, {}},
+      {{std::string(RetrievalLimits::kMaxQueryBytes + 1, 'a')}, {}},
+      {{"a dog"}, {.top_k = 5, .filter = {.collection = std::string(300, 'c'), .metadata = {}}}},
+  };
+  for (size_t i = 0; i < text_cases.size(); ++i) {
+    const auto& [queries, params] = text_cases[i];
+    const absl::Status searched = engine->SearchImages(queries, params).status();
+    ASSERT_FALSE(searched.ok()) << i;
+    EXPECT_EQ(engine->ValidateSearchImages(queries, params), searched) << i;
+  }
+  EXPECT_TRUE(engine->ValidateSearchImages({"a dog", "two cats"}, {.top_k = 5}).ok());
+
+  ImageQuery unknown;
+  unknown.stored_id = "nope";
+  ImageQuery stored;
+  stored.stored_id = SomeImages(3)[1].id;
+  ImageQuery both = stored;
+  both.region_features = RandomImage("q", 2, 1).region_features;
+  ImageQuery wrong_dim;
+  wrong_dim.region_features = FloatMatrix(2, kImgDim + 1);
+  ImageQuery raw;
+  raw.region_features = RandomImage("q", 4, 2).region_features;
+  const std::vector<std::pair<std::vector<ImageQuery>, SearchParams>> image_cases = {
+      {{raw, unknown}, {}}, {{both}, {}}, {{wrong_dim}, {}}, {{raw}, {.top_k = 0}}, {{}, {}},
+  };
+  for (size_t i = 0; i < image_cases.size(); ++i) {
+    const auto& [queries, params] = image_cases[i];
+    const absl::Status searched = engine->SearchCaptions(queries, params).status();
+    ASSERT_FALSE(searched.ok()) << i;
+    EXPECT_EQ(engine->ValidateSearchCaptions(queries, params), searched) << i;
+  }
+  EXPECT_TRUE(engine->ValidateSearchCaptions({raw, stored}, {.top_k = 5}).ok());
+}
+
 TEST_F(RetrievalEngineTest, FiltersMaskColumns) {
   const RetrievalEngineOptions options = Options();
   auto engine = Make(options);
