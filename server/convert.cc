@@ -111,14 +111,6 @@ int TopKFromProto(int32_t top_k) { return top_k == 0 ? kDefaultTopK : top_k; }
 
 absl::StatusOr<std::vector<std::string>> QueriesFromProto(const v1::SearchImagesRequest& request) {
   if (absl::Status status = CheckQueryCount(request.queries_size()); !status.ok()) return status;
-  // The engine checks it too; here the request is refused before it joins a batch.
-  for (int q = 0; q < request.queries_size(); ++q) {
-    if (request.queries(q).size() > RetrievalLimits::kMaxQueryBytes) {
-      return absl::InvalidArgumentError(absl::StrCat("query ", q, " has ", request.queries(q).size(),
-                                                     " bytes; at most ", RetrievalLimits::kMaxQueryBytes,
-                                                     " are allowed"));
-    }
-  }
   return std::vector<std::string>(request.queries().begin(), request.queries().end());
 }
 

@@ -37,8 +37,8 @@ SearchFilter FilterFromProto(const v1::Filter& filter);
 // 0 -> kDefaultTopK; anything else passes through (the engine range-checks it).
 int TopKFromProto(int32_t top_k);
 
-// INVALID_ARGUMENT unless 1..kMaxQueriesPerRequest queries of at most RetrievalLimits::kMaxQueryBytes
-// each (the engine checks their words).
+// INVALID_ARGUMENT unless 1..kMaxQueriesPerRequest queries (the engine checks each query's text,
+// before the batcher queues it).
 absl::StatusOr<std::vector<std::string>> QueriesFromProto(const v1::SearchImagesRequest& request);
 SearchParams SearchParamsFromProto(const v1::SearchImagesRequest& request);
 SearchParams SearchParamsFromProto(const v1::SearchCaptionsRequest& request);

@@ -6,7 +6,7 @@
 #include <cstdio>
 #include <ctime>
 
-#include <google/protobuf/stubs/logging.h>
+#include <google/protobuf/stubs/logging.h>  // SetLogHandler: protobuf 3.21's public logging API lives under stubs/
 #include <grpc/support/log.h>
 
 #include "absl/strings/ascii.h"

@@ -244,10 +244,7 @@ void Server::WatchEngineHealth() {
     const absl::Status health = engine_->Health();
     if (health.ok()) continue;
     // Load balancers and orchestrators move traffic away; the server keeps answering what it can.
-    serving_ = false;
-    grpc::HealthCheckServiceInterface* service = grpc_server_->GetHealthCheckService();
-    service->SetServingStatus("", false);
-    service->SetServingStatus(kServiceName, false);
+    Drain();
     Log(LogLevel::kError, absl::StrCat("the engine can no longer serve, health is NOT_SERVING: ",
                                        health.ToString()));
     return;

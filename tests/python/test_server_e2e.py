@@ -515,6 +515,12 @@ class ServerTest(E2EBase):
         pb, INVALID = self.s.pb, grpc.StatusCode.INVALID_ARGUMENT
         self.expect_code(INVALID, self.stub.SearchImages, pb.SearchImagesRequest(queries=[""]), "empty query")
         self.expect_code(INVALID, self.stub.SearchImages, pb.SearchImagesRequest(queries=[]), "no queries")
+        # Refused on its length before it is tokenised or joins a batch (the engine's validation).
+        with self.assertRaises(grpc.RpcError) as ctx:
+            self.stub.SearchImages(pb.SearchImagesRequest(queries=["a dog", "a" * (64 * 1024 + 1)]),
+                                   timeout=RPC_TIMEOUT_S, **self.call_kwargs())
+        self.assertEqual(ctx.exception.code(), INVALID)
+        self.assertIn("query 1 has 65537 bytes", ctx.exception.details())
         self.expect_code(INVALID, self.stub.SearchImages, pb.SearchImagesRequest(queries=["a dog"], top_k=100000),
                          "top_k too large")
         self.expect_code(INVALID, self.stub.SearchImages, pb.SearchImagesRequest(queries=["a dog"], top_k=-1),

@@ -95,12 +95,6 @@ TEST(ConvertTest, SearchRequests) {
   EXPECT_EQ(QueriesFromProto(request).status().code(), absl::StatusCode::kInvalidArgument) << "65 queries";
   request.mutable_queries()->RemoveLast();
   EXPECT_TRUE(QueriesFromProto(request).ok());
-  request.set_queries(3, std::string(RetrievalLimits::kMaxQueryBytes, 'a'));
-  EXPECT_TRUE(QueriesFromProto(request).ok());
-  request.mutable_queries(3)->push_back('a');
-  EXPECT_EQ(QueriesFromProto(request).status().code(), absl::StatusCode::kInvalidArgument) << "a query of 64 KiB + 1";
-  EXPECT_NE(QueriesFromProto(request).status().message().find("query 3 has 65537 bytes"), std::string::npos);
-  request.set_queries(3, "q");
   EXPECT_EQ(SearchParamsFromProto(request).top_k, kDefaultTopK) << "top_k 0 means the default";
   request.set_top_k(-3);
   EXPECT_EQ(SearchParamsFromProto(request).top_k, -3) << "passed through for the engine to reject";
