@@ -109,10 +109,22 @@ def features_msg(pb, x):
     return pb.RegionFeatures(num_regions=x.shape[0], dim=x.shape[1], values=x.tobytes())
 
 
+_ports_handed_out = set()
+
+
 def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and never handed out before by this process.
+
+    The kernel may give the port just released to the next bind(0): two calls in a row (a server's
+    gRPC and metrics ports) could otherwise return the same one, and the server then fails to start."""
+    for _ in range(1000):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_handed_out:
+            _ports_handed_out.add(port)
+            return port
+    raise AssertionError("no fresh loopback port after 1000 tries")
 
 
 def stop_process(proc, timeout):
