@@ -40,8 +40,12 @@ if [ ! -f "$WORK_DIR/model/config.json" ]; then
     --captions 2000 >/dev/null
 fi
 rm -rf "$WORK_DIR/data"
-port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-metrics_port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Both bound at once: two separate bind(0) calls may be given the same, just released, port.
+read -r port metrics_port < <("$PYTHON" -c '
+import socket
+a, b = socket.socket(), socket.socket()
+a.bind(("127.0.0.1", 0)); b.bind(("127.0.0.1", 0))
+print(a.getsockname()[1], b.getsockname()[1])')
 max_images=$(( IMAGES > 1000000 ? IMAGES : 1000000 ))
 storage_args=()
 [ -n "${STORAGE:-}" ] && storage_args=(--storage "$STORAGE")
