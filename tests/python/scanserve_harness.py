@@ -149,10 +149,13 @@ class ServerProcess(object):
         self.port = free_port()
         self.metrics_port = free_port()
         self.log_path = os.path.join(tmp, "%s.log" % name)
+        self.fixed_ports = False  # set when a restart must come back on the same address
         self.proc = None
         self.log = None
+        self.log_offset = 0  # where this start's lines begin (the log is appended to across restarts)
 
     def start(self):
+        self.log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         argv = [self.binary, "--listen", "127.0.0.1:%d" % self.port, "--metrics-listen", "127.0.0.1:%d" % self.metrics_port,
                 "--data-dir", self.data_dir, "--threads", "2", "--max-queue-delay-us", "2000",
                 "--shutdown-grace-s", "5"]
@@ -174,14 +177,35 @@ class ServerProcess(object):
     def alive(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def this_start_log(self):
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self.log_offset)
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
     def wait_listening(self, timeout=START_TIMEOUT_S):
-        """Until the server logs that it serves (channels dialled earlier sit in reconnect backoff)."""
+        """Until the server logs that it serves (channels dialled earlier sit in reconnect backoff).
+
+        A port picked by free_port() is only free until the server binds it, seconds later; another
+        test running beside this one may take it meanwhile. Then the server is started again on new
+        ports (unless they are fixed), so that the collision does not fail the test."""
         deadline = time.time() + timeout
+        port_retries = 3
         while time.time() < deadline:
             if not self.alive():
+                log = self.this_start_log()
+                port_taken = "metrics: cannot bind" in log or "cannot listen on" in log
+                if port_taken and not self.fixed_ports and port_retries > 0:
+                    port_retries -= 1
+                    self.log.close()
+                    self.port, self.metrics_port = free_port(), free_port()
+                    self.start()
+                    continue
                 raise AssertionError("%s exited with %s during start-up:\n%s" % (self.name, self.proc.returncode,
                                                                                self.log_tail()))
-            if "serving %s on" % SERVICE in self.log_tail(100000):
+            if "serving %s on" % SERVICE in self.this_start_log():
                 return
             time.sleep(0.05)
         self.kill()

@@ -176,6 +176,7 @@ class ServerProcess(harness.ServerProcess):
         super().__init__(tmp, name, model_dirs, data_dir, extra)
         if port:
             self.port = port
+            self.fixed_ports = True
 
     def start(self):
         super().start()
