@@ -274,6 +274,14 @@ const std::vector<Flag>& Flags() {
        [](const std::string& v, ServerConfig* c) {
          return ParseBytes("max-message-bytes", v, 1024, INT32_MAX, &c->server.max_message_bytes);
        }},
+      {"grpc-memory-quota", "BYTES",
+       "memory gRPC may hold for connections and requests being received; past it the calls buffering "
+       "the most are refused (RESOURCE_EXHAUSTED) instead of the process growing; at least twice "
+       "--max-message-bytes; 0 = no bound (suffixes K, M, G)",
+       [](const ServerConfig& c) { return absl::StrCat(c.server.grpc_memory_quota_bytes); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseBytes("grpc-memory-quota", v, 0, INT64_MAX, &c->server.grpc_memory_quota_bytes);
+       }},
       {"max-images", "N", "store capacity in images; beyond it ingest is RESOURCE_EXHAUSTED",
        [](const ServerConfig& c) { return absl::StrCat(c.engine.max_images); },
        [](const std::string& v, ServerConfig* c) {
@@ -644,6 +652,12 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
   if (detector.min_boxes > 0 && detector.max_boxes > 0 && detector.min_boxes > detector.max_boxes) {
     return absl::InvalidArgumentError(absl::StrCat("--detector-min-boxes ", detector.min_boxes,
                                                    " exceeds --detector-max-boxes ", detector.max_boxes));
+  }
+  const ServerOptions& server = result.config.server;
+  if (server.grpc_memory_quota_bytes != 0 && server.grpc_memory_quota_bytes / 2 < server.max_message_bytes) {
+    return absl::InvalidArgumentError(absl::StrCat("--grpc-memory-quota ", server.grpc_memory_quota_bytes,
+                                                   " must be 0 or at least twice --max-message-bytes ",
+                                                   server.max_message_bytes, " (a message is held twice while decoded)"));
   }
   if (!detector.detector_dir.empty() &&
       result.config.server.max_message_bytes < result.config.server.detection.max_image_bytes + kMessageOverheadBytes) {

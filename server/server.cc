@@ -38,6 +38,12 @@ absl::Status ValidateServerOptions(const ServerOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat("max_message_bytes must be in 1024..", INT_MAX, ", got ",
                                                    options.max_message_bytes));
   }
+  if (options.grpc_memory_quota_bytes != 0 && (options.grpc_memory_quota_bytes < 0 ||
+                                                options.grpc_memory_quota_bytes / 2 < options.max_message_bytes)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("grpc_memory_quota_bytes must be 0 (no bound) or at least twice max_message_bytes (",
+                     2 * options.max_message_bytes, "), got ", options.grpc_memory_quota_bytes));
+  }
   if (options.health_poll_ms < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("health_poll_ms must be >= 1, got ", options.health_poll_ms));
@@ -187,6 +193,7 @@ absl::Status Server::Start() {
   grpc::ResourceQuota quota("scanserve");
   quota.SetMaxThreads(options_.batching.max_queue_size +
                       (detector_pool_ != nullptr ? options_.detection.max_queue_images : 0) + 64);
+  if (options_.grpc_memory_quota_bytes > 0) quota.Resize(static_cast<size_t>(options_.grpc_memory_quota_bytes));
   builder.SetResourceQuota(quota);
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> interceptors;
   interceptors.push_back(std::make_unique<UnparsableRequestInterceptorFactory>());  // first: the others see its code

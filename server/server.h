@@ -50,6 +50,12 @@ struct ServerOptions {
   // UpsertImages of two encoded images of the largest size (detection.max_image_bytes, 32 MiB) or
   // hundreds of typical photos; Ingest sends one image per message.
   int64_t max_message_bytes = 64LL << 20;
+  // Memory gRPC may hold for connections and the requests it is receiving (its ResourceQuota);
+  // 0 = no bound. Past it gRPC cancels the streams buffering the most (RESOURCE_EXHAUSTED) rather
+  // than grow, so a burst of large uploads cannot take the process's memory; requests already
+  // handed to a handler are no longer counted. At least 2 * max_message_bytes: one message is
+  // held twice while it is decoded.
+  int64_t grpc_memory_quota_bytes = 2LL << 30;
   int ingest_batch_size = 64;  // most consecutive Ingest items per engine upsert
   // Connections older than this (seconds; 0 = never) are told to go away (GOAWAY): their clients
   // reconnect, and behind an L4 load balancer (a Kubernetes Service) spread over the replicas

@@ -192,8 +192,11 @@ class KubernetesManifestTest(unittest.TestCase):
         self.assertLessEqual(readiness["periodSeconds"] * readiness["failureThreshold"], delay / 2,
                              "readiness fails well within the delay")
         limit = parse_bytes(self.container["resources"]["limits"]["memory"])
-        self.assertLessEqual(parse_bytes(self.config["max-feature-bytes"]), limit - (1 << 30),
-                             "room beside the features, or the pod is killed before ingest is refused")
+        features, quota = parse_bytes(self.config["max-feature-bytes"]), parse_bytes(self.config["grpc-memory-quota"])
+        self.assertGreater(quota, 0, "bounded: a burst of uploads must not take the pod's memory")
+        self.assertLessEqual(features + quota, limit - (1 << 30),
+                             "room beside the features and the requests being received, or the pod is "
+                             "killed before ingest is refused")
 
     def test_the_pod_as_the_kubelet_runs_it(self):
         h.require_executable(h.SERVER, "the scanserve server")

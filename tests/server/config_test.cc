@@ -181,6 +181,25 @@ TEST(ConfigTest, ShutdownDelayAndGrace) {
   }
 }
 
+TEST(ConfigTest, GrpcMemoryQuota) {
+  auto defaults = ParseArgs({"--model", "m"});
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->config.server.grpc_memory_quota_bytes, 2LL << 30) << "bounded by default";
+  auto set = ParseArgs({"--model", "m", "--grpc-memory-quota", "512M", "--max-message-bytes", "256M"});
+  ASSERT_TRUE(set.ok()) << set.status();
+  EXPECT_EQ(set->config.server.grpc_memory_quota_bytes, 512LL << 20);
+  EXPECT_NE(DescribeConfig(set->config).find("grpc-memory-quota = 536870912"), std::string::npos);
+  EXPECT_EQ(ParseArgs({"--model", "m", "--grpc-memory-quota", "0"})->config.server.grpc_memory_quota_bytes, 0)
+      << "0 = no bound";
+  // Smaller than two of the largest messages: one such request alone would be refused.
+  const absl::Status small = ParseArgs({"--model", "m", "--grpc-memory-quota", "100M"}).status();
+  EXPECT_EQ(small.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(small.message().find("at least twice --max-message-bytes 67108864"), absl::string_view::npos) << small;
+  EXPECT_TRUE(ParseArgs({"--model", "m", "--grpc-memory-quota", "128M"}).ok());
+  EXPECT_EQ(ParseArgs({"--model", "m", "--grpc-memory-quota", "-1"}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ConfigTest, DetectorSettings) {
   const std::string file = WriteTemp("detector.conf",
                                      "model = /m\n"
@@ -402,7 +421,7 @@ TEST(ConfigTest, HelpListsEveryFlag) {
   const std::string usage = Usage("scanserve");
   for (const char* flag : {"--listen", "--metrics-listen", "--data-dir", "--model", "--config", "--threads", "--encoder-device", "--cuda-kernels",
                            "--storage", "--max-batch-queries", "--max-queue-delay-us", "--max-queue-size",
-                           "--max-message-bytes", "--max-images", "--max-captions", "--tls-cert", "--tls-key",
+                           "--max-message-bytes", "--grpc-memory-quota", "--max-images", "--max-captions", "--tls-cert", "--tls-key",
                            "--tls-client-ca", "--auth-token", "--auth-token-file", "--detector-dir", "--detector-device",
                            "--detector-precision", "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
                            "--detector-max-boxes", "--max-image-bytes", "--synthetic-images",

@@ -672,6 +672,13 @@ TEST(ServerCreateTest, RejectsBadOptions) {
   EXPECT_EQ(Server::Create(options, std::make_unique<testing_fake::FakeRetrievalEngine>()).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Server::Create(ServerOptions(), nullptr).status().code(), absl::StatusCode::kInvalidArgument);
+  ServerOptions quota;
+  quota.grpc_memory_quota_bytes = 2 * quota.max_message_bytes - 1;  // one largest message would not fit
+  EXPECT_EQ(Server::Create(quota, std::make_unique<testing_fake::FakeRetrievalEngine>()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  quota.grpc_memory_quota_bytes = -1;
+  EXPECT_EQ(Server::Create(quota, std::make_unique<testing_fake::FakeRetrievalEngine>()).status().code(),
+            absl::StatusCode::kInvalidArgument);
   ServerOptions tls;
   tls.tls.cert_file = "/nonexistent/cert.pem";
   tls.tls.key_file = "/nonexistent/key.pem";
