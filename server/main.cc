@@ -4,6 +4,7 @@
 
 #include "engine/common/openblas_core.h"
 #include "server/config.h"
+#include "server/crash_report.h"
 #include "server/run_server.h"
 
 #ifndef SCANSERVE_VERSION
@@ -12,6 +13,7 @@
 
 int main(int argc, char** argv) {
   scanserve::ReexecWithBetterOpenBlasCore(argv);
+  scanserve::InstallCrashReport();
   scanserve::InstallTerminationHandlers();
   absl::StatusOr<scanserve::CommandLine> command_line = scanserve::ParseCommandLine(argc, argv);
   if (!command_line.ok()) {

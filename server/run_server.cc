@@ -17,6 +17,7 @@
 #include "engine/detector/region_detector.h"
 #include "engine/scoring/cpu_scorer.h"
 #include "engine/scoring/streaming_gemm.h"
+#include "server/crash_report.h"
 #include "server/log.h"
 #include "server/server.h"
 
@@ -170,6 +171,7 @@ void InstallTerminationHandlers() {
 
 int RunServer(const ServerConfig& config) {
   SetLogFormat(config.log_format);
+  SetCrashReportFormat(config.log_format);
   RouteLibraryLogs();
   // Leaked on purpose: its thread outlives RunServer (it sits in sigwait until the process ends).
   SignalWatcher& signals = *new SignalWatcher();

@@ -1265,6 +1265,49 @@ class DurabilityTest(E2EBase):
         self.assertEqual(self.server.stop(), 0, self.server.log_tail())
 
 
+class CrashReportTest(E2EBase):
+    """A process that dies of a fatal signal (a failed assertion in a library is SIGABRT) first
+    writes its stack in the log's format, then dies of that signal as it would have."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.s = cls.setUpShared()
+
+    def crash(self, log_format, sig):
+        server = ServerProcess(self.s.tmp, "crash-%s" % log_format, [self.s.model_a],
+                               os.path.join(self.s.tmp, "data_crash_%s" % log_format),
+                               extra=["--log-format", log_format]).start()
+        wait_listening(server)
+        os.kill(server.proc.pid, sig)
+        code = server.proc.wait(timeout=30)
+        server.log.close()
+        return code, server.this_start_log()
+
+    def test_text(self):
+        code, log = self.crash("text", signal.SIGSEGV)
+        self.assertEqual(code, -signal.SIGSEGV, log)
+        lines = log.splitlines()
+        first = [i for i, line in enumerate(lines) if "scanserve: crash: SIGSEGV in process" in line]
+        self.assertEqual(len(first), 1, log)
+        frames = lines[first[0] + 1:]
+        self.assertGreaterEqual(len(frames), 3, log)
+        for frame in frames:
+            self.assertRegex(frame, r"^F \d{4}-\d\d-\d\dT[\d:.]+Z scanserve:   #\d+ 0x[0-9a-f]+", log)
+        # The main thread waits for a signal: its frames name libc and scanserve's own functions.
+        self.assertIn("libc.so", log)
+        self.assertIn("scanserve _ZN9scanserve", log)
+
+    def test_json(self):
+        code, log = self.crash("json", signal.SIGABRT)
+        self.assertEqual(code, -signal.SIGABRT, log)
+        crash = [json.loads(line) for line in log.splitlines() if '"source":"crash"' in line]
+        for line in log.splitlines():
+            json.loads(line)  # every line, the report's included
+        self.assertGreaterEqual(len(crash), 4, log)
+        self.assertTrue(crash[0]["msg"].startswith("crash: SIGABRT in process"), crash[0])
+        self.assertEqual({c["level"] for c in crash}, {"fatal"})
+
+
 def tearDownModule():
     for server in ServerProcess.started:
         if server.alive():
