@@ -27,6 +27,7 @@
 #include "engine/common/new_directory.h"
 #include "engine/common/status_macros.h"
 #include "engine/store/record_codec.h"
+#include "engine/store/rocksdb_info_log.h"
 
 namespace scanserve {
 namespace {
@@ -79,6 +80,9 @@ std::string Quoted(absl::string_view id) { return absl::StrCat("'", absl::CEscap
 // meanwhile Debian's RocksDB aborts on an assertion instead of failing. So the space is checked
 // first: the log's size, and a margin for the manifest, options and info log files.
 constexpr int64_t kOpenMarginBytes = int64_t{1} << 20;
+
+// RocksDB's info log: LOG and LOG.old, each at most this size.
+constexpr int64_t kInfoLogMaxBytes = int64_t{16} << 20;
 
 // Bytes free to the store on the file system holding `path`; none when it cannot tell (an error,
 // or a file system reporting no capacity at all, as some FUSE ones do).
@@ -265,7 +269,7 @@ absl::StatusOr<std::unique_ptr<RocksDbFeatureStore>> RocksDbFeatureStore::Open(
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = true;
   db_options.paranoid_checks = true;
-  db_options.keep_log_file_num = 10;  // RocksDB's own info logs, not the write-ahead log
+  db_options.info_log = OpenStoreInfoLog(path, kInfoLogMaxBytes);
 
   rocksdb::BlockBasedTableOptions table_options;
   table_options.block_cache = rocksdb::NewLRUCache(static_cast<size_t>(options.block_cache_bytes));
