@@ -6,7 +6,8 @@
 // server answered (the stream answers in order), whatever the answer; a rerun skips items up to it.
 // Failed items are listed on stderr and counted (exit code 1); rerun with --restart to resend
 // everything (upserts are idempotent, so resending is always safe). A checkpoint written for a
-// different input is refused unless --restart.
+// different input is refused unless --restart. A stream the connection's end cut short is reopened
+// where it stopped (ImportOptions::max_reconnects).
 #pragma once
 
 #include <cstdint>
@@ -25,6 +26,10 @@ struct ImportOptions {
   bool progress = true;
   bool json = false;            // summary as JSON on stdout
   int max_failures_shown = 20;
+  // An Ingest stream that ends UNAVAILABLE, RESOURCE_EXHAUSTED or ABORTED (the server restarting,
+  // a rolling update, the server's --max-connection-age-s) is reopened, its unanswered items resent
+  // (upserts are idempotent): at most this many times in a row without an answer between them.
+  int max_reconnects = 8;
 };
 
 // Returns the process exit code (0 all acked OK; 1 some failed or the RPC failed; 2 bad input or

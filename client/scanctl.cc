@@ -91,8 +91,12 @@ Commands:
       file=NAME. Files above --max-image-bytes (default 32M, the server's default) are refused
       before sending; the window defaults to 16 (each image takes the detector seconds)
     import flags: --resume-file FILE (default: next to the input), --restart (ignore the
-      checkpoint), --window N (unacknowledged items in flight, default 256), --no-progress
+      checkpoint), --window N (unacknowledged items in flight, default 256), --no-progress,
+      --max-reconnects N (default 8)
     An import keeps a checkpoint of the last acknowledged item; rerunning it resumes after that.
+    A stream cut short (UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED: a server restarting, a rolling
+    update, the server's --max-connection-age-s) is reopened where it stopped, with backoff, up to
+    --max-reconnects times in a row without progress.
   bench ("TEXT"... | --captions FILE | --image-id ID... | --image-ids FILE) [--concurrency N[,N...]]
         [--duration SECONDS] [--requests N] [--warmup SECONDS] [--queries-per-call Q] [--top-k K]
         [--collection C] [--where KEY=VALUE]...
@@ -616,13 +620,20 @@ int Health(Connection& connection, const std::vector<std::string>& argv, bool js
   return response.status() == grpc::health::v1::HealthCheckResponse::SERVING ? kExitOk : kExitUnavailable;
 }
 
-// The checkpoint next to the input unless --resume-file says otherwise.
-ImportOptions ImportOptionsFrom(const ParsedArgs& args, const std::string& default_checkpoint, bool json) {
+// The import flags; the checkpoint next to the input unless --resume-file says otherwise.
+absl::StatusOr<ImportOptions> ImportOptionsFrom(const ParsedArgs& args, const std::string& default_checkpoint,
+                                                bool json, int default_window) {
   ImportOptions options;
   options.checkpoint_path = args.Value("resume-file").value_or(default_checkpoint);
   options.restart = args.Switch("restart");
   options.progress = !args.Switch("no-progress");
   options.json = json;
+  absl::StatusOr<std::optional<int64_t>> window = args.Int("window", 1, 1'000'000);
+  if (!window.ok()) return window.status();
+  options.window = static_cast<int>(window->value_or(default_window));
+  absl::StatusOr<std::optional<int64_t>> reconnects = args.Int("max-reconnects", 0, 1000);
+  if (!reconnects.ok()) return reconnects.status();
+  if (reconnects->has_value()) options.max_reconnects = static_cast<int>(**reconnects);
   return options;
 }
 
@@ -630,7 +641,7 @@ int Import(Connection& connection, const std::vector<std::string>& argv, bool js
   if (argv.empty()) return UsageError("import needs a kind: precomp, tsv or images");
   const std::string kind = argv[0];
   const std::vector<std::string> rest(argv.begin() + 1, argv.end());
-  const std::set<std::string> import_flags = {"resume-file", "window"};
+  const std::set<std::string> import_flags = {"resume-file", "window", "max-reconnects"};
   const std::set<std::string> import_switches = {"restart", "no-progress"};
   if (kind == "precomp") {
     cli::ArgSpec spec{{"data-dir", "split", "collection"}, {"images-only", "captions-only"}};
@@ -649,17 +660,16 @@ int Import(Connection& connection, const std::vector<std::string>& argv, bool js
     }
     options.images = !args->Switch("captions-only");
     options.captions = !args->Switch("images-only");
-    absl::StatusOr<std::optional<int64_t>> window = args->Int("window", 1, 1'000'000);
-    if (!window.ok()) return UsageError(std::string(window.status().message()));
+    absl::StatusOr<ImportOptions> import_options = ImportOptionsFrom(
+        *args, (std::filesystem::path(options.data_dir) / (options.split + ".scanctl-import.json")).string(), json,
+        ImportOptions().window);
+    if (!import_options.ok()) return UsageError(std::string(import_options.status().message()));
     absl::StatusOr<std::unique_ptr<PrecompSource>> source = PrecompSource::Open(options);
     if (!source.ok()) return Fail(kExitUsage, source.status().ToString());
     std::fprintf(stderr, "scanctl: importing %lld images and %lld captions from %s/%s\n",
                  static_cast<long long>((*source)->num_images()), static_cast<long long>((*source)->num_captions()),
                  options.data_dir.c_str(), options.split.c_str());
-    ImportOptions import_options = ImportOptionsFrom(
-        *args, (std::filesystem::path(options.data_dir) / (options.split + ".scanctl-import.json")).string(), json);
-    if (window->has_value()) import_options.window = static_cast<int>(**window);
-    return RunImport(connection, **source, import_options);
+    return RunImport(connection, **source, *import_options);
   }
   if (kind == "tsv") {
     cli::ArgSpec spec{{"collection", "id-prefix", "feature-dim", "objects-vocab", "attributes-vocab"}, {}};
@@ -677,15 +687,14 @@ int Import(Connection& connection, const std::vector<std::string>& argv, bool js
     absl::StatusOr<std::optional<int64_t>> dim = args->Int("feature-dim", 0, 1 << 20);
     if (!dim.ok()) return UsageError(std::string(dim.status().message()));
     options.feature_dim = dim->value_or(2048);
-    absl::StatusOr<std::optional<int64_t>> window = args->Int("window", 1, 1'000'000);
-    if (!window.ok()) return UsageError(std::string(window.status().message()));
+    absl::StatusOr<ImportOptions> import_options =
+        ImportOptionsFrom(*args, options.path + ".scanctl-import.json", json, ImportOptions().window);
+    if (!import_options.ok()) return UsageError(std::string(import_options.status().message()));
     absl::StatusOr<std::unique_ptr<TsvSource>> source = TsvSource::Open(options);
     if (!source.ok()) return Fail(kExitUsage, source.status().ToString());
     std::fprintf(stderr, "scanctl: importing %lld images from %s\n", static_cast<long long>((*source)->total()),
                  options.path.c_str());
-    ImportOptions import_options = ImportOptionsFrom(*args, options.path + ".scanctl-import.json", json);
-    if (window->has_value()) import_options.window = static_cast<int>(**window);
-    return RunImport(connection, **source, import_options);
+    return RunImport(connection, **source, *import_options);
   }
   if (kind == "images") {
     cli::ArgSpec spec{{"collection", "id-prefix", "max-image-bytes"}, {"recursive"}};
@@ -704,8 +713,6 @@ int Import(Connection& connection, const std::vector<std::string>& argv, bool js
       if (!parsed.ok()) return UsageError(absl::StrCat("--max-image-bytes: ", parsed.status().message()));
       options.max_image_bytes = *parsed;
     }
-    absl::StatusOr<std::optional<int64_t>> window = args->Int("window", 1, 1'000'000);
-    if (!window.ok()) return UsageError(std::string(window.status().message()));
     absl::StatusOr<std::unique_ptr<ImageFilesSource>> source = ImageFilesSource::Open(options);
     if (!source.ok()) return Fail(kExitUsage, source.status().ToString());
     if ((*source)->total() == 0) return Fail(kExitUsage, "import images: no .jpg, .jpeg, .png or .webp files found");
@@ -717,9 +724,10 @@ int Import(Connection& connection, const std::vector<std::string>& argv, bool js
         std::filesystem::is_directory(first)
             ? (first / ".scanctl-import.json").string()
             : (first.parent_path() / (first.filename().string() + ".scanctl-import.json")).string();
-    ImportOptions import_options = ImportOptionsFrom(*args, checkpoint, json);
-    import_options.window = window->has_value() ? static_cast<int>(**window) : 16;
-    return RunImport(connection, **source, import_options);
+    // Each image takes the detector seconds: a smaller window.
+    absl::StatusOr<ImportOptions> import_options = ImportOptionsFrom(*args, checkpoint, json, 16);
+    if (!import_options.ok()) return UsageError(std::string(import_options.status().message()));
+    return RunImport(connection, **source, *import_options);
   }
   return UsageError(absl::StrCat("unknown import kind '", kind, "' (precomp, tsv or images)"));
 }

@@ -23,12 +23,17 @@ bound of its own: 12 clients uploading 24 MiB each at once grew the server by ~6
 quota, gRPC refuses the calls buffering the most instead (RESOURCE_EXHAUSTED, or UNAVAILABLE where
 it closes a connection): some of those uploads are refused, the server's peak memory grows by less than the uploads' bytes, and it serves on.
 
+The same ages close long Ingest streams: `scanctl import` reopens the stream where it stopped and
+resends what was unanswered, so an import of 3,600 items one at a time, over many connections'
+lives, stores every item.
+
 --keepalive-s: the server pings idle connections (to drop dead clients and keep NAT state). Through
 a counting proxy, an idle connection receives PING frames within 5 s with the flag at 1 s, and
 nothing without it.
 """
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -206,6 +211,41 @@ class ConnectionsTest(unittest.TestCase):
         self.assertGreater(len(failures), 5, log)
         self.assertEqual(code, 0, log)
 
+
+    def test_an_import_outlives_its_connections(self):
+        """A server with --max-connection-age-s closes every connection after age + grace, long
+        Ingest streams included: scanctl import reopens the stream where it stopped."""
+        scanctl = os.path.join(h.BUILD_DIR, "client", "scanctl")
+        h.require_executable(scanctl, "scanctl")
+        d = os.path.join(self.tmp, "precomp")
+        os.makedirs(d, exist_ok=True)
+        rng = np.random.default_rng(21)
+        n_images, n_captions = 600, 3000  # five captions per image, as the precomp layout has
+        ims = np.stack([h.sc.random_region_features(rng, 4, h.IMG_DIM) for _ in range(n_images)])
+        np.save(os.path.join(d, "long_ims.npy"), ims.astype(np.float32))
+        with open(os.path.join(d, "long_caps.txt"), "w") as f:
+            f.write("\n".join(h.random_captions(rng, n_captions)) + "\n")
+        server = h.ServerProcess(self.tmp, "aged-import", [self.model_dir], os.path.join(self.tmp, "aged-import"),
+                                 extra=["--max-connection-age-s", "1", "--max-connection-age-grace-s", "1"]).start()
+        try:
+            server.wait_listening()
+            # One item in flight at a time: the import lasts seconds, beyond several connections' lives.
+            r = subprocess.run([scanctl, "--server", "127.0.0.1:%d" % server.port, "--json", "import", "precomp",
+                                "--data-dir", d, "--split", "long", "--window", "1", "--no-progress"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr + server.log_tail())
+            summary = json.loads(r.stdout.strip().splitlines()[-1])
+            total = n_images + n_captions
+            self.assertEqual((summary["total"], summary["acked"], summary["failed"]), (total, total, 0), summary)
+            self.assertGreater(summary["seconds"], 2.5, "the import must outlast a connection (age 1 s + grace 1 s)")
+            self.assertGreaterEqual(summary["reconnects"], 1, r.stderr)
+            self.assertIn("reconnecting", r.stderr)
+            with grpc.insecure_channel("127.0.0.1:%d" % server.port, options=h.CHANNEL_OPTIONS) as channel:
+                stats = self.pb_grpc.ScanServiceStub(channel).GetStats(self.pb.GetStatsRequest(),
+                                                                       timeout=h.RPC_TIMEOUT_S)
+            self.assertEqual((stats.images, stats.captions), (n_images, n_captions))
+        finally:
+            server.kill()
 
     def test_memory_quota_refuses_large_uploads_past_it(self):
         upload_mib, clients = 24, 12
