@@ -76,9 +76,10 @@ absl::Status FromRocksDb(const rocksdb::Status& s, absl::string_view context) {
 
 std::string Quoted(absl::string_view id) { return absl::StrCat("'", absl::CEscape(id), "'"); }
 
-// Opening replays the write-ahead log into new table and blob files, and when the disk fills
-// meanwhile Debian's RocksDB aborts on an assertion instead of failing. So the space is checked
-// first: the log's size, and a margin for the manifest, options and info log files.
+// Opening replays the write-ahead log into new table and blob files. On a full disk RocksDB says
+// only "No space left on device" about some file (before the store had its own info logger,
+// rocksdb_info_log.h, it aborted there instead). So the space is checked first, to say how much is
+// needed: the log's size, and a margin for the manifest, options and info log files.
 constexpr int64_t kOpenMarginBytes = int64_t{1} << 20;
 
 // RocksDB's info log: LOG and LOG.old, each at most this size.

@@ -18,7 +18,8 @@ Images are upserted one per call until the disk is full. Then:
   * with four writers, deletes, snapshots and scrapes at once as the disk fills, the server stays
     up (RocksDB's own info logger used to abort it, see the test).
 And a server restarted on a full disk (its write-ahead log to replay, no room for it) exits with a
-message saying so, where RocksDB alone would abort on an assertion; it starts once space is back.
+message saying how much space it needs (RocksDB alone names a file it could not write); it
+starts once space is back.
 """
 
 import os
@@ -297,7 +298,7 @@ class DiskFullTest(unittest.TestCase):
         finally:
             refused.kill()
         log = refused.log_tail(20000)
-        self.assertEqual(code, 1, "a clean refusal, not a crash (RocksDB asserts when it runs out):\n" + log)
+        self.assertEqual(code, 1, "a clean refusal saying how much space is needed:\n" + log)
         self.assertIn("RESOURCE_EXHAUSTED", log)
         self.assertIn("free some space", log)
 
