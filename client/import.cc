@@ -61,10 +61,6 @@ absl::Status SaveCheckpoint(const std::string& path, const Checkpoint& checkpoin
   return absl::OkStatus();
 }
 
-}  // namespace
-
-namespace {
-
 // Ends of an Ingest stream that another stream may get past: the connection closed (a server
 // restarting, a rolling update, --max-connection-age on the server), or the server or gRPC's
 // memory quota refusing for now.
@@ -204,7 +200,7 @@ int RunImport(Connection& connection, IngestSource& source, const ImportOptions&
     bool more_to_send;
     {
       std::lock_guard<std::mutex> lock(state.mu);
-      more_to_send = !state.unanswered.empty() || (!state.source_done && state.source_status.ok());
+      more_to_send = !state.unanswered.empty() || !state.source_done;
     }
     // Only a stream cut short is reopened: one that never got an answer in this run (a wrong
     // address, a server down) fails at once, as other commands do.

@@ -654,7 +654,7 @@ absl::StatusOr<CommandLine> ParseCommandLine(int argc, const char* const* argv) 
                                                    " exceeds --detector-max-boxes ", detector.max_boxes));
   }
   const ServerOptions& server = result.config.server;
-  if (server.grpc_memory_quota_bytes != 0 && server.grpc_memory_quota_bytes / 2 < server.max_message_bytes) {
+  if (!GrpcMemoryQuotaIsValid(server)) {
     return absl::InvalidArgumentError(absl::StrCat("--grpc-memory-quota ", server.grpc_memory_quota_bytes,
                                                    " must be 0 or at least twice --max-message-bytes ",
                                                    server.max_message_bytes, " (a message is held twice while decoded)"));

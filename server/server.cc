@@ -32,14 +32,18 @@ constexpr char kServiceName[] = "scanserve.v1.ScanService";
 
 }  // namespace
 
+bool GrpcMemoryQuotaIsValid(const ServerOptions& options) {
+  return options.grpc_memory_quota_bytes == 0 ||
+         (options.grpc_memory_quota_bytes > 0 && options.grpc_memory_quota_bytes / 2 >= options.max_message_bytes);
+}
+
 absl::Status ValidateServerOptions(const ServerOptions& options) {
   if (options.listen_address.empty()) return absl::InvalidArgumentError("listen address is empty");
   if (options.max_message_bytes < 1024 || options.max_message_bytes > INT_MAX) {
     return absl::InvalidArgumentError(absl::StrCat("max_message_bytes must be in 1024..", INT_MAX, ", got ",
                                                    options.max_message_bytes));
   }
-  if (options.grpc_memory_quota_bytes != 0 && (options.grpc_memory_quota_bytes < 0 ||
-                                                options.grpc_memory_quota_bytes / 2 < options.max_message_bytes)) {
+  if (!GrpcMemoryQuotaIsValid(options)) {
     return absl::InvalidArgumentError(
         absl::StrCat("grpc_memory_quota_bytes must be 0 (no bound) or at least twice max_message_bytes (",
                      2 * options.max_message_bytes, "), got ", options.grpc_memory_quota_bytes));

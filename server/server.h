@@ -101,6 +101,10 @@ struct ServerOptions {
 // INVALID_ARGUMENT naming the first field out of range.
 absl::Status ValidateServerOptions(const ServerOptions& options);
 
+// Whether grpc_memory_quota_bytes is 0 (no bound) or holds one largest message twice over (it is
+// held twice while decoded). The command line checks it too, to refuse before loading the models.
+bool GrpcMemoryQuotaIsValid(const ServerOptions& options);
+
 class Server {
  public:
   // Validates the options, reads and checks the TLS and token files, and builds the service,

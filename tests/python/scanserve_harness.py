@@ -211,13 +211,21 @@ class ServerProcess(object):
         self.kill()
         raise AssertionError("%s did not start within %d s\n%s" % (self.name, timeout, self.log_tail()))
 
-    def rss_kib(self):
-        """VmRSS of the server process, KiB (from /proc/PID/status)."""
+    def status_kib(self, field):
+        """A memory field of the server process's /proc/PID/status (VmRSS, VmHWM, ...), KiB."""
         with open("/proc/%d/status" % self.proc.pid) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
-        raise AssertionError("no VmRSS in /proc/%d/status" % self.proc.pid)
+        raise AssertionError("no %s in /proc/%d/status" % (field, self.proc.pid))
+
+    def rss_kib(self):
+        """Resident memory of the server process now, KiB."""
+        return self.status_kib("VmRSS")
+
+    def peak_rss_kib(self):
+        """The most resident memory the server process has had, KiB."""
+        return self.status_kib("VmHWM")
 
     def scrape(self, timeout=10):
         """GET /metrics as text."""

@@ -253,7 +253,7 @@ class ConnectionsTest(unittest.TestCase):
                                  extra=["--grpc-memory-quota", "64M", "--max-message-bytes", "32M"]).start()
         try:
             server.wait_listening()
-            before = peak_rss_mib(server.proc.pid)
+            before = server.peak_rss_kib() >> 10
             # Region features of the wrong width: each upload is refused for that, quickly, once
             # it has arrived whole; what is measured is its arrival.
             rows = (upload_mib << 20) // ((h.IMG_DIM + 1) * 4)
@@ -266,7 +266,7 @@ class ConnectionsTest(unittest.TestCase):
             # Separate processes, as separate clients would be: one Python process cannot send
             # that fast from several threads.
             codes = run_clients(clients, path, "127.0.0.1:%d" % server.port)
-            grown = peak_rss_mib(server.proc.pid) - before
+            grown = (server.peak_rss_kib() >> 10) - before
             self.assertTrue(server.alive(), server.log_tail())
             # gRPC cancels the streams buffering the most (RESOURCE_EXHAUSTED) and may close a
             # connection too (GOAWAY: UNAVAILABLE, which clients retry).
@@ -278,14 +278,6 @@ class ConnectionsTest(unittest.TestCase):
                     self.pb.SearchImagesRequest(queries=["a dog"]), timeout=h.RPC_TIMEOUT_S)
         finally:
             server.kill()
-
-
-def peak_rss_mib(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) >> 10
-    raise AssertionError("no VmHWM in /proc/%d/status" % pid)
 
 
 UPLOAD_CLIENT = r"""

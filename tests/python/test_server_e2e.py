@@ -576,10 +576,7 @@ class ServerTest(E2EBase):
 
         # Compressed requests are refused by default: gRPC would inflate this 100 KB of gzip to 100 MiB
         # before noticing it is over --max-message-bytes.
-        def peak_rss_kb():
-            with open("/proc/%d/status" % self.server.proc.pid) as f:
-                return int([line for line in f if line.startswith("VmHWM:")][0].split()[1])
-        before = peak_rss_kb()
+        before = self.server.peak_rss_kib()
         bomb = b"\x0a\x80\x80\x80\x32" + b"a" * (100 << 20)  # queries[0]: 100 MiB
         for raw, what in ((bomb, "a gzip bomb"), (pb.SearchImagesRequest(queries=["a dog"]).SerializeToString(),
                                                   "a small compressed request")):
@@ -588,7 +585,7 @@ class ServerTest(E2EBase):
                     raw, timeout=60, compression=grpc.Compression.Gzip, metadata=md)
             self.assertEqual(ctx.exception.code(), grpc.StatusCode.UNIMPLEMENTED, what)
             self.assertIn("is disabled", ctx.exception.details(), what)
-        self.assertLess(peak_rss_kb() - before, 50 << 10, "the bomb was not inflated")
+        self.assertLess(self.server.peak_rss_kib() - before, 50 << 10, "the bomb was not inflated")
         self.assert_still_serving("the bad inputs")
 
     def test_07_stats_and_metrics(self):
