@@ -586,6 +586,9 @@ int Stats(Connection& connection, const std::vector<std::string>& argv, bool jso
   if (response.store_disk_free_bytes() >= 0) {
     table.AddRow({"disk free", FormatBytes(response.store_disk_free_bytes())});
   }
+  if (response.store_writes_stopped()) {
+    table.AddRow({"store writes", "stopped by an I/O error: refused until the store reopens"});
+  }
   table.AddRow({"backend", response.backend()});
   table.AddRow({"encoder device", response.encoder_device()});
   table.AddRow({"storage", response.storage()});

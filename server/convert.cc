@@ -437,6 +437,7 @@ void StatsToProto(const EngineStats& stats, const std::vector<std::string>& mode
   out->set_query_precision(stats.query_precision);
   out->set_store_disk_bytes(stats.store_disk_bytes);
   out->set_store_disk_free_bytes(stats.store_disk_free_bytes);
+  out->set_store_writes_stopped(stats.store_writes_stopped);
   out->set_version(version);
   out->set_detector_loaded(detector != nullptr);
   if (detector != nullptr) out->set_detector(detector->summary);

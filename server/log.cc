@@ -11,6 +11,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/engine_log.h"
 
 namespace scanserve {
 namespace {
@@ -114,6 +115,13 @@ void LogFromProtobuf(google::protobuf::LogLevel severity, const char* file, int 
        LogField::Number("line", line)});
 }
 
+void LogFromEngine(EngineLogLevel severity, std::string_view message) {
+  const LogLevel level = severity == EngineLogLevel::kError     ? LogLevel::kError
+                         : severity == EngineLogLevel::kWarning ? LogLevel::kWarning
+                                                                : LogLevel::kInfo;
+  Log(level, absl::string_view(message.data(), message.size()), {LogField::Text("source", "engine")});
+}
+
 }  // namespace
 
 absl::StatusOr<LogFormat> ParseLogFormat(absl::string_view name) {
@@ -163,6 +171,7 @@ void Log(LogLevel level, absl::string_view message, const std::vector<LogField>&
 }
 
 void RouteLibraryLogs() {
+  SetEngineLogSink(LogFromEngine);
   if (g_format.load() != LogFormat::kJson) return;
   gpr_set_log_function(LogFromGrpc);
   google::protobuf::SetLogHandler(LogFromProtobuf);

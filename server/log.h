@@ -50,9 +50,11 @@ void Log(LogLevel level, absl::string_view message, const std::vector<LogField>&
 std::string FormatLogLine(LogFormat format, LogLevel level, absl::string_view message,
                           const std::vector<LogField>& fields, std::chrono::system_clock::time_point now);
 
-// With the JSON format, routes gRPC's log lines (gpr_log: failed handshakes, transport errors) and
-// protobuf's (a request string that is not UTF-8) through Log, with the fields source ("grpc" or
-// "protobuf"), file and line; the text format keeps the libraries' own lines. Call once at start.
+// Routes the engine's messages (engine_log.h: the store, the scorers) through Log, with the field
+// source "engine". With the JSON format, also gRPC's log lines (gpr_log: failed handshakes,
+// transport errors) and protobuf's (a request string that is not UTF-8), with the fields source
+// ("grpc" or "protobuf"), file and line; the text format keeps those libraries' own lines. Call
+// once at start.
 void RouteLibraryLogs();
 
 }  // namespace scanserve

@@ -263,6 +263,18 @@ ServerMetrics::ServerMetrics(const std::string& version)
                                 .Name("scanserve_store_disk_free_bytes")
                                 .Help("Free space on the durable store's file system, bytes.")
                                 .Register(r);
+  store_writes_stopped_ = &prometheus::BuildGauge()
+                               .Name("scanserve_store_writes_stopped")
+                               .Help("1 while an I/O error has stopped the store's writes (they are "
+                                     "refused until the store is reopened, which the next write "
+                                     "tries), else 0.")
+                               .Register(r)
+                               .Add({});
+  store_reopens_ = &prometheus::BuildCounter()
+                        .Name("scanserve_store_reopens_total")
+                        .Help("Reopens of the store after an I/O error had stopped its writes.")
+                        .Register(r)
+                        .Add({});
   store_sync_seconds_ = &prometheus::BuildCounter()
                              .Name("scanserve_store_sync_seconds_total")
                              .Help("Time spent in durable (fsync'd) store writes since start, seconds.")
@@ -431,8 +443,10 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
   if (stats.store_disk_free_bytes >= 0) {
     store_disk_free_bytes().Set(static_cast<double>(stats.store_disk_free_bytes));
   }
+  store_writes_stopped_->Set(stats.store_writes_stopped ? 1 : 0);
   // The engine's values are cumulative; counters only move forward, by the growth since last time.
   std::lock_guard<std::mutex> lock(stats_mu_);
+  AdvanceCounter(*store_reopens_, stats.store_reopens, &seen_reopens_);
   AdvanceCounter(*store_synced_writes_, stats.store_synced_writes, &seen_synced_writes_);
   AdvanceCounter(*store_sync_seconds_, stats.store_sync_seconds, &seen_sync_seconds_);
   AdvanceCounter(*store_failed_writes_, stats.store_failed_writes, &seen_failed_writes_);

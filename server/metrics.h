@@ -145,6 +145,11 @@ class ServerMetrics {
   prometheus::Counter& store_failed_writes() { return *store_failed_writes_; }
   // scanserve_store_disk_free_bytes: free space on the store's file system (absent when unknown).
   prometheus::Gauge& store_disk_free_bytes();
+  // scanserve_store_writes_stopped: 1 while an I/O error has stopped the store's writes (until
+  // the store is reopened, which the next write tries), else 0.
+  prometheus::Gauge& store_writes_stopped() { return *store_writes_stopped_; }
+  // scanserve_store_reopens_total: reopens of the store after such errors.
+  prometheus::Counter& store_reopens() { return *store_reopens_; }
   // scanserve_engine_encode_seconds_total{direction} / scanserve_engine_score_seconds_total
   // {direction}: the two phases of the engine's searches, summed (encode: queries to embeddings;
   // score: SCAN scoring of every stored item + top-k), seconds. rate(score) / rate(encode) says
@@ -221,12 +226,15 @@ class ServerMetrics {
   prometheus::Counter* store_synced_writes_;
   prometheus::Counter* store_failed_writes_;
   prometheus::Family<prometheus::Gauge>* store_disk_free_bytes_;
+  prometheus::Gauge* store_writes_stopped_;
+  prometheus::Counter* store_reopens_;
   prometheus::Counter* store_sync_seconds_;
 
   // Cumulative engine values already added to the store counters.
   std::mutex stats_mu_;
   int64_t seen_synced_writes_ = 0;
   int64_t seen_failed_writes_ = 0;
+  int64_t seen_reopens_ = 0;
   double seen_sync_seconds_ = 0;
   SearchPhaseSeconds seen_phases_[2];  // [text_to_image, image_to_text]
   RankingCounts seen_ranked_[2];

@@ -252,7 +252,11 @@ void Server::WatchEngineHealth() {
   std::unique_lock<std::mutex> lock(health_mu_);
   while (!health_cv_.wait_for(lock, std::chrono::milliseconds(options_.health_poll_ms),
                               [this] { return stopped_.load(); })) {
+    lock.unlock();  // a reopen may take a while; Stop must not wait for it to signal
+    // The store's log lines say how a reopen went; the next poll tries again.
+    engine_->RecoverStoreWrites().IgnoreError();
     const absl::Status health = engine_->Health();
+    lock.lock();
     if (health.ok()) continue;
     // Load balancers and orchestrators move traffic away; the server keeps answering what it can.
     Drain();

@@ -150,7 +150,8 @@ class Server {
  private:
   Server(ServerOptions options, std::unique_ptr<RetrievalEngine> engine, std::unique_ptr<RegionDetector> detector);
   absl::Status WarmUp();
-  // Polls engine_->Health() every options_.health_poll_ms until Stop().
+  // Every options_.health_poll_ms until Stop(): lets the engine reopen a store whose writes an I/O
+  // error stopped, and polls engine_->Health().
   void WatchEngineHealth();
 
   const ServerOptions options_;

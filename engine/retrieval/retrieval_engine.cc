@@ -37,6 +37,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/engine_log.h"
 #include "engine/common/new_directory.h"
 #include "engine/common/status_macros.h"
 #include "engine/eval/similarity.h"
@@ -215,7 +216,7 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   ~ScanRetrievalEngine() override {
     const absl::Status closed = Close();
     if (!closed.ok())
-      std::fprintf(stderr, "RetrievalEngine: closing: %s\n", closed.ToString().c_str());
+      EngineLog(EngineLogLevel::kError, absl::StrCat("RetrievalEngine: closing: ", closed.ToString()));
   }
 
   // Reads every stored item into the scorers (Create, before anyone else sees the engine).
@@ -247,6 +248,7 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   EngineStats Stats() const override;
   absl::Status Health() const override;
   absl::Status Close() override;
+  absl::Status RecoverStoreWrites() override;
 
  private:
   using ScorerOf = std::unique_ptr<Scorer> ModelSlot::*;
@@ -360,6 +362,24 @@ class ScanRetrievalEngine final : public RetrievalEngine {
 
   // Records that model m's scorer failed to apply a committed change.
   void NoteOutOfSync(size_t m, const absl::Status& failure);
+
+  // Ids of each kind ([image, caption]) whose store write failed: the store may hold the write or
+  // not (a failed log sync leaves its bytes to be replayed when the store is reopened), so before
+  // the next write they are read back and the scorers and catalog made to match the store.
+  // Guarded by writer_mu_.
+  absl::flat_hash_set<std::string> doubtful_[2];
+  void NoteDoubtfulIds(ItemKind kind, absl::Span<const std::string> ids) {
+    doubtful_[kind == ItemKind::kImage ? 0 : 1].insert(ids.begin(), ids.end());
+  }
+  template <typename Record>
+  void NoteDoubtfulRecords(ItemKind kind, const std::vector<Record>& records) {
+    for (const Record& record : records) doubtful_[kind == ItemKind::kImage ? 0 : 1].insert(record.id);
+  }
+  // Before a store write: reopens the store if an I/O error stopped its writes, then settles the
+  // doubtful ids. Caller holds writer_mu_.
+  absl::Status PrepareStoreWrite();
+  template <typename Record>
+  absl::Status SettleDoubtful(ItemKind kind);
   // Why the engine refuses work now (closed, or out of sync with the store); OK while it serves.
   // Callers hold writer_mu_ or state_mu_.
   absl::Status Refusal() const {
@@ -377,10 +397,9 @@ int64_t FeatureBytesLimit(const RetrievalEngineOptions& options,
     for (const Scorer* scorer : {slot.images.get(), slot.captions.get()}) {
       const int64_t capacity = scorer->MemoryCapacityBytes();
       if (capacity >= 0 && capacity < limit) {
-        std::fprintf(stderr,
-                     "RetrievalEngine: scorer memory limited to %lld bytes by device memory "
-                     "(max_feature_bytes %lld)\n",
-                     static_cast<long long>(capacity), static_cast<long long>(limit));
+        EngineLog(EngineLogLevel::kInfo,
+                  absl::StrCat("RetrievalEngine: scorer memory limited to ", capacity,
+                               " bytes by device memory (max_feature_bytes ", limit, ")"));
         limit = capacity;
       }
     }
@@ -598,8 +617,8 @@ absl::Status ScanRetrievalEngine::AddSynthetic(ItemKind kind, int64_t count) {
     for (size_t i = 0; i < keys.size(); ++i) items.Insert(keys[i], std::move(entries[i]));
     added += static_cast<int64_t>(keys.size());
   }
-  std::fprintf(stderr, "RetrievalEngine: added %lld synthetic %s (benchmark items, not stored)\n",
-               static_cast<long long>(added), kind_name);
+  EngineLog(EngineLogLevel::kInfo, absl::StrCat("RetrievalEngine: added ", added, " synthetic ",
+                                                kind_name, " (benchmark items, not stored)"));
   return absl::OkStatus();
 }
 
@@ -703,7 +722,11 @@ void ScanRetrievalEngine::Commit(std::vector<Record> records, const std::vector<
   if (accepted.empty()) return;
 
   // Durable first: an item is acked only once it is in the fsync'd log.
-  const absl::Status written = PutRecords(*store_, accepted);
+  absl::Status written = PrepareStoreWrite();
+  if (written.ok()) {
+    written = PutRecords(*store_, accepted);
+    if (!written.ok()) NoteDoubtfulRecords(kind, accepted);
+  }
   if (!written.ok()) {
     for (size_t i : accepted_index) (*results)[i].status = written;
     return;
@@ -885,7 +908,11 @@ std::vector<ItemResult> ScanRetrievalEngine::Delete(absl::Span<const std::string
     }
   }
   if (doomed.empty()) return results;
-  const absl::Status deleted = DeleteRecords(*store_, doomed, kind);
+  absl::Status deleted = PrepareStoreWrite();
+  if (deleted.ok()) {
+    deleted = DeleteRecords(*store_, doomed, kind);
+    if (!deleted.ok()) NoteDoubtfulIds(kind, doomed);
+  }
   if (!deleted.ok()) {
     for (size_t i : index) results[i].status = deleted;
     return results;
@@ -1102,6 +1129,10 @@ std::vector<ItemResult> ScanRetrievalEngine::Update(const std::vector<ItemUpdate
     for (size_t i : valid) results[i].status = refused;
     return results;
   }
+  if (const absl::Status prepared = PrepareStoreWrite(); !prepared.ok()) {
+    for (size_t i : valid) results[i].status = prepared;
+    return results;
+  }
   Catalog& items = catalog(kind);
   for (size_t begin = 0; begin < valid.size(); begin += kGetChunk) {
     const size_t end = std::min(valid.size(), begin + kGetChunk);
@@ -1135,6 +1166,7 @@ std::vector<ItemResult> ScanRetrievalEngine::Update(const std::vector<ItemUpdate
     if (changed.empty()) continue;
     const absl::Status written = PutRecords(*store_, changed);
     if (!written.ok()) {
+      NoteDoubtfulRecords(kind, changed);
       for (size_t i : changed_index) results[i].status = written;
       continue;
     }
@@ -1168,6 +1200,7 @@ absl::StatusOr<SnapshotInfo> ScanRetrievalEngine::CreateSnapshot(const std::stri
   if (closed_) return absl::FailedPreconditionError("the engine is closed");
   if (data_dir.empty()) return absl::InvalidArgumentError("the snapshot directory is empty");
   SCANSERVE_RETURN_IF_ERROR(CheckNewDirectory(data_dir, "snapshot directory"));
+  SCANSERVE_RETURN_IF_ERROR(PrepareStoreWrite());  // the copy then matches what is served
   std::error_code error;
   const fs::path dir(data_dir);
   if (!fs::create_directory(dir, error)) {
@@ -1627,6 +1660,8 @@ EngineStats ScanRetrievalEngine::Stats() const {
   stats.store_sync_seconds = store.sync_write_seconds;
   stats.store_failed_writes = store.failed_writes;
   stats.store_disk_free_bytes = store.disk_free_bytes;
+  stats.store_writes_stopped = store.writes_stopped;
+  stats.store_reopens = store.reopens;
   const auto seconds = [this](Direction d, Phase p) {
     return 1e-9 * static_cast<double>(phase_ns_[d][p].load(std::memory_order_relaxed));
   };
@@ -1642,9 +1677,74 @@ EngineStats ScanRetrievalEngine::Stats() const {
   return stats;
 }
 
+absl::Status ScanRetrievalEngine::RecoverStoreWrites() {
+  if (!store_->WritesStopped()) return absl::OkStatus();  // the common case takes no lock
+  std::lock_guard<std::mutex> writer(writer_mu_);
+  SCANSERVE_RETURN_IF_ERROR(Refusal());
+  return PrepareStoreWrite();
+}
+
+absl::Status ScanRetrievalEngine::PrepareStoreWrite() {
+  SCANSERVE_RETURN_IF_ERROR(store_->RecoverWrites());
+  SCANSERVE_RETURN_IF_ERROR(SettleDoubtful<StoredImage>(ItemKind::kImage));
+  return SettleDoubtful<StoredCaption>(ItemKind::kCaption);
+}
+
+template <typename Record>
+absl::Status ScanRetrievalEngine::SettleDoubtful(ItemKind kind) {
+  absl::flat_hash_set<std::string>& doubtful = doubtful_[kind == ItemKind::kImage ? 0 : 1];
+  if (doubtful.empty()) return absl::OkStatus();
+  Catalog& items = catalog(kind);
+  std::vector<std::string> ids(doubtful.begin(), doubtful.end());
+  int64_t stored = 0, unserved = 0;
+  for (size_t begin = 0; begin < ids.size(); begin += kGetChunk) {
+    const absl::Span<const std::string> chunk =
+        absl::MakeConstSpan(ids).subspan(begin, std::min(kGetChunk, ids.size() - begin));
+    absl::StatusOr<std::vector<std::optional<Record>>> read =
+        ReadRecords(*store_, chunk, static_cast<const Record*>(nullptr));
+    if (!read.ok()) {
+      return Prefixed(read.status(), "reading back the items of a failed store write: ");
+    }
+    std::vector<Record> present;
+    std::vector<int64_t> absent_keys;
+    for (size_t j = 0; j < chunk.size(); ++j) {
+      if ((*read)[j].has_value()) {
+        present.push_back(*std::move((*read)[j]));
+        continue;
+      }
+      auto it = items.key_of_id.find(chunk[j]);
+      if (it != items.key_of_id.end() && !items.Get(it->second).synthetic()) {
+        absent_keys.push_back(it->second);
+      }
+    }
+    std::unique_lock<WriterPreferringSharedMutex> state(state_mu_);
+    if (!present.empty()) {
+      // Republishing an unchanged record replaces it by itself; a scorer failing here leaves the
+      // store holding what is not served, as when a committed change cannot be applied.
+      const absl::Status published = Publish(present, kind);
+      if (!published.ok()) NoteOutOfSync(0, published);
+    }
+    for (size_t m = 0; m < num_models() && !absent_keys.empty(); ++m) {
+      const absl::Status removed = (models_[m].*side(kind))->Remove(absent_keys);
+      if (!removed.ok()) NoteOutOfSync(m, removed);
+    }
+    for (int64_t key : absent_keys) items.Erase(key);
+    stored += static_cast<int64_t>(present.size());
+    unserved += static_cast<int64_t>(absent_keys.size());
+    for (const std::string& id : chunk) doubtful.erase(id);
+  }
+  EngineLog(EngineLogLevel::kWarning,
+            absl::StrCat("RetrievalEngine: read back the ", ids.size(), " ", KindName(kind),
+                         "(s) of failed store writes: ", stored, " stored, ",
+                         static_cast<int64_t>(ids.size()) - stored, " not stored (", unserved,
+                         " of them no longer served); what is served matches the store"));
+  return Refusal();
+}
+
 void ScanRetrievalEngine::NoteOutOfSync(size_t m, const absl::Status& failure) {
-  std::fprintf(stderr, "RetrievalEngine: model %zu's scorer failed to apply a stored change: %s\n",
-               m + 1, failure.ToString().c_str());
+  EngineLog(EngineLogLevel::kError,
+            absl::StrCat("RetrievalEngine: model ", m + 1,
+                         "'s scorer failed to apply a stored change: ", failure.ToString()));
   if (!out_of_sync_.ok()) return;
   out_of_sync_ = absl::InternalError(absl::StrCat(
       "model ", m + 1, "'s scorer could not apply a change the store holds (", failure.message(),

@@ -249,6 +249,9 @@ struct EngineStats {
   double store_sync_seconds = 0;      // total time spent in them
   int64_t store_failed_writes = 0;    // write batches the store failed since start (full disk, I/O)
   int64_t store_disk_free_bytes = -1;  // free on the store's file system; -1 unknown
+  bool store_writes_stopped = false;  // an I/O error stopped the store's writes; it is reopened
+                                      // before the next write (see RocksDbFeatureStore)
+  int64_t store_reopens = 0;          // reopens after such errors since start
   SearchPhaseSeconds text_to_image;   // SearchImages
   SearchPhaseSeconds image_to_text;   // SearchCaptions
   RankingCounts text_to_image_ranking;
@@ -331,6 +334,10 @@ class RetrievalEngine {
   // OK while every part can answer; else why not (a scorer that broke, a closed engine). The
   // server reports NOT_SERVING from then on.
   virtual absl::Status Health() const { return absl::OkStatus(); }
+  // When an I/O error has stopped the store's writes: tries to reopen it (as the next write would),
+  // so that writes resume, and the metrics say so, without waiting for one. The server calls it
+  // every health poll. OK when writes are possible.
+  virtual absl::Status RecoverStoreWrites() { return absl::OkStatus(); }
   // Flushes and closes the store; further calls fail with FAILED_PRECONDITION.
   virtual absl::Status Close() = 0;
 };

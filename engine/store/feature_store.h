@@ -60,6 +60,8 @@ struct FeatureStoreStats {
   double sync_write_seconds = 0;  // time spent in them (the fsync dominates)
   int64_t failed_writes = 0;      // write batches that failed since open (a full disk, I/O errors)
   int64_t disk_free_bytes = -1;   // free to the store on its file system; -1 when not on disk
+  bool writes_stopped = false;    // an I/O error stopped writes until a reopen (RecoverWrites)
+  int64_t reopens = 0;            // reopens after such errors since open
 };
 
 class FeatureStore {
@@ -98,6 +100,15 @@ class FeatureStore {
 
   // Flushes and closes; idempotent.
   virtual absl::Status Close() = 0;
+
+  // Makes writes possible again after an I/O error that stopped them (RocksDbFeatureStore: a
+  // failed write or sync of its log, after which RocksDB refuses writes until it is reopened).
+  // OK when writes are possible; UNAVAILABLE while the reopen keeps failing. Writes call it
+  // themselves; callers that must know when a reopen happened (to settle writes whose failure left
+  // their outcome unknown) call it first.
+  virtual absl::Status RecoverWrites() { return absl::OkStatus(); }
+  // Whether writes are stopped until RecoverWrites succeeds; cheap (no I/O).
+  virtual bool WritesStopped() const { return false; }
 
   // One item: NOT_FOUND when absent.
   absl::StatusOr<StoredImage> GetImage(const std::string& id) const;

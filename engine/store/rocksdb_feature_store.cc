@@ -24,6 +24,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "engine/common/engine_log.h"
 #include "engine/common/new_directory.h"
 #include "engine/common/status_macros.h"
 #include "engine/store/record_codec.h"
@@ -85,6 +86,10 @@ constexpr int64_t kOpenMarginBytes = int64_t{1} << 20;
 // RocksDB's info log: LOG and LOG.old, each at most this size.
 constexpr int64_t kInfoLogMaxBytes = int64_t{16} << 20;
 
+// Reopening after an I/O error that stopped writes: retried after 0.5 s, doubling up to 30 s.
+constexpr std::chrono::milliseconds kFirstReopenBackoff{500};
+constexpr std::chrono::milliseconds kMaxReopenBackoff{30000};
+
 // Bytes free to the store on the file system holding `path`; none when it cannot tell (an error,
 // or a file system reporting no capacity at all, as some FUSE ones do).
 std::optional<int64_t> FreeBytes(const std::string& path) {
@@ -118,8 +123,14 @@ rocksdb::Slice ToSlice(const std::string& s) { return rocksdb::Slice(s.data(), s
 }  // namespace
 
 struct RocksDbFeatureStore::Impl {
-  // Shared by every operation, exclusive for Close: guards db (null once closed) and the handles.
+  std::string path;
+  rocksdb::DBOptions db_options;
+  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;  // every family the database has
+
+  // Shared by every operation, exclusive for Close and reopening: guards db (null once closed, or
+  // while a reopen after an I/O error has not succeeded yet), the handles and closed.
   mutable std::shared_mutex mu;
+  bool closed = false;
   std::unique_ptr<rocksdb::DB> db;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;  // owned; destroyed in Close
   rocksdb::ColumnFamilyHandle* images = nullptr;
@@ -133,8 +144,118 @@ struct RocksDbFeatureStore::Impl {
   std::atomic<int64_t> sync_write_nanos{0};
   std::atomic<int64_t> failed_writes{0};
 
+  // Writes stopped by an I/O error that RocksDB does not recover from by itself (a failed write
+  // or sync of its log): it then refuses every write until the database is reopened. Guarded by
+  // recovery_mu, taken after mu; writes_stopped mirrors !stopped_by.ok() for a lock-free check.
+  std::mutex recovery_mu;
+  absl::Status stopped_by;
+  std::chrono::steady_clock::time_point next_reopen;
+  std::chrono::milliseconds reopen_backoff{0};
+  std::atomic<bool> writes_stopped{false};
+  std::atomic<int64_t> reopens{0};
+
   absl::Status CheckOpen() const {
-    if (db == nullptr) return absl::FailedPreconditionError("the RocksDB feature store is closed");
+    if (closed) return absl::FailedPreconditionError("the RocksDB feature store is closed");
+    if (db == nullptr) {
+      return absl::UnavailableError(absl::StrCat(
+          "the feature store in ", path, " is being reopened after an I/O error; not open yet"));
+    }
+    return absl::OkStatus();
+  }
+
+  // Opens the database into db and the family handles. Caller holds mu exclusively (or is Open).
+  absl::Status OpenDb() {
+    std::vector<rocksdb::ColumnFamilyHandle*> opened;
+    rocksdb::DB* raw = nullptr;
+    SCANSERVE_RETURN_IF_ERROR(
+        FromRocksDb(rocksdb::DB::Open(db_options, path, descriptors, &opened, &raw),
+                    absl::StrCat("opening the feature store in ", path)));
+    db.reset(raw);
+    handles = std::move(opened);
+    for (size_t i = 0; i < descriptors.size(); ++i) {
+      if (descriptors[i].name == kImagesFamily) images = handles[i];
+      if (descriptors[i].name == kCaptionsFamily) captions = handles[i];
+      if (descriptors[i].name == kMetaFamily) meta = handles[i];
+    }
+    SCANSERVE_CHECK(images != nullptr && captions != nullptr && meta != nullptr);
+    return absl::OkStatus();
+  }
+
+  // Releases the handles and the database. Caller holds mu exclusively.
+  absl::Status CloseDb() {
+    if (db == nullptr) return absl::OkStatus();
+    absl::Status status;
+    for (rocksdb::ColumnFamilyHandle* handle : handles) {
+      const absl::Status destroyed = FromRocksDb(db->DestroyColumnFamilyHandle(handle),
+                                                 absl::StrCat("closing the feature store in ", path));
+      if (status.ok()) status = destroyed;
+    }
+    handles.clear();
+    images = captions = meta = nullptr;
+    // Every acked write is already in the fsync'd log; Close only releases files and the lock.
+    const absl::Status closed_db =
+        FromRocksDb(db->Close(), absl::StrCat("closing the feature store in ", path));
+    if (status.ok()) status = closed_db;
+    db.reset();
+    return status;
+  }
+
+  // After a failed write: whether RocksDB has stopped writing until a reopen. Retryable errors
+  // resume here, and a full disk is RocksDB's own to recover from (it does, once space is back).
+  void NoteFailedWrite(const rocksdb::Status& s, const absl::Status& failure) {
+    if (!s.IsIOError() || s.IsNoSpace()) return;
+    const rocksdb::Status resumed = db->Resume();
+    if (resumed.ok() || resumed.IsBusy()) return;  // Busy: RocksDB's own recovery is under way
+    std::lock_guard<std::mutex> recovery(recovery_mu);
+    if (!stopped_by.ok()) return;
+    stopped_by = failure;
+    next_reopen = std::chrono::steady_clock::now();  // the next write tries at once
+    reopen_backoff = kFirstReopenBackoff;
+    writes_stopped = true;
+    EngineLog(EngineLogLevel::kError,
+              absl::StrCat("RocksDbFeatureStore: writes to ", path, " stopped after an I/O error (",
+                           failure.message(), "); they are refused until the store is reopened, "
+                           "tried now and then with a backoff"));
+  }
+
+  // Reopens the database when writes stopped (see NoteFailedWrite); attempts are spaced by a
+  // doubling backoff while the reopen keeps failing.
+  absl::Status RecoverWrites() {
+    if (!writes_stopped.load()) return absl::OkStatus();
+    std::unique_lock<std::shared_mutex> lock(mu);
+    if (closed) return absl::FailedPreconditionError("the RocksDB feature store is closed");
+    std::lock_guard<std::mutex> recovery(recovery_mu);
+    if (stopped_by.ok()) return absl::OkStatus();  // another writer reopened it meanwhile
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_reopen) {
+      return absl::UnavailableError(absl::StrCat(
+          "the feature store stopped taking writes after an I/O error (", stopped_by.message(),
+          "); reopening it failed, next try in ",
+          std::chrono::duration_cast<std::chrono::milliseconds>(next_reopen - now).count(),
+          " ms"));
+    }
+    const absl::Status closed_db = CloseDb();
+    if (!closed_db.ok()) {
+      EngineLog(EngineLogLevel::kInfo, absl::StrCat("RocksDbFeatureStore: closing ", path,
+                                                    " to reopen it: ", closed_db.ToString()));
+    }
+    const absl::Status opened = OpenDb();
+    if (!opened.ok()) {
+      next_reopen = now + reopen_backoff;
+      reopen_backoff = std::min(2 * reopen_backoff, kMaxReopenBackoff);
+      EngineLog(EngineLogLevel::kError,
+                absl::StrCat("RocksDbFeatureStore: reopening ", path, " failed (next try in ",
+                             (next_reopen - now) / std::chrono::milliseconds(1),
+                             " ms): ", opened.ToString()));
+      return absl::UnavailableError(absl::StrCat(
+          "the feature store stopped taking writes after an I/O error (", stopped_by.message(),
+          "); reopening it failed: ", opened.message()));
+    }
+    EngineLog(EngineLogLevel::kInfo, absl::StrCat("RocksDbFeatureStore: reopened ", path,
+                                                  " after the I/O error; writes resume"));
+    stopped_by = absl::OkStatus();
+    writes_stopped = false;
+    ++reopens;
     return absl::OkStatus();
   }
 
@@ -144,18 +265,22 @@ struct RocksDbFeatureStore::Impl {
     write_options.sync = true;
     const auto start = std::chrono::steady_clock::now();
     const rocksdb::Status s = db->Write(write_options, batch);
-    if (!s.ok()) ++failed_writes;
     sync_write_nanos += std::chrono::duration_cast<std::chrono::nanoseconds>(
                             std::chrono::steady_clock::now() - start)
                             .count();
     ++synced_writes;
-    return FromRocksDb(s, context);
+    if (s.ok()) return absl::OkStatus();
+    ++failed_writes;
+    const absl::Status failure = FromRocksDb(s, context);
+    NoteFailedWrite(s, failure);
+    return failure;
   }
 
   template <typename Record, typename Encode>
   absl::Status Put(Family which, absl::Span<const Record> records, Encode encode,
                    absl::string_view kind) {
     if (records.empty()) return absl::OkStatus();
+    SCANSERVE_RETURN_IF_ERROR(RecoverWrites());
     std::shared_lock<std::shared_mutex> lock(mu);
     SCANSERVE_RETURN_IF_ERROR(CheckOpen());
     rocksdb::ColumnFamilyHandle* family = this->*which;
@@ -171,6 +296,7 @@ struct RocksDbFeatureStore::Impl {
 
   absl::Status Delete(Family which, absl::Span<const std::string> ids, absl::string_view kind) {
     if (ids.empty()) return absl::OkStatus();
+    SCANSERVE_RETURN_IF_ERROR(RecoverWrites());
     std::shared_lock<std::shared_mutex> lock(mu);
     SCANSERVE_RETURN_IF_ERROR(CheckOpen());
     rocksdb::ColumnFamilyHandle* family = this->*which;
@@ -228,6 +354,7 @@ struct RocksDbFeatureStore::Impl {
 
   absl::Status PutRaw(Family which, const std::string& key, const std::string& value,
                       absl::string_view context) {
+    SCANSERVE_RETURN_IF_ERROR(RecoverWrites());
     std::shared_lock<std::shared_mutex> lock(mu);
     SCANSERVE_RETURN_IF_ERROR(CheckOpen());
     rocksdb::ColumnFamilyHandle* family = this->*which;
@@ -244,8 +371,8 @@ RocksDbFeatureStore::RocksDbFeatureStore(std::string path, std::unique_ptr<Impl>
 RocksDbFeatureStore::~RocksDbFeatureStore() {
   const absl::Status closed = Close();
   if (!closed.ok())
-    std::fprintf(stderr, "RocksDbFeatureStore: closing %s: %s\n", path_.c_str(),
-                 closed.ToString().c_str());
+    EngineLog(EngineLogLevel::kError,
+              absl::StrCat("RocksDbFeatureStore: closing ", path_, ": ", closed.ToString()));
 }
 
 absl::StatusOr<std::unique_ptr<RocksDbFeatureStore>> RocksDbFeatureStore::Open(
@@ -266,7 +393,9 @@ absl::StatusOr<std::unique_ptr<RocksDbFeatureStore>> RocksDbFeatureStore::Open(
 
   SCANSERVE_RETURN_IF_ERROR(CheckSpaceToOpen(path));
 
-  rocksdb::DBOptions db_options;
+  auto impl = std::make_unique<Impl>();
+  impl->path = path;
+  rocksdb::DBOptions& db_options = impl->db_options;
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = true;
   db_options.paranoid_checks = true;
@@ -293,24 +422,11 @@ absl::StatusOr<std::unique_ptr<RocksDbFeatureStore>> RocksDbFeatureStore::Open(
        {rocksdb::kDefaultColumnFamilyName.c_str(), kImagesFamily, kCaptionsFamily, kMetaFamily}) {
     if (std::find(names.begin(), names.end(), ours) == names.end()) names.push_back(ours);
   }
-  std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
   for (const std::string& name : names) {
     const bool items = name == kImagesFamily || name == kCaptionsFamily;
-    descriptors.emplace_back(name, items ? item_options : meta_options);
+    impl->descriptors.emplace_back(name, items ? item_options : meta_options);
   }
-
-  auto impl = std::make_unique<Impl>();
-  rocksdb::DB* db = nullptr;
-  SCANSERVE_RETURN_IF_ERROR(
-      FromRocksDb(rocksdb::DB::Open(db_options, path, descriptors, &impl->handles, &db),
-                  absl::StrCat("opening the feature store in ", path)));
-  impl->db.reset(db);
-  for (size_t i = 0; i < names.size(); ++i) {
-    if (names[i] == kImagesFamily) impl->images = impl->handles[i];
-    if (names[i] == kCaptionsFamily) impl->captions = impl->handles[i];
-    if (names[i] == kMetaFamily) impl->meta = impl->handles[i];
-  }
-  SCANSERVE_CHECK(impl->images != nullptr && impl->captions != nullptr && impl->meta != nullptr);
+  SCANSERVE_RETURN_IF_ERROR(impl->OpenDb());
   return std::unique_ptr<RocksDbFeatureStore>(new RocksDbFeatureStore(path, std::move(impl)));
 }
 
@@ -373,6 +489,8 @@ FeatureStoreStats RocksDbFeatureStore::Stats() const {
   stats.sync_write_seconds = static_cast<double>(impl_->sync_write_nanos.load()) * 1e-9;
   stats.failed_writes = impl_->failed_writes.load();
   stats.disk_free_bytes = FreeBytes(path_).value_or(-1);
+  stats.writes_stopped = impl_->writes_stopped.load();
+  stats.reopens = impl_->reopens.load();
   std::shared_lock<std::shared_mutex> lock(impl_->mu);
   if (impl_->db == nullptr) return stats;
   for (rocksdb::ColumnFamilyHandle* family : impl_->handles) {
@@ -406,23 +524,14 @@ absl::Status RocksDbFeatureStore::Checkpoint(const std::string& dir) const {
 
 absl::Status RocksDbFeatureStore::Close() {
   std::unique_lock<std::shared_mutex> lock(impl_->mu);
-  if (impl_->db == nullptr) return absl::OkStatus();
-  absl::Status status;
-  for (rocksdb::ColumnFamilyHandle* handle : impl_->handles) {
-    const absl::Status destroyed =
-        FromRocksDb(impl_->db->DestroyColumnFamilyHandle(handle),
-                    absl::StrCat("closing the feature store in ", path_));
-    if (status.ok()) status = destroyed;
-  }
-  impl_->handles.clear();
-  impl_->images = impl_->captions = impl_->meta = nullptr;
-  // Every acked write is already in the fsync'd log; Close only releases files and the lock.
-  const absl::Status closed =
-      FromRocksDb(impl_->db->Close(), absl::StrCat("closing the feature store in ", path_));
-  if (status.ok()) status = closed;
-  impl_->db.reset();
-  return status;
+  if (impl_->closed) return absl::OkStatus();
+  impl_->closed = true;
+  return impl_->CloseDb();
 }
+
+absl::Status RocksDbFeatureStore::RecoverWrites() { return impl_->RecoverWrites(); }
+
+bool RocksDbFeatureStore::WritesStopped() const { return impl_->writes_stopped.load(); }
 
 absl::Status RocksDbFeatureStore::PutRawImageRecordForTesting(const std::string& id,
                                                               const std::string& value) {

@@ -14,6 +14,13 @@
 // the free space. Open() refuses with RESOURCE_EXHAUSTED, before RocksDB runs, when the free space
 // cannot hold the write-ahead log it replays (plus 1 MB).
 //
+// Other I/O errors on the log (EIO from a failing disk or a network volume) make RocksDB refuse
+// every later write until the database is reopened. The store then reopens it itself, before the
+// next write, retrying with a backoff (0.5 s doubling to 30 s) while that fails; reads go on
+// meanwhile (except during a reopen that failed). Writes refused in between are UNAVAILABLE. The
+// write that failed may or may not be stored once the log is replayed (a failed sync leaves the
+// bytes in the page cache): its caller learns which by reading it back after RecoverWrites().
+//
 // RocksDB headers stay inside rocksdb_feature_store.cc; its statuses are converted to absl ones
 // there, by one function (NotFound -> NOT_FOUND, Corruption -> DATA_LOSS, no space ->
 // RESOURCE_EXHAUSTED, other I/O errors and a busy lock -> UNAVAILABLE, ...).
@@ -60,6 +67,8 @@ class RocksDbFeatureStore final : public FeatureStore {
   // system (cheap), copies elsewhere, plus the live log; memtables are flushed first.
   absl::Status Checkpoint(const std::string& dir) const override;
   absl::Status Close() override;
+  absl::Status RecoverWrites() override;
+  bool WritesStopped() const override;
 
   const std::string& path() const { return path_; }
 

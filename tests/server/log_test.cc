@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_split.h"
+#include "engine/common/engine_log.h"
 #include "scanserve/v1/scanserve.pb.h"
 #include "server/call_log.h"
 
@@ -82,8 +83,9 @@ TEST(LogTest, CallLogLinesHaveTheirFieldsInJson) {
 }
 
 TEST(LogTest, JsonCarriesTheLibrariesLinesToo) {
-  // Protobuf logs its own line when a request's string is not UTF-8, and gRPC one when a handshake
-  // fails: in JSON mode both must be JSON lines, or a collector drops or mangles them.
+  // Protobuf logs its own line when a request's string is not UTF-8, gRPC one when a handshake
+  // fails, and the engine one when its store stops writing: in JSON mode all must be JSON lines, or
+  // a collector drops or mangles them.
   grpc_init();  // gpr_log prints nothing before it
   SetLogFormat(LogFormat::kJson);
   RouteLibraryLogs();
@@ -91,6 +93,7 @@ TEST(LogTest, JsonCarriesTheLibrariesLinesToo) {
   v1::SearchImagesRequest request;
   const bool parsed_bad_utf8 = request.ParseFromString(std::string("\x0a\x03" "a\xff" "b", 5));
   gpr_log(GPR_ERROR, "handshake \"failed\"");
+  EngineLog(EngineLogLevel::kWarning, "store: \"reopened\"");
   const std::string captured = testing::internal::GetCapturedStderr();
   SetLogFormat(LogFormat::kText);  // the routes stay, and write text from here on
   grpc_shutdown();
@@ -105,12 +108,15 @@ TEST(LogTest, JsonCarriesTheLibrariesLinesToo) {
     if (parsed["source"] == "protobuf") {
       EXPECT_EQ(parsed["level"], "error");
       EXPECT_NE(parsed["msg"].get<std::string>().find("UTF-8"), std::string::npos) << line;
+    } else if (parsed["source"] == "engine") {
+      EXPECT_EQ(parsed["level"], "warning");
+      EXPECT_EQ(parsed["msg"], "store: \"reopened\"");
     } else {
       EXPECT_EQ(parsed["msg"], "handshake \"failed\"");
       EXPECT_GT(parsed["line"].get<int>(), 0);
     }
   }
-  EXPECT_EQ(sources, (std::vector<std::string>{"protobuf", "grpc"})) << captured;
+  EXPECT_EQ(sources, (std::vector<std::string>{"protobuf", "grpc", "engine"})) << captured;
 }
 
 }  // namespace

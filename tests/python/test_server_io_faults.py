@@ -1,0 +1,218 @@
+"""The real `scanserve` binary when its store's disk fails with EIO (not a full disk).
+
+    SCANSERVE_BUILD_DIR=build /usr/bin/python3 tests/python/test_server_io_faults.py
+
+The server runs with tests/fault_injection's library preloaded: while a trigger file exists, write
+and sync calls on files under the data directory fail with EIO ("all": writes and syncs; "sync":
+syncs only, as a disk failing write-back). Skipped (exit 77) where the build has no such library
+(sanitizer builds). Then:
+  * a write that hits the fault is UNAVAILABLE and names the I/O error; RocksDB then refuses every
+    write until the store is reopened, so later writes are UNAVAILABLE too, and GetStats and
+    /metrics say that writes are stopped (the ScanserveStoreWritesStopped alert watches it);
+  * searches, reads and health go on meanwhile;
+  * once the disk works again the server reopens the store by itself, without a write or a
+    restart, and writes succeed;
+  * a write whose sync failed had its bytes replayed by the reopen: it is stored after all, and
+    then served, so that what is served always equals what the store holds;
+  * after kill -9 and a restart without faults, the server serves exactly what it served before;
+  * with --log-format json every line parses, and the store's messages carry source "engine".
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import scanserve_harness as h  # noqa: E402
+
+h.skip_if_server_disabled()
+h.require_grpc()
+import grpc  # noqa: E402
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
+FAULTS_LIBRARY = os.path.join(h.BUILD_DIR, "tests", "libscanserve_io_faults.so")
+SCANCTL = os.path.join(h.BUILD_DIR, "client", "scanctl")
+RECOVERY_TIMEOUT_S = 30  # the reopen's backoff grows to a few seconds while the fault lasts
+
+if not os.path.isfile(FAULTS_LIBRARY):
+    print("skipped: %s was not built (sanitizer builds leave it out)" % FAULTS_LIBRARY)
+    sys.exit(77)
+
+
+class IoFaultTest(unittest.TestCase):
+
+    def setUp(self):
+        h.require_executable(h.SERVER, "the scanserve server")
+        h.require_executable(SCANCTL, "the scanctl client")
+        self.tmp = os.path.realpath(h.make_tmp("scan_io_faults_"))
+        self.addCleanup(h.remove_tmp, self.tmp)
+        self.pb, self.pb_grpc = h.generate_stubs(os.path.join(self.tmp, "stubs"))
+        self.model_dir = h.make_model(self.tmp, seed=5)
+        self.data_dir = os.path.join(self.tmp, "data")
+        self.trigger = os.path.join(self.tmp, "io-faults")
+        self.rng = np.random.default_rng(3)
+        self.server = None
+        self.channel = None
+        self.addCleanup(self.stop_server)
+
+    def stop_server(self):
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.server is not None:
+            self.server.kill()
+            self.server = None
+
+    def start_server(self, faults):
+        self.stop_server()
+        env = {}
+        if faults:
+            env = {"LD_PRELOAD": FAULTS_LIBRARY, "SCANSERVE_IO_FAULTS_DIR": self.data_dir,
+                   "SCANSERVE_IO_FAULTS_FILE": self.trigger}
+        self.server = h.ServerProcess(self.tmp, "scanserve-%d" % time.monotonic_ns(), [self.model_dir],
+                                      self.data_dir, extra=["--log-format", "json"], env=env).start()
+        self.server.wait_listening()
+        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.server.port, options=h.CHANNEL_OPTIONS)
+        grpc.channel_ready_future(self.channel).result(timeout=h.START_TIMEOUT_S)
+        self.stub = self.pb_grpc.ScanServiceStub(self.channel)
+
+    def fault(self, mode):
+        """Arms the faults ("all" or "sync"); None disarms them."""
+        if mode is None:
+            os.remove(self.trigger)
+        else:
+            with open(self.trigger, "w") as f:
+                f.write(mode)
+
+    def upsert(self, image_id):
+        x = h.sc.random_region_features(self.rng, 12, h.IMG_DIM)
+        request = self.pb.UpsertImagesRequest(images=[
+            self.pb.Image(id=image_id, region_features=h.features_msg(self.pb, x))])
+        return self.stub.UpsertImages(request, timeout=h.RPC_TIMEOUT_S).results[0]
+
+    def delete(self, image_id):
+        response = self.stub.Delete(self.pb.DeleteRequest(image_ids=[image_id]), timeout=h.RPC_TIMEOUT_S)
+        return response.image_results[0]
+
+    def stats(self):
+        return self.stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
+
+    def served(self):
+        """Ids listed, checked against a search over everything."""
+        ids, token = [], ""
+        while True:
+            page = self.stub.ListItems(self.pb.ListItemsRequest(kind=1, page_size=1000, page_token=token),
+                                       timeout=h.RPC_TIMEOUT_S)
+            ids += page.ids
+            token = page.next_page_token
+            if not token:
+                break
+        hits = self.stub.SearchImages(self.pb.SearchImagesRequest(queries=h.random_captions(self.rng, 1),
+                                                                  top_k=1000), timeout=h.RPC_TIMEOUT_S)
+        self.assertEqual(sorted(hit.id for hit in hits.results[0].hits), sorted(ids))
+        return sorted(ids)
+
+    def wait_writes_resume_by_themselves(self):
+        deadline = time.time() + RECOVERY_TIMEOUT_S
+        while time.time() < deadline:
+            if not self.stats().store_writes_stopped:
+                return
+            time.sleep(0.2)
+        self.fail("the store was not reopened within %d s of the disk working again:\n%s"
+                  % (RECOVERY_TIMEOUT_S, self.server.log_tail()))
+
+    def scanctl_stats(self):
+        r = subprocess.run([SCANCTL, "--server", "127.0.0.1:%d" % self.server.port, "stats"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return r.stdout
+
+    def metric(self, name):
+        return h.metric_value(h.parse_metrics(self.server.scrape()), name)
+
+    def test_writes_stop_on_an_io_error_and_resume_by_themselves(self):
+        self.start_server(faults=True)
+        acked = []
+        for i in range(5):
+            result = self.upsert("img%d" % i)
+            self.assertEqual(result.code, 0, result.message)
+            acked.append(result.id)
+        self.assertFalse(self.stats().store_writes_stopped)
+        self.assertEqual(self.metric("scanserve_store_writes_stopped"), 0)
+
+        self.fault("all")
+        failed = self.upsert("failed")
+        self.assertEqual(failed.code, UNAVAILABLE, failed.message)
+        self.assertIn("Input/output error", failed.message)
+        refused = self.delete("img0")
+        self.assertEqual(refused.code, UNAVAILABLE, refused.message)
+        self.assertIn("stopped taking writes after an I/O error", refused.message)
+        self.assertTrue(self.stats().store_writes_stopped)
+        self.assertEqual(self.metric("scanserve_store_writes_stopped"), 1)
+        self.assertIn("stopped by an I/O error", self.scanctl_stats())
+        self.assertGreaterEqual(self.metric("scanserve_store_failed_writes_total"), 1)
+        # Searches and health go on.
+        self.assertTrue(set(self.served()) <= set(acked + ["failed"]))
+        self.assertEqual(h.health_status(self.channel), 1)
+        self.assertTrue(self.server.alive(), self.server.log_tail())
+
+        self.fault(None)
+        self.wait_writes_resume_by_themselves()
+        self.assertEqual(self.metric("scanserve_store_writes_stopped"), 0)
+        self.assertGreaterEqual(self.metric("scanserve_store_reopens_total"), 1)
+        self.assertNotIn("stopped by an I/O error", self.scanctl_stats())
+        after = self.upsert("after")
+        self.assertEqual(after.code, 0, after.message)
+        self.assertEqual(self.delete("img0").code, 0)
+        served = self.served()
+        self.assertIn("after", served)
+        self.assertNotIn("img0", served)
+        self.assertTrue(set(acked[1:]) <= set(served), "an acknowledged image was lost")
+
+        # kill -9 and restart without faults: the same images.
+        faulted_log = self.server.log_path
+        self.server.proc.kill()
+        self.server.proc.wait()
+        self.start_server(faults=False)
+        self.assertEqual(self.served(), served)
+        self.check_json_log(faulted_log, ["stopped after an I/O error", "reopened"])
+
+    def test_a_write_whose_sync_failed_is_served_once_the_reopen_finds_it_stored(self):
+        self.start_server(faults=True)
+        for i in range(3):
+            self.assertEqual(self.upsert("img%d" % i).code, 0)
+        self.fault("sync")
+        failed = self.upsert("unsure")
+        self.assertEqual(failed.code, UNAVAILABLE, failed.message)
+        self.assertIn("fdatasync", failed.message)
+        self.assertEqual(self.served(), ["img0", "img1", "img2"])
+        self.fault(None)
+        self.wait_writes_resume_by_themselves()
+        # The reopen replayed the log's bytes, which the failed sync had left in the page cache.
+        # The server reads back what it could not tell and serves it as stored.
+        self.assertEqual(self.upsert("after").code, 0)
+        served = self.served()
+        self.assertEqual(served, ["after", "img0", "img1", "img2", "unsure"])
+        faulted_log = self.server.log_path
+        self.server.proc.kill()
+        self.server.proc.wait()
+        self.start_server(faults=False)
+        self.assertEqual(self.served(), served)
+        self.check_json_log(faulted_log, ["read back the 1 image(s) of failed store writes: 1 stored"])
+
+    def check_json_log(self, path, expected):
+        """Every line of a server's log is a JSON object; the engine's lines name their source."""
+        with open(path, encoding="utf-8") as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        engine = [line["msg"] for line in lines if line.get("source") == "engine"]
+        for text in expected:
+            self.assertTrue(any(text in msg for msg in engine), "no engine line with %r in %s" % (text, engine))
+
+
+if __name__ == "__main__":
+    unittest.main()
