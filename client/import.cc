@@ -165,7 +165,20 @@ int RunImport(Connection& connection, IngestSource& source, const ImportOptions&
 
     v1::IngestResponse response;
     int64_t answered_here = 0;
+    grpc::Status item_refused;  // an item the server could not store for now
     while (stream->Read(&response)) {
+      if (response.result().code() == static_cast<int>(grpc::StatusCode::UNAVAILABLE)) {
+        // The server cannot store now (its store reopening after an I/O error, say): end this
+        // stream and resend from this item after a backoff, as when a stream is cut short. The
+        // item stays unanswered, so the checkpoint does not pass it.
+        item_refused = grpc::Status(
+            grpc::StatusCode::UNAVAILABLE,
+            absl::StrCat("the server could not store item ", skip + acked, " (",
+                         response.is_caption() ? "caption" : "image", " '", response.result().id(),
+                         "'): ", response.result().message()));
+        context->TryCancel();
+        break;
+      }
       {
         std::lock_guard<std::mutex> lock(state.mu);
         if (!state.unanswered.empty()) state.unanswered.pop_front();
@@ -196,23 +209,32 @@ int RunImport(Connection& connection, IngestSource& source, const ImportOptions&
     state.window_open.notify_one();
     writer.join();
     status = stream->Finish();
+    if (!item_refused.ok()) status = item_refused;
 
     bool more_to_send;
     {
       std::lock_guard<std::mutex> lock(state.mu);
       more_to_send = !state.unanswered.empty() || !state.source_done;
     }
-    // Only a stream cut short is reopened: one that never got an answer in this run (a wrong
-    // address, a server down) fails at once, as other commands do.
-    if (status.ok() || !Reconnectable(status) || !more_to_send || !state.source_status.ok() || acked == 0) break;
+    // Only a stream cut short, or that the server answered "not now", is reopened: one that never
+    // got an answer in this run (a wrong address, a server down) fails at once, as other commands do.
+    if (status.ok() || !Reconnectable(status) || !more_to_send || !state.source_status.ok() ||
+        (acked == 0 && item_refused.ok())) {
+      break;
+    }
     failures_in_a_row = answered_here > 0 ? 1 : failures_in_a_row + 1;
     if (failures_in_a_row > options.max_reconnects) break;
     // 0.25 s, doubling to 8 s while streams end without an answer.
     const double delay_s = std::min(8.0, 0.25 * static_cast<double>(1 << std::min(failures_in_a_row - 1, 5)));
-    std::fprintf(stderr, "%sscanctl: the Ingest stream ended (%s: %s) after item %lld; reconnecting in %.2g s and "
-                 "resending the %zu unanswered items\n", options.progress ? "\n" : "",
-                 StatusCodeName(status.error_code()), status.error_message().c_str(),
-                 static_cast<long long>(checkpoint.acked_through), delay_s, state.unanswered.size());
+    if (!item_refused.ok()) {
+      std::fprintf(stderr, "%sscanctl: %s; resending from it in %.2g s\n", options.progress ? "\n" : "",
+                   item_refused.error_message().c_str(), delay_s);
+    } else {
+      std::fprintf(stderr, "%sscanctl: the Ingest stream ended (%s: %s) after item %lld; reconnecting in %.2g s and "
+                   "resending the %zu unanswered items\n", options.progress ? "\n" : "",
+                   StatusCodeName(status.error_code()), status.error_message().c_str(),
+                   static_cast<long long>(checkpoint.acked_through), delay_s, state.unanswered.size());
+    }
     std::this_thread::sleep_for(std::chrono::duration<double>(delay_s));
     ++reconnects;
   }

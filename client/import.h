@@ -7,7 +7,8 @@
 // Failed items are listed on stderr and counted (exit code 1); rerun with --restart to resend
 // everything (upserts are idempotent, so resending is always safe). A checkpoint written for a
 // different input is refused unless --restart. A stream the connection's end cut short is reopened
-// where it stopped (ImportOptions::max_reconnects).
+// where it stopped, and so is one whose item the server could not store for now (UNAVAILABLE: its
+// store reopening after an I/O error), from that item (ImportOptions::max_reconnects).
 #pragma once
 
 #include <cstdint>
@@ -27,8 +28,9 @@ struct ImportOptions {
   bool json = false;            // summary as JSON on stdout
   int max_failures_shown = 20;
   // An Ingest stream that ends UNAVAILABLE, RESOURCE_EXHAUSTED or ABORTED (the server restarting,
-  // a rolling update, the server's --max-connection-age-s) is reopened, its unanswered items resent
-  // (upserts are idempotent): at most this many times in a row without an answer between them.
+  // a rolling update, the server's --max-connection-age-s), or answers an item UNAVAILABLE, is
+  // reopened, its unanswered items resent (upserts are idempotent): at most this many times in a
+  // row without an answer between them (backoff 0.25 s doubling to 8 s: ~30 s for 8).
   int max_reconnects = 8;
 };
 

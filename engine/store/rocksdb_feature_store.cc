@@ -215,7 +215,7 @@ struct RocksDbFeatureStore::Impl {
     EngineLog(EngineLogLevel::kError,
               absl::StrCat("RocksDbFeatureStore: writes to ", path, " stopped after an I/O error (",
                            failure.message(), "); they are refused until the store is reopened, "
-                           "tried now and then with a backoff"));
+                           "which is tried again, with a backoff, until it succeeds"));
   }
 
   // Reopens the database when writes stopped (see NoteFailedWrite); attempts are spaced by a

@@ -240,6 +240,17 @@ class ServerProcess(object):
             self.log = None
 
 
+def list_image_ids(pb, stub):
+    """Every stored image id, through ListItems' pages."""
+    ids, token = [], ""
+    while True:
+        page = stub.ListItems(pb.ListItemsRequest(kind=1, page_size=1000, page_token=token), timeout=RPC_TIMEOUT_S)
+        ids += page.ids
+        token = page.next_page_token
+        if not token:
+            return ids
+
+
 def health_status(channel):
     """grpc.health.v1 Check("") without generated stubs: 1 = SERVING, 2 = NOT_SERVING."""
     check = channel.unary_unary("/grpc.health.v1.Health/Check", request_serializer=lambda b: b,

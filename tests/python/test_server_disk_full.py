@@ -120,14 +120,7 @@ class DiskFullTest(unittest.TestCase):
         return h.parse_metrics(self.server.scrape())
 
     def stored_image_ids(self):
-        ids, token = [], ""
-        while True:
-            page = self.stub.ListItems(self.pb.ListItemsRequest(kind=1, page_size=1000, page_token=token),
-                                       timeout=h.RPC_TIMEOUT_S)
-            ids += page.ids
-            token = page.next_page_token
-            if not token:
-                return ids
+        return h.list_image_ids(self.pb, self.stub)
 
     def test_writes_fail_cleanly_while_full_and_resume_when_space_returns(self):
         # Fill the disk.

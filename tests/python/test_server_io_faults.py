@@ -15,7 +15,9 @@ syncs only, as a disk failing write-back). Skipped (exit 77) where the build has
   * a write whose sync failed had its bytes replayed by the reopen: it is stored after all, and
     then served, so that what is served always equals what the store holds;
   * after kill -9 and a restart without faults, the server serves exactly what it served before;
-  * with --log-format json every line parses, and the store's messages carry source "engine".
+  * with --log-format json every line parses, and the store's messages carry source "engine";
+  * `scanctl import` rides out such an outage: an item answered UNAVAILABLE is resent, with a
+    backoff, until it is stored, and every item of the import ends up stored.
 """
 
 import json
@@ -104,14 +106,7 @@ class IoFaultTest(unittest.TestCase):
 
     def served(self):
         """Ids listed, checked against a search over everything."""
-        ids, token = [], ""
-        while True:
-            page = self.stub.ListItems(self.pb.ListItemsRequest(kind=1, page_size=1000, page_token=token),
-                                       timeout=h.RPC_TIMEOUT_S)
-            ids += page.ids
-            token = page.next_page_token
-            if not token:
-                break
+        ids = h.list_image_ids(self.pb, self.stub)
         hits = self.stub.SearchImages(self.pb.SearchImagesRequest(queries=h.random_captions(self.rng, 1),
                                                                   top_k=1000), timeout=h.RPC_TIMEOUT_S)
         self.assertEqual(sorted(hit.id for hit in hits.results[0].hits), sorted(ids))
@@ -204,6 +199,36 @@ class IoFaultTest(unittest.TestCase):
         self.start_server(faults=False)
         self.assertEqual(self.served(), served)
         self.check_json_log(faulted_log, ["read back the 1 image(s) of failed store writes: 1 stored"])
+
+    def test_an_import_rides_out_an_outage_of_the_store(self):
+        d = os.path.join(self.tmp, "precomp")
+        os.makedirs(d)
+        n_images, n_captions = 400, 2000
+        ims = np.stack([h.sc.random_region_features(self.rng, 4, h.IMG_DIM) for _ in range(n_images)])
+        np.save(os.path.join(d, "long_ims.npy"), ims.astype(np.float32))
+        with open(os.path.join(d, "long_caps.txt"), "w") as f:
+            f.write("\n".join(h.random_captions(self.rng, n_captions)) + "\n")
+        self.start_server(faults=True)
+        # One item in flight at a time: the import lasts seconds, and the outage falls inside it.
+        importer = subprocess.Popen([SCANCTL, "--server", "127.0.0.1:%d" % self.server.port, "--json", "import",
+                                     "precomp", "--data-dir", d, "--split", "long", "--window", "1",
+                                     "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    universal_newlines=True)
+        deadline = time.time() + 60
+        while self.stats().images + self.stats().captions < 100 and time.time() < deadline:
+            time.sleep(0.05)
+        self.fault("all")
+        time.sleep(2)
+        self.fault(None)
+        out, err = importer.communicate(timeout=300)
+        self.assertEqual(importer.returncode, 0, err + self.server.log_tail())
+        summary = json.loads(out.strip().splitlines()[-1])
+        total = n_images + n_captions
+        self.assertEqual((summary["acked"], summary["failed"]), (total, 0), summary)
+        self.assertIn("could not store item", err)
+        self.assertGreaterEqual(summary["reconnects"], 1, err)
+        stats = self.stats()
+        self.assertEqual((stats.images, stats.captions), (n_images, n_captions))
 
     def check_json_log(self, path, expected):
         """Every line of a server's log is a JSON object; the engine's lines name their source."""
