@@ -518,8 +518,12 @@ absl::Status RocksDbFeatureStore::Checkpoint(const std::string& dir) const {
   SCANSERVE_RETURN_IF_ERROR(FromRocksDb(rocksdb::Checkpoint::Create(impl_->db.get(), &raw),
                                         "starting a checkpoint of the feature store"));
   const std::unique_ptr<rocksdb::Checkpoint> checkpoint(raw);
-  return FromRocksDb(checkpoint->CreateCheckpoint(dir),
-                     absl::StrCat("checkpointing the feature store into ", dir));
+  const rocksdb::Status s = checkpoint->CreateCheckpoint(dir);
+  const absl::Status status =
+      FromRocksDb(s, absl::StrCat("checkpointing the feature store into ", dir));
+  // Its flush of the write buffer may have met the I/O error that stops writes.
+  if (!s.ok()) impl_->NoteFailedWrite(s, status);
+  return status;
 }
 
 absl::Status RocksDbFeatureStore::Close() {

@@ -121,6 +121,24 @@ TEST_F(StoreIoFaultTest, AFailedSyncLeavesTheWriteToTheReplay) {
   EXPECT_TRUE(Has(*store, "unsure"));
 }
 
+TEST_F(StoreIoFaultTest, ACheckpointWhoseFlushFailsStopsWritesToo) {
+  auto store = Open();
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->PutImages({MakeImage("in-the-write-buffer", 1)}).ok());
+  Arm(kScanserveIoFaultsAll);
+  const fs::path copy = dir_.string() + "_checkpoint";
+  const absl::Status failed = store->Checkpoint(copy.string());
+  EXPECT_EQ(failed.code(), absl::StatusCode::kUnavailable) << failed;
+  // Said at once, not at the next write: the metrics and the health poll's reopen see it.
+  EXPECT_TRUE(store->WritesStopped());
+  Disarm();
+  ASSERT_TRUE(Recover(*store));
+  EXPECT_TRUE(Has(*store, "in-the-write-buffer"));
+  fs::remove_all(copy);
+  EXPECT_TRUE(store->Checkpoint(copy.string()).ok());
+  fs::remove_all(copy);
+}
+
 TEST_F(StoreIoFaultTest, CloseAfterAFailedReopenIsClean) {
   auto store = Open();
   ASSERT_NE(store, nullptr);
