@@ -266,8 +266,8 @@ ServerMetrics::ServerMetrics(const std::string& version)
   store_writes_stopped_ = &prometheus::BuildGauge()
                                .Name("scanserve_store_writes_stopped")
                                .Help("1 while an I/O error has stopped the store's writes (they are "
-                                     "refused until the store is reopened, which the next write "
-                                     "tries), else 0.")
+                                     "refused until the store is reopened, which the server tries "
+                                     "every second, with a backoff), else 0.")
                                .Register(r)
                                .Add({});
   store_reopens_ = &prometheus::BuildCounter()

@@ -146,7 +146,7 @@ class ServerMetrics {
   // scanserve_store_disk_free_bytes: free space on the store's file system (absent when unknown).
   prometheus::Gauge& store_disk_free_bytes();
   // scanserve_store_writes_stopped: 1 while an I/O error has stopped the store's writes (until
-  // the store is reopened, which the next write tries), else 0.
+  // the store is reopened, which the server tries every second, with a backoff), else 0.
   prometheus::Gauge& store_writes_stopped() { return *store_writes_stopped_; }
   // scanserve_store_reopens_total: reopens of the store after such errors.
   prometheus::Counter& store_reopens() { return *store_reopens_; }

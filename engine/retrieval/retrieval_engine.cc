@@ -362,18 +362,24 @@ class ScanRetrievalEngine final : public RetrievalEngine {
 
   // Records that model m's scorer failed to apply a committed change.
   void NoteOutOfSync(size_t m, const absl::Status& failure);
+  // Takes keys of `kind`, which every scorer of that kind holds, out of the scorers and the
+  // catalog; a scorer failing to is out of sync. Caller holds writer_mu_ and state_mu_.
+  void Unpublish(ItemKind kind, const std::vector<int64_t>& keys);
 
   // Ids of each kind ([image, caption]) whose store write failed: the store may hold the write or
   // not (a failed log sync leaves its bytes to be replayed when the store is reopened), so before
   // the next write they are read back and the scorers and catalog made to match the store.
   // Guarded by writer_mu_.
   absl::flat_hash_set<std::string> doubtful_[2];
+  absl::flat_hash_set<std::string>& doubtful(ItemKind kind) {
+    return doubtful_[kind == ItemKind::kImage ? 0 : 1];
+  }
   void NoteDoubtfulIds(ItemKind kind, absl::Span<const std::string> ids) {
-    doubtful_[kind == ItemKind::kImage ? 0 : 1].insert(ids.begin(), ids.end());
+    doubtful(kind).insert(ids.begin(), ids.end());
   }
   template <typename Record>
   void NoteDoubtfulRecords(ItemKind kind, const std::vector<Record>& records) {
-    for (const Record& record : records) doubtful_[kind == ItemKind::kImage ? 0 : 1].insert(record.id);
+    for (const Record& record : records) doubtful(kind).insert(record.id);
   }
   // Before a store write: reopens the store if an I/O error stopped its writes, then settles the
   // doubtful ids. Caller holds writer_mu_.
@@ -917,14 +923,9 @@ std::vector<ItemResult> ScanRetrievalEngine::Delete(absl::Span<const std::string
     for (size_t i : index) results[i].status = deleted;
     return results;
   }
+  // The delete is durable: a scorer failing to apply it is out of sync.
   std::unique_lock<WriterPreferringSharedMutex> state(state_mu_);
-  for (size_t m = 0; m < num_models(); ++m) {
-    // Every key is in every scorer of this kind (the catalog says so), so only the backend can
-    // fail here (CUDA: device memory or a device copy). The delete is durable all the same.
-    const absl::Status removed = (models_[m].*side(kind))->Remove(keys);
-    if (!removed.ok()) NoteOutOfSync(m, removed);
-  }
-  for (int64_t key : keys) items.Erase(key);
+  Unpublish(kind, keys);
   return results;
 }
 
@@ -1692,7 +1693,7 @@ absl::Status ScanRetrievalEngine::PrepareStoreWrite() {
 
 template <typename Record>
 absl::Status ScanRetrievalEngine::SettleDoubtful(ItemKind kind) {
-  absl::flat_hash_set<std::string>& doubtful = doubtful_[kind == ItemKind::kImage ? 0 : 1];
+  absl::flat_hash_set<std::string>& doubtful = this->doubtful(kind);
   if (doubtful.empty()) return absl::OkStatus();
   Catalog& items = catalog(kind);
   std::vector<std::string> ids(doubtful.begin(), doubtful.end());
@@ -1724,11 +1725,7 @@ absl::Status ScanRetrievalEngine::SettleDoubtful(ItemKind kind) {
       const absl::Status published = Publish(present, kind);
       if (!published.ok()) NoteOutOfSync(0, published);
     }
-    for (size_t m = 0; m < num_models() && !absent_keys.empty(); ++m) {
-      const absl::Status removed = (models_[m].*side(kind))->Remove(absent_keys);
-      if (!removed.ok()) NoteOutOfSync(m, removed);
-    }
-    for (int64_t key : absent_keys) items.Erase(key);
+    if (!absent_keys.empty()) Unpublish(kind, absent_keys);
     stored += static_cast<int64_t>(present.size());
     unserved += static_cast<int64_t>(absent_keys.size());
     for (const std::string& id : chunk) doubtful.erase(id);
@@ -1739,6 +1736,17 @@ absl::Status ScanRetrievalEngine::SettleDoubtful(ItemKind kind) {
                          static_cast<int64_t>(ids.size()) - stored, " not stored (", unserved,
                          " of them no longer served); what is served matches the store"));
   return Refusal();
+}
+
+void ScanRetrievalEngine::Unpublish(ItemKind kind, const std::vector<int64_t>& keys) {
+  for (size_t m = 0; m < num_models(); ++m) {
+    // Every key is in every scorer of this kind (the catalog says so), so only the backend can
+    // fail here (CUDA: device memory or a device copy).
+    const absl::Status removed = (models_[m].*side(kind))->Remove(keys);
+    if (!removed.ok()) NoteOutOfSync(m, removed);
+  }
+  Catalog& items = catalog(kind);
+  for (int64_t key : keys) items.Erase(key);
 }
 
 void ScanRetrievalEngine::NoteOutOfSync(size_t m, const absl::Status& failure) {

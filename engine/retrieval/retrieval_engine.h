@@ -249,8 +249,8 @@ struct EngineStats {
   double store_sync_seconds = 0;      // total time spent in them
   int64_t store_failed_writes = 0;    // write batches the store failed since start (full disk, I/O)
   int64_t store_disk_free_bytes = -1;  // free on the store's file system; -1 unknown
-  bool store_writes_stopped = false;  // an I/O error stopped the store's writes; it is reopened
-                                      // before the next write (see RocksDbFeatureStore)
+  bool store_writes_stopped = false;  // an I/O error stopped the store's writes until it is
+                                      // reopened (RecoverStoreWrites, or the next write)
   int64_t store_reopens = 0;          // reopens after such errors since start
   SearchPhaseSeconds text_to_image;   // SearchImages
   SearchPhaseSeconds image_to_text;   // SearchCaptions

@@ -219,7 +219,8 @@ struct RocksDbFeatureStore::Impl {
   }
 
   // Reopens the database when writes stopped (see NoteFailedWrite); attempts are spaced by a
-  // doubling backoff while the reopen keeps failing.
+  // doubling backoff while the reopen keeps failing. Writes call it first; so may a caller that
+  // polls (the server's health poll, through the engine).
   absl::Status RecoverWrites() {
     if (!writes_stopped.load()) return absl::OkStatus();
     std::unique_lock<std::shared_mutex> lock(mu);
@@ -227,10 +228,12 @@ struct RocksDbFeatureStore::Impl {
     std::lock_guard<std::mutex> recovery(recovery_mu);
     if (stopped_by.ok()) return absl::OkStatus();  // another writer reopened it meanwhile
     const auto now = std::chrono::steady_clock::now();
+    // Why writes are refused, for the callers refused.
+    const std::string stopped = absl::StrCat(
+        "the feature store stopped taking writes after an I/O error (", stopped_by.message(), ")");
     if (now < next_reopen) {
       return absl::UnavailableError(absl::StrCat(
-          "the feature store stopped taking writes after an I/O error (", stopped_by.message(),
-          "); reopening it failed, next try in ",
+          stopped, "; reopening it failed, next try in ",
           std::chrono::duration_cast<std::chrono::milliseconds>(next_reopen - now).count(),
           " ms"));
     }
@@ -247,9 +250,8 @@ struct RocksDbFeatureStore::Impl {
                 absl::StrCat("RocksDbFeatureStore: reopening ", path, " failed (next try in ",
                              (next_reopen - now) / std::chrono::milliseconds(1),
                              " ms): ", opened.ToString()));
-      return absl::UnavailableError(absl::StrCat(
-          "the feature store stopped taking writes after an I/O error (", stopped_by.message(),
-          "); reopening it failed: ", opened.message()));
+      return absl::UnavailableError(
+          absl::StrCat(stopped, "; reopening it failed: ", opened.message()));
     }
     EngineLog(EngineLogLevel::kInfo, absl::StrCat("RocksDbFeatureStore: reopened ", path,
                                                   " after the I/O error; writes resume"));

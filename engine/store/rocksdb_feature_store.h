@@ -16,7 +16,8 @@
 //
 // Other I/O errors on the log (EIO from a failing disk or a network volume) make RocksDB refuse
 // every later write until the database is reopened. The store then reopens it itself, before the
-// next write, retrying with a backoff (0.5 s doubling to 30 s) while that fails; reads go on
+// next write or when RecoverWrites() is called (the server does every second), retrying with a
+// backoff (0.5 s doubling to 30 s) while that fails; reads go on
 // meanwhile (except during a reopen that failed). Writes refused in between are UNAVAILABLE. The
 // write that failed may or may not be stored once the log is replayed (a failed sync leaves the
 // bytes in the page cache): its caller learns which by reading it back after RecoverWrites().

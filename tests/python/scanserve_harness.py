@@ -240,6 +240,33 @@ class ServerProcess(object):
             self.log = None
 
 
+class OneServerAtATime(object):
+    """Mixin for tests that start, kill and restart one server: self.server, self.channel and
+    self.stub (a ScanService stub from self.pb_grpc, which the test sets)."""
+
+    server = None
+    channel = None
+
+    def stop_server(self):
+        """Closes the channel and stops the server (SIGTERM, then SIGKILL); safe to call twice."""
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.server is not None:
+            self.server.kill()
+            self.server = None
+
+    def serve(self, server):
+        """Stops the current server, starts `server` (a ServerProcess) and connects to it."""
+        import grpc  # python3-grpcio: required by the tests that use this, not by every harness user
+        self.stop_server()
+        self.server = server.start()
+        self.server.wait_listening()
+        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.server.port, options=CHANNEL_OPTIONS)
+        grpc.channel_ready_future(self.channel).result(timeout=START_TIMEOUT_S)
+        self.stub = self.pb_grpc.ScanServiceStub(self.channel)
+
+
 def list_image_ids(pb, stub):
     """Every stored image id, through ListItems' pages."""
     ids, token = [], ""

@@ -72,7 +72,7 @@ def skip_unless_mountable():
 skip_unless_mountable()
 
 
-class DiskFullTest(unittest.TestCase):
+class DiskFullTest(h.OneServerAtATime, unittest.TestCase):
 
     def setUp(self):
         h.require_executable(h.SERVER, "the scanserve server")
@@ -82,8 +82,6 @@ class DiskFullTest(unittest.TestCase):
         os.makedirs(self.mount)
         self.assertTrue(mount_tmpfs(self.mount, FULL_SIZE), "mounting a %s tmpfs at %s failed" % (FULL_SIZE, self.mount))
         self.addCleanup(subprocess.run, ["umount", self.mount])
-        self.server = None
-        self.channel = None
         self.addCleanup(self.stop_server)
         self.pb, self.pb_grpc = h.generate_stubs(os.path.join(self.tmp, "stubs"))
         self.model_dir = h.make_model(self.tmp, seed=5)
@@ -92,22 +90,9 @@ class DiskFullTest(unittest.TestCase):
         self.rng = np.random.default_rng(11)
         self.start_server()
 
-    def stop_server(self):
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-        if self.server is not None:
-            self.server.kill()
-            self.server = None
-
     def start_server(self):
-        self.stop_server()
-        self.server = h.ServerProcess(self.tmp, "scanserve-%d" % time.monotonic_ns(), [self.model_dir],
-                                      self.data_dir, extra=["--snapshot-dir", self.snapshot_dir]).start()
-        self.server.wait_listening()
-        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.server.port, options=h.CHANNEL_OPTIONS)
-        grpc.channel_ready_future(self.channel).result(timeout=h.START_TIMEOUT_S)
-        self.stub = self.pb_grpc.ScanServiceStub(self.channel)
+        self.serve(h.ServerProcess(self.tmp, "scanserve-%d" % time.monotonic_ns(), [self.model_dir],
+                                   self.data_dir, extra=["--snapshot-dir", self.snapshot_dir]))
 
     def upsert_image(self, image_id):
         """The per-item status of one image upserted alone."""

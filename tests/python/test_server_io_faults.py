@@ -52,7 +52,7 @@ if not os.path.isfile(FAULTS_LIBRARY):
     sys.exit(77)
 
 
-class IoFaultTest(unittest.TestCase):
+class IoFaultTest(h.OneServerAtATime, unittest.TestCase):
 
     def setUp(self):
         h.require_executable(h.SERVER, "the scanserve server")
@@ -64,31 +64,16 @@ class IoFaultTest(unittest.TestCase):
         self.data_dir = os.path.join(self.tmp, "data")
         self.trigger = os.path.join(self.tmp, "io-faults")
         self.rng = np.random.default_rng(3)
-        self.server = None
-        self.channel = None
         self.addCleanup(self.stop_server)
 
-    def stop_server(self):
-        if self.channel is not None:
-            self.channel.close()
-            self.channel = None
-        if self.server is not None:
-            self.server.kill()
-            self.server = None
-
     def start_server(self, faults):
-        self.stop_server()
         env = {}
         if faults:
             env = {"LD_PRELOAD": FAULTS_LIBRARY, "SCANSERVE_IO_FAULTS_DIR": self.data_dir,
                    "SCANSERVE_IO_FAULTS_FILE": self.trigger}
-        self.server = h.ServerProcess(self.tmp, "scanserve-%d" % time.monotonic_ns(), [self.model_dir],
-                                      self.data_dir, extra=["--log-format", "json", "--snapshot-dir",
-                                                            os.path.join(self.tmp, "snapshots")], env=env).start()
-        self.server.wait_listening()
-        self.channel = grpc.insecure_channel("127.0.0.1:%d" % self.server.port, options=h.CHANNEL_OPTIONS)
-        grpc.channel_ready_future(self.channel).result(timeout=h.START_TIMEOUT_S)
-        self.stub = self.pb_grpc.ScanServiceStub(self.channel)
+        self.serve(h.ServerProcess(self.tmp, "scanserve-%d" % time.monotonic_ns(), [self.model_dir],
+                                   self.data_dir, extra=["--log-format", "json", "--snapshot-dir",
+                                                         os.path.join(self.tmp, "snapshots")], env=env))
 
     def fault(self, mode):
         """Arms the faults ("all" or "sync"); None disarms them."""

@@ -198,5 +198,24 @@ TEST(ServerMetricsTest, StoreFailedWritesAndDiskFreeSpace) {
   EXPECT_EQ(metrics.store_disk_free_bytes().Value(), 1 << 30);
 }
 
+// Writes stopped by an I/O error: a gauge that follows the engine; reopens only move forward.
+TEST(ServerMetricsTest, StoreWritesStoppedAndReopens) {
+  ServerMetrics metrics("test");
+  EngineStats stats;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.store_writes_stopped().Value(), 0);
+  EXPECT_EQ(metrics.store_reopens().Value(), 0);
+  stats.store_writes_stopped = true;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.store_writes_stopped().Value(), 1);
+  stats.store_writes_stopped = false;
+  stats.store_reopens = 2;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.store_writes_stopped().Value(), 0);
+  EXPECT_EQ(metrics.store_reopens().Value(), 2);
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.store_reopens().Value(), 2);
+}
+
 }  // namespace
 }  // namespace scanserve
