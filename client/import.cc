@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/exit_codes.h"
+#include "client/json_file.h"
 #include "client/output.h"
 #include "client/progress.h"
 
@@ -49,16 +50,7 @@ absl::Status SaveCheckpoint(const std::string& path, const Checkpoint& checkpoin
   const nlohmann::json json = {{"source", checkpoint.source},
                                {"total", checkpoint.total},
                                {"acked_through", checkpoint.acked_through}};
-  const std::string temp = path + ".tmp";
-  {
-    std::ofstream out(temp, std::ios::trunc);
-    out << json.dump(2) << "\n";
-    if (!out) return absl::UnavailableError(absl::StrCat("cannot write the checkpoint ", temp));
-  }
-  std::error_code error;
-  std::filesystem::rename(temp, path, error);
-  if (error) return absl::UnavailableError(absl::StrCat("cannot write the checkpoint ", path, ": ", error.message()));
-  return absl::OkStatus();
+  return WriteJsonFileAtomically(path, json);
 }
 
 // Ends of an Ingest stream that another stream may get past: the connection closed (a server

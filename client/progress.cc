@@ -33,6 +33,11 @@ double Progress::elapsed_seconds() const {
 std::string Progress::Line(int64_t done, int64_t failed) const {
   const double elapsed = elapsed_seconds();
   const double rate = elapsed > 0 ? static_cast<double>(done - already_done_) / elapsed : 0;
+  if (total_ < 0) {
+    std::string line = absl::StrFormat("%d items  %.1f items/s", done, rate);
+    if (failed > 0) line += absl::StrFormat("  %d failed", failed);
+    return line;
+  }
   const double percent = total_ > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(total_) : 100.0;
   const double eta = rate > 0 ? static_cast<double>(total_ - done) / rate : -1;
   constexpr int kBar = 24;

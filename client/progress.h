@@ -12,7 +12,8 @@ namespace cli {
 class Progress {
  public:
   // `total` items in all, of which `already_done` were done by an earlier run (they count towards
-  // the percentage, not the rate). `enabled` = false prints nothing.
+  // the percentage, not the rate); a negative total is unknown (counts and rate only). `enabled` =
+  // false prints nothing.
   Progress(int64_t total, int64_t already_done, bool enabled);
 
   void Update(int64_t done, int64_t failed);  // done includes already_done

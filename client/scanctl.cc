@@ -18,6 +18,7 @@
 #include "client/bench.h"
 #include "client/cli_args.h"
 #include "client/connection.h"
+#include "client/copy.h"
 #include "client/exit_codes.h"
 #include "client/features.h"
 #include "client/image_files.h"
@@ -67,7 +68,8 @@ Commands:
       their content again; scores do not change
   get (--image ID | --caption ID)...
       stored items as they were sent: collection, metadata, caption text; an image's region count,
-      boxes and labels (not its features). Exit 3 when an id is unknown
+      boxes and labels (not its features; "features kept" where the server stored them). Exit 3
+      when an id is unknown
   list images|captions [--collection C] [--page-size N] [--limit N]
       stored ids in byte order, one per line, every page (or the first --limit ids)
   snapshot [NAME]
@@ -97,6 +99,15 @@ Commands:
     A stream cut short (UNAVAILABLE, RESOURCE_EXHAUSTED, ABORTED: a server restarting, a rolling
     update, the server's --max-connection-age-s) is reopened where it stopped, with backoff, up to
     --max-reconnects times in a row without progress.
+  copy --to HOST:PORT [--collection C] [--images-only | --captions-only] [--batch N]
+       [--resume-file FILE] [--restart] [--no-progress] [--max-retries N]
+      copies what --server stores into the server at --to, which encodes it again with its own
+      models: how a collection moves to retrained weights without the detector. Images go with the
+      region features the source kept (scanserve --region-features keep; others are listed and not
+      copied, exit 1), boxes, labels, collection and metadata; captions with their text. Both
+      servers take the same token and TLS flags. --batch: images per call (1..32, default 16;
+      captions go 256 at a time). With --resume-file, a rerun resumes after the last id copied.
+      Items written to the source behind the copy are missed: stop writes to it meanwhile
   bench ("TEXT"... | --captions FILE | --image-id ID... | --image-ids FILE) [--concurrency N[,N...]]
         [--duration SECONDS] [--requests N] [--warmup SECONDS] [--queries-per-call Q] [--top-k K]
         [--collection C] [--where KEY=VALUE]...
@@ -479,6 +490,7 @@ int Get(Connection& connection, const std::vector<std::string>& argv, bool json)
       for (int i = 0; i < shown; ++i) absl::StrAppend(&content, i > 0 ? "/" : "", image.image().labels(i));
       if (shown < image.image().labels_size()) absl::StrAppend(&content, "/...");
     }
+    if (image.has_region_features()) absl::StrAppend(&content, ", features kept");
     if (image.synthetic()) absl::StrAppend(&content, " (synthetic, not stored)");
     table.AddRow({"image", image.image().id(), "OK", image.image().collection(), content,
                   FormatMetadata(image.image().metadata())});
@@ -735,6 +747,40 @@ int Import(Connection& connection, const std::vector<std::string>& argv, bool js
   return UsageError(absl::StrCat("unknown import kind '", kind, "' (precomp, tsv or images)"));
 }
 
+int Copy(const ConnectionOptions& connection_options, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args =
+      Parse(argv, {{"to", "collection", "batch", "resume-file", "max-retries"},
+                   {"images-only", "captions-only", "restart", "no-progress"}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (!args->positionals().empty()) return UsageError("copy takes flags only");
+  const std::optional<std::string> to = args->Value("to");
+  if (!to.has_value() || to->empty()) return UsageError("copy needs --to HOST:PORT (the server to copy into)");
+  if (args->Switch("images-only") && args->Switch("captions-only")) {
+    return UsageError("--images-only and --captions-only exclude each other");
+  }
+  CopyOptions options;
+  options.collection = args->Value("collection").value_or("");
+  options.images = !args->Switch("captions-only");
+  options.captions = !args->Switch("images-only");
+  absl::StatusOr<std::optional<int64_t>> batch = args->Int("batch", 1, 32);
+  if (!batch.ok()) return UsageError(std::string(batch.status().message()));
+  options.image_batch = static_cast<int>(batch->value_or(options.image_batch));
+  absl::StatusOr<std::optional<int64_t>> retries = args->Int("max-retries", 0, 1000);
+  if (!retries.ok()) return UsageError(std::string(retries.status().message()));
+  options.max_retries = static_cast<int>(retries->value_or(options.max_retries));
+  options.checkpoint_path = args->Value("resume-file").value_or("");
+  options.restart = args->Switch("restart");
+  options.progress = !args->Switch("no-progress");
+  options.json = json;
+  ConnectionOptions target_options = connection_options;
+  target_options.server = *to;
+  absl::StatusOr<std::unique_ptr<Connection>> source = Connection::Create(connection_options);
+  if (!source.ok()) return Fail(kExitUsage, std::string(source.status().message()));
+  absl::StatusOr<std::unique_ptr<Connection>> target = Connection::Create(target_options);
+  if (!target.ok()) return Fail(kExitUsage, std::string(target.status().message()));
+  return RunCopy(**source, **target, options);
+}
+
 // Non-empty lines of a file (captions or ids for bench).
 absl::StatusOr<std::vector<std::string>> ReadLines(const std::string& path, const char* flag) {
   absl::StatusOr<std::string> text = ReadWholeFile(path, flag);
@@ -876,6 +922,7 @@ int Main(int argc, char** argv) {
   if (command.empty()) return UsageError("no command given");
   // bench makes a connection per client from the options (RunBench reports bad TLS files).
   if (command == "bench") return Bench(connection_options, command_args, json);
+  if (command == "copy") return Copy(connection_options, command_args, json);
 
   using Command = int (*)(Connection&, const std::vector<std::string>&, bool);
   const std::map<std::string, Command> commands = {

@@ -299,6 +299,19 @@ const std::vector<Flag>& Flags() {
        [](const std::string& v, ServerConfig* c) {
          return ParseBytes("max-feature-bytes", v, 0, INT64_MAX, &c->engine.max_feature_bytes);
        }},
+      {"region-features", "drop|keep",
+       "keep each image's input region features in the store beside its embeddings (~3x the disk), so "
+       "that `scanctl copy` can encode the collection again in a server with other models without "
+       "the detector; drop: embeddings only",
+       [](const ServerConfig& c) { return std::string(c.engine.keep_region_features ? "keep" : "drop"); },
+       [](const std::string& v, ServerConfig* c) {
+         if (v != "drop" && v != "keep") {
+           return absl::InvalidArgumentError(
+               absl::StrCat("--region-features: expected drop or keep, got '", v, "'"));
+         }
+         c->engine.keep_region_features = v == "keep";
+         return absl::OkStatus();
+       }},
       {"synthetic-images", "N",
        "load tests and benchmarks only: N random images (36 regions; ids synthetic/0.., collection "
        "'synthetic') added to the scorers at start, never stored, regenerated at each start",

@@ -389,6 +389,14 @@ void StoredImageToProto(const StoredImageInfo& info, v1::StoredImage* out) {
   for (const std::string& label : info.item.labels) image->add_labels(label);
   out->set_num_regions(static_cast<int32_t>(info.num_regions));
   out->set_synthetic(info.synthetic);
+  out->set_has_region_features(info.has_region_features);
+  const FloatMatrix& features = info.item.region_features;
+  if (!features.data.empty()) {
+    v1::RegionFeatures* wire = image->mutable_region_features();
+    wire->set_num_regions(static_cast<int32_t>(features.rows));
+    wire->set_dim(static_cast<int32_t>(features.cols));
+    wire->set_values(features.data.data(), features.data.size() * sizeof(float));  // little-endian
+  }
 }
 
 void StoredCaptionToProto(const StoredCaptionInfo& info, v1::StoredCaption* out) {

@@ -129,6 +129,10 @@ void LogEngine(const RetrievalEngine& engine, const ServerConfig& config) {
                                     stats.images, " images and ", stats.captions, " captions loaded from ",
                                     config.engine.data_dir, " (", stats.feature_bytes, " feature bytes, ",
                                     stats.store_disk_bytes, " bytes on disk)"));
+  if (config.engine.keep_region_features) {
+    Log(LogLevel::kInfo, "engine: new images keep their input region features in the store "
+                         "(--region-features keep)");
+  }
   const std::string blas = OpenBlasCoreNote();
   if (!blas.empty()) Log(LogLevel::kInfo, absl::StrCat("engine: ", blas));
   if (stats.backend == "cpu") {

@@ -274,7 +274,8 @@ grpc::Status ScanServiceImpl::GetItems(grpc::ServerContext* context, const v1::G
   }
   if (request->image_ids_size() > 0) {
     const std::vector<std::string> ids(request->image_ids().begin(), request->image_ids().end());
-    absl::StatusOr<std::vector<StoredImageInfo>> images = engine_->GetImages(ids);
+    absl::StatusOr<std::vector<StoredImageInfo>> images =
+        engine_->GetImages(ids, request->include_region_features());
     if (!images.ok()) return ToGrpcStatus(images.status());
     for (const StoredImageInfo& image : *images) StoredImageToProto(image, response->add_images());
   }

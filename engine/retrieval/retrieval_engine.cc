@@ -230,8 +230,9 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   std::vector<ItemResult> DeleteCaptions(absl::Span<const std::string> ids) override;
   std::vector<ItemResult> UpdateImages(const std::vector<ItemUpdate>& updates) override;
   std::vector<ItemResult> UpdateCaptions(const std::vector<ItemUpdate>& updates) override;
-  absl::StatusOr<std::vector<StoredImageInfo>> GetImages(
-      absl::Span<const std::string> ids) const override;
+  using RetrievalEngine::GetImages;
+  absl::StatusOr<std::vector<StoredImageInfo>> GetImages(absl::Span<const std::string> ids,
+                                                         bool with_region_features) const override;
   absl::StatusOr<std::vector<StoredCaptionInfo>> GetCaptions(
       absl::Span<const std::string> ids) const override;
   absl::StatusOr<ItemPage> ListImages(const ListParams& params) const override;
@@ -283,7 +284,8 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   template <typename Record>
   std::vector<ItemResult> Update(const std::vector<ItemUpdate>& updates, ItemKind kind);
   template <typename Info>
-  absl::StatusOr<std::vector<Info>> Get(absl::Span<const std::string> ids, ItemKind kind) const;
+  absl::StatusOr<std::vector<Info>> Get(absl::Span<const std::string> ids, ItemKind kind,
+                                        bool with_region_features) const;
   absl::StatusOr<ItemPage> List(const ListParams& params, ItemKind kind) const;
 
   absl::Status ValidateParams(const SearchParams& params, size_t num_queries) const;
@@ -553,6 +555,7 @@ absl::Status ScanRetrievalEngine::Load() {
                                               " has boxes or labels that do not match its ",
                                               image.num_regions, " regions"));
     }
+    image.region_features = FloatMatrix();  // kept for re-encoding only; the scorers need none
     image_chunk.push_back(std::move(image));
     return image_chunk.size() >= kLoadChunk ? flush_images() : absl::OkStatus();
   }));
@@ -819,7 +822,8 @@ std::vector<ItemResult> ScanRetrievalEngine::UpsertImages(std::vector<ImageItem>
       for (const Box& b : item.boxes) record.boxes.push_back({b.x1, b.y1, b.x2, b.y2});
       record.labels = std::move(item.labels);
       record.embeddings = std::move(embeddings.per_model);
-      item.region_features = FloatMatrix();  // the raw features are not kept
+      if (options_.keep_region_features) record.region_features = std::move(item.region_features);
+      item.region_features = FloatMatrix();
       records.push_back(std::move(record));
       index.push_back(valid[j]);
     }
@@ -954,7 +958,9 @@ absl::StatusOr<std::vector<std::optional<StoredCaption>>> ReadRecords(
 template <typename Info>
 using RecordOf = std::conditional_t<std::is_same_v<Info, StoredImageInfo>, StoredImage, StoredCaption>;
 
-void FillInfo(StoredImage& record, StoredImageInfo* info) {
+void FillInfo(StoredImage& record, bool with_region_features, StoredImageInfo* info) {
+  info->has_region_features = !record.region_features.data.empty();
+  if (with_region_features) info->item.region_features = std::move(record.region_features);
   info->item.collection = std::move(record.collection);
   info->item.metadata = std::move(record.metadata);
   info->num_regions = record.num_regions;
@@ -963,7 +969,7 @@ void FillInfo(StoredImage& record, StoredImageInfo* info) {
   }
   info->item.labels = std::move(record.labels);
 }
-void FillInfo(StoredCaption& record, StoredCaptionInfo* info) {
+void FillInfo(StoredCaption& record, bool, StoredCaptionInfo* info) {
   info->item.collection = std::move(record.collection);
   info->item.metadata = std::move(record.metadata);
   info->item.text = std::move(record.text);
@@ -986,11 +992,17 @@ void FillSynthetic(const CatalogEntry& entry, StoredCaptionInfo* info) {
 // From the store, whose records are what was acknowledged; ids it lacks may be synthetic.
 template <typename Info>
 absl::StatusOr<std::vector<Info>> ScanRetrievalEngine::Get(absl::Span<const std::string> ids,
-                                                           ItemKind kind) const {
+                                                           ItemKind kind,
+                                                           bool with_region_features) const {
   const char* kind_name = KindName(kind);
   if (ids.size() > RetrievalLimits::kMaxGetIds) {
     return absl::InvalidArgumentError(absl::StrCat("at most ", RetrievalLimits::kMaxGetIds, " ",
                                                    kind_name, " ids per call, got ", ids.size()));
+  }
+  if (with_region_features && ids.size() > RetrievalLimits::kMaxGetIdsWithRegionFeatures) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("at most ", RetrievalLimits::kMaxGetIdsWithRegionFeatures,
+                     " image ids per call with their region features, got ", ids.size()));
   }
   {
     std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
@@ -1014,7 +1026,7 @@ absl::StatusOr<std::vector<Info>> ScanRetrievalEngine::Get(absl::Span<const std:
         auto records, ReadRecords(*store_, chunk, static_cast<const RecordOf<Info>*>(nullptr)));
     for (size_t j = 0; j < chunk.size(); ++j) {
       if (records[j].has_value()) {
-        FillInfo(*records[j], &out[index[begin + j]]);
+        FillInfo(*records[j], with_region_features, &out[index[begin + j]]);
       } else {
         absent.push_back(index[begin + j]);
       }
@@ -1034,13 +1046,13 @@ absl::StatusOr<std::vector<Info>> ScanRetrievalEngine::Get(absl::Span<const std:
 }
 
 absl::StatusOr<std::vector<StoredImageInfo>> ScanRetrievalEngine::GetImages(
-    absl::Span<const std::string> ids) const {
-  return Get<StoredImageInfo>(ids, ItemKind::kImage);
+    absl::Span<const std::string> ids, bool with_region_features) const {
+  return Get<StoredImageInfo>(ids, ItemKind::kImage, with_region_features);
 }
 
 absl::StatusOr<std::vector<StoredCaptionInfo>> ScanRetrievalEngine::GetCaptions(
     absl::Span<const std::string> ids) const {
-  return Get<StoredCaptionInfo>(ids, ItemKind::kCaption);
+  return Get<StoredCaptionInfo>(ids, ItemKind::kCaption, /*with_region_features=*/false);
 }
 
 // From the catalog: what searches see. The page token is the page's last id, so that a page

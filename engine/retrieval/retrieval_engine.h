@@ -43,6 +43,9 @@ struct RetrievalLimits {
   static constexpr size_t kMaxLabelBytes = 256;
   // Reading back: ids per GetImages/GetCaptions call, ids per ListImages/ListCaptions page.
   static constexpr size_t kMaxGetIds = 1000;
+  // Image ids per GetImages call that also reads the region features back: each image's are up to
+  // kMaxRows x img_dim fp32 (1 MiB at 128 x 2048), and the answer must fit a gRPC message.
+  static constexpr size_t kMaxGetIdsWithRegionFeatures = 32;
   // Items per write request of the service (upserts, deletes, updates): one answer per item must
   // fit a response, and a request holds an RPC thread until all of them are done. More go in more
   // requests, or through the Ingest stream.
@@ -78,6 +81,12 @@ struct RetrievalEngineOptions {
   // the id. They count against the capacities; exceeding one fails the start (RESOURCE_EXHAUSTED).
   int64_t synthetic_images = 0;
   int64_t synthetic_captions = 0;
+  // Store each upserted image's input region features (k x img_dim fp32, the detector's output)
+  // beside its embeddings, so that GetImages can hand them back and other models (a retrained
+  // checkpoint) can encode the collection again without the detector: `scanctl copy` into a
+  // server running them. Costs ~3x the disk of the embeddings alone (2048-d input against
+  // 1024-d embeddings); memory is unchanged (the scorers never hold them).
+  bool keep_region_features = false;
 };
 
 using Metadata = std::map<std::string, std::string>;
@@ -166,12 +175,15 @@ struct ItemUpdate {
   std::vector<std::string> remove_metadata;  // keys removed (absent ones are fine)
 };
 
-// One item as GetImages / GetCaptions read it back: what the caller sent with it, less the region
-// features (the store keeps each model's embeddings of them, not the input).
+// One item as GetImages / GetCaptions read it back: what the caller sent with it. The region
+// features only where the engine kept them (RetrievalEngineOptions::keep_region_features) and the
+// caller asked for them; otherwise the store holds each model's embeddings of them, not the input.
 struct StoredImageInfo {
   absl::Status status;      // OK; NOT_FOUND for an unknown id; INVALID_ARGUMENT for a malformed one
-  ImageItem item;           // id, collection, metadata, boxes, labels; region_features empty
+  // id, collection, metadata, boxes, labels; region_features when asked for and kept
+  ImageItem item;
   int64_t num_regions = 0;
+  bool has_region_features = false;  // the store kept this image's input region features
   bool synthetic = false;   // added at start (RetrievalEngineOptions::synthetic_images), not stored
 };
 
@@ -288,8 +300,13 @@ class RetrievalEngine {
   // unknown or malformed id failing alone. The call fails for more than kMaxGetIds ids
   // (INVALID_ARGUMENT), a closed engine (FAILED_PRECONDITION) or an unreadable store (its error,
   // DATA_LOSS for a corrupt record).
-  virtual absl::StatusOr<std::vector<StoredImageInfo>> GetImages(
-      absl::Span<const std::string> ids) const = 0;
+  // with_region_features: also each image's stored input features (has_region_features says
+  // which have them), for at most kMaxGetIdsWithRegionFeatures ids (INVALID_ARGUMENT beyond).
+  virtual absl::StatusOr<std::vector<StoredImageInfo>> GetImages(absl::Span<const std::string> ids,
+                                                                 bool with_region_features) const = 0;
+  absl::StatusOr<std::vector<StoredImageInfo>> GetImages(absl::Span<const std::string> ids) const {
+    return GetImages(ids, /*with_region_features=*/false);
+  }
   virtual absl::StatusOr<std::vector<StoredCaptionInfo>> GetCaptions(
       absl::Span<const std::string> ids) const = 0;
   // The ids searches would see now, in byte order, after params.page_token, of params.collection

@@ -4,7 +4,7 @@
 // Records:
 //  - StoredImage: the caller's id, collection and metadata, the detector's boxes and labels (for
 //    explain), and per loaded model the region embeddings (num_regions x embed_size, fp32, exactly
-//    what was added to that model's scorer).
+//    what was added to that model's scorer), and optionally the input region features.
 //  - StoredCaption: id, collection, metadata, the text, and per model its token ids (that model's
 //    vocabulary) and word embeddings (num_tokens x embed_size, fp32).
 //  Embeddings are indexed by the model's position in RetrievalEngineOptions::model_dirs; the store
@@ -41,6 +41,10 @@ struct StoredImage {
   std::vector<std::array<float, 4>> boxes;  // empty, or num_regions boxes (x1, y1, x2, y2)
   std::vector<std::string> labels;          // empty, or num_regions labels
   std::vector<FloatMatrix> embeddings;      // per model: num_regions x embed_size
+  // The input (num_regions x img_dim, the detector's pool5 features) where the engine keeps it
+  // (RetrievalEngineOptions::keep_region_features), so that other models can encode it again;
+  // else empty.
+  FloatMatrix region_features;
 };
 
 struct StoredCaption {

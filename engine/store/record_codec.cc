@@ -22,6 +22,8 @@ constexpr uint8_t kCaptionKind = 2;
 constexpr size_t kHeaderBytes = 2;
 constexpr size_t kCrcBytes = 4;
 constexpr uint64_t kMaxU32 = std::numeric_limits<uint32_t>::max();
+// The layout before image records could hold region features; captions have not changed since.
+constexpr uint8_t kFirstFormatVersion = 1;
 
 std::string Quoted(absl::string_view id) {
   constexpr size_t kMaxShown = 128;
@@ -169,7 +171,8 @@ class Reader {
 
 // Checks the checksum, version and kind; on success `body` reads the fields after the header.
 absl::StatusOr<Reader> OpenRecord(const std::string& value, uint8_t kind,
-                                  absl::string_view kind_name, absl::string_view key) {
+                                  absl::string_view kind_name, absl::string_view key,
+                                  uint8_t* version_out = nullptr) {
   auto corrupt = [&](absl::string_view why) {
     return absl::DataLossError(
         absl::StrCat("the stored ", kind_name, " record ", Quoted(key), " is corrupt: ", why));
@@ -197,6 +200,7 @@ absl::StatusOr<Reader> OpenRecord(const std::string& value, uint8_t kind,
     return corrupt(absl::StrCat("kind byte ", static_cast<int>(static_cast<uint8_t>(value[1])),
                                 ", expected ", static_cast<int>(kind)));
   }
+  if (version_out != nullptr) *version_out = version;
   return Reader(value.data() + kHeaderBytes, body - kHeaderBytes);
 }
 
@@ -215,8 +219,11 @@ absl::Status FinishRecord(const Reader& r, absl::string_view kind_name, absl::st
 }  // namespace
 
 absl::StatusOr<std::string> EncodeImageRecord(const StoredImage& image) {
+  // Version 1 where it suffices, so that a store which keeps no region features stays readable by
+  // the scanserve releases before version 2.
+  const bool with_regions = !image.region_features.data.empty();
   Writer w;
-  w.U8(kRecordFormatVersion);
+  w.U8(with_regions ? kRecordFormatVersion : kFirstFormatVersion);
   w.U8(kImageKind);
   SCANSERVE_RETURN_IF_ERROR(w.Str(image.id, "the id"));
   SCANSERVE_RETURN_IF_ERROR(w.Str(image.collection, "the collection"));
@@ -232,6 +239,14 @@ absl::StatusOr<std::string> EncodeImageRecord(const StoredImage& image) {
   SCANSERVE_RETURN_IF_ERROR(w.Count(image.embeddings.size(), "embeddings"));
   for (const FloatMatrix& m : image.embeddings)
     SCANSERVE_RETURN_IF_ERROR(w.Matrix(m, "an embedding"));
+  if (with_regions) {
+    if (image.region_features.rows != image.num_regions) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("the region features have ", image.region_features.rows,
+                       " rows for an image of ", image.num_regions, " regions"));
+    }
+    SCANSERVE_RETURN_IF_ERROR(w.Matrix(image.region_features, "the region features"));
+  }
   return std::move(w).Finish();
 }
 
@@ -242,7 +257,7 @@ absl::StatusOr<std::string> EncodeCaptionRecord(const StoredCaption& caption) {
         " models but embeddings for ", caption.embeddings.size()));
   }
   Writer w;
-  w.U8(kRecordFormatVersion);
+  w.U8(kFirstFormatVersion);
   w.U8(kCaptionKind);
   SCANSERVE_RETURN_IF_ERROR(w.Str(caption.id, "the id"));
   SCANSERVE_RETURN_IF_ERROR(w.Str(caption.collection, "the collection"));
@@ -258,7 +273,8 @@ absl::StatusOr<std::string> EncodeCaptionRecord(const StoredCaption& caption) {
 }
 
 absl::StatusOr<StoredImage> DecodeImageRecord(const std::string& key, const std::string& value) {
-  SCANSERVE_ASSIGN_OR_RETURN(Reader r, OpenRecord(value, kImageKind, "image", key));
+  uint8_t version = 0;
+  SCANSERVE_ASSIGN_OR_RETURN(Reader r, OpenRecord(value, kImageKind, "image", key, &version));
   StoredImage image;
   image.id = r.Str("id");
   image.collection = r.Str("collection");
@@ -273,6 +289,7 @@ absl::StatusOr<StoredImage> DecodeImageRecord(const std::string& key, const std:
   const size_t models = r.Count(8, "embeddings");
   image.embeddings.reserve(models);
   for (size_t m = 0; m < models && r.ok(); ++m) image.embeddings.push_back(r.Matrix("embedding"));
+  if (version >= 2) image.region_features = r.Matrix("region features");
   SCANSERVE_RETURN_IF_ERROR(FinishRecord(r, "image", key, image.id));
   return image;
 }

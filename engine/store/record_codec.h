@@ -3,7 +3,8 @@
 //
 //   u8 format version (kRecordFormatVersion), u8 kind (1 image, 2 caption)
 //   image:   str id, str collection, meta, u32 num_regions, u32 n_boxes, f32[4 n_boxes],
-//            u32 n_labels, str[n_labels], u32 n_models, n_models x matrix
+//            u32 n_labels, str[n_labels], u32 n_models, n_models x matrix,
+//            and from version 2 on: matrix region_features (num_regions x img_dim)
 //   caption: str id, str collection, meta, str text, u32 n_models,
 //            n_models x (u32 n_ids, i64[n_ids], matrix)
 //   u32 CRC-32C of every byte before it
@@ -12,7 +13,9 @@
 //
 // Decoding checks the checksum, the version, the kind, every length against the bytes left, and
 // that the record's id is the key it was stored under. A failed check is DATA_LOSS naming the
-// record; a version from a newer scanserve is FAILED_PRECONDITION.
+// record; a version from a newer scanserve is FAILED_PRECONDITION. Version 2 added the image's
+// input region features (kept with --keep-region-features, for re-encoding under other models);
+// an image record without them is still written as version 1, and captions always are.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +26,7 @@
 
 namespace scanserve {
 
-inline constexpr uint8_t kRecordFormatVersion = 1;
+inline constexpr uint8_t kRecordFormatVersion = 2;
 
 // INVALID_ARGUMENT when a field is too large for the format (a length over 2^32 - 1) or a matrix's
 // data does not match its shape.

@@ -21,7 +21,8 @@ Checked:
     a dead server;
   * answers agree with the model: searches return min(top_k, matching items) hits (phase 1), sorted,
     finite, unique, inside the filter, with the stored collection, metadata and text; GetItems returns
-    what was acknowledged (collection, metadata, text, region count) or an error for an id not stored;
+    what was acknowledged (collection, metadata, text, region count, and with include_region_features
+    the features bit for bit: the server keeps them) or an error for an id not stored;
     ListItems pages are sorted, unique and stored; GetStats and snapshots count the model (phase 1);
   * at the end: /healthz is 200 and ListItems, GetItems and GetStats give exactly the model; then
     kill -9 and a restart on the same data directory: still exactly the model (nothing acknowledged
@@ -101,7 +102,8 @@ class Model(object):
     def put_image(self, img):
         """An acknowledged upsert of `img` (a scanserve.v1.Image)."""
         self.images[img.id] = dict(collection=img.collection, metadata=dict(img.metadata),
-                                   num_regions=img.region_features.num_regions)
+                                   num_regions=img.region_features.num_regions,
+                                   features=(img.region_features.dim, img.region_features.values))
 
     def put_caption(self, cap):
         """An acknowledged upsert of `cap` (a scanserve.v1.Caption)."""
@@ -443,14 +445,23 @@ class Fuzzer(object):
 
     def fuzz_get_items(self):
         request = self.pb.GetItemsRequest(image_ids=[self.rand_id("i") for _ in range(self.count())],
-                                          caption_ids=[self.rand_id("c") for _ in range(self.count())])
+                                          caption_ids=[self.rand_id("c") for _ in range(self.count())],
+                                          include_region_features=self.chance(0.3))
         response, code = self.call("GetItems", request)
+        if request.include_region_features and len(request.image_ids) > 32:
+            self.t.assertEqual(code, C.INVALID_ARGUMENT, "GetItems of %d images with their features"
+                               % len(request.image_ids))
         if code != C.OK:
             return
         self.t.assertEqual(len(response.images), len(request.image_ids))
         self.t.assertEqual(len(response.captions), len(request.caption_ids))
         for i, got in zip(request.image_ids, response.images):
             self.check_stored_image(i, got, "GetItems")
+            if i in self.model.images:  # the server keeps the features (--region-features keep)
+                self.t.assertTrue(got.has_region_features, "GetItems: image %r" % i)
+                f = got.image.region_features
+                sent = self.model.images[i]["features"] if request.include_region_features else (0, b"")
+                self.t.assertEqual((f.dim, f.values), sent, "GetItems: image %r's features" % i)
         for i, got in zip(request.caption_ids, response.captions):
             self.check_stored_caption(i, got, "GetItems")
 
@@ -562,6 +573,7 @@ class ServerFuzzTest(unittest.TestCase):
             self.tmp, "scanserve-%d" % self.starts, [self.model_dir], self.data_dir,
             extra=["--max-message-bytes", str(MAX_MESSAGE_BYTES),
                    "--snapshot-dir", os.path.join(self.tmp, "snapshots"),
+                   "--region-features", "keep",
                    # Two batches at once in the engine, as the GPU serving benchmark runs it.
                    "--batch-workers", "2"] + BACKEND_ARGS,
             binary=SERVER).start()

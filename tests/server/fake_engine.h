@@ -90,8 +90,13 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     return Apply(updates, &captions_);
   }
 
-  absl::StatusOr<std::vector<StoredImageInfo>> GetImages(absl::Span<const std::string> ids) const override {
+  using RetrievalEngine::GetImages;
+  absl::StatusOr<std::vector<StoredImageInfo>> GetImages(absl::Span<const std::string> ids,
+                                                         bool with_region_features) const override {
     if (ids.size() > RetrievalLimits::kMaxGetIds) return absl::InvalidArgumentError("too many ids");
+    if (with_region_features && ids.size() > RetrievalLimits::kMaxGetIdsWithRegionFeatures) {
+      return absl::InvalidArgumentError("too many ids with region features");
+    }
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<StoredImageInfo> out(ids.size());
     for (size_t i = 0; i < ids.size(); ++i) {
@@ -102,8 +107,9 @@ class FakeRetrievalEngine final : public RetrievalEngine {
         continue;
       }
       out[i].item = it->second;
-      out[i].item.region_features = FloatMatrix();
+      if (!with_region_features) out[i].item.region_features = FloatMatrix();
       out[i].num_regions = it->second.region_features.rows;
+      out[i].has_region_features = true;  // the fake keeps every item whole
     }
     return out;
   }

@@ -435,7 +435,81 @@ void ExpectSameImage(const StoredImageInfo& got, const ImageItem& sent) {
   }
   EXPECT_EQ(got.item.labels, sent.labels);
   EXPECT_TRUE(got.item.region_features.data.empty()) << "features are not read back";
+  EXPECT_FALSE(got.has_region_features) << "the engine keeps no features by default";
   EXPECT_FALSE(got.synthetic);
+}
+
+// With keep_region_features the store holds each image's input, bit for bit, across updates and
+// restarts, and another model encodes what is read back exactly as it would the original: the
+// way a collection moves to retrained weights without the detector.
+TEST_F(RetrievalEngineTest, KeptRegionFeaturesReadBackExactlyForOtherModels) {
+  const std::vector<ImageItem> before_keeping = SomeImages(2, /*seed=*/7);
+  std::vector<ImageItem> images = SomeImages(5);
+  for (ImageItem& image : images) image.id = "kept/" + image.id;
+  {
+    auto engine = Make(Options());  // a store that kept nothing at first
+    ASSERT_NE(engine, nullptr);
+    ExpectAllOk(engine->UpsertImages(before_keeping));
+  }
+  RetrievalEngineOptions keeping = Options();
+  keeping.keep_region_features = true;
+  std::vector<std::string> ids;
+  for (const ImageItem& image : images) ids.push_back(image.id);
+  for (int restart = 0; restart < 2; ++restart) {
+    auto engine = Make(keeping);
+    ASSERT_NE(engine, nullptr);
+    if (restart == 0) {
+      ExpectAllOk(engine->UpsertImages(images));
+      ItemUpdate update;  // rewrites the record: the features must stay
+      update.id = images[2].id;
+      update.set_metadata = {{"tag", "beach"}};
+      ExpectAllOk(engine->UpdateImages({update}));
+      images[2].metadata["tag"] = "beach";
+    }
+    auto got = engine->GetImages(ids, /*with_region_features=*/true);
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (size_t i = 0; i < images.size(); ++i) {
+      const StoredImageInfo& info = (*got)[i];
+      ASSERT_TRUE(info.status.ok()) << info.status;
+      EXPECT_TRUE(info.has_region_features);
+      EXPECT_EQ(info.item.metadata, images[i].metadata);
+      EXPECT_EQ(info.item.region_features.rows, images[i].region_features.rows);
+      EXPECT_EQ(info.item.region_features.cols, images[i].region_features.cols);
+      EXPECT_EQ(info.item.region_features.data, images[i].region_features.data) << images[i].id;
+    }
+    // Without asking: flagged, not sent. Images stored before keeping have none.
+    auto plain = engine->GetImages(ids);
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    EXPECT_TRUE((*plain)[0].has_region_features);
+    EXPECT_TRUE((*plain)[0].item.region_features.data.empty());
+    auto old = engine->GetImages(std::vector<std::string>{before_keeping[0].id}, true);
+    ASSERT_TRUE(old.ok()) << old.status();
+    EXPECT_FALSE((*old)[0].has_region_features);
+    EXPECT_TRUE((*old)[0].item.region_features.data.empty());
+
+    const std::vector<std::string> too_many(RetrievalLimits::kMaxGetIdsWithRegionFeatures + 1,
+                                            ids[0]);
+    EXPECT_EQ(engine->GetImages(too_many, true).status().code(),
+              absl::StatusCode::kInvalidArgument);
+    EXPECT_TRUE(engine->GetImages(too_many).ok()) << "the smaller bound is for features only";
+  }
+
+  // Another model, fed what was read back, ranks as the oracle does on the originals.
+  std::vector<ImageItem> copied;
+  {
+    auto engine = Make(keeping);
+    ASSERT_NE(engine, nullptr);
+    auto got = engine->GetImages(ids, true);
+    ASSERT_TRUE(got.ok()) << got.status();
+    for (const StoredImageInfo& info : *got) copied.push_back(info.item);
+  }
+  RetrievalEngineOptions other = Options();
+  other.model_dirs = {(base_ / "model_b").string()};
+  other.data_dir = (base_ / "other").string();
+  auto target = Make(other);
+  ASSERT_NE(target, nullptr);
+  ExpectAllOk(target->UpsertImages(copied));
+  ExpectImageSearchMatchesOracle(*target, other, images, /*top_k=*/5);
 }
 
 TEST_F(RetrievalEngineTest, GetReadsBackWhatWasSentAcrossARestart) {

@@ -69,7 +69,8 @@ TEST(RecordCodecTest, ImageRoundTripIsExact) {
   const StoredImage image = SampleImage();
   auto encoded = EncodeImageRecord(image);
   ASSERT_TRUE(encoded.ok()) << encoded.status();
-  EXPECT_EQ(static_cast<uint8_t>((*encoded)[0]), kRecordFormatVersion);
+  // Without region features the record keeps the first layout, which older releases read.
+  EXPECT_EQ(static_cast<uint8_t>((*encoded)[0]), 1);
   auto decoded = DecodeImageRecord(image.id, *encoded);
   ASSERT_TRUE(decoded.ok()) << decoded.status();
   EXPECT_EQ(decoded->id, image.id);
@@ -81,6 +82,51 @@ TEST(RecordCodecTest, ImageRoundTripIsExact) {
   ASSERT_EQ(decoded->embeddings.size(), 2u);
   ExpectSameMatrix(decoded->embeddings[0], image.embeddings[0]);
   ExpectSameMatrix(decoded->embeddings[1], image.embeddings[1]);
+  EXPECT_TRUE(decoded->region_features.data.empty());
+}
+
+TEST(RecordCodecTest, ImageWithRegionFeaturesRoundTripsExactlyInVersion2) {
+  std::mt19937 rng(3);
+  StoredImage image = SampleImage();
+  image.region_features = RandomMatrix(3, 20, rng);
+  auto encoded = EncodeImageRecord(image);
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  EXPECT_EQ(static_cast<uint8_t>((*encoded)[0]), kRecordFormatVersion);
+  EXPECT_EQ(kRecordFormatVersion, 2);
+  auto decoded = DecodeImageRecord(image.id, *encoded);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  ExpectSameMatrix(decoded->region_features, image.region_features);
+  ASSERT_EQ(decoded->embeddings.size(), 2u);
+  ExpectSameMatrix(decoded->embeddings[1], image.embeddings[1]);
+  EXPECT_EQ(decoded->labels, image.labels);
+
+  // Cut anywhere inside the features (checksum recomputed): DATA_LOSS, never a short matrix.
+  const std::string whole = *encoded;
+  for (size_t cut : {size_t{4}, size_t{100}, size_t{3 * 20 * 4}}) {
+    std::string bad = whole.substr(0, whole.size() - 4 - cut);
+    const uint32_t crc = Crc32c(bad.data(), bad.size());
+    bad.append(reinterpret_cast<const char*>(&crc), 4);
+    EXPECT_EQ(DecodeImageRecord(image.id, bad).status().code(), absl::StatusCode::kDataLoss) << cut;
+  }
+  // A version-1 header on a record that holds features: the features are trailing bytes.
+  std::string relabelled = whole;
+  relabelled[0] = 1;
+  const uint32_t crc = Crc32c(relabelled.data(), relabelled.size() - 4);
+  std::memcpy(&relabelled[relabelled.size() - 4], &crc, 4);
+  EXPECT_EQ(DecodeImageRecord(image.id, relabelled).status().code(), absl::StatusCode::kDataLoss);
+}
+
+TEST(RecordCodecTest, RegionFeaturesMustHaveOneRowPerRegion) {
+  std::mt19937 rng(4);
+  StoredImage image = SampleImage();
+  image.region_features = RandomMatrix(2, 20, rng);  // the image has 3 regions
+  EXPECT_EQ(EncodeImageRecord(image).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(RecordCodecTest, CaptionsKeepTheFirstLayout) {
+  auto encoded = EncodeCaptionRecord(SampleCaption());
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  EXPECT_EQ(static_cast<uint8_t>((*encoded)[0]), 1);
 }
 
 TEST(RecordCodecTest, CaptionRoundTripIsExact) {

@@ -1,0 +1,42 @@
+// `scanctl copy`: moves what one server stores into another, which encodes it again with its own
+// models. That is how a collection moves to retrained weights (or another ensemble) without running
+// the detector again: images go with the input region features the source kept
+// (`scanserve --region-features keep`), their boxes, labels, collection and metadata; captions with
+// their text.
+//
+// Ids are read by pages in byte order (ListItems), the items in batches (GetItems with
+// include_region_features) and upserted into the target (idempotent). A checkpoint of the last id
+// copied per kind resumes an interrupted copy after it. Calls that fail for now (UNAVAILABLE,
+// RESOURCE_EXHAUSTED, ABORTED, DEADLINE_EXCEEDED, and items the target answers UNAVAILABLE) are
+// retried with a backoff. Items written to the source behind the copy's place in the order are not
+// copied: stop writing to the source (or write to both) while it runs.
+#pragma once
+
+#include <string>
+
+#include "client/connection.h"
+
+namespace scanserve {
+namespace cli {
+
+struct CopyOptions {
+  std::string collection;       // empty: every collection
+  bool images = true;
+  bool captions = true;
+  int image_batch = 16;         // images per read and upsert (at most 32: up to a MiB each)
+  int caption_batch = 256;
+  std::string checkpoint_path;  // empty: no checkpoint
+  bool restart = false;         // ignore (and overwrite) an existing checkpoint
+  bool progress = true;
+  bool json = false;            // summary as JSON on stdout
+  int max_failures_shown = 20;
+  // Retries of one call in a row (backoff 0.25 s doubling to 8 s: ~30 s for 8).
+  int max_retries = 8;
+};
+
+// Returns the exit code: 0 everything copied; 1 an item failed, an image had no stored region
+// features, or a call kept failing; 2 bad options or checkpoint; 4 a server unavailable.
+int RunCopy(Connection& source, Connection& target, const CopyOptions& options);
+
+}  // namespace cli
+}  // namespace scanserve
