@@ -224,33 +224,45 @@ class Copier {
     return grpc::Status::OK;
   }
 
+  grpc::Status Read(const v1::GetItemsRequest& get, v1::GetItemsResponse* got) {
+    return Retrying("GetItems (source)", [&] {
+      got->Clear();
+      return source_.scan().GetItems(source_.NewContext().get(), get, got);
+    });
+  }
+
+  // Counts an item read back that is not to be sent (deleted since it was listed, unreadable, or
+  // a synthetic benchmark item); true for one that is.
+  bool Copyable(const v1::ItemStatus& result, bool synthetic, const char* kind) {
+    if (result.code() == static_cast<int>(grpc::StatusCode::NOT_FOUND)) {
+      ++counts_.vanished;
+    } else if (result.code() != 0) {
+      ItemFailed(kind, result.id(), result.code(), result.message());
+    } else if (synthetic) {
+      ++counts_.synthetic;
+    } else {
+      return true;
+    }
+    return false;
+  }
+
   grpc::Status CopyImages(const std::vector<std::string>& ids) {
     v1::GetItemsRequest get;
     for (const std::string& id : ids) get.add_image_ids(id);
     get.set_include_region_features(true);
     v1::GetItemsResponse got;
-    const grpc::Status status = Retrying("GetItems (source)", [&] {
-      got.Clear();
-      return source_.scan().GetItems(source_.NewContext().get(), get, &got);
-    });
-    if (!status.ok()) return status;
+    if (grpc::Status status = Read(get, &got); !status.ok()) return status;
     std::vector<v1::Image> items;
     for (v1::StoredImage& stored : *got.mutable_images()) {
-      const v1::ItemStatus& result = stored.status();
-      if (result.code() == static_cast<int>(grpc::StatusCode::NOT_FOUND)) {
-        ++counts_.vanished;
-      } else if (result.code() != 0) {
-        ItemFailed("image", result.id(), result.code(), result.message());
-      } else if (stored.synthetic()) {
-        ++counts_.synthetic;
-      } else if (!stored.has_region_features() || !stored.image().has_region_features()) {
+      if (!Copyable(stored.status(), stored.synthetic(), "image")) continue;
+      if (!stored.has_region_features() || !stored.image().has_region_features()) {
         if (++counts_.without_region_features <= options_.max_failures_shown) {
           std::fprintf(stderr, "%sscanctl: image '%s' was stored without its region features; not copied\n",
                        options_.progress ? "\n" : "", stored.image().id().c_str());
         }
-      } else {
-        items.push_back(std::move(*stored.mutable_image()));
+        continue;
       }
+      items.push_back(std::move(*stored.mutable_image()));
     }
     return Upsert<v1::UpsertImagesRequest, v1::UpsertImagesResponse>(
         std::move(items), "image", &counts_.images, &v1::ScanService::Stub::UpsertImages,
@@ -261,23 +273,10 @@ class Copier {
     v1::GetItemsRequest get;
     for (const std::string& id : ids) get.add_caption_ids(id);
     v1::GetItemsResponse got;
-    const grpc::Status status = Retrying("GetItems (source)", [&] {
-      got.Clear();
-      return source_.scan().GetItems(source_.NewContext().get(), get, &got);
-    });
-    if (!status.ok()) return status;
+    if (grpc::Status status = Read(get, &got); !status.ok()) return status;
     std::vector<v1::Caption> items;
     for (v1::StoredCaption& stored : *got.mutable_captions()) {
-      const v1::ItemStatus& result = stored.status();
-      if (result.code() == static_cast<int>(grpc::StatusCode::NOT_FOUND)) {
-        ++counts_.vanished;
-      } else if (result.code() != 0) {
-        ItemFailed("caption", result.id(), result.code(), result.message());
-      } else if (stored.synthetic()) {
-        ++counts_.synthetic;
-      } else {
-        items.push_back(std::move(*stored.mutable_caption()));
-      }
+      if (Copyable(stored.status(), stored.synthetic(), "caption")) items.push_back(std::move(*stored.mutable_caption()));
     }
     return Upsert<v1::UpsertCaptionsRequest, v1::UpsertCaptionsResponse>(
         std::move(items), "caption", &counts_.captions, &v1::ScanService::Stub::UpsertCaptions,
