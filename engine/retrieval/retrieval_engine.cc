@@ -286,6 +286,8 @@ class ScanRetrievalEngine final : public RetrievalEngine {
   template <typename Info>
   absl::StatusOr<std::vector<Info>> Get(absl::Span<const std::string> ids, ItemKind kind,
                                         bool with_region_features) const;
+  // Fills item.region_features of the OK infos that have them (has_region_features).
+  absl::Status ReadRegionFeatures(std::vector<StoredImageInfo>* infos) const;
   absl::StatusOr<ItemPage> List(const ListParams& params, ItemKind kind) const;
 
   absl::Status ValidateParams(const SearchParams& params, size_t num_queries) const;
@@ -555,7 +557,6 @@ absl::Status ScanRetrievalEngine::Load() {
                                               " has boxes or labels that do not match its ",
                                               image.num_regions, " regions"));
     }
-    image.region_features = FloatMatrix();  // kept for re-encoding only; the scorers need none
     image_chunk.push_back(std::move(image));
     return image_chunk.size() >= kLoadChunk ? flush_images() : absl::OkStatus();
   }));
@@ -822,7 +823,10 @@ std::vector<ItemResult> ScanRetrievalEngine::UpsertImages(std::vector<ImageItem>
       for (const Box& b : item.boxes) record.boxes.push_back({b.x1, b.y1, b.x2, b.y2});
       record.labels = std::move(item.labels);
       record.embeddings = std::move(embeddings.per_model);
-      if (options_.keep_region_features) record.region_features = std::move(item.region_features);
+      if (options_.keep_region_features) {
+        record.region_features = std::move(item.region_features);
+        record.has_region_features = true;
+      }
       item.region_features = FloatMatrix();
       records.push_back(std::move(record));
       index.push_back(valid[j]);
@@ -958,9 +962,8 @@ absl::StatusOr<std::vector<std::optional<StoredCaption>>> ReadRecords(
 template <typename Info>
 using RecordOf = std::conditional_t<std::is_same_v<Info, StoredImageInfo>, StoredImage, StoredCaption>;
 
-void FillInfo(StoredImage& record, bool with_region_features, StoredImageInfo* info) {
-  info->has_region_features = !record.region_features.data.empty();
-  if (with_region_features) info->item.region_features = std::move(record.region_features);
+void FillInfo(StoredImage& record, StoredImageInfo* info) {
+  info->has_region_features = record.has_region_features;
   info->item.collection = std::move(record.collection);
   info->item.metadata = std::move(record.metadata);
   info->num_regions = record.num_regions;
@@ -969,7 +972,7 @@ void FillInfo(StoredImage& record, bool with_region_features, StoredImageInfo* i
   }
   info->item.labels = std::move(record.labels);
 }
-void FillInfo(StoredCaption& record, bool, StoredCaptionInfo* info) {
+void FillInfo(StoredCaption& record, StoredCaptionInfo* info) {
   info->item.collection = std::move(record.collection);
   info->item.metadata = std::move(record.metadata);
   info->item.text = std::move(record.text);
@@ -1026,11 +1029,14 @@ absl::StatusOr<std::vector<Info>> ScanRetrievalEngine::Get(absl::Span<const std:
         auto records, ReadRecords(*store_, chunk, static_cast<const RecordOf<Info>*>(nullptr)));
     for (size_t j = 0; j < chunk.size(); ++j) {
       if (records[j].has_value()) {
-        FillInfo(*records[j], with_region_features, &out[index[begin + j]]);
+        FillInfo(*records[j], &out[index[begin + j]]);
       } else {
         absent.push_back(index[begin + j]);
       }
     }
+  }
+  if constexpr (std::is_same_v<Info, StoredImageInfo>) {
+    if (with_region_features) SCANSERVE_RETURN_IF_ERROR(ReadRegionFeatures(&out));
   }
   if (absent.empty()) return out;
   std::shared_lock<WriterPreferringSharedMutex> state(state_mu_);
@@ -1043,6 +1049,41 @@ absl::StatusOr<std::vector<Info>> ScanRetrievalEngine::Get(absl::Span<const std:
     }
   }
   return out;
+}
+
+// Kept apart from the records (FeatureStore): read only for the images whose record has them.
+absl::Status ScanRetrievalEngine::ReadRegionFeatures(std::vector<StoredImageInfo>* infos) const {
+  std::vector<std::string> ids;
+  std::vector<StoredImageInfo*> with;
+  for (StoredImageInfo& info : *infos) {
+    if (!info.status.ok() || !info.has_region_features) continue;
+    ids.push_back(info.item.id);
+    with.push_back(&info);
+  }
+  if (ids.empty()) return absl::OkStatus();
+  SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<FloatMatrix>> features,
+                             store_->GetImageRegionFeatures(ids));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    if (!features[i].has_value()) {
+      // Deleted or replaced since its record was read; else the store lost what its record says.
+      SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> now,
+                                 store_->GetImages(absl::MakeConstSpan(&ids[i], 1)));
+      if (now[0].has_value() && now[0]->has_region_features) {
+        return absl::DataLossError(absl::StrCat("the stored image ", QuoteId(ids[i]),
+                                                " has no region features although its record "
+                                                "says it has"));
+      }
+      with[i]->has_region_features = false;
+      continue;
+    }
+    if (features[i]->rows != with[i]->num_regions) {
+      return absl::DataLossError(absl::StrCat("the stored region features of image ",
+                                              QuoteId(ids[i]), " have ", features[i]->rows,
+                                              " rows for ", with[i]->num_regions, " regions"));
+    }
+    with[i]->item.region_features = *std::move(features[i]);
+  }
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<StoredImageInfo>> ScanRetrievalEngine::GetImages(

@@ -85,7 +85,8 @@ struct RetrievalEngineOptions {
   // beside its embeddings, so that GetImages can hand them back and other models (a retrained
   // checkpoint) can encode the collection again without the detector: `scanctl copy` into a
   // server running them. Costs ~3x the disk of the embeddings alone (2048-d input against
-  // 1024-d embeddings); memory is unchanged (the scorers never hold them).
+  // 1024-d embeddings), stored apart so that loading and searching never read them; memory is
+  // unchanged (the scorers never hold them).
   bool keep_region_features = false;
 };
 

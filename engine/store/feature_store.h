@@ -4,7 +4,7 @@
 // Records:
 //  - StoredImage: the caller's id, collection and metadata, the detector's boxes and labels (for
 //    explain), and per loaded model the region embeddings (num_regions x embed_size, fp32, exactly
-//    what was added to that model's scorer), and optionally the input region features.
+//    what was added to that model's scorer), and optionally (apart) the input region features.
 //  - StoredCaption: id, collection, metadata, the text, and per model its token ids (that model's
 //    vocabulary) and word embeddings (num_tokens x embed_size, fp32).
 //  Embeddings are indexed by the model's position in RetrievalEngineOptions::model_dirs; the store
@@ -42,9 +42,14 @@ struct StoredImage {
   std::vector<std::string> labels;          // empty, or num_regions labels
   std::vector<FloatMatrix> embeddings;      // per model: num_regions x embed_size
   // The input (num_regions x img_dim, the detector's pool5 features) where the engine keeps it
-  // (RetrievalEngineOptions::keep_region_features), so that other models can encode it again;
-  // else empty.
+  // (RetrievalEngineOptions::keep_region_features), so that other models can encode it again.
+  // Stored apart from the record: GetImages and ScanImages never fill region_features (loading
+  // and searching need none), GetImageRegionFeatures reads them; has_region_features says they
+  // exist. PutImages stores region_features when set; with it empty, has_region_features true
+  // keeps the stored ones (a record read back and written again, e.g. a metadata update) and
+  // false removes any (a replaced image's features must not outlive it).
   FloatMatrix region_features;
+  bool has_region_features = false;
 };
 
 struct StoredCaption {
@@ -83,6 +88,10 @@ class FeatureStore {
   virtual absl::StatusOr<std::vector<std::optional<StoredImage>>> GetImages(
       absl::Span<const std::string> ids) const = 0;
   virtual absl::StatusOr<std::vector<std::optional<StoredCaption>>> GetCaptions(
+      absl::Span<const std::string> ids) const = 0;
+  // The input region features of images stored with them: nullopt for an image without any (or
+  // absent). A corrupt record fails the call with DATA_LOSS naming its id.
+  virtual absl::StatusOr<std::vector<std::optional<FloatMatrix>>> GetImageRegionFeatures(
       absl::Span<const std::string> ids) const = 0;
 
   // Full scans in id (byte) order, for loading at start. `visit` may move from its argument; its

@@ -56,9 +56,22 @@ absl::Status InMemoryFeatureStore::CheckOpen() const {
 
 absl::Status InMemoryFeatureStore::PutImages(absl::Span<const StoredImage> images) {
   SCANSERVE_ASSIGN_OR_RETURN(auto encoded, EncodeRecords(images, EncodeImageRecord));
+  std::vector<std::string> regions(images.size());  // encoded features; empty: none given
+  for (size_t i = 0; i < images.size(); ++i) {
+    if (images[i].region_features.data.empty()) continue;
+    SCANSERVE_ASSIGN_OR_RETURN(regions[i],
+                               EncodeRegionFeaturesRecord(images[i].id, images[i].region_features));
+  }
   std::unique_lock<std::shared_mutex> lock(mu_);
   SCANSERVE_RETURN_IF_ERROR(CheckOpen());
-  for (auto& [id, value] : encoded) images_[id] = std::move(value);
+  for (size_t i = 0; i < images.size(); ++i) {
+    images_[encoded[i].first] = std::move(encoded[i].second);
+    if (!regions[i].empty()) {
+      image_regions_[images[i].id] = std::move(regions[i]);
+    } else if (!images[i].has_region_features) {
+      image_regions_.erase(images[i].id);  // as RocksDbFeatureStore: none given, none kept
+    }
+  }
   ++synced_writes_;
   return absl::OkStatus();
 }
@@ -75,7 +88,10 @@ absl::Status InMemoryFeatureStore::PutCaptions(absl::Span<const StoredCaption> c
 absl::Status InMemoryFeatureStore::DeleteImages(absl::Span<const std::string> ids) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   SCANSERVE_RETURN_IF_ERROR(CheckOpen());
-  for (const std::string& id : ids) images_.erase(id);
+  for (const std::string& id : ids) {
+    images_.erase(id);
+    image_regions_.erase(id);
+  }
   ++synced_writes_;
   return absl::OkStatus();
 }
@@ -100,6 +116,13 @@ absl::StatusOr<std::vector<std::optional<StoredCaption>>> InMemoryFeatureStore::
   std::shared_lock<std::shared_mutex> lock(mu_);
   SCANSERVE_RETURN_IF_ERROR(CheckOpen());
   return GetAll<StoredCaption>(captions_, ids, DecodeCaptionRecord);
+}
+
+absl::StatusOr<std::vector<std::optional<FloatMatrix>>>
+InMemoryFeatureStore::GetImageRegionFeatures(absl::Span<const std::string> ids) const {
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  return GetAll<FloatMatrix>(image_regions_, ids, DecodeRegionFeaturesRecord);
 }
 
 absl::Status InMemoryFeatureStore::ScanImages(

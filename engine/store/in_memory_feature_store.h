@@ -24,6 +24,8 @@ class InMemoryFeatureStore final : public FeatureStore {
       absl::Span<const std::string> ids) const override;
   absl::StatusOr<std::vector<std::optional<StoredCaption>>> GetCaptions(
       absl::Span<const std::string> ids) const override;
+  absl::StatusOr<std::vector<std::optional<FloatMatrix>>> GetImageRegionFeatures(
+      absl::Span<const std::string> ids) const override;
   absl::Status ScanImages(const std::function<absl::Status(StoredImage&)>& visit) const override;
   absl::Status ScanCaptions(
       const std::function<absl::Status(StoredCaption&)>& visit) const override;
@@ -43,6 +45,7 @@ class InMemoryFeatureStore final : public FeatureStore {
   mutable std::shared_mutex mu_;                 // guards every field below
   std::map<std::string, std::string> images_;    // id -> encoded record
   std::map<std::string, std::string> captions_;  // id -> encoded record
+  std::map<std::string, std::string> image_regions_;  // id -> encoded region features
   std::map<std::string, std::string> meta_;
   int64_t synced_writes_ = 0;
   bool closed_ = false;

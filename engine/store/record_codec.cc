@@ -24,6 +24,9 @@ constexpr size_t kCrcBytes = 4;
 constexpr uint64_t kMaxU32 = std::numeric_limits<uint32_t>::max();
 // The layout before image records could hold region features; captions have not changed since.
 constexpr uint8_t kFirstFormatVersion = 1;
+constexpr uint8_t kRegionFeaturesKind = 3;
+constexpr uint8_t kRegionFeaturesVersion = 1;
+constexpr uint8_t kFlagRegionFeatures = 1;  // image records from version 2 on
 
 std::string Quoted(absl::string_view id) {
   constexpr size_t kMaxShown = 128;
@@ -172,7 +175,8 @@ class Reader {
 // Checks the checksum, version and kind; on success `body` reads the fields after the header.
 absl::StatusOr<Reader> OpenRecord(const std::string& value, uint8_t kind,
                                   absl::string_view kind_name, absl::string_view key,
-                                  uint8_t* version_out = nullptr) {
+                                  uint8_t* version_out = nullptr,
+                                  uint8_t max_version = kRecordFormatVersion) {
   auto corrupt = [&](absl::string_view why) {
     return absl::DataLossError(
         absl::StrCat("the stored ", kind_name, " record ", Quoted(key), " is corrupt: ", why));
@@ -189,10 +193,10 @@ absl::StatusOr<Reader> OpenRecord(const std::string& value, uint8_t kind,
                                 ", computed 0x", absl::Hex(crc), ")"));
   }
   const uint8_t version = static_cast<uint8_t>(value[0]);
-  if (version > kRecordFormatVersion) {
+  if (version > max_version) {
     return absl::FailedPreconditionError(
         absl::StrCat("the stored ", kind_name, " record ", Quoted(key), " has format version ",
-                     version, "; this scanserve reads up to version ", kRecordFormatVersion,
+                     version, "; this scanserve reads up to version ", max_version,
                      " (written by a newer scanserve?)"));
   }
   if (version == 0) return corrupt("format version 0");
@@ -221,7 +225,7 @@ absl::Status FinishRecord(const Reader& r, absl::string_view kind_name, absl::st
 absl::StatusOr<std::string> EncodeImageRecord(const StoredImage& image) {
   // Version 1 where it suffices, so that a store which keeps no region features stays readable by
   // the scanserve releases before version 2.
-  const bool with_regions = !image.region_features.data.empty();
+  const bool with_regions = image.has_region_features || !image.region_features.data.empty();
   Writer w;
   w.U8(with_regions ? kRecordFormatVersion : kFirstFormatVersion);
   w.U8(kImageKind);
@@ -240,12 +244,12 @@ absl::StatusOr<std::string> EncodeImageRecord(const StoredImage& image) {
   for (const FloatMatrix& m : image.embeddings)
     SCANSERVE_RETURN_IF_ERROR(w.Matrix(m, "an embedding"));
   if (with_regions) {
-    if (image.region_features.rows != image.num_regions) {
+    if (!image.region_features.data.empty() && image.region_features.rows != image.num_regions) {
       return absl::InvalidArgumentError(
           absl::StrCat("the region features have ", image.region_features.rows,
                        " rows for an image of ", image.num_regions, " regions"));
     }
-    SCANSERVE_RETURN_IF_ERROR(w.Matrix(image.region_features, "the region features"));
+    w.U8(kFlagRegionFeatures);
   }
   return std::move(w).Finish();
 }
@@ -289,7 +293,15 @@ absl::StatusOr<StoredImage> DecodeImageRecord(const std::string& key, const std:
   const size_t models = r.Count(8, "embeddings");
   image.embeddings.reserve(models);
   for (size_t m = 0; m < models && r.ok(); ++m) image.embeddings.push_back(r.Matrix("embedding"));
-  if (version >= 2) image.region_features = r.Matrix("region features");
+  if (version >= 2) {
+    const uint8_t flags = r.U8("flags");
+    if (r.ok() && (flags & ~kFlagRegionFeatures) != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "the stored image record ", Quoted(key), " has flags 0x", absl::Hex(flags),
+          " that this scanserve does not know (written by a newer scanserve?)"));
+    }
+    image.has_region_features = (flags & kFlagRegionFeatures) != 0;
+  }
   SCANSERVE_RETURN_IF_ERROR(FinishRecord(r, "image", key, image.id));
   return image;
 }
@@ -314,6 +326,26 @@ absl::StatusOr<StoredCaption> DecodeCaptionRecord(const std::string& key,
   }
   SCANSERVE_RETURN_IF_ERROR(FinishRecord(r, "caption", key, caption.id));
   return caption;
+}
+
+absl::StatusOr<std::string> EncodeRegionFeaturesRecord(const std::string& id,
+                                                       const FloatMatrix& features) {
+  Writer w;
+  w.U8(kRegionFeaturesVersion);
+  w.U8(kRegionFeaturesKind);
+  SCANSERVE_RETURN_IF_ERROR(w.Str(id, "the id"));
+  SCANSERVE_RETURN_IF_ERROR(w.Matrix(features, "the region features"));
+  return std::move(w).Finish();
+}
+
+absl::StatusOr<FloatMatrix> DecodeRegionFeaturesRecord(const std::string& key,
+                                                       const std::string& value) {
+  SCANSERVE_ASSIGN_OR_RETURN(Reader r, OpenRecord(value, kRegionFeaturesKind, "region features",
+                                                  key, nullptr, kRegionFeaturesVersion));
+  const std::string id = r.Str("id");
+  FloatMatrix features = r.Matrix("region features");
+  SCANSERVE_RETURN_IF_ERROR(FinishRecord(r, "region features", key, id));
+  return features;
 }
 
 }  // namespace scanserve

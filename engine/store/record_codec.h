@@ -4,7 +4,9 @@
 //   u8 format version (kRecordFormatVersion), u8 kind (1 image, 2 caption)
 //   image:   str id, str collection, meta, u32 num_regions, u32 n_boxes, f32[4 n_boxes],
 //            u32 n_labels, str[n_labels], u32 n_models, n_models x matrix,
-//            and from version 2 on: matrix region_features (num_regions x img_dim)
+//            and from version 2 on: u8 flags (bit 0: the image's input region features are
+//            stored, in a region features record under the same id)
+//   region features (kind 3, its own version 1): str id, matrix (num_regions x img_dim)
 //   caption: str id, str collection, meta, str text, u32 n_models,
 //            n_models x (u32 n_ids, i64[n_ids], matrix)
 //   u32 CRC-32C of every byte before it
@@ -13,9 +15,10 @@
 //
 // Decoding checks the checksum, the version, the kind, every length against the bytes left, and
 // that the record's id is the key it was stored under. A failed check is DATA_LOSS naming the
-// record; a version from a newer scanserve is FAILED_PRECONDITION. Version 2 added the image's
-// input region features (kept with --keep-region-features, for re-encoding under other models);
-// an image record without them is still written as version 1, and captions always are.
+// record; a version (or an image flag) from a newer scanserve is FAILED_PRECONDITION. Version 2
+// added the image flags; an image record without flags is still written as version 1, and
+// captions always are. Region features live in records of their own, so that loading and
+// searching never read them.
 #pragma once
 
 #include <cstdint>
@@ -36,5 +39,11 @@ absl::StatusOr<std::string> EncodeCaptionRecord(const StoredCaption& caption);
 // `key` is the id the value was stored under (named in errors, and checked against the record).
 absl::StatusOr<StoredImage> DecodeImageRecord(const std::string& key, const std::string& value);
 absl::StatusOr<StoredCaption> DecodeCaptionRecord(const std::string& key, const std::string& value);
+
+// An image's input region features (StoredImage::region_features), stored apart from its record.
+absl::StatusOr<std::string> EncodeRegionFeaturesRecord(const std::string& id,
+                                                       const FloatMatrix& features);
+absl::StatusOr<FloatMatrix> DecodeRegionFeaturesRecord(const std::string& key,
+                                                       const std::string& value);
 
 }  // namespace scanserve

@@ -36,6 +36,9 @@ namespace {
 constexpr char kImagesFamily[] = "images";
 constexpr char kCaptionsFamily[] = "captions";
 constexpr char kMetaFamily[] = "meta";
+// Images' input region features (--region-features keep), apart from their records: loading and
+// searching scan the image family only.
+constexpr char kImageRegionsFamily[] = "image_regions";
 
 // The one conversion of RocksDB statuses (style-anchors: at the engine edge). `context` says what
 // was being done, e.g. "writing 3 images to /data/store".
@@ -136,6 +139,10 @@ struct RocksDbFeatureStore::Impl {
   rocksdb::ColumnFamilyHandle* images = nullptr;
   rocksdb::ColumnFamilyHandle* captions = nullptr;
   rocksdb::ColumnFamilyHandle* meta = nullptr;
+  rocksdb::ColumnFamilyHandle* image_regions = nullptr;
+  // Whether image_regions may hold anything: until then a write of an image without features
+  // need not delete its (absent) ones, so stores that never keep features get no tombstones.
+  std::atomic<bool> regions_present{false};
 
   // Selects one of the handles above; read only under mu (Close clears them).
   using Family = rocksdb::ColumnFamilyHandle* Impl::*;
@@ -176,8 +183,13 @@ struct RocksDbFeatureStore::Impl {
       if (descriptors[i].name == kImagesFamily) images = handles[i];
       if (descriptors[i].name == kCaptionsFamily) captions = handles[i];
       if (descriptors[i].name == kMetaFamily) meta = handles[i];
+      if (descriptors[i].name == kImageRegionsFamily) image_regions = handles[i];
     }
-    SCANSERVE_CHECK(images != nullptr && captions != nullptr && meta != nullptr);
+    SCANSERVE_CHECK(images != nullptr && captions != nullptr && meta != nullptr &&
+                    image_regions != nullptr);
+    std::unique_ptr<rocksdb::Iterator> any(db->NewIterator(rocksdb::ReadOptions(), image_regions));
+    any->SeekToFirst();
+    if (any->Valid() || !any->status().ok()) regions_present = true;
     return absl::OkStatus();
   }
 
@@ -191,7 +203,7 @@ struct RocksDbFeatureStore::Impl {
       if (status.ok()) status = destroyed;
     }
     handles.clear();
-    images = captions = meta = nullptr;
+    images = captions = meta = image_regions = nullptr;
     // Every acked write is already in the fsync'd log; Close only releases files and the lock.
     const absl::Status closed_db =
         FromRocksDb(db->Close(), absl::StrCat("closing the feature store in ", path));
@@ -278,9 +290,10 @@ struct RocksDbFeatureStore::Impl {
     return failure;
   }
 
-  template <typename Record, typename Encode>
+  // `also(record, batch)` adds what else the record's write needs to the same atomic batch.
+  template <typename Record, typename Encode, typename Also>
   absl::Status Put(Family which, absl::Span<const Record> records, Encode encode,
-                   absl::string_view kind) {
+                   absl::string_view kind, Also also) {
     if (records.empty()) return absl::OkStatus();
     SCANSERVE_RETURN_IF_ERROR(RecoverWrites());
     std::shared_lock<std::shared_mutex> lock(mu);
@@ -292,21 +305,25 @@ struct RocksDbFeatureStore::Impl {
       SCANSERVE_RETURN_IF_ERROR(
           FromRocksDb(batch.Put(family, ToSlice(record.id), ToSlice(value)),
                       absl::StrCat("batching ", kind, " ", Quoted(record.id))));
+      SCANSERVE_RETURN_IF_ERROR(also(record, &batch));
     }
     return WriteSynced(&batch, absl::StrCat("writing ", records.size(), " ", kind, "(s)"));
   }
 
-  absl::Status Delete(Family which, absl::Span<const std::string> ids, absl::string_view kind) {
+  // Deletes `ids` from every family in `which`, in one atomic batch.
+  absl::Status Delete(std::initializer_list<Family> which, absl::Span<const std::string> ids,
+                      absl::string_view kind) {
     if (ids.empty()) return absl::OkStatus();
     SCANSERVE_RETURN_IF_ERROR(RecoverWrites());
     std::shared_lock<std::shared_mutex> lock(mu);
     SCANSERVE_RETURN_IF_ERROR(CheckOpen());
-    rocksdb::ColumnFamilyHandle* family = this->*which;
     rocksdb::WriteBatch batch;
-    for (const std::string& id : ids) {
-      SCANSERVE_RETURN_IF_ERROR(
-          FromRocksDb(batch.Delete(family, ToSlice(id)),
-                      absl::StrCat("batching the delete of ", kind, " ", Quoted(id))));
+    for (const Family family : which) {
+      for (const std::string& id : ids) {
+        SCANSERVE_RETURN_IF_ERROR(
+            FromRocksDb(batch.Delete(this->*family, ToSlice(id)),
+                        absl::StrCat("batching the delete of ", kind, " ", Quoted(id))));
+      }
     }
     return WriteSynced(&batch, absl::StrCat("deleting ", ids.size(), " ", kind, "(s)"));
   }
@@ -420,12 +437,13 @@ absl::StatusOr<std::unique_ptr<RocksDbFeatureStore>> RocksDbFeatureStore::Open(
     SCANSERVE_RETURN_IF_ERROR(FromRocksDb(rocksdb::DB::ListColumnFamilies(db_options, path, &names),
                                           absl::StrCat("listing the column families of ", path)));
   }
-  for (const char* ours :
-       {rocksdb::kDefaultColumnFamilyName.c_str(), kImagesFamily, kCaptionsFamily, kMetaFamily}) {
+  for (const char* ours : {rocksdb::kDefaultColumnFamilyName.c_str(), kImagesFamily,
+                           kCaptionsFamily, kMetaFamily, kImageRegionsFamily}) {
     if (std::find(names.begin(), names.end(), ours) == names.end()) names.push_back(ours);
   }
   for (const std::string& name : names) {
-    const bool items = name == kImagesFamily || name == kCaptionsFamily;
+    const bool items =
+        name == kImagesFamily || name == kCaptionsFamily || name == kImageRegionsFamily;
     impl->descriptors.emplace_back(name, items ? item_options : meta_options);
   }
   SCANSERVE_RETURN_IF_ERROR(impl->OpenDb());
@@ -433,19 +451,39 @@ absl::StatusOr<std::unique_ptr<RocksDbFeatureStore>> RocksDbFeatureStore::Open(
 }
 
 absl::Status RocksDbFeatureStore::PutImages(absl::Span<const StoredImage> images) {
-  return impl_->Put(&Impl::images, images, EncodeImageRecord, "image");
+  Impl& impl = *impl_;
+  // Called under the Put's lock, with the handles valid.
+  const auto regions = [&impl](const StoredImage& image, rocksdb::WriteBatch* batch) -> absl::Status {
+    const rocksdb::Slice key = ToSlice(image.id);
+    if (!image.region_features.data.empty()) {
+      impl.regions_present = true;
+      SCANSERVE_ASSIGN_OR_RETURN(std::string value,
+                                 EncodeRegionFeaturesRecord(image.id, image.region_features));
+      return FromRocksDb(batch->Put(impl.image_regions, key, ToSlice(value)),
+                         absl::StrCat("batching the region features of ", Quoted(image.id)));
+    }
+    // The stored ones stay; or there are none anywhere.
+    if (image.has_region_features || !impl.regions_present.load()) return absl::OkStatus();
+    return FromRocksDb(batch->Delete(impl.image_regions, key),
+                       absl::StrCat("batching the region features of ", Quoted(image.id)));
+  };
+  return impl.Put(&Impl::images, images, EncodeImageRecord, "image", regions);
 }
 
 absl::Status RocksDbFeatureStore::PutCaptions(absl::Span<const StoredCaption> captions) {
-  return impl_->Put(&Impl::captions, captions, EncodeCaptionRecord, "caption");
+  const auto nothing = [](const StoredCaption&, rocksdb::WriteBatch*) -> absl::Status {
+    return absl::OkStatus();
+  };
+  return impl_->Put(&Impl::captions, captions, EncodeCaptionRecord, "caption", nothing);
 }
 
 absl::Status RocksDbFeatureStore::DeleteImages(absl::Span<const std::string> ids) {
-  return impl_->Delete(&Impl::images, ids, "image");
+  if (!impl_->regions_present.load()) return impl_->Delete({&Impl::images}, ids, "image");
+  return impl_->Delete({&Impl::images, &Impl::image_regions}, ids, "image");
 }
 
 absl::Status RocksDbFeatureStore::DeleteCaptions(absl::Span<const std::string> ids) {
-  return impl_->Delete(&Impl::captions, ids, "caption");
+  return impl_->Delete({&Impl::captions}, ids, "caption");
 }
 
 absl::StatusOr<std::vector<std::optional<StoredImage>>> RocksDbFeatureStore::GetImages(
@@ -456,6 +494,12 @@ absl::StatusOr<std::vector<std::optional<StoredImage>>> RocksDbFeatureStore::Get
 absl::StatusOr<std::vector<std::optional<StoredCaption>>> RocksDbFeatureStore::GetCaptions(
     absl::Span<const std::string> ids) const {
   return impl_->Get<StoredCaption>(&Impl::captions, ids, DecodeCaptionRecord, "caption");
+}
+
+absl::StatusOr<std::vector<std::optional<FloatMatrix>>>
+RocksDbFeatureStore::GetImageRegionFeatures(absl::Span<const std::string> ids) const {
+  return impl_->Get<FloatMatrix>(&Impl::image_regions, ids, DecodeRegionFeaturesRecord,
+                                 "the region features of image");
 }
 
 absl::Status RocksDbFeatureStore::ScanImages(

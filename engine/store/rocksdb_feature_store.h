@@ -56,6 +56,8 @@ class RocksDbFeatureStore final : public FeatureStore {
   absl::Status DeleteCaptions(absl::Span<const std::string> ids) override;
   absl::StatusOr<std::vector<std::optional<StoredImage>>> GetImages(
       absl::Span<const std::string> ids) const override;
+  absl::StatusOr<std::vector<std::optional<FloatMatrix>>> GetImageRegionFeatures(
+      absl::Span<const std::string> ids) const override;
   absl::StatusOr<std::vector<std::optional<StoredCaption>>> GetCaptions(
       absl::Span<const std::string> ids) const override;
   absl::Status ScanImages(const std::function<absl::Status(StoredImage&)>& visit) const override;

@@ -219,6 +219,67 @@ TEST_P(FeatureStoreTest, PutReplacesAndDeleteRemoves) {
   EXPECT_EQ(store_->GetCaption("x").status().code(), absl::StatusCode::kNotFound);
 }
 
+// Region features live apart from the records: only GetImageRegionFeatures reads them; a record
+// written again with its flag keeps them, a replacement without them drops them, a delete too.
+TEST_P(FeatureStoreTest, RegionFeaturesFollowTheirImage) {
+  std::mt19937 rng(8);
+  StoredImage kept = MakeImage("kept", 4, 1);
+  kept.region_features = RandomMatrix(4, 48, rng);
+  const FloatMatrix features = kept.region_features;
+  ASSERT_TRUE(store_->PutImages({kept, MakeImage("plain", 3, 2)}).ok());
+  const std::vector<std::string> ids = {"kept", "plain", "absent"};
+
+  auto read = store_->GetImageRegionFeatures(ids);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_TRUE((*read)[0].has_value());
+  EXPECT_EQ((*read)[0]->rows, 4);
+  EXPECT_EQ((*read)[0]->cols, 48);
+  EXPECT_EQ((*read)[0]->data, features.data);  // bit for bit
+  EXPECT_FALSE((*read)[1].has_value());
+  EXPECT_FALSE((*read)[2].has_value());
+
+  auto record = store_->GetImage("kept");
+  ASSERT_TRUE(record.ok()) << record.status();
+  EXPECT_TRUE(record->has_region_features);
+  EXPECT_TRUE(record->region_features.data.empty()) << "records never carry the features";
+  int scanned = 0;
+  ASSERT_TRUE(store_
+                  ->ScanImages([&](StoredImage& image) {
+                    EXPECT_TRUE(image.region_features.data.empty());
+                    EXPECT_EQ(image.has_region_features, image.id == "kept");
+                    ++scanned;
+                    return absl::OkStatus();
+                  })
+                  .ok());
+  EXPECT_EQ(scanned, 2);
+
+  // Written again as read (a metadata update): the features stay.
+  record->metadata["tag"] = "beach";
+  ASSERT_TRUE(store_->PutImages({*record}).ok());
+  read = store_->GetImageRegionFeatures(ids);
+  ASSERT_TRUE(read.ok() && (*read)[0].has_value());
+  EXPECT_EQ((*read)[0]->data, features.data);
+  EXPECT_EQ(store_->GetImage("kept")->metadata.at("tag"), "beach");
+
+  // Replaced by an image without features: none are left behind.
+  ASSERT_TRUE(store_->PutImages({MakeImage("kept", 2, 3)}).ok());
+  read = store_->GetImageRegionFeatures(ids);
+  ASSERT_TRUE(read.ok());
+  EXPECT_FALSE((*read)[0].has_value());
+  EXPECT_FALSE(store_->GetImage("kept")->has_region_features);
+
+  // A delete takes them with the record.
+  ASSERT_TRUE(store_->PutImages({kept}).ok());
+  ASSERT_TRUE(store_->DeleteImages(std::vector<std::string>{"kept"}).ok());
+  read = store_->GetImageRegionFeatures(ids);
+  ASSERT_TRUE(read.ok());
+  EXPECT_FALSE((*read)[0].has_value());
+
+  StoredImage wrong = MakeImage("wrong", 3, 4);
+  wrong.region_features = RandomMatrix(2, 48, rng);  // not one row per region
+  EXPECT_EQ(store_->PutImages({wrong}).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_P(FeatureStoreTest, ImagesAndCaptionsAreSeparateNamespaces) {
   ASSERT_TRUE(store_->PutImages({MakeImage("same", 2, 1)}).ok());
   ASSERT_TRUE(store_->PutCaptions({MakeCaption("same", 3, 2)}).ok());
@@ -317,6 +378,8 @@ class RocksDbFeatureStoreTest : public ::testing::Test {
 TEST_F(RocksDbFeatureStoreTest, ReopenAfterCloseKeepsEverythingAndNoDeletedItem) {
   std::vector<StoredImage> images;
   for (int i = 0; i < 20; ++i) images.push_back(MakeImage("img" + std::to_string(i), 36, i));
+  std::mt19937 rng(5);
+  for (int i : {2, 7}) images[static_cast<size_t>(i)].region_features = RandomMatrix(36, 2048, rng);
   {
     auto store = RocksDbFeatureStore::Open(dir_.string());
     ASSERT_TRUE(store.ok()) << store.status();
@@ -349,6 +412,12 @@ TEST_F(RocksDbFeatureStoreTest, ReopenAfterCloseKeepsEverythingAndNoDeletedItem)
                   })
                   .ok());
   EXPECT_EQ(count, 19);
+  auto features = (*store)->GetImageRegionFeatures(std::vector<std::string>{"img2", "img7", "img3"});
+  ASSERT_TRUE(features.ok()) << features.status();
+  ASSERT_TRUE((*features)[0].has_value());
+  EXPECT_EQ((*features)[0]->data, images[2].region_features.data);
+  EXPECT_FALSE((*features)[1].has_value()) << "deleted with its image";
+  EXPECT_FALSE((*features)[2].has_value()) << "stored without";
   EXPECT_TRUE((*store)->GetCaption("c").ok());
   EXPECT_EQ((*store)->GetMeta("fingerprint")->value_or(""), "models-v1");
 }
