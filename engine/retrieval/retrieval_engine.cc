@@ -1077,6 +1077,13 @@ absl::Status ScanRetrievalEngine::ReadRegionFeatures(std::vector<StoredImageInfo
       continue;
     }
     if (features[i]->rows != with[i]->num_regions) {
+      // Replaced by another image between the two reads, or a store that lost its consistency.
+      SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> now,
+                                 store_->GetImages(absl::MakeConstSpan(&ids[i], 1)));
+      if (!now[0].has_value() || now[0]->num_regions != with[i]->num_regions) {
+        return absl::AbortedError(absl::StrCat("image ", QuoteId(ids[i]),
+                                               " was replaced while it was read; read it again"));
+      }
       return absl::DataLossError(absl::StrCat("the stored region features of image ",
                                               QuoteId(ids[i]), " have ", features[i]->rows,
                                               " rows for ", with[i]->num_regions, " regions"));
