@@ -1,5 +1,6 @@
 #include "client/connection.h"
 
+#include <algorithm>
 #include <chrono>
 #include <vector>
 
@@ -60,6 +61,10 @@ absl::StatusOr<std::unique_ptr<Connection>> Connection::Create(const ConnectionO
   connection->scan_ = v1::ScanService::NewStub(connection->channel_);
   connection->health_ = grpc::health::v1::Health::NewStub(connection->channel_);
   return connection;
+}
+
+double RetryBackoffSeconds(int tries) {
+  return std::min(8.0, 0.25 * static_cast<double>(1 << std::clamp(tries - 1, 0, 5)));
 }
 
 absl::Status Connection::WaitConnected(double timeout_s) {

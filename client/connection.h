@@ -34,6 +34,10 @@ struct ConnectionOptions {
 // server's file during a rotation: give the client its own), is INVALID_ARGUMENT.
 absl::StatusOr<std::string> ReadBearerTokenFile(const std::string& path);
 
+// The wait before try `tries` + 1 of a call that failed in a way another try may get past (a
+// server restarting, a memory quota): 0.25 s, doubling to 8 s, ~30 s over 8 tries in a row.
+double RetryBackoffSeconds(int tries);
+
 class Connection {
  public:
   // Reads the CA, certificate and key files; INVALID_ARGUMENT / NOT_FOUND when it cannot.

@@ -216,8 +216,7 @@ int RunImport(Connection& connection, IngestSource& source, const ImportOptions&
     }
     failures_in_a_row = answered_here > 0 ? 1 : failures_in_a_row + 1;
     if (failures_in_a_row > options.max_reconnects) break;
-    // 0.25 s, doubling to 8 s while streams end without an answer.
-    const double delay_s = std::min(8.0, 0.25 * static_cast<double>(1 << std::min(failures_in_a_row - 1, 5)));
+    const double delay_s = RetryBackoffSeconds(failures_in_a_row);
     if (!item_refused.ok()) {
       std::fprintf(stderr, "%sscanctl: %s; resending from it in %.2g s\n", options.progress ? "\n" : "",
                    item_refused.error_message().c_str(), delay_s);
