@@ -1,11 +1,15 @@
 #include "client/copy.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <optional>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -21,12 +25,15 @@ namespace scanserve {
 namespace cli {
 namespace {
 
-// Where a copy stands: the kind being copied ("image", "caption", or "done") and the last id of it
-// copied (ListItems resumes after a listed id given as its page token).
+// Where a copy stands: the kind being copied ("image", "caption"; "changes" once both are, or
+// "done" where the source keeps no change log) and the last id of it copied (ListItems resumes
+// after a listed id given as its page token); and the source's change sequence the catch-up goes
+// on from (the last one when the copy started, then the last one applied).
 struct CopyCheckpoint {
   std::string identity;
   std::string kind = "image";
   std::string after;
+  std::optional<uint64_t> changes_after;  // unset: not known (a checkpoint from before change logs)
 };
 
 absl::StatusOr<CopyCheckpoint> LoadCopyCheckpoint(const std::string& path) {
@@ -38,8 +45,13 @@ absl::StatusOr<CopyCheckpoint> LoadCopyCheckpoint(const std::string& path) {
     checkpoint.identity = json.at("copy").get<std::string>();
     checkpoint.kind = json.at("kind").get<std::string>();
     checkpoint.after = json.at("after").get<std::string>();
-    if (checkpoint.kind != "image" && checkpoint.kind != "caption" && checkpoint.kind != "done") {
+    if (json.contains("changes_after")) checkpoint.changes_after = json.at("changes_after").get<uint64_t>();
+    if (checkpoint.kind != "image" && checkpoint.kind != "caption" && checkpoint.kind != "changes" &&
+        checkpoint.kind != "done") {
       throw std::runtime_error("unknown kind " + checkpoint.kind);
+    }
+    if (checkpoint.kind == "changes" && !checkpoint.changes_after.has_value()) {
+      throw std::runtime_error("kind changes without changes_after");
     }
     return checkpoint;
   } catch (const std::exception& e) {
@@ -49,9 +61,15 @@ absl::StatusOr<CopyCheckpoint> LoadCopyCheckpoint(const std::string& path) {
 }
 
 absl::Status SaveCopyCheckpoint(const std::string& path, const CopyCheckpoint& checkpoint) {
-  const nlohmann::json json = {{"copy", checkpoint.identity}, {"kind", checkpoint.kind}, {"after", checkpoint.after}};
+  nlohmann::json json = {{"copy", checkpoint.identity}, {"kind", checkpoint.kind}, {"after", checkpoint.after}};
+  if (checkpoint.changes_after.has_value()) json["changes_after"] = *checkpoint.changes_after;
   return WriteJsonFileAtomically(path, json);
 }
+
+// `copy --follow` stops at SIGINT / SIGTERM, after the batch in hand, with its checkpoint saved.
+std::atomic<bool> stop_requested{false};
+
+extern "C" void RequestStop(int) { stop_requested = true; }
 
 // Codes another try may get past: a server restarting or reopening its store, a memory quota, a
 // slow call.
@@ -60,8 +78,6 @@ bool Transient(grpc::StatusCode code) {
          code == grpc::StatusCode::ABORTED || code == grpc::StatusCode::DEADLINE_EXCEEDED;
 }
 
-double BackoffSeconds(int tries) { return std::min(8.0, 0.25 * static_cast<double>(1 << std::min(tries - 1, 5))); }
-
 struct CopyCounts {
   int64_t images = 0;    // copied
   int64_t captions = 0;
@@ -69,6 +85,8 @@ struct CopyCounts {
   int64_t without_region_features = 0;  // images the source stored without their input
   int64_t synthetic = 0;  // benchmark items (never stored, so not copied)
   int64_t vanished = 0;   // listed, then deleted before they were read
+  int64_t changes = 0;    // read from the source's change log
+  int64_t deleted = 0;    // deleted from the target to follow the source
   int retries = 0;
 };
 
@@ -119,46 +137,170 @@ class Copier {
                                                loaded->identity, "); pass --restart or another --resume-file"));
         }
         checkpoint_ = *loaded;
-        std::fprintf(stderr, "scanctl: resuming the copy %s (checkpoint %s)\n",
-                     checkpoint_.kind == "done" ? "which had finished; nothing to do"
-                                                : absl::StrCat("after ", checkpoint_.kind, " '", checkpoint_.after, "'").c_str(),
+        if (checkpoint_.kind == "done" && checkpoint_.changes_after.has_value()) checkpoint_.kind = "changes";
+        std::string where = absl::StrCat("after ", checkpoint_.kind, " '", checkpoint_.after, "'");
+        if (checkpoint_.kind == "done") where = "which had finished; nothing to do";
+        if (checkpoint_.kind == "changes") {
+          where = absl::StrCat("with the source's changes after sequence ", *checkpoint_.changes_after);
+        }
+        std::fprintf(stderr, "scanctl: resuming the copy %s (checkpoint %s)\n", where.c_str(),
                      options_.checkpoint_path.c_str());
       } else if (!absl::IsNotFound(loaded.status())) {
         return Fail(kExitUsage, std::string(loaded.status().message()));
       }
     }
-    if (!options_.images && checkpoint_.kind == "image") checkpoint_ = {identity, "caption", ""};
+    const bool fresh = checkpoint_.kind == "image" && checkpoint_.after.empty();
+    if (!options_.images && checkpoint_.kind == "image") StartKind("caption");
 
+    v1::GetStatsResponse stats;
+    const grpc::Status stats_status =
+        source_.scan().GetStats(source_.NewContext().get(), v1::GetStatsRequest(), &stats);
+    if (!stats_status.ok()) return RpcFailed("GetStats (source)", stats_status);
+    // Before the first id is read: every write after this sequence is applied again at the end.
+    if (fresh) checkpoint_.changes_after = stats.last_change_sequence();
     // The source's counts size the progress line; a collection's share of them is unknown.
     int64_t total = -1;
     if (options_.collection.empty()) {
-      v1::GetStatsResponse stats;
-      const grpc::Status status =
-          source_.scan().GetStats(source_.NewContext().get(), v1::GetStatsRequest(), &stats);
-      if (!status.ok()) return RpcFailed("GetStats (source)", status);
       total = (options_.images ? stats.images() - stats.synthetic_images() : 0) +
               (options_.captions ? stats.captions() - stats.synthetic_captions() : 0);
     }
     Progress progress(checkpoint_.after.empty() && checkpoint_.kind == "image" ? total : -1, 0, options_.progress);
     progress_ = &progress;
 
+    if (options_.follow) {
+      std::signal(SIGINT, RequestStop);
+      std::signal(SIGTERM, RequestStop);
+    }
     grpc::Status status;
     if (checkpoint_.kind == "image") {
       status = CopyKind(/*images=*/true);
-      if (status.ok()) checkpoint_ = {identity, "caption", ""};
+      if (status.ok()) StartKind("caption");
     }
     if (status.ok() && checkpoint_.kind == "caption") {
       if (options_.captions) status = CopyKind(/*images=*/false);
-      if (status.ok()) checkpoint_ = {identity, "done", ""};
+      if (status.ok()) StartKind(checkpoint_.changes_after.has_value() ? "changes" : "done");
     }
+    if (status.ok() && checkpoint_.kind == "changes") status = CatchUp();
     MaybeSave(/*force=*/true);
     progress.Finish(Done(), counts_.failed);
     return Report(status);
   }
 
  private:
+  void StartKind(const char* kind) {
+    checkpoint_.kind = kind;
+    checkpoint_.after.clear();
+  }
+
+  // Applies the source's changes after checkpoint_.changes_after: each changed item is read and
+  // upserted into the target, or deleted there when the source no longer has it (or, with
+  // --collection, it left the collection). With --follow it goes on until SIGINT / SIGTERM.
+  grpc::Status CatchUp() {
+    v1::ListChangesRequest request;
+    request.set_page_size(1000);
+    for (;;) {
+      request.set_after_sequence(*checkpoint_.changes_after);
+      v1::ListChangesResponse page;
+      grpc::Status status = Retrying("ListChanges (source)", [&] {
+        page.Clear();
+        return source_.scan().ListChanges(source_.NewContext().get(), request, &page);
+      });
+      if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+        std::fprintf(stderr, "%sscanctl: the source keeps no change log (an older scanserve): writes it took "
+                     "during the copy may be missing from the target\n", options_.progress ? "\n" : "");
+        StartKind("done");
+        checkpoint_.changes_after.reset();
+        return grpc::Status::OK;
+      }
+      if (status.error_code() == grpc::StatusCode::OUT_OF_RANGE) {
+        return grpc::Status(status.error_code(),
+                            absl::StrCat(status.error_message(), ": copy everything again (--restart), and "
+                                         "catch up more often than the source's --change-log-retention-s"));
+      }
+      if (!status.ok()) return status;
+      counts_.changes += page.changes_size();
+      if (status = Apply(page); !status.ok()) return status;
+      if (page.changes_size() > 0) checkpoint_.changes_after = page.changes(page.changes_size() - 1).sequence();
+      progress_->Update(Done(), counts_.failed);
+      MaybeSave(/*force=*/false);
+      if (stop_requested) return grpc::Status::OK;
+      if (page.changes_size() < request.page_size()) {
+        if (!options_.follow) return grpc::Status::OK;
+        MaybeSave(/*force=*/true);
+        const auto wake = std::chrono::steady_clock::now() + std::chrono::duration<double>(options_.poll_interval_s);
+        while (!stop_requested && std::chrono::steady_clock::now() < wake) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        if (stop_requested) return grpc::Status::OK;
+      }
+    }
+  }
+
+  // One page of changes: every item it names once, whatever it says happened (the read says what
+  // is there now).
+  grpc::Status Apply(const v1::ListChangesResponse& page) {
+    std::vector<std::string> images, captions;
+    std::set<std::string> seen_images, seen_captions;
+    for (const v1::ItemChange& change : page.changes()) {
+      const bool image = change.kind() == v1::ITEM_KIND_IMAGE;
+      if (image ? !options_.images : !options_.captions) continue;
+      if ((image ? seen_images : seen_captions).insert(change.id()).second) {
+        (image ? images : captions).push_back(change.id());
+      }
+    }
+    for (const bool image : {true, false}) {
+      const std::vector<std::string>& ids = image ? images : captions;
+      const size_t batch = static_cast<size_t>(image ? options_.image_batch : options_.caption_batch);
+      for (size_t begin = 0; begin < ids.size(); begin += batch) {
+        const std::vector<std::string> chunk(ids.begin() + begin, ids.begin() + std::min(ids.size(), begin + batch));
+        grpc::Status status = image ? CopyImages(chunk, /*mirror=*/true) : CopyCaptions(chunk, /*mirror=*/true);
+        if (!status.ok()) return status;
+      }
+    }
+    return grpc::Status::OK;
+  }
+
+  // Deletes from the target the items the source no longer has; ids it answers UNAVAILABLE are
+  // sent again after a backoff (deletes are idempotent), and NOT_FOUND is what was wanted.
+  grpc::Status DeleteFromTarget(std::vector<std::string> ids, bool images) {
+    const char* kind = images ? "image" : "caption";
+    for (int tries = 1; !ids.empty(); ++tries) {
+      v1::DeleteRequest request;
+      for (const std::string& id : ids) (images ? request.add_image_ids() : request.add_caption_ids())->assign(id);
+      v1::DeleteResponse response;
+      const grpc::Status status = Retrying(absl::StrCat("deleting ", kind, "s (target)").c_str(), [&] {
+        response.Clear();
+        return target_.scan().Delete(target_.NewContext().get(), request, &response);
+      });
+      if (!status.ok()) return status;
+      std::vector<std::string> again;
+      std::string refusal;
+      for (const v1::ItemStatus& result : images ? response.image_results() : response.caption_results()) {
+        if (result.code() == 0) {
+          ++counts_.deleted;
+        } else if (result.code() == static_cast<int>(grpc::StatusCode::UNAVAILABLE)) {
+          again.push_back(result.id());
+          refusal = result.message();
+        } else if (result.code() != static_cast<int>(grpc::StatusCode::NOT_FOUND)) {
+          ItemFailed(kind, result.id(), result.code(), result.message());
+        }
+      }
+      if (!again.empty()) {
+        if (tries > options_.max_retries) {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                              absl::StrCat("the target kept refusing deletes for now: ", refusal));
+        }
+        ++counts_.retries;
+        std::this_thread::sleep_for(std::chrono::duration<double>(RetryBackoffSeconds(tries)));
+      }
+      ids = std::move(again);
+    }
+    return grpc::Status::OK;
+  }
+
   int64_t Done() const {
-    return counts_.images + counts_.captions + counts_.failed + counts_.without_region_features + counts_.vanished;
+    return counts_.images + counts_.captions + counts_.failed + counts_.without_region_features + counts_.vanished +
+           counts_.deleted;
   }
 
   // Runs `call` again while it fails with a transient code, up to max_retries times in a row.
@@ -166,7 +308,7 @@ class Copier {
     for (int tries = 1;; ++tries) {
       grpc::Status status = call();
       if (status.ok() || !Transient(status.error_code()) || tries > options_.max_retries) return status;
-      const double delay_s = BackoffSeconds(tries);
+      const double delay_s = RetryBackoffSeconds(tries);
       std::fprintf(stderr, "%sscanctl: %s: %s: %s; retrying in %.2g s\n", options_.progress ? "\n" : "", what,
                    StatusCodeName(status.error_code()), status.error_message().c_str(), delay_s);
       ++counts_.retries;
@@ -213,7 +355,7 @@ class Copier {
           return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                               absl::StrCat("the target kept refusing ", kind, "s for now: ", refusal));
         }
-        const double delay_s = BackoffSeconds(tries);
+        const double delay_s = RetryBackoffSeconds(tries);
         std::fprintf(stderr, "%sscanctl: the target could not store %zu %ss for now (%s); resending in %.2g s\n",
                      options_.progress ? "\n" : "", again.size(), kind, refusal.c_str(), delay_s);
         ++counts_.retries;
@@ -246,14 +388,27 @@ class Copier {
     return false;
   }
 
-  grpc::Status CopyImages(const std::vector<std::string>& ids) {
+  // Whether a changed item read back (mirror) is one the target must no longer have: gone from the
+  // source, or out of the collection copied.
+  bool Gone(const v1::ItemStatus& result, const std::string& collection) const {
+    if (result.code() == static_cast<int>(grpc::StatusCode::NOT_FOUND)) return true;
+    return result.code() == 0 && !options_.collection.empty() && collection != options_.collection;
+  }
+
+  // mirror: the ids come from the change log, and the target follows the source (see Gone).
+  grpc::Status CopyImages(const std::vector<std::string>& ids, bool mirror = false) {
     v1::GetItemsRequest get;
     for (const std::string& id : ids) get.add_image_ids(id);
     get.set_include_region_features(true);
     v1::GetItemsResponse got;
     if (grpc::Status status = Read(get, &got); !status.ok()) return status;
     std::vector<v1::Image> items;
+    std::vector<std::string> gone;
     for (v1::StoredImage& stored : *got.mutable_images()) {
+      if (mirror && Gone(stored.status(), stored.image().collection())) {
+        gone.push_back(stored.status().id());
+        continue;
+      }
       if (!Copyable(stored.status(), stored.synthetic(), "image")) continue;
       if (!stored.has_region_features() || !stored.image().has_region_features()) {
         if (++counts_.without_region_features <= options_.max_failures_shown) {
@@ -264,23 +419,32 @@ class Copier {
       }
       items.push_back(std::move(*stored.mutable_image()));
     }
-    return Upsert<v1::UpsertImagesRequest, v1::UpsertImagesResponse>(
+    grpc::Status status = Upsert<v1::UpsertImagesRequest, v1::UpsertImagesResponse>(
         std::move(items), "image", &counts_.images, &v1::ScanService::Stub::UpsertImages,
         &v1::UpsertImagesRequest::mutable_images);
+    if (!status.ok()) return status;
+    return DeleteFromTarget(std::move(gone), /*images=*/true);
   }
 
-  grpc::Status CopyCaptions(const std::vector<std::string>& ids) {
+  grpc::Status CopyCaptions(const std::vector<std::string>& ids, bool mirror = false) {
     v1::GetItemsRequest get;
     for (const std::string& id : ids) get.add_caption_ids(id);
     v1::GetItemsResponse got;
     if (grpc::Status status = Read(get, &got); !status.ok()) return status;
     std::vector<v1::Caption> items;
+    std::vector<std::string> gone;
     for (v1::StoredCaption& stored : *got.mutable_captions()) {
-      if (Copyable(stored.status(), stored.synthetic(), "caption")) items.push_back(std::move(*stored.mutable_caption()));
+      if (mirror && Gone(stored.status(), stored.caption().collection())) {
+        gone.push_back(stored.status().id());
+      } else if (Copyable(stored.status(), stored.synthetic(), "caption")) {
+        items.push_back(std::move(*stored.mutable_caption()));
+      }
     }
-    return Upsert<v1::UpsertCaptionsRequest, v1::UpsertCaptionsResponse>(
+    grpc::Status status = Upsert<v1::UpsertCaptionsRequest, v1::UpsertCaptionsResponse>(
         std::move(items), "caption", &counts_.captions, &v1::ScanService::Stub::UpsertCaptions,
         &v1::UpsertCaptionsRequest::mutable_captions);
+    if (!status.ok()) return status;
+    return DeleteFromTarget(std::move(gone), /*images=*/false);
   }
 
   void MaybeSave(bool force) {
@@ -303,6 +467,11 @@ class Copier {
                                       {"images_without_region_features", counts_.without_region_features},
                                       {"synthetic_skipped", counts_.synthetic},
                                       {"vanished", counts_.vanished},
+                                      {"changes", counts_.changes},
+                                      {"deleted", counts_.deleted},
+                                      {"changes_after", checkpoint_.changes_after.has_value()
+                                                            ? nlohmann::json(*checkpoint_.changes_after)
+                                                            : nlohmann::json(nullptr)},
                                       {"retries", counts_.retries},
                                       {"seconds", seconds},
                                       {"checkpoint", options_.checkpoint_path},
@@ -319,6 +488,11 @@ class Copier {
       if (counts_.synthetic > 0) std::fprintf(stderr, ", %lld synthetic skipped", static_cast<long long>(counts_.synthetic));
       if (counts_.vanished > 0) std::fprintf(stderr, ", %lld deleted meanwhile", static_cast<long long>(counts_.vanished));
       std::fprintf(stderr, ")\n");
+      if (status.ok() && checkpoint_.kind == "changes") {
+        std::fprintf(stderr, "scanctl: applied the source's %lld changes (%lld deletes) through sequence %llu\n",
+                     static_cast<long long>(counts_.changes), static_cast<long long>(counts_.deleted),
+                     static_cast<unsigned long long>(*checkpoint_.changes_after));
+      }
     }
     if (!checkpoint_status_.ok()) std::fprintf(stderr, "scanctl: %s\n", std::string(checkpoint_status_.message()).c_str());
     if (!status.ok()) {

@@ -8,8 +8,14 @@
 // include_region_features) and upserted into the target (idempotent). A checkpoint of the last id
 // copied per kind resumes an interrupted copy after it. Calls that fail for now (UNAVAILABLE,
 // RESOURCE_EXHAUSTED, ABORTED, DEADLINE_EXCEEDED, and items the target answers UNAVAILABLE) are
-// retried with a backoff. Items written to the source behind the copy's place in the order are not
-// copied: stop writing to the source (or write to both) while it runs.
+// retried with a backoff.
+//
+// Writes the source takes meanwhile are caught up from its change log (ListChanges): the copy
+// notes the source's last change sequence before reading anything, and once every id is copied it
+// applies the changes after it (each changed item is read and upserted, or deleted from the target
+// when the source no longer has it), so the target ends equal to the source as of the end. Rerun
+// with the same checkpoint, it catches up again; with `follow` it keeps doing so until SIGINT or
+// SIGTERM, so that writes can go on while clients move to the target.
 #pragma once
 
 #include <string>
@@ -32,6 +38,8 @@ struct CopyOptions {
   int max_failures_shown = 20;
   // Retries of one call in a row (backoff 0.25 s doubling to 8 s: ~30 s for 8).
   int max_retries = 8;
+  bool follow = false;          // keep applying the source's changes until SIGINT / SIGTERM
+  double poll_interval_s = 1;   // with follow: how often the change log is read once caught up
 };
 
 // Returns the exit code: 0 everything copied; 1 an item failed, an image had no stored region

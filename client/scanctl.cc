@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "client/bench.h"
 #include "client/cli_args.h"
 #include "client/connection.h"
@@ -72,6 +73,9 @@ Commands:
       when an id is unknown
   list images|captions [--collection C] [--page-size N] [--limit N]
       stored ids in byte order, one per line, every page (or the first --limit ids)
+  changes [--after SEQUENCE] [--limit N]
+      the store's change log: items upserted, updated or deleted after SEQUENCE (default 0: the
+      oldest kept), oldest first, at most N (default 100, up to 10000), with the newest sequence
   snapshot [NAME]
       a restorable copy of the store, in NAME (default snapshot-YYYYMMDDTHHMMSSZ) under the server's
       --snapshot-dir; restore by starting scanserve with --data-dir set to the printed directory
@@ -100,14 +104,17 @@ Commands:
     update, the server's --max-connection-age-s) is reopened where it stopped, with backoff, up to
     --max-reconnects times in a row without progress.
   copy --to HOST:PORT [--collection C] [--images-only | --captions-only] [--batch N]
-       [--resume-file FILE] [--restart] [--no-progress] [--max-retries N]
+       [--resume-file FILE] [--restart] [--no-progress] [--max-retries N] [--follow]
       copies what --server stores into the server at --to, which encodes it again with its own
       models: how a collection moves to retrained weights without the detector. Images go with the
       region features the source kept (scanserve --region-features keep; others are listed and not
       copied, exit 1), boxes, labels, collection and metadata; captions with their text. Both
       servers take the same token and TLS flags. --batch: images per call (1..32, default 16;
       captions go 256 at a time). With --resume-file, a rerun resumes after the last id copied.
-      Items written to the source behind the copy are missed: stop writes to it meanwhile
+      Writes the source takes meanwhile are applied at the end from its change log (upserts, and
+      deletes of what it no longer has), so the target ends equal to the source; a rerun with the
+      same --resume-file catches up again. --follow keeps catching up (every second) until
+      SIGINT/SIGTERM: writes go on while clients move to the target
   bench ("TEXT"... | --captions FILE | --image-id ID... | --image-ids FILE) [--concurrency N[,N...]]
         [--duration SECONDS] [--requests N] [--warmup SECONDS] [--queries-per-call Q] [--top-k K]
         [--collection C] [--where KEY=VALUE]...
@@ -551,6 +558,37 @@ int List(Connection& connection, const std::vector<std::string>& argv, bool json
   return kExitOk;
 }
 
+int Changes(Connection& connection, const std::vector<std::string>& argv, bool json) {
+  absl::StatusOr<ParsedArgs> args = Parse(argv, {{"after", "limit"}, {}});
+  if (!args.ok()) return UsageError(std::string(args.status().message()));
+  if (!args->positionals().empty()) return UsageError("usage: changes [--after SEQUENCE] [--limit N]");
+  absl::StatusOr<std::optional<int64_t>> after = args->Int("after", 0, INT64_MAX);
+  if (!after.ok()) return UsageError(std::string(after.status().message()));
+  absl::StatusOr<std::optional<int64_t>> limit = args->Int("limit", 1, 10000);
+  if (!limit.ok()) return UsageError(std::string(limit.status().message()));
+  v1::ListChangesRequest request;
+  request.set_after_sequence(static_cast<uint64_t>(after->value_or(0)));
+  request.set_page_size(static_cast<int32_t>(limit->value_or(100)));
+  v1::ListChangesResponse response;
+  const grpc::Status status = connection.scan().ListChanges(connection.NewContext().get(), request, &response);
+  if (!status.ok()) return RpcFailed("ListChanges", status);
+  if (json) {
+    PrintJson(response);
+    return kExitOk;
+  }
+  Table table({"sequence", "time (UTC)", "kind", "change", "id"});
+  for (const v1::ItemChange& change : response.changes()) {
+    table.AddRow({absl::StrCat(change.sequence()),
+                  absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::FromUnixMicros(change.unix_micros()), absl::UTCTimeZone()),
+                  change.kind() == v1::ITEM_KIND_CAPTION ? "caption" : "image", change.deleted() ? "delete" : "put",
+                  change.id()});
+  }
+  table.Print(stdout);
+  std::printf("newest sequence: %llu%s\n", static_cast<unsigned long long>(response.last_sequence()),
+              response.changes_size() == request.page_size() ? " (more after the last one shown)" : "");
+  return kExitOk;
+}
+
 int Snapshot(Connection& connection, const std::vector<std::string>& argv, bool json) {
   absl::StatusOr<ParsedArgs> args = Parse(argv, {{}, {}});
   if (!args.ok()) return UsageError(std::string(args.status().message()));
@@ -601,6 +639,10 @@ int Stats(Connection& connection, const std::vector<std::string>& argv, bool jso
   if (response.store_writes_stopped()) {
     table.AddRow({"store writes", "stopped by an I/O error: refused until the store reopens"});
   }
+  table.AddRow({"change log", absl::StrCat("newest sequence ", response.last_change_sequence(),
+                                          response.changes_trimmed_through() > 0
+                                              ? absl::StrCat(", kept after ", response.changes_trimmed_through())
+                                              : std::string())});
   table.AddRow({"backend", response.backend()});
   table.AddRow({"encoder device", response.encoder_device()});
   table.AddRow({"storage", response.storage()});
@@ -750,7 +792,7 @@ int Import(Connection& connection, const std::vector<std::string>& argv, bool js
 int Copy(const ConnectionOptions& connection_options, const std::vector<std::string>& argv, bool json) {
   absl::StatusOr<ParsedArgs> args =
       Parse(argv, {{"to", "collection", "batch", "resume-file", "max-retries"},
-                   {"images-only", "captions-only", "restart", "no-progress"}});
+                   {"images-only", "captions-only", "restart", "no-progress", "follow"}});
   if (!args.ok()) return UsageError(std::string(args.status().message()));
   if (!args->positionals().empty()) return UsageError("copy takes flags only");
   const std::optional<std::string> to = args->Value("to");
@@ -771,6 +813,7 @@ int Copy(const ConnectionOptions& connection_options, const std::vector<std::str
   options.checkpoint_path = args->Value("resume-file").value_or("");
   options.restart = args->Switch("restart");
   options.progress = !args->Switch("no-progress");
+  options.follow = args->Switch("follow");
   options.json = json;
   ConnectionOptions target_options = connection_options;
   target_options.server = *to;
@@ -929,7 +972,8 @@ int Main(int argc, char** argv) {
       {"search-images", SearchImages}, {"search-captions", SearchCaptions}, {"upsert-caption", UpsertCaption},
       {"upsert-image", UpsertImage},   {"update", Update},                  {"delete", Delete},
       {"get", Get},                    {"list", List},                      {"snapshot", Snapshot},
-      {"stats", Stats},                {"health", Health},                  {"import", Import}};
+      {"stats", Stats},                {"health", Health},                  {"import", Import},
+      {"changes", Changes}};
   const auto it = commands.find(command);
   if (it == commands.end()) return UsageError(absl::StrCat("unknown command '", command, "'"));
   absl::StatusOr<std::unique_ptr<Connection>> connection = Connection::Create(connection_options);

@@ -312,6 +312,13 @@ const std::vector<Flag>& Flags() {
          c->engine.keep_region_features = v == "keep";
          return absl::OkStatus();
        }},
+      {"change-log-retention-s", "SECONDS",
+       "the store's change log (ListChanges) keeps at least this much history of writes, so that a "
+       "`scanctl copy` or a follower that falls this far behind can still catch up; 0 = all of it",
+       [](const ServerConfig& c) { return absl::StrCat(c.engine.change_log_retention_s); },
+       [](const std::string& v, ServerConfig* c) {
+         return ParseDouble("change-log-retention-s", v, 0, 1e9, &c->engine.change_log_retention_s);
+       }},
       {"synthetic-images", "N",
        "load tests and benchmarks only: N random images (36 regions; ids synthetic/0.., collection "
        "'synthetic') added to the scorers at start, never stored, regenerated at each start",

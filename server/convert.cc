@@ -424,6 +424,27 @@ void ItemPageToProto(const ItemPage& page, v1::ListItemsResponse* out) {
   out->set_next_page_token(page.next_page_token);
 }
 
+absl::StatusOr<int64_t> ChangesPageSizeFromProto(const v1::ListChangesRequest& request) {
+  if (request.page_size() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("page_size must be >= 0, got ", request.page_size()));
+  }
+  return request.page_size() == 0 ? kDefaultListPageSize
+                                  : std::min<int64_t>(request.page_size(), RetrievalLimits::kMaxChangesPage);
+}
+
+void ItemChangePageToProto(const ItemChangePage& page, v1::ListChangesResponse* out) {
+  out->mutable_changes()->Reserve(static_cast<int>(page.changes.size()));
+  for (const ItemChange& change : page.changes) {
+    v1::ItemChange* item = out->add_changes();
+    item->set_sequence(change.sequence);
+    item->set_kind(change.is_caption ? v1::ITEM_KIND_CAPTION : v1::ITEM_KIND_IMAGE);
+    item->set_id(change.id);
+    item->set_deleted(change.deleted);
+    item->set_unix_micros(change.unix_micros);
+  }
+  out->set_last_sequence(page.last_sequence);
+}
+
 void StatsToProto(const EngineStats& stats, const std::vector<std::string>& model_dirs,
                   const std::string& version, const DetectorInfo* detector, v1::GetStatsResponse* out) {
   out->set_images(stats.images);
@@ -446,6 +467,8 @@ void StatsToProto(const EngineStats& stats, const std::vector<std::string>& mode
   out->set_store_disk_bytes(stats.store_disk_bytes);
   out->set_store_disk_free_bytes(stats.store_disk_free_bytes);
   out->set_store_writes_stopped(stats.store_writes_stopped);
+  out->set_last_change_sequence(stats.last_change_sequence);
+  out->set_changes_trimmed_through(stats.changes_trimmed_through);
   out->set_version(version);
   out->set_detector_loaded(detector != nullptr);
   if (detector != nullptr) out->set_detector(detector->summary);

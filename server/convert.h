@@ -96,6 +96,9 @@ void ItemResultToProto(const ItemResult& result, v1::ItemStatus* out);
 void StoredImageToProto(const StoredImageInfo& info, v1::StoredImage* out);
 void StoredCaptionToProto(const StoredCaptionInfo& info, v1::StoredCaption* out);
 void ItemPageToProto(const ItemPage& page, v1::ListItemsResponse* out);
+// ListChanges: page size 0 -> kDefaultListPageSize, above the largest -> the largest.
+absl::StatusOr<int64_t> ChangesPageSizeFromProto(const v1::ListChangesRequest& request);
+void ItemChangePageToProto(const ItemChangePage& page, v1::ListChangesResponse* out);
 void SnapshotToProto(const std::string& name, const SnapshotInfo& snapshot, v1::CreateSnapshotResponse* out);
 
 // `model_dirs` name the loaded models in order (the engine reports one summary per model);

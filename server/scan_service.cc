@@ -302,6 +302,17 @@ grpc::Status ScanServiceImpl::ListItems(grpc::ServerContext* context, const v1::
   return grpc::Status::OK;
 }
 
+grpc::Status ScanServiceImpl::ListChanges(grpc::ServerContext* context, const v1::ListChangesRequest* request,
+                                          v1::ListChangesResponse* response) {
+  if (absl::Status status = auth_->Check(*context); !status.ok()) return ToGrpcStatus(status);
+  absl::StatusOr<int64_t> page_size = ChangesPageSizeFromProto(*request);
+  if (!page_size.ok()) return ToGrpcStatus(page_size.status());
+  absl::StatusOr<ItemChangePage> page = engine_->ListChanges(request->after_sequence(), *page_size);
+  if (!page.ok()) return ToGrpcStatus(page.status());
+  ItemChangePageToProto(*page, response);
+  return grpc::Status::OK;
+}
+
 grpc::Status ScanServiceImpl::CreateSnapshot(grpc::ServerContext* context,
                                              const v1::CreateSnapshotRequest* request,
                                              v1::CreateSnapshotResponse* response) {

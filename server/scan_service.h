@@ -54,6 +54,8 @@ class ScanServiceImpl final : public v1::ScanService::Service {
                          v1::ListItemsResponse* response) override;
   grpc::Status CreateSnapshot(grpc::ServerContext* context, const v1::CreateSnapshotRequest* request,
                               v1::CreateSnapshotResponse* response) override;
+  grpc::Status ListChanges(grpc::ServerContext* context, const v1::ListChangesRequest* request,
+                           v1::ListChangesResponse* response) override;
   grpc::Status GetStats(grpc::ServerContext* context, const v1::GetStatsRequest* request,
                         v1::GetStatsResponse* response) override;
 

@@ -237,6 +237,7 @@ class ScanRetrievalEngine final : public RetrievalEngine {
       absl::Span<const std::string> ids) const override;
   absl::StatusOr<ItemPage> ListImages(const ListParams& params) const override;
   absl::StatusOr<ItemPage> ListCaptions(const ListParams& params) const override;
+  absl::StatusOr<ItemChangePage> ListChanges(uint64_t after, int64_t max_changes) const override;
   absl::StatusOr<SnapshotInfo> CreateSnapshot(const std::string& data_dir) override;
   absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(
       const std::vector<std::string>& queries, const SearchParams& params) const override;
@@ -1063,12 +1064,18 @@ absl::Status ScanRetrievalEngine::ReadRegionFeatures(std::vector<StoredImageInfo
   if (ids.empty()) return absl::OkStatus();
   SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<FloatMatrix>> features,
                              store_->GetImageRegionFeatures(ids));
+  // The image's record as it is now, to tell a write between the two reads from a store that lost
+  // its consistency.
+  auto record_now = [&](size_t i) -> absl::StatusOr<std::optional<StoredImage>> {
+    SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> now,
+                               store_->GetImages(absl::MakeConstSpan(&ids[i], 1)));
+    return std::move(now[0]);
+  };
   for (size_t i = 0; i < ids.size(); ++i) {
     if (!features[i].has_value()) {
       // Deleted or replaced since its record was read; else the store lost what its record says.
-      SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> now,
-                                 store_->GetImages(absl::MakeConstSpan(&ids[i], 1)));
-      if (now[0].has_value() && now[0]->has_region_features) {
+      SCANSERVE_ASSIGN_OR_RETURN(std::optional<StoredImage> now, record_now(i));
+      if (now.has_value() && now->has_region_features) {
         return absl::DataLossError(absl::StrCat("the stored image ", QuoteId(ids[i]),
                                                 " has no region features although its record "
                                                 "says it has"));
@@ -1078,9 +1085,8 @@ absl::Status ScanRetrievalEngine::ReadRegionFeatures(std::vector<StoredImageInfo
     }
     if (features[i]->rows != with[i]->num_regions) {
       // Replaced by another image between the two reads, or a store that lost its consistency.
-      SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::optional<StoredImage>> now,
-                                 store_->GetImages(absl::MakeConstSpan(&ids[i], 1)));
-      if (!now[0].has_value() || now[0]->num_regions != with[i]->num_regions) {
+      SCANSERVE_ASSIGN_OR_RETURN(std::optional<StoredImage> now, record_now(i));
+      if (!now.has_value() || now->num_regions != with[i]->num_regions) {
         return absl::AbortedError(absl::StrCat("image ", QuoteId(ids[i]),
                                                " was replaced while it was read; read it again"));
       }
@@ -1144,6 +1150,17 @@ absl::StatusOr<ItemPage> ScanRetrievalEngine::ListImages(const ListParams& param
 
 absl::StatusOr<ItemPage> ScanRetrievalEngine::ListCaptions(const ListParams& params) const {
   return List(params, ItemKind::kCaption);
+}
+
+// Straight from the store: its writes are the engine's, in the engine's (serialised) order.
+absl::StatusOr<ItemChangePage> ScanRetrievalEngine::ListChanges(uint64_t after,
+                                                                int64_t max_changes) const {
+  if (max_changes < 1 || max_changes > RetrievalLimits::kMaxChangesPage) {
+    return absl::InvalidArgumentError(absl::StrCat("a page of changes holds 1..",
+                                                   RetrievalLimits::kMaxChangesPage, ", not ",
+                                                   max_changes));
+  }
+  return store_->ListChanges(after, max_changes);
 }
 
 // ---- Updating collections and metadata ---------------------------------------------------------
@@ -1723,6 +1740,8 @@ EngineStats ScanRetrievalEngine::Stats() const {
   stats.store_disk_free_bytes = store.disk_free_bytes;
   stats.store_writes_stopped = store.writes_stopped;
   stats.store_reopens = store.reopens;
+  stats.last_change_sequence = store.last_change_sequence;
+  stats.changes_trimmed_through = store.changes_trimmed_through;
   const auto seconds = [this](Direction d, Phase p) {
     return 1e-9 * static_cast<double>(phase_ns_[d][p].load(std::memory_order_relaxed));
   };
@@ -1851,7 +1870,8 @@ absl::StatusOr<std::unique_ptr<RetrievalEngine>> RetrievalEngine::Create(
     return absl::InvalidArgumentError("RetrievalEngineOptions: data_dir is empty");
   const std::string path = (std::filesystem::path(options.data_dir) / kStoreSubdir).string();
   SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<RocksDbFeatureStore> store,
-                             RocksDbFeatureStore::Open(path));
+                             RocksDbFeatureStore::Open(
+                                 path, {.change_log_retention_s = options.change_log_retention_s}));
   return CreateWithStore(options, std::move(store));
 }
 

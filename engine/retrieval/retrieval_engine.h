@@ -23,6 +23,7 @@
 #include "engine/common/matrix.h"
 #include "engine/model/encoder_device.h"
 #include "engine/scoring/scorer.h"
+#include "engine/store/item_change.h"
 
 namespace scanserve {
 
@@ -57,6 +58,7 @@ struct RetrievalLimits {
   // Ids one ListImages/ListCaptions call looks at, so that a collection filter matching few of
   // many items cannot hold the engine's lock for long: past it the page ends early, with a token.
   static constexpr int64_t kMaxListScan = 100000;
+  static constexpr int64_t kMaxChangesPage = 10000;
 };
 
 struct RetrievalEngineOptions {
@@ -88,6 +90,10 @@ struct RetrievalEngineOptions {
   // 1024-d embeddings), stored apart so that loading and searching never read them; memory is
   // unchanged (the scorers never hold them).
   bool keep_region_features = false;
+  // The store's change log (ListChanges) keeps at least this many seconds of writes, so that a
+  // copy of the collection (scanctl copy) that falls this far behind can still catch up; <= 0
+  // keeps all of it. Each change costs ~30 bytes plus its id on disk.
+  double change_log_retention_s = 86400;
 };
 
 using Metadata = std::map<std::string, std::string>;
@@ -265,6 +271,8 @@ struct EngineStats {
   bool store_writes_stopped = false;  // an I/O error stopped the store's writes until it is
                                       // reopened (RecoverStoreWrites, or the next write)
   int64_t store_reopens = 0;          // reopens after such errors since start
+  uint64_t last_change_sequence = 0;  // of the newest change in the store's change log (0 = none)
+  uint64_t changes_trimmed_through = 0;  // changes up to this sequence are no longer kept
   SearchPhaseSeconds text_to_image;   // SearchImages
   SearchPhaseSeconds image_to_text;   // SearchCaptions
   RankingCounts text_to_image_ranking;
@@ -317,6 +325,12 @@ class RetrievalEngine {
   // collection or token is INVALID_ARGUMENT.
   virtual absl::StatusOr<ItemPage> ListImages(const ListParams& params) const = 0;
   virtual absl::StatusOr<ItemPage> ListCaptions(const ListParams& params) const = 0;
+
+  // The store's change log: the changes to stored items after sequence `after`, oldest first, at
+  // most `max_changes` (1..kMaxChangesPage, else INVALID_ARGUMENT). A page shorter than asked for
+  // reached the newest change (page.last_sequence). OUT_OF_RANGE when some changes after `after`
+  // are no longer kept (change_log_retention_s). Synthetic items are never stored, so never logged.
+  virtual absl::StatusOr<ItemChangePage> ListChanges(uint64_t after, int64_t max_changes) const = 0;
 
   // Text->image: every caption query scored in one pass over the stored images. Empty queries,
   // top_k outside 1..max_top_k (1..kMaxExplainTopK with explain) are INVALID_ARGUMENT; results[i]

@@ -15,6 +15,10 @@
 //    durable (write-ahead log fsync'd for RocksDbFeatureStore); after an error none of it is
 //    guaranteed. Putting an existing id replaces it; deleting an absent id is not an error.
 //  - A record that fails its checksum or does not decode is DATA_LOSS naming the kind and id.
+//  - Every Put*/Delete* logs one change per item (item_change.h) in the same atomic batch, in
+//    commit order; the log keeps at least the last `change_log_retention_s` seconds of changes
+//    (older ones are trimmed by later writes; <= 0 keeps all). It starts empty in a store written
+//    before it existed.
 //  - Methods are thread-safe. After Close() every call is FAILED_PRECONDITION.
 #pragma once
 
@@ -30,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "engine/common/matrix.h"
+#include "engine/store/item_change.h"
 
 namespace scanserve {
 
@@ -71,6 +76,8 @@ struct FeatureStoreStats {
   int64_t disk_free_bytes = -1;   // free to the store on its file system; -1 when not on disk
   bool writes_stopped = false;    // an I/O error stopped writes until a reopen (RecoverWrites)
   int64_t reopens = 0;            // reopens after such errors since open
+  uint64_t last_change_sequence = 0;     // of the newest logged change (0 = none)
+  uint64_t changes_trimmed_through = 0;  // changes up to this sequence are no longer kept
 };
 
 class FeatureStore {
@@ -99,6 +106,11 @@ class FeatureStore {
   virtual absl::Status ScanImages(const std::function<absl::Status(StoredImage&)>& visit) const = 0;
   virtual absl::Status ScanCaptions(
       const std::function<absl::Status(StoredCaption&)>& visit) const = 0;
+
+  // The change log: the changes after `after`, oldest first, at most `max_changes` (>= 1), up to
+  // the page's last_sequence. OUT_OF_RANGE when some of them are no longer kept (trimmed): a
+  // reader that far behind must copy everything again.
+  virtual absl::StatusOr<ItemChangePage> ListChanges(uint64_t after, int64_t max_changes) const = 0;
 
   // Small named strings (format version, models fingerprint). SetMeta is durable.
   virtual absl::StatusOr<std::optional<std::string>> GetMeta(const std::string& key) const = 0;

@@ -54,6 +54,30 @@ absl::Status InMemoryFeatureStore::CheckOpen() const {
   return absl::OkStatus();
 }
 
+absl::Status InMemoryFeatureStore::LogChanges(absl::Span<const std::string> ids, bool is_caption,
+                                              bool deleted) {
+  const int64_t now = UnixMicrosNow();
+  std::vector<std::string> encoded;
+  encoded.reserve(ids.size());
+  for (const std::string& id : ids) {
+    SCANSERVE_ASSIGN_OR_RETURN(
+        std::string value,
+        EncodeChangeRecord({.is_caption = is_caption, .deleted = deleted, .unix_micros = now, .id = id}));
+    encoded.push_back(std::move(value));
+  }
+  for (std::string& value : encoded) changes_.emplace(++last_sequence_, std::move(value));
+  if (const std::optional<int64_t> cutoff = change_retention_.TrimCutoff(now)) {
+    while (!changes_.empty()) {
+      SCANSERVE_ASSIGN_OR_RETURN(ItemChange oldest,
+                                 DecodeChangeRecord(changes_.begin()->first, changes_.begin()->second));
+      if (oldest.unix_micros >= *cutoff) break;
+      trimmed_through_ = oldest.sequence;
+      changes_.erase(changes_.begin());
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status InMemoryFeatureStore::PutImages(absl::Span<const StoredImage> images) {
   SCANSERVE_ASSIGN_OR_RETURN(auto encoded, EncodeRecords(images, EncodeImageRecord));
   std::vector<std::string> regions(images.size());  // encoded features; empty: none given
@@ -62,8 +86,11 @@ absl::Status InMemoryFeatureStore::PutImages(absl::Span<const StoredImage> image
     SCANSERVE_ASSIGN_OR_RETURN(regions[i],
                                EncodeRegionFeaturesRecord(images[i].id, images[i].region_features));
   }
+  std::vector<std::string> ids;
+  for (const StoredImage& image : images) ids.push_back(image.id);
   std::unique_lock<std::shared_mutex> lock(mu_);
   SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  SCANSERVE_RETURN_IF_ERROR(LogChanges(ids, /*is_caption=*/false, /*deleted=*/false));
   for (size_t i = 0; i < images.size(); ++i) {
     images_[encoded[i].first] = std::move(encoded[i].second);
     if (!regions[i].empty()) {
@@ -78,8 +105,11 @@ absl::Status InMemoryFeatureStore::PutImages(absl::Span<const StoredImage> image
 
 absl::Status InMemoryFeatureStore::PutCaptions(absl::Span<const StoredCaption> captions) {
   SCANSERVE_ASSIGN_OR_RETURN(auto encoded, EncodeRecords(captions, EncodeCaptionRecord));
+  std::vector<std::string> ids;
+  for (const StoredCaption& caption : captions) ids.push_back(caption.id);
   std::unique_lock<std::shared_mutex> lock(mu_);
   SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  SCANSERVE_RETURN_IF_ERROR(LogChanges(ids, /*is_caption=*/true, /*deleted=*/false));
   for (auto& [id, value] : encoded) captions_[id] = std::move(value);
   ++synced_writes_;
   return absl::OkStatus();
@@ -88,6 +118,7 @@ absl::Status InMemoryFeatureStore::PutCaptions(absl::Span<const StoredCaption> c
 absl::Status InMemoryFeatureStore::DeleteImages(absl::Span<const std::string> ids) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  SCANSERVE_RETURN_IF_ERROR(LogChanges(ids, /*is_caption=*/false, /*deleted=*/true));
   for (const std::string& id : ids) {
     images_.erase(id);
     image_regions_.erase(id);
@@ -99,6 +130,7 @@ absl::Status InMemoryFeatureStore::DeleteImages(absl::Span<const std::string> id
 absl::Status InMemoryFeatureStore::DeleteCaptions(absl::Span<const std::string> ids) {
   std::unique_lock<std::shared_mutex> lock(mu_);
   SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  SCANSERVE_RETURN_IF_ERROR(LogChanges(ids, /*is_caption=*/true, /*deleted=*/true));
   for (const std::string& id : ids) captions_.erase(id);
   ++synced_writes_;
   return absl::OkStatus();
@@ -139,6 +171,24 @@ absl::Status InMemoryFeatureStore::ScanCaptions(
   return ScanAll<StoredCaption>(captions_, DecodeCaptionRecord, visit);
 }
 
+absl::StatusOr<ItemChangePage> InMemoryFeatureStore::ListChanges(uint64_t after,
+                                                                int64_t max_changes) const {
+  if (max_changes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_changes is ", max_changes, "; at least 1"));
+  }
+  std::shared_lock<std::shared_mutex> lock(mu_);
+  SCANSERVE_RETURN_IF_ERROR(CheckOpen());
+  if (after < trimmed_through_) return ChangesTrimmedError(after, trimmed_through_);
+  ItemChangePage page;
+  page.last_sequence = last_sequence_;
+  for (auto it = changes_.upper_bound(after);
+       it != changes_.end() && static_cast<int64_t>(page.changes.size()) < max_changes; ++it) {
+    SCANSERVE_ASSIGN_OR_RETURN(ItemChange change, DecodeChangeRecord(it->first, it->second));
+    page.changes.push_back(std::move(change));
+  }
+  return page;
+}
+
 absl::StatusOr<std::optional<std::string>> InMemoryFeatureStore::GetMeta(
     const std::string& key) const {
   std::shared_lock<std::shared_mutex> lock(mu_);
@@ -160,6 +210,8 @@ FeatureStoreStats InMemoryFeatureStore::Stats() const {
   std::shared_lock<std::shared_mutex> lock(mu_);
   FeatureStoreStats stats;
   stats.synced_writes = synced_writes_;
+  stats.last_change_sequence = last_sequence_;
+  stats.changes_trimmed_through = trimmed_through_;
   return stats;
 }
 

@@ -27,6 +27,8 @@ constexpr uint8_t kFirstFormatVersion = 1;
 constexpr uint8_t kRegionFeaturesKind = 3;
 constexpr uint8_t kRegionFeaturesVersion = 1;
 constexpr uint8_t kFlagRegionFeatures = 1;  // image records from version 2 on
+constexpr uint8_t kChangeKind = 4;
+constexpr uint8_t kChangeVersion = 1;
 
 std::string Quoted(absl::string_view id) {
   constexpr size_t kMaxShown = 128;
@@ -38,6 +40,7 @@ class Writer {
  public:
   void U8(uint8_t v) { out_.push_back(static_cast<char>(v)); }
   void U32(uint32_t v) { Raw(&v, sizeof(v)); }
+  void I64(int64_t v) { Raw(&v, sizeof(v)); }
   void Raw(const void* p, size_t n) { out_.append(static_cast<const char*>(p), n); }
 
   // Lengths beyond u32 are the caller's error (the engine bounds every field far below).
@@ -101,6 +104,11 @@ class Reader {
   uint32_t U32(absl::string_view what) {
     uint32_t v = 0;
     Raw(&v, 4, what);
+    return v;
+  }
+  int64_t I64(absl::string_view what) {
+    int64_t v = 0;
+    Raw(&v, 8, what);
     return v;
   }
   // A count of elements of `elem_bytes` each that must fit in what is left (so a corrupt length
@@ -346,6 +354,38 @@ absl::StatusOr<FloatMatrix> DecodeRegionFeaturesRecord(const std::string& key,
   FloatMatrix features = r.Matrix("region features");
   SCANSERVE_RETURN_IF_ERROR(FinishRecord(r, "region features", key, id));
   return features;
+}
+
+absl::StatusOr<std::string> EncodeChangeRecord(const ItemChange& change) {
+  Writer w;
+  w.U8(kChangeVersion);
+  w.U8(kChangeKind);
+  w.U8(change.is_caption ? 1 : 0);
+  w.U8(change.deleted ? 1 : 0);
+  w.I64(change.unix_micros);
+  SCANSERVE_RETURN_IF_ERROR(w.Str(change.id, "the id"));
+  return std::move(w).Finish();
+}
+
+absl::StatusOr<ItemChange> DecodeChangeRecord(uint64_t sequence, const std::string& value) {
+  const std::string name = absl::StrCat("#", sequence);
+  SCANSERVE_ASSIGN_OR_RETURN(Reader r,
+                             OpenRecord(value, kChangeKind, "change", name, nullptr, kChangeVersion));
+  ItemChange change;
+  change.sequence = sequence;
+  const uint8_t item_kind = r.U8("item kind");
+  const uint8_t deleted = r.U8("operation");
+  change.unix_micros = r.I64("time");
+  change.id = r.Str("id");
+  if (r.ok() && (item_kind > 1 || deleted > 1)) {
+    return absl::DataLossError(absl::StrCat("the stored change record ", name, " is corrupt: item kind ",
+                                            static_cast<int>(item_kind), ", operation ",
+                                            static_cast<int>(deleted)));
+  }
+  change.is_caption = item_kind == 1;
+  change.deleted = deleted == 1;
+  SCANSERVE_RETURN_IF_ERROR(FinishRecord(r, "change", name, name));
+  return change;
 }
 
 }  // namespace scanserve

@@ -7,6 +7,8 @@
 //            and from version 2 on: u8 flags (bit 0: the image's input region features are
 //            stored, in a region features record under the same id)
 //   region features (kind 3, its own version 1): str id, matrix (num_regions x img_dim)
+//   change (kind 4, its own version 1; item_change.h): u8 item kind (0 image, 1 caption),
+//            u8 operation (0 put, 1 delete), i64 unix micros, str id; stored under its sequence
 //   caption: str id, str collection, meta, str text, u32 n_models,
 //            n_models x (u32 n_ids, i64[n_ids], matrix)
 //   u32 CRC-32C of every byte before it
@@ -26,6 +28,7 @@
 
 #include "absl/status/statusor.h"
 #include "engine/store/feature_store.h"
+#include "engine/store/item_change.h"
 
 namespace scanserve {
 
@@ -45,5 +48,9 @@ absl::StatusOr<std::string> EncodeRegionFeaturesRecord(const std::string& id,
                                                        const FloatMatrix& features);
 absl::StatusOr<FloatMatrix> DecodeRegionFeaturesRecord(const std::string& key,
                                                        const std::string& value);
+
+// A change log entry; its sequence is the key it is stored under, not part of the value.
+absl::StatusOr<std::string> EncodeChangeRecord(const ItemChange& change);
+absl::StatusOr<ItemChange> DecodeChangeRecord(uint64_t sequence, const std::string& value);
 
 }  // namespace scanserve

@@ -27,6 +27,7 @@
 #include "engine/common/engine_log.h"
 #include "engine/common/new_directory.h"
 #include "engine/common/status_macros.h"
+#include "engine/store/change_log_retention.h"
 #include "engine/store/record_codec.h"
 #include "engine/store/rocksdb_info_log.h"
 
@@ -39,6 +40,14 @@ constexpr char kMetaFamily[] = "meta";
 // Images' input region features (--region-features keep), apart from their records: loading and
 // searching scan the image family only.
 constexpr char kImageRegionsFamily[] = "image_regions";
+// The change log (item_change.h): key = the sequence, 8 bytes big-endian (so byte order is
+// sequence order), value = a change record. The meta entry holds the last trimmed sequence, in
+// the same encoding, so that a log trimmed empty still refuses readers behind it.
+constexpr char kChangesFamily[] = "changes";
+constexpr char kChangesTrimmedThroughKey[] = "change_log_trimmed_through";
+// A trim deletes at most this many changes per write, so that one write never pays for a backlog
+// (a retention lowered after months): the rest goes with the next writes.
+constexpr int kMaxTrimmedPerWrite = 100000;
 
 // The one conversion of RocksDB statuses (style-anchors: at the engine edge). `context` says what
 // was being done, e.g. "writing 3 images to /data/store".
@@ -123,6 +132,22 @@ absl::Status CheckSpaceToOpen(const std::string& path) {
 
 rocksdb::Slice ToSlice(const std::string& s) { return rocksdb::Slice(s.data(), s.size()); }
 
+std::string ChangeKey(uint64_t sequence) {
+  std::string key(8, '\0');
+  for (int i = 7; i >= 0; --i, sequence >>= 8) key[i] = static_cast<char>(sequence & 0xff);
+  return key;
+}
+
+absl::StatusOr<uint64_t> SequenceOfChangeKey(const rocksdb::Slice& key) {
+  if (key.size() != 8) {
+    return absl::DataLossError(absl::StrCat("the change log holds a key of ", key.size(),
+                                            " bytes; its keys are 8-byte sequences"));
+  }
+  uint64_t sequence = 0;
+  for (size_t i = 0; i < 8; ++i) sequence = (sequence << 8) | static_cast<uint8_t>(key[i]);
+  return sequence;
+}
+
 }  // namespace
 
 struct RocksDbFeatureStore::Impl {
@@ -140,12 +165,24 @@ struct RocksDbFeatureStore::Impl {
   rocksdb::ColumnFamilyHandle* captions = nullptr;
   rocksdb::ColumnFamilyHandle* meta = nullptr;
   rocksdb::ColumnFamilyHandle* image_regions = nullptr;
+  rocksdb::ColumnFamilyHandle* changes = nullptr;
   // Whether image_regions may hold anything: until then a write of an image without features
   // need not delete its (absent) ones, so stores that never keep features get no tombstones.
   std::atomic<bool> regions_present{false};
 
   // Selects one of the handles above; read only under mu (Close clears them).
   using Family = rocksdb::ColumnFamilyHandle* Impl::*;
+
+  // The change log. change_mu serialises the writes that log changes, so that sequence order is
+  // commit order (the engine serialises its writers anyway); taken after mu. last_sequence is the
+  // last number handed out (a failed write uses its numbers up); readers see changes up to
+  // committed_sequence, which only writes that succeeded (and reopens, whose replay may commit a
+  // write that failed) advance. trimmed_through rises before the write that trims.
+  std::mutex change_mu;
+  std::atomic<uint64_t> last_sequence{0};
+  std::atomic<uint64_t> committed_sequence{0};
+  std::atomic<uint64_t> trimmed_through{0};
+  std::optional<ChangeLogRetention> change_retention;  // guarded by change_mu; set by Open
 
   std::atomic<int64_t> synced_writes{0};
   std::atomic<int64_t> sync_write_nanos{0};
@@ -184,12 +221,37 @@ struct RocksDbFeatureStore::Impl {
       if (descriptors[i].name == kCaptionsFamily) captions = handles[i];
       if (descriptors[i].name == kMetaFamily) meta = handles[i];
       if (descriptors[i].name == kImageRegionsFamily) image_regions = handles[i];
+      if (descriptors[i].name == kChangesFamily) changes = handles[i];
     }
     SCANSERVE_CHECK(images != nullptr && captions != nullptr && meta != nullptr &&
-                    image_regions != nullptr);
+                    image_regions != nullptr && changes != nullptr);
     std::unique_ptr<rocksdb::Iterator> any(db->NewIterator(rocksdb::ReadOptions(), image_regions));
     any->SeekToFirst();
     if (any->Valid() || !any->status().ok()) regions_present = true;
+    return LoadChangeLogState();
+  }
+
+  // The change log's sequences after an open: what the log and its trim mark hold (a reopen's
+  // replay may have committed a write that had failed).
+  absl::Status LoadChangeLogState() {
+    uint64_t last = 0;
+    std::string trimmed;
+    const rocksdb::Status got =
+        db->Get(rocksdb::ReadOptions(), meta, kChangesTrimmedThroughKey, &trimmed);
+    if (!got.IsNotFound()) {
+      SCANSERVE_RETURN_IF_ERROR(FromRocksDb(got, "reading the change log's trim mark"));
+      SCANSERVE_ASSIGN_OR_RETURN(last, SequenceOfChangeKey(trimmed));
+      trimmed_through = std::max(trimmed_through.load(), last);
+    }
+    std::unique_ptr<rocksdb::Iterator> newest(db->NewIterator(rocksdb::ReadOptions(), changes));
+    newest->SeekToLast();
+    if (newest->Valid()) {
+      SCANSERVE_ASSIGN_OR_RETURN(const uint64_t sequence, SequenceOfChangeKey(newest->key()));
+      last = std::max(last, sequence);
+    }
+    SCANSERVE_RETURN_IF_ERROR(FromRocksDb(newest->status(), "reading the change log"));
+    last_sequence = std::max(last_sequence.load(), last);
+    committed_sequence = std::max(committed_sequence.load(), last);
     return absl::OkStatus();
   }
 
@@ -203,7 +265,7 @@ struct RocksDbFeatureStore::Impl {
       if (status.ok()) status = destroyed;
     }
     handles.clear();
-    images = captions = meta = image_regions = nullptr;
+    images = captions = meta = image_regions = changes = nullptr;
     // Every acked write is already in the fsync'd log; Close only releases files and the lock.
     const absl::Status closed_db =
         FromRocksDb(db->Close(), absl::StrCat("closing the feature store in ", path));
@@ -290,6 +352,62 @@ struct RocksDbFeatureStore::Impl {
     return failure;
   }
 
+  // WriteSynced with one change logged per id in the same batch, and the log trimmed when due.
+  // Caller holds mu (shared).
+  absl::Status WriteLogged(rocksdb::WriteBatch* batch, absl::Span<const std::string> ids,
+                           bool is_caption, bool deleted, absl::string_view context) {
+    std::lock_guard<std::mutex> log(change_mu);
+    const int64_t now = UnixMicrosNow();
+    uint64_t sequence = last_sequence.load();
+    for (const std::string& id : ids) {
+      SCANSERVE_ASSIGN_OR_RETURN(
+          std::string value,
+          EncodeChangeRecord(
+              {.is_caption = is_caption, .deleted = deleted, .unix_micros = now, .id = id}));
+      SCANSERVE_RETURN_IF_ERROR(FromRocksDb(batch->Put(changes, ChangeKey(++sequence), value),
+                                            absl::StrCat("logging the change of ", Quoted(id))));
+    }
+    if (const std::optional<int64_t> cutoff = change_retention->TrimCutoff(now)) {
+      const absl::Status trimmed = AddTrim(batch, *cutoff);
+      // The write matters more than the trim, which the next one tries again.
+      if (!trimmed.ok()) {
+        EngineLog(EngineLogLevel::kError,
+                  absl::StrCat("RocksDbFeatureStore: trimming the change log of ", path, ": ",
+                               trimmed.ToString()));
+      }
+    }
+    const absl::Status written = WriteSynced(batch, context);
+    last_sequence = sequence;
+    if (written.ok()) committed_sequence = sequence;
+    return written;
+  }
+
+  // Adds to `batch` the deletion of the changes written before `cutoff` (unix micros) and the
+  // new trim mark. Caller holds change_mu.
+  absl::Status AddTrim(rocksdb::WriteBatch* batch, int64_t cutoff) {
+    uint64_t through = trimmed_through.load();
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), changes));
+    int seen = 0;
+    for (it->Seek(ChangeKey(through + 1)); it->Valid() && seen < kMaxTrimmedPerWrite;
+         it->Next(), ++seen) {
+      SCANSERVE_ASSIGN_OR_RETURN(const uint64_t sequence, SequenceOfChangeKey(it->key()));
+      SCANSERVE_ASSIGN_OR_RETURN(const ItemChange change,
+                                 DecodeChangeRecord(sequence, it->value().ToString()));
+      if (change.unix_micros >= cutoff) break;
+      through = sequence;
+    }
+    SCANSERVE_RETURN_IF_ERROR(FromRocksDb(it->status(), "reading the change log to trim it"));
+    if (through == trimmed_through.load()) return absl::OkStatus();
+    const std::string mark = ChangeKey(through);
+    SCANSERVE_RETURN_IF_ERROR(FromRocksDb(
+        batch->DeleteRange(changes, ChangeKey(0), ChangeKey(through + 1)), "trimming the change log"));
+    SCANSERVE_RETURN_IF_ERROR(
+        FromRocksDb(batch->Put(meta, kChangesTrimmedThroughKey, mark), "trimming the change log"));
+    // Before the write: a reader that raced with it checks the mark after reading (ListChanges).
+    trimmed_through = through;
+    return absl::OkStatus();
+  }
+
   // `also(record, batch)` adds what else the record's write needs to the same atomic batch.
   template <typename Record, typename Encode, typename Also>
   absl::Status Put(Family which, absl::Span<const Record> records, Encode encode,
@@ -300,14 +418,18 @@ struct RocksDbFeatureStore::Impl {
     SCANSERVE_RETURN_IF_ERROR(CheckOpen());
     rocksdb::ColumnFamilyHandle* family = this->*which;
     rocksdb::WriteBatch batch;
+    std::vector<std::string> ids;
+    ids.reserve(records.size());
     for (const Record& record : records) {
       SCANSERVE_ASSIGN_OR_RETURN(std::string value, encode(record));
       SCANSERVE_RETURN_IF_ERROR(
           FromRocksDb(batch.Put(family, ToSlice(record.id), ToSlice(value)),
                       absl::StrCat("batching ", kind, " ", Quoted(record.id))));
       SCANSERVE_RETURN_IF_ERROR(also(record, &batch));
+      ids.push_back(record.id);
     }
-    return WriteSynced(&batch, absl::StrCat("writing ", records.size(), " ", kind, "(s)"));
+    return WriteLogged(&batch, ids, /*is_caption=*/which == &Impl::captions, /*deleted=*/false,
+                       absl::StrCat("writing ", records.size(), " ", kind, "(s)"));
   }
 
   // Deletes `ids` from every family in `which`, in one atomic batch.
@@ -325,7 +447,8 @@ struct RocksDbFeatureStore::Impl {
                         absl::StrCat("batching the delete of ", kind, " ", Quoted(id))));
       }
     }
-    return WriteSynced(&batch, absl::StrCat("deleting ", ids.size(), " ", kind, "(s)"));
+    return WriteLogged(&batch, ids, /*is_caption=*/*which.begin() == &Impl::captions,
+                       /*deleted=*/true, absl::StrCat("deleting ", ids.size(), " ", kind, "(s)"));
   }
 
   template <typename Record, typename Decode>
@@ -414,6 +537,7 @@ absl::StatusOr<std::unique_ptr<RocksDbFeatureStore>> RocksDbFeatureStore::Open(
 
   auto impl = std::make_unique<Impl>();
   impl->path = path;
+  impl->change_retention.emplace(options.change_log_retention_s);
   rocksdb::DBOptions& db_options = impl->db_options;
   db_options.create_if_missing = options.create_if_missing;
   db_options.create_missing_column_families = true;
@@ -438,7 +562,7 @@ absl::StatusOr<std::unique_ptr<RocksDbFeatureStore>> RocksDbFeatureStore::Open(
                                           absl::StrCat("listing the column families of ", path)));
   }
   for (const char* ours : {rocksdb::kDefaultColumnFamilyName.c_str(), kImagesFamily,
-                           kCaptionsFamily, kMetaFamily, kImageRegionsFamily}) {
+                           kCaptionsFamily, kMetaFamily, kImageRegionsFamily, kChangesFamily}) {
     if (std::find(names.begin(), names.end(), ours) == names.end()) names.push_back(ours);
   }
   for (const std::string& name : names) {
@@ -512,6 +636,33 @@ absl::Status RocksDbFeatureStore::ScanCaptions(
   return impl_->Scan<StoredCaption>(&Impl::captions, DecodeCaptionRecord, "caption", visit);
 }
 
+absl::StatusOr<ItemChangePage> RocksDbFeatureStore::ListChanges(uint64_t after,
+                                                               int64_t max_changes) const {
+  if (max_changes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_changes is ", max_changes, "; at least 1"));
+  }
+  Impl& impl = *impl_;
+  std::shared_lock<std::shared_mutex> lock(impl.mu);
+  SCANSERVE_RETURN_IF_ERROR(impl.CheckOpen());
+  if (after < impl.trimmed_through.load()) return ChangesTrimmedError(after, impl.trimmed_through);
+  ItemChangePage page;
+  page.last_sequence = impl.committed_sequence.load();
+  if (after >= page.last_sequence) return page;  // also keeps after + 1 from wrapping around
+  std::unique_ptr<rocksdb::Iterator> it(impl.db->NewIterator(rocksdb::ReadOptions(), impl.changes));
+  for (it->Seek(ChangeKey(after + 1));
+       it->Valid() && static_cast<int64_t>(page.changes.size()) < max_changes; it->Next()) {
+    SCANSERVE_ASSIGN_OR_RETURN(const uint64_t sequence, SequenceOfChangeKey(it->key()));
+    if (sequence > page.last_sequence) break;
+    SCANSERVE_ASSIGN_OR_RETURN(ItemChange change,
+                               DecodeChangeRecord(sequence, it->value().ToString()));
+    page.changes.push_back(std::move(change));
+  }
+  SCANSERVE_RETURN_IF_ERROR(FromRocksDb(it->status(), "reading the change log"));
+  // A trim that raced with this read may have taken some of what it skipped over.
+  if (after < impl.trimmed_through.load()) return ChangesTrimmedError(after, impl.trimmed_through);
+  return page;
+}
+
 absl::StatusOr<std::optional<std::string>> RocksDbFeatureStore::GetMeta(
     const std::string& key) const {
   std::shared_lock<std::shared_mutex> lock(impl_->mu);
@@ -537,6 +688,8 @@ FeatureStoreStats RocksDbFeatureStore::Stats() const {
   stats.disk_free_bytes = FreeBytes(path_).value_or(-1);
   stats.writes_stopped = impl_->writes_stopped.load();
   stats.reopens = impl_->reopens.load();
+  stats.last_change_sequence = impl_->committed_sequence.load();
+  stats.changes_trimmed_through = impl_->trimmed_through.load();
   std::shared_lock<std::shared_mutex> lock(impl_->mu);
   if (impl_->db == nullptr) return stats;
   for (rocksdb::ColumnFamilyHandle* family : impl_->handles) {

@@ -1,7 +1,9 @@
 // RocksDbFeatureStore: the production FeatureStore, one RocksDB database in a directory.
 //
 // Layout: column families "images", "captions" (key = the caller's id bytes, value = a
-// record_codec.h record) and "meta" (key = name, value = raw string). Large values (embeddings)
+// record_codec.h record), "image_regions" (kept input features, same keys), "changes" (the change
+// log: key = 8-byte big-endian sequence, value = a change record) and "meta" (key = name, value =
+// raw string). Large values (embeddings)
 // live in RocksDB blob files, so compactions move keys, not megabytes of floats.
 //
 // Durability: every write is one WriteBatch written with WriteOptions::sync, i.e. the write-ahead
@@ -40,6 +42,8 @@ struct RocksDbFeatureStoreOptions {
   int64_t block_cache_bytes = 64LL << 20;  // shared by the column families
   // Values of at least this many bytes go to blob files (0 = all values; negative = none).
   int64_t min_blob_bytes = 4096;
+  // The change log keeps at least this much history (FeatureStore); <= 0 keeps all of it.
+  double change_log_retention_s = 86400;
 };
 
 class RocksDbFeatureStore final : public FeatureStore {
@@ -63,6 +67,7 @@ class RocksDbFeatureStore final : public FeatureStore {
   absl::Status ScanImages(const std::function<absl::Status(StoredImage&)>& visit) const override;
   absl::Status ScanCaptions(
       const std::function<absl::Status(StoredCaption&)>& visit) const override;
+  absl::StatusOr<ItemChangePage> ListChanges(uint64_t after, int64_t max_changes) const override;
   absl::StatusOr<std::optional<std::string>> GetMeta(const std::string& key) const override;
   absl::Status SetMeta(const std::string& key, const std::string& value) override;
   FeatureStoreStats Stats() const override;

@@ -11,11 +11,18 @@
     captions does; ids, collections, metadata, boxes and labels arrive unchanged; images without
     kept features are listed and not copied (exit 1), synthetic benchmark items are skipped;
   * its checkpoint resumes after the last id copied, and a finished copy does nothing again;
-  * a target restarted mid-copy (kill -9, a rolling update) costs retries, not items.
+  * a target restarted mid-copy (kill -9, a rolling update) costs retries, not items;
+  * writes the source takes during the copy (upserts behind and ahead of the copy's place, metadata
+    updates, deletes) reach the target from the source's change log: with --follow until SIGTERM,
+    and again when the copy is rerun with its checkpoint; the target then holds exactly what the
+    source holds, features bit for bit, and answers searches as the source does (same model);
+  * a copy behind the source's --change-log-retention-s is refused (OUT_OF_RANGE, exit 1) and says
+    to start again; `scanctl changes` lists the log.
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -86,6 +93,37 @@ class CopyTest(unittest.TestCase):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
         summary = json.loads(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else {}
         return r.returncode, summary, r.stderr
+
+    def stored_state(self, stub):
+        """Everything a store holds, as comparable values: ids, records, features."""
+        pb = self.pb
+        captions, token = [], ""
+        while True:
+            page = stub.ListItems(pb.ListItemsRequest(kind=2, page_size=1000, page_token=token), timeout=h.RPC_TIMEOUT_S)
+            captions += page.ids
+            token = page.next_page_token
+            if not token:
+                break
+        images = h.list_image_ids(pb, stub)
+        records = []
+        for begin in range(0, len(images), 32):
+            got = stub.GetItems(pb.GetItemsRequest(image_ids=images[begin:begin + 32], include_region_features=True),
+                                timeout=h.RPC_TIMEOUT_S)
+            records += [s.image.SerializeToString(deterministic=True) for s in got.images]
+        got = stub.GetItems(pb.GetItemsRequest(caption_ids=captions), timeout=h.RPC_TIMEOUT_S) if captions else None
+        records += [s.caption.SerializeToString(deterministic=True) for s in got.captions] if got else []
+        return images, captions, records
+
+    def wait_equal(self, source_stub, target_stub, what, timeout_s=60):
+        deadline = time.time() + timeout_s
+        while True:
+            want, got = self.stored_state(source_stub), self.stored_state(target_stub)
+            if want == got or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(got[0], want[0], what + ": image ids")
+        self.assertEqual(got[1], want[1], what + ": caption ids")
+        self.assertTrue(got[2] == want[2], what + ": stored records differ")
 
     def search_both_ways(self, stub, queries, image_ids):
         pb = self.pb
@@ -190,10 +228,11 @@ class CopyTest(unittest.TestCase):
         self.assertEqual([s.caption for s in copied.captions], [s.caption for s in sent.captions])
         self.assertEqual(h.list_image_ids(pb, target_stub), sorted(image_ids))
 
-        # A finished copy does nothing again; a checkpoint inside the captions resumes after its id.
+        # A finished copy only catches up (nothing was written since); a checkpoint inside the
+        # captions resumes after its id.
         code, summary, stderr = self.copy(source, target, "--resume-file", os.path.join(self.tmp, "copy.json"))
-        self.assertEqual((code, summary["images"], summary["captions"]), (0, 0, 0), stderr)
-        self.assertIn("had finished", stderr)
+        self.assertEqual((code, summary["images"], summary["captions"], summary["changes"]), (0, 0, 0, 0), stderr)
+        self.assertIn("with the source's changes after sequence", stderr)
         r = target_stub.Delete(pb.DeleteRequest(caption_ids=[c.id for c in captions]), timeout=h.RPC_TIMEOUT_S)
         with open(os.path.join(self.tmp, "copy.json")) as f:
             checkpoint = json.load(f)
@@ -245,6 +284,99 @@ class CopyTest(unittest.TestCase):
         self.addCleanup(channel.close)
         self.assertEqual(h.list_image_ids(self.pb, self.pb_grpc.ScanServiceStub(channel)),
                          sorted(im.id for im in images))
+
+    def test_writes_during_and_after_a_copy_reach_the_target(self):
+        pb = self.pb
+        source, source_stub = self.start("source", self.old_model, ["--region-features", "keep"])
+        images = self.images("m", 90)
+        captions = self.captions(30)
+        for begin in range(0, len(images), 30):
+            self.upsert(source_stub, images[begin:begin + 30])
+        self.upsert(source_stub, captions=captions)
+        # A replica: the same model, and features kept so that it can be copied on in turn.
+        target, target_stub = self.start("target", self.old_model, ["--region-features", "keep"])
+        checkpoint = os.path.join(self.tmp, "follow.json")
+        follower = subprocess.Popen([SCANCTL, "--server", "127.0.0.1:%d" % source.port, "--json", "copy", "--to",
+                                     "127.0.0.1:%d" % target.port, "--no-progress", "--batch", "1",
+                                     "--resume-file", checkpoint, "--follow"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+        self.addCleanup(lambda: follower.poll() is None and follower.kill())
+
+        # Writes while the ids are being copied: behind its place ("a/..." sorts first), ahead of
+        # it, metadata updates, deletes of images and captions.
+        deadline = time.time() + 60
+        while target_stub.GetStats(pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S).images < 5:
+            self.assertLess(time.time(), deadline, "the copy never started")
+            time.sleep(0.01)
+        self.upsert(source_stub, self.images("a", 3) + self.images("z", 2), self.captions(33)[30:])
+        source_stub.UpdateItems(pb.UpdateItemsRequest(images=[pb.ItemUpdate(id="m/1", set_metadata={"tag": "new"}),
+                                                              pb.ItemUpdate(id="m/88", set_collection=True,
+                                                                            collection="moved")]),
+                                timeout=h.RPC_TIMEOUT_S)
+        source_stub.Delete(pb.DeleteRequest(image_ids=["m/2", "m/89"], caption_ids=["cap/00"]), timeout=h.RPC_TIMEOUT_S)
+        self.wait_equal(source_stub, target_stub, "following during the copy")
+
+        # And after it, while it follows.
+        self.upsert(source_stub, self.images("b", 2))
+        source_stub.Delete(pb.DeleteRequest(image_ids=["a/0"]), timeout=h.RPC_TIMEOUT_S)
+        self.wait_equal(source_stub, target_stub, "following after the copy")
+        queries = h.random_captions(self.rng, 4)
+        ids = ["m/0", "m/1", "a/1", "b/0"]
+        self.assertSameRanking(self.search_both_ways(target_stub, queries, ids)[0],
+                               self.search_both_ways(source_stub, queries, ids)[0], "text->image")
+        self.assertSameRanking(self.search_both_ways(target_stub, queries, ids)[1],
+                               self.search_both_ways(source_stub, queries, ids)[1], "image->text")
+
+        follower.send_signal(signal.SIGTERM)
+        out, err = follower.communicate(timeout=60)
+        self.assertEqual(follower.returncode, 0, err)
+        summary = json.loads(out.strip().splitlines()[-1])
+        # Every write after the copy began: 5 images, 3 captions, 2 updates, 3 deletes; then 2
+        # images and a delete. Deletes of items the copy had not reached yet delete nothing there.
+        self.assertEqual(summary["changes"], 16, summary)
+        self.assertGreaterEqual(summary["deleted"], 1, summary)  # a/0 at least
+        last = source_stub.GetStats(pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S).last_change_sequence
+        with open(checkpoint) as f:
+            saved = json.load(f)
+        self.assertEqual((saved["kind"], saved["changes_after"]), ("changes", last), saved)
+
+        # Stopped: later writes wait for the next run, which catches up from the checkpoint.
+        self.upsert(source_stub, self.images("c", 2))
+        source_stub.Delete(pb.DeleteRequest(image_ids=["m/3"], caption_ids=["cap/01"]), timeout=h.RPC_TIMEOUT_S)
+        code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint)
+        self.assertEqual(code, 0, stderr)
+        self.assertEqual((summary["images"], summary["deleted"], summary["changes"]), (2, 2, 4), summary)
+        self.wait_equal(source_stub, target_stub, "a rerun with the checkpoint", timeout_s=0)
+
+        r = subprocess.run([SCANCTL, "--server", "127.0.0.1:%d" % source.port, "changes", "--after", str(last)],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rows = [line.split() for line in r.stdout.splitlines()[1:] if line.strip() and line[0].isdigit()]
+        self.assertEqual([(row[2], row[3], row[4]) for row in rows],
+                         [("image", "put", "c/0"), ("image", "put", "c/1"), ("image", "delete", "m/3"),
+                          ("caption", "delete", "cap/01")], r.stdout)
+
+    def test_a_copy_behind_the_retention_must_start_again(self):
+        source, source_stub = self.start("source", self.old_model,
+                                         ["--region-features", "keep", "--change-log-retention-s", "0.2"])
+        self.upsert(source_stub, self.images("x", 2))
+        time.sleep(0.4)
+        self.upsert(source_stub, self.images("y", 1))  # trims x's changes
+        target, _ = self.start("target", self.old_model)
+        checkpoint = os.path.join(self.tmp, "old.json")
+        with open(checkpoint, "w") as f:
+            json.dump({"copy": "127.0.0.1:%d -> 127.0.0.1:%d images captions" % (source.port, target.port),
+                       "kind": "changes", "after": "", "changes_after": 0}, f)
+        code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint)
+        self.assertEqual(code, 1, stderr)
+        self.assertIn("OUT_OF_RANGE", stderr)
+        self.assertIn("--restart", stderr)
+        code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint, "--restart")
+        self.assertEqual((code, summary["images"]), (0, 3), stderr)
+        r = subprocess.run([SCANCTL, "--server", "127.0.0.1:%d" % source.port, "changes"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("no longer kept", r.stderr)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,12 @@ Checked:
     finite, unique, inside the filter, with the stored collection, metadata and text; GetItems returns
     what was acknowledged (collection, metadata, text, region count, and with include_region_features
     the features bit for bit: the server keeps them) or an error for an id not stored;
-    ListItems pages are sorted, unique and stored; GetStats and snapshots count the model (phase 1);
-  * at the end: /healthz is 200 and ListItems, GetItems and GetStats give exactly the model; then
-    kill -9 and a restart on the same data directory: still exactly the model (nothing acknowledged
-    lost, nothing deleted back).
+    ListItems pages are sorted, unique and stored; ListChanges pages are in increasing sequence
+    order after the one asked for; GetStats and snapshots count the model (phase 1);
+  * at the end: /healthz is 200 and ListItems, GetItems and GetStats give exactly the model, and so
+    does the change log replayed from the start (an id is stored iff its last change is a put);
+    then kill -9 and a restart on the same data directory: still exactly the model (nothing
+    acknowledged lost, nothing deleted back), in the log too.
 SCANSERVE_FUZZ_DEBUG=1 prints the message of every refused item. SCANSERVE_FUZZ_SERVER runs another
 scanserve binary, SCANSERVE_FUZZ_BACKEND=cuda serves from its CUDA backend (bf16 storage): ctest runs
 both against the emulated CUDA build (tests/cuda_emulation), fewer calls.
@@ -129,7 +131,7 @@ class Fuzzer(object):
         rpcs = [(self.fuzz_upsert_images, 5), (self.fuzz_upsert_captions, 5), (self.fuzz_ingest, 2),
                 (self.fuzz_delete, 2), (self.fuzz_update_items, 3), (self.fuzz_search_images, 4),
                 (self.fuzz_search_captions, 4), (self.fuzz_get_items, 2), (self.fuzz_list_items, 2),
-                (self.fuzz_snapshot, 0.3), (self.fuzz_get_stats, 0.5)]
+                (self.fuzz_list_changes, 1), (self.fuzz_snapshot, 0.3), (self.fuzz_get_stats, 0.5)]
         weights = np.array([w for _, w in rpcs], dtype=float)
         weights /= weights.sum()
         for _ in range(calls):
@@ -506,6 +508,20 @@ class Fuzzer(object):
         if response.next_page_token:
             self.page_tokens.append(response.next_page_token)
 
+    def fuzz_list_changes(self):
+        after = self.pick([0, 0, 1, 5, 2 ** 64 - 1, int(self.rng.integers(1 << 16))])
+        request = self.pb.ListChangesRequest(after_sequence=after,
+                                             page_size=self.pick([0, 1, 3, 10, 10001, -1, 2 ** 31 - 1]))
+        response, code = self.call("ListChanges", request)
+        if code != C.OK:
+            self.t.assertLess(request.page_size, 0, "ListChanges(%s): %s" % (request, code))
+            return
+        sequences = [c.sequence for c in response.changes]
+        self.t.assertEqual(sequences, sorted(set(sequences)), "ListChanges: not in increasing order")
+        self.t.assertTrue(all(after < q <= response.last_sequence for q in sequences),
+                          "ListChanges after %d: %s (last %d)" % (after, sequences[:5], response.last_sequence))
+        self.t.assertTrue(all(c.kind in (1, 2) and c.id and c.unix_micros > 0 for c in response.changes))
+
     def fuzz_snapshot(self):
         name = self.pick(["", "snap-%d" % int(self.rng.integers(3)), ".hidden", "a/b", "x" * 129, "caf\u00e9"])
         response, code = self.call("CreateSnapshot", self.pb.CreateSnapshotRequest(name=name))
@@ -545,6 +561,21 @@ class Fuzzer(object):
             self.check_stored_caption(i, got, when)
         stats = self.stub.GetStats(self.pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S)
         self.t.assertEqual((stats.images, stats.captions), (len(image_ids), len(caption_ids)), when)
+        # The change log from the start (a fresh store, kept a day): the last change of each id.
+        last, after = {}, 0
+        while True:
+            page = self.stub.ListChanges(self.pb.ListChangesRequest(after_sequence=after, page_size=1000),
+                                         timeout=h.RPC_TIMEOUT_S)
+            for change in page.changes:
+                last[(change.kind, change.id)] = change.deleted
+            if len(page.changes) < 1000:
+                break
+            after = page.changes[-1].sequence
+        self.t.assertEqual(page.last_sequence, stats.last_change_sequence, when)
+        self.t.assertEqual(sorted(i for (k, i), deleted in last.items() if k == 1 and not deleted), image_ids,
+                           "%s: images the change log says are stored" % when)
+        self.t.assertEqual(sorted(i for (k, i), deleted in last.items() if k == 2 and not deleted), caption_ids,
+                           "%s: captions the change log says are stored" % when)
 
 
 class ServerFuzzTest(unittest.TestCase):

@@ -38,6 +38,7 @@ class FakeRetrievalEngine final : public RetrievalEngine {
       } else if (static_cast<int64_t>(images_.size()) >= max_images && images_.count(item.id) == 0) {
         status = absl::ResourceExhaustedError("store full");
       } else {
+        Log(id, /*is_caption=*/false, /*deleted=*/false);
         images_[item.id] = std::move(item);
       }
       results.push_back({id, status});
@@ -56,6 +57,7 @@ class FakeRetrievalEngine final : public RetrievalEngine {
         status = absl::InvalidArgumentError("empty id or text");
       } else {
         captions_[id] = std::move(item);
+        Log(id, /*is_caption=*/true, /*deleted=*/false);
       }
       results.push_back({id, status});
     }
@@ -66,6 +68,7 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<ItemResult> results;
     for (const std::string& id : ids) {
+      Log(id, /*is_caption=*/false, /*deleted=*/true);
       results.push_back({id, images_.erase(id) > 0 ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no image '", id, "'"))});
     }
     return results;
@@ -75,6 +78,7 @@ class FakeRetrievalEngine final : public RetrievalEngine {
     std::lock_guard<std::mutex> lock(mu_);
     std::vector<ItemResult> results;
     for (const std::string& id : ids) {
+      Log(id, /*is_caption=*/true, /*deleted=*/true);
       results.push_back({id, captions_.erase(id) > 0 ? absl::OkStatus() : absl::NotFoundError(absl::StrCat("no caption '", id, "'"))});
     }
     return results;
@@ -138,6 +142,22 @@ class FakeRetrievalEngine final : public RetrievalEngine {
   absl::StatusOr<ItemPage> ListCaptions(const ListParams& params) const override {
     std::lock_guard<std::mutex> lock(mu_);
     return Page(captions_, params);
+  }
+
+  // As the engine's: changes logged by the writes above; readers behind SetChangesTrimmedThrough
+  // are OUT_OF_RANGE.
+  absl::StatusOr<ItemChangePage> ListChanges(uint64_t after, int64_t max_changes) const override {
+    if (max_changes < 1 || max_changes > RetrievalLimits::kMaxChangesPage) {
+      return absl::InvalidArgumentError("bad page size");
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (after < changes_trimmed_through_) return absl::OutOfRangeError("changes no longer kept");
+    ItemChangePage page;
+    page.last_sequence = changes_.size();
+    for (uint64_t s = after; s < changes_.size() && static_cast<int64_t>(page.changes.size()) < max_changes; ++s) {
+      page.changes.push_back(changes_[s]);
+    }
+    return page;
   }
 
   absl::StatusOr<std::vector<std::vector<ImageHit>>> SearchImages(const std::vector<std::string>& queries,
@@ -269,8 +289,17 @@ class FakeRetrievalEngine final : public RetrievalEngine {
   std::atomic<bool> closed{false};
   int64_t max_images = 1000;
   std::vector<std::string> snapshots;  // CreateSnapshot's directories, guarded by mu_
+  void SetChangesTrimmedThrough(uint64_t sequence) {
+    std::lock_guard<std::mutex> lock(mu_);
+    changes_trimmed_through_ = sequence;
+  }
 
  private:
+  void Log(const std::string& id, bool is_caption, bool deleted) {  // caller holds mu_
+    changes_.push_back({.sequence = changes_.size() + 1, .is_caption = is_caption, .deleted = deleted,
+                        .unix_micros = 1'700'000'000'000'000 + static_cast<int64_t>(changes_.size()), .id = id});
+  }
+
   template <typename Item>
   static std::vector<ItemResult> Apply(const std::vector<ItemUpdate>& updates, std::map<std::string, Item>* items) {
     std::vector<ItemResult> results;
@@ -319,6 +348,8 @@ class FakeRetrievalEngine final : public RetrievalEngine {
   absl::Status search_error_;
   std::map<std::string, ImageItem> images_;
   std::map<std::string, CaptionItem> captions_;
+  std::vector<ItemChange> changes_;  // sequence i + 1 at index i
+  uint64_t changes_trimmed_through_ = 0;
 };
 
 }  // namespace testing_fake

@@ -510,7 +510,49 @@ TEST_F(ServerTest, BearerTokenAuth) {
   v1::ListItemsResponse page;
   EXPECT_EQ(stub_->ListItems(Context().get(), list, &page).error_code(), grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_TRUE(stub_->ListItems(Context("s3cret").get(), list, &page).ok());
+  v1::ListChangesResponse changes;
+  EXPECT_EQ(stub_->ListChanges(Context().get(), v1::ListChangesRequest(), &changes).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
   EXPECT_EQ(Health(""), grpc::health::v1::HealthCheckResponse::SERVING) << "health needs no token";
+}
+
+TEST_F(ServerTest, ListChangesPagesTheEnginesChangeLog) {
+  Start();
+  UpsertThreeImages();
+  v1::DeleteRequest remove;
+  remove.add_image_ids("mid");
+  v1::DeleteResponse removed;
+  ASSERT_TRUE(stub_->Delete(Context().get(), remove, &removed).ok());
+
+  v1::ListChangesRequest request;  // page_size 0: the default, more than there are
+  v1::ListChangesResponse all;
+  ASSERT_TRUE(stub_->ListChanges(Context().get(), request, &all).ok());
+  ASSERT_EQ(all.changes_size(), 4);
+  EXPECT_EQ(all.last_sequence(), 4u);
+  EXPECT_EQ(all.changes(0).id(), "low");
+  EXPECT_EQ(all.changes(0).kind(), v1::ITEM_KIND_IMAGE);
+  EXPECT_FALSE(all.changes(0).deleted());
+  EXPECT_GT(all.changes(0).unix_micros(), 0);
+  EXPECT_EQ(all.changes(3).id(), "mid");
+  EXPECT_TRUE(all.changes(3).deleted());
+
+  request.set_after_sequence(1);
+  request.set_page_size(2);
+  v1::ListChangesResponse page;
+  ASSERT_TRUE(stub_->ListChanges(Context().get(), request, &page).ok());
+  ASSERT_EQ(page.changes_size(), 2);
+  EXPECT_EQ(page.changes(0).sequence(), 2u);
+  EXPECT_EQ(page.changes(1).sequence(), 3u);
+
+  request.set_page_size(1'000'000);  // served as the largest page
+  EXPECT_TRUE(stub_->ListChanges(Context().get(), request, &page).ok());
+  request.set_page_size(-1);
+  EXPECT_EQ(stub_->ListChanges(Context().get(), request, &page).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  engine_->SetChangesTrimmedThrough(2);
+  request.set_page_size(0);
+  request.set_after_sequence(1);
+  EXPECT_EQ(stub_->ListChanges(Context().get(), request, &page).error_code(), grpc::StatusCode::OUT_OF_RANGE);
 }
 
 TEST_F(ServerTest, IngestStreamAnswersEveryItemInOrder) {

@@ -442,6 +442,54 @@ void ExpectSameImage(const StoredImageInfo& got, const ImageItem& sent) {
 // With keep_region_features the store holds each image's input, bit for bit, across updates and
 // restarts, and another model encodes what is read back exactly as it would the original: the
 // way a collection moves to retrained weights without the detector.
+// Every stored write reaches the change log in the order it was made (a metadata update is a put;
+// an upsert refused for its input is not logged); synthetic items are never stored, so never
+// logged; the log and its numbering survive a restart.
+TEST_F(RetrievalEngineTest, ChangeLogListsEveryStoredWriteInOrder) {
+  RetrievalEngineOptions options = Options();
+  options.synthetic_images = 3;
+  const std::vector<ImageItem> images = SomeImages(2);
+  uint64_t last = 0;
+  {
+    auto engine = Make(options);
+    ASSERT_NE(engine, nullptr);
+    ExpectAllOk(engine->UpsertImages(images));
+    ImageItem bad = images[0];
+    bad.id = "bad";
+    bad.region_features = FloatMatrix(2, 3);  // wrong width: refused before the store
+    EXPECT_FALSE(engine->UpsertImages({bad})[0].status.ok());
+    ItemUpdate update;
+    update.id = images[1].id;
+    update.set_metadata = {{"tag", "x"}};
+    ExpectAllOk(engine->UpdateImages({update}));
+    ExpectAllOk(engine->DeleteImages(std::vector<std::string>{images[0].id}));
+    auto page = engine->ListChanges(0, 100);
+    ASSERT_TRUE(page.ok()) << page.status();
+    ASSERT_EQ(page->changes.size(), 4u);
+    const std::vector<std::pair<std::string, bool>> expected = {
+        {images[0].id, false}, {images[1].id, false}, {images[1].id, false}, {images[0].id, true}};
+    for (size_t i = 0; i < expected.size(); ++i) {
+      EXPECT_EQ(page->changes[i].id, expected[i].first) << i;
+      EXPECT_EQ(page->changes[i].deleted, expected[i].second) << i;
+      EXPECT_FALSE(page->changes[i].is_caption) << i;
+    }
+    last = page->last_sequence;
+    EXPECT_EQ(engine->Stats().last_change_sequence, last);
+    EXPECT_EQ(engine->ListChanges(0, 0).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(engine->ListChanges(0, RetrievalLimits::kMaxChangesPage + 1).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  }
+  auto engine = Make(options);
+  ASSERT_NE(engine, nullptr);
+  ExpectAllOk(engine->DeleteImages(std::vector<std::string>{images[1].id}));
+  auto page = engine->ListChanges(last, 100);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->changes.size(), 1u);
+  EXPECT_GT(page->changes[0].sequence, last);
+  EXPECT_EQ(page->changes[0].id, images[1].id);
+  EXPECT_TRUE(page->changes[0].deleted);
+}
+
 TEST_F(RetrievalEngineTest, KeptRegionFeaturesReadBackExactlyForOtherModels) {
   const std::vector<ImageItem> before_keeping = SomeImages(2, /*seed=*/7);
   std::vector<ImageItem> images = SomeImages(5);

@@ -5,14 +5,17 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <ostream>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 
+#include "engine/store/change_log_retention.h"
 #include "engine/store/feature_store.h"
 #include "engine/store/in_memory_feature_store.h"
 #include "engine/store/record_codec.h"
@@ -26,7 +29,7 @@ namespace fs = std::filesystem;
 // How the driver makes and pokes a store of one implementation.
 struct StoreKind {
   std::string name;
-  std::function<std::unique_ptr<FeatureStore>(const fs::path& dir)> open;
+  std::function<std::unique_ptr<FeatureStore>(const fs::path& dir, double change_log_retention_s)> open;
   std::function<absl::Status(FeatureStore*, const std::string& id, const std::string& value)>
       put_raw_image;
 };
@@ -37,15 +40,15 @@ void PrintTo(const StoreKind& kind, std::ostream* os) { *os << kind.name; }
 std::vector<StoreKind> AllKinds() {
   return {
       {"InMemory",
-       [](const fs::path&) -> std::unique_ptr<FeatureStore> {
-         return std::make_unique<InMemoryFeatureStore>();
+       [](const fs::path&, double retention_s) -> std::unique_ptr<FeatureStore> {
+         return std::make_unique<InMemoryFeatureStore>(retention_s);
        },
        [](FeatureStore* s, const std::string& id, const std::string& value) {
          return static_cast<InMemoryFeatureStore*>(s)->PutRawImageRecordForTesting(id, value);
        }},
       {"RocksDb",
-       [](const fs::path& dir) -> std::unique_ptr<FeatureStore> {
-         auto store = RocksDbFeatureStore::Open(dir.string());
+       [](const fs::path& dir, double retention_s) -> std::unique_ptr<FeatureStore> {
+         auto store = RocksDbFeatureStore::Open(dir.string(), {.change_log_retention_s = retention_s});
          EXPECT_TRUE(store.ok()) << store.status();
          return store.ok() ? std::move(store).value() : nullptr;
        },
@@ -123,7 +126,7 @@ class FeatureStoreTest : public ::testing::TestWithParam<StoreKind> {
     dir_ = fs::temp_directory_path() /
            ("feature_store_test_" + std::to_string(::getpid()) + "_" + name);
     fs::remove_all(dir_);
-    store_ = GetParam().open(dir_);
+    store_ = GetParam().open(dir_, /*change_log_retention_s=*/86400);
     ASSERT_NE(store_, nullptr);
   }
   void TearDown() override {
@@ -355,6 +358,90 @@ TEST_P(FeatureStoreTest, ConcurrentWritersAndReaders) {
                   })
                   .ok());
   EXPECT_EQ(count, kThreads * kPerThread);
+  // One change per write, numbered in a single increasing order.
+  auto changes = store_->ListChanges(0, 1000);
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  ASSERT_EQ(changes->changes.size(), static_cast<size_t>(kThreads * kPerThread));
+  std::set<std::string> ids;
+  for (size_t i = 0; i < changes->changes.size(); ++i) {
+    if (i > 0) EXPECT_GT(changes->changes[i].sequence, changes->changes[i - 1].sequence);
+    ids.insert(changes->changes[i].id);
+  }
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kThreads * kPerThread));
+  EXPECT_EQ(changes->last_sequence, changes->changes.back().sequence);
+}
+
+// Every put and delete is logged, oldest first, with its kind and time; pages resume after a
+// sequence; the log says which item changed whether or not it existed.
+TEST_P(FeatureStoreTest, ChangeLogRecordsEveryWriteInOrder) {
+  auto empty = store_->ListChanges(0, 10);
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_TRUE(empty->changes.empty());
+  EXPECT_EQ(empty->last_sequence, 0u);
+  const int64_t before = UnixMicrosNow();
+  ASSERT_TRUE(store_->PutImages({MakeImage("a", 2, 1), MakeImage("b", 2, 2)}).ok());
+  ASSERT_TRUE(store_->PutCaptions({MakeCaption("x", 3, 1)}).ok());
+  ASSERT_TRUE(store_->DeleteImages(std::vector<std::string>{"a", "never-stored"}).ok());
+  ASSERT_TRUE(store_->DeleteCaptions(std::vector<std::string>{"x"}).ok());
+  ASSERT_TRUE(store_->SetMeta("fingerprint", "v1").ok());  // not an item: not logged
+  ASSERT_TRUE(store_->PutImages({MakeImage("b", 3, 5)}).ok());
+  const int64_t after = UnixMicrosNow();
+
+  struct Expected {
+    bool is_caption;
+    bool deleted;
+    std::string id;
+  };
+  const std::vector<Expected> expected = {{false, false, "a"}, {false, false, "b"}, {true, false, "x"},
+                                          {false, true, "a"},  {false, true, "never-stored"},
+                                          {true, true, "x"},   {false, false, "b"}};
+  auto all = store_->ListChanges(0, 100);
+  ASSERT_TRUE(all.ok()) << all.status();
+  ASSERT_EQ(all->changes.size(), expected.size());
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const ItemChange& change = all->changes[i];
+    EXPECT_EQ(change.is_caption, expected[i].is_caption) << i;
+    EXPECT_EQ(change.deleted, expected[i].deleted) << i;
+    EXPECT_EQ(change.id, expected[i].id) << i;
+    EXPECT_GE(change.unix_micros, before) << i;
+    EXPECT_LE(change.unix_micros, after) << i;
+    if (i > 0) EXPECT_GT(change.sequence, all->changes[i - 1].sequence) << i;
+  }
+  EXPECT_EQ(all->last_sequence, all->changes.back().sequence);
+  EXPECT_EQ(store_->Stats().last_change_sequence, all->last_sequence);
+  EXPECT_EQ(store_->Stats().changes_trimmed_through, 0u);
+
+  auto page = store_->ListChanges(all->changes[2].sequence, 2);
+  ASSERT_TRUE(page.ok()) << page.status();
+  ASSERT_EQ(page->changes.size(), 2u);
+  EXPECT_EQ(page->changes[0].sequence, all->changes[3].sequence);
+  EXPECT_EQ(page->changes[1].sequence, all->changes[4].sequence);
+  auto none = store_->ListChanges(all->last_sequence, 10);
+  ASSERT_TRUE(none.ok());
+  EXPECT_TRUE(none->changes.empty());
+  auto beyond = store_->ListChanges(UINT64_MAX, 10);  // the largest sequence: nothing after it
+  ASSERT_TRUE(beyond.ok()) << beyond.status();
+  EXPECT_TRUE(beyond->changes.empty());
+  EXPECT_EQ(store_->ListChanges(0, 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Changes older than the retention go with a later write; a reader behind them is OUT_OF_RANGE
+// rather than silently missing them, and one after the trim still reads the rest.
+TEST_P(FeatureStoreTest, ChangeLogTrimsPastItsRetention) {
+  store_ = GetParam().open(dir_ / "short", /*change_log_retention_s=*/0.2);
+  ASSERT_NE(store_, nullptr);
+  ASSERT_TRUE(store_->PutImages({MakeImage("old", 2, 1)}).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ASSERT_TRUE(store_->PutImages({MakeImage("new", 2, 2)}).ok());
+  const FeatureStoreStats stats = store_->Stats();
+  EXPECT_EQ(stats.changes_trimmed_through, 1u);
+  EXPECT_EQ(stats.last_change_sequence, 2u);
+  EXPECT_EQ(store_->ListChanges(0, 10).status().code(), absl::StatusCode::kOutOfRange);
+  auto rest = store_->ListChanges(1, 10);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  ASSERT_EQ(rest->changes.size(), 1u);
+  EXPECT_EQ(rest->changes[0].id, "new");
+  EXPECT_TRUE(store_->GetImage("old").ok()) << "trimming the log leaves the items";
 }
 
 INSTANTIATE_TEST_SUITE_P(AllStores, FeatureStoreTest, ::testing::ValuesIn(AllKinds()),
@@ -420,6 +507,35 @@ TEST_F(RocksDbFeatureStoreTest, ReopenAfterCloseKeepsEverythingAndNoDeletedItem)
   EXPECT_FALSE((*features)[2].has_value()) << "stored without";
   EXPECT_TRUE((*store)->GetCaption("c").ok());
   EXPECT_EQ((*store)->GetMeta("fingerprint")->value_or(""), "models-v1");
+}
+
+// The log's sequence and trim mark survive a reopen: new writes number on, and a reader behind the
+// trim is still refused.
+TEST_F(RocksDbFeatureStoreTest, ChangeLogSequenceAndTrimSurviveReopen) {
+  {
+    auto store = RocksDbFeatureStore::Open(dir_.string(), {.change_log_retention_s = 0.2});
+    ASSERT_TRUE(store.ok()) << store.status();
+    ASSERT_TRUE((*store)->PutImages({MakeImage("a", 2, 1), MakeImage("b", 2, 2)}).ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ASSERT_TRUE((*store)->DeleteImages(std::vector<std::string>{"a"}).ok());  // trims a and b's puts
+    EXPECT_EQ((*store)->Stats().changes_trimmed_through, 2u);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ASSERT_TRUE((*store)->PutCaptions({MakeCaption("c", 3, 1)}).ok());  // trims the delete: log empty but c
+    ASSERT_TRUE((*store)->Close().ok());
+  }
+  auto store = RocksDbFeatureStore::Open(dir_.string(), {.create_if_missing = false});
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_EQ((*store)->Stats().last_change_sequence, 4u);
+  EXPECT_EQ((*store)->Stats().changes_trimmed_through, 3u);
+  EXPECT_EQ((*store)->ListChanges(2, 10).status().code(), absl::StatusCode::kOutOfRange);
+  ASSERT_TRUE((*store)->PutImages({MakeImage("d", 2, 3)}).ok());
+  auto changes = (*store)->ListChanges(3, 10);
+  ASSERT_TRUE(changes.ok()) << changes.status();
+  ASSERT_EQ(changes->changes.size(), 2u);
+  EXPECT_EQ(changes->changes[0].sequence, 4u);
+  EXPECT_EQ(changes->changes[0].id, "c");
+  EXPECT_EQ(changes->changes[1].sequence, 5u);
+  EXPECT_EQ(changes->changes[1].id, "d");
 }
 
 // A checkpoint holds what was acked when it was taken, opens as a store of its own, and later

@@ -139,6 +139,35 @@ TEST(RecordCodecTest, RegionFeaturesRecordRoundTripsExactly) {
             absl::StatusCode::kDataLoss);
 }
 
+TEST(RecordCodecTest, ChangeRecordRoundTripsAndRefusesDamage) {
+  const ItemChange change{.sequence = 0, .is_caption = true, .deleted = true,
+                          .unix_micros = 1'790'000'000'123'456, .id = std::string("cap\0/9", 6)};
+  auto encoded = EncodeChangeRecord(change);
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  auto decoded = DecodeChangeRecord(42, *encoded);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->sequence, 42u);  // from the key, not the value
+  EXPECT_TRUE(decoded->is_caption);
+  EXPECT_TRUE(decoded->deleted);
+  EXPECT_EQ(decoded->unix_micros, change.unix_micros);
+  EXPECT_EQ(decoded->id, change.id);
+  for (size_t i = 0; i < encoded->size(); ++i) {
+    std::string bad = *encoded;
+    bad[i] = static_cast<char>(bad[i] ^ 0x10);
+    const absl::Status status = DecodeChangeRecord(42, bad).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kDataLoss) << i;
+    EXPECT_NE(status.message().find("#42"), std::string::npos) << status;
+  }
+  // An operation byte out of range with a valid checksum: still refused.
+  std::string odd = encoded->substr(0, encoded->size() - 4);
+  odd[3] = 7;
+  const uint32_t crc = Crc32c(odd.data(), odd.size());
+  odd.append(reinterpret_cast<const char*>(&crc), 4);
+  EXPECT_EQ(DecodeChangeRecord(42, odd).status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(DecodeChangeRecord(42, *EncodeCaptionRecord(SampleCaption())).status().code(),
+            absl::StatusCode::kDataLoss);
+}
+
 TEST(RecordCodecTest, RegionFeaturesMustHaveOneRowPerRegion) {
   std::mt19937 rng(4);
   StoredImage image = SampleImage();
