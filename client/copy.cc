@@ -286,7 +286,7 @@ class Copier {
         }
       }
       if (!again.empty()) {
-        if (tries > options_.max_retries) {
+        if (GiveUp(tries)) {
           return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                               absl::StrCat("the target kept refusing deletes for now: ", refusal));
         }
@@ -303,11 +303,17 @@ class Copier {
            counts_.deleted;
   }
 
+  // After `tries` failures in a row of one call. A follower rides out a server down for longer (a
+  // restart, a rolling update, a reopening store): it is there to keep the target in step.
+  bool GiveUp(int tries) const {
+    return tries > options_.max_retries && !(options_.follow && checkpoint_.kind == "changes");
+  }
+
   // Runs `call` again while it fails with a transient code, up to max_retries times in a row.
   grpc::Status Retrying(const char* what, const std::function<grpc::Status()>& call) {
     for (int tries = 1;; ++tries) {
       grpc::Status status = call();
-      if (status.ok() || !Transient(status.error_code()) || tries > options_.max_retries) return status;
+      if (status.ok() || !Transient(status.error_code()) || GiveUp(tries)) return status;
       const double delay_s = RetryBackoffSeconds(tries);
       std::fprintf(stderr, "%sscanctl: %s: %s: %s; retrying in %.2g s\n", options_.progress ? "\n" : "", what,
                    StatusCodeName(status.error_code()), status.error_message().c_str(), delay_s);
@@ -351,7 +357,7 @@ class Copier {
         }
       }
       if (!again.empty()) {
-        if (tries > options_.max_retries) {
+        if (GiveUp(tries)) {
           return grpc::Status(grpc::StatusCode::UNAVAILABLE,
                               absl::StrCat("the target kept refusing ", kind, "s for now: ", refusal));
         }

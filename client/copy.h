@@ -36,7 +36,8 @@ struct CopyOptions {
   bool progress = true;
   bool json = false;            // summary as JSON on stdout
   int max_failures_shown = 20;
-  // Retries of one call in a row (backoff 0.25 s doubling to 8 s: ~30 s for 8).
+  // Retries of one call in a row (backoff 0.25 s doubling to 8 s: ~30 s for 8); unbounded once a
+  // follow is catching up.
   int max_retries = 8;
   bool follow = false;          // keep applying the source's changes until SIGINT / SIGTERM
   double poll_interval_s = 1;   // with follow: how often the change log is read once caught up

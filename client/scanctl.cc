@@ -114,7 +114,8 @@ Commands:
       Writes the source takes meanwhile are applied at the end from its change log (upserts, and
       deletes of what it no longer has), so the target ends equal to the source; a rerun with the
       same --resume-file catches up again. --follow keeps catching up (every second) until
-      SIGINT/SIGTERM: writes go on while clients move to the target
+      SIGINT/SIGTERM: writes go on while clients move to the target; it waits out either server
+      being down (a restart) for as long as it takes
   bench ("TEXT"... | --captions FILE | --image-id ID... | --image-ids FILE) [--concurrency N[,N...]]
         [--duration SECONDS] [--requests N] [--warmup SECONDS] [--queries-per-call Q] [--top-k K]
         [--collection C] [--where KEY=VALUE]...

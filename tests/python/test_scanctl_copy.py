@@ -288,6 +288,7 @@ class CopyTest(unittest.TestCase):
     def test_writes_during_and_after_a_copy_reach_the_target(self):
         pb = self.pb
         source, source_stub = self.start("source", self.old_model, ["--region-features", "keep"])
+        source.fixed_ports = True  # restarted below, on the same address
         images = self.images("m", 90)
         captions = self.captions(30)
         for begin in range(0, len(images), 30):
@@ -298,7 +299,7 @@ class CopyTest(unittest.TestCase):
         checkpoint = os.path.join(self.tmp, "follow.json")
         follower = subprocess.Popen([SCANCTL, "--server", "127.0.0.1:%d" % source.port, "--json", "copy", "--to",
                                      "127.0.0.1:%d" % target.port, "--no-progress", "--batch", "1",
-                                     "--resume-file", checkpoint, "--follow"],
+                                     "--resume-file", checkpoint, "--follow", "--max-retries", "1"],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
         self.addCleanup(lambda: follower.poll() is None and follower.kill())
 
@@ -316,10 +317,26 @@ class CopyTest(unittest.TestCase):
         source_stub.Delete(pb.DeleteRequest(image_ids=["m/2", "m/89"], caption_ids=["cap/00"]), timeout=h.RPC_TIMEOUT_S)
         self.wait_equal(source_stub, target_stub, "following during the copy")
 
-        # And after it, while it follows.
+        # And after it, while it follows; through a source killed (-9) and restarted for longer
+        # than --max-retries 1 would ride out.
         self.upsert(source_stub, self.images("b", 2))
         source_stub.Delete(pb.DeleteRequest(image_ids=["a/0"]), timeout=h.RPC_TIMEOUT_S)
         self.wait_equal(source_stub, target_stub, "following after the copy")
+        source.proc.kill()
+        source.proc.wait()
+        source.log.close()
+        source.log = None
+        time.sleep(2)
+        source.start()
+        source.wait_listening()
+        # A connection of its own: the old channel's may still be the killed server's socket.
+        channel = grpc.insecure_channel("127.0.0.1:%d" % source.port,
+                                        options=h.CHANNEL_OPTIONS + [("grpc.use_local_subchannel_pool", 1)])
+        self.addCleanup(channel.close)
+        grpc.channel_ready_future(channel).result(timeout=h.START_TIMEOUT_S)
+        source_stub = self.pb_grpc.ScanServiceStub(channel)
+        self.upsert(source_stub, self.images("b", 4)[2:])
+        self.wait_equal(source_stub, target_stub, "following through a source restart")
         queries = h.random_captions(self.rng, 4)
         ids = ["m/0", "m/1", "a/1", "b/0"]
         self.assertSameRanking(self.search_both_ways(target_stub, queries, ids)[0],
@@ -332,8 +349,10 @@ class CopyTest(unittest.TestCase):
         self.assertEqual(follower.returncode, 0, err)
         summary = json.loads(out.strip().splitlines()[-1])
         # Every write after the copy began: 5 images, 3 captions, 2 updates, 3 deletes; then 2
-        # images and a delete. Deletes of items the copy had not reached yet delete nothing there.
-        self.assertEqual(summary["changes"], 16, summary)
+        # images and a delete; then 2 images. Deletes of items the copy had not reached yet delete
+        # nothing there.
+        self.assertEqual(summary["changes"], 18, summary)
+        self.assertGreater(summary["retries"], 0, summary)
         self.assertGreaterEqual(summary["deleted"], 1, summary)  # a/0 at least
         last = source_stub.GetStats(pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S).last_change_sequence
         with open(checkpoint) as f:
