@@ -34,6 +34,7 @@ struct CopyCheckpoint {
   std::string kind = "image";
   std::string after;
   std::optional<uint64_t> changes_after;  // unset: not known (a checkpoint from before change logs)
+  std::string log_id;                     // the source's change log (ListChangesResponse.log_id)
 };
 
 absl::StatusOr<CopyCheckpoint> LoadCopyCheckpoint(const std::string& path) {
@@ -46,6 +47,7 @@ absl::StatusOr<CopyCheckpoint> LoadCopyCheckpoint(const std::string& path) {
     checkpoint.kind = json.at("kind").get<std::string>();
     checkpoint.after = json.at("after").get<std::string>();
     if (json.contains("changes_after")) checkpoint.changes_after = json.at("changes_after").get<uint64_t>();
+    if (json.contains("log_id")) checkpoint.log_id = json.at("log_id").get<std::string>();
     if (checkpoint.kind != "image" && checkpoint.kind != "caption" && checkpoint.kind != "changes" &&
         checkpoint.kind != "done") {
       throw std::runtime_error("unknown kind " + checkpoint.kind);
@@ -63,6 +65,7 @@ absl::StatusOr<CopyCheckpoint> LoadCopyCheckpoint(const std::string& path) {
 absl::Status SaveCopyCheckpoint(const std::string& path, const CopyCheckpoint& checkpoint) {
   nlohmann::json json = {{"copy", checkpoint.identity}, {"kind", checkpoint.kind}, {"after", checkpoint.after}};
   if (checkpoint.changes_after.has_value()) json["changes_after"] = *checkpoint.changes_after;
+  if (!checkpoint.log_id.empty()) json["log_id"] = checkpoint.log_id;
   return WriteJsonFileAtomically(path, json);
 }
 
@@ -157,7 +160,10 @@ class Copier {
         source_.scan().GetStats(source_.NewContext().get(), v1::GetStatsRequest(), &stats);
     if (!stats_status.ok()) return RpcFailed("GetStats (source)", stats_status);
     // Before the first id is read: every write after this sequence is applied again at the end.
-    if (fresh) checkpoint_.changes_after = stats.last_change_sequence();
+    if (fresh) {
+      checkpoint_.changes_after = stats.last_change_sequence();
+      checkpoint_.log_id = stats.change_log_id();
+    }
     // The source's counts size the progress line; a collection's share of them is unknown.
     int64_t total = -1;
     if (options_.collection.empty()) {
@@ -213,11 +219,17 @@ class Copier {
         return grpc::Status::OK;
       }
       if (status.error_code() == grpc::StatusCode::OUT_OF_RANGE) {
-        return grpc::Status(status.error_code(),
-                            absl::StrCat(status.error_message(), ": copy everything again (--restart), and "
-                                         "catch up more often than the source's --change-log-retention-s"));
+        // Behind the retention, or following another log: the server's message says which.
+        return grpc::Status(status.error_code(), absl::StrCat(status.error_message(), " (--restart)"));
       }
       if (!status.ok()) return status;
+      if (checkpoint_.log_id.empty()) checkpoint_.log_id = page.log_id();
+      if (page.log_id() != checkpoint_.log_id) {
+        return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                            absl::StrCat("the source's change log is ", page.log_id(), ", not ", checkpoint_.log_id,
+                                         " that this copy follows: the source was restored from a snapshot or "
+                                         "its store made again; copy everything again (--restart)"));
+      }
       counts_.changes += page.changes_size();
       if (status = Apply(page); !status.ok()) return status;
       if (page.changes_size() > 0) checkpoint_.changes_after = page.changes(page.changes_size() - 1).sequence();
@@ -503,9 +515,17 @@ class Copier {
     if (!checkpoint_status_.ok()) std::fprintf(stderr, "scanctl: %s\n", std::string(checkpoint_status_.message()).c_str());
     if (!status.ok()) {
       const int code = RpcFailed("copy", status);
-      if (!options_.checkpoint_path.empty()) {
-        std::fprintf(stderr, "scanctl: rerun the same command to resume after %s '%s'\n", checkpoint_.kind.c_str(),
-                     checkpoint_.after.c_str());
+      // A log that cannot be caught up with (OUT_OF_RANGE, another log) needs --restart, not a rerun.
+      const bool resumable = status.error_code() != grpc::StatusCode::OUT_OF_RANGE &&
+                             status.error_code() != grpc::StatusCode::FAILED_PRECONDITION;
+      if (!options_.checkpoint_path.empty() && resumable) {
+        if (checkpoint_.kind == "changes") {
+          std::fprintf(stderr, "scanctl: rerun the same command to resume after the source's change %llu\n",
+                       static_cast<unsigned long long>(*checkpoint_.changes_after));
+        } else {
+          std::fprintf(stderr, "scanctl: rerun the same command to resume after %s '%s'\n", checkpoint_.kind.c_str(),
+                       checkpoint_.after.c_str());
+        }
       }
       return code;
     }

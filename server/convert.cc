@@ -443,6 +443,7 @@ void ItemChangePageToProto(const ItemChangePage& page, v1::ListChangesResponse* 
     item->set_unix_micros(change.unix_micros);
   }
   out->set_last_sequence(page.last_sequence);
+  out->set_log_id(page.log_id);
 }
 
 void StatsToProto(const EngineStats& stats, const std::vector<std::string>& model_dirs,
@@ -469,6 +470,7 @@ void StatsToProto(const EngineStats& stats, const std::vector<std::string>& mode
   out->set_store_writes_stopped(stats.store_writes_stopped);
   out->set_last_change_sequence(stats.last_change_sequence);
   out->set_changes_trimmed_through(stats.changes_trimmed_through);
+  out->set_change_log_id(stats.change_log_id);
   out->set_version(version);
   out->set_detector_loaded(detector != nullptr);
   if (detector != nullptr) out->set_detector(detector->summary);

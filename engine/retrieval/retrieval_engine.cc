@@ -1742,6 +1742,7 @@ EngineStats ScanRetrievalEngine::Stats() const {
   stats.store_reopens = store.reopens;
   stats.last_change_sequence = store.last_change_sequence;
   stats.changes_trimmed_through = store.changes_trimmed_through;
+  stats.change_log_id = store.change_log_id;
   const auto seconds = [this](Direction d, Phase p) {
     return 1e-9 * static_cast<double>(phase_ns_[d][p].load(std::memory_order_relaxed));
   };

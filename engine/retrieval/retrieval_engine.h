@@ -273,6 +273,7 @@ struct EngineStats {
   int64_t store_reopens = 0;          // reopens after such errors since start
   uint64_t last_change_sequence = 0;  // of the newest change in the store's change log (0 = none)
   uint64_t changes_trimmed_through = 0;  // changes up to this sequence are no longer kept
+  std::string change_log_id;             // new for a new store and for each snapshot
   SearchPhaseSeconds text_to_image;   // SearchImages
   SearchPhaseSeconds image_to_text;   // SearchCaptions
   RankingCounts text_to_image_ranking;
@@ -329,7 +330,8 @@ class RetrievalEngine {
   // The store's change log: the changes to stored items after sequence `after`, oldest first, at
   // most `max_changes` (1..kMaxChangesPage, else INVALID_ARGUMENT). A page shorter than asked for
   // reached the newest change (page.last_sequence). OUT_OF_RANGE when some changes after `after`
-  // are no longer kept (change_log_retention_s). Synthetic items are never stored, so never logged.
+  // are no longer kept (change_log_retention_s), or `after` is beyond the newest (another log:
+  // page.log_id tells logs apart). Synthetic items are never stored, so never logged.
   virtual absl::StatusOr<ItemChangePage> ListChanges(uint64_t after, int64_t max_changes) const = 0;
 
   // Text->image: every caption query scored in one pass over the stored images. Empty queries,

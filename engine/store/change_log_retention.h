@@ -26,6 +26,14 @@ inline absl::Status ChangesTrimmedError(uint64_t after, uint64_t trimmed_through
       trimmed_through, "); a copy that far behind must start again"));
 }
 
+// What ListChanges answers a reader ahead of the log: it was reading another one.
+inline absl::Status ChangesAheadError(uint64_t after, uint64_t last_sequence) {
+  return absl::OutOfRangeError(absl::StrCat(
+      "no change has sequence ", after, " yet (the newest is ", last_sequence,
+      "): this is not the change log the reader was following (a snapshot restored, a store made "
+      "again); a copy must start again"));
+}
+
 class ChangeLogRetention {
  public:
   // retention_s <= 0: the log is kept whole.

@@ -78,6 +78,7 @@ struct FeatureStoreStats {
   int64_t reopens = 0;            // reopens after such errors since open
   uint64_t last_change_sequence = 0;     // of the newest logged change (0 = none)
   uint64_t changes_trimmed_through = 0;  // changes up to this sequence are no longer kept
+  std::string change_log_id;             // item_change.h
 };
 
 class FeatureStore {
@@ -108,8 +109,9 @@ class FeatureStore {
       const std::function<absl::Status(StoredCaption&)>& visit) const = 0;
 
   // The change log: the changes after `after`, oldest first, at most `max_changes` (>= 1), up to
-  // the page's last_sequence. OUT_OF_RANGE when some of them are no longer kept (trimmed): a
-  // reader that far behind must copy everything again.
+  // the page's last_sequence. OUT_OF_RANGE when some of them are no longer kept (trimmed), or when
+  // `after` is beyond the newest change (the reader's log was another: a snapshot restored, a
+  // store made again): a reader in either case must copy everything again.
   virtual absl::StatusOr<ItemChangePage> ListChanges(uint64_t after, int64_t max_changes) const = 0;
 
   // Small named strings (format version, models fingerprint). SetMeta is durable.

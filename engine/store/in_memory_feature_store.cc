@@ -179,8 +179,10 @@ absl::StatusOr<ItemChangePage> InMemoryFeatureStore::ListChanges(uint64_t after,
   std::shared_lock<std::shared_mutex> lock(mu_);
   SCANSERVE_RETURN_IF_ERROR(CheckOpen());
   if (after < trimmed_through_) return ChangesTrimmedError(after, trimmed_through_);
+  if (after > last_sequence_) return ChangesAheadError(after, last_sequence_);
   ItemChangePage page;
   page.last_sequence = last_sequence_;
+  page.log_id = change_log_id_;
   for (auto it = changes_.upper_bound(after);
        it != changes_.end() && static_cast<int64_t>(page.changes.size()) < max_changes; ++it) {
     SCANSERVE_ASSIGN_OR_RETURN(ItemChange change, DecodeChangeRecord(it->first, it->second));
@@ -212,6 +214,7 @@ FeatureStoreStats InMemoryFeatureStore::Stats() const {
   stats.synced_writes = synced_writes_;
   stats.last_change_sequence = last_sequence_;
   stats.changes_trimmed_through = trimmed_through_;
+  stats.change_log_id = change_log_id_;
   return stats;
 }
 

@@ -17,7 +17,7 @@ class InMemoryFeatureStore final : public FeatureStore {
  public:
   // change_log_retention_s: as RocksDbFeatureStoreOptions (<= 0 keeps the whole log).
   explicit InMemoryFeatureStore(double change_log_retention_s = 86400)
-      : change_retention_(change_log_retention_s) {}
+      : change_retention_(change_log_retention_s), change_log_id_(NewChangeLogId()) {}
 
   absl::Status PutImages(absl::Span<const StoredImage> images) override;
   absl::Status PutCaptions(absl::Span<const StoredCaption> captions) override;
@@ -57,6 +57,7 @@ class InMemoryFeatureStore final : public FeatureStore {
   uint64_t last_sequence_ = 0;
   uint64_t trimmed_through_ = 0;
   ChangeLogRetention change_retention_;
+  const std::string change_log_id_;
   int64_t synced_writes_ = 0;
   bool closed_ = false;
 };

@@ -8,6 +8,8 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -23,12 +25,27 @@ struct ItemChange {
   std::string id;
 };
 
+// A change log's identity: 32 random hex digits, made with the log (a new store) and given anew to
+// every snapshot of it, so that a reader can tell a restored snapshot (or a store made again),
+// whose sequences repeat numbers the original already used, from the log it was reading.
+inline std::string NewChangeLogId() {
+  std::random_device entropy;
+  std::string id;
+  for (int i = 0; i < 4; ++i) {
+    char word[9];
+    std::snprintf(word, sizeof(word), "%08x", static_cast<unsigned>(entropy()));
+    id += word;
+  }
+  return id;
+}
+
 // Changes after a sequence, oldest first.
 struct ItemChangePage {
   std::vector<ItemChange> changes;
   // The newest logged change's sequence when the page was read (0 = none yet); every write after
   // it gets a larger one. A page shorter than asked for reached it.
   uint64_t last_sequence = 0;
+  std::string log_id;  // NewChangeLogId: the same for every page of one log
 };
 
 }  // namespace scanserve

@@ -45,6 +45,7 @@ constexpr char kImageRegionsFamily[] = "image_regions";
 // the same encoding, so that a log trimmed empty still refuses readers behind it.
 constexpr char kChangesFamily[] = "changes";
 constexpr char kChangesTrimmedThroughKey[] = "change_log_trimmed_through";
+constexpr char kChangeLogIdKey[] = "change_log_id";
 // A trim deletes at most this many changes per write, so that one write never pays for a backlog
 // (a retention lowered after months): the rest goes with the next writes.
 constexpr int kMaxTrimmedPerWrite = 100000;
@@ -183,6 +184,7 @@ struct RocksDbFeatureStore::Impl {
   std::atomic<uint64_t> committed_sequence{0};
   std::atomic<uint64_t> trimmed_through{0};
   std::optional<ChangeLogRetention> change_retention;  // guarded by change_mu; set by Open
+  std::string change_log_id;  // read (or made) by every open; the same across reopens
 
   std::atomic<int64_t> synced_writes{0};
   std::atomic<int64_t> sync_write_nanos{0};
@@ -231,9 +233,21 @@ struct RocksDbFeatureStore::Impl {
     return LoadChangeLogState();
   }
 
-  // The change log's sequences after an open: what the log and its trim mark hold (a reopen's
-  // replay may have committed a write that had failed).
+  // The change log's id and sequences after an open: what the log and its trim mark hold (a
+  // reopen's replay may have committed a write that had failed). A store without an id gets one.
   absl::Status LoadChangeLogState() {
+    std::string id;
+    const rocksdb::Status got_id = db->Get(rocksdb::ReadOptions(), meta, kChangeLogIdKey, &id);
+    if (got_id.IsNotFound()) {
+      id = NewChangeLogId();
+      rocksdb::WriteOptions sync;
+      sync.sync = true;
+      SCANSERVE_RETURN_IF_ERROR(FromRocksDb(db->Put(sync, meta, kChangeLogIdKey, id),
+                                            "writing the change log's id"));
+    } else {
+      SCANSERVE_RETURN_IF_ERROR(FromRocksDb(got_id, "reading the change log's id"));
+    }
+    change_log_id = id;
     uint64_t last = 0;
     std::string trimmed;
     const rocksdb::Status got =
@@ -647,7 +661,9 @@ absl::StatusOr<ItemChangePage> RocksDbFeatureStore::ListChanges(uint64_t after,
   if (after < impl.trimmed_through.load()) return ChangesTrimmedError(after, impl.trimmed_through);
   ItemChangePage page;
   page.last_sequence = impl.committed_sequence.load();
-  if (after >= page.last_sequence) return page;  // also keeps after + 1 from wrapping around
+  page.log_id = impl.change_log_id;
+  if (after > page.last_sequence) return ChangesAheadError(after, page.last_sequence);
+  if (after == page.last_sequence) return page;
   std::unique_ptr<rocksdb::Iterator> it(impl.db->NewIterator(rocksdb::ReadOptions(), impl.changes));
   for (it->Seek(ChangeKey(after + 1));
        it->Valid() && static_cast<int64_t>(page.changes.size()) < max_changes; it->Next()) {
@@ -691,6 +707,7 @@ FeatureStoreStats RocksDbFeatureStore::Stats() const {
   stats.last_change_sequence = impl_->committed_sequence.load();
   stats.changes_trimmed_through = impl_->trimmed_through.load();
   std::shared_lock<std::shared_mutex> lock(impl_->mu);
+  stats.change_log_id = impl_->change_log_id;
   if (impl_->db == nullptr) return stats;
   for (rocksdb::ColumnFamilyHandle* family : impl_->handles) {
     for (const std::string* property : {&rocksdb::DB::Properties::kTotalSstFilesSize,
@@ -722,7 +739,12 @@ absl::Status RocksDbFeatureStore::Checkpoint(const std::string& dir) const {
       FromRocksDb(s, absl::StrCat("checkpointing the feature store into ", dir));
   // Its flush of the write buffer may have met the I/O error that stops writes.
   if (!s.ok()) impl_->NoteFailedWrite(s, status);
-  return status;
+  if (!status.ok()) return status;
+  // The copy's change log is another from here on (see NewChangeLogId).
+  SCANSERVE_ASSIGN_OR_RETURN(std::unique_ptr<RocksDbFeatureStore> copy,
+                             Open(dir, {.create_if_missing = false}));
+  SCANSERVE_RETURN_IF_ERROR(copy->SetMeta(kChangeLogIdKey, NewChangeLogId()));
+  return copy->Close();
 }
 
 absl::Status RocksDbFeatureStore::Close() {

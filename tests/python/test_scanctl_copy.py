@@ -17,7 +17,8 @@
     and again when the copy is rerun with its checkpoint; the target then holds exactly what the
     source holds, features bit for bit, and answers searches as the source does (same model);
   * a copy behind the source's --change-log-retention-s is refused (OUT_OF_RANGE, exit 1) and says
-    to start again; `scanctl changes` lists the log.
+    to start again, as is one whose source was restored from a snapshot (ahead of the restored log,
+    or, once that has passed the copy's place, on another log id); `scanctl changes` lists the log.
 """
 
 import json
@@ -375,9 +376,13 @@ class CopyTest(unittest.TestCase):
                          [("image", "put", "c/0"), ("image", "put", "c/1"), ("image", "delete", "m/3"),
                           ("caption", "delete", "cap/01")], r.stdout)
 
-    def test_a_copy_behind_the_retention_must_start_again(self):
+    def test_a_copy_that_cannot_catch_up_must_start_again(self):
+        pb = self.pb
+        snapshots = os.path.join(self.tmp, "snapshots")
         source, source_stub = self.start("source", self.old_model,
-                                         ["--region-features", "keep", "--change-log-retention-s", "0.2"])
+                                         ["--region-features", "keep", "--change-log-retention-s", "0.2",
+                                          "--snapshot-dir", snapshots])
+        source.fixed_ports = True
         self.upsert(source_stub, self.images("x", 2))
         time.sleep(0.4)
         self.upsert(source_stub, self.images("y", 1))  # trims x's changes
@@ -386,6 +391,7 @@ class CopyTest(unittest.TestCase):
         with open(checkpoint, "w") as f:
             json.dump({"copy": "127.0.0.1:%d -> 127.0.0.1:%d images captions" % (source.port, target.port),
                        "kind": "changes", "after": "", "changes_after": 0}, f)
+        # Behind the retention.
         code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint)
         self.assertEqual(code, 1, stderr)
         self.assertIn("OUT_OF_RANGE", stderr)
@@ -396,6 +402,28 @@ class CopyTest(unittest.TestCase):
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
         self.assertIn("no longer kept", r.stderr)
+
+        # The source restored from a snapshot taken before later writes: its log is another, whose
+        # next sequences repeat numbers the copy already applied from the original's.
+        snapshot = source_stub.CreateSnapshot(pb.CreateSnapshotRequest(name="before"), timeout=h.RPC_TIMEOUT_S)
+        self.upsert(source_stub, self.images("z", 2))
+        code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint)
+        self.assertEqual((code, summary["images"]), (0, 2), stderr)
+        source.kill()
+        source.data_dir = snapshot.data_dir
+        source.start()
+        source.wait_listening()
+        code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint)
+        self.assertEqual(code, 1, stderr)
+        self.assertIn("not the change log the reader was following", stderr)  # ahead of the restored log
+        self.assertNotIn("rerun the same command", stderr)
+        channel = grpc.insecure_channel("127.0.0.1:%d" % source.port,
+                                        options=h.CHANNEL_OPTIONS + [("grpc.use_local_subchannel_pool", 1)])
+        self.addCleanup(channel.close)
+        self.upsert(self.pb_grpc.ScanServiceStub(channel), self.images("w", 3))  # its sequences pass the copy's
+        code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint)
+        self.assertEqual(code, 1, stderr)
+        self.assertIn("restored from a snapshot", stderr)
 
 
 if __name__ == "__main__":

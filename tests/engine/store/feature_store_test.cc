@@ -419,9 +419,12 @@ TEST_P(FeatureStoreTest, ChangeLogRecordsEveryWriteInOrder) {
   auto none = store_->ListChanges(all->last_sequence, 10);
   ASSERT_TRUE(none.ok());
   EXPECT_TRUE(none->changes.empty());
-  auto beyond = store_->ListChanges(UINT64_MAX, 10);  // the largest sequence: nothing after it
-  ASSERT_TRUE(beyond.ok()) << beyond.status();
-  EXPECT_TRUE(beyond->changes.empty());
+  // Beyond the newest change: the reader was following another log.
+  EXPECT_EQ(store_->ListChanges(all->last_sequence + 1, 10).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(store_->ListChanges(UINT64_MAX, 10).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(all->log_id.size(), 32u);
+  EXPECT_EQ(page->log_id, all->log_id);
+  EXPECT_EQ(store_->Stats().change_log_id, all->log_id);
   EXPECT_EQ(store_->ListChanges(0, 0).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -512,6 +515,7 @@ TEST_F(RocksDbFeatureStoreTest, ReopenAfterCloseKeepsEverythingAndNoDeletedItem)
 // The log's sequence and trim mark survive a reopen: new writes number on, and a reader behind the
 // trim is still refused.
 TEST_F(RocksDbFeatureStoreTest, ChangeLogSequenceAndTrimSurviveReopen) {
+  std::string log_id;
   {
     auto store = RocksDbFeatureStore::Open(dir_.string(), {.change_log_retention_s = 0.2});
     ASSERT_TRUE(store.ok()) << store.status();
@@ -521,12 +525,14 @@ TEST_F(RocksDbFeatureStoreTest, ChangeLogSequenceAndTrimSurviveReopen) {
     EXPECT_EQ((*store)->Stats().changes_trimmed_through, 2u);
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
     ASSERT_TRUE((*store)->PutCaptions({MakeCaption("c", 3, 1)}).ok());  // trims the delete: log empty but c
+    log_id = (*store)->Stats().change_log_id;
     ASSERT_TRUE((*store)->Close().ok());
   }
   auto store = RocksDbFeatureStore::Open(dir_.string(), {.create_if_missing = false});
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_EQ((*store)->Stats().last_change_sequence, 4u);
   EXPECT_EQ((*store)->Stats().changes_trimmed_through, 3u);
+  EXPECT_EQ((*store)->Stats().change_log_id, log_id) << "a reopen keeps the log's id";
   EXPECT_EQ((*store)->ListChanges(2, 10).status().code(), absl::StatusCode::kOutOfRange);
   ASSERT_TRUE((*store)->PutImages({MakeImage("d", 2, 3)}).ok());
   auto changes = (*store)->ListChanges(3, 10);
@@ -571,6 +577,21 @@ TEST_F(RocksDbFeatureStoreTest, CheckpointIsAConsistentIndependentCopy) {
                   })
                   .ok());
   EXPECT_EQ(count, 11) << "img0 is still in the snapshot";
+  // The snapshot's change log holds the changes up to it, under an id of its own: its next writes
+  // reuse sequence numbers the live store used after the checkpoint.
+  const FeatureStoreStats live_stats = (*store)->Stats();
+  const FeatureStoreStats copy_stats = (*copy)->Stats();
+  EXPECT_EQ(live_stats.last_change_sequence, 16u);
+  EXPECT_EQ(copy_stats.last_change_sequence, 14u);
+  EXPECT_EQ(copy_stats.change_log_id.size(), 32u);
+  EXPECT_NE(copy_stats.change_log_id, live_stats.change_log_id);
+  auto copy_changes = (*copy)->ListChanges(13, 10);
+  ASSERT_TRUE(copy_changes.ok()) << copy_changes.status();
+  EXPECT_EQ(copy_changes->log_id, copy_stats.change_log_id);
+  ASSERT_EQ(copy_changes->changes.size(), 1u);
+  EXPECT_EQ(copy_changes->changes[0].id, "img3");
+  EXPECT_EQ((*copy)->ListChanges(15, 10).status().code(), absl::StatusCode::kOutOfRange)
+      << "a reader of the live log is ahead of the snapshot's";
   EXPECT_TRUE((*copy)->GetCaption("c").ok());
   EXPECT_EQ((*copy)->GetMeta("fingerprint")->value_or(""), "models-v1");
   ASSERT_TRUE((*copy)->PutImages({MakeImage("only-in-copy", 2, 51)}).ok());
