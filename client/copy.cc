@@ -272,42 +272,32 @@ class Copier {
     return grpc::Status::OK;
   }
 
-  // Deletes from the target the items the source no longer has; ids it answers UNAVAILABLE are
-  // sent again after a backoff (deletes are idempotent), and NOT_FOUND is what was wanted.
+  // Deletes from the target the items the source no longer has; NOT_FOUND is what was wanted.
   grpc::Status DeleteFromTarget(std::vector<std::string> ids, bool images) {
     const char* kind = images ? "image" : "caption";
-    for (int tries = 1; !ids.empty(); ++tries) {
-      v1::DeleteRequest request;
-      for (const std::string& id : ids) (images ? request.add_image_ids() : request.add_caption_ids())->assign(id);
-      v1::DeleteResponse response;
-      const grpc::Status status = Retrying(absl::StrCat("deleting ", kind, "s (target)").c_str(), [&] {
-        response.Clear();
-        return target_.scan().Delete(target_.NewContext().get(), request, &response);
-      });
-      if (!status.ok()) return status;
-      std::vector<std::string> again;
-      std::string refusal;
-      for (const v1::ItemStatus& result : images ? response.image_results() : response.caption_results()) {
-        if (result.code() == 0) {
-          ++counts_.deleted;
-        } else if (result.code() == static_cast<int>(grpc::StatusCode::UNAVAILABLE)) {
-          again.push_back(result.id());
-          refusal = result.message();
-        } else if (result.code() != static_cast<int>(grpc::StatusCode::NOT_FOUND)) {
-          ItemFailed(kind, result.id(), result.code(), result.message());
-        }
-      }
-      if (!again.empty()) {
-        if (GiveUp(tries)) {
-          return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                              absl::StrCat("the target kept refusing deletes for now: ", refusal));
-        }
-        ++counts_.retries;
-        std::this_thread::sleep_for(std::chrono::duration<double>(RetryBackoffSeconds(tries)));
-      }
-      ids = std::move(again);
-    }
-    return grpc::Status::OK;
+    return SendResendingRefused<std::string>(
+        std::move(ids), absl::StrCat(kind, " deletes"),
+        [&](std::vector<std::string>* batch, std::vector<std::string>* again, std::string* refusal) {
+          v1::DeleteRequest request;
+          for (const std::string& id : *batch) (images ? request.add_image_ids() : request.add_caption_ids())->assign(id);
+          v1::DeleteResponse response;
+          const grpc::Status status = Retrying(absl::StrCat("deleting ", kind, "s (target)").c_str(), [&] {
+            response.Clear();
+            return target_.scan().Delete(target_.NewContext().get(), request, &response);
+          });
+          if (!status.ok()) return status;
+          for (const v1::ItemStatus& result : images ? response.image_results() : response.caption_results()) {
+            if (result.code() == 0) {
+              ++counts_.deleted;
+            } else if (result.code() == static_cast<int>(grpc::StatusCode::UNAVAILABLE)) {
+              again->push_back(result.id());
+              *refusal = result.message();
+            } else if (result.code() != static_cast<int>(grpc::StatusCode::NOT_FOUND)) {
+              ItemFailed(kind, result.id(), result.code(), result.message());
+            }
+          }
+          return grpc::Status::OK;
+        });
   }
 
   int64_t Done() const {
@@ -341,47 +331,64 @@ class Copier {
     }
   }
 
-  // Upserts `items` into the target; items it answers UNAVAILABLE are sent again after a backoff.
-  template <typename Request, typename Response, typename Item>
-  grpc::Status Upsert(std::vector<Item> items, const char* kind, int64_t* copied,
-                      grpc::Status (v1::ScanService::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
-                      google::protobuf::RepeatedPtrField<Item>* (Request::*mutable_items)()) {
+  // Sends `items` through `send`, which makes one call and puts into `again` the items the target
+  // answered UNAVAILABLE (it could not store them for now, e.g. a full disk or a reopening store);
+  // those are sent again after a backoff. Every write sent here is idempotent, so a resend is safe.
+  template <typename Item>
+  grpc::Status SendResendingRefused(
+      std::vector<Item> items, const std::string& what,
+      const std::function<grpc::Status(std::vector<Item>* batch, std::vector<Item>* again, std::string* refusal)>&
+          send) {
     for (int tries = 1; !items.empty(); ++tries) {
-      Request request;
-      for (Item& item : items) (request.*mutable_items)()->Add()->Swap(&item);
-      Response response;
-      const grpc::Status status = Retrying(absl::StrCat("upserting ", kind, "s (target)").c_str(), [&] {
-        response.Clear();
-        return (target_.scan().*method)(target_.NewContext().get(), request, &response);
-      });
-      if (!status.ok()) return status;
       std::vector<Item> again;
       std::string refusal;
-      for (int i = 0; i < response.results_size(); ++i) {
-        const v1::ItemStatus& result = response.results(i);
-        if (result.code() == 0) {
-          ++*copied;
-        } else if (result.code() == static_cast<int>(grpc::StatusCode::UNAVAILABLE)) {
-          again.push_back((*(request.*mutable_items)())[i]);
-          refusal = result.message();
-        } else {
-          ItemFailed(kind, result.id(), result.code(), result.message());
-        }
-      }
+      const grpc::Status status = send(&items, &again, &refusal);
+      if (!status.ok()) return status;
       if (!again.empty()) {
         if (GiveUp(tries)) {
           return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                              absl::StrCat("the target kept refusing ", kind, "s for now: ", refusal));
+                              absl::StrCat("the target kept refusing ", what, " for now: ", refusal));
         }
         const double delay_s = RetryBackoffSeconds(tries);
-        std::fprintf(stderr, "%sscanctl: the target could not store %zu %ss for now (%s); resending in %.2g s\n",
-                     options_.progress ? "\n" : "", again.size(), kind, refusal.c_str(), delay_s);
+        std::fprintf(stderr, "%sscanctl: the target refused %zu %s for now (%s); resending in %.2g s\n",
+                     options_.progress ? "\n" : "", again.size(), what.c_str(), refusal.c_str(), delay_s);
         ++counts_.retries;
         std::this_thread::sleep_for(std::chrono::duration<double>(delay_s));
       }
       items = std::move(again);
     }
     return grpc::Status::OK;
+  }
+
+  // Upserts `items` into the target.
+  template <typename Request, typename Response, typename Item>
+  grpc::Status Upsert(std::vector<Item> items, const char* kind, int64_t* copied,
+                      grpc::Status (v1::ScanService::Stub::*method)(grpc::ClientContext*, const Request&, Response*),
+                      google::protobuf::RepeatedPtrField<Item>* (Request::*mutable_items)()) {
+    return SendResendingRefused<Item>(
+        std::move(items), absl::StrCat(kind, "s"),
+        [&](std::vector<Item>* batch, std::vector<Item>* again, std::string* refusal) {
+          Request request;
+          for (Item& item : *batch) (request.*mutable_items)()->Add()->Swap(&item);
+          Response response;
+          const grpc::Status status = Retrying(absl::StrCat("upserting ", kind, "s (target)").c_str(), [&] {
+            response.Clear();
+            return (target_.scan().*method)(target_.NewContext().get(), request, &response);
+          });
+          if (!status.ok()) return status;
+          for (int i = 0; i < response.results_size(); ++i) {
+            const v1::ItemStatus& result = response.results(i);
+            if (result.code() == 0) {
+              ++*copied;
+            } else if (result.code() == static_cast<int>(grpc::StatusCode::UNAVAILABLE)) {
+              again->push_back((*(request.*mutable_items)())[i]);
+              *refusal = result.message();
+            } else {
+              ItemFailed(kind, result.id(), result.code(), result.message());
+            }
+          }
+          return grpc::Status::OK;
+        });
   }
 
   grpc::Status Read(const v1::GetItemsRequest& get, v1::GetItemsResponse* got) {
