@@ -333,20 +333,5 @@ int Run(const EvalFlags& flags) {
 
 int main(int argc, char** argv) {
   scanserve::ReexecWithBetterOpenBlasCore(argv);
-  absl::StatusOr<scanserve::EvalFlags> flags = scanserve::ParseFlags(argc, argv);
-  if (!flags.ok()) {
-    std::fprintf(stderr, "scan_eval: %s\nRun scan_eval --help for usage.\n",
-                 std::string(flags.status().message()).c_str());
-    return scanserve::kExitBadInput;
-  }
-  if (flags->help) {
-    std::fputs(scanserve::kUsage, stdout);
-    return scanserve::kExitOk;
-  }
-  try {
-    return scanserve::Run(*flags);
-  } catch (const std::exception& e) {  // e.g. std::bad_alloc for a split too large for memory
-    std::fprintf(stderr, "scan_eval: internal error: %s\n", e.what());
-    return scanserve::kExitInternal;
-  }
+  return scanserve::RunToolMain("scan_eval", scanserve::kUsage, scanserve::ParseFlags(argc, argv), scanserve::Run);
 }

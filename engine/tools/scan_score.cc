@@ -298,20 +298,5 @@ int Run(const ScoreFlags& flags) {
 
 int main(int argc, char** argv) {
   scanserve::ReexecWithBetterOpenBlasCore(argv);
-  absl::StatusOr<scanserve::ScoreFlags> flags = scanserve::ParseFlags(argc, argv);
-  if (!flags.ok()) {
-    std::fprintf(stderr, "scan_score: %s\nRun scan_score --help for usage.\n",
-                 std::string(flags.status().message()).c_str());
-    return scanserve::kExitBadInput;
-  }
-  if (flags->help) {
-    std::fputs(scanserve::kUsage, stdout);
-    return scanserve::kExitOk;
-  }
-  try {
-    return scanserve::Run(*flags);
-  } catch (const std::exception& e) {  // e.g. std::bad_alloc
-    std::fprintf(stderr, "scan_score: internal error: %s\n", e.what());
-    return scanserve::kExitInternal;
-  }
+  return scanserve::RunToolMain("scan_score", scanserve::kUsage, scanserve::ParseFlags(argc, argv), scanserve::Run);
 }

@@ -365,20 +365,5 @@ int main(int argc, char** argv) {
   // more than the arithmetic on them; keep them in the heap and reuse them instead.
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  absl::StatusOr<scanserve::Flags> flags = scanserve::ParseFlags(argc, argv);
-  if (!flags.ok()) {
-    std::fprintf(stderr, "scan_train: %s\nRun scan_train --help for usage.\n",
-                 std::string(flags.status().message()).c_str());
-    return scanserve::kExitBadInput;
-  }
-  if (flags->help) {
-    std::fputs(scanserve::kUsage, stdout);
-    return scanserve::kExitOk;
-  }
-  try {
-    return scanserve::Run(*flags);
-  } catch (const std::exception& e) {  // e.g. std::bad_alloc for a split too large for memory
-    std::fprintf(stderr, "scan_train: internal error: %s\n", e.what());
-    return scanserve::kExitInternal;
-  }
+  return scanserve::RunToolMain("scan_train", scanserve::kUsage, scanserve::ParseFlags(argc, argv), scanserve::Run);
 }

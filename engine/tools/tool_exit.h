@@ -3,8 +3,11 @@
 #pragma once
 
 #include <cstdio>
+#include <exception>
+#include <string>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace scanserve {
 
@@ -31,6 +34,28 @@ inline int ExitCodeFor(const absl::Status& status) {
 inline int FailTool(const char* tool, const absl::Status& status) {
   std::fprintf(stderr, "%s: %s\n", tool, status.ToString().c_str());
   return ExitCodeFor(status);
+}
+
+// The body of main() for a tool whose flags parse into a struct with a `help` field: a bad call
+// exits 2 with a hint, --help prints the usage, and an exception escaping `run` (std::bad_alloc for
+// an input too large for memory) exits 1 with a message rather than aborting.
+template <typename Flags, typename Run>
+int RunToolMain(const char* tool, const char* usage, absl::StatusOr<Flags> flags, Run run) {
+  if (!flags.ok()) {
+    std::fprintf(stderr, "%s: %s\nRun %s --help for usage.\n", tool, std::string(flags.status().message()).c_str(),
+                 tool);
+    return kExitBadInput;
+  }
+  if (flags->help) {
+    std::fputs(usage, stdout);
+    return kExitOk;
+  }
+  try {
+    return run(*flags);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: internal error: %s\n", tool, e.what());
+    return kExitInternal;
+  }
 }
 
 }  // namespace scanserve
