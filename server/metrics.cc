@@ -275,6 +275,18 @@ ServerMetrics::ServerMetrics(const std::string& version)
                         .Help("Reopens of the store after an I/O error had stopped its writes.")
                         .Register(r)
                         .Add({});
+  store_change_log_last_sequence_ = &prometheus::BuildGauge()
+                                         .Name("scanserve_store_change_log_last_sequence")
+                                         .Help("Sequence number of the newest change (upsert, update, "
+                                               "delete) in the store's change log; 0 = none.")
+                                         .Register(r)
+                                         .Add({});
+  store_change_log_trimmed_through_ = &prometheus::BuildGauge()
+                                           .Name("scanserve_store_change_log_trimmed_through")
+                                           .Help("The change log no longer keeps changes up to this "
+                                                 "sequence number (older than its retention).")
+                                           .Register(r)
+                                           .Add({});
   store_sync_seconds_ = &prometheus::BuildCounter()
                              .Name("scanserve_store_sync_seconds_total")
                              .Help("Time spent in durable (fsync'd) store writes since start, seconds.")
@@ -444,6 +456,8 @@ void ServerMetrics::UpdateFromStats(const EngineStats& stats) {
     store_disk_free_bytes().Set(static_cast<double>(stats.store_disk_free_bytes));
   }
   store_writes_stopped_->Set(stats.store_writes_stopped ? 1 : 0);
+  store_change_log_last_sequence_->Set(static_cast<double>(stats.last_change_sequence));
+  store_change_log_trimmed_through_->Set(static_cast<double>(stats.changes_trimmed_through));
   // The engine's values are cumulative; counters only move forward, by the growth since last time.
   std::lock_guard<std::mutex> lock(stats_mu_);
   AdvanceCounter(*store_reopens_, stats.store_reopens, &seen_reopens_);

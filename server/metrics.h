@@ -150,6 +150,11 @@ class ServerMetrics {
   prometheus::Gauge& store_writes_stopped() { return *store_writes_stopped_; }
   // scanserve_store_reopens_total: reopens of the store after such errors.
   prometheus::Counter& store_reopens() { return *store_reopens_; }
+  // scanserve_store_change_log_last_sequence / scanserve_store_change_log_trimmed_through: the
+  // newest change in the store's change log, and the one through which it no longer keeps changes
+  // (a copy following from before that is refused). deriv() of the first is the rate of writes.
+  prometheus::Gauge& store_change_log_last_sequence() { return *store_change_log_last_sequence_; }
+  prometheus::Gauge& store_change_log_trimmed_through() { return *store_change_log_trimmed_through_; }
   // scanserve_engine_encode_seconds_total{direction} / scanserve_engine_score_seconds_total
   // {direction}: the two phases of the engine's searches, summed (encode: queries to embeddings;
   // score: SCAN scoring of every stored item + top-k), seconds. rate(score) / rate(encode) says
@@ -228,6 +233,8 @@ class ServerMetrics {
   prometheus::Family<prometheus::Gauge>* store_disk_free_bytes_;
   prometheus::Gauge* store_writes_stopped_;
   prometheus::Counter* store_reopens_;
+  prometheus::Gauge* store_change_log_last_sequence_;
+  prometheus::Gauge* store_change_log_trimmed_through_;
   prometheus::Counter* store_sync_seconds_;
 
   // Cumulative engine values already added to the store counters.

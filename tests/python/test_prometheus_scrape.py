@@ -11,7 +11,8 @@ its HTTP query API (/api/v1/query) must report:
   * scanserve_images_stored == images ingested; scanserve_ingest_items_total by code;
   * grpc_server_handling_seconds_count > 0, scanserve_batch_size_count > 0;
   * the store metrics (scanserve_store_wal_bytes, scanserve_store_synced_writes_total,
-    scanserve_store_sync_seconds_total) exist, synced writes >= 1;
+    scanserve_store_sync_seconds_total) exist, synced writes >= 1; the change log's newest sequence
+    number == items stored;
   * up == 1 for the target.
 Skips (exit 77) only when /usr/bin/prometheus is absent (or the server build is disabled).
 """
@@ -188,6 +189,10 @@ class PrometheusScrapeTest(unittest.TestCase):
         self.assertGreaterEqual(self.scalar("scanserve_store_wal_bytes{%s}" % target), 0)
         self.assertGreaterEqual(self.scalar("scanserve_store_synced_writes_total{%s}" % target), 1)
         self.assertGreaterEqual(self.scalar("scanserve_store_sync_seconds_total{%s}" % target), 0)
+        # Every stored item is one change in the log; the refused one is not.
+        self.assertEqual(self.scalar("scanserve_store_change_log_last_sequence{%s}" % target),
+                         N_IMAGES + N_CAPTIONS)
+        self.assertEqual(self.scalar("scanserve_store_change_log_trimmed_through{%s}" % target), 0)
         # The engine's search time, split: encoding the captions and scoring the stored images.
         for phase in ("encode", "score"):
             self.assertGreater(self.scalar('scanserve_engine_%s_seconds_total{%s,direction="text_to_image"}'

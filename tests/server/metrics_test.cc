@@ -217,5 +217,24 @@ TEST(ServerMetricsTest, StoreWritesStoppedAndReopens) {
   EXPECT_EQ(metrics.store_reopens().Value(), 2);
 }
 
+// The change log's ends follow the engine, both ways: a restored snapshot starts a log of its own.
+TEST(ServerMetricsTest, StoreChangeLogEnds) {
+  ServerMetrics metrics("test");
+  EngineStats stats;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.store_change_log_last_sequence().Value(), 0);
+  EXPECT_EQ(metrics.store_change_log_trimmed_through().Value(), 0);
+  stats.last_change_sequence = 1234;
+  stats.changes_trimmed_through = 1000;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.store_change_log_last_sequence().Value(), 1234);
+  EXPECT_EQ(metrics.store_change_log_trimmed_through().Value(), 1000);
+  stats.last_change_sequence = 7;
+  stats.changes_trimmed_through = 0;
+  metrics.UpdateFromStats(stats);
+  EXPECT_EQ(metrics.store_change_log_last_sequence().Value(), 7);
+  EXPECT_EQ(metrics.store_change_log_trimmed_through().Value(), 0);
+}
+
 }  // namespace
 }  // namespace scanserve
