@@ -53,6 +53,16 @@ int RpcFailed(const std::string& what, const grpc::Status& status) {
               absl::StrCat(what, ": ", StatusCodeName(status.error_code()), ": ", status.error_message()));
 }
 
+int RpcFailed(const std::string& what, const grpc::Status& status, const grpc::ClientContext& context) {
+  // Complete for a finished unary call; empty when no answer came (no connection, a deadline).
+  const auto& metadata = context.GetServerInitialMetadata();
+  const auto it = metadata.find("x-request-id");
+  if (it == metadata.end()) return RpcFailed(what, status);
+  return Fail(ExitCodeFor(status), absl::StrCat(what, ": ", StatusCodeName(status.error_code()), ": ",
+                                                status.error_message(), " (request ",
+                                                absl::string_view(it->second.data(), it->second.size()), ")"));
+}
+
 std::string FormatScore(float score) { return absl::StrFormat("%.4f", score); }
 
 std::string FormatBytes(int64_t bytes) {

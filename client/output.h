@@ -9,6 +9,7 @@
 #include <vector>
 
 #include <google/protobuf/message.h>
+#include <grpcpp/client_context.h>
 #include <grpcpp/support/status.h>
 
 namespace scanserve {
@@ -35,6 +36,9 @@ const char* StatusCodeName(int code);
 int Fail(int exit_code, const std::string& message);
 // Prints "scanctl: <what>: <CODE>: <message>" to stderr and returns the exit code for `status`.
 int RpcFailed(const std::string& what, const grpc::Status& status);
+// The same for a finished unary call, with " (request ID)" appended when the server answered with
+// one: the id its log line for the call carries.
+int RpcFailed(const std::string& what, const grpc::Status& status, const grpc::ClientContext& context);
 
 std::string FormatScore(float score);
 std::string FormatBytes(int64_t bytes);  // "1.5 GiB"

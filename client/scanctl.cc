@@ -202,8 +202,9 @@ int SearchImages(Connection& connection, const std::vector<std::string>& argv, b
     return UsageError(std::string(status.message()));
   }
   v1::SearchImagesResponse response;
-  const grpc::Status status = connection.scan().SearchImages(connection.NewContext().get(), request, &response);
-  if (!status.ok()) return RpcFailed("SearchImages", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.scan().SearchImages(context.get(), request, &response);
+  if (!status.ok()) return RpcFailed("SearchImages", status, *context);
   if (json) {
     PrintJson(response);
     return kExitOk;
@@ -277,8 +278,9 @@ int SearchCaptions(Connection& connection, const std::vector<std::string>& argv,
     return UsageError(std::string(status.message()));
   }
   v1::SearchCaptionsResponse response;
-  const grpc::Status status = connection.scan().SearchCaptions(connection.NewContext().get(), request, &response);
-  if (!status.ok()) return RpcFailed("SearchCaptions", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.scan().SearchCaptions(context.get(), request, &response);
+  if (!status.ok()) return RpcFailed("SearchCaptions", status, *context);
   if (json) {
     PrintJson(response);
     return kExitOk;
@@ -340,8 +342,9 @@ int UpsertCaption(Connection& connection, const std::vector<std::string>& argv, 
   if (!meta.ok()) return UsageError(std::string(meta.status().message()));
   for (const auto& [key, value] : *meta) (*caption->mutable_metadata())[key] = value;
   v1::UpsertCaptionsResponse response;
-  const grpc::Status status = connection.scan().UpsertCaptions(connection.NewContext().get(), request, &response);
-  if (!status.ok()) return RpcFailed("UpsertCaptions", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.scan().UpsertCaptions(context.get(), request, &response);
+  if (!status.ok()) return RpcFailed("UpsertCaptions", status, *context);
   if (json) PrintJson(response);
   Table table({"kind", "id", "result", "message"});
   const int exit_code = ReportItems("caption", response.results(), json, &table);
@@ -351,8 +354,9 @@ int UpsertCaption(Connection& connection, const std::vector<std::string>& argv, 
 
 int SendUpsertImage(Connection& connection, const v1::UpsertImagesRequest& request, bool json) {
   v1::UpsertImagesResponse response;
-  const grpc::Status status = connection.scan().UpsertImages(connection.NewContext().get(), request, &response);
-  if (!status.ok()) return RpcFailed("UpsertImages", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.scan().UpsertImages(context.get(), request, &response);
+  if (!status.ok()) return RpcFailed("UpsertImages", status, *context);
   if (json) PrintJson(response);
   Table table({"kind", "id", "result", "message"});
   const int exit_code = ReportItems("image", response.results(), json, &table);
@@ -434,8 +438,9 @@ int Delete(Connection& connection, const std::vector<std::string>& argv, bool js
   absl::StatusOr<v1::DeleteRequest> request = IdsRequestFromArgs<v1::DeleteRequest>(argv, "delete");
   if (!request.ok()) return UsageError(std::string(request.status().message()));
   v1::DeleteResponse response;
-  const grpc::Status status = connection.scan().Delete(connection.NewContext().get(), *request, &response);
-  if (!status.ok()) return RpcFailed("Delete", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.scan().Delete(context.get(), *request, &response);
+  if (!status.ok()) return RpcFailed("Delete", status, *context);
   return ReportImageAndCaptionResults(response, json);
 }
 
@@ -470,8 +475,9 @@ int Update(Connection& connection, const std::vector<std::string>& argv, bool js
     return UsageError("update needs at least one --image ID or --caption ID");
   }
   v1::UpdateItemsResponse response;
-  const grpc::Status status = connection.scan().UpdateItems(connection.NewContext().get(), request, &response);
-  if (!status.ok()) return RpcFailed("UpdateItems", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.scan().UpdateItems(context.get(), request, &response);
+  if (!status.ok()) return RpcFailed("UpdateItems", status, *context);
   return ReportImageAndCaptionResults(response, json);
 }
 
@@ -479,8 +485,9 @@ int Get(Connection& connection, const std::vector<std::string>& argv, bool json)
   absl::StatusOr<v1::GetItemsRequest> request = IdsRequestFromArgs<v1::GetItemsRequest>(argv, "get");
   if (!request.ok()) return UsageError(std::string(request.status().message()));
   v1::GetItemsResponse response;
-  const grpc::Status status = connection.scan().GetItems(connection.NewContext().get(), *request, &response);
-  if (!status.ok()) return RpcFailed("GetItems", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.scan().GetItems(context.get(), *request, &response);
+  if (!status.ok()) return RpcFailed("GetItems", status, *context);
   if (json) PrintJson(response);
   Table table({"kind", "id", "result", "collection", "content", "metadata"});
   int exit_code = kExitOk;
@@ -541,8 +548,9 @@ int List(Connection& connection, const std::vector<std::string>& argv, bool json
     if (limit->has_value()) want = std::min(want == 0 ? 1000 : want, **limit - listed);
     request.set_page_size(static_cast<int32_t>(want));
     v1::ListItemsResponse page;
-    const grpc::Status status = connection.scan().ListItems(connection.NewContext().get(), request, &page);
-    if (!status.ok()) return RpcFailed("ListItems", status);
+    const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+    const grpc::Status status = connection.scan().ListItems(context.get(), request, &page);
+    if (!status.ok()) return RpcFailed("ListItems", status, *context);
     for (const std::string& id : page.ids()) {
       if (json) {
         all.add_ids(id);
@@ -571,8 +579,9 @@ int Changes(Connection& connection, const std::vector<std::string>& argv, bool j
   request.set_after_sequence(static_cast<uint64_t>(after->value_or(0)));
   request.set_page_size(static_cast<int32_t>(limit->value_or(100)));
   v1::ListChangesResponse response;
-  const grpc::Status status = connection.scan().ListChanges(connection.NewContext().get(), request, &response);
-  if (!status.ok()) return RpcFailed("ListChanges", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.scan().ListChanges(context.get(), request, &response);
+  if (!status.ok()) return RpcFailed("ListChanges", status, *context);
   if (json) {
     PrintJson(response);
     return kExitOk;
@@ -597,8 +606,9 @@ int Snapshot(Connection& connection, const std::vector<std::string>& argv, bool 
   v1::CreateSnapshotRequest request;
   if (!args->positionals().empty()) request.set_name(args->positionals()[0]);
   v1::CreateSnapshotResponse response;
-  const grpc::Status status = connection.scan().CreateSnapshot(connection.NewContext().get(), request, &response);
-  if (!status.ok()) return RpcFailed("CreateSnapshot", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.scan().CreateSnapshot(context.get(), request, &response);
+  if (!status.ok()) return RpcFailed("CreateSnapshot", status, *context);
   if (json) {
     PrintJson(response);
     return kExitOk;
@@ -616,9 +626,9 @@ int Snapshot(Connection& connection, const std::vector<std::string>& argv, bool 
 int Stats(Connection& connection, const std::vector<std::string>& argv, bool json) {
   if (!argv.empty()) return UsageError("stats takes no arguments");
   v1::GetStatsResponse response;
-  const grpc::Status status =
-      connection.scan().GetStats(connection.NewContext().get(), v1::GetStatsRequest(), &response);
-  if (!status.ok()) return RpcFailed("GetStats", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.scan().GetStats(context.get(), v1::GetStatsRequest(), &response);
+  if (!status.ok()) return RpcFailed("GetStats", status, *context);
   if (json) {
     PrintJson(response);
     return kExitOk;
@@ -668,8 +678,9 @@ int Health(Connection& connection, const std::vector<std::string>& argv, bool js
   request.set_service(args->Value("service").value_or(""));
   grpc::health::v1::HealthCheckResponse response;
   // Health is public: no token needed, but sending it does no harm.
-  const grpc::Status status = connection.health().Check(connection.NewContext().get(), request, &response);
-  if (!status.ok()) return RpcFailed("Health.Check", status);
+  const std::unique_ptr<grpc::ClientContext> context = connection.NewContext();
+  const grpc::Status status = connection.health().Check(context.get(), request, &response);
+  if (!status.ok()) return RpcFailed("Health.Check", status, *context);
   if (json) {
     PrintJson(response);
   } else {

@@ -63,12 +63,9 @@ CallLog::CallLog(CallLogOptions options, std::function<double()> now_seconds)
       tokens_(options.max_lines_per_second),
       last_refill_(now_seconds_()) {}
 
-std::optional<CallLogLine> CallLog::Record(absl::string_view method, absl::string_view peer,
-                                           absl::StatusCode code, absl::string_view message,
-                                           double seconds, bool streaming) {
-  std::optional<LogLevel> level = LevelOf(code);
-  const bool slow =
-      !streaming && options_.slow_call_seconds > 0 && seconds >= options_.slow_call_seconds;
+std::optional<CallLogLine> CallLog::Record(const FinishedCall& call) {
+  std::optional<LogLevel> level = LevelOf(call.code);
+  const bool slow = !call.streaming && options_.slow_call_seconds > 0 && call.seconds >= options_.slow_call_seconds;
   if (!level.has_value() && !slow) return std::nullopt;
   if (!level.has_value()) level = LogLevel::kWarning;
 
@@ -87,15 +84,20 @@ std::optional<CallLogLine> CallLog::Record(absl::string_view method, absl::strin
     tokens_ -= 1;
     suppressed = std::exchange(suppressed_, 0);
   }
-  std::string text = absl::StrCat("call ", method, " ", absl::StatusCodeToString(code), " in ", absl::SixDigits(seconds * 1e3), " ms", slow ? " (slow)" : "",
-                                  " from ", peer.empty() ? "?" : peer);
-  if (!message.empty()) absl::StrAppend(&text, ": ", OneLine(message));
+  const std::string code = absl::StatusCodeToString(call.code);
+  std::string text = absl::StrCat("call ", call.method, " ", code, " in ", absl::SixDigits(call.seconds * 1e3), " ms",
+                                  slow ? " (slow)" : "", " from ", call.peer.empty() ? "?" : call.peer);
+  // The request id is the client's (request_id.h): kept to its printable form, as the message is.
+  if (!call.request_id.empty()) absl::StrAppend(&text, " request ", OneLine(call.request_id));
+  if (!call.message.empty()) absl::StrAppend(&text, ": ", OneLine(call.message));
   if (suppressed > 0) absl::StrAppend(&text, " [", suppressed, " call log lines suppressed before this]");
-  std::vector<LogField> fields = {LogField::Text("grpc.method", std::string(method)),
-                                  LogField::Text("grpc.code", absl::StatusCodeToString(code)),
-                                  LogField::Number("grpc.time_ms", seconds * 1e3), LogField::Bool("grpc.slow", slow),
-                                  LogField::Text("peer.address", std::string(peer))};
-  if (!message.empty()) fields.push_back(LogField::Text("error", OneLine(message)));
+  std::vector<LogField> fields = {LogField::Text("grpc.method", std::string(call.method)),
+                                  LogField::Text("grpc.code", code),
+                                  LogField::Number("grpc.time_ms", call.seconds * 1e3),
+                                  LogField::Bool("grpc.slow", slow),
+                                  LogField::Text("peer.address", std::string(call.peer))};
+  if (!call.request_id.empty()) fields.push_back(LogField::Text("request.id", OneLine(call.request_id)));
+  if (!call.message.empty()) fields.push_back(LogField::Text("error", OneLine(call.message)));
   if (suppressed > 0) fields.push_back(LogField::Number("suppressed", static_cast<double>(suppressed)));
   return CallLogLine{*level, std::move(text), std::move(fields)};
 }

@@ -3,8 +3,8 @@
 // DATA_LOSS) as errors; overload and unavailability (RESOURCE_EXHAUSTED, UNAVAILABLE,
 // DEADLINE_EXCEEDED, UNIMPLEMENTED) and unary calls slower than a threshold as warnings. A client's own
 // mistakes (INVALID_ARGUMENT, NOT_FOUND, UNAUTHENTICATED, ...) are not logged: the client has the
-// message. Lines carry the method, code, duration, peer and status message, never request content,
-// and are rate-limited so that a failing dependency cannot flood stderr: suppressed lines are
+// message. Lines carry the method, code, duration, peer, request id (request_id.h) and status
+// message, never request content, and are rate-limited so that a failing dependency cannot flood stderr: suppressed lines are
 // counted and the count reported with the next line.
 #pragma once
 
@@ -33,9 +33,21 @@ struct CallLogLine {
   LogLevel level;
   std::string text;
   // The same as fields for JSON logs, named as go-grpc-middleware's logging names them:
-  // grpc.method, grpc.code, grpc.time_ms, grpc.slow, peer.address, error (the status message, when
-  // any), suppressed (lines suppressed before this one, when any).
+  // grpc.method, grpc.code, grpc.time_ms, grpc.slow, peer.address, request.id (when known), error
+  // (the status message, when any), suppressed (lines suppressed before this one, when any).
   std::vector<LogField> fields;
+};
+
+struct FinishedCall {
+  absl::string_view method;      // the gRPC path ("/scanserve.v1.ScanService/SearchImages")
+  absl::string_view peer;        // empty = unknown
+  absl::string_view request_id;  // empty = none
+  absl::StatusCode code = absl::StatusCode::kOk;
+  absl::string_view message;     // the status message
+  double seconds = 0;
+  // A streaming call (Ingest, health Watch) lasts as long as its client streams, so it is never
+  // logged for being slow.
+  bool streaming = false;
 };
 
 class CallLog {
@@ -44,11 +56,7 @@ class CallLog {
   explicit CallLog(CallLogOptions options, std::function<double()> now_seconds = nullptr);
 
   // The line for a finished call, or nullopt when it is not logged (or suppressed). Thread-safe.
-  // `method` is the gRPC path ("/scanserve.v1.ScanService/SearchImages"). A streaming call (Ingest,
-  // health Watch) lasts as long as its client streams, so it is never logged for being slow.
-  std::optional<CallLogLine> Record(absl::string_view method, absl::string_view peer,
-                                    absl::StatusCode code, absl::string_view message,
-                                    double seconds, bool streaming = false);
+  std::optional<CallLogLine> Record(const FinishedCall& call);
 
   // Lines suppressed by the rate limit since start.
   int64_t suppressed_total() const;

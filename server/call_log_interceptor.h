@@ -1,5 +1,6 @@
-// A gRPC server interceptor that gives every finished call (ScanService, health, reflection) to a
-// CallLog (call_log.h) and writes the line it returns, if any.
+// A gRPC server interceptor that gives every call (ScanService, health, reflection) its request id
+// (request_id.h), returns the id to the client in the response's initial metadata, and gives the
+// finished call to a CallLog (call_log.h), writing the line it returns, if any.
 #pragma once
 
 #include <grpcpp/support/server_interceptor.h>

@@ -686,7 +686,9 @@ class ServerTest(E2EBase):
         self.scanctl(["get"], expect=2)
         self.scanctl(["delete", "--image", "cli/img", "--caption", "cli/cap"], expect=0)
         self.scanctl(["delete", "--image", "cli/img"], expect=3)
-        self.scanctl(["search-captions", "--image-id", "cli/img"], expect=3)
+        r = self.scanctl(["search-captions", "--image-id", "cli/img"], expect=3)
+        # A failed call names the request id the server's log line for it would carry.
+        self.assertRegex(r.stderr, r"SearchCaptions: NOT_FOUND: .* \(request [0-9a-f]{16}\)\n")
         self.scanctl(["search-images", ""], expect=1)
         self.scanctl(["search-images", "x", "--bogus"], expect=2)
         self.scanctl(["frobnicate"], expect=2)

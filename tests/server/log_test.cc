@@ -66,8 +66,14 @@ TEST(LogTest, ParseLogFormat) {
 
 TEST(LogTest, CallLogLinesHaveTheirFieldsInJson) {
   CallLog log(CallLogOptions{});
-  std::optional<CallLogLine> line = log.Record("/scanserve.v1.ScanService/SearchImages", "ipv4:10.0.0.7:5123",
-                                               absl::StatusCode::kInternal, "scorer \"failed\"", 0.25);
+  FinishedCall call;
+  call.method = "/scanserve.v1.ScanService/SearchImages";
+  call.peer = "ipv4:10.0.0.7:5123";
+  call.request_id = "4bf92f3577b34da6";
+  call.code = absl::StatusCode::kInternal;
+  call.message = "scorer \"failed\"";
+  call.seconds = 0.25;
+  std::optional<CallLogLine> line = log.Record(call);
   ASSERT_TRUE(line.has_value());
   const nlohmann::json parsed =
       nlohmann::json::parse(FormatLogLine(LogFormat::kJson, line->level, line->text, line->fields, kWhen));
@@ -78,6 +84,7 @@ TEST(LogTest, CallLogLinesHaveTheirFieldsInJson) {
   EXPECT_DOUBLE_EQ(parsed["grpc.time_ms"].get<double>(), 250.0);
   EXPECT_EQ(parsed["grpc.slow"], false);
   EXPECT_EQ(parsed["peer.address"], "ipv4:10.0.0.7:5123");
+  EXPECT_EQ(parsed["request.id"], "4bf92f3577b34da6");
   EXPECT_EQ(parsed["error"], "scorer \"failed\"");
   EXPECT_FALSE(parsed.contains("suppressed"));
 }

@@ -289,6 +289,49 @@ TEST_F(ServerTest, FailedAndSlowCallsAreLoggedClientMistakesAreNot) {
   EXPECT_EQ(log.find("INVALID_ARGUMENT"), std::string::npos) << "a client's mistake: " << log;
 }
 
+// Every answer carries its request id (the client's, else a fresh one), and a failed call's log
+// line carries the same id, so a client's error report finds the server's line.
+TEST_F(ServerTest, RequestIdsTieAnAnswerToItsLogLine) {
+  Start();
+  UpsertThreeImages();
+  const auto server_request_id = [](const grpc::ClientContext& context) {
+    const auto& metadata = context.GetServerInitialMetadata();
+    const auto it = metadata.find("x-request-id");
+    return it == metadata.end() ? std::string() : std::string(it->second.data(), it->second.size());
+  };
+  v1::SearchImagesRequest request;
+  request.add_queries("a dog");
+  v1::SearchImagesResponse response;
+
+  ::testing::internal::CaptureStderr();
+  engine_->set_search_error(absl::InternalError("the scorer lost its device"));
+  auto own = Context();
+  own->AddMetadata("x-request-id", "client-7/retry:2");
+  EXPECT_EQ(stub_->SearchImages(own.get(), request, &response).error_code(), grpc::StatusCode::INTERNAL);
+  auto traced = Context();
+  traced->AddMetadata("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+  EXPECT_EQ(stub_->SearchImages(traced.get(), request, &response).error_code(), grpc::StatusCode::INTERNAL);
+  auto anonymous = Context();
+  EXPECT_EQ(stub_->SearchImages(anonymous.get(), request, &response).error_code(), grpc::StatusCode::INTERNAL);
+  engine_->set_search_error(absl::OkStatus());
+  const std::string log = ::testing::internal::GetCapturedStderr();
+
+  EXPECT_EQ(server_request_id(*own), "client-7/retry:2");
+  EXPECT_EQ(server_request_id(*traced), "4bf92f3577b34da6a3ce929d0e0e4736");
+  const std::string fresh = server_request_id(*anonymous);
+  EXPECT_EQ(fresh.size(), 16u) << fresh;
+  for (const std::string& id : {std::string("client-7/retry:2"), std::string("4bf92f3577b34da6a3ce929d0e0e4736"), fresh}) {
+    EXPECT_NE(log.find(" request " + id + ": the scorer lost its device"), std::string::npos) << id << "\n" << log;
+  }
+
+  auto ok = Context();
+  ok->AddMetadata("x-request-id", "two words");  // not a token: replaced
+  ASSERT_TRUE(stub_->SearchImages(ok.get(), request, &response).ok());
+  const std::string replaced = server_request_id(*ok);
+  EXPECT_EQ(replaced.size(), 16u) << replaced;
+  EXPECT_NE(replaced, fresh);
+}
+
 TEST_F(ServerTest, UpdateItemsChangesCollectionAndMetadataThroughGrpc) {
   Start();
   UpsertThreeImages();  // low and mid in "a", high in "b"
