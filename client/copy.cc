@@ -231,8 +231,10 @@ class Copier {
                                          "its store made again; copy everything again (--restart)"));
       }
       counts_.changes += page.changes_size();
+      source_last_sequence_ = page.last_sequence();
       if (status = Apply(page); !status.ok()) return status;
       if (page.changes_size() > 0) checkpoint_.changes_after = page.changes(page.changes_size() - 1).sequence();
+      progress_->set_status(absl::StrCat(ChangesBehind(), " changes behind"));
       progress_->Update(Done(), counts_.failed);
       MaybeSave(/*force=*/false);
       if (stop_requested) return grpc::Status::OK;
@@ -298,6 +300,12 @@ class Copier {
           }
           return grpc::Status::OK;
         });
+  }
+
+  // The source's changes not applied yet, as of its last page read: what a follower lags by.
+  uint64_t ChangesBehind() const {
+    const uint64_t applied = checkpoint_.changes_after.value_or(0);
+    return source_last_sequence_ > applied ? source_last_sequence_ - applied : 0;
   }
 
   int64_t Done() const {
@@ -497,6 +505,7 @@ class Copier {
                                       {"changes_after", checkpoint_.changes_after.has_value()
                                                             ? nlohmann::json(*checkpoint_.changes_after)
                                                             : nlohmann::json(nullptr)},
+                                      {"changes_behind", ChangesBehind()},
                                       {"retries", counts_.retries},
                                       {"seconds", seconds},
                                       {"checkpoint", options_.checkpoint_path},
@@ -553,6 +562,7 @@ class Copier {
   CopyCheckpoint checkpoint_;
   CopyCounts counts_;
   Progress* progress_ = nullptr;
+  uint64_t source_last_sequence_ = 0;  // the source's newest change when CatchUp last read a page
   std::chrono::steady_clock::time_point last_save_;
   absl::Status checkpoint_status_;
 };

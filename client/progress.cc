@@ -36,6 +36,7 @@ std::string Progress::Line(int64_t done, int64_t failed) const {
   if (total_ < 0) {
     std::string line = absl::StrFormat("%d items  %.1f items/s", done, rate);
     if (failed > 0) line += absl::StrFormat("  %d failed", failed);
+    if (!status_.empty()) line += "  " + status_;
     return line;
   }
   const double percent = total_ > 0 ? 100.0 * static_cast<double>(done) / static_cast<double>(total_) : 100.0;
@@ -47,6 +48,7 @@ std::string Progress::Line(int64_t done, int64_t failed) const {
   std::string line = absl::StrFormat("[%s] %d/%d items %5.1f%%  %.1f items/s  ETA %s", bar, done, total_, percent, rate,
                                      FormatDuration(eta));
   if (failed > 0) line += absl::StrFormat("  %d failed", failed);
+  if (!status_.empty()) line += "  " + status_;
   return line;
 }
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace scanserve {
 namespace cli {
@@ -18,6 +19,8 @@ class Progress {
 
   void Update(int64_t done, int64_t failed);  // done includes already_done
   void Finish(int64_t done, int64_t failed);  // final line (and a newline on a terminal)
+  // A short state shown at the end of the line from now on ("3 changes behind"); empty = none.
+  void set_status(std::string status) { status_ = std::move(status); }
 
   double elapsed_seconds() const;
 
@@ -30,6 +33,7 @@ class Progress {
   const bool terminal_;
   const std::chrono::steady_clock::time_point start_;
   std::chrono::steady_clock::time_point last_print_;
+  std::string status_;
 };
 
 }  // namespace cli

@@ -115,7 +115,8 @@ Commands:
       deletes of what it no longer has), so the target ends equal to the source; a rerun with the
       same --resume-file catches up again. --follow keeps catching up (every second) until
       SIGINT/SIGTERM: writes go on while clients move to the target; it waits out either server
-      being down (a restart) for as long as it takes
+      being down (a restart) for as long as it takes. The progress line, and changes_behind in
+      --json's summary, say how many of the source's changes are not applied yet
   bench ("TEXT"... | --captions FILE | --image-id ID... | --image-ids FILE) [--concurrency N[,N...]]
         [--duration SECONDS] [--requests N] [--warmup SECONDS] [--queries-per-call Q] [--top-k K]
         [--collection C] [--where KEY=VALUE]...

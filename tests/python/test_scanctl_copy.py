@@ -353,6 +353,7 @@ class CopyTest(unittest.TestCase):
         # images and a delete; then 2 images. Deletes of items the copy had not reached yet delete
         # nothing there.
         self.assertEqual(summary["changes"], 18, summary)
+        self.assertEqual(summary["changes_behind"], 0, summary)  # in step when it stopped
         self.assertGreater(summary["retries"], 0, summary)
         self.assertGreaterEqual(summary["deleted"], 1, summary)  # a/0 at least
         last = source_stub.GetStats(pb.GetStatsRequest(), timeout=h.RPC_TIMEOUT_S).last_change_sequence
@@ -398,6 +399,18 @@ class CopyTest(unittest.TestCase):
         self.assertIn("--restart", stderr)
         code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint, "--restart")
         self.assertEqual((code, summary["images"]), (0, 3), stderr)
+        # A copy stopped partway through the changes (the target down, no retries) says how far
+        # behind it is; the rerun catches up.
+        target.fixed_ports = True
+        target.kill()
+        self.upsert(source_stub, self.images("w", 2))
+        code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint, "--max-retries", "0")
+        self.assertNotEqual(code, 0, stderr)
+        self.assertEqual((summary["images"], summary["changes_behind"]), (0, 2), stderr)
+        target.start()
+        target.wait_listening()
+        code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint)
+        self.assertEqual((code, summary["images"], summary["changes_behind"]), (0, 2, 0), stderr)
         r = subprocess.run([SCANCTL, "--server", "127.0.0.1:%d" % source.port, "changes"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
         self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
