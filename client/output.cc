@@ -48,19 +48,25 @@ int Fail(int exit_code, const std::string& message) {
   return exit_code;
 }
 
-int RpcFailed(const std::string& what, const grpc::Status& status) {
+namespace {
+
+// "scanctl: <what>: <CODE>: <message><suffix>" on stderr; the exit code for `status`.
+int PrintRpcFailure(const std::string& what, const grpc::Status& status, absl::string_view suffix) {
   return Fail(ExitCodeFor(status),
-              absl::StrCat(what, ": ", StatusCodeName(status.error_code()), ": ", status.error_message()));
+              absl::StrCat(what, ": ", StatusCodeName(status.error_code()), ": ", status.error_message(), suffix));
 }
+
+}  // namespace
+
+int RpcFailed(const std::string& what, const grpc::Status& status) { return PrintRpcFailure(what, status, ""); }
 
 int RpcFailed(const std::string& what, const grpc::Status& status, const grpc::ClientContext& context) {
   // Complete for a finished unary call; empty when no answer came (no connection, a deadline).
   const auto& metadata = context.GetServerInitialMetadata();
   const auto it = metadata.find("x-request-id");
-  if (it == metadata.end()) return RpcFailed(what, status);
-  return Fail(ExitCodeFor(status), absl::StrCat(what, ": ", StatusCodeName(status.error_code()), ": ",
-                                                status.error_message(), " (request ",
-                                                absl::string_view(it->second.data(), it->second.size()), ")"));
+  if (it == metadata.end()) return PrintRpcFailure(what, status, "");
+  return PrintRpcFailure(what, status,
+                         absl::StrCat(" (request ", absl::string_view(it->second.data(), it->second.size()), ")"));
 }
 
 std::string FormatScore(float score) { return absl::StrFormat("%.4f", score); }

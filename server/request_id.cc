@@ -1,5 +1,6 @@
 #include "server/request_id.h"
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdint>
 #include <cstdio>
@@ -48,10 +49,9 @@ absl::string_view TraceIdOf(absl::string_view traceparent) {
 }  // namespace
 
 std::string RequestIdFor(absl::string_view client_request_id, absl::string_view traceparent) {
-  if (!client_request_id.empty() && client_request_id.size() <= kMaxRequestIdBytes) {
-    bool valid = true;
-    for (char c : client_request_id) valid = valid && IsIdChar(c);
-    if (valid) return std::string(client_request_id);
+  if (!client_request_id.empty() && client_request_id.size() <= kMaxRequestIdBytes &&
+      std::all_of(client_request_id.begin(), client_request_id.end(), IsIdChar)) {
+    return std::string(client_request_id);
   }
   const absl::string_view trace_id = TraceIdOf(traceparent);
   if (!trace_id.empty()) return std::string(trace_id);
