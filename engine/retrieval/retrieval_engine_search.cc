@@ -7,6 +7,7 @@
 #include <limits>
 #include <numeric>
 #include <shared_mutex>
+#include <type_traits>
 #include <utility>
 
 #include "engine/retrieval/model_mean.h"
@@ -19,6 +20,31 @@ namespace scanserve {
 namespace retrieval_internal {
 
 // ---- Searching --------------------------------------------------------------------------------
+
+namespace {
+
+// The ranked keys as hits, with what the catalog knows of each item (a caption also its text).
+template <typename Hit>
+std::vector<std::vector<Hit>> HitsOf(const std::vector<std::vector<ScoredKey>>& top,
+                                     const Catalog& catalog) {
+  std::vector<std::vector<Hit>> hits(top.size());
+  for (size_t q = 0; q < top.size(); ++q) {
+    hits[q].reserve(top[q].size());
+    for (const ScoredKey& scored : top[q]) {
+      const CatalogEntry& entry = catalog.Get(scored.key);
+      Hit hit;
+      hit.id = entry.id;
+      hit.score = scored.score;
+      if constexpr (std::is_same_v<Hit, CaptionHit>) hit.text = entry.text;
+      hit.collection = entry.collection;
+      hit.metadata = entry.metadata;
+      hits[q].push_back(std::move(hit));
+    }
+  }
+  return hits;
+}
+
+}  // namespace
 
 absl::Status ScanRetrievalEngine::ValidateParams(const SearchParams& params,
                                                  size_t num_queries) const {
@@ -212,17 +238,7 @@ absl::StatusOr<std::vector<std::vector<ImageHit>>> ScanRetrievalEngine::SearchIm
   SCANSERVE_ASSIGN_OR_RETURN(const std::vector<std::vector<ScoredKey>> top,
                              Rank(views, &ModelSlot::images, images_, params));
   AddPhase(kT2i, kScore, score_start);
-  for (size_t q = 0; q < queries.size(); ++q) {
-    for (const ScoredKey& scored : top[q]) {
-      const CatalogEntry& entry = images_.Get(scored.key);
-      ImageHit hit;
-      hit.id = entry.id;
-      hit.score = scored.score;
-      hit.collection = entry.collection;
-      hit.metadata = entry.metadata;
-      results[q].push_back(std::move(hit));
-    }
-  }
+  results = HitsOf<ImageHit>(top, images_);
   if (params.explain) SCANSERVE_RETURN_IF_ERROR(Explain(queries, ids[0], words[0], &results));
   return results;
 }
@@ -399,19 +415,7 @@ absl::StatusOr<std::vector<std::vector<CaptionHit>>> ScanRetrievalEngine::Search
   SCANSERVE_ASSIGN_OR_RETURN(const std::vector<std::vector<ScoredKey>> top,
                              Rank(views, &ModelSlot::captions, captions_, params));
   AddPhase(kI2t, kScore, score_start);
-  for (size_t q = 0; q < queries.size(); ++q) {
-    for (const ScoredKey& scored : top[q]) {
-      const CatalogEntry& entry = captions_.Get(scored.key);
-      CaptionHit hit;
-      hit.id = entry.id;
-      hit.score = scored.score;
-      hit.text = entry.text;
-      hit.collection = entry.collection;
-      hit.metadata = entry.metadata;
-      results[q].push_back(std::move(hit));
-    }
-  }
-  return results;
+  return HitsOf<CaptionHit>(top, captions_);
 }
 
 }  // namespace retrieval_internal
