@@ -155,7 +155,7 @@ class CudaScorer final : public Scorer {
       absl::Span<const ItemView> queries, int k) const override;
 
  private:
-  struct Impl;  // device state, defined in engine/scoring/cuda/cuda_scorer.cc
+  struct Impl;  // device state, defined in engine/scoring/cuda/cuda_scorer_impl.h
   CudaScorer(const ScorerConfig& config, const CudaScorerOptions& options,
              std::unique_ptr<Impl> impl);
 

@@ -25,7 +25,7 @@ constexpr float kCosineEps = 1e-8f;  // cosine_similarity: CLAMPS |x||y| from be
 constexpr float kLeakySlope = 0.1f;  // LeakyReLU in clipped_l2norm / clipped
 
 // RawFeatureNorm and Pooling enumerator values (checked against attention_params.h in
-// cuda_scorer.cc).
+// cuda_scorer_pass.cc).
 constexpr int kClippedL2Norm = 0, kL2Norm = 1, kClipped = 2, kNoNorm = 3, kSoftmax = 4;
 constexpr int kLogSumExp = 0, kMean = 1, kMax = 2, kSum = 3;
 static_assert(kNoNorm == 3 && kSum == 3, "kNoNorm and kSum are the default branches below");

@@ -1,5 +1,5 @@
 // Device kernels of the CUDA scoring backend (engine/scoring/cuda_scorer.h), behind plain launcher
-// functions so that the host side (cuda_scorer.cc) is ordinary C++. Every launcher enqueues on the
+// functions so that the host side (cuda_scorer*.cc) is ordinary C++. Every launcher enqueues on the
 // given stream and returns cudaGetLastError() (a launch error), never synchronising.
 //
 // Layouts (device memory, row-major, compact):
