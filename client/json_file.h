@@ -10,8 +10,8 @@
 namespace scanserve {
 namespace cli {
 
-// Writes `json` to `path` through a temporary file renamed over it, so that a crash leaves the old
-// or the new file, never half of one. UNAVAILABLE naming the file when it cannot.
+// Writes `json` to `path` atomically and durably (engine/common/atomic_file.h): a crash or a power
+// loss leaves the old or the new file, never half of one. UNAVAILABLE naming the file when it cannot.
 absl::Status WriteJsonFileAtomically(const std::string& path, const nlohmann::json& json);
 
 }  // namespace cli

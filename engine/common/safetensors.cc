@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/common/atomic_file.h"
+#include "engine/common/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace scanserve {
@@ -140,26 +142,17 @@ absl::Status WriteSafetensors(const std::string& path,
   }
   std::string header_text = header.dump();
   header_text.append((8 - header_text.size() % 8) % 8, ' ');  // keeps the data 8-byte aligned
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return absl::PermissionDeniedError(absl::StrCat(tmp, ": cannot write"));
-    uint64_t len = header_text.size();
-    char len_bytes[8];
-    for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<char>((len >> (8 * i)) & 0xff);
-    out.write(len_bytes, 8);
-    out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
-    for (const auto& [name, tensor] : tensors) {
-      out.write(reinterpret_cast<const char*>(tensor.values.data()),
-                static_cast<std::streamsize>(tensor.values.size() * sizeof(float)));
-    }
-    out.flush();
-    if (!out) return absl::DataLossError(absl::StrCat(tmp, ": write failed"));
+  SCANSERVE_ASSIGN_OR_RETURN(AtomicFileWriter out, AtomicFileWriter::Create(path));
+  const uint64_t len = header_text.size();
+  char len_bytes[8];
+  for (int i = 0; i < 8; ++i) len_bytes[i] = static_cast<char>((len >> (8 * i)) & 0xff);
+  SCANSERVE_RETURN_IF_ERROR(out.Append(absl::string_view(len_bytes, 8)));
+  SCANSERVE_RETURN_IF_ERROR(out.Append(header_text));
+  for (const auto& [name, tensor] : tensors) {
+    SCANSERVE_RETURN_IF_ERROR(out.Append(absl::string_view(
+        reinterpret_cast<const char*>(tensor.values.data()), tensor.values.size() * sizeof(float))));
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
-  }
-  return absl::OkStatus();
+  return out.Commit();
 }
 
 }  // namespace scanserve

@@ -46,7 +46,8 @@ struct Float32Tensor {
 };
 
 // Writes float32 tensors (sorted by name, as the format's header is a JSON object) to `path`
-// through a temporary file and a rename, so a crash never leaves a half-written file.
+// atomically and durably (engine/common/atomic_file.h): a crash or a power loss leaves the old
+// file or the new one, never a half-written one.
 absl::Status WriteSafetensors(const std::string& path,
                               const std::map<std::string, Float32Tensor>& tensors);
 

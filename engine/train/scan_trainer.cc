@@ -15,7 +15,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <numeric>
 #include <optional>
@@ -24,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/common/atomic_file.h"
 #include "engine/common/file_read.h"
 #include "engine/common/status_macros.h"
 #include "engine/eval/similarity.h"
@@ -60,39 +60,10 @@ auto CatchTorch(const char* what, Fn&& fn) -> decltype(fn()) {
 // ------------------------------------------------------------------------------------------------
 // Files
 
-// Through a temporary file and a rename, so a crash never leaves a half-written file.
-absl::Status WriteTextAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return absl::PermissionDeniedError(absl::StrCat(tmp, ": cannot create"));
-    out << text;
-    out.flush();
-    if (!out) return absl::DataLossError(absl::StrCat(tmp, ": write failed"));
-  }
-  std::error_code error;
-  fs::rename(tmp, path, error);
-  if (error) return absl::InternalError(absl::StrCat("renaming ", tmp, " to ", path, ": ", error.message()));
-  return absl::OkStatus();
-}
-
 absl::Status CreateDirectories(const std::string& dir) {
   std::error_code error;
   fs::create_directories(dir, error);
   if (error) return absl::PermissionDeniedError(absl::StrCat(dir, ": cannot create: ", error.message()));
-  return absl::OkStatus();
-}
-
-// Moves a file into place (same filesystem: an atomic rename; otherwise copy then rename).
-absl::Status MoveFile(const std::string& from, const std::string& to) {
-  std::error_code error;
-  fs::rename(from, to, error);
-  if (!error) return absl::OkStatus();
-  const std::string tmp = to + ".tmp";
-  fs::copy_file(from, tmp, fs::copy_options::overwrite_existing, error);
-  if (!error) fs::rename(tmp, to, error);
-  if (error) return absl::InternalError(absl::StrCat("moving ", from, " to ", to, ": ", error.message()));
-  fs::remove(from, error);
   return absl::OkStatus();
 }
 
@@ -239,8 +210,8 @@ absl::Status ExportModel(const ScanNet& net, const Vocabulary& vocabulary, const
   }));
   Json config = Json::parse(net.config.ToJson());
   config["source"] = source;
-  SCANSERVE_RETURN_IF_ERROR(WriteTextAtomically(dir + "/vocab.json", vocabulary.ToJson()));
-  SCANSERVE_RETURN_IF_ERROR(WriteTextAtomically(dir + "/config.json", config.dump(2) + "\n"));
+  SCANSERVE_RETURN_IF_ERROR(WriteFileAtomically(dir + "/vocab.json", vocabulary.ToJson()));
+  SCANSERVE_RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.json", config.dump(2) + "\n"));
   return WriteSafetensors(dir + "/weights.safetensors", tensors);
 }
 
@@ -632,7 +603,7 @@ absl::Status WriteCheckpoint(const std::string& dir, const ScanNet& net, const A
       {"settings", settings},
       {"runtime", runtime},
   };
-  SCANSERVE_RETURN_IF_ERROR(WriteTextAtomically(dir + "/checkpoint.json", json.dump(2) + "\n"));
+  SCANSERVE_RETURN_IF_ERROR(WriteFileAtomically(dir + "/checkpoint.json", json.dump(2) + "\n"));
   // Older state files are garbage once checkpoint.json names the new one.
   std::error_code error;
   for (const auto& entry : fs::directory_iterator(dir, error)) {
@@ -867,7 +838,7 @@ absl::StatusOr<TrainResult> TrainScan(const TrainOptions& o) {
       SCANSERVE_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(o.init_model + "/weights.safetensors"));
       SCANSERVE_RETURN_IF_ERROR(LoadTensors(file, "", net.parameters, &parameters));
     }
-    SCANSERVE_RETURN_IF_ERROR(WriteTextAtomically(setup.checkpoint_dir + "/vocab.json", setup.vocabulary->ToJson()));
+    SCANSERVE_RETURN_IF_ERROR(WriteFileAtomically(setup.checkpoint_dir + "/vocab.json", setup.vocabulary->ToJson()));
   }
 
   TrainResult result;
@@ -968,7 +939,7 @@ absl::StatusOr<TrainResult> TrainScan(const TrainOptions& o) {
       state.best_epoch = report.epoch;
       Json best_source = source;
       best_source["best_rsum"] = dev.rsum;
-      SCANSERVE_RETURN_IF_ERROR(WriteTextAtomically(
+      SCANSERVE_RETURN_IF_ERROR(WriteFileAtomically(
           candidate_dir + "/config.json",
           [&] {
             Json config = Json::parse(net.config.ToJson());
@@ -977,7 +948,7 @@ absl::StatusOr<TrainResult> TrainScan(const TrainOptions& o) {
           }()));
       SCANSERVE_RETURN_IF_ERROR(CreateDirectories(o.out_dir));
       for (const char* file : {"vocab.json", "weights.safetensors", "config.json"}) {
-        SCANSERVE_RETURN_IF_ERROR(MoveFile(candidate_dir + "/" + file, o.out_dir + "/" + file));
+        SCANSERVE_RETURN_IF_ERROR(MoveFileDurably(candidate_dir + "/" + file, o.out_dir + "/" + file));
       }
     }
     if (o.print_epochs) {

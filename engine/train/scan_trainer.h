@@ -8,8 +8,9 @@
 // model-directory format (docs/model-format.md) that ScanModel::Load, scan_eval and the server read.
 //
 // Resumability: a checkpoint (weights, Adam state, epoch / iteration, best rsum, history) is written
-// atomically after each epoch (and every `checkpoint_every` iterations, and when a stop is
-// requested). The data order is a pure function of (seed, epoch), so `resume` continues bit-for-bit
+// atomically and fsync'd (engine/common/atomic_file.h: a power loss keeps the last one whole)
+// after each epoch (and every `checkpoint_every` iterations, and when a stop is requested).
+// The data order is a pure function of (seed, epoch), so `resume` continues bit-for-bit
 // where the run stopped -- on the same device with the same thread counts (CPU reductions may
 // partition their work by thread count, so another count can round differently).
 //

@@ -17,7 +17,7 @@
 #include "absl/strings/match.h"
 #include "engine/common/file_read.h"
 #include "server/metrics.h"
-#include "tests/server/scratch_directory.h"
+#include "tests/engine/test_util/scratch_directory.h"
 #include "tests/server/test_certificates.h"
 
 namespace scanserve {

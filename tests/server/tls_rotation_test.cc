@@ -14,7 +14,7 @@
 #include "server/metrics.h"
 #include "server/server.h"
 #include "tests/server/fake_engine.h"
-#include "tests/server/scratch_directory.h"
+#include "tests/engine/test_util/scratch_directory.h"
 #include "tests/server/test_certificates.h"
 
 namespace scanserve {

@@ -1,6 +1,6 @@
-// A directory of the test's own under the test temp dir (named after the test, emptied first and
-// removed after), with files written as kubelet and most tools write them: a new file renamed
-// over the old one.
+// A directory of the test's own under the test temp dir (resolved, named after the test, emptied
+// first and removed after), with files written as kubelet and most tools write them: a new file
+// renamed over the old one.
 #pragma once
 
 #include <filesystem>
@@ -16,7 +16,7 @@ namespace scanserve::testing_files {
 class ScratchDirectory {
  public:
   explicit ScratchDirectory(const std::string& prefix)
-      : dir_(std::filesystem::path(::testing::TempDir()) /
+      : dir_(std::filesystem::weakly_canonical(::testing::TempDir()) /
              absl::StrCat(prefix, "-", ::testing::UnitTest::GetInstance()->current_test_info()->name())) {
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
@@ -28,6 +28,7 @@ class ScratchDirectory {
   ScratchDirectory(const ScratchDirectory&) = delete;
   ScratchDirectory& operator=(const ScratchDirectory&) = delete;
 
+  const std::filesystem::path& dir() const { return dir_; }
   std::string Path(const std::string& name) const { return (dir_ / name).string(); }
 
   static void Write(const std::string& path, const std::string& contents) {
