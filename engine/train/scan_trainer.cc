@@ -16,7 +16,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <limits>
-#include <numeric>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -29,7 +28,9 @@
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"
 #include "engine/scoring/gemm.h"
+#include "engine/train/epoch_order.h"
 #include "engine/train/progress_bar.h"
+#include "engine/train/train_checkpoint.h"
 #include "engine/train/training_data.h"
 #include "nlohmann/json.hpp"
 
@@ -43,8 +44,6 @@ constexpr double kL2NormEps = 1e-8;  // SCAN's l2norm: eps ADDED to the norm
 constexpr double kCosineEps = 1e-8;  // SCAN's cosine_similarity: eps CLAMPS the norm product
 constexpr double kLeakySlope = 0.1;  // the reference's LeakyReLU(0.1) in clipped_* norms
 constexpr double kAdamBeta1 = 0.9, kAdamBeta2 = 0.999, kAdamEps = 1e-8;  // torch.optim.Adam defaults
-constexpr char kCheckpointFormat[] = "scanserve.train_checkpoint";
-constexpr int kCheckpointVersion = 1;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // LibTorch reports errors by throwing; the engine boundary speaks absl::Status.
@@ -454,33 +453,6 @@ void ZeroGrad(const std::vector<torch::Tensor>& parameters) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// Data order: a pure function of (seed, epoch), so a resumed run sees the same batches.
-
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ULL;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ULL;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBULL;
-  return x ^ (x >> 31);
-}
-
-// Fisher-Yates with a SplitMix64 stream and rejection sampling (no modulo bias, no dependence on
-// the standard library's distribution implementations).
-std::vector<int64_t> EpochOrder(int64_t n, uint64_t seed, int epoch) {
-  std::vector<int64_t> order(static_cast<size_t>(n));
-  std::iota(order.begin(), order.end(), 0);
-  uint64_t state = SplitMix64(seed ^ SplitMix64(0x5CA1AB1EULL + static_cast<uint64_t>(epoch)));
-  auto next = [&state]() { return state = SplitMix64(state); };
-  for (int64_t i = n - 1; i > 0; --i) {
-    const uint64_t bound = static_cast<uint64_t>(i) + 1;
-    const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % bound;
-    uint64_t r = next();
-    while (r >= limit) r = next();
-    std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(r % bound)]);
-  }
-  return order;
-}
-
-// ------------------------------------------------------------------------------------------------
 // Batches
 
 // Region features of the given images as (B, k, img_dim) on the device.
@@ -514,67 +486,8 @@ torch::Tensor ForwardBatch(const ScanNet& net, const TrainingSplit& split, const
 // state-<step>.safetensors (weights "model/<name>", Adam "adam.exp_avg/<name>",
 // "adam.exp_avg_sq/<name>") next to vocab.json.
 
-struct TrainState {
-  int epoch = 0;           // 0-based epoch in progress
-  int64_t iteration = 0;   // next iteration within the epoch
-  int64_t global_step = 0;
-  double epoch_loss_sum = 0;
-  int64_t epoch_batches = 0;
-  double best_rsum = -1;
-  int best_epoch = 0;
-  Json history = Json::array();
-};
-
-Json MetricsToJson(const RetrievalMetrics& m) {
-  auto recall = [](const RecallMetrics& r) {
-    return Json{{"r1", r.r1}, {"r5", r.r5}, {"r10", r.r10}, {"medr", r.medr}, {"meanr", r.meanr}};
-  };
-  return Json{{"n_images", m.n_images}, {"n_captions", m.n_captions}, {"i2t", recall(m.i2t)},
-              {"t2i", recall(m.t2i)}, {"rsum", m.rsum}};
-}
-
-RetrievalMetrics MetricsFromJson(const Json& j) {
-  RetrievalMetrics m;
-  auto recall = [](const Json& r) {
-    RecallMetrics out;
-    out.r1 = r.value("r1", 0.0);
-    out.r5 = r.value("r5", 0.0);
-    out.r10 = r.value("r10", 0.0);
-    out.medr = r.value("medr", 0.0);
-    out.meanr = r.value("meanr", 0.0);
-    return out;
-  };
-  m.n_images = j.value("n_images", int64_t{0});
-  m.n_captions = j.value("n_captions", int64_t{0});
-  if (j.contains("i2t")) m.i2t = recall(j["i2t"]);
-  if (j.contains("t2i")) m.t2i = recall(j["t2i"]);
-  m.rsum = j.value("rsum", 0.0);
-  return m;
-}
-
-// What must match between a checkpoint and a resuming run (everything that changes the numbers).
-Json ComparableSettings(const TrainOptions& o, const ModelConfig& config, const PrecompSplit& train,
-                        int64_t dev_images) {
-  return Json{
-      {"model_config", Json::parse(config.ToJson())},
-      {"train_split", o.train_split},
-      {"train_images", train.num_images},
-      {"train_captions", static_cast<int64_t>(train.captions.size())},
-      {"dev_split", o.dev_split},
-      {"dev_images", dev_images},
-      {"margin", o.loss.margin},
-      {"max_violation", o.loss.max_violation},
-      {"warmup_sum_epochs", o.warmup_sum_epochs},
-      {"learning_rate", o.learning_rate},
-      {"lr_update", o.lr_update},
-      {"batch_size", o.batch_size},
-      {"grad_clip", o.grad_clip},
-      {"seed", o.seed},
-  };
-}
-
 absl::Status WriteCheckpoint(const std::string& dir, const ScanNet& net, const AdamState& adam,
-                             const TrainState& state, const Json& settings, const Json& runtime) {
+                             const TrainProgress& progress, const Json& settings, const Json& runtime) {
   std::map<std::string, Float32Tensor> tensors;
   SCANSERVE_RETURN_IF_ERROR(CatchTorch("checkpointing", [&]() -> absl::Status {
     for (size_t i = 0; i < net.parameters.size(); ++i) {
@@ -585,45 +498,22 @@ absl::Status WriteCheckpoint(const std::string& dir, const ScanNet& net, const A
     }
     return absl::OkStatus();
   }));
-  const std::string state_file = absl::StrFormat("state-%09d.safetensors", state.global_step);
-  SCANSERVE_RETURN_IF_ERROR(WriteSafetensors(dir + "/" + state_file, tensors));
-  Json json = {
-      {"format", kCheckpointFormat},
-      {"format_version", kCheckpointVersion},
-      {"state_file", state_file},
-      {"epoch", state.epoch},
-      {"iteration", state.iteration},
-      {"global_step", state.global_step},
-      {"adam_step", adam.step},
-      {"epoch_loss_sum", state.epoch_loss_sum},
-      {"epoch_batches", state.epoch_batches},
-      {"best_rsum", state.best_rsum},
-      {"best_epoch", state.best_epoch},
-      {"history", state.history},
-      {"settings", settings},
-      {"runtime", runtime},
-  };
-  SCANSERVE_RETURN_IF_ERROR(WriteFileAtomically(dir + "/checkpoint.json", json.dump(2) + "\n"));
+  TrainCheckpoint checkpoint;
+  checkpoint.state_file = StateFileName(progress.global_step);
+  checkpoint.adam_step = adam.step;
+  checkpoint.progress = progress;
+  checkpoint.settings = settings;
+  checkpoint.runtime = runtime;
+  SCANSERVE_RETURN_IF_ERROR(WriteSafetensors(dir + "/" + checkpoint.state_file, tensors));
+  SCANSERVE_RETURN_IF_ERROR(
+      WriteFileAtomically(dir + "/" + kTrainCheckpointFile, TrainCheckpointToJson(checkpoint)));
   // Older state files are garbage once checkpoint.json names the new one.
   std::error_code error;
   for (const auto& entry : fs::directory_iterator(dir, error)) {
     const std::string name = entry.path().filename().string();
-    if (name != state_file && name.rfind("state-", 0) == 0) fs::remove(entry.path(), error);
+    if (name != checkpoint.state_file && name.rfind("state-", 0) == 0) fs::remove(entry.path(), error);
   }
   return absl::OkStatus();
-}
-
-// Lists the settings that differ, "name: checkpoint X, now Y; ...".
-std::string SettingsDifference(const Json& stored, const Json& now) {
-  std::string out;
-  for (auto it = now.begin(); it != now.end(); ++it) {
-    const Json stored_value = stored.contains(it.key()) ? stored[it.key()] : Json();
-    if (stored_value != it.value()) {
-      absl::StrAppend(&out, out.empty() ? "" : "; ", it.key(), ": checkpoint ", stored_value.dump(),
-                      ", now ", it.value().dump());
-    }
-  }
-  return out;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -713,9 +603,9 @@ struct Setup {
 absl::StatusOr<Setup> Prepare(const TrainOptions& o) {
   Setup setup;
   setup.checkpoint_dir = o.checkpoint_dir.empty() ? o.out_dir + "-checkpoint" : o.checkpoint_dir;
-  if (o.resume && !fs::exists(setup.checkpoint_dir + "/checkpoint.json")) {
-    return absl::NotFoundError(absl::StrCat("--resume: ", setup.checkpoint_dir,
-                                            "/checkpoint.json does not exist (nothing to resume)"));
+  if (o.resume && !fs::exists(setup.checkpoint_dir + "/" + kTrainCheckpointFile)) {
+    return absl::NotFoundError(absl::StrCat("--resume: ", setup.checkpoint_dir, "/", kTrainCheckpointFile,
+                                            " does not exist (nothing to resume)"));
   }
   std::optional<ModelConfig> init_config;
   if (!o.init_model.empty()) {
@@ -786,51 +676,38 @@ absl::StatusOr<TrainResult> TrainScan(const TrainOptions& o) {
   SCANSERVE_ASSIGN_OR_RETURN(ScanNet net, BuildNet(setup.config, device, dtype));
   std::vector<torch::Tensor> parameters = ParameterTensors(net);
   AdamState adam = MakeAdamState(parameters);
-  TrainState state;
+  TrainProgress state;
   SCANSERVE_RETURN_IF_ERROR(CreateDirectories(setup.checkpoint_dir));
   if (o.resume) {
-    SCANSERVE_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(setup.checkpoint_dir + "/checkpoint.json"));
-    Json json = Json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (json.is_discarded() || json.value("format", "") != kCheckpointFormat) {
-      return absl::DataLossError(absl::StrCat(setup.checkpoint_dir, "/checkpoint.json: not a scan_train checkpoint"));
-    }
-    if (json.value("format_version", 0) != kCheckpointVersion) {
-      return absl::FailedPreconditionError(absl::StrCat(setup.checkpoint_dir,
-                                                        "/checkpoint.json: unsupported format_version"));
-    }
-    const std::string difference = SettingsDifference(json["settings"], setup.settings);
+    const std::string path = setup.checkpoint_dir + "/" + kTrainCheckpointFile;
+    SCANSERVE_ASSIGN_OR_RETURN(std::string text, ReadWholeFile(path));
+    SCANSERVE_ASSIGN_OR_RETURN(TrainCheckpoint checkpoint, ParseTrainCheckpoint(text, path));
+    const std::string difference = SettingsDifference(checkpoint.settings, setup.settings);
     if (!difference.empty()) {
       return absl::FailedPreconditionError(absl::StrCat(
           "--resume: the command's settings differ from the checkpoint in ", setup.checkpoint_dir, " (",
           difference, "); resume with the same settings (only --epochs, the thread counts, --checkpoint-every "
           "and the output options may change)"));
     }
-    if (json.value("runtime", Json()) != runtime) {
+    if (checkpoint.runtime != runtime) {
       std::fprintf(stderr, "scan_train: warning: the checkpoint was written with %s, this run uses %s: "
                    "the result may differ from the uninterrupted run's in the last bits\n",
-                   json.value("runtime", Json()).dump().c_str(), runtime.dump().c_str());
+                   checkpoint.runtime.dump().c_str(), runtime.dump().c_str());
     }
-    SCANSERVE_ASSIGN_OR_RETURN(SafetensorsFile file, SafetensorsFile::Read(
-        setup.checkpoint_dir + "/" + json.value("state_file", std::string())));
+    SCANSERVE_ASSIGN_OR_RETURN(SafetensorsFile file,
+                               SafetensorsFile::Read(setup.checkpoint_dir + "/" + checkpoint.state_file));
     SCANSERVE_RETURN_IF_ERROR(LoadTensors(file, "model/", net.parameters, &parameters));
     SCANSERVE_RETURN_IF_ERROR(LoadTensors(file, "adam.exp_avg/", net.parameters, &adam.exp_avg));
     SCANSERVE_RETURN_IF_ERROR(LoadTensors(file, "adam.exp_avg_sq/", net.parameters, &adam.exp_avg_sq));
-    adam.step = json.value("adam_step", int64_t{0});
-    state.epoch = json.value("epoch", 0);
-    state.iteration = json.value("iteration", int64_t{0});
-    state.global_step = json.value("global_step", int64_t{0});
-    state.epoch_loss_sum = json.value("epoch_loss_sum", 0.0);
-    state.epoch_batches = json.value("epoch_batches", int64_t{0});
-    state.best_rsum = json.value("best_rsum", -1.0);
-    state.best_epoch = json.value("best_epoch", 0);
-    state.history = json.value("history", Json::array());
+    adam.step = checkpoint.adam_step;
+    state = std::move(checkpoint.progress);
     if (o.print_epochs) {
       std::printf("resuming %s at epoch %d, iteration %lld (step %lld)\n", setup.checkpoint_dir.c_str(),
                   state.epoch + 1, static_cast<long long>(state.iteration),
                   static_cast<long long>(state.global_step));
     }
   } else {
-    if (fs::exists(setup.checkpoint_dir + "/checkpoint.json")) {
+    if (fs::exists(setup.checkpoint_dir + "/" + kTrainCheckpointFile)) {
       return absl::FailedPreconditionError(absl::StrCat(
           setup.checkpoint_dir, " already holds a checkpoint: pass --resume to continue it, or remove it"));
     }
@@ -843,12 +720,8 @@ absl::StatusOr<TrainResult> TrainScan(const TrainOptions& o) {
 
   TrainResult result;
   result.checkpoint_dir = setup.checkpoint_dir;
-  for (const Json& h : state.history) {
-    EpochReport report;
-    report.epoch = h.value("epoch", 0);
-    report.mean_loss = h.value("mean_loss", 0.0);
-    report.best = h.value("best", false);
-    report.dev = MetricsFromJson(h.value("dev", Json::object()));
+  for (EpochReport report : state.history) {
+    report.seconds = report.dev_seconds = 0;  // times of this process only
     result.epochs.push_back(report);
   }
   if (o.print_epochs && !o.resume) {
@@ -958,9 +831,7 @@ absl::StatusOr<TrainResult> TrainScan(const TrainOptions& o) {
       std::fflush(stdout);
     }
     result.epochs.push_back(report);
-    state.history.push_back(Json{{"epoch", report.epoch}, {"mean_loss", report.mean_loss},
-                                 {"dev", MetricsToJson(dev)}, {"best", report.best},
-                                 {"seconds", seconds}, {"dev_seconds", report.dev_seconds}});
+    state.history.push_back(report);
     ++state.epoch;
     state.iteration = 0;
     state.epoch_loss_sum = 0;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <random>
 #include <string>
 #include <vector>
@@ -292,6 +293,35 @@ TEST_F(ResumeTest, ResumeRefusesOtherSettingsAndFreshRunsRefuseAnExistingCheckpo
   TrainOptions missing = TinyOptions(tmp_, "never-trained");
   missing.resume = true;
   EXPECT_EQ(TrainScan(missing).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ResumeTest, ADamagedCheckpointIsRefusedNamingWhatIsWrong) {
+  const std::string path = tmp_.str("full-checkpoint/checkpoint.json");
+  std::string text;
+  {
+    std::ifstream in(path);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  TrainOptions o = TinyOptions(tmp_, "full");
+  o.resume = true;
+  o.epochs = 4;
+  const auto resume_with = [&](const std::string& contents) {
+    std::ofstream(path, std::ios::trunc) << contents;
+    return TrainScan(o).status();
+  };
+  absl::Status truncated = resume_with(text.substr(0, text.size() / 2));
+  EXPECT_EQ(truncated.code(), absl::StatusCode::kDataLoss) << truncated;
+  EXPECT_NE(truncated.message().find(path), std::string::npos) << truncated;
+
+  nlohmann::json json = nlohmann::json::parse(text);
+  json["history"][0]["dev"]["rsum"] = "high";
+  absl::Status wrong_type = resume_with(json.dump());
+  EXPECT_EQ(wrong_type.code(), absl::StatusCode::kDataLoss) << wrong_type;
+  EXPECT_NE(wrong_type.message().find("history[0].dev.rsum"), std::string::npos) << wrong_type;
+
+  // The original text resumes: the refusals changed nothing.
+  absl::Status resumed = resume_with(text);
+  EXPECT_TRUE(resumed.ok()) << resumed;
 }
 
 // ------------------------------------------------------------------------------------------------
