@@ -15,7 +15,8 @@ absl::StatusOr<BottomUpDetectorConfig> BottomUpDetectorConfig::Load(const std::s
   if (j.is_discarded() || !j.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
   }
-  if (j.value("format", std::string()) != "scanserve.bottom_up_detector") {
+  // (Compared as JSON: nlohmann's value() would throw for a "format" that is not a string.)
+  if (!j.contains("format") || j["format"] != "scanserve.bottom_up_detector") {
     return absl::InvalidArgumentError(
         absl::StrCat(path, ": format is not \"scanserve.bottom_up_detector\" (convert the caffemodel "
                            "with tools/convert_bottom_up_caffemodel.py)"));
@@ -55,8 +56,13 @@ absl::StatusOr<BottomUpDetectorConfig> BottomUpDetectorConfig::Load(const std::s
                                                    config.max_boxes,
                                                    " must satisfy 1 <= min_boxes <= max_boxes <= 300"));
   }
-  if (j.contains("source") && j["source"].is_object()) {
-    config.source = j["source"].value("caffemodel", std::string());
+  if (j.contains("source")) {
+    const nlohmann::json& source = j["source"];
+    if (!source.is_object() || (source.contains("caffemodel") && !source["caffemodel"].is_string())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": 'source' must be an object whose 'caffemodel' is a string"));
+    }
+    if (source.contains("caffemodel")) config.source = source["caffemodel"].get<std::string>();
   }
   return config;
 }

@@ -62,7 +62,13 @@ TEST_F(DetectorDirTest, MissingDirectoryIsNotFound) {
 TEST_F(DetectorDirTest, BadConfigsAreInvalid) {
   for (const char* json : {
            "not json",
+           "[1, 2]",
            R"({"format": "something.else", "format_version": 1})",
+           R"({"format": 7, "format_version": 1})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": "1"})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "max_boxes": "100"})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "conf_threshold": null})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "source": {"caffemodel": 3}})",
            R"({"format": "scanserve.bottom_up_detector", "format_version": 2})",
            R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "num_classes": 81})",
            R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "min_boxes": 50, "max_boxes": 10})",
