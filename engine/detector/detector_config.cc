@@ -3,6 +3,8 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/json_fields.h"
+#include "engine/common/status_macros.h"
 #include "nlohmann/json.hpp"
 
 namespace scanserve {
@@ -21,31 +23,20 @@ absl::StatusOr<BottomUpDetectorConfig> BottomUpDetectorConfig::Load(const std::s
         absl::StrCat(path, ": format is not \"scanserve.bottom_up_detector\" (convert the caffemodel "
                            "with tools/convert_bottom_up_caffemodel.py)"));
   }
-  if (!j.contains("format_version") || !j["format_version"].is_number_integer() ||
-      j["format_version"].get<int>() != 1) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": unsupported format_version (expected 1)"));
+  const JsonFields fields(j, path, absl::StatusCode::kInvalidArgument);
+  int version = 0;
+  SCANSERVE_RETURN_IF_ERROR(fields.Required("format_version", &version));
+  if (version != 1) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": unsupported format_version ", version, " (expected 1)"));
   }
   BottomUpDetectorConfig config;
-  auto read_int = [&](const char* key, int* out) -> absl::Status {
-    if (!j.contains(key)) return absl::OkStatus();
-    if (!j[key].is_number_integer()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": '", key, "' must be an integer"));
-    }
-    *out = j[key].get<int>();
-    return absl::OkStatus();
-  };
   for (auto [key, field] : {std::pair{"num_classes", &config.num_classes},
                             std::pair{"num_attributes", &config.num_attributes},
                             std::pair{"min_boxes", &config.min_boxes},
                             std::pair{"max_boxes", &config.max_boxes}}) {
-    if (absl::Status s = read_int(key, field); !s.ok()) return s;
+    SCANSERVE_RETURN_IF_ERROR(fields.Optional(key, field));
   }
-  if (j.contains("conf_threshold")) {
-    if (!j["conf_threshold"].is_number()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": 'conf_threshold' must be a number"));
-    }
-    config.conf_threshold = j["conf_threshold"].get<float>();
-  }
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("conf_threshold", &config.conf_threshold));
   if (config.num_classes != 1601 || config.num_attributes != 401) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": num_classes/num_attributes are ", config.num_classes, "/", config.num_attributes,
@@ -56,13 +47,9 @@ absl::StatusOr<BottomUpDetectorConfig> BottomUpDetectorConfig::Load(const std::s
                                                    config.max_boxes,
                                                    " must satisfy 1 <= min_boxes <= max_boxes <= 300"));
   }
-  if (j.contains("source")) {
-    const nlohmann::json& source = j["source"];
-    if (!source.is_object() || (source.contains("caffemodel") && !source["caffemodel"].is_string())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": 'source' must be an object whose 'caffemodel' is a string"));
-    }
-    if (source.contains("caffemodel")) config.source = source["caffemodel"].get<std::string>();
+  SCANSERVE_ASSIGN_OR_RETURN(const nlohmann::json* source, fields.OptionalObject("source"));
+  if (source != nullptr) {
+    SCANSERVE_RETURN_IF_ERROR(fields.Nested(*source, "source").Optional("caffemodel", &config.source));
   }
   return config;
 }

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "engine/common/file_read.h"
+#include "engine/common/json_fields.h"
 #include "engine/common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -11,39 +12,11 @@ namespace {
 
 using Json = nlohmann::json;
 
-absl::Status FieldError(const std::string& field, const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat("config.json: field '", field, "' ", what));
-}
-
-absl::StatusOr<const Json*> Field(const Json& json, const std::string& name) {
-  auto it = json.find(name);
-  if (it == json.end()) return FieldError(name, "is missing");
-  return &*it;
-}
-
-absl::StatusOr<std::string> StringField(const Json& json, const std::string& name) {
-  SCANSERVE_ASSIGN_OR_RETURN(const Json* v, Field(json, name));
-  if (!v->is_string()) return FieldError(name, "must be a string");
-  return v->get<std::string>();
-}
-
-absl::StatusOr<double> NumberField(const Json& json, const std::string& name) {
-  SCANSERVE_ASSIGN_OR_RETURN(const Json* v, Field(json, name));
-  if (!v->is_number()) return FieldError(name, "must be a number");
-  return v->get<double>();
-}
-
-absl::StatusOr<int64_t> PositiveIntField(const Json& json, const std::string& name) {
-  SCANSERVE_ASSIGN_OR_RETURN(const Json* v, Field(json, name));
-  if (!v->is_number_integer() || v->get<int64_t>() <= 0) return FieldError(name, "must be a positive integer");
-  return v->get<int64_t>();
-}
-
-absl::StatusOr<bool> BoolField(const Json& json, const std::string& name, bool fallback) {
-  auto it = json.find(name);
-  if (it == json.end()) return fallback;
-  if (!it->is_boolean()) return FieldError(name, "must be true or false");
-  return it->get<bool>();
+template <typename Int>
+absl::Status PositiveInt(const JsonFields& fields, const char* name, Int* out) {
+  SCANSERVE_RETURN_IF_ERROR(fields.Required(name, out));
+  if (*out <= 0) return fields.Error(name, "must be a positive integer");
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -53,46 +26,38 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& json_text) 
   if (json.is_discarded() || !json.is_object()) {
     return absl::InvalidArgumentError("config.json: not a JSON object");
   }
+  const JsonFields fields(json, "config.json", absl::StatusCode::kInvalidArgument);
   if (auto it = json.find("format"); it != json.end() && *it != "scanserve.scan_model") {
-    return FieldError("format", "is not \"scanserve.scan_model\"");
+    return fields.Error("format", "is not \"scanserve.scan_model\"");
   }
   if (auto it = json.find("format_version"); it != json.end() && *it != 1) {
-    return FieldError("format_version", absl::StrCat("is ", it->dump(), "; this build reads version 1"));
+    return fields.Error("format_version", absl::StrCat("is ", it->dump(), "; this build reads version 1"));
   }
   ModelConfig c;
-  SCANSERVE_ASSIGN_OR_RETURN(std::string cross_attn, StringField(json, "cross_attn"));
+  std::string cross_attn, agg_func, norm;
+  SCANSERVE_RETURN_IF_ERROR(fields.Required("cross_attn", &cross_attn));
   SCANSERVE_ASSIGN_OR_RETURN(c.attention.cross_attn, ParseCrossAttention(cross_attn));
-  SCANSERVE_ASSIGN_OR_RETURN(std::string agg_func, StringField(json, "agg_func"));
+  SCANSERVE_RETURN_IF_ERROR(fields.Required("agg_func", &agg_func));
   SCANSERVE_ASSIGN_OR_RETURN(c.attention.pooling, ParsePooling(agg_func));
-  SCANSERVE_ASSIGN_OR_RETURN(std::string norm, StringField(json, "raw_feature_norm"));
+  SCANSERVE_RETURN_IF_ERROR(fields.Required("raw_feature_norm", &norm));
   SCANSERVE_ASSIGN_OR_RETURN(c.attention.raw_feature_norm, ParseRawFeatureNorm(norm));
-  SCANSERVE_ASSIGN_OR_RETURN(double lambda_softmax, NumberField(json, "lambda_softmax"));
-  SCANSERVE_ASSIGN_OR_RETURN(double lambda_lse, NumberField(json, "lambda_lse"));
-  if (!(lambda_softmax > 0)) return FieldError("lambda_softmax", "must be > 0");
-  if (c.attention.pooling == Pooling::kLogSumExp && !(lambda_lse > 0)) {
-    return FieldError("lambda_lse", "must be > 0 for LogSumExp pooling");
+  SCANSERVE_RETURN_IF_ERROR(fields.Required("lambda_softmax", &c.attention.lambda_softmax));
+  SCANSERVE_RETURN_IF_ERROR(fields.Required("lambda_lse", &c.attention.lambda_lse));
+  if (!(c.attention.lambda_softmax > 0)) return fields.Error("lambda_softmax", "must be > 0");
+  if (c.attention.pooling == Pooling::kLogSumExp && !(c.attention.lambda_lse > 0)) {
+    return fields.Error("lambda_lse", "must be > 0 for LogSumExp pooling");
   }
-  c.attention.lambda_softmax = static_cast<float>(lambda_softmax);
-  c.attention.lambda_lse = static_cast<float>(lambda_lse);
-
-  SCANSERVE_ASSIGN_OR_RETURN(const Json* bi_gru, Field(json, "bi_gru"));
-  if (!bi_gru->is_boolean()) return FieldError("bi_gru", "must be true or false");
-  c.bi_gru = bi_gru->get<bool>();
-  SCANSERVE_ASSIGN_OR_RETURN(int64_t num_layers, PositiveIntField(json, "num_layers"));
-  c.num_layers = static_cast<int>(num_layers);
-  SCANSERVE_ASSIGN_OR_RETURN(c.no_imgnorm, BoolField(json, "no_imgnorm", false));
-  SCANSERVE_ASSIGN_OR_RETURN(c.no_txtnorm, BoolField(json, "no_txtnorm", false));
-  if (json.contains("precomp_enc_type")) {
-    SCANSERVE_ASSIGN_OR_RETURN(c.precomp_enc_type, StringField(json, "precomp_enc_type"));
-  }
-  SCANSERVE_ASSIGN_OR_RETURN(c.embed_size, PositiveIntField(json, "embed_size"));
-  SCANSERVE_ASSIGN_OR_RETURN(c.word_dim, PositiveIntField(json, "word_dim"));
-  SCANSERVE_ASSIGN_OR_RETURN(c.img_dim, PositiveIntField(json, "img_dim"));
-  SCANSERVE_ASSIGN_OR_RETURN(c.vocab_size, PositiveIntField(json, "vocab_size"));
-  if (json.contains("margin")) {
-    SCANSERVE_ASSIGN_OR_RETURN(double margin, NumberField(json, "margin"));
-    c.margin = static_cast<float>(margin);
-  }
+  SCANSERVE_RETURN_IF_ERROR(fields.Required("bi_gru", &c.bi_gru));
+  SCANSERVE_RETURN_IF_ERROR(PositiveInt(fields, "num_layers", &c.num_layers));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("no_imgnorm", &c.no_imgnorm));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("no_txtnorm", &c.no_txtnorm));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("precomp_enc_type", &c.precomp_enc_type));
+  SCANSERVE_RETURN_IF_ERROR(PositiveInt(fields, "embed_size", &c.embed_size));
+  SCANSERVE_RETURN_IF_ERROR(PositiveInt(fields, "word_dim", &c.word_dim));
+  SCANSERVE_RETURN_IF_ERROR(PositiveInt(fields, "img_dim", &c.img_dim));
+  SCANSERVE_RETURN_IF_ERROR(PositiveInt(fields, "vocab_size", &c.vocab_size));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("margin", &c.margin));
+  // Informational only (the dataset the original run named): anything but a string is ignored.
   if (json.contains("data_name") && json["data_name"].is_string()) {
     c.data_name = json["data_name"].get<std::string>();
   }

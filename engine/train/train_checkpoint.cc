@@ -6,6 +6,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/common/json_fields.h"
 #include "engine/common/status_macros.h"
 
 namespace scanserve {
@@ -30,94 +31,35 @@ Json ReportToJson(const EpochReport& r) {
               {"best", r.best},       {"seconds", r.seconds},     {"dev_seconds", r.dev_seconds}};
 }
 
-// Typed reads of an object's fields: a missing field keeps the default, a present one of another
-// type is DATA_LOSS naming it (`where` is its path in the file, e.g. "history[2].dev").
-class FieldReader {
- public:
-  FieldReader(const Json& object, std::string where, absl::string_view path)
-      : object_(object), where_(std::move(where)), path_(path) {}
-
-  template <typename T>
-  absl::Status Read(const char* name, T* out) const {
-    auto it = object_.find(name);
-    if (it == object_.end()) return absl::OkStatus();
-    if (!Fits<T>(*it)) return Bad(name, TypeName<T>());
-    *out = it->template get<T>();
-    return absl::OkStatus();
-  }
-  absl::StatusOr<const Json*> Object(const char* name) const {
-    auto it = object_.find(name);
-    if (it == object_.end()) return nullptr;
-    if (!it->is_object()) return Bad(name, "an object");
-    return &*it;
-  }
-  absl::StatusOr<const Json*> Array(const char* name) const {
-    auto it = object_.find(name);
-    if (it == object_.end()) return nullptr;
-    if (!it->is_array()) return Bad(name, "an array");
-    return &*it;
-  }
-  std::string Where(const std::string& name) const {
-    return where_.empty() ? name : absl::StrCat(where_, ".", name);
-  }
-
- private:
-  template <typename T>
-  static bool Fits(const Json& v) {
-    if constexpr (std::is_same_v<T, bool>) return v.is_boolean();
-    if constexpr (std::is_same_v<T, std::string>) return v.is_string();
-    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) return v.is_number_integer();
-    if constexpr (std::is_floating_point_v<T>) return v.is_number();
-    return false;
-  }
-  template <typename T>
-  static const char* TypeName() {
-    if constexpr (std::is_same_v<T, bool>) return "true or false";
-    if constexpr (std::is_same_v<T, std::string>) return "a string";
-    if constexpr (std::is_integral_v<T>) return "an integer";
-    return "a number";
-  }
-  absl::Status Bad(const char* name, const char* expected) const {
-    return absl::DataLossError(
-        absl::StrCat(path_, ": ", Where(name), " must be ", expected, "; the file is damaged"));
-  }
-
-  const Json& object_;
-  std::string where_;
-  absl::string_view path_;
-};
-
-absl::Status ReadRecall(const FieldReader& parent, const char* name, RecallMetrics* r,
-                        absl::string_view path) {
-  SCANSERVE_ASSIGN_OR_RETURN(const Json* object, parent.Object(name));
+absl::Status ReadRecall(const JsonFields& parent, const char* name, RecallMetrics* r) {
+  SCANSERVE_ASSIGN_OR_RETURN(const Json* object, parent.OptionalObject(name));
   if (object == nullptr) return absl::OkStatus();
-  const FieldReader fields(*object, parent.Where(name), path);
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("r1", &r->r1));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("r5", &r->r5));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("r10", &r->r10));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("medr", &r->medr));
-  return fields.Read("meanr", &r->meanr);
+  const JsonFields fields = parent.Nested(*object, name);
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("r1", &r->r1));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("r5", &r->r5));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("r10", &r->r10));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("medr", &r->medr));
+  return fields.Optional("meanr", &r->meanr);
 }
 
-absl::Status ReadReport(const Json& entry, const std::string& where, absl::string_view path,
-                        EpochReport* r) {
-  if (!entry.is_object()) {
-    return absl::DataLossError(absl::StrCat(path, ": ", where, " must be an object; the file is damaged"));
-  }
-  const FieldReader fields(entry, where, path);
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("epoch", &r->epoch));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("mean_loss", &r->mean_loss));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("best", &r->best));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("seconds", &r->seconds));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("dev_seconds", &r->dev_seconds));
-  SCANSERVE_ASSIGN_OR_RETURN(const Json* dev, fields.Object("dev"));
+// history[index]; `history` reads the array, so that messages name "history[index]".
+absl::Status ReadReport(const JsonFields& history, const Json& entry, size_t index, EpochReport* r) {
+  const std::string element = absl::StrCat("[", index, "]");
+  if (!entry.is_object()) return history.Error(element, "must be an object");
+  const JsonFields fields = history.Nested(entry, element);
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("epoch", &r->epoch));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("mean_loss", &r->mean_loss));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("best", &r->best));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("seconds", &r->seconds));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("dev_seconds", &r->dev_seconds));
+  SCANSERVE_ASSIGN_OR_RETURN(const Json* dev, fields.OptionalObject("dev"));
   if (dev == nullptr) return absl::OkStatus();
-  const FieldReader dev_fields(*dev, fields.Where("dev"), path);
-  SCANSERVE_RETURN_IF_ERROR(dev_fields.Read("n_images", &r->dev.n_images));
-  SCANSERVE_RETURN_IF_ERROR(dev_fields.Read("n_captions", &r->dev.n_captions));
-  SCANSERVE_RETURN_IF_ERROR(ReadRecall(dev_fields, "i2t", &r->dev.i2t, path));
-  SCANSERVE_RETURN_IF_ERROR(ReadRecall(dev_fields, "t2i", &r->dev.t2i, path));
-  return dev_fields.Read("rsum", &r->dev.rsum);
+  const JsonFields dev_fields = fields.Nested(*dev, "dev");
+  SCANSERVE_RETURN_IF_ERROR(dev_fields.Optional("n_images", &r->dev.n_images));
+  SCANSERVE_RETURN_IF_ERROR(dev_fields.Optional("n_captions", &r->dev.n_captions));
+  SCANSERVE_RETURN_IF_ERROR(ReadRecall(dev_fields, "i2t", &r->dev.i2t));
+  SCANSERVE_RETURN_IF_ERROR(ReadRecall(dev_fields, "t2i", &r->dev.t2i));
+  return dev_fields.Optional("rsum", &r->dev.rsum);
 }
 
 }  // namespace
@@ -154,44 +96,45 @@ absl::StatusOr<TrainCheckpoint> ParseTrainCheckpoint(absl::string_view text, abs
   if (json.is_discarded() || !json.is_object() || json.value("format", Json()) != kCheckpointFormat) {
     return absl::DataLossError(absl::StrCat(path, ": not a scan_train checkpoint"));
   }
-  const FieldReader fields(json, "", path);
+  const JsonFields fields(json, std::string(path), absl::StatusCode::kDataLoss);
   int version = 0;
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("format_version", &version));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("format_version", &version));
   if (version != kCheckpointVersion) {
     return absl::FailedPreconditionError(absl::StrCat(path, ": unsupported format_version ", version,
                                                       " (this trainer reads ", kCheckpointVersion, ")"));
   }
   TrainCheckpoint c;
   TrainProgress& p = c.progress;
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("state_file", &c.state_file));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("state_file", &c.state_file));
   // A plain name beside checkpoint.json: the trainer deletes the other state-* files there.
   if (!absl::StartsWith(c.state_file, "state-") || !absl::EndsWith(c.state_file, ".safetensors") ||
       c.state_file.find('/') != std::string::npos) {
     return absl::DataLossError(absl::StrCat(path, ": state_file must name a state-*.safetensors file beside it, got \"",
                                             c.state_file, "\"; the file is damaged"));
   }
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("epoch", &p.epoch));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("iteration", &p.iteration));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("global_step", &p.global_step));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("adam_step", &c.adam_step));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("epoch_loss_sum", &p.epoch_loss_sum));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("epoch_batches", &p.epoch_batches));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("best_rsum", &p.best_rsum));
-  SCANSERVE_RETURN_IF_ERROR(fields.Read("best_epoch", &p.best_epoch));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("epoch", &p.epoch));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("iteration", &p.iteration));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("global_step", &p.global_step));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("adam_step", &c.adam_step));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("epoch_loss_sum", &p.epoch_loss_sum));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("epoch_batches", &p.epoch_batches));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("best_rsum", &p.best_rsum));
+  SCANSERVE_RETURN_IF_ERROR(fields.Optional("best_epoch", &p.best_epoch));
   if (p.epoch < 0 || p.iteration < 0 || p.global_step < 0 || c.adam_step < 0 || p.epoch_batches < 0) {
     return absl::DataLossError(absl::StrCat(path, ": negative epoch, iteration or step counts; the file is damaged"));
   }
-  SCANSERVE_ASSIGN_OR_RETURN(const Json* history, fields.Array("history"));
+  SCANSERVE_ASSIGN_OR_RETURN(const Json* history, fields.OptionalArray("history"));
   if (history != nullptr) {
+    const JsonFields entries = fields.Nested(*history, "history");
     for (size_t i = 0; i < history->size(); ++i) {
       EpochReport report;
-      SCANSERVE_RETURN_IF_ERROR(ReadReport((*history)[i], absl::StrCat("history[", i, "]"), path, &report));
+      SCANSERVE_RETURN_IF_ERROR(ReadReport(entries, (*history)[i], i, &report));
       p.history.push_back(report);
     }
   }
-  SCANSERVE_ASSIGN_OR_RETURN(const Json* settings, fields.Object("settings"));
+  SCANSERVE_ASSIGN_OR_RETURN(const Json* settings, fields.OptionalObject("settings"));
   if (settings != nullptr) c.settings = *settings;
-  SCANSERVE_ASSIGN_OR_RETURN(const Json* runtime, fields.Object("runtime"));
+  SCANSERVE_ASSIGN_OR_RETURN(const Json* runtime, fields.OptionalObject("runtime"));
   if (runtime != nullptr) c.runtime = *runtime;
   return c;
 }

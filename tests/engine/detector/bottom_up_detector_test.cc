@@ -72,6 +72,10 @@ TEST_F(DetectorDirTest, BadConfigsAreInvalid) {
            R"({"format": "scanserve.bottom_up_detector", "format_version": 2})",
            R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "num_classes": 81})",
            R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "min_boxes": 50, "max_boxes": 10})",
+           // Integers that an int would wrap to accepted values (2^32 + 1, 2^32 + 36).
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 4294967297})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "min_boxes": 4294967332})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "source": "x.caffemodel"})",
        }) {
     WriteConfig(json);
     const absl::Status status = Load();

@@ -135,6 +135,7 @@ TEST(TrainCheckpointTest, AFieldOfTheWrongTypeIsDataLossNamingIt) {
   const std::vector<Case> cases = {
       {Json::json_pointer("/epoch"), "two", "epoch"},
       {Json::json_pointer("/iteration"), 1.5, "iteration"},
+      {Json::json_pointer("/epoch"), 4294967297, "epoch"},  // an int would wrap it to 1
       {Json::json_pointer("/best_rsum"), "high", "best_rsum"},
       {Json::json_pointer("/state_file"), 5, "state_file"},
       {Json::json_pointer("/history"), Json::object(), "history"},
