@@ -365,7 +365,8 @@ const std::vector<Flag>& Flags() {
        }},
       {"detector-precision", "fp32|bf16",
        "the detector network's arithmetic: fp32 reproduces the original; bf16 (convolutions in bf16: "
-       "~2x faster on GPUs and bf16-capable CPUs) is opt-in and moves the features slightly "
+       "~2x faster on GPUs and CPUs with AVX512-BF16/AMX, emulated and far slower on others) is "
+       "opt-in and moves the features slightly "
        "(scan_extract --compare-precision measures by how much)",
        [](const ServerConfig& c) { return std::string(DetectorPrecisionName(c.detector.precision)); },
        [](const std::string& v, ServerConfig* c) -> absl::Status {

@@ -155,6 +155,7 @@ void LogDetector(const RegionDetector& detector, const ServerConfig& config) {
                                     pool.num_workers, " worker(s), queue ", pool.max_queue_images,
                                     " images, batches of up to ", pool.max_batch_images, ", images up to ",
                                     pool.max_image_bytes, " bytes"));
+  if (!info.warning.empty()) Log(LogLevel::kWarning, absl::StrCat("detector: ", info.warning));
 }
 
 }  // namespace

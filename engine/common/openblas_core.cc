@@ -48,20 +48,6 @@ std::string ProgramName(char** argv) {
 
 }  // namespace
 
-CpuVectorFeatures DetectCpuVectorFeatures() {
-  CpuVectorFeatures features;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  // libgcc's checks include the OS's support (XCR0), not just the CPUID bits.
-  __builtin_cpu_init();
-  features.avx2_fma = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  features.avx512f = __builtin_cpu_supports("avx512f");
-  features.avx512 = features.avx2_fma && features.avx512f &&
-                    __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
-                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512cd");
-#endif
-  return features;
-}
-
 std::string LoadedOpenBlasCore() {
   const char* name = CallOpenBlasStringFunction("openblas_get_corename");
   return name == nullptr ? std::string() : std::string(name);

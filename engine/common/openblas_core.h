@@ -9,18 +9,9 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
+#include "engine/common/cpu_features.h"
 
 namespace scanserve {
-
-// The vector instructions that OpenBLAS's modern x86-64 kernels (and the scorer's streaming GEMM)
-// need (usable: the OS saves their registers). All false on other architectures.
-struct CpuVectorFeatures {
-  bool avx2_fma = false;  // AVX2 and FMA: the Haswell kernels
-  bool avx512f = false;   // AVX-512 F: the streaming GEMM's AVX-512 kernels
-  bool avx512 = false;    // AVX-512 F, BW, DQ, VL and CD: the SkylakeX kernels
-};
-
-CpuVectorFeatures DetectCpuVectorFeatures();
 
 // The core whose kernels OpenBLAS chose (openblas_get_corename, e.g. "Prescott", "SkylakeX"); ""
 // when the process has no OpenBLAS.

@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/cpu_features.h"
 #include "engine/detector/bottom_up_network.h"
 #include "engine/detector/detector_config.h"
 #include "engine/detector/image_preprocess.h"
@@ -36,12 +37,14 @@ void ArgMaxSkippingFirst(const FloatMatrix& prob, int64_t row, int64_t* id, floa
 class BottomUpDetector : public RegionDetector {
  public:
   BottomUpDetector(std::unique_ptr<BottomUpNetwork> network, GenomeVocabulary vocabulary,
-                   RegionSelectionConfig selection, ImageLimits limits, std::string summary)
+                   RegionSelectionConfig selection, ImageLimits limits, std::string summary,
+                   std::string warning)
       : network_(std::move(network)),
         vocabulary_(std::move(vocabulary)),
         selection_(selection),
         limits_(limits),
-        summary_(std::move(summary)) {}
+        summary_(std::move(summary)),
+        warning_(std::move(warning)) {}
 
   absl::StatusOr<DetectedRegions> Detect(std::string_view image_bytes) const override {
     const std::string_view images[] = {image_bytes};
@@ -125,6 +128,7 @@ class BottomUpDetector : public RegionDetector {
     info.device = network_->device();
     info.min_boxes = selection_.min_boxes;
     info.max_boxes = selection_.max_boxes;
+    info.warning = warning_;
     return info;
   }
 
@@ -187,6 +191,7 @@ class BottomUpDetector : public RegionDetector {
   RegionSelectionConfig selection_;
   ImageLimits limits_;
   std::string summary_;
+  std::string warning_;
 };
 
 }  // namespace
@@ -229,8 +234,10 @@ absl::StatusOr<std::unique_ptr<RegionDetector>> LoadBottomUpDetector(const Detec
       "), ", selection.min_boxes, "-", selection.max_boxes, " boxes, conf >= ",
       selection.conf_threshold, ", on ", (*network)->device(), " in ",
       DetectorPrecisionName(options.precision));
+  std::string warning = DetectorPrecisionCaveat(options.precision, network_options.use_cuda,
+                                                DetectCpuVectorFeatures().bf16);
   return std::unique_ptr<RegionDetector>(new BottomUpDetector(
-      *std::move(network), *std::move(vocabulary), selection, limits, summary));
+      *std::move(network), *std::move(vocabulary), selection, limits, summary, std::move(warning)));
 }
 
 }  // namespace scanserve

@@ -49,4 +49,14 @@ inline absl::StatusOr<DetectorPrecision> ParseDetectorPrecision(const std::strin
       absl::StrCat("detector precision must be fp32, tf32 or bf16, got '", name, "'"));
 }
 
+// Why `precision` will run far slower than fp32 where the detector runs, or "" when it will not:
+// bf16 on a CPU without bf16 arithmetic (AVX512-BF16 or AMX-BF16, CpuVectorFeatures::bf16), where
+// LibTorch emulates the convolutions (an image that took 35 s in fp32 on a 2-core AVX2 EPYC was not
+// done after 4 minutes in bf16).
+inline std::string DetectorPrecisionCaveat(DetectorPrecision precision, bool on_cuda, bool cpu_has_bf16) {
+  if (precision != DetectorPrecision::kBf16 || on_cuda || cpu_has_bf16) return "";
+  return "bf16 on this CPU is emulated (it has neither AVX512-BF16 nor AMX-BF16): detections run "
+         "several times slower than in fp32, the default";
+}
+
 }  // namespace scanserve

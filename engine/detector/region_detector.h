@@ -74,6 +74,9 @@ struct DetectorInfo {
   std::string device;   // "cpu", "cuda:0"
   int min_boxes = 0;
   int max_boxes = 0;
+  // "" or what operators should hear at start, e.g. a precision this CPU runs slowly
+  // (DetectorPrecisionCaveat).
+  std::string warning;
 };
 
 class RegionDetector {

@@ -5,7 +5,7 @@
 #include <new>
 
 #include "absl/strings/str_cat.h"
-#include "engine/common/openblas_core.h"
+#include "engine/common/cpu_features.h"
 #include "engine/common/status_macros.h"
 #include "engine/scoring/streaming_gemm_kernels.h"
 

@@ -59,9 +59,10 @@ Options:
   --batch N           images whose proposals go through the res5 head together (default 2)
   --device NAME       cpu (default) or cuda (a CUDA build of LibTorch)
   --precision P       fp32 (default: the original network's numbers), tf32 (TF32 tensor cores on
-                      CUDA) or bf16 (convolutions in bf16, ~2x faster on GPUs and bf16-capable CPUs);
-                      tf32 and bf16 move the features slightly: see --compare-precision. --tf32 is
-                      short for --precision tf32
+                      CUDA) or bf16 (convolutions in bf16, ~2x faster on GPUs and on CPUs with
+                      AVX512-BF16 or AMX; emulated, and several times slower than fp32, on other
+                      CPUs); tf32 and bf16 move the features slightly: see --compare-precision.
+                      --tf32 is short for --precision tf32
   --threads N         intra-op threads (default: all cores)
   --resume            append to an existing --out, skipping image ids already in it
   --debug-dir DIR     also write each image's intermediates as .npy: <id>.im_info, .input, .rois,
@@ -166,6 +167,13 @@ absl::Status WriteTrace(const std::string& dir, const std::string& id, const Det
   return absl::OkStatus();
 }
 
+// The detector's one-line summary and, where there is one, its warning, on stderr.
+void PrintDetectorInfo(const RegionDetector& detector) {
+  const DetectorInfo info = detector.Info();
+  std::fprintf(stderr, "scan_extract: %s\n", info.summary.c_str());
+  if (!info.warning.empty()) std::fprintf(stderr, "scan_extract: warning: %s\n", info.warning.c_str());
+}
+
 // Loads a detector into *detector, says which, and runs it once (the timed and compared runs must
 // not pay for the first run's set-up). kExitOk, or the exit code: a detector that does not load is
 // a bad argument, one that fails to run a failure.
@@ -173,7 +181,7 @@ int LoadWarmDetector(const DetectorOptions& options, std::unique_ptr<RegionDetec
   absl::StatusOr<std::unique_ptr<RegionDetector>> loaded = LoadBottomUpDetector(options);
   if (!loaded.ok()) return BadArgs(std::string(loaded.status().message()));
   *detector = *std::move(loaded);
-  std::fprintf(stderr, "scan_extract: %s\n", (*detector)->Info().summary.c_str());
+  PrintDetectorInfo(**detector);
   if (absl::Status s = (*detector)->WarmUp(); !s.ok()) {
     std::fprintf(stderr, "scan_extract: %s\n", s.ToString().c_str());
     return kExitFailed;
@@ -282,7 +290,7 @@ int Run(const Args& args) {
 
   absl::StatusOr<std::unique_ptr<RegionDetector>> detector = LoadBottomUpDetector(args.detector);
   if (!detector.ok()) return BadArgs(std::string(detector.status().message()));
-  std::fprintf(stderr, "scan_extract: %s\n", (*detector)->Info().summary.c_str());
+  PrintDetectorInfo(**detector);
 
   const std::string write_path = args.resume ? args.out : args.out + ".partial";
   std::FILE* out = std::fopen(write_path.c_str(), args.resume ? "ab" : "wb");
