@@ -198,6 +198,13 @@ absl::StatusOr<ScanNet> LoadNet(const std::string& model_dir, torch::Device devi
   return net;
 }
 
+// config.json's text: the model's hyper-parameters and where the weights came from.
+std::string ConfigText(const ModelConfig& model_config, const Json& source) {
+  Json config = Json::parse(model_config.ToJson());
+  config["source"] = source;
+  return config.dump(2) + "\n";
+}
+
 // Writes config.json (with `source`), vocab.json and weights.safetensors, each atomically.
 absl::Status ExportModel(const ScanNet& net, const Vocabulary& vocabulary, const Json& source,
                          const std::string& dir) {
@@ -207,10 +214,8 @@ absl::Status ExportModel(const ScanNet& net, const Vocabulary& vocabulary, const
     for (const NamedParameter& p : net.parameters) tensors[p.name] = ToFloat32(p.tensor);
     return absl::OkStatus();
   }));
-  Json config = Json::parse(net.config.ToJson());
-  config["source"] = source;
   SCANSERVE_RETURN_IF_ERROR(WriteFileAtomically(dir + "/vocab.json", vocabulary.ToJson()));
-  SCANSERVE_RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.json", config.dump(2) + "\n"));
+  SCANSERVE_RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.json", ConfigText(net.config, source)));
   return WriteSafetensors(dir + "/weights.safetensors", tensors);
 }
 
@@ -810,15 +815,11 @@ absl::StatusOr<TrainResult> TrainScan(const TrainOptions& o) {
     if (report.best) {
       state.best_rsum = dev.rsum;
       state.best_epoch = report.epoch;
+      // The dev score is known only now: the kept model's config.json records it.
       Json best_source = source;
       best_source["best_rsum"] = dev.rsum;
-      SCANSERVE_RETURN_IF_ERROR(WriteFileAtomically(
-          candidate_dir + "/config.json",
-          [&] {
-            Json config = Json::parse(net.config.ToJson());
-            config["source"] = best_source;
-            return config.dump(2) + "\n";
-          }()));
+      SCANSERVE_RETURN_IF_ERROR(
+          WriteFileAtomically(candidate_dir + "/config.json", ConfigText(net.config, best_source)));
       SCANSERVE_RETURN_IF_ERROR(CreateDirectories(o.out_dir));
       for (const char* file : {"vocab.json", "weights.safetensors", "config.json"}) {
         SCANSERVE_RETURN_IF_ERROR(MoveFileDurably(candidate_dir + "/" + file, o.out_dir + "/" + file));

@@ -253,6 +253,7 @@ TEST_F(ResumeTest, TheBestModelLoadsAndTheRunIsReproducible) {
   nlohmann::json config = nlohmann::json::parse(in);
   EXPECT_EQ(config["source"]["trainer"], "scan_train");
   EXPECT_EQ(config["source"]["epoch"], full_.best_epoch);
+  EXPECT_EQ(config["source"]["best_rsum"], full_.best_rsum);
   // The data is learnable: the run ends well above chance (8 dev images: chance rsum ~ 6 x 12.5 x 3).
   EXPECT_GT(full_.best_rsum, 300.0);
 
