@@ -6,7 +6,6 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <optional>
 #include <set>
@@ -20,6 +19,7 @@
 #include "client/json_file.h"
 #include "client/output.h"
 #include "client/progress.h"
+#include "engine/common/status_macros.h"
 
 namespace scanserve {
 namespace cli {
@@ -38,28 +38,28 @@ struct CopyCheckpoint {
 };
 
 absl::StatusOr<CopyCheckpoint> LoadCopyCheckpoint(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(path);
-  try {
-    const nlohmann::json json = nlohmann::json::parse(in);
-    CopyCheckpoint checkpoint;
-    checkpoint.identity = json.at("copy").get<std::string>();
-    checkpoint.kind = json.at("kind").get<std::string>();
-    checkpoint.after = json.at("after").get<std::string>();
-    if (json.contains("changes_after")) checkpoint.changes_after = json.at("changes_after").get<uint64_t>();
-    if (json.contains("log_id")) checkpoint.log_id = json.at("log_id").get<std::string>();
+  CopyCheckpoint checkpoint;
+  const absl::Status read = ReadJsonCheckpoint(path, [&](const JsonFields& fields) -> absl::Status {
+    SCANSERVE_RETURN_IF_ERROR(fields.Required("copy", &checkpoint.identity));
+    SCANSERVE_RETURN_IF_ERROR(fields.Required("kind", &checkpoint.kind));
+    SCANSERVE_RETURN_IF_ERROR(fields.Required("after", &checkpoint.after));
+    if (fields.Has("changes_after")) {
+      uint64_t changes_after = 0;
+      SCANSERVE_RETURN_IF_ERROR(fields.Required("changes_after", &changes_after));
+      checkpoint.changes_after = changes_after;
+    }
+    SCANSERVE_RETURN_IF_ERROR(fields.Optional("log_id", &checkpoint.log_id));
     if (checkpoint.kind != "image" && checkpoint.kind != "caption" && checkpoint.kind != "changes" &&
         checkpoint.kind != "done") {
-      throw std::runtime_error("unknown kind " + checkpoint.kind);
+      return fields.Error("kind", absl::StrCat("is unknown: \"", checkpoint.kind, "\""));
     }
     if (checkpoint.kind == "changes" && !checkpoint.changes_after.has_value()) {
-      throw std::runtime_error("kind changes without changes_after");
+      return fields.Error("changes_after", "is missing (kind is \"changes\")");
     }
-    return checkpoint;
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " is unreadable (", e.what(),
-                                                   "); pass --restart to start over"));
-  }
+    return absl::OkStatus();
+  });
+  if (!read.ok()) return read;
+  return checkpoint;
 }
 
 absl::Status SaveCopyCheckpoint(const std::string& path, const CopyCheckpoint& checkpoint) {

@@ -5,7 +5,6 @@
 #include <deque>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <mutex>
 #include <sstream>
 #include <thread>
@@ -18,6 +17,7 @@
 #include "client/json_file.h"
 #include "client/output.h"
 #include "client/progress.h"
+#include "engine/common/status_macros.h"
 
 namespace scanserve {
 namespace cli {
@@ -31,19 +31,14 @@ struct Checkpoint {
 
 // NOT_FOUND when there is no checkpoint file; INVALID_ARGUMENT when it does not parse.
 absl::StatusOr<Checkpoint> LoadCheckpoint(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(path);
-  try {
-    const nlohmann::json json = nlohmann::json::parse(in);
-    Checkpoint checkpoint;
-    checkpoint.source = json.at("source").get<std::string>();
-    checkpoint.total = json.at("total").get<int64_t>();
-    checkpoint.acked_through = json.at("acked_through").get<int64_t>();
-    return checkpoint;
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("checkpoint ", path, " is unreadable (", e.what(),
-                                                   "); pass --restart to start over"));
-  }
+  Checkpoint checkpoint;
+  const absl::Status read = ReadJsonCheckpoint(path, [&](const JsonFields& fields) -> absl::Status {
+    SCANSERVE_RETURN_IF_ERROR(fields.Required("source", &checkpoint.source));
+    SCANSERVE_RETURN_IF_ERROR(fields.Required("total", &checkpoint.total));
+    return fields.Required("acked_through", &checkpoint.acked_through);
+  });
+  if (!read.ok()) return read;
+  return checkpoint;
 }
 
 absl::Status SaveCheckpoint(const std::string& path, const Checkpoint& checkpoint) {

@@ -1,5 +1,7 @@
 #include "client/json_file.h"
 
+#include <fstream>
+
 #include "absl/strings/str_cat.h"
 #include "engine/common/atomic_file.h"
 
@@ -10,6 +12,22 @@ absl::Status WriteJsonFileAtomically(const std::string& path, const nlohmann::js
   const absl::Status written = WriteFileAtomically(path, json.dump(2) + "\n");
   if (!written.ok()) return absl::UnavailableError(absl::StrCat("cannot write the checkpoint: ", written.message()));
   return absl::OkStatus();
+}
+
+absl::Status ReadJsonCheckpoint(const std::string& path,
+                                const std::function<absl::Status(const JsonFields&)>& read) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(path);
+  const nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  absl::Status status;
+  if (json.is_discarded() || !json.is_object()) {
+    status = absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  } else {
+    status = read(JsonFields(json, path, absl::StatusCode::kInvalidArgument));
+  }
+  if (status.ok()) return status;
+  return absl::InvalidArgumentError(
+      absl::StrCat("checkpoint ", status.message(), "; pass --restart to start over"));
 }
 
 }  // namespace cli

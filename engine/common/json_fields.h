@@ -42,6 +42,8 @@ class JsonFields {
     return Convert(name, *it, out);
   }
 
+  bool Has(absl::string_view name) const { return object_->contains(name); }
+
   // A nested object or array: nullptr when absent, an error when of another type.
   absl::StatusOr<const nlohmann::json*> OptionalObject(absl::string_view name) const;
   absl::StatusOr<const nlohmann::json*> OptionalArray(absl::string_view name) const;

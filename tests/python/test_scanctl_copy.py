@@ -392,6 +392,20 @@ class CopyTest(unittest.TestCase):
         with open(checkpoint, "w") as f:
             json.dump({"copy": "127.0.0.1:%d -> 127.0.0.1:%d images captions" % (source.port, target.port),
                        "kind": "changes", "after": "", "changes_after": 0}, f)
+        # A damaged checkpoint is a usage error naming the field (the file is left for --restart).
+        with open(checkpoint) as f:
+            good = f.read()
+        for damaged, named in (({"kind": "sideways"}, "field 'kind' is unknown"),
+                               ({"changes_after": -1}, "field 'changes_after' is out of range"),
+                               ({"after": 7}, "field 'after' must be a string")):
+            with open(checkpoint, "w") as f:
+                json.dump(dict(json.loads(good), **damaged), f)
+            code, _, stderr = self.copy(source, target, "--resume-file", checkpoint)
+            self.assertEqual(code, 2, stderr)
+            self.assertIn(named, stderr)
+            self.assertIn("--restart", stderr)
+        with open(checkpoint, "w") as f:
+            f.write(good)
         # Behind the retention.
         code, summary, stderr = self.copy(source, target, "--resume-file", checkpoint)
         self.assertEqual(code, 1, stderr)

@@ -725,6 +725,19 @@ class ServerTest(E2EBase):
         r = self.scanctl(args + ["--json"], expect=0)
         summary = json.loads(r.stdout.strip().splitlines()[-1])
         self.assertEqual((summary["skipped"], summary["sent"], summary["acked"]), (10, 8, 8))
+        # A damaged checkpoint is a usage error naming the field, until --restart starts over.
+        checkpoint = os.path.join(d, "mini.scanctl-import.json")
+        for damaged, named in (('{"source": "x", "total": "18", "acked_through": 3}', "field 'total'"),
+                               ('{"source": "x", "total": 18}', "field 'acked_through' is missing"),
+                               ("[1, 2", "not a JSON object")):
+            with open(checkpoint, "w") as f:
+                f.write(damaged)
+            r = self.scanctl(args, expect=2)
+            self.assertIn(named, r.stderr)
+            self.assertIn("--restart", r.stderr)
+        r = self.scanctl(args + ["--json", "--restart"], expect=0)
+        summary = json.loads(r.stdout.strip().splitlines()[-1])
+        self.assertEqual((summary["skipped"], summary["acked"]), (0, 18))
         req = self.s.pb.SearchCaptionsRequest(queries=[self.s.pb.ImageQuery(image_id="mini/img/1")], top_k=20)
         req.filter.collection = "pre"
         hits = self.rpc_ok(self.stub.SearchCaptions, req, "captions of the imported split").results[0].hits

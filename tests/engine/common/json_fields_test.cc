@@ -132,6 +132,8 @@ TEST(JsonFieldsTest, ObjectsAndArraysAreCheckedAndMayBeAbsent) {
   EXPECT_EQ(fields.OptionalObject("list").status().message(), "sample.json: field 'list' must be an object");
   EXPECT_EQ(fields.OptionalArray("nested").status().message(), "sample.json: field 'nested' must be an array");
   EXPECT_EQ(fields.OptionalArray("absent").value(), nullptr);
+  EXPECT_TRUE(fields.Has("list"));
+  EXPECT_FALSE(fields.Has("absent"));
 }
 
 }  // namespace
