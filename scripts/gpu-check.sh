@@ -89,7 +89,9 @@ elif ls .debs/*.deb >/dev/null 2>&1 && [ -f ../shared/gpu/unpack-debs.sh ]; then
 else
   echo "WARNING: no .debs/ (run 'bash scripts/fetch-gpu-debs.sh'"
   echo "         on the CPU machine and carry .debs); configuring with the system packages only."
-  export CMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+  CMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')" ||
+    echo "WARNING: python3 cannot import torch: no LibTorch to build against"
+  export CMAKE_PREFIX_PATH
 fi
 echo "CMAKE_PREFIX_PATH=$CMAKE_PREFIX_PATH"
 # What the configure step needs beyond the .debs (present natively on the GPU machine, or not).
