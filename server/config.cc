@@ -78,15 +78,6 @@ absl::Status ParseBytes(const std::string& key, const std::string& value, int64_
   return absl::OkStatus();
 }
 
-const char* BackendName(ScorerBackend backend) {
-  switch (backend) {
-    case ScorerBackend::kCpu: return "cpu";
-    case ScorerBackend::kReference: return "reference";
-    case ScorerBackend::kCuda: return "cuda";
-  }
-  return "?";
-}
-
 // "cuda" (device 0) or "cuda:N" -> *index; false for anything else.
 bool ParseCudaDevice(const std::string& value, int* index) {
   if (value == "cuda") {
@@ -161,17 +152,11 @@ const std::vector<Flag>& Flags() {
          return absl::OkStatus();
        }},
       {"backend", "cpu|cuda|reference", "scorer backend (cuda only in CUDA builds)",
-       [](const ServerConfig& c) { return std::string(BackendName(c.engine.backend)); },
-       [](const std::string& v, ServerConfig* c) {
-         if (v == "cpu") {
-           c->engine.backend = ScorerBackend::kCpu;
-         } else if (v == "cuda") {
-           c->engine.backend = ScorerBackend::kCuda;
-         } else if (v == "reference") {
-           c->engine.backend = ScorerBackend::kReference;
-         } else {
-           return absl::InvalidArgumentError(absl::StrCat("--backend: expected cpu, cuda or reference, got '", v, "'"));
-         }
+       [](const ServerConfig& c) { return std::string(ScorerBackendName(c.engine.backend)); },
+       [](const std::string& v, ServerConfig* c) -> absl::Status {
+         absl::StatusOr<ScorerBackend> backend = ParseScorerBackend(v);
+         if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("--", backend.status().message()));
+         c->engine.backend = *backend;
          return absl::OkStatus();
        }},
       {"storage", "fp32|bf16|fp8",

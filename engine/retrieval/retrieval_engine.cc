@@ -25,18 +25,6 @@ FloatMatrix CopyItem(const StackedItems& stacked, int64_t i) {
   return m;
 }
 
-const char* BackendName(ScorerBackend backend) {
-  switch (backend) {
-    case ScorerBackend::kCpu:
-      return "cpu";
-    case ScorerBackend::kReference:
-      return "reference";
-    case ScorerBackend::kCuda:
-      return "cuda";
-  }
-  return "unknown";
-}
-
 EncoderDevice ResolveEncoderDevice(const RetrievalEngineOptions& o) {
   if (o.encoder_device.has_value()) return *o.encoder_device;
   // MakeScorer's CUDA scorer runs on device 0; the encoders' outputs then stay near it.
@@ -368,7 +356,7 @@ EngineStats ScanRetrievalEngine::Stats() const {
     stats.model_summaries.push_back(
         absl::StrCat(slot.model->model_dir(), ": ", slot.model->config().Summary()));
   }
-  stats.backend = BackendName(options_.backend);
+  stats.backend = ScorerBackendName(options_.backend);
   stats.encoder_device = models_.front().model->device().ToString();
   stats.storage = StorageTypeName(options_.storage);
   stats.query_precision =

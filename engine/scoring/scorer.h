@@ -29,13 +29,12 @@
 #include "engine/scoring/attention_params.h"
 #include "engine/scoring/cuda_pass_kernels.h"
 #include "engine/scoring/cuda_query_precision.h"
+#include "engine/scoring/scorer_backend.h"
 #include "engine/scoring/storage_type.h"
 
 namespace scanserve {
 
 enum class ItemKind { kImage, kCaption };
-
-enum class ScorerBackend { kCpu, kReference, kCuda };
 
 struct ScorerConfig {
   int64_t dim = 1024;                       // embedding width
