@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "engine/common/command_line.h"
 #include "engine/common/npy.h"
 #include "engine/common/openblas_core.h"
 #include "engine/common/status_macros.h"
@@ -76,11 +77,9 @@ struct EvalFlags {
 };
 
 absl::StatusOr<ScorerBackend> ParseBackend(const std::string& s) {
-  if (s == "cpu") return ScorerBackend::kCpu;
-  if (s == "reference") return ScorerBackend::kReference;
-  if (s == "cuda") return ScorerBackend::kCuda;
-  return absl::InvalidArgumentError(
-      absl::StrCat("--backend: expected cpu, reference or cuda, got '", s, "'"));
+  absl::StatusOr<ScorerBackend> backend = ParseScorerBackend(s);
+  if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("--", backend.status().message()));
+  return backend;
 }
 
 absl::StatusOr<StorageType> ParseStorage(const std::string& s) {
@@ -89,45 +88,22 @@ absl::StatusOr<StorageType> ParseStorage(const std::string& s) {
   return storage;
 }
 
-bool IsValueFlag(const std::string& arg) {
-  static constexpr const char* kValueFlags[] = {"--model", "--data-dir", "--split", "--fold-images", "--save-sims", "--backend", "--storage", "--threads"};
-  for (const char* flag : kValueFlags) {
-    if (arg == flag) return true;
-  }
-  return false;
-}
-
 absl::StatusOr<EvalFlags> ParseFlags(int argc, char** argv) {
+  SCANSERVE_ASSIGN_OR_RETURN(
+      const std::vector<CommandLineFlag> args,
+      ParseCommandLine(argc, argv,
+                       {{"--model", "--data-dir", "--split", "--fold-images", "--save-sims", "--backend",
+                         "--storage", "--threads"},
+                        {"--help", "-h", "--fold5", "--json"}}));
   EvalFlags flags;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    std::string value;
-    bool has_value = false;
-    if (const size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      has_value = true;
-    }
-    // Flags without a value.
-    if (arg == "--help" || arg == "-h" || arg == "--fold5" || arg == "--json") {
-      if (has_value) return absl::InvalidArgumentError(absl::StrCat(arg, " takes no value"));
-      if (arg == "--fold5") {
-        flags.fold5 = true;
-      } else if (arg == "--json") {
-        flags.json = true;
-      } else {
-        flags.help = true;
-      }
-      continue;
-    }
-    if (!IsValueFlag(arg)) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown argument '", argv[i], "'"));
-    }
-    if (!has_value) {
-      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
-      value = argv[++i];
-    }
-    if (arg == "--model") {
+  for (const auto& [arg, value] : args) {
+    if (arg == "--help" || arg == "-h") {
+      flags.help = true;
+    } else if (arg == "--fold5") {
+      flags.fold5 = true;
+    } else if (arg == "--json") {
+      flags.json = true;
+    } else if (arg == "--model") {
       flags.model_dirs.push_back(value);
     } else if (arg == "--data-dir") {
       flags.data_dir = value;
@@ -149,8 +125,6 @@ absl::StatusOr<EvalFlags> ParseFlags(int argc, char** argv) {
         return absl::InvalidArgumentError(
             absl::StrCat("--threads: expected a non-negative integer, got '", value, "'"));
       }
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("unknown argument '", argv[i], "'"));
     }
   }
   if (flags.help) return flags;

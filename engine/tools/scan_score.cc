@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/command_line.h"
 #include "engine/common/npy.h"
 #include "engine/common/openblas_core.h"
 #include "engine/common/status_macros.h"
@@ -77,37 +78,18 @@ struct ScoreFlags {
   bool help = false;
 };
 
-bool IsValueFlag(const std::string& arg) {
-  static constexpr const char* kValueFlags[] = {"--model", "--regions", "--region-counts", "--captions", "--out", "--dump-embeddings", "--backend", "--storage", "--stored", "--threads"};
-  for (const char* flag : kValueFlags) {
-    if (arg == flag) return true;
-  }
-  return false;
-}
-
 absl::StatusOr<ScoreFlags> ParseFlags(int argc, char** argv) {
+  SCANSERVE_ASSIGN_OR_RETURN(
+      const std::vector<CommandLineFlag> args,
+      ParseCommandLine(argc, argv,
+                       {{"--model", "--regions", "--region-counts", "--captions", "--out", "--dump-embeddings",
+                         "--backend", "--storage", "--stored", "--threads"},
+                        {"--help", "-h"}}));
   ScoreFlags flags;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    std::string value;
-    bool has_value = false;
-    if (const size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      has_value = true;
-    }
+  for (const auto& [arg, value] : args) {
     if (arg == "--help" || arg == "-h") {
       flags.help = true;
-      continue;
-    }
-    if (!IsValueFlag(arg)) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown argument '", argv[i], "'"));
-    }
-    if (!has_value) {
-      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
-      value = argv[++i];
-    }
-    if (arg == "--model") {
+    } else if (arg == "--model") {
       flags.model_dirs.push_back(value);
     } else if (arg == "--regions") {
       flags.regions = value;
@@ -120,16 +102,11 @@ absl::StatusOr<ScoreFlags> ParseFlags(int argc, char** argv) {
     } else if (arg == "--dump-embeddings") {
       flags.dump_dir = value;
     } else if (arg == "--backend") {
-      if (value == "cpu") {
-        flags.backend = ScorerBackend::kCpu;
-      } else if (value == "reference") {
-        flags.backend = ScorerBackend::kReference;
-      } else if (value == "cuda") {
-        flags.backend = ScorerBackend::kCuda;
-      } else {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--backend: expected cpu, reference or cuda, got '", value, "'"));
+      absl::StatusOr<ScorerBackend> backend = ParseScorerBackend(value);
+      if (!backend.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("--", backend.status().message()));
       }
+      flags.backend = *backend;
     } else if (arg == "--storage") {
       absl::StatusOr<StorageType> storage = ParseStorageType(value);
       if (!storage.ok()) {
@@ -150,8 +127,6 @@ absl::StatusOr<ScoreFlags> ParseFlags(int argc, char** argv) {
         return absl::InvalidArgumentError(
             absl::StrCat("--threads: expected a non-negative integer, got '", value, "'"));
       }
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("unknown argument '", argv[i], "'"));
     }
   }
   if (flags.help) return flags;

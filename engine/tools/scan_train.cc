@@ -20,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "engine/common/command_line.h"
 #include "engine/common/npy.h"
 #include "engine/common/openblas_core.h"
 #include "engine/common/safetensors.h"
@@ -136,57 +137,37 @@ absl::Status ParseDouble(const std::string& flag, const std::string& value, doub
 absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
   Flags flags;
   TrainOptions& t = flags.train;
-  static const char* kValueFlags[] = {
-      "--data-dir", "--train-split", "--dev-split", "--dev-images", "--vocab", "--min-count",
-      "--init-model", "--cross-attn", "--agg-func", "--lambda-softmax", "--lambda-lse",
-      "--raw-feature-norm", "--embed-size", "--word-dim", "--num-layers", "--data-name", "--margin",
-      "--lr", "--lr-update", "--epochs", "--batch-size", "--grad-clip", "--seed", "--out",
-      "--checkpoint-dir", "--checkpoint-every", "--threads", "--intra-op-threads", "--device", "--dump-gradients",
-      "--dump-captions", "--dtype", "--stop-after-iterations", "--warmup-sum-epochs", "--dump-steps"};
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    std::string value;
-    bool has_value = false;
-    if (const size_t eq = arg.find('='); arg.rfind("--", 0) == 0 && eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-      has_value = true;
-    }
-    bool* switch_target = nullptr;
-    bool switch_value = true;
-    if (arg == "--help" || arg == "-h") {
-      switch_target = &flags.help;
-    } else if (arg == "--no-bi-gru" || arg == "--bi-gru") {
-      switch_target = &t.model.bi_gru;
-      switch_value = arg == "--bi-gru";
-    } else if (arg == "--max-violation" || arg == "--no-max-violation") {
-      switch_target = &t.loss.max_violation;
-      switch_value = arg == "--max-violation";
-    } else if (arg == "--no-imgnorm") {
-      switch_target = &t.model.no_imgnorm;
-    } else if (arg == "--no-txtnorm") {
-      switch_target = &t.model.no_txtnorm;
-    } else if (arg == "--resume") {
-      switch_target = &t.resume;
-    } else if (arg == "--no-progress") {
-      switch_target = &t.show_progress;
-      switch_value = false;
-    }
-    if (switch_target != nullptr) {
-      if (has_value) return absl::InvalidArgumentError(absl::StrCat(arg, " takes no value"));
-      *switch_target = switch_value;
-      continue;
-    }
-    bool known = false;
-    for (const char* flag : kValueFlags) known = known || arg == flag;
-    if (!known) return absl::InvalidArgumentError(absl::StrCat("unknown argument '", argv[i], "'"));
-    if (!has_value) {
-      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat(arg, " needs a value"));
-      value = argv[++i];
-    }
+  SCANSERVE_ASSIGN_OR_RETURN(
+      const std::vector<CommandLineFlag> args,
+      ParseCommandLine(
+          argc, argv,
+          {{"--data-dir", "--train-split", "--dev-split", "--dev-images", "--vocab", "--min-count",
+            "--init-model", "--cross-attn", "--agg-func", "--lambda-softmax", "--lambda-lse",
+            "--raw-feature-norm", "--embed-size", "--word-dim", "--num-layers", "--data-name", "--margin",
+            "--lr", "--lr-update", "--epochs", "--batch-size", "--grad-clip", "--seed", "--out",
+            "--checkpoint-dir", "--checkpoint-every", "--threads", "--intra-op-threads", "--device",
+            "--dump-gradients", "--dump-captions", "--dtype", "--stop-after-iterations",
+            "--warmup-sum-epochs", "--dump-steps"},
+           {"--help", "-h", "--bi-gru", "--no-bi-gru", "--max-violation", "--no-max-violation",
+            "--no-imgnorm", "--no-txtnorm", "--resume", "--no-progress"}}));
+  for (const auto& [arg, value] : args) {
     int64_t n = 0;
     double x = 0;
-    if (arg == "--data-dir") {
+    if (arg == "--help" || arg == "-h") {
+      flags.help = true;
+    } else if (arg == "--bi-gru" || arg == "--no-bi-gru") {
+      t.model.bi_gru = arg == "--bi-gru";
+    } else if (arg == "--max-violation" || arg == "--no-max-violation") {
+      t.loss.max_violation = arg == "--max-violation";
+    } else if (arg == "--no-imgnorm") {
+      t.model.no_imgnorm = true;
+    } else if (arg == "--no-txtnorm") {
+      t.model.no_txtnorm = true;
+    } else if (arg == "--resume") {
+      t.resume = true;
+    } else if (arg == "--no-progress") {
+      t.show_progress = false;
+    } else if (arg == "--data-dir") {
       t.data_dir = value;
     } else if (arg == "--train-split") {
       t.train_split = value;
