@@ -26,7 +26,9 @@ case "$mode" in
       -DSCANSERVE_SANITIZE=address,undefined
     cmake --build "$build_dir" -j "$jobs"
     # Leak checking is off: LibTorch and OpenBLAS keep process-lifetime allocations it would report.
-    ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1 \
+    # A failed allocation returns null, as in production, rather than aborting: tests check that an
+    # impossible allocation becomes RESOURCE_EXHAUSTED (torch_status_test).
+    ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1 \
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
     OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-Haswell}" \
       ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" --timeout 2400

@@ -8,6 +8,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/safetensors.h"
+#include "engine/common/torch_status.h"
 #include "engine/detector/roi_pool.h"
 #ifdef SCANSERVE_WITH_CUDA_KERNELS
 #include "engine/detector/cuda_ops.h"
@@ -96,11 +97,7 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors() {
 }
 
 absl::Status TorchError(const char* stage, const std::exception& e) {
-  const std::string what = e.what();
-  if (what.find("out of memory") != std::string::npos) {
-    return absl::ResourceExhaustedError(absl::StrCat("detector ", stage, ": out of memory"));
-  }
-  return absl::InternalError(absl::StrCat("detector ", stage, ": ", what.substr(0, what.find('\n'))));
+  return TorchErrorStatus(absl::StrCat("detector ", stage), e);
 }
 
 FloatMatrix ToMatrix(const torch::Tensor& t) {

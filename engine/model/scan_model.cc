@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/safetensors.h"
 #include "engine/common/status_macros.h"
+#include "engine/common/torch_status.h"
 #include "engine/model/openmp_threads.h"
 
 namespace scanserve {
@@ -32,16 +33,6 @@ FloatMatrix ToMatrix(const torch::Tensor& t) {
   FloatMatrix m(c.size(0), c.size(1));
   std::copy(c.data_ptr<float>(), c.data_ptr<float>() + c.numel(), m.data.begin());
   return m;
-}
-
-// LibTorch reports errors by throwing c10::Error; the engine boundary speaks absl::Status.
-template <typename Fn>
-auto CatchTorch(const char* what, Fn&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
-  }
 }
 
 // The torch device for `device`, or FAILED_PRECONDITION when this LibTorch or machine lacks it.

@@ -17,6 +17,7 @@
 #include <torch/version.h>
 
 #include "absl/strings/str_cat.h"
+#include "engine/common/torch_status.h"
 
 namespace scanserve {
 namespace {
@@ -155,11 +156,8 @@ absl::Status GemmNT(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda
       at::Tensor tb = at::from_blob(const_cast<float*>(b), {n, k}, {ldb, 1}, opts);
       at::Tensor tc = at::from_blob(c, {m, n}, {ldc, 1}, opts);
       at::mm_out(tc, ta, tb.t());
-    } catch (const c10::Error& e) {
-      status = absl::InternalError(
-          absl::StrCat("GemmNT: LibTorch error: ", e.what_without_backtrace()));
     } catch (const std::exception& e) {
-      status = absl::InternalError(absl::StrCat("GemmNT: ", e.what()));
+      status = TorchErrorStatus("GemmNT", e);
     }
   };
   if (threading == GemmThreading::kCaller) {

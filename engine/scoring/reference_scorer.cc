@@ -13,6 +13,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/status_macros.h"
+#include "engine/common/torch_status.h"
 #include "engine/scoring/gemm.h"
 
 namespace scanserve {
@@ -203,11 +204,8 @@ absl::Status ReferenceScorer::ScoreAllImpl(absl::Span<const ItemView> queries,
         }
       }
     }
-  } catch (const c10::Error& e) {
-    return absl::InternalError(
-        absl::StrCat("ReferenceScorer::ScoreAll: LibTorch error: ", e.what_without_backtrace()));
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("ReferenceScorer::ScoreAll: ", e.what()));
+    return TorchErrorStatus("ReferenceScorer::ScoreAll", e);
   }
   return absl::OkStatus();
 }

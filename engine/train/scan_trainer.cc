@@ -25,6 +25,7 @@
 #include "engine/common/atomic_file.h"
 #include "engine/common/file_read.h"
 #include "engine/common/status_macros.h"
+#include "engine/common/torch_status.h"
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"
 #include "engine/scoring/gemm.h"
@@ -45,16 +46,6 @@ constexpr double kCosineEps = 1e-8;  // SCAN's cosine_similarity: eps CLAMPS the
 constexpr double kLeakySlope = 0.1;  // the reference's LeakyReLU(0.1) in clipped_* norms
 constexpr double kAdamBeta1 = 0.9, kAdamBeta2 = 0.999, kAdamEps = 1e-8;  // torch.optim.Adam defaults
 constexpr double kInf = std::numeric_limits<double>::infinity();
-
-// LibTorch reports errors by throwing; the engine boundary speaks absl::Status.
-template <typename Fn>
-auto CatchTorch(const char* what, Fn&& fn) -> decltype(fn()) {
-  try {
-    return fn();
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
-  }
-}
 
 // ------------------------------------------------------------------------------------------------
 // Files
