@@ -67,8 +67,9 @@ std::vector<BlockSpec> HeadBlocks() {
   return blocks;
 }
 
-// Every tensor of docs/detector-format.md with its shape.
-std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors() {
+}  // namespace
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> BottomUpNetwork::TensorShapes() {
   std::vector<std::pair<std::string, std::vector<int64_t>>> t;
   auto conv = [&](const std::string& name, int64_t out, int64_t in, int64_t k) {
     t.push_back({name + ".weight", {out, in, k, k}});
@@ -95,6 +96,8 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> ExpectedTensors() {
   t.push_back({"attr_score.bias", {401}});
   return t;
 }
+
+namespace {
 
 absl::Status TorchError(const char* stage, const std::exception& e) {
   return TorchErrorStatus(absl::StrCat("detector ", stage), e);
@@ -216,7 +219,7 @@ absl::StatusOr<std::unique_ptr<BottomUpNetwork>> BottomUpNetwork::Load(
                                                         : (options.use_cuda ? 1200 : 16);
     absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Read(weights_path);
     if (!file.ok()) return file.status();
-    for (const auto& [name, shape] : ExpectedTensors()) {
+    for (const auto& [name, shape] : TensorShapes()) {
       absl::StatusOr<std::vector<float>> values = file->Float32(name, shape);
       if (!values.ok()) {
         return absl::InvalidArgumentError(

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -50,6 +51,10 @@ class BottomUpNetwork {
   static absl::StatusOr<std::unique_ptr<BottomUpNetwork>> Load(const std::string& weights_path,
                                                               const BottomUpNetworkOptions& options);
   ~BottomUpNetwork();
+
+  // Every tensor weights.safetensors holds (docs/detector-format.md), with its shape, in network
+  // order.
+  static std::vector<std::pair<std::string, std::vector<int64_t>>> TensorShapes();
 
   // Trunk, RPN and proposal layer for one preprocessed image. Thread-safe.
   absl::StatusOr<TrunkOutput> RunTrunk(const DetectorInput& input) const;

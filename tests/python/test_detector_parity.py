@@ -331,7 +331,8 @@ class ParityTest(unittest.TestCase):
             # Without AVX512-BF16 or AMX, LibTorch emulates bf16 convolutions, far slower than fp32
             # (an image detected in 35 s in fp32 had not finished after 4 minutes in bf16 on a 2-core
             # AVX2 EPYC): the check would outlast CI's time limit.
-            print("bf16 drift check skipped: this CPU has neither AVX512-BF16 nor AMX-BF16")
+            print("bf16 drift check skipped: this CPU has neither AVX512-BF16 nor AMX-BF16 "
+                  "(detector_tests' BottomUpNetworkPrecisionTest runs the bf16 path on a tiny input)")
             return
         image = [im for im in self.images if "odd" in im][0]
         r = subprocess.run([SCAN_EXTRACT, "--detector", self.det, "--compare-precision", "bf16", image],
