@@ -212,7 +212,7 @@ absl::StatusOr<std::unique_ptr<RegionDetector>> LoadBottomUpDetector(const Detec
   RegionSelectionConfig selection;
   selection.min_boxes = options.min_boxes > 0 ? options.min_boxes : config->min_boxes;
   selection.max_boxes = options.max_boxes > 0 ? options.max_boxes : config->max_boxes;
-  selection.conf_threshold = options.conf_threshold;
+  selection.conf_threshold = options.conf_threshold >= 0 ? options.conf_threshold : config->conf_threshold;
   if (selection.min_boxes > selection.max_boxes || selection.max_boxes > 300) {
     return absl::InvalidArgumentError(absl::StrCat("detector boxes ", selection.min_boxes, "..",
                                                    selection.max_boxes,

@@ -37,6 +37,9 @@ absl::StatusOr<BottomUpDetectorConfig> BottomUpDetectorConfig::Load(const std::s
     SCANSERVE_RETURN_IF_ERROR(fields.Optional(key, field));
   }
   SCANSERVE_RETURN_IF_ERROR(fields.Optional("conf_threshold", &config.conf_threshold));
+  if (!(config.conf_threshold >= 0 && config.conf_threshold <= 1)) {
+    return fields.Error("conf_threshold", absl::StrCat("is ", config.conf_threshold, "; a confidence is in [0, 1]"));
+  }
   if (config.num_classes != 1601 || config.num_attributes != 401) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": num_classes/num_attributes are ", config.num_classes, "/", config.num_attributes,

@@ -13,7 +13,7 @@ struct BottomUpDetectorConfig {
   int num_attributes = 401;  // none + 400 attributes
   int min_boxes = 36;
   int max_boxes = 36;
-  float conf_threshold = 0.2f;
+  float conf_threshold = 0.2f;  // unless DetectorOptions::conf_threshold says otherwise
   std::string source;        // what it was converted from, for logs
 
   // NOT_FOUND without the file; INVALID_ARGUMENT for a wrong format tag or version, class counts

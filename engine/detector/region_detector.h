@@ -58,7 +58,8 @@ struct DetectorOptions {
   // Regions per image: -1 takes the directory's detector.json (36/36 or 10/100).
   int min_boxes = -1;
   int max_boxes = -1;
-  float conf_threshold = 0.2f;
+  // The class confidence a region needs before the min/max rule; < 0 takes detector.json's.
+  float conf_threshold = -1;
   // Images above this many pixels (width x height, read from the header before decoding) are
   // INVALID_ARGUMENT, as are payloads above max_image_bytes.
   int64_t max_image_pixels = 40'000'000;

@@ -55,7 +55,8 @@ Options:
                       image_h, num_boxes, boxes, features)
   --min-boxes N       regions per image, lower bound (default: the detector's, 36 or 10)
   --max-boxes N       upper bound (default: the detector's, 36 or 100)
-  --conf-thresh X     class confidence a region needs before the min/max rule (default 0.2)
+  --conf-thresh X     class confidence a region needs before the min/max rule, in [0, 1]
+                      (default: the detector's detector.json, 0.2 as converted)
   --batch N           images whose proposals go through the res5 head together (default 2)
   --device NAME       cpu (default) or cuda (a CUDA build of LibTorch)
   --precision P       fp32 (default: the original network's numbers), tf32 (TF32 tensor cores on
@@ -423,7 +424,10 @@ int main(int argc, char** argv) {
       if (!int_value(&args.detector.max_boxes, 1)) return BadArgs("--max-boxes needs an integer >= 1");
     } else if (flag == "--conf-thresh") {
       const char* v = value();
-      if (!v || !absl::SimpleAtof(v, &args.detector.conf_threshold)) return BadArgs("--conf-thresh needs a number");
+      if (!v || !absl::SimpleAtof(v, &args.detector.conf_threshold) ||
+          !(args.detector.conf_threshold >= 0 && args.detector.conf_threshold <= 1)) {
+        return BadArgs("--conf-thresh needs a number in [0, 1]");
+      }
     } else if (flag == "--batch") {
       if (!int_value(&args.batch, 1)) return BadArgs("--batch needs an integer >= 1");
     } else if (flag == "--threads") {

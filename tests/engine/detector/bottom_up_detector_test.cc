@@ -3,10 +3,14 @@
 // tests/python/test_detector_parity.py.)
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
 #include "engine/common/safetensors.h"
+#include "engine/detector/bottom_up_network.h"
 #include "engine/detector/detector_config.h"
 #include "engine/detector/region_detector.h"
 
@@ -41,6 +45,16 @@ class DetectorDirTest : public ::testing::Test {
     options.detector_dir = dir_.string();
     return LoadBottomUpDetector(options).status();
   }
+  // Every tensor of the network, all zero: a directory that loads (its numbers do not matter).
+  void WriteZeroWeights() {
+    std::map<std::string, Float32Tensor> tensors;
+    for (const auto& [name, shape] : BottomUpNetwork::TensorShapes()) {
+      int64_t count = 1;
+      for (int64_t d : shape) count *= d;
+      tensors[name] = Float32Tensor{shape, std::vector<float>(static_cast<size_t>(count), 0.0f)};
+    }
+    ASSERT_TRUE(WriteSafetensors((dir_ / "weights.safetensors").string(), tensors).ok());
+  }
 
   fs::path dir_;
 };
@@ -51,6 +65,31 @@ TEST_F(DetectorDirTest, ConfigIsRead) {
   EXPECT_EQ(config->min_boxes, 10);
   EXPECT_EQ(config->max_boxes, 100);
   EXPECT_EQ(config->source, "test.caffemodel");
+}
+
+TEST_F(DetectorDirTest, TheDirectorysSelectionPolicyAppliesUnlessOptionsOverrideIt) {
+  WriteConfig(R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "min_boxes": 5,
+                  "max_boxes": 50, "conf_threshold": 0.35})");
+  WriteZeroWeights();
+  DetectorOptions options;
+  options.detector_dir = dir_.string();
+  absl::StatusOr<std::unique_ptr<RegionDetector>> detector = LoadBottomUpDetector(options);
+  ASSERT_TRUE(detector.ok()) << detector.status();
+  DetectorInfo info = (*detector)->Info();
+  EXPECT_EQ(info.min_boxes, 5);
+  EXPECT_EQ(info.max_boxes, 50);
+  EXPECT_NE(info.summary.find("conf >= 0.35"), std::string::npos) << info.summary;
+  EXPECT_EQ(info.warning, "");  // fp32
+
+  options.min_boxes = 10;
+  options.max_boxes = 20;
+  options.conf_threshold = 0.5f;
+  detector = LoadBottomUpDetector(options);
+  ASSERT_TRUE(detector.ok()) << detector.status();
+  info = (*detector)->Info();
+  EXPECT_EQ(info.min_boxes, 10);
+  EXPECT_EQ(info.max_boxes, 20);
+  EXPECT_NE(info.summary.find("conf >= 0.5"), std::string::npos) << info.summary;
 }
 
 TEST_F(DetectorDirTest, MissingDirectoryIsNotFound) {
@@ -76,6 +115,8 @@ TEST_F(DetectorDirTest, BadConfigsAreInvalid) {
            R"({"format": "scanserve.bottom_up_detector", "format_version": 4294967297})",
            R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "min_boxes": 4294967332})",
            R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "source": "x.caffemodel"})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "conf_threshold": 1.5})",
+           R"({"format": "scanserve.bottom_up_detector", "format_version": 1, "conf_threshold": -0.1})",
        }) {
     WriteConfig(json);
     const absl::Status status = Load();
