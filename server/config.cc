@@ -388,6 +388,20 @@ const std::vector<Flag>& Flags() {
       {"detector-max-boxes", "N", "most regions per image; -1 = the detector directory's policy",
        [](const ServerConfig& c) { return absl::StrCat(c.detector.max_boxes); },
        [](const std::string& v, ServerConfig* c) { return ParseBoxes("detector-max-boxes", v, &c->detector.max_boxes); }},
+      {"detector-conf-threshold", "X",
+       "class confidence a region needs before the min/max rule, in [0, 1]; -1 = the detector "
+       "directory's (0.2 as converted)",
+       [](const ServerConfig& c) { return absl::StrCat(c.detector.conf_threshold); },
+       [](const std::string& v, ServerConfig* c) -> absl::Status {
+         if (v == "-1") {
+           c->detector.conf_threshold = -1;
+           return absl::OkStatus();
+         }
+         double x = 0;
+         absl::Status parsed = ParseDouble("detector-conf-threshold", v, 0, 1, &x);
+         if (parsed.ok()) c->detector.conf_threshold = static_cast<float>(x);
+         return parsed;
+       }},
       {"max-image-bytes", "BYTES", "largest encoded image (suffixes K, M, G); larger ones are INVALID_ARGUMENT",
        [](const ServerConfig& c) { return absl::StrCat(c.server.detection.max_image_bytes); },
        [](const std::string& v, ServerConfig* c) {

@@ -211,6 +211,7 @@ TEST(ConfigTest, DetectorSettings) {
                                      "detector-batch = 4\n"
                                      "detector-min-boxes = 10\n"
                                      "detector-max-boxes = 100\n"
+                                     "detector-conf-threshold = 0.3\n"
                                      "max-image-bytes = 8M\n");
   absl::StatusOr<CommandLine> parsed = ParseArgs({"--config", file, "--detector-queue", "16"});
   ASSERT_TRUE(parsed.ok()) << parsed.status();
@@ -224,6 +225,7 @@ TEST(ConfigTest, DetectorSettings) {
   EXPECT_EQ(c.server.detection.max_batch_images, 4);
   EXPECT_EQ(c.detector.min_boxes, 10);
   EXPECT_EQ(c.detector.max_boxes, 100);
+  EXPECT_FLOAT_EQ(c.detector.conf_threshold, 0.3f);
   EXPECT_EQ(c.server.detection.max_image_bytes, 8 << 20);
   EXPECT_EQ(c.detector.max_image_bytes, 8 << 20);
   EXPECT_NE(DescribeConfig(c).find("detector-dir = /detectors/bua-36"), std::string::npos) << DescribeConfig(c);
@@ -240,6 +242,12 @@ TEST(ConfigTest, DetectorSettings) {
   EXPECT_EQ(ParseArgs({"--model", "m", "--detector-queue", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ParseArgs({"--model", "m", "--detector-min-boxes", "0"}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(ParseArgs({"--model", "m", "--detector-min-boxes", "-1"}).ok());
+  EXPECT_EQ(ParseArgs({"--model", "m"})->config.detector.conf_threshold, -1.0f) << "the directory's";
+  EXPECT_EQ(ParseArgs({"--model", "m", "--detector-conf-threshold", "-1"})->config.detector.conf_threshold, -1.0f);
+  for (const char* bad : {"1.5", "-0.5", "nan", "x"}) {
+    EXPECT_EQ(ParseArgs({"--model", "m", "--detector-conf-threshold", bad}).status().code(),
+              absl::StatusCode::kInvalidArgument) << bad;
+  }
   EXPECT_EQ(ParseArgs({"--model", "m", "--detector-min-boxes", "50", "--detector-max-boxes", "20"}).status().code(),
             absl::StatusCode::kInvalidArgument);
   // A message must be able to carry one image of the largest size.
@@ -424,7 +432,7 @@ TEST(ConfigTest, HelpListsEveryFlag) {
                            "--max-message-bytes", "--grpc-memory-quota", "--max-images", "--max-captions", "--tls-cert", "--tls-key",
                            "--tls-client-ca", "--auth-token", "--auth-token-file", "--detector-dir", "--detector-device",
                            "--detector-precision", "--detector-workers", "--detector-queue", "--detector-batch", "--detector-min-boxes",
-                           "--detector-max-boxes", "--max-image-bytes", "--synthetic-images",
+                           "--detector-max-boxes", "--detector-conf-threshold", "--max-image-bytes", "--synthetic-images",
                            "--synthetic-captions", "--max-connection-age-s", "--max-connection-age-grace-s",
                            "--keepalive-s", "--min-client-ping-interval-s", "--credential-reload-s", "--log-format", "--compressed-requests", "--help"}) {
     EXPECT_NE(usage.find(flag), std::string::npos) << flag;
