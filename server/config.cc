@@ -11,6 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/common/status_macros.h"
 #include "engine/scoring/cuda_pass_kernels.h"
 #include "engine/scoring/cuda_query_precision.h"
 #include "engine/scoring/storage_type.h"
@@ -154,19 +155,15 @@ const std::vector<Flag>& Flags() {
       {"backend", "cpu|cuda|reference", "scorer backend (cuda only in CUDA builds)",
        [](const ServerConfig& c) { return std::string(ScorerBackendName(c.engine.backend)); },
        [](const std::string& v, ServerConfig* c) -> absl::Status {
-         absl::StatusOr<ScorerBackend> backend = ParseScorerBackend(v);
-         if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("--", backend.status().message()));
-         c->engine.backend = *backend;
+         SCANSERVE_ASSIGN_OR_RETURN(c->engine.backend, ParseScorerBackend(v));
          return absl::OkStatus();
        }},
       {"storage", "fp32|bf16|fp8",
        "precision of stored features (bf16 halves memory; fp8 e4m3 quarters it and moves rankings "
        "slightly). Default: fp32 with the cpu backend, bf16 with cuda",
        [](const ServerConfig& c) { return std::string(StorageTypeName(c.engine.storage)); },
-       [](const std::string& v, ServerConfig* c) {
-         absl::StatusOr<StorageType> storage = ParseStorageType(v);
-         if (!storage.ok()) return absl::InvalidArgumentError(absl::StrCat("--", storage.status().message()));
-         c->engine.storage = *storage;
+       [](const std::string& v, ServerConfig* c) -> absl::Status {
+         SCANSERVE_ASSIGN_OR_RETURN(c->engine.storage, ParseStorageType(v));
          c->storage_given = true;
          return absl::OkStatus();
        }},

@@ -22,13 +22,14 @@ inline const char* ScorerBackendName(ScorerBackend backend) {
   return "unknown";
 }
 
-// The names above; INVALID_ARGUMENT ("backend: expected ...") otherwise.
+// The names above; INVALID_ARGUMENT otherwise, worded for the --backend flag (or config key) that
+// every front end reads it from, so they report it as-is.
 inline absl::StatusOr<ScorerBackend> ParseScorerBackend(absl::string_view name) {
   for (ScorerBackend b : {ScorerBackend::kCpu, ScorerBackend::kReference, ScorerBackend::kCuda}) {
     if (name == ScorerBackendName(b)) return b;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("backend: expected cpu, reference or cuda, got '", name, "'"));
+      absl::StrCat("--backend: expected cpu, reference or cuda, got '", name, "'"));
 }
 
 }  // namespace scanserve

@@ -26,13 +26,14 @@ inline const char* StorageTypeName(StorageType storage) {
   return "unknown";
 }
 
-// The names above; INVALID_ARGUMENT otherwise.
+// The names above; INVALID_ARGUMENT otherwise, worded for the --storage flag (or config key) that
+// every front end reads it from, so they report it as-is.
 inline absl::StatusOr<StorageType> ParseStorageType(absl::string_view name) {
   for (StorageType t : {StorageType::kFloat32, StorageType::kBFloat16, StorageType::kFp8E4M3}) {
     if (name == StorageTypeName(t)) return t;
   }
   return absl::InvalidArgumentError(
-      absl::StrCat("storage: expected fp32, bf16 or fp8, got '", name, "'"));
+      absl::StrCat("--storage: expected fp32, bf16 or fp8, got '", name, "'"));
 }
 
 // Stored bytes per row of `dim` values (fp8: the codes plus the row's fp32 scale).

@@ -277,7 +277,8 @@ Flags ParseFlags(int argc, char** argv) {
     if (b < 1) Usage("--batch sizes must be >= 1");
   }
   for (const std::string& s : f.storages) {
-    if (!ParseStorageType(s).ok()) Usage(absl::StrCat("--storage: fp32, bf16 or fp8, got '", s, "'"));
+    absl::StatusOr<StorageType> storage = ParseStorageType(s);
+    if (!storage.ok()) Usage(std::string(storage.status().message()));
   }
   for (const std::string& m : f.modes) {
     if (m != "per_thread" && m != "shared") {

@@ -76,18 +76,6 @@ struct EvalFlags {
   bool help = false;
 };
 
-absl::StatusOr<ScorerBackend> ParseBackend(const std::string& s) {
-  absl::StatusOr<ScorerBackend> backend = ParseScorerBackend(s);
-  if (!backend.ok()) return absl::InvalidArgumentError(absl::StrCat("--", backend.status().message()));
-  return backend;
-}
-
-absl::StatusOr<StorageType> ParseStorage(const std::string& s) {
-  absl::StatusOr<StorageType> storage = ParseStorageType(s);
-  if (!storage.ok()) return absl::InvalidArgumentError(absl::StrCat("--", storage.status().message()));
-  return storage;
-}
-
 absl::StatusOr<EvalFlags> ParseFlags(int argc, char** argv) {
   SCANSERVE_ASSIGN_OR_RETURN(
       const std::vector<CommandLineFlag> args,
@@ -117,9 +105,9 @@ absl::StatusOr<EvalFlags> ParseFlags(int argc, char** argv) {
     } else if (arg == "--save-sims") {
       flags.save_sims = value;
     } else if (arg == "--backend") {
-      SCANSERVE_ASSIGN_OR_RETURN(flags.backend, ParseBackend(value));
+      SCANSERVE_ASSIGN_OR_RETURN(flags.backend, ParseScorerBackend(value));
     } else if (arg == "--storage") {
-      SCANSERVE_ASSIGN_OR_RETURN(flags.storage, ParseStorage(value));
+      SCANSERVE_ASSIGN_OR_RETURN(flags.storage, ParseStorageType(value));
     } else if (arg == "--threads") {
       if (!absl::SimpleAtoi(value, &flags.threads) || flags.threads < 0) {
         return absl::InvalidArgumentError(

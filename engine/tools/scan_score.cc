@@ -102,17 +102,9 @@ absl::StatusOr<ScoreFlags> ParseFlags(int argc, char** argv) {
     } else if (arg == "--dump-embeddings") {
       flags.dump_dir = value;
     } else if (arg == "--backend") {
-      absl::StatusOr<ScorerBackend> backend = ParseScorerBackend(value);
-      if (!backend.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("--", backend.status().message()));
-      }
-      flags.backend = *backend;
+      SCANSERVE_ASSIGN_OR_RETURN(flags.backend, ParseScorerBackend(value));
     } else if (arg == "--storage") {
-      absl::StatusOr<StorageType> storage = ParseStorageType(value);
-      if (!storage.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat("--", storage.status().message()));
-      }
-      flags.storage = *storage;
+      SCANSERVE_ASSIGN_OR_RETURN(flags.storage, ParseStorageType(value));
     } else if (arg == "--stored") {
       if (value == "images") {
         flags.stored = ItemKind::kImage;

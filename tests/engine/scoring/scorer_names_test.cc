@@ -18,7 +18,7 @@ TEST(ScorerNamesTest, BackendNamesParseBack) {
   }
   absl::StatusOr<ScorerBackend> bad = ParseScorerBackend("gpu");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(bad.status().message(), "backend: expected cpu, reference or cuda, got 'gpu'");
+  EXPECT_EQ(bad.status().message(), "--backend: expected cpu, reference or cuda, got 'gpu'");
   EXPECT_FALSE(ParseScorerBackend("CPU").ok());
   EXPECT_FALSE(ParseScorerBackend("").ok());
 }
