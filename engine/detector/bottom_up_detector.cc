@@ -209,6 +209,13 @@ absl::StatusOr<std::unique_ptr<RegionDetector>> LoadBottomUpDetector(const Detec
         vocabulary->num_objects(), " / ", vocabulary->num_attributes(), " lines; expected ",
         kNumObjects, " / ", kNumAttributes));
   }
+  // Negative means the directory's; anything else must be a confidence (a threshold above 1 would
+  // silently fall back to the min_boxes rule on every image).
+  if (!(options.conf_threshold < 0) && !IsConfidenceThreshold(options.conf_threshold)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "detector conf_threshold ", options.conf_threshold,
+        ": a confidence is in [0, 1] (or negative for detector.json's)"));
+  }
   RegionSelectionConfig selection;
   selection.min_boxes = options.min_boxes > 0 ? options.min_boxes : config->min_boxes;
   selection.max_boxes = options.max_boxes > 0 ? options.max_boxes : config->max_boxes;

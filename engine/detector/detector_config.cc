@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/common/json_fields.h"
 #include "engine/common/status_macros.h"
+#include "engine/detector/region_selection.h"
 #include "nlohmann/json.hpp"
 
 namespace scanserve {
@@ -37,7 +38,7 @@ absl::StatusOr<BottomUpDetectorConfig> BottomUpDetectorConfig::Load(const std::s
     SCANSERVE_RETURN_IF_ERROR(fields.Optional(key, field));
   }
   SCANSERVE_RETURN_IF_ERROR(fields.Optional("conf_threshold", &config.conf_threshold));
-  if (!(config.conf_threshold >= 0 && config.conf_threshold <= 1)) {
+  if (!IsConfidenceThreshold(config.conf_threshold)) {
     return fields.Error("conf_threshold", absl::StrCat("is ", config.conf_threshold, "; a confidence is in [0, 1]"));
   }
   if (config.num_classes != 1601 || config.num_attributes != 401) {

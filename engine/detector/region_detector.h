@@ -58,7 +58,8 @@ struct DetectorOptions {
   // Regions per image: -1 takes the directory's detector.json (36/36 or 10/100).
   int min_boxes = -1;
   int max_boxes = -1;
-  // The class confidence a region needs before the min/max rule; < 0 takes detector.json's.
+  // The class confidence a region needs before the min/max rule, in [0, 1] (else
+  // INVALID_ARGUMENT); < 0 takes detector.json's.
   float conf_threshold = -1;
   // Images above this many pixels (width x height, read from the header before decoding) are
   // INVALID_ARGUMENT, as are payloads above max_image_bytes.

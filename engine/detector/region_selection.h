@@ -9,6 +9,10 @@
 
 namespace scanserve {
 
+// A usable conf_threshold: a confidence, in [0, 1] (NaN is not). Every front end that takes one
+// (detector.json, scanserve's flag, scan_extract's) and the detector loader apply this rule.
+inline bool IsConfidenceThreshold(double threshold) { return threshold >= 0 && threshold <= 1; }
+
 struct RegionSelectionConfig {
   // max_conf >= threshold keeps a region. A float32 confidence compares the same with 0.2f as with
   // the original's double 0.2 (no float lies strictly between them).

@@ -1,6 +1,7 @@
 // Loading a detector directory: every broken piece is refused with a status naming it. (The
 // network's numbers are checked against an independent PyTorch reference in
 // tests/python/test_detector_parity.py.)
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -121,6 +122,25 @@ TEST_F(DetectorDirTest, BadConfigsAreInvalid) {
     WriteConfig(json);
     const absl::Status status = Load();
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << json << ": " << status;
+  }
+}
+
+TEST_F(DetectorDirTest, OptionsConfThresholdMustBeAConfidence) {
+  // Checked before the weights are read: this directory has none, so a threshold that passed
+  // would be NOT_FOUND instead.
+  for (float threshold : {1.5f, std::nanf("")}) {
+    DetectorOptions options;
+    options.detector_dir = dir_.string();
+    options.conf_threshold = threshold;
+    const absl::Status status = LoadBottomUpDetector(options).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << threshold << ": " << status;
+    EXPECT_NE(status.message().find("conf_threshold"), std::string_view::npos) << status;
+  }
+  for (float threshold : {-1.0f, 0.0f, 1.0f}) {
+    DetectorOptions options;
+    options.detector_dir = dir_.string();
+    options.conf_threshold = threshold;
+    EXPECT_EQ(LoadBottomUpDetector(options).status().code(), absl::StatusCode::kNotFound) << threshold;
   }
 }
 
