@@ -14,6 +14,7 @@
 #include "engine/detector/bottom_up_network.h"
 #include "engine/detector/detector_config.h"
 #include "engine/detector/region_detector.h"
+#include "tests/engine/detector/network_weights.h"
 
 namespace scanserve {
 namespace {
@@ -47,15 +48,7 @@ class DetectorDirTest : public ::testing::Test {
     return LoadBottomUpDetector(options).status();
   }
   // Every tensor of the network, all zero: a directory that loads (its numbers do not matter).
-  void WriteZeroWeights() {
-    std::map<std::string, Float32Tensor> tensors;
-    for (const auto& [name, shape] : BottomUpNetwork::TensorShapes()) {
-      int64_t count = 1;
-      for (int64_t d : shape) count *= d;
-      tensors[name] = Float32Tensor{shape, std::vector<float>(static_cast<size_t>(count), 0.0f)};
-    }
-    ASSERT_TRUE(WriteSafetensors((dir_ / "weights.safetensors").string(), tensors).ok());
-  }
+  void WriteZeroWeights() { ASSERT_TRUE(WriteBottomUpWeights((dir_ / "weights.safetensors").string()).ok()); }
 
   fs::path dir_;
 };

@@ -15,7 +15,7 @@
 #include <random>
 #include <string>
 
-#include "engine/common/safetensors.h"
+#include "tests/engine/detector/network_weights.h"
 
 namespace scanserve {
 namespace {
@@ -33,24 +33,16 @@ class BottomUpNetworkPrecisionTest : public ::testing::Test {
     // classifiers that keep their inputs' scale.
     std::mt19937 rng(7);
     std::normal_distribution<float> normal;
-    std::map<std::string, Float32Tensor> tensors;
-    for (const auto& [name, shape] : BottomUpNetwork::TensorShapes()) {
-      Float32Tensor t;
-      t.shape = shape;
-      int64_t count = 1;
-      for (int64_t d : shape) count *= d;
-      t.values.resize(static_cast<size_t>(count));
-      const bool bias = shape.size() == 1;
-      if (!bias) {
-        int64_t fan_in = 1;
-        for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
-        float stddev = std::sqrt((shape.size() == 4 ? 2.0f : 1.0f) / static_cast<float>(fan_in));
-        if (name.find("_branch2c") != std::string::npos) stddev *= 0.2f;
-        for (float& v : t.values) v = stddev * normal(rng);
-      }
-      tensors[name] = std::move(t);
-    }
-    ASSERT_TRUE(WriteSafetensors(Weights(), tensors).ok());
+    const absl::Status written = WriteBottomUpWeights(
+        Weights(), [&](const std::string& name, const std::vector<int64_t>& shape, std::vector<float>* values) {
+          if (shape.size() == 1) return;  // biases stay zero
+          int64_t fan_in = 1;
+          for (size_t i = 1; i < shape.size(); ++i) fan_in *= shape[i];
+          float stddev = std::sqrt((shape.size() == 4 ? 2.0f : 1.0f) / static_cast<float>(fan_in));
+          if (name.find("_branch2c") != std::string::npos) stddev *= 0.2f;
+          for (float& v : *values) v = stddev * normal(rng);
+        });
+    ASSERT_TRUE(written.ok()) << written;
   }
   static void TearDownTestSuite() {
     fs::remove_all(*dir_);
