@@ -16,8 +16,17 @@ bool Contains(const std::vector<std::string>& names, const std::string& name) {
 absl::StatusOr<std::vector<CommandLineFlag>> ParseCommandLine(int argc, const char* const* argv,
                                                               const CommandLineSpec& spec) {
   std::vector<CommandLineFlag> flags;
+  bool only_operands = false;
   for (int i = 1; i < argc; ++i) {
     std::string name = argv[i];
+    if (spec.operands && (only_operands || name == "-" || name.empty() || name[0] != '-')) {
+      flags.push_back({"", std::move(name)});
+      continue;
+    }
+    if (spec.operands && name == "--") {
+      only_operands = true;
+      continue;
+    }
     std::string value;
     bool has_value = false;
     if (const size_t eq = name.find('='); name.rfind("--", 0) == 0 && eq != std::string::npos) {

@@ -19,11 +19,14 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "engine/common/command_line.h"
 #include "engine/common/file_read.h"
 #include "engine/common/npy.h"
 #include "engine/common/openblas_core.h"
+#include "engine/common/status_macros.h"
 #include "engine/detector/region_detector.h"
 #include "engine/detector/region_drift.h"
+#include "engine/detector/region_selection.h"
 #include "engine/io/bottom_up_tsv_writer.h"
 #include "engine/tools/tool_exit.h"
 
@@ -83,7 +86,7 @@ struct Args {
   std::string out;
   BottomUpLayout layout = BottomUpLayout::kLxmert10;
   int batch = 2;
-  int threads = 0;
+  bool help = false;
   bool resume = false;
   bool quiet = false;
   int benchmark = 0;
@@ -95,6 +98,77 @@ struct Args {
 int BadArgs(const std::string& message) {
   std::fprintf(stderr, "scan_extract: %s\n(see scan_extract --help)\n", message.c_str());
   return kExitBadInput;
+}
+
+absl::Status ParsePositive(const CommandLineFlag& flag, int* out) {
+  if (!absl::SimpleAtoi(flag.value, out) || *out < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(flag.name, " needs an integer >= 1"));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Args> ParseArgs(int argc, char** argv) {
+  CommandLineSpec spec;
+  spec.value_flags = {"--detector", "--out", "--layout", "--min-boxes", "--max-boxes",
+                      "--conf-thresh", "--batch", "--threads", "--device", "--precision",
+                      "--compare-precision", "--benchmark", "--debug-dir"};
+  spec.switches = {"--help", "-h", "--tf32", "--resume", "--quiet"};
+  spec.operands = true;
+  SCANSERVE_ASSIGN_OR_RETURN(const std::vector<CommandLineFlag> flags, ParseCommandLine(argc, argv, spec));
+  Args args;
+  for (const CommandLineFlag& flag : flags) {
+    const std::string& name = flag.name;
+    const std::string& value = flag.value;
+    if (name.empty()) {
+      args.inputs.push_back(value);
+    } else if (name == "--help" || name == "-h") {
+      args.help = true;
+    } else if (name == "--detector") {
+      args.detector.detector_dir = value;
+    } else if (name == "--out") {
+      args.out = value;
+    } else if (name == "--layout") {
+      if (value == "lxmert") args.layout = BottomUpLayout::kLxmert10;
+      else if (value == "generate_tsv") args.layout = BottomUpLayout::kGenerateTsv6;
+      else return absl::InvalidArgumentError("--layout is lxmert or generate_tsv");
+    } else if (name == "--min-boxes") {
+      SCANSERVE_RETURN_IF_ERROR(ParsePositive(flag, &args.detector.min_boxes));
+    } else if (name == "--max-boxes") {
+      SCANSERVE_RETURN_IF_ERROR(ParsePositive(flag, &args.detector.max_boxes));
+    } else if (name == "--conf-thresh") {
+      if (!absl::SimpleAtof(value, &args.detector.conf_threshold) ||
+          !IsConfidenceThreshold(args.detector.conf_threshold)) {
+        return absl::InvalidArgumentError("--conf-thresh needs a number in [0, 1]");
+      }
+    } else if (name == "--batch") {
+      SCANSERVE_RETURN_IF_ERROR(ParsePositive(flag, &args.batch));
+    } else if (name == "--threads") {
+      SCANSERVE_RETURN_IF_ERROR(ParsePositive(flag, &args.detector.num_threads));
+    } else if (name == "--device") {
+      if (value == "cpu") args.detector.device = DetectorDevice::kCpu;
+      else if (value == "cuda") args.detector.device = DetectorDevice::kCuda;
+      else return absl::InvalidArgumentError("--device is cpu or cuda");
+    } else if (name == "--tf32") {
+      args.detector.precision = DetectorPrecision::kTf32;
+    } else if (name == "--precision" || name == "--compare-precision") {
+      absl::StatusOr<DetectorPrecision> precision = ParseDetectorPrecision(value);
+      if (!precision.ok()) return absl::InvalidArgumentError(absl::StrCat(name, ": ", precision.status().message()));
+      if (name == "--precision") {
+        args.detector.precision = *precision;
+      } else {
+        args.compare_precision = *precision;
+      }
+    } else if (name == "--resume") {
+      args.resume = true;
+    } else if (name == "--quiet") {
+      args.quiet = true;
+    } else if (name == "--benchmark") {
+      SCANSERVE_RETURN_IF_ERROR(ParsePositive(flag, &args.benchmark));
+    } else if (name == "--debug-dir") {
+      args.debug_dir = value;
+    }
+  }
+  return args;
 }
 
 bool IsImageFile(const fs::path& path) {
@@ -393,80 +467,14 @@ int Run(const Args& args) {
 int main(int argc, char** argv) {
   scanserve::ReexecWithBetterOpenBlasCore(argv);
   using namespace scanserve;
-  Args args;
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
-    auto int_value = [&](int* out, int min) -> bool {
-      const char* v = value();
-      return v != nullptr && absl::SimpleAtoi(v, out) && *out >= min;
-    };
-    if (flag == "--help" || flag == "-h") {
-      std::fputs(kUsage, stdout);
-      return kExitOk;
-    } else if (flag == "--detector") {
-      const char* v = value();
-      if (!v) return BadArgs("--detector needs a directory");
-      args.detector.detector_dir = v;
-    } else if (flag == "--out") {
-      const char* v = value();
-      if (!v) return BadArgs("--out needs a file");
-      args.out = v;
-    } else if (flag == "--layout") {
-      const char* v = value();
-      const std::string name = v ? v : "";
-      if (name == "lxmert") args.layout = BottomUpLayout::kLxmert10;
-      else if (name == "generate_tsv") args.layout = BottomUpLayout::kGenerateTsv6;
-      else return BadArgs("--layout is lxmert or generate_tsv");
-    } else if (flag == "--min-boxes") {
-      if (!int_value(&args.detector.min_boxes, 1)) return BadArgs("--min-boxes needs an integer >= 1");
-    } else if (flag == "--max-boxes") {
-      if (!int_value(&args.detector.max_boxes, 1)) return BadArgs("--max-boxes needs an integer >= 1");
-    } else if (flag == "--conf-thresh") {
-      const char* v = value();
-      if (!v || !absl::SimpleAtof(v, &args.detector.conf_threshold) ||
-          !(args.detector.conf_threshold >= 0 && args.detector.conf_threshold <= 1)) {
-        return BadArgs("--conf-thresh needs a number in [0, 1]");
-      }
-    } else if (flag == "--batch") {
-      if (!int_value(&args.batch, 1)) return BadArgs("--batch needs an integer >= 1");
-    } else if (flag == "--threads") {
-      if (!int_value(&args.threads, 1)) return BadArgs("--threads needs an integer >= 1");
-    } else if (flag == "--device") {
-      const char* v = value();
-      const std::string name = v ? v : "";
-      if (name == "cpu") args.detector.device = DetectorDevice::kCpu;
-      else if (name == "cuda") args.detector.device = DetectorDevice::kCuda;
-      else return BadArgs("--device is cpu or cuda");
-    } else if (flag == "--tf32") {
-      args.detector.precision = DetectorPrecision::kTf32;
-    } else if (flag == "--precision" || flag == "--compare-precision") {
-      const char* v = value();
-      absl::StatusOr<DetectorPrecision> precision = ParseDetectorPrecision(v ? v : "");
-      if (!precision.ok()) return BadArgs(absl::StrCat(flag, ": ", precision.status().message()));
-      if (flag == "--precision") {
-        args.detector.precision = *precision;
-      } else {
-        args.compare_precision = *precision;
-      }
-    } else if (flag == "--resume") {
-      args.resume = true;
-    } else if (flag == "--quiet") {
-      args.quiet = true;
-    } else if (flag == "--benchmark") {
-      if (!int_value(&args.benchmark, 1)) return BadArgs("--benchmark needs an integer >= 1");
-    } else if (flag == "--debug-dir") {
-      const char* v = value();
-      if (!v) return BadArgs("--debug-dir needs a directory");
-      args.debug_dir = v;
-    } else if (!flag.empty() && flag[0] == '-') {
-      return BadArgs("unknown flag " + flag);
-    } else {
-      args.inputs.push_back(flag);
-    }
+  absl::StatusOr<Args> parsed = ParseArgs(argc, argv);
+  if (!parsed.ok()) return BadArgs(std::string(parsed.status().message()));
+  Args& args = *parsed;
+  if (args.help) {
+    std::fputs(kUsage, stdout);
+    return kExitOk;
   }
   if (args.detector.detector_dir.empty()) return BadArgs("--detector is required");
-  args.detector.num_threads = args.threads;
   if (args.benchmark > 0) return Benchmark(args);
   if (args.compare_precision.has_value()) {
     if (args.inputs.empty()) return BadArgs("no images given");
@@ -474,6 +482,5 @@ int main(int argc, char** argv) {
   }
   if (args.out.empty()) return BadArgs("--out is required");
   if (args.inputs.empty()) return BadArgs("no images given");
-  args.detector.num_threads = args.threads;
   return Run(args);
 }

@@ -9,12 +9,12 @@
 #include <iostream>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/common/command_line.h"
 #include "engine/text/tokenizer.h"
 #include "engine/text/vocabulary.h"
 
@@ -27,23 +27,28 @@ constexpr const char* kUsage =
 struct Options {
   std::string vocab_path;
   bool keep_case = false;
+  bool help = false;
 };
 
-std::optional<Options> ParseArgs(int argc, char** argv) {
+absl::StatusOr<Options> ParseArgs(int argc, char** argv) {
+  scanserve::CommandLineSpec spec;
+  spec.value_flags = {"--vocab"};
+  spec.switches = {"--keep-case", "--help", "-h"};
+  absl::StatusOr<std::vector<scanserve::CommandLineFlag>> flags = scanserve::ParseCommandLine(argc, argv, spec);
+  if (!flags.ok()) return flags.status();
   Options options;
-  for (int i = 1; i < argc; ++i) {
-    const std::string_view arg = argv[i];
-    if (arg == "--vocab" && i + 1 < argc) {
-      options.vocab_path = argv[++i];
-    } else if (arg.substr(0, 8) == "--vocab=") {
-      options.vocab_path = std::string(arg.substr(8));
-    } else if (arg == "--keep-case") {
+  for (const scanserve::CommandLineFlag& flag : *flags) {
+    if (flag.name == "--vocab") {
+      options.vocab_path = flag.value;
+    } else if (flag.name == "--keep-case") {
       options.keep_case = true;
     } else {
-      return std::nullopt;
+      options.help = true;
     }
   }
-  if (options.keep_case && !options.vocab_path.empty()) return std::nullopt;
+  if (options.keep_case && !options.vocab_path.empty()) {
+    return absl::InvalidArgumentError("--keep-case and --vocab do not combine (ids are of lower-cased tokens)");
+  }
   return options;
 }
 
@@ -63,10 +68,14 @@ void PrintTabJoined(const std::vector<T>& items, std::string* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::optional<Options> options = ParseArgs(argc, argv);
-  if (!options.has_value()) {
-    std::fputs(kUsage, stderr);
+  const absl::StatusOr<Options> options = ParseArgs(argc, argv);
+  if (!options.ok()) {
+    std::fprintf(stderr, "scan_tokenize: %s\n%s", std::string(options.status().message()).c_str(), kUsage);
     return 2;
+  }
+  if (options->help) {
+    std::fputs(kUsage, stdout);
+    return 0;
   }
   std::optional<scanserve::Vocabulary> vocabulary;
   if (!options->vocab_path.empty()) {

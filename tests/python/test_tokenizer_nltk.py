@@ -197,6 +197,20 @@ def main():
         if [int(g) for g in got] != want:
             bad.append((line, want, got))
     checks.report("--vocab ids (f30k vocabulary)", len(sample), bad)
+    tricky = [c.encode("utf-8") for c in TRICKY_CAPTIONS]
+    same = run_binary(tricky, "--vocab=" + vocab_path) == got_ids[:len(tricky)]
+    checks.report("--vocab=FILE spelling", 1, [] if same else [(b"", "same ids", "different ids")])
+
+    # Bad command lines: exit 2, the mistake named on stderr, nothing on stdout.
+    bad = []
+    for args, message in [(["--keep-case", "--vocab", vocab_path], "do not combine"),
+                          (["--vocab"], "--vocab needs a value"),
+                          (["--lower"], "unknown argument '--lower'"),
+                          (["--keep-case=1"], "--keep-case takes no value")]:
+        r = subprocess.run([BINARY, *args], input=b"a dog\n", capture_output=True, timeout=60)
+        if r.returncode != 2 or message.encode() not in r.stderr or r.stdout:
+            bad.append((" ".join(args).encode(), f"exit 2, {message!r}", f"exit {r.returncode}, {r.stderr!r}"))
+    checks.report("bad command lines", 4, bad)
 
     if checks.failures:
         print(f"FAILED: {checks.failures} check(s)")

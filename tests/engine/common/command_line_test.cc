@@ -47,5 +47,26 @@ TEST(CommandLineTest, MistakesAreInvalidArgumentNamingTheWord) {
   EXPECT_EQ(Parse({"--json=yes"}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST(CommandLineTest, OperandsComeBackUnnamedWhereAllowed) {
+  CommandLineSpec spec = kSpec;
+  spec.operands = true;
+  std::vector<const char*> words = {"tool", "a.jpg", "--model", "m", "-", "--", "--json", "-h"};
+  absl::StatusOr<std::vector<CommandLineFlag>> flags =
+      ParseCommandLine(static_cast<int>(words.size()), words.data(), spec);
+  ASSERT_TRUE(flags.ok()) << flags.status();
+  ASSERT_EQ(flags->size(), 5u);
+  EXPECT_EQ((*flags)[0].name, "");
+  EXPECT_EQ((*flags)[0].value, "a.jpg");
+  EXPECT_EQ((*flags)[1].name, "--model");
+  EXPECT_EQ((*flags)[2].value, "-");  // stdin, by convention
+  EXPECT_EQ((*flags)[3].name, "");    // after "--", flags are operands
+  EXPECT_EQ((*flags)[3].value, "--json");
+  EXPECT_EQ((*flags)[4].value, "-h");
+  // Unknown flags are still refused; without `operands`, so are the words.
+  words = {"tool", "a.jpg", "--modle"};
+  EXPECT_EQ(ParseCommandLine(3, words.data(), spec).status().message(), "unknown argument '--modle'");
+  EXPECT_EQ(Parse({"--"}).status().message(), "unknown argument '--'");
+}
+
 }  // namespace
 }  // namespace scanserve

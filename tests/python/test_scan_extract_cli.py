@@ -1,5 +1,6 @@
-"""scan_extract --resume: ids already in the output are skipped and a torn last line (an earlier run
-killed mid-write) is cut off before appending. Uses random weights from tools/make_random_detector.py
+"""scan_extract's command line: bad arguments exit 2 naming the flag, before any detector loads;
+--resume skips ids already in the output and cuts off a torn last line (an earlier run killed
+mid-write) before appending. The resume test uses random weights from tools/make_random_detector.py
 and only images that are already done, so the network never runs."""
 import os
 import subprocess
@@ -15,6 +16,37 @@ SCAN_EXTRACT = os.path.join(BUILD_DIR, "engine", "scan_extract")
 # Smallest valid PNG (1x1 grey): scan_extract only lists the files, the ids come from their names.
 PNG_1X1 = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010800000000"
                         "3a7e9b550000000a49444154789c63600000000200015e2e2d3b0000000049454e44ae426082")
+
+
+def run_extract(*args):
+    return subprocess.run([SCAN_EXTRACT] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True)
+
+
+class ArgumentsTest(unittest.TestCase):
+    def test_bad_arguments_exit_2_naming_the_flag(self):
+        for args, message in [
+                (["--detector", "d", "--conf-thresh", "1.5"], "--conf-thresh needs a number in [0, 1]"),
+                (["--detector", "d", "--conf-thresh=nan"], "--conf-thresh needs a number in [0, 1]"),
+                (["--detector", "d", "--batch", "0"], "--batch needs an integer >= 1"),
+                (["--detector", "d", "--max-boxes=x"], "--max-boxes needs an integer >= 1"),
+                (["--detector", "d", "--layout", "csv"], "--layout is lxmert or generate_tsv"),
+                (["--detector", "d", "--precision", "fp16"], "--precision: "),
+                (["--detector", "d", "--bogus", "x.jpg"], "unknown argument '--bogus'"),
+                (["--detector", "d", "--resume=yes"], "--resume takes no value"),
+                (["--detector"], "--detector needs a value"),
+                (["--out=o.tsv", "x.jpg"], "--detector is required"),
+                (["--detector=d", "x.jpg"], "--out is required"),
+                (["--detector", "d", "--out", "o.tsv"], "no images given"),
+        ]:
+            r = run_extract(*args)
+            self.assertEqual(r.returncode, 2, (args, r.stderr))
+            self.assertIn("scan_extract: " + message, r.stderr, args)
+
+    def test_help_goes_to_stdout(self):
+        r = run_extract("--detector", "d", "--help")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("Usage: scan_extract", r.stdout)
 
 
 class ResumeTest(unittest.TestCase):
