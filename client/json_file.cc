@@ -1,6 +1,8 @@
 #include "client/json_file.h"
 
 #include <fstream>
+#include <iterator>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/atomic_file.h"
@@ -18,13 +20,10 @@ absl::Status ReadJsonCheckpoint(const std::string& path,
                                 const std::function<absl::Status(const JsonFields&)>& read) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(path);
-  const nlohmann::json json = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  absl::Status status;
-  if (json.is_discarded() || !json.is_object()) {
-    status = absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
-  } else {
-    status = read(JsonFields(json, path, absl::StatusCode::kInvalidArgument));
-  }
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const absl::StatusOr<nlohmann::json> json = ParseJsonObject(text, path, absl::StatusCode::kInvalidArgument);
+  absl::Status status = json.status();
+  if (json.ok()) status = read(JsonFields(*json, path, absl::StatusCode::kInvalidArgument));
   if (status.ok()) return status;
   return absl::InvalidArgumentError(
       absl::StrCat("checkpoint ", status.message(), "; pass --restart to start over"));

@@ -1,5 +1,5 @@
-// Exception-free, typed reads of a JSON object's fields, for the engine's own files (a model's
-// config.json, a detector's detector.json, scan_train's checkpoint.json). nlohmann's get<T>()
+// Exception-free parsing and typed reads of a JSON object's fields, for the engine's own files (a
+// model's config.json, a detector's detector.json, scan_train's checkpoint.json, a vocabulary). nlohmann's get<T>()
 // throws on a wrong type and silently wraps an integer that does not fit T; here both are a status
 // naming the file and the field's path in it, e.g.
 //   checkpoint.json: field 'history[0].dev.rsum' must be a number; the file is damaged
@@ -16,6 +16,15 @@
 #include "nlohmann/json.hpp"
 
 namespace scanserve {
+
+// `text` parsed, or `code` with "<file>: not valid JSON (at line L, column C: <what nlohmann
+// found>)": the position is what someone fixing a hand-edited file needs. DATA_LOSS messages end
+// "; the file is damaged", as JsonFields' do.
+absl::StatusOr<nlohmann::json> ParseJson(absl::string_view text, absl::string_view file, absl::StatusCode code);
+
+// The same, and the document must be an object ("<file>: not a JSON object (an array)").
+absl::StatusOr<nlohmann::json> ParseJsonObject(absl::string_view text, absl::string_view file,
+                                               absl::StatusCode code);
 
 class JsonFields {
  public:
@@ -51,6 +60,8 @@ class JsonFields {
   // A reader of `object`, found at `name` under this one (a field, or an element such as
   // "history[2]"): its messages name the whole path.
   JsonFields Nested(const nlohmann::json& object, absl::string_view name) const;
+  // The same for a value that must be an object, e.g. an array's element ("must be an object").
+  absl::StatusOr<JsonFields> NestedObject(const nlohmann::json& value, absl::string_view name) const;
 
   // "<file>: field '<path of name>' <what>", with the code given at construction.
   absl::Status Error(absl::string_view name, absl::string_view what) const;

@@ -1,8 +1,7 @@
 #include "engine/detector/detector_config.h"
 
-#include <fstream>
-
 #include "absl/strings/str_cat.h"
+#include "engine/common/file_read.h"
 #include "engine/common/json_fields.h"
 #include "engine/common/status_macros.h"
 #include "engine/detector/region_selection.h"
@@ -12,12 +11,9 @@ namespace scanserve {
 
 absl::StatusOr<BottomUpDetectorConfig> BottomUpDetectorConfig::Load(const std::string& detector_dir) {
   const std::string path = detector_dir + "/detector.json";
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(absl::StrCat("detector config not found: ", path));
-  nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
-  }
+  SCANSERVE_ASSIGN_OR_RETURN(const std::string text, ReadWholeFile(path, "detector config"));
+  SCANSERVE_ASSIGN_OR_RETURN(const nlohmann::json j,
+                             ParseJsonObject(text, path, absl::StatusCode::kInvalidArgument));
   // (Compared as JSON: nlohmann's value() would throw for a "format" that is not a string.)
   if (!j.contains("format") || j["format"] != "scanserve.bottom_up_detector") {
     return absl::InvalidArgumentError(

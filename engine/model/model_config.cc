@@ -22,10 +22,8 @@ absl::Status PositiveInt(const JsonFields& fields, const char* name, Int* out) {
 }  // namespace
 
 absl::StatusOr<ModelConfig> ModelConfig::FromJson(const std::string& json_text) {
-  Json json = Json::parse(json_text, nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object()) {
-    return absl::InvalidArgumentError("config.json: not a JSON object");
-  }
+  SCANSERVE_ASSIGN_OR_RETURN(const Json json,
+                             ParseJsonObject(json_text, "config.json", absl::StatusCode::kInvalidArgument));
   const JsonFields fields(json, "config.json", absl::StatusCode::kInvalidArgument);
   if (auto it = json.find("format"); it != json.end() && *it != "scanserve.scan_model") {
     return fields.Error("format", "is not \"scanserve.scan_model\"");

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "engine/common/file_read.h"
+#include "engine/common/json_fields.h"
 #include "engine/common/status_macros.h"
 #include "engine/text/tokenizer.h"
 #include "nlohmann/json.hpp"
@@ -189,16 +190,10 @@ Vocabulary::Vocabulary(std::vector<std::string> words) : words_(std::move(words)
 }
 
 absl::StatusOr<Vocabulary> Vocabulary::FromJson(const std::string& json_text) {
-  // nlohmann reports through exceptions; none may leave the engine.
-  try {
-    const Json root = Json::parse(json_text);
-    SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::string> words, WordsFromJson(root));
-    return Vocabulary(std::move(words));
-  } catch (const Json::parse_error& e) {
-    return absl::InvalidArgumentError(absl::StrCat("vocabulary is not valid JSON: ", e.what()));
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("vocabulary JSON: ", e.what()));
-  }
+  SCANSERVE_ASSIGN_OR_RETURN(const Json root,
+                             ParseJson(json_text, "vocabulary", absl::StatusCode::kInvalidArgument));
+  SCANSERVE_ASSIGN_OR_RETURN(std::vector<std::string> words, WordsFromJson(root));
+  return Vocabulary(std::move(words));
 }
 
 absl::StatusOr<Vocabulary> Vocabulary::FromFile(const std::string& path) {

@@ -44,9 +44,7 @@ absl::Status ReadRecall(const JsonFields& parent, const char* name, RecallMetric
 
 // history[index]; `history` reads the array, so that messages name "history[index]".
 absl::Status ReadReport(const JsonFields& history, const Json& entry, size_t index, EpochReport* r) {
-  const std::string element = absl::StrCat("[", index, "]");
-  if (!entry.is_object()) return history.Error(element, "must be an object");
-  const JsonFields fields = history.Nested(entry, element);
+  SCANSERVE_ASSIGN_OR_RETURN(const JsonFields fields, history.NestedObject(entry, absl::StrCat("[", index, "]")));
   SCANSERVE_RETURN_IF_ERROR(fields.Optional("epoch", &r->epoch));
   SCANSERVE_RETURN_IF_ERROR(fields.Optional("mean_loss", &r->mean_loss));
   SCANSERVE_RETURN_IF_ERROR(fields.Optional("best", &r->best));
@@ -92,8 +90,8 @@ std::string TrainCheckpointToJson(const TrainCheckpoint& c) {
 }
 
 absl::StatusOr<TrainCheckpoint> ParseTrainCheckpoint(absl::string_view text, absl::string_view path) {
-  const Json json = Json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (json.is_discarded() || !json.is_object() || json.value("format", Json()) != kCheckpointFormat) {
+  SCANSERVE_ASSIGN_OR_RETURN(const Json json, ParseJsonObject(text, path, absl::StatusCode::kDataLoss));
+  if (json.value("format", Json()) != kCheckpointFormat) {
     return absl::DataLossError(absl::StrCat(path, ": not a scan_train checkpoint"));
   }
   const JsonFields fields(json, std::string(path), absl::StatusCode::kDataLoss);

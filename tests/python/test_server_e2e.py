@@ -729,7 +729,8 @@ class ServerTest(E2EBase):
         checkpoint = os.path.join(d, "mini.scanctl-import.json")
         for damaged, named in (('{"source": "x", "total": "18", "acked_through": 3}', "field 'total'"),
                                ('{"source": "x", "total": 18}', "field 'acked_through' is missing"),
-                               ("[1, 2", "not a JSON object")):
+                               ("[1, 2", "not valid JSON (at line 1, column 6"),
+                               ("[1, 2]", "not a JSON object (array)")):
             with open(checkpoint, "w") as f:
                 f.write(damaged)
             r = self.scanctl(args, expect=2)

@@ -1,11 +1,14 @@
-// JsonFields: typed reads that never throw, refuse what does not fit the C++ type, and name the
-// field's whole path in the file.
+// ParseJson/ParseJsonObject and JsonFields: parsing and typed reads that never throw, refuse what
+// does not fit the C++ type, and name the file, the position of a syntax error or the field's
+// whole path in the file.
 #include "engine/common/json_fields.h"
 
 #include <gtest/gtest.h>
 
 #include <cstdint>
 #include <string>
+
+#include "absl/strings/match.h"
 
 namespace scanserve {
 namespace {
@@ -120,7 +123,10 @@ TEST(JsonFieldsTest, NestedReadersNameTheWholePath) {
   const JsonFields elements = fields.Nested(**list, "list");
   EXPECT_EQ(elements.Path("[1]"), "list[1]");
   EXPECT_EQ(elements.Nested((**list)[0], "[0]").Path("a"), "list[0].a");
-  EXPECT_EQ(elements.Error("[1]", "must be an object").message(),
+  absl::StatusOr<JsonFields> element = elements.NestedObject((**list)[0], "[0]");
+  ASSERT_TRUE(element.ok()) << element.status();
+  EXPECT_EQ(element->Path("a"), "list[0].a");
+  EXPECT_EQ(elements.NestedObject((**list)[1], "[1]").status().message(),
             "sample.json: field 'list[1]' must be an object; the file is damaged");
 }
 
@@ -134,6 +140,39 @@ TEST(JsonFieldsTest, ObjectsAndArraysAreCheckedAndMayBeAbsent) {
   EXPECT_EQ(fields.OptionalArray("absent").value(), nullptr);
   EXPECT_TRUE(fields.Has("list"));
   EXPECT_FALSE(fields.Has("absent"));
+}
+
+TEST(ParseJsonTest, ParsesOrNamesTheFileAndThePositionOfTheError) {
+  absl::StatusOr<Json> json = ParseJson("[1, 2]", "a.json", absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(json.ok()) << json.status();
+  EXPECT_EQ(*json, Json::array({1, 2}));
+
+  json = ParseJson("{\n  \"a\": 1,\n  \"b\" 2\n}", "a.json", absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(json.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StartsWith(json.status().message(), "a.json: not valid JSON (at line 3, column 7: "))
+      << json.status();
+  EXPECT_EQ(json.status().message().find("json.exception"), absl::string_view::npos) << json.status();
+  // The reason, without nlohmann's echo of the input (which may be binary).
+  json = ParseJson("{\"a\": tru}", "a.json", absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(json.status().message(),
+            "a.json: not valid JSON (at line 1, column 10: syntax error while parsing value - invalid literal)");
+
+  for (const char* bad : {"", "{", "nul", "{\"a\": \"\xff\"}", "[1] [2]"}) {
+    json = ParseJson(bad, "a.json", absl::StatusCode::kDataLoss);
+    EXPECT_EQ(json.status().code(), absl::StatusCode::kDataLoss) << bad;
+    EXPECT_TRUE(absl::EndsWith(json.status().message(), "; the file is damaged")) << json.status();
+  }
+}
+
+TEST(ParseJsonTest, ParseJsonObjectRefusesOtherDocuments) {
+  EXPECT_TRUE(ParseJsonObject("{}", "a.json", absl::StatusCode::kInvalidArgument).ok());
+  EXPECT_EQ(ParseJsonObject("[1, 2]", "a.json", absl::StatusCode::kInvalidArgument).status().message(),
+            "a.json: not a JSON object (array)");
+  EXPECT_EQ(ParseJsonObject("7", "a.json", absl::StatusCode::kInvalidArgument).status().message(),
+            "a.json: not a JSON object (number)");
+  EXPECT_TRUE(absl::StartsWith(
+      ParseJsonObject("{", "a.json", absl::StatusCode::kInvalidArgument).status().message(),
+      "a.json: not valid JSON (at line 1, column 2: "));  // just past the end
 }
 
 }  // namespace
