@@ -1,11 +1,10 @@
 #include "client/json_file.h"
 
-#include <fstream>
-#include <iterator>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "engine/common/atomic_file.h"
+#include "engine/common/file_read.h"
 
 namespace scanserve {
 namespace cli {
@@ -18,10 +17,9 @@ absl::Status WriteJsonFileAtomically(const std::string& path, const nlohmann::js
 
 absl::Status ReadJsonCheckpoint(const std::string& path,
                                 const std::function<absl::Status(const JsonFields&)>& read) {
-  std::ifstream in(path);
-  if (!in) return absl::NotFoundError(path);
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const absl::StatusOr<nlohmann::json> json = ParseJsonObject(text, path, absl::StatusCode::kInvalidArgument);
+  const absl::StatusOr<std::string> text = ReadWholeFile(path);
+  if (!text.ok()) return absl::NotFoundError(path);  // unreadable: no checkpoint to resume from
+  const absl::StatusOr<nlohmann::json> json = ParseJsonObject(*text, path, absl::StatusCode::kInvalidArgument);
   absl::Status status = json.status();
   if (json.ok()) status = read(JsonFields(*json, path, absl::StatusCode::kInvalidArgument));
   if (status.ok()) return status;
