@@ -26,7 +26,7 @@ absl::StatusOr<nlohmann::json> ParseJson(absl::string_view text, absl::string_vi
     const size_t offset = std::min<size_t>(e.byte > 0 ? e.byte - 1 : 0, text.size());
     const absl::string_view before = text.substr(0, offset);
     const size_t line = 1 + static_cast<size_t>(std::count(before.begin(), before.end(), '\n'));
-    const size_t line_start = before.rfind('\n') == absl::string_view::npos ? 0 : before.rfind('\n') + 1;
+    const size_t line_start = before.find_last_of('\n') + 1;  // npos + 1 == 0: the first line
     // what() is "[json.exception.parse_error.101] parse error at line 1, column 5: syntax error
     // while parsing value - invalid literal; last read: '...'": the reason is kept, not the echo of
     // the input (it may be binary).
