@@ -7,10 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
-#include <filesystem>
-#include <memory>
 #include <string>
-#include <system_error>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -28,6 +25,7 @@
 #include "engine/model/scan_model.h"
 #include "engine/scoring/gemm.h"
 #include "engine/scoring/scorer.h"
+#include "engine/tools/similarity_tool.h"
 #include "engine/tools/tool_exit.h"
 #include "nlohmann/json.hpp"
 
@@ -109,10 +107,7 @@ absl::StatusOr<EvalFlags> ParseFlags(int argc, char** argv) {
     } else if (arg == "--storage") {
       SCANSERVE_ASSIGN_OR_RETURN(flags.storage, ParseStorageType(value));
     } else if (arg == "--threads") {
-      if (!absl::SimpleAtoi(value, &flags.threads) || flags.threads < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--threads: expected a non-negative integer, got '", value, "'"));
-      }
+      SCANSERVE_RETURN_IF_ERROR(ParseThreadsFlag(value, &flags.threads));
     }
   }
   if (flags.help) return flags;
@@ -148,23 +143,6 @@ nlohmann::ordered_json MetricsJson(const RetrievalMetrics& m) {
   return {{"i2t", RecallJson(m.i2t)}, {"t2i", RecallJson(m.t2i)}, {"rsum", m.rsum}};
 }
 
-absl::Status CheckBackend(const EvalFlags& flags) {
-  // Fails fast (before minutes of loading) when the backend is not built in.
-  ScorerConfig probe;
-  probe.dim = 1;
-  probe.storage = flags.storage;
-  probe.num_threads = flags.threads;  // a CPU scorer applies it process-wide
-  return MakeScorer(flags.backend, probe).status();
-}
-
-// Fails fast, before the long computation, when an output file's directory does not exist.
-absl::Status CheckOutputDirectory(const std::string& path, const char* flag) {
-  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  std::error_code error;
-  if (parent.empty() || std::filesystem::is_directory(parent, error)) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat(flag, ": the directory ", parent.string(), " of ", path, " does not exist"));
-}
 // The similarities the metrics read. With fold_images > 0 (fold-5 without --save-sims) only the
 // diagonal fold blocks are scored, a fifth of the pairs; the rest of the matrix stays 0 and is never
 // read by EvaluateRetrievalFold5.
@@ -190,31 +168,21 @@ absl::StatusOr<FloatMatrix> ComputeEvaluatedSimilarities(const std::vector<const
   return sims;
 }
 
-
-
 int Run(const EvalFlags& flags) {
   if (!flags.save_sims.empty()) {
     if (absl::Status status = CheckOutputDirectory(flags.save_sims, "--save-sims"); !status.ok()) {
       return Fail(status);
     }
   }
-  // LibTorch's and the BLAS's threads, process-wide, before anything (the backend probe included)
-  // can set them otherwise.
-  SetComputeThreads(flags.threads);
-  if (absl::Status status = CheckBackend(flags); !status.ok()) return Fail(status);
-
-  std::vector<std::unique_ptr<ScanModel>> models;
-  std::vector<const ScanModel*> model_ptrs;
-  ModelLoadOptions load_options;
-  load_options.num_threads = flags.threads;
-  for (size_t m = 0; m < flags.model_dirs.size(); ++m) {
-    absl::StatusOr<std::unique_ptr<ScanModel>> model = ScanModel::Load(flags.model_dirs[m], load_options);
-    if (!model.ok()) return Fail(model.status());
-    if (*model == nullptr) return Fail(absl::InternalError("ScanModel::Load returned no model"));
+  if (absl::Status status = ApplyThreadsAndCheckBackend(flags.backend, flags.storage, flags.threads);
+      !status.ok()) {
+    return Fail(status);
+  }
+  absl::StatusOr<LoadedModels> loaded = LoadModels(flags.model_dirs, flags.threads);
+  if (!loaded.ok()) return Fail(loaded.status());
+  for (size_t m = 0; m < loaded->models.size(); ++m) {
     std::printf("model %zu: %s\n  %s\n", m + 1, flags.model_dirs[m].c_str(),
-                (*model)->config().Summary().c_str());
-    model_ptrs.push_back(model->get());
-    models.push_back(*std::move(model));
+                loaded->models[m]->config().Summary().c_str());
   }
   std::fflush(stdout);
 
@@ -241,7 +209,7 @@ int Run(const EvalFlags& flags) {
   options.num_threads = flags.threads;
   options.show_progress = true;
   absl::StatusOr<FloatMatrix> sims = ComputeEvaluatedSimilarities(
-      model_ptrs, images, split->captions, options,
+      loaded->models, images, split->captions, options,
       flags.fold5 && flags.save_sims.empty() ? flags.fold_images : 0);
   if (!sims.ok()) return Fail(sims.status());
   split->features = std::vector<float>();  // no longer needed; the metrics only read sims

@@ -7,14 +7,12 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
-#include <memory>
 #include <string>
 #include <system_error>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "engine/common/command_line.h"
 #include "engine/common/npy.h"
@@ -25,6 +23,7 @@
 #include "engine/model/scan_model.h"
 #include "engine/scoring/gemm.h"
 #include "engine/scoring/scorer.h"
+#include "engine/tools/similarity_tool.h"
 #include "engine/tools/tool_exit.h"
 
 namespace scanserve {
@@ -115,10 +114,7 @@ absl::StatusOr<ScoreFlags> ParseFlags(int argc, char** argv) {
             absl::StrCat("--stored: expected images or captions, got '", value, "'"));
       }
     } else if (arg == "--threads") {
-      if (!absl::SimpleAtoi(value, &flags.threads) || flags.threads < 0) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("--threads: expected a non-negative integer, got '", value, "'"));
-      }
+      SCANSERVE_RETURN_IF_ERROR(ParseThreadsFlag(value, &flags.threads));
     }
   }
   if (flags.help) return flags;
@@ -183,29 +179,13 @@ absl::Status DumpEmbeddings(const std::string& dir, size_t model_index,
   return WriteNpyInt64(prefix + "caption_lengths.npy", lengths_shape, lengths.data());
 }
 
-// Fails fast, before the long computation, when an output file's directory does not exist.
-absl::Status CheckOutputDirectory(const std::string& path, const char* flag) {
-  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
-  std::error_code error;
-  if (parent.empty() || std::filesystem::is_directory(parent, error)) return absl::OkStatus();
-  return absl::InvalidArgumentError(
-      absl::StrCat(flag, ": the directory ", parent.string(), " of ", path, " does not exist"));
-}
-
 int Run(const ScoreFlags& flags) {
   if (absl::Status status = CheckOutputDirectory(flags.out, "--out"); !status.ok()) {
     return Fail(status);
   }
-  SetComputeThreads(flags.threads);  // as scan_eval: before the probe below can set them otherwise
-  {
-    // Fails fast, before the models load, when the backend is not built in.
-    ScorerConfig probe;
-    probe.dim = 1;
-    probe.storage = flags.storage;
-    probe.num_threads = flags.threads;  // a CPU scorer applies it process-wide
-    if (absl::Status status = MakeScorer(flags.backend, probe).status(); !status.ok()) {
-      return Fail(status);
-    }
+  if (absl::Status status = ApplyThreadsAndCheckBackend(flags.backend, flags.storage, flags.threads);
+      !status.ok()) {
+    return Fail(status);
   }
 
   absl::StatusOr<FloatMatrix> regions = ReadNpyFloatMatrix(flags.regions);
@@ -217,21 +197,14 @@ int Run(const ScoreFlags& flags) {
   absl::StatusOr<std::vector<std::string>> captions = ReadCaptionLines(flags.captions);
   if (!captions.ok()) return Fail(captions.status());
 
-  std::vector<std::unique_ptr<ScanModel>> models;
-  std::vector<const ScanModel*> model_ptrs;
-  ModelLoadOptions load_options;
-  load_options.num_threads = flags.threads;
-  for (const std::string& dir : flags.model_dirs) {
-    absl::StatusOr<std::unique_ptr<ScanModel>> model = ScanModel::Load(dir, load_options);
-    if (!model.ok()) return Fail(model.status());
-    if (*model == nullptr) return Fail(absl::InternalError("ScanModel::Load returned no model"));
-    if ((*model)->config().img_dim != regions->cols) {
-      return Fail(absl::InvalidArgumentError(absl::StrCat(
-          flags.regions, " holds ", regions->cols, "-d region features; the model in ", dir,
-          " expects ", (*model)->config().img_dim, "-d")));
+  absl::StatusOr<LoadedModels> loaded = LoadModels(flags.model_dirs, flags.threads);
+  if (!loaded.ok()) return Fail(loaded.status());
+  for (size_t m = 0; m < loaded->models.size(); ++m) {
+    if (const int64_t img_dim = loaded->models[m]->config().img_dim; img_dim != regions->cols) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(flags.regions, " holds ", regions->cols,
+                                                          "-d region features; the model in ",
+                                                          flags.model_dirs[m], " expects ", img_dim, "-d")));
     }
-    model_ptrs.push_back(model->get());
-    models.push_back(*std::move(model));
   }
 
   SimilarityOptions options;
@@ -252,7 +225,7 @@ int Run(const ScoreFlags& flags) {
       return DumpEmbeddings(flags.dump_dir, model_index, caption_ids, embeddings);
     };
   }
-  absl::StatusOr<FloatMatrix> sims = ComputeSimilarities(model_ptrs, *images, *captions, options);
+  absl::StatusOr<FloatMatrix> sims = ComputeSimilarities(loaded->models, *images, *captions, options);
   if (!sims.ok()) return Fail(sims.status());
   if (absl::Status status = WriteNpyFloatMatrix(flags.out, *sims); !status.ok()) return Fail(status);
   std::fprintf(stderr, "scan_score: wrote %s (%lld images x %lld captions)\n", flags.out.c_str(),
