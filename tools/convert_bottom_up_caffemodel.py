@@ -35,10 +35,9 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_dir_io import ConvertError, write_dir_atomically, write_safetensors  # noqa: E402
+from model_dir_io import ConvertError, run_converter, write_dir_atomically, write_safetensors  # noqa: E402
 
 PROG = "convert_bottom_up_caffemodel"
-EXIT_BAD_INPUT = 2
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO = os.path.join(HERE, "caffe_minimal.proto")
 
@@ -402,21 +401,8 @@ def main(argv=None):
                          "SCAN's features; default), 10-100 = adaptive (final model)")
     ap.add_argument("--force", action="store_true", help="replace DETECTOR_DIR if it exists")
     args = ap.parse_args(argv)
-    try:
-        convert(args.caffemodel, args.vocab_dir, args.out, args.boxes, args.force)
-    except ConvertError as e:
-        sys.stderr.write("%s: error: %s\n" % (PROG, e))
-        return EXIT_BAD_INPUT
-    except MemoryError:
-        sys.stderr.write("%s: error: out of memory (the conversion needs about 0.8 GB)\n" % PROG)
-        return EXIT_BAD_INPUT
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        sys.stderr.write("%s: interrupted\n" % PROG)
-        return 130
-    return 0
+    return run_converter(PROG, lambda: convert(args.caffemodel, args.vocab_dir, args.out, args.boxes, args.force),
+                         memory_note=" (the conversion needs about 0.8 GB)")
 
 
 if __name__ == "__main__":

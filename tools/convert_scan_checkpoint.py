@@ -27,10 +27,9 @@ import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from model_dir_io import ConvertError, write_dir_atomically, write_safetensors  # noqa: E402
+from model_dir_io import ConvertError, run_converter, write_dir_atomically, write_safetensors  # noqa: E402
 
 PROG = "convert_scan_checkpoint"
-EXIT_BAD_INPUT = 2
 
 # SCAN train.py's defaults for the fields the model directory uses.
 SCAN_DEFAULTS = collections.OrderedDict([
@@ -484,18 +483,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True, help="model directory to write")
     ap.add_argument("--force", action="store_true", help="replace MODEL_DIR if it exists")
     args = ap.parse_args(argv)
-    try:
-        convert(args.checkpoint, args.vocab, args.out, args.force)
-    except ConvertError as e:
-        sys.stderr.write("%s: error: %s\n" % (PROG, e))
-        return EXIT_BAD_INPUT
-    except BrokenPipeError:  # stdout closed early (e.g. piped into head): the directory is written
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        sys.stderr.write("%s: interrupted\n" % PROG)
-        return 130
-    return 0
+    return run_converter(PROG, lambda: convert(args.checkpoint, args.vocab, args.out, args.force))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,35 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
+
+EXIT_BAD_INPUT = 2
 
 
 class ConvertError(Exception):
     """Bad input: reported as one line on stderr, exit code 2."""
+
+
+def run_converter(prog, convert, memory_note=""):
+    """A converter's exit status for running convert(): 0 when it wrote its directory; 2 with one line
+    "PROG: error: ..." for bad input (ConvertError) or too little memory (MemoryError, plus
+    `memory_note`); 130 when interrupted."""
+    try:
+        convert()
+    except ConvertError as e:
+        sys.stderr.write("%s: error: %s\n" % (prog, e))
+        return EXIT_BAD_INPUT
+    except MemoryError:
+        sys.stderr.write("%s: error: out of memory%s\n" % (prog, memory_note))
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # stdout closed early (e.g. piped into head): the directory is written
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        sys.stderr.write("%s: interrupted\n" % prog)
+        return 130
+    return 0
 
 
 def write_safetensors(path, arrays):
