@@ -14,12 +14,14 @@
 #include <gtest/gtest.h>
 
 #include "server/metrics.h"
+#include "tests/server/eventually.h"
 #include "tests/server/fake_detector.h"
 
 namespace scanserve {
 namespace {
 
 using testing_fake::FakeRegionDetector;
+using testing_wait::Eventually;
 using Clock = DetectorPool::Clock;
 
 constexpr auto kNoDeadline = Clock::time_point::max();
@@ -29,17 +31,6 @@ std::unique_ptr<DetectorPool> MakePool(const FakeRegionDetector& detector, Detec
   absl::StatusOr<std::unique_ptr<DetectorPool>> pool = DetectorPool::Create(options, &detector, metrics);
   EXPECT_TRUE(pool.ok()) << pool.status();
   return pool.ok() ? *std::move(pool) : nullptr;
-}
-
-// Waits (up to 5 s) until `condition` holds.
-template <typename Condition>
-bool Eventually(Condition condition) {
-  const auto until = Clock::now() + std::chrono::seconds(5);
-  while (Clock::now() < until) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return condition();
 }
 
 std::vector<absl::StatusCode> Codes(const std::vector<DetectorPool::Result>& results) {

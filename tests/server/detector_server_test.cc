@@ -17,8 +17,10 @@
 #include "scanserve/v1/scanserve.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/server.h"
+#include "tests/server/eventually.h"
 #include "tests/server/fake_detector.h"
 #include "tests/server/fake_engine.h"
+#include "tests/server/features_image.h"
 #include "tests/server/http_get.h"
 
 namespace scanserve {
@@ -26,7 +28,9 @@ namespace {
 
 using testing_fake::FakeRegionDetector;
 using testing_fake::FakeRetrievalEngine;
+using testing_fake::FeaturesImage;
 using testing_http::HttpGet;
+using testing_wait::Eventually;
 
 constexpr int kInvalidArgument = static_cast<int>(grpc::StatusCode::INVALID_ARGUMENT);
 constexpr int kResourceExhausted = static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED);
@@ -38,29 +42,6 @@ v1::Image BytesImage(const std::string& id, const std::string& bytes, const std:
   image.set_collection(collection);
   image.set_image_bytes(bytes);
   return image;
-}
-
-v1::Image FeaturesImage(const std::string& id, float first) {
-  v1::Image image;
-  image.set_id(id);
-  std::vector<float> values(2 * FakeRetrievalEngine::kImgDim, 0.5f);
-  values[0] = first;
-  v1::RegionFeatures* features = image.mutable_region_features();
-  features->set_num_regions(2);
-  features->set_dim(FakeRetrievalEngine::kImgDim);
-  features->set_values(std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)));
-  return image;
-}
-
-// Waits (up to 5 s) until `condition` holds.
-template <typename Condition>
-bool Eventually(Condition condition) {
-  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  while (std::chrono::steady_clock::now() < until) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-  return condition();
 }
 
 class DetectorServerTest : public ::testing::Test {

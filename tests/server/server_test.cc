@@ -20,27 +20,16 @@
 #include "scanserve/v1/scanserve.grpc.pb.h"
 #include "server/metrics.h"
 #include "tests/server/fake_engine.h"
+#include "tests/server/features_image.h"
 #include "tests/server/http_get.h"
 
 namespace scanserve {
 namespace {
 
 using testing_fake::FakeRetrievalEngine;
+using testing_fake::FeaturesImage;
 
 using testing_http::HttpGet;
-
-v1::Image MakeImage(const std::string& id, float first, const std::string& collection = "", int dim = 8) {
-  v1::Image image;
-  image.set_id(id);
-  image.set_collection(collection);
-  std::vector<float> values(static_cast<size_t>(2 * dim), 0.5f);
-  values[0] = first;
-  v1::RegionFeatures* features = image.mutable_region_features();
-  features->set_num_regions(2);
-  features->set_dim(dim);
-  features->set_values(std::string(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float)));
-  return image;
-}
 
 class ServerTest : public ::testing::Test {
  protected:
@@ -87,9 +76,9 @@ class ServerTest : public ::testing::Test {
 
   void UpsertThreeImages(const std::string& token = "") {
     v1::UpsertImagesRequest request;
-    *request.add_images() = MakeImage("low", 0.1f, "a");
-    *request.add_images() = MakeImage("high", 0.9f, "b");
-    *request.add_images() = MakeImage("mid", 0.5f, "a");
+    *request.add_images() = FeaturesImage("low", 0.1f, "a");
+    *request.add_images() = FeaturesImage("high", 0.9f, "b");
+    *request.add_images() = FeaturesImage("mid", 0.5f, "a");
     v1::UpsertImagesResponse response;
     ASSERT_TRUE(stub_->UpsertImages(Context(token).get(), request, &response).ok());
     ASSERT_EQ(response.results_size(), 3);
@@ -181,7 +170,7 @@ TEST_F(ServerTest, GetItemsAndListItemsReadBackWhatWasStored) {
   Start();
   v1::UpsertImagesRequest upsert;
   v1::Image* image = upsert.add_images();
-  *image = MakeImage("boxed", 0.3f, "a");
+  *image = FeaturesImage("boxed", 0.3f, "a");
   (*image->mutable_metadata())["k"] = "v";
   for (int r = 0; r < 2; ++r) {
     v1::Box* box = image->add_boxes();
@@ -428,11 +417,11 @@ TEST_F(ServerTest, BadInputsGetTheirCodesAndTheServerKeepsServing) {
   EXPECT_EQ(Search({"q"}, -1, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT) << "negative top_k";
 
   v1::UpsertImagesRequest upsert;
-  *upsert.add_images() = MakeImage("wrong-dim", 0.3f, "", /*dim=*/5);
-  v1::Image bad_bytes = MakeImage("bad-bytes", 0.3f);
+  *upsert.add_images() = FeaturesImage("wrong-dim", 0.3f, "", /*dim=*/5);
+  v1::Image bad_bytes = FeaturesImage("bad-bytes", 0.3f);
   bad_bytes.mutable_region_features()->mutable_values()->resize(7);
   *upsert.add_images() = bad_bytes;
-  *upsert.add_images() = MakeImage("fine", 0.3f);
+  *upsert.add_images() = FeaturesImage("fine", 0.3f);
   v1::UpsertImagesResponse upserted;
   ASSERT_TRUE(stub_->UpsertImages(Context().get(), upsert, &upserted).ok());
   ASSERT_EQ(upserted.results_size(), 3);
@@ -497,7 +486,7 @@ TEST_F(ServerTest, WriteRequestsTakeAtMostTenThousandItems) {
   v1::UpdateItemsResponse updated;
   EXPECT_EQ(stub_->UpdateItems(Context().get(), update, &updated).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   v1::UpsertImagesRequest images;
-  for (int i = 0; i < 10001; ++i) *images.add_images() = MakeImage(absl::StrCat("i", i), 0.1f);
+  for (int i = 0; i < 10001; ++i) *images.add_images() = FeaturesImage(absl::StrCat("i", i), 0.1f);
   v1::UpsertImagesResponse upserted_images;
   EXPECT_EQ(stub_->UpsertImages(Context().get(), images, &upserted_images).error_code(),
             grpc::StatusCode::INVALID_ARGUMENT);
@@ -603,13 +592,13 @@ TEST_F(ServerTest, IngestStreamAnswersEveryItemInOrder) {
   grpc::ClientContext context;
   auto stream = stub_->Ingest(&context);
   std::vector<v1::IngestRequest> items(6);
-  *items[0].mutable_image() = MakeImage("i1", 0.2f);
-  *items[1].mutable_image() = MakeImage("i2", 0.3f, "", 3);  // wrong dim
+  *items[0].mutable_image() = FeaturesImage("i1", 0.2f);
+  *items[1].mutable_image() = FeaturesImage("i2", 0.3f, "", 3);  // wrong dim
   items[2].mutable_caption()->set_id("c1");
   items[2].mutable_caption()->set_text("a caption");
   items[3].mutable_caption()->set_id("c2");  // empty text
   // items[4]: nothing set
-  *items[5].mutable_image() = MakeImage("i3", 0.4f);
+  *items[5].mutable_image() = FeaturesImage("i3", 0.4f);
   for (const auto& item : items) ASSERT_TRUE(stream->Write(item));
   stream->WritesDone();
   std::vector<v1::IngestResponse> responses;

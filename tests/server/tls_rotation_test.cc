@@ -13,8 +13,9 @@
 #include "scanserve/v1/scanserve.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/server.h"
-#include "tests/server/fake_engine.h"
 #include "tests/engine/test_util/scratch_directory.h"
+#include "tests/server/eventually.h"
+#include "tests/server/fake_engine.h"
 #include "tests/server/test_certificates.h"
 
 namespace scanserve {
@@ -77,14 +78,9 @@ class TlsRotationTest : public ::testing::Test {
     return v1::ScanService::NewStub(channel)->GetStats(&context, v1::GetStatsRequest(), &response);
   }
 
-  // Whether `done` turns true within 15 s (a reload round plus gRPC's watcher: about 2 s).
+  // A reload round plus gRPC's certificate watcher take about 2 s.
   static bool Eventually(const std::function<bool()>& done) {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
-    while (std::chrono::steady_clock::now() < until) {
-      if (done()) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    }
-    return done();
+    return testing_wait::Eventually(done, std::chrono::seconds(15), std::chrono::milliseconds(200));
   }
 
   testing_files::ScratchDirectory scratch_{"tls-rotation"};
