@@ -28,8 +28,10 @@ case "$mode" in
     # Leak checking is off: LibTorch and OpenBLAS keep process-lifetime allocations it would report.
     # A failed allocation returns null, as in production, rather than aborting: tests check that an
     # impossible allocation becomes RESOURCE_EXHAUSTED (torch_status_test).
+    # SCANSERVE_SANITIZED tells the tests that bound the server's memory that a sanitizer's allocator
+    # adds its own (tests/python/test_server_connections.py).
     ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:abort_on_error=1:allocator_may_return_null=1 \
-    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 SCANSERVE_SANITIZED=address \
     OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-Haswell}" \
       ctest --test-dir "$build_dir" --output-on-failure -j "$jobs" --timeout 2400
     ;;
