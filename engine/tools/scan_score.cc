@@ -21,7 +21,6 @@
 #include "engine/eval/precomp_split.h"
 #include "engine/eval/similarity.h"
 #include "engine/model/scan_model.h"
-#include "engine/scoring/gemm.h"
 #include "engine/scoring/scorer.h"
 #include "engine/tools/similarity_tool.h"
 #include "engine/tools/tool_exit.h"
