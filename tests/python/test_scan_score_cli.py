@@ -86,6 +86,9 @@ class ToolsTest(unittest.TestCase):
                 (self.score_args(**{"--out": None}), "--out is required"),
                 (self.score_args(**{"--out": os.path.join(missing_dir, "s.npy")}),
                  "--out: the directory %s of %s does not exist" % (missing_dir, os.path.join(missing_dir, "s.npy"))),
+                # Found before the models load: the model directory is missing too.
+                (self.score_args(**{"--out": os.path.join(missing_dir, "s.npy"), "--model": missing_dir}),
+                 "--out: the directory %s" % missing_dir),
                 (self.score_args(**{"--region-counts": self.bad_counts}), "the counts sum to more than the 9 rows"),
                 (self.score_args(**{"--model": missing_dir}), missing_dir),
                 (self.score_args(**{"--regions": self.narrow}),
@@ -95,6 +98,7 @@ class ToolsTest(unittest.TestCase):
 
     def test_scan_score_writes_the_matrix(self):
         out = os.path.join(self.tmp.name, "ok.npy")
+        # The model twice: an ensemble of two.
         r = run(SCAN_SCORE, *self.score_args(**{"--out": out, "--threads": "1"}), "--model", self.model)
         self.assertEqual(r.returncode, 0, r.stderr)
         sims = np.load(out)
@@ -110,6 +114,9 @@ class ToolsTest(unittest.TestCase):
                 (base + ["--fold-images", "0"], "--fold-images: expected a positive integer, got '0'"),
                 (base + ["--save-sims", missing], "--save-sims: the directory %s of %s does not exist" % (
                     os.path.dirname(missing), missing)),
+                # Found before the models load: the model directory is missing too.
+                (["--model", missing, "--data-dir", self.data, "--save-sims", missing],
+                 "--save-sims: the directory %s" % os.path.dirname(missing)),
                 (base + ["--fold5"], "--fold5 needs exactly 5 x 1000 = 5000 images; split 'test' has 2"),
                 (base + ["--split", "val"], "val"),
                 (["--model", self.model], "--data-dir is required"),
