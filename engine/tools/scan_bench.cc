@@ -52,7 +52,6 @@
 #include <cstring>
 #include <map>
 #include <memory>
-#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -114,57 +113,39 @@ struct Flags {
   uint64_t seed = 1;
 };
 
-[[noreturn]] void Usage(const std::string& why) {
-  std::fprintf(stderr,
-               "scan_bench: %s\nflags: --images=N --regions=N --dim=N --queries=N "
-               "--batch=1,4,16 --storage=fp32,bf16,fp8 --threads=N --words_min=N --words_max=N "
-               "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
-               "--parallelism=per_thread,shared --block_rows=N --streaming_rows=0,64 "
-               "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 --kernels=gemm,gemm-serial,fused,fused-1,fused-s2,auto "
-               "--product_mb=256,32 --ref_ms=IMAGES:STORAGE=MS,...\n",
-               why.c_str());
-  std::exit(2);
-}
-
-int64_t ParseInt(const std::string& name, const std::string& v) {
-  const std::optional<int64_t> x = bench::ParseInt64(v);
-  if (!x) Usage(absl::StrCat("--", name, ": not an integer: '", v, "'"));
-  return *x;
-}
+constexpr char kFlags[] =
+    "flags: --images=N --regions=N --dim=N --queries=N "
+    "--batch=1,4,16 --storage=fp32,bf16,fp8 --threads=N --words_min=N --words_max=N "
+    "--words=AVG --reps=N --ref_queries=N --ref_blas_threads=0,1 "
+    "--parallelism=per_thread,shared --block_rows=N --streaming_rows=0,64 "
+    "--seed=N --backend=cpu|cuda --pool=N --query_precision=bf16x2|bf16 "
+    "--kernels=gemm,gemm-serial,fused,fused-1,fused-s2,auto "
+    "--product_mb=256,32 --ref_ms=IMAGES:STORAGE=MS,...";
 
 Flags ParseFlags(int argc, char** argv) {
+  const bench::FlagParser cli("scan_bench", kFlags);
   Flags f;
   double words_avg = -1;
   for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") Usage("help");
-    if (arg.rfind("--", 0) != 0 || arg.find('=') == std::string::npos) {
-      Usage(absl::StrCat("expected --name=value, got '", arg, "'"));
-    }
-    const std::string name = arg.substr(2, arg.find('=') - 2);
-    const std::string v = arg.substr(arg.find('=') + 1);
+    const auto [name, v] = cli.Split(argv[i]);
     f.given.insert(name);
     if (name == "images") {
-      f.image_counts.clear();
-      for (absl::string_view b : absl::StrSplit(v, ',')) {
-        f.image_counts.push_back(ParseInt(name, std::string(b)));
-      }
+      f.image_counts = cli.Ints(name, v, 1);
       f.images = f.image_counts.front();
     } else if (name == "backend") {
       f.backend = v;
     } else if (name == "pool") {
-      f.pool = ParseInt(name, v);
+      f.pool = cli.Int(name, v);
     } else if (name == "query_precision") {
       f.query_precision = v;
     } else if (name == "regions") {
-      f.regions = ParseInt(name, v);
+      f.regions = cli.Int(name, v);
     } else if (name == "dim") {
-      f.dim = ParseInt(name, v);
+      f.dim = cli.Int(name, v);
     } else if (name == "queries") {
-      f.queries = ParseInt(name, v);
+      f.queries = cli.Int(name, v);
     } else if (name == "batch") {
-      f.batches.clear();
-      for (absl::string_view b : absl::StrSplit(v, ',')) f.batches.push_back(ParseInt(name, std::string(b)));
+      f.batches = cli.Ints(name, v, 1);
     } else if (name == "kernels") {
       f.kernels.clear();
       for (absl::string_view entry : absl::StrSplit(v, ',')) {
@@ -172,15 +153,14 @@ Flags ParseFlags(int argc, char** argv) {
         const std::string& b = parts[0];
         if (b != "gemm" && b != "gemm-serial" && b != "fused" && b != "fused-1" &&
             b != "fused-s2" && b != "auto") {
-          Usage("--kernels: gemm, gemm-serial, fused, fused-1, fused-s2 and/or auto");
+          cli.Fail("--kernels: gemm, gemm-serial, fused, fused-1, fused-s2 and/or auto");
         }
         std::string precision;  // "": --query_precision's
         if (parts.size() == 2 && absl::StartsWith(parts[1], "q-") &&
             ParseCudaQueryPrecision(parts[1].substr(2)).ok()) {
           precision = parts[1].substr(2);
         } else if (parts.size() != 1) {
-          Usage(absl::StrCat("--kernels: KERNEL or KERNEL:q-bf16 or KERNEL:q-bf16x2, got '", entry,
-                             "'"));
+          cli.Fail(absl::StrCat("--kernels: KERNEL or KERNEL:q-bf16 or KERNEL:q-bf16x2, got '", entry, "'"));
         }
         f.kernels.emplace_back(b, precision);
       }
@@ -192,50 +172,40 @@ Flags ParseFlags(int argc, char** argv) {
             kv.empty() ? std::vector<std::string>{} : absl::StrSplit(kv[0], ':');
         double ms = 0;
         if (kv.size() != 2 || key.size() != 2 || !absl::SimpleAtod(kv[1], &ms) || ms <= 0) {
-          Usage(absl::StrCat("--ref_ms: expected IMAGES:STORAGE=MS entries, got '", entry, "'"));
+          cli.Fail(absl::StrCat("--ref_ms: expected IMAGES:STORAGE=MS entries, got '", entry, "'"));
         }
-        f.ref_ms[{ParseInt(name, key[0]), key[1]}] = ms;
+        f.ref_ms[{cli.Int(name, key[0]), key[1]}] = ms;
       }
     } else if (name == "product_mb") {
-      f.product_mb.clear();
-      for (absl::string_view b : absl::StrSplit(v, ',')) {
-        f.product_mb.push_back(ParseInt(name, std::string(b)));
-        if (f.product_mb.back() < 1) Usage("--product_mb: sizes >= 1");
-      }
+      f.product_mb = cli.Ints(name, v, 1);
     } else if (name == "storage") {
       f.storages.clear();
       for (absl::string_view s : absl::StrSplit(v, ',')) f.storages.emplace_back(s);
     } else if (name == "threads") {
-      f.threads = static_cast<int>(ParseInt(name, v));
+      f.threads = static_cast<int>(cli.Int(name, v));
     } else if (name == "words_min") {
-      f.words_min = ParseInt(name, v);
+      f.words_min = cli.Int(name, v);
     } else if (name == "words_max") {
-      f.words_max = ParseInt(name, v);
+      f.words_max = cli.Int(name, v);
     } else if (name == "words") {
-      if (!absl::SimpleAtod(v, &words_avg) || words_avg < 1) Usage("--words: expected a number >= 1");
+      if (!absl::SimpleAtod(v, &words_avg) || words_avg < 1) cli.Fail("--words: expected a number >= 1");
     } else if (name == "reps") {
-      f.reps = static_cast<int>(ParseInt(name, v));
+      f.reps = static_cast<int>(cli.Int(name, v));
     } else if (name == "ref_queries") {
-      f.ref_queries = ParseInt(name, v);
+      f.ref_queries = cli.Int(name, v);
     } else if (name == "ref_blas_threads") {
-      f.ref_blas_threads.clear();
-      for (absl::string_view b : absl::StrSplit(v, ',')) {
-        f.ref_blas_threads.push_back(ParseInt(name, std::string(b)));
-      }
+      f.ref_blas_threads = cli.Ints(name, v, 0);
     } else if (name == "parallelism") {
       f.modes.clear();
       for (absl::string_view m : absl::StrSplit(v, ',')) f.modes.emplace_back(m);
     } else if (name == "block_rows") {
-      f.block_rows = ParseInt(name, v);
+      f.block_rows = cli.Int(name, v);
     } else if (name == "streaming_rows") {
-      f.streaming_rows.clear();
-      for (absl::string_view r : absl::StrSplit(v, ',')) {
-        f.streaming_rows.push_back(ParseInt(name, std::string(r)));
-      }
+      f.streaming_rows = cli.Ints(name, v, 0);
     } else if (name == "seed") {
-      f.seed = static_cast<uint64_t>(ParseInt(name, v));
+      f.seed = static_cast<uint64_t>(cli.Int(name, v));
     } else {
-      Usage(absl::StrCat("unknown flag --", name));
+      cli.Fail(absl::StrCat("unknown flag --", name));
     }
   }
   if (words_avg > 0) {  // an average: lengths drawn uniformly from avg ± 3.5 (15.5 -> 12..19)
@@ -243,7 +213,7 @@ Flags ParseFlags(int argc, char** argv) {
     f.words_max = std::max<int64_t>(f.words_min, static_cast<int64_t>(std::floor(words_avg + 3.5)));
   }
   if (f.backend != "cpu" && f.backend != "cuda") {
-    Usage(absl::StrCat("--backend: cpu or cuda, got '", f.backend, "'"));
+    cli.Fail(absl::StrCat("--backend: cpu or cuda, got '", f.backend, "'"));
   }
   if (f.backend == "cuda") {  // GPU defaults (performance.md's table), unless given
     if (!f.given.count("images")) f.image_counts = {100000, 1000000};
@@ -251,38 +221,32 @@ Flags ParseFlags(int argc, char** argv) {
     if (!f.given.count("queries")) f.queries = 64;
     if (!f.given.count("storage")) f.storages = {"bf16"};
     if (!ParseCudaQueryPrecision(f.query_precision).ok()) {
-      Usage("--query_precision: bf16x2 or bf16");
+      cli.Fail("--query_precision: bf16x2 or bf16");
     }
     for (auto& [kernel, precision] : f.kernels) {
       if (precision.empty()) precision = f.query_precision;
     }
     f.images = *std::max_element(f.image_counts.begin(), f.image_counts.end());
   } else if (f.image_counts.size() > 1) {
-    Usage("--images: one value for the cpu backend");
+    cli.Fail("--images: one value for the cpu backend");
   }
-  if (f.backend != "cuda" && !f.product_mb.empty()) Usage("--product_mb: cuda backend only");
+  if (f.backend != "cuda" && !f.product_mb.empty()) cli.Fail("--product_mb: cuda backend only");
   if (f.backend != "cuda" && !f.ref_ms.empty()) {
-    Usage("--ref_ms: cuda backend only (the cpu table measures its baseline itself)");
+    cli.Fail("--ref_ms: cuda backend only (the cpu table measures its baseline itself)");
   }
 
-  if (f.pool < 1) Usage("--pool must be >= 1");
-  for (int64_t n : f.image_counts) {
-    if (n < 1) Usage("--images must be >= 1");
-  }
+  if (f.pool < 1) cli.Fail("--pool must be >= 1");
   if (f.images < 1 || f.regions < 1 || f.dim < 1 || f.queries < 1 || f.reps < 1 ||
       f.words_min < 1 || f.words_max < f.words_min || f.ref_queries < 0 || f.batches.empty()) {
-    Usage("sizes must be >= 1 (ref_queries >= 0) and words_min <= words_max");
-  }
-  for (int64_t b : f.batches) {
-    if (b < 1) Usage("--batch sizes must be >= 1");
+    cli.Fail("sizes must be >= 1 (ref_queries >= 0) and words_min <= words_max");
   }
   for (const std::string& s : f.storages) {
     absl::StatusOr<StorageType> storage = ParseStorageType(s);
-    if (!storage.ok()) Usage(std::string(storage.status().message()));
+    if (!storage.ok()) cli.Fail(std::string(storage.status().message()));
   }
   for (const std::string& m : f.modes) {
     if (m != "per_thread" && m != "shared") {
-      Usage(absl::StrCat("--parallelism: per_thread or shared, got '", m, "'"));
+      cli.Fail(absl::StrCat("--parallelism: per_thread or shared, got '", m, "'"));
     }
   }
   return f;

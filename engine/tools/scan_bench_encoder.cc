@@ -13,14 +13,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "engine/common/openblas_core.h"
 #include "engine/common/split_mix64.h"
 #include "engine/common/thread_pool.h"
@@ -48,36 +46,11 @@ constexpr char kFlags[] =
     "flags: --model=DIR --device=cpu|cuda|cuda:N --batch=1,4,16,64 --queries=N --reps=N "
     "--words_min=N --words_max=N --threads=N --openmp=1,0 --seed=N";
 
-[[noreturn]] void Usage(const std::string& why) {
-  std::fprintf(stderr, "scan_bench_encoder: %s\n%s\n", why.c_str(), kFlags);
-  std::exit(2);
-}
-
-int64_t ParseInt(const std::string& name, const std::string& v) {
-  const std::optional<int64_t> x = bench::ParseInt64(v);
-  if (!x) Usage(absl::StrCat("--", name, ": not an integer: '", v, "'"));
-  return *x;
-}
-
-std::vector<int64_t> ParseInts(const std::string& name, const std::string& v, int64_t min) {
-  std::vector<int64_t> out;
-  for (absl::string_view part : absl::StrSplit(v, ',')) {
-    out.push_back(ParseInt(name, std::string(part)));
-    if (out.back() < min) Usage(absl::StrCat("--", name, ": values >= ", min));
-  }
-  return out;
-}
-
 Flags ParseFlags(int argc, char** argv) {
+  const bench::FlagParser cli("scan_bench_encoder", kFlags);
   Flags f;
   for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if (arg == "--help" || arg == "-h") Usage("help");
-    if (arg.rfind("--", 0) != 0 || arg.find('=') == std::string::npos) {
-      Usage(absl::StrCat("expected --name=value, got '", arg, "'"));
-    }
-    const std::string name = arg.substr(2, arg.find('=') - 2);
-    const std::string v = arg.substr(arg.find('=') + 1);
+    const auto [name, v] = cli.Split(argv[i]);
     if (name == "model") {
       f.model = v;
     } else if (name == "device") {
@@ -89,31 +62,31 @@ Flags ParseFlags(int argc, char** argv) {
       } else if (absl::StartsWith(v, "cuda:") && absl::SimpleAtoi(v.substr(5), &index) && index >= 0) {
         f.device = EncoderDevice::Cuda(index);
       } else {
-        Usage(absl::StrCat("--device: cpu, cuda or cuda:N, got '", v, "'"));
+        cli.Fail(absl::StrCat("--device: cpu, cuda or cuda:N, got '", v, "'"));
       }
     } else if (name == "batch") {
-      f.batches = ParseInts(name, v, 1);
+      f.batches = cli.Ints(name, v, 1);
     } else if (name == "queries") {
-      f.queries = ParseInt(name, v);
+      f.queries = cli.Int(name, v);
     } else if (name == "reps") {
-      f.reps = static_cast<int>(ParseInt(name, v));
+      f.reps = static_cast<int>(cli.Int(name, v));
     } else if (name == "words_min") {
-      f.words_min = ParseInt(name, v);
+      f.words_min = cli.Int(name, v);
     } else if (name == "words_max") {
-      f.words_max = ParseInt(name, v);
+      f.words_max = cli.Int(name, v);
     } else if (name == "threads") {
-      f.threads = static_cast<int>(ParseInt(name, v));
+      f.threads = static_cast<int>(cli.Int(name, v));
     } else if (name == "openmp") {
-      f.openmp = ParseInts(name, v, 0);
+      f.openmp = cli.Ints(name, v, 0);
     } else if (name == "seed") {
-      f.seed = static_cast<uint64_t>(ParseInt(name, v));
+      f.seed = static_cast<uint64_t>(cli.Int(name, v));
     } else {
-      Usage(absl::StrCat("unknown flag --", name));
+      cli.Fail(absl::StrCat("unknown flag --", name));
     }
   }
-  if (f.model.empty()) Usage("--model is required");
+  if (f.model.empty()) cli.Fail("--model is required");
   if (f.queries < 1 || f.reps < 1 || f.words_min < 1 || f.words_min > f.words_max || f.threads < 0) {
-    Usage("--queries, --reps and --words_min must be >= 1, words_min <= words_max, threads >= 0");
+    cli.Fail("--queries, --reps and --words_min must be >= 1, words_min <= words_max, threads >= 0");
   }
   return f;
 }
