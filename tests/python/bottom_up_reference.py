@@ -19,9 +19,10 @@ Run under Debian's /usr/bin/python3 (torch, torchvision, numpy, cv2).
 import collections
 import json
 import os
-import struct
 
 import numpy as np
+
+from safetensors_reader import read_safetensors
 
 PIXEL_MEANS = np.array([[[102.9801, 115.9465, 122.7717]]], dtype=np.float64)
 TEST_SCALE = 600
@@ -48,25 +49,6 @@ ANCHOR_TABLE = np.array([
 def order_desc(x):
     """Indices sorting x descending; equal values: higher index first."""
     return np.argsort(np.asarray(x), kind="stable")[::-1]
-
-
-# ----------------------------------------------------------------------------------------------
-# Detector directory
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        blob = f.read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n].decode("utf-8"))
-    base = 8 + n
-    out = collections.OrderedDict()
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32", (name, info["dtype"])
-        b, e = info["data_offsets"]
-        out[name] = np.frombuffer(blob, dtype="<f4", count=(e - b) // 4, offset=base + b).reshape(info["shape"])
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,7 +168,6 @@ def legacy_nms(boxes, scores, thresh):
 def proposal_layer(fg_scores, deltas, im_info):
     """fg_scores: 12 x H x W float32 (channels 12..23 of the RPN probability blob); deltas 48 x H x W.
     Returns (rois R x 4 float32 in resized-image coords, scores R float32)."""
-    A = ANCHOR_TABLE.shape[0]
     H, W = fg_scores.shape[1:]
     sx, sy = np.meshgrid(np.arange(W) * FEAT_STRIDE, np.arange(H) * FEAT_STRIDE)
     shifts = np.vstack((sx.ravel(), sy.ravel(), sx.ravel(), sy.ravel())).T
@@ -271,7 +252,7 @@ class BottomUpReference(object):
         self.min_boxes = int(self.config.get("min_boxes", 36))
         self.max_boxes = int(self.config.get("max_boxes", 36))
         self.conf_thresh = float(self.config.get("conf_threshold", 0.2))
-        raw = read_safetensors(os.path.join(detector_dir, "weights.safetensors"))
+        raw = read_safetensors(os.path.join(detector_dir, "weights.safetensors")).tensors
         self.w = {k: torch.from_numpy(np.array(v)) for k, v in raw.items()}
         self.res5_chunk = res5_chunk
         assert np.array_equal(generate_anchors(), ANCHOR_TABLE)

@@ -5,7 +5,6 @@ Environment: SCANSERVE_BUILD_DIR (CMake build directory, default SOURCE/build) a
 helpers of test_server_e2e.py (kept separate so that neither depends on the other's test classes).
 """
 
-import importlib.util
 import os
 import re
 import shutil
@@ -23,7 +22,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.environ.get("SCANSERVE_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
 BUILD_DIR = os.environ.get("SCANSERVE_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
 SERVER = os.path.join(BUILD_DIR, "server", "scanserve")
-CONVERTER = os.path.join(SOURCE_DIR, "tools", "convert_scan_checkpoint.py")
 PROTO_DIR = os.path.join(SOURCE_DIR, "proto")
 
 START_TIMEOUT_S = 60
@@ -36,6 +34,7 @@ CHANNEL_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_mess
 
 sys.path.insert(0, HERE)
 import scan_checkpoints as sc  # noqa: E402
+from tool_modules import load_tool  # noqa: E402
 
 WORDS = sorted(w for w in sc.BASE_WORDS if w.isalpha())
 IMG_DIM = sc.SMALL_DIMS["img_dim"]
@@ -78,19 +77,18 @@ def generate_stubs(out):
     return scanserve_pb2, scanserve_pb2_grpc
 
 
-def make_model(d, seed):
-    """A tiny random SCAN model converted to a scanserve model directory under d."""
+def make_model(d, seed, img_dim=None):
+    """A tiny random SCAN model converted to a scanserve model directory under d; img_dim: its image
+    encoder's input width (default scan_checkpoints' small one)."""
     vocab = os.path.join(d, "vocab.json")
     if not os.path.exists(vocab):
         sc.write_vocab(vocab)
     V = sc.make_vocab_dict(sc.BASE_WORDS)["idx"]
-    ckpt = os.path.join(d, "model_%d.pth.tar" % seed)
-    sc.make_checkpoint(ckpt, V, seed=seed)
-    out = os.path.join(d, "model_%d" % seed)
-    spec = importlib.util.spec_from_file_location("convert_scan_checkpoint", CONVERTER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.convert(ckpt, vocab, out, force=True, log=lambda s: None)
+    name = "model_%d" % seed if img_dim is None else "model_%d_%d" % (seed, img_dim)
+    ckpt = os.path.join(d, name + ".pth.tar")
+    sc.make_checkpoint(ckpt, V, seed=seed, **({} if img_dim is None else {"img_dim": img_dim}))
+    out = os.path.join(d, name)
+    load_tool("convert_scan_checkpoint").convert(ckpt, vocab, out, force=True, log=lambda s: None)
     return out
 
 

@@ -11,12 +11,10 @@ proto. Exit 77 (skip) when numpy/torch/protobuf/grpc_tools are missing.
 
 import collections
 import contextlib
-import importlib.util
 import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,39 +33,12 @@ except ImportError as e:  # pragma: no cover
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bottom_up_checkpoints as bc  # noqa: E402
+from tool_modules import load_tool, tool_path  # noqa: E402
+from safetensors_reader import read_safetensors  # noqa: E402
 
-SOURCE_DIR = os.environ.get("SCANSERVE_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
-TOOL = os.path.join(SOURCE_DIR, "tools", "convert_bottom_up_caffemodel.py")
+TOOL = tool_path("convert_bottom_up_caffemodel")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 PROG = "convert_bottom_up_caffemodel"
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("convert_bottom_up_caffemodel", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def read_safetensors(path):
-    """Independent reader: (OrderedDict name -> float32 array, header, header length)."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n].decode("utf-8"), object_pairs_hook=collections.OrderedDict)
-    data = memoryview(blob)[8 + n:]
-    out = collections.OrderedDict()
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32", info
-        b, e = info["data_offsets"]
-        assert b == end, "tensor data not contiguous at %s" % name
-        end = e
-        out[name] = np.frombuffer(data[b:e], dtype="<f4").reshape(info["shape"])
-    assert end == len(data), "trailing bytes after the last tensor"
-    return out, header, n
 
 
 def parse_layers(path):
@@ -86,7 +57,7 @@ def parse_layers(path):
 
 def shape_only_layers(drop=(), reshape=None, extra=None):
     """{name: (type, [zero-size placeholders])}: every layer, correct shapes, no values (error tests)."""
-    tool = load_tool()
+    tool = load_tool(PROG)
     layers = collections.OrderedDict()
     for name, (ltype, shapes) in tool.expected_layers().items():
         if name in drop:
@@ -127,7 +98,7 @@ def write_shape_only(path, layers, v1=False):
 class Base(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tool = load_tool()
+        cls.tool = load_tool(PROG)
         cls.tmp = tempfile.mkdtemp(prefix="bottom_up_convert_test_")
         cls.vocab = bc.write_synthetic_vocab(os.path.join(cls.tmp, "vocab"))
 

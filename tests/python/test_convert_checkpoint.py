@@ -9,12 +9,10 @@ Checkpoints are random-weight ones in SCAN's exact layout (scan_checkpoints.py).
 
 import collections
 import contextlib
-import importlib.util
 import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -26,45 +24,18 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import scan_checkpoints as sc  # noqa: E402
+from tool_modules import SOURCE_DIR, load_tool, tool_path  # noqa: E402
+from safetensors_reader import read_safetensors  # noqa: E402
 
-SOURCE_DIR = os.environ.get("SCANSERVE_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
-TOOL = os.path.join(SOURCE_DIR, "tools", "convert_scan_checkpoint.py")
+TOOL = tool_path("convert_scan_checkpoint")
 SHARED_TEXT = os.path.join(SOURCE_DIR, "..", "shared", "data", "scan-text")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-
-
-def load_tool():
-    spec = importlib.util.spec_from_file_location("convert_scan_checkpoint", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def read_safetensors(path):
-    """Independent reader: returns (OrderedDict name -> float32 array, header json, header length)."""
-    with open(path, "rb") as f:
-        blob = f.read()
-    (n,) = struct.unpack("<Q", blob[:8])
-    header = json.loads(blob[8:8 + n].decode("utf-8"), object_pairs_hook=collections.OrderedDict)
-    data = blob[8 + n:]
-    out = collections.OrderedDict()
-    end = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32", info
-        b, e = info["data_offsets"]
-        assert b == end, "tensor data not contiguous at %s" % name
-        end = e
-        out[name] = np.frombuffer(data[b:e], dtype="<f4").reshape(info["shape"])
-    assert end == len(data), "trailing bytes after the last tensor"
-    return out, header, n
 
 
 class ConverterTestBase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.tool = load_tool()
+        cls.tool = load_tool("convert_scan_checkpoint")
         cls.tmp = tempfile.mkdtemp(prefix="scan_convert_test_")
         cls.vocab_path = os.path.join(cls.tmp, "vocab.json")
         cls.vocab = sc.write_vocab(cls.vocab_path)

@@ -29,7 +29,6 @@ Environment: SCANSERVE_TOOL_TIMEOUT_S (per tool run, default 120), SCANSERVE_KEE
 generated checkpoints, model directories and inputs, SCANSERVE_PARITY_VERBOSE=1 prints every rel_err.
 """
 
-import importlib.util
 import json
 import os
 import shutil
@@ -47,11 +46,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import scan_checkpoints as sc  # noqa: E402
 import scan_reference as sr  # noqa: E402
+from tool_modules import load_tool  # noqa: E402
 
 SOURCE_DIR = os.environ.get("SCANSERVE_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
 BUILD_DIR = os.environ.get("SCANSERVE_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
 TOOL_DIR = os.path.join(BUILD_DIR, "engine")
-CONVERTER = os.path.join(SOURCE_DIR, "tools", "convert_scan_checkpoint.py")
 SHARED_TEXT = os.path.join(SOURCE_DIR, "..", "shared", "data", "scan-text")
 
 FP32_TOL = 1e-5
@@ -88,13 +87,6 @@ def rel_err(a, b):
     if a.size == 0:
         return 0.0
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-3))
-
-
-def load_converter():
-    spec = importlib.util.spec_from_file_location("convert_scan_checkpoint", CONVERTER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def make_caption(rng, n_tokens):
@@ -324,10 +316,7 @@ class ReferenceSelfCheck(unittest.TestCase):
     def test_timing_baseline_scores_as_the_oracle(self):
         """tools/reference_scan_baseline.py (the GPU table's same-run "vs ref" baseline) computes
         the released t2i scores: clipped_l2norm, λ1 = 9, LogSumExp λ2 = 6, in chunks of images."""
-        spec = importlib.util.spec_from_file_location(
-            "reference_scan_baseline", os.path.join(SOURCE_DIR, "tools", "reference_scan_baseline.py"))
-        baseline = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(baseline)
+        baseline = load_tool("reference_scan_baseline")
         g = torch.Generator().manual_seed(5)
         images = baseline.l2norm(torch.rand(7, 36, 64, generator=g, dtype=torch.float64) * 2 - 1, 2)
         cfg = dict(cross_attn="t2i", raw_feature_norm="clipped_l2norm", agg_func="LogSumExp",
@@ -433,7 +422,7 @@ class EngineTestBase(unittest.TestCase):
         cls.vocab_path = os.path.join(cls.tmp, "vocab.json")
         cls.V = sc.write_vocab(cls.vocab_path, sc.BASE_WORDS + SIMPLE_WORDS + [
             t for c in TRICKY_CAPTIONS for t in sr.tokenize(c)])["idx"]
-        cls.converter = load_converter()
+        cls.converter = load_tool("convert_scan_checkpoint")
         cls.counter = 0
 
     @classmethod

@@ -234,7 +234,7 @@ class CopyTest(unittest.TestCase):
         code, summary, stderr = self.copy(source, target, "--resume-file", os.path.join(self.tmp, "copy.json"))
         self.assertEqual((code, summary["images"], summary["captions"], summary["changes"]), (0, 0, 0, 0), stderr)
         self.assertIn("with the source's changes after sequence", stderr)
-        r = target_stub.Delete(pb.DeleteRequest(caption_ids=[c.id for c in captions]), timeout=h.RPC_TIMEOUT_S)
+        target_stub.Delete(pb.DeleteRequest(caption_ids=[c.id for c in captions]), timeout=h.RPC_TIMEOUT_S)
         with open(os.path.join(self.tmp, "copy.json")) as f:
             checkpoint = json.load(f)
         checkpoint.update(kind="caption", after="cap/13")

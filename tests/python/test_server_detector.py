@@ -64,22 +64,6 @@ REGIONS = 36
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
 
-def make_model_2048(d, seed=0):
-    """A tiny random SCAN model whose image encoder takes 2048-d pool5 features."""
-    vocab = os.path.join(d, "vocab.json")
-    sc.write_vocab(vocab)
-    V = sc.make_vocab_dict(sc.BASE_WORDS)["idx"]
-    ckpt = os.path.join(d, "model_2048.pth.tar")
-    sc.make_checkpoint(ckpt, V, seed=seed, img_dim=2048)
-    out = os.path.join(d, "model_2048")
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("convert_scan_checkpoint", harness.CONVERTER)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    mod.convert(ckpt, vocab, out, force=True, log=lambda s: None)
-    return out
-
-
 def detector_dir():
     kwargs = {"seed": 0, "boxes": "36"}
     params = inspect.signature(buc.make_detector_dir).parameters
@@ -139,7 +123,7 @@ class DetectorServerTest(unittest.TestCase):
         t = time.time()
         cls.detector = detector_dir()
         print("detector directory %s (%.1f s)" % (cls.detector, time.time() - t), flush=True)
-        cls.model = make_model_2048(cls.tmp)
+        cls.model = harness.make_model(cls.tmp, seed=0, img_dim=2048)  # the detector's pool5 width
         cls.data_dir = os.path.join(cls.tmp, "data")
         cls.images = test_jpegs(cls.tmp)
         cls.server = None

@@ -41,7 +41,6 @@ BUILD_DIR = os.environ.get("SCANSERVE_BUILD_DIR") or os.path.join(SOURCE_DIR, "b
 SERVER = os.path.join(BUILD_DIR, "server", "scanserve")
 SCANCTL = os.path.join(BUILD_DIR, "client", "scanctl")
 SCAN_SCORE = os.path.join(BUILD_DIR, "engine", "scan_score")
-CONVERTER = os.path.join(SOURCE_DIR, "tools", "convert_scan_checkpoint.py")
 PROTO_DIR = os.path.join(SOURCE_DIR, "proto")
 
 SCORE_TOL = 1e-5          # rel_err of served scores vs scan_score (same engine, same fp32 backend)

@@ -21,7 +21,6 @@ Batches mix caption lengths (2..11 words), so padding and packing are exercised.
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import scan_checkpoints as sc  # noqa: E402
 import scan_reference as sr  # noqa: E402
+from safetensors_reader import read_safetensors  # noqa: E402
 
 SOURCE_DIR = os.environ.get("SCANSERVE_SOURCE_DIR") or os.path.dirname(os.path.dirname(HERE))
 BUILD_DIR = os.environ.get("SCANSERVE_BUILD_DIR") or os.path.join(SOURCE_DIR, "build")
@@ -47,21 +47,6 @@ N_IMAGES, N_REGIONS = 7, 5
 WORDS = sorted(w for w in sc.BASE_WORDS if w.isalpha())
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        data = f.read()
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8:8 + n])
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        assert info["dtype"] == "F32", (name, info["dtype"])
-        begin, end = info["data_offsets"]
-        out[name] = np.frombuffer(data[8 + n + begin:8 + n + end], dtype="<f4").reshape(info["shape"])
-    return out
 
 
 def write_split(data_dir, name, rng, img_dim):
@@ -184,7 +169,7 @@ class TrainParityTest(unittest.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr)
         with open(os.path.join(out, "loss.json")) as f:
             loss = json.load(f)["loss"]
-        grads = read_safetensors(os.path.join(out, "gradients.safetensors"))
+        grads = read_safetensors(os.path.join(out, "gradients.safetensors")).tensors
         scores = np.load(os.path.join(out, "scores.npy"))
 
         ref = ReferenceLoss(ckpt, self.vocab, attention)
@@ -236,8 +221,8 @@ class TrainParityTest(unittest.TestCase):
             if step == 0:  # the cases are chosen so that clipping acts (clip 0.5) or does not (100)
                 self.assertEqual(float(norm) > grad_clip, grad_clip < 1, "norm %g: %s" % (norm, label))
             optimiser.step()
-        before = read_safetensors(before_path)
-        after = read_safetensors(after_path)
+        before = read_safetensors(before_path).tensors
+        after = read_safetensors(after_path).tensors
         for name, p in params.items():
             delta_ref = p.detach().numpy() - before[name].astype(np.float64)
             delta = after[name].astype(np.float64) - before[name].astype(np.float64)
