@@ -22,6 +22,7 @@
 #include "tests/server/fake_engine.h"
 #include "tests/server/features_image.h"
 #include "tests/server/http_get.h"
+#include "tests/server/loopback_channel.h"
 
 namespace scanserve {
 namespace {
@@ -29,6 +30,7 @@ namespace {
 using testing_fake::FakeRegionDetector;
 using testing_fake::FakeRetrievalEngine;
 using testing_fake::FeaturesImage;
+using testing_channel::LoopbackChannel;
 using testing_http::HttpGet;
 using testing_wait::Eventually;
 
@@ -62,11 +64,7 @@ class DetectorServerTest : public ::testing::Test {
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     ASSERT_TRUE(server_->Start().ok());
-    grpc::ChannelArguments arguments;
-    arguments.SetMaxSendMessageSize(-1);
-    arguments.SetMaxReceiveMessageSize(-1);
-    channel_ = grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", server_->port()),
-                                         grpc::InsecureChannelCredentials(), arguments);
+    channel_ = LoopbackChannel(server_->port());
     stub_ = v1::ScanService::NewStub(channel_);
   }
 
