@@ -1,8 +1,8 @@
 """Shared pieces for tests that drive the real `scanserve` binary over loopback.
 
 Environment: SCANSERVE_BUILD_DIR (CMake build directory, default SOURCE/build) and SCANSERVE_SOURCE_DIR
-(default: two levels above this file). Used by test_prometheus_scrape.py and test_load.py; it mirrors the
-helpers of test_server_e2e.py (kept separate so that neither depends on the other's test classes).
+(default: two levels above this file). Used by every test_server_*.py and the other tests that start a
+server (test_load, test_prometheus_scrape, test_scanctl_copy, test_deploy_kubernetes).
 """
 
 import os
